@@ -1,0 +1,81 @@
+//! Reconnection delays: exponential, capped, with jitter.
+//!
+//! rumqttc's `poll()` retries at once after an error, so without this a dead broker is a
+//! hot loop. Jitter keeps a fleet of gateways from reconnecting in lockstep after an outage
+//! ("equal jitter": half the delay fixed, half random, so the delay still grows).
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use std::time::Duration;
+
+/// Delays between reconnection attempts.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    /// Attempts since the last success; the delay doubles with each.
+    attempt: u32,
+    rng: SmallRng,
+}
+
+impl Backoff {
+    /// Delays from `min` doubling up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff::with_seed(min, max, rand::random())
+    }
+
+    /// The same, with a fixed seed, for tests.
+    pub fn with_seed(min: Duration, max: Duration, seed: u64) -> Self {
+        Backoff { min, max: max.max(min), attempt: 0, rng: SmallRng::seed_from_u64(seed) }
+    }
+
+    /// The delay before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(30)).unwrap_or(u32::MAX);
+        let cap = self.min.saturating_mul(factor).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = cap / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        let extra = if jitter_ms == 0 { 0 } else { self.rng.random_range(0..=jitter_ms) };
+        half + Duration::from_millis(extra)
+    }
+
+    /// A connection succeeded: start again from `min`.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// Attempts since the last success.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_to_the_cap_with_jitter_and_resets() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        let mut b = Backoff::with_seed(min, max, 7);
+        let delays: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let cap = (min * 2u32.pow(i as u32)).min(max);
+            assert!(*d >= cap / 2 && *d <= cap, "attempt {i}: {d:?} not in [{:?}, {cap:?}]", cap / 2);
+        }
+        assert!(delays[11] >= max / 2, "reaches the cap");
+        b.reset();
+        assert!(b.next_delay() <= min);
+    }
+
+    #[test]
+    fn jitter_differs_between_gateways() {
+        let d = |seed| {
+            let mut b = Backoff::with_seed(Duration::from_secs(1), Duration::from_secs(60), seed);
+            (0..6).map(|_| b.next_delay()).collect::<Vec<_>>()
+        };
+        assert_ne!(d(1), d(2));
+    }
+}

@@ -1,0 +1,629 @@
+//! Configuration: defaults, then the TOML file, then `EDGEWATCH_*` environment variables.
+//!
+//! Two stages, as in ripgrep and Vector: [`RawConfig`] mirrors the file (serde, unknown keys
+//! rejected, defaults named), then [`RawConfig::validate`] turns it into a [`Config`] whose
+//! every field is already checked. Every error names the file (or variable) and the key path.
+//!
+//! Environment variables name a key path with `__` between levels:
+//! `EDGEWATCH_SOURCE__URL=mqtt://10.0.0.2:1883`, `EDGEWATCH_AGENT__ID=gw-7`. A value is read
+//! as TOML when it parses (`1`, `true`, `["a"]`) and as a string otherwise. Variables whose
+//! first level is not a config section (`EDGEWATCH_LOG`, ...) are not config and are ignored.
+
+use crate::decode::Format;
+use edgewatch_engine::TopicPattern;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix of environment variables that override the file.
+pub const ENV_PREFIX: &str = "EDGEWATCH_";
+
+/// A configuration that cannot be used. The agent exits with code 2 on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the configuration: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{origin}: `{path}`: {message}")]
+    Invalid { origin: String, path: String, message: String },
+}
+
+/// A secret (password): never shown by `Debug` or in errors.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+// ---------------------------------------------------------------- raw stage
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub agent: RawAgent,
+    #[serde(default)]
+    pub rules: RawRules,
+    #[serde(default)]
+    pub source: RawBroker,
+    #[serde(default)]
+    pub subscriptions: Vec<RawSubscription>,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// Top-level sections; an environment variable must start with one of them to be config.
+const SECTIONS: &[&str] = &["agent", "rules", "source", "subscriptions", "upstream", "limits"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    #[serde(default = "default_agent_id")]
+    pub id: String,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for RawAgent {
+    fn default() -> Self {
+        RawAgent { id: default_agent_id(), state_dir: default_state_dir() }
+    }
+}
+
+fn default_agent_id() -> String {
+    "edgewatch".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/edgewatch")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRules {
+    #[serde(default = "default_rules_dir")]
+    pub dir: PathBuf,
+    #[serde(default = "default_max_operations")]
+    pub max_operations: u64,
+}
+
+impl Default for RawRules {
+    fn default() -> Self {
+        RawRules { dir: default_rules_dir(), max_operations: default_max_operations() }
+    }
+}
+
+fn default_rules_dir() -> PathBuf {
+    PathBuf::from("/etc/edgewatch/rules")
+}
+fn default_max_operations() -> u64 {
+    edgewatch_engine::Limits::default().max_operations
+}
+
+/// A broker connection. Every field is optional so `[upstream.broker]` can inherit from
+/// `[source]` field by field.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    pub url: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub protocol: Option<Protocol>,
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub reconnect_min: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub reconnect_max: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubscription {
+    pub topic: String,
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    #[serde(default)]
+    pub format: Format,
+}
+
+fn default_qos() -> u8 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Where composite events go; absent means the source broker.
+    pub broker: Option<RawBroker>,
+    /// Topic prefix; default `edgewatch/<agent id>`.
+    pub topic_prefix: Option<String>,
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream { broker: None, topic_prefix: None, qos: default_qos() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits { max_payload_bytes: default_max_payload(), queue_capacity: default_queue() }
+    }
+}
+
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_queue() -> usize {
+    1024
+}
+
+/// MQTT protocol version: `"3.1.1"` (also `"v4"`, `4`) or `"5"` (also `"v5"`, `5`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    V311,
+    V5,
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(i64),
+            Float(f64),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Text(s) => s,
+            Raw::Int(i) => i.to_string(),
+            Raw::Float(f) => f.to_string(),
+        };
+        match text.trim_start_matches(['v', 'V']) {
+            "3.1.1" | "4" | "311" => Ok(Protocol::V311),
+            "5" | "5.0" => Ok(Protocol::V5),
+            _ => Err(serde::de::Error::custom(format!("unknown MQTT protocol `{text}` (expected \"3.1.1\" or \"5\")"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- validated stage
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Names this gateway in event sources and topics; safe to put in a topic level.
+    pub agent_id: String,
+    pub state_dir: PathBuf,
+    pub rules_dir: PathBuf,
+    /// Rhai operations per rule call.
+    pub max_operations: u64,
+    pub source: BrokerConfig,
+    pub subscriptions: Vec<Subscription>,
+    pub upstream: UpstreamConfig,
+    pub max_payload_bytes: usize,
+    /// Capacity of each internal queue: bounded so a slow stage pushes back instead of
+    /// growing without limit.
+    pub queue_capacity: usize,
+}
+
+/// One broker connection, ready to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub credentials: Option<(String, Secret)>,
+    pub protocol: Protocol,
+    pub keep_alive: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// A topic filter the agent subscribes to, and how its payloads are decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub filter: String,
+    /// Compiled form of `filter`, to find the subscription of an incoming topic.
+    pub pattern: TopicPattern,
+    pub qos: u8,
+    pub format: Format,
+}
+
+/// Where and how composite events are published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    pub broker: BrokerConfig,
+    /// Events go to `<topic_prefix>/events/<rule>`.
+    pub topic_prefix: String,
+    pub qos: u8,
+}
+
+impl UpstreamConfig {
+    /// The topic a rule's events are published on.
+    pub fn event_topic(&self, rule: &str) -> String {
+        format!("{}/events/{rule}", self.topic_prefix)
+    }
+
+    /// Where malformed input is reported.
+    pub fn deadletter_topic(&self) -> String {
+        format!("{}/deadletter", self.topic_prefix)
+    }
+}
+
+impl Config {
+    /// Loads `path`, applies the environment, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        Config::from_toml(&text, &file, std::env::vars())
+    }
+
+    /// Parses `text` (named `file` in errors), applies `env`, validates.
+    pub fn from_toml(
+        text: &str,
+        file: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax { file: file.to_owned(), message: e.to_string() })?;
+        let mut from_env: Vec<(String, String)> = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if !SECTIONS.contains(&path[0].as_str()) {
+                continue;
+            }
+            set_path(&mut table, &path, parse_env_value(&value)).map_err(|message| ConfigError::Invalid {
+                origin: format!("environment variable {var}"),
+                path: path.join("."),
+                message,
+            })?;
+            from_env.push((path.join("."), var));
+        }
+        let origin_of = |path: &str| -> String {
+            from_env
+                .iter()
+                .find(|(p, _)| path == p || path.starts_with(&format!("{p}.")))
+                .map(|(_, var)| format!("environment variable {var}"))
+                .unwrap_or_else(|| file.to_owned())
+        };
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            // toml repeats the key path on a second line; the path is already shown.
+            let message = e.into_inner().to_string();
+            let message = message.lines().next().unwrap_or_default().to_owned();
+            ConfigError::Invalid { origin: origin_of(&path), path, message }
+        })?;
+        raw.validate().map_err(|(path, message)| ConfigError::Invalid { origin: origin_of(&path), path, message })
+    }
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    // A bare TOML value: parse it as the right-hand side of a key.
+    match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.to_owned())),
+        Err(_) => toml::Value::String(value.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key path")?;
+    let mut t = table;
+    for p in parents {
+        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => return Err(format!("`{p}` is not a table, so it has no keys to set")),
+        };
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+type Invalid = (String, String);
+
+fn invalid(path: &str, message: impl Into<String>) -> Invalid {
+    (path.to_owned(), message.into())
+}
+
+/// A topic level (agent id, ...) must not contain what MQTT treats as syntax.
+fn check_level(path: &str, s: &str) -> Result<(), Invalid> {
+    if s.is_empty() {
+        return Err(invalid(path, "must not be empty"));
+    }
+    if let Some(c) = s.chars().find(|c| matches!(c, '/' | '+' | '#') || c.is_control()) {
+        return Err(invalid(path, format!("must not contain {c:?}: it is used as one MQTT topic level")));
+    }
+    Ok(())
+}
+
+fn check_qos(path: &str, qos: u8) -> Result<u8, Invalid> {
+    if qos > 2 {
+        return Err(invalid(path, format!("QoS must be 0, 1 or 2, not {qos}")));
+    }
+    Ok(qos)
+}
+
+impl RawConfig {
+    /// The second stage: every value checked, defaults filled in.
+    pub fn validate(self) -> Result<Config, Invalid> {
+        check_level("agent.id", &self.agent.id)?;
+        let source =
+            validate_broker("source", &self.source, &RawBroker::default(), &format!("edgewatch-{}", self.agent.id))?;
+        if self.subscriptions.is_empty() {
+            return Err(invalid("subscriptions", "at least one `[[subscriptions]]` entry is required"));
+        }
+        let mut subscriptions = Vec::with_capacity(self.subscriptions.len());
+        for (i, s) in self.subscriptions.into_iter().enumerate() {
+            let path = format!("subscriptions[{i}]");
+            if s.topic.contains('{') {
+                return Err(invalid(&format!("{path}.topic"), "is an MQTT filter: use `+` and `#`, not `{name}`"));
+            }
+            let pattern =
+                TopicPattern::parse(&s.topic).map_err(|e| invalid(&format!("{path}.topic"), e.to_string()))?;
+            let qos = check_qos(&format!("{path}.qos"), s.qos)?;
+            subscriptions.push(Subscription { filter: s.topic, pattern, qos, format: s.format });
+        }
+        let upstream_broker = match &self.upstream.broker {
+            Some(b) => validate_broker("upstream.broker", b, &self.source, &format!("edgewatch-{}-up", self.agent.id))?,
+            None => BrokerConfig { client_id: format!("{}-up", source.client_id), ..source.clone() },
+        };
+        let topic_prefix = self.upstream.topic_prefix.unwrap_or_else(|| format!("edgewatch/{}", self.agent.id));
+        if topic_prefix.is_empty() || topic_prefix.starts_with('/') || topic_prefix.ends_with('/') {
+            return Err(invalid("upstream.topic_prefix", "must be non-empty and neither start nor end with `/`"));
+        }
+        for level in topic_prefix.split('/') {
+            check_level("upstream.topic_prefix", level)?;
+        }
+        let qos = check_qos("upstream.qos", self.upstream.qos)?;
+        if self.limits.max_payload_bytes == 0 || self.limits.max_payload_bytes > 256 * 1024 * 1024 {
+            return Err(invalid("limits.max_payload_bytes", "must be between 1 and 268435456"));
+        }
+        if self.limits.queue_capacity == 0 {
+            return Err(invalid("limits.queue_capacity", "must be at least 1"));
+        }
+        if self.rules.max_operations == 0 {
+            return Err(invalid("rules.max_operations", "must be at least 1"));
+        }
+        Ok(Config {
+            agent_id: self.agent.id,
+            state_dir: self.agent.state_dir,
+            rules_dir: self.rules.dir,
+            max_operations: self.rules.max_operations,
+            source,
+            subscriptions,
+            upstream: UpstreamConfig { broker: upstream_broker, topic_prefix, qos },
+            max_payload_bytes: self.limits.max_payload_bytes,
+            queue_capacity: self.limits.queue_capacity,
+        })
+    }
+}
+
+/// Checks a broker section; fields it lacks come from `inherit` (the source broker, for
+/// upstream), then from the defaults.
+fn validate_broker(
+    section: &str,
+    raw: &RawBroker,
+    inherit: &RawBroker,
+    default_client_id: &str,
+) -> Result<BrokerConfig, Invalid> {
+    let key = |k: &str| format!("{section}.{k}");
+    let url = raw.url.clone().or_else(|| inherit.url.clone()).unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+    let (host, port) = parse_url(&url).map_err(|m| invalid(&key("url"), m))?;
+    let client_id = raw.client_id.clone().unwrap_or_else(|| default_client_id.to_owned());
+    if client_id.is_empty() || client_id.chars().any(char::is_control) {
+        return Err(invalid(&key("client_id"), "must be non-empty, without control characters"));
+    }
+    let own_credentials = raw.username.is_some() || raw.password.is_some() || raw.password_file.is_some();
+    let creds = if own_credentials { raw } else { inherit };
+    if creds.password.is_some() && creds.password_file.is_some() {
+        return Err(invalid(&key("password_file"), "give either `password` or `password_file`, not both"));
+    }
+    let password = match (&creds.password, &creds.password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| invalid(&key("password_file"), format!("cannot read {}: {e}", file.display())))?;
+            Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
+        }
+        (None, None) => None,
+    };
+    let credentials = match (&creds.username, password) {
+        (Some(u), Some(p)) => Some((u.clone(), p)),
+        (Some(u), None) => Some((u.clone(), Secret(String::new()))),
+        (None, Some(_)) => return Err(invalid(&key("username"), "a password needs a username")),
+        (None, None) => None,
+    };
+    let pick = |a: Option<Duration>, b: Option<Duration>, d: Duration| a.or(b).unwrap_or(d);
+    let keep_alive = pick(raw.keep_alive, inherit.keep_alive, Duration::from_secs(30));
+    if keep_alive < Duration::from_secs(5) || keep_alive > Duration::from_secs(65535) {
+        return Err(invalid(&key("keep_alive"), "must be between 5s and 65535s"));
+    }
+    let reconnect_min = pick(raw.reconnect_min, inherit.reconnect_min, Duration::from_millis(200));
+    let reconnect_max = pick(raw.reconnect_max, inherit.reconnect_max, Duration::from_secs(30));
+    if reconnect_min.is_zero() || reconnect_min > reconnect_max {
+        return Err(invalid(&key("reconnect_min"), "must be above zero and at most `reconnect_max`"));
+    }
+    Ok(BrokerConfig {
+        host,
+        port,
+        client_id,
+        credentials,
+        protocol: raw.protocol.or(inherit.protocol).unwrap_or_default(),
+        keep_alive,
+        reconnect_min,
+        reconnect_max,
+    })
+}
+
+/// `mqtt://host[:port]` -> (host, port).
+fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let rest = match url.split_once("://") {
+        Some(("mqtt" | "tcp", rest)) => rest,
+        Some(("mqtts" | "ssl", _)) => {
+            return Err(format!("`{url}`: TLS (`mqtts://`) is not supported by this build yet"));
+        }
+        Some((scheme, _)) => return Err(format!("`{url}`: unknown scheme `{scheme}` (expected `mqtt://`)")),
+        None => return Err(format!("`{url}` is not a URL: expected `mqtt://host:port`")),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('@') {
+        return Err(format!("`{url}`: expected only `mqtt://host:port` (credentials go in `username`/`password`)"));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port: u16 = p.parse().map_err(|_| format!("`{url}`: `{p}` is not a port number"))?;
+            (h, port)
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("`{url}`: needs a host and a non-zero port"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[agent]
+id = "gw-1"
+[[subscriptions]]
+topic = "sensors/#"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "edgewatch.toml", env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn error(text: &str, env: &[(&str, &str)]) -> String {
+        load(text, env).expect_err("config must be rejected").to_string()
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let c = load(MINIMAL, &[]).expect("valid");
+        assert_eq!(c.agent_id, "gw-1");
+        assert_eq!((c.source.host.as_str(), c.source.port), ("127.0.0.1", 1883));
+        assert_eq!(c.source.client_id, "edgewatch-gw-1");
+        assert_eq!(c.upstream.broker.client_id, "edgewatch-gw-1-up");
+        assert_eq!(c.upstream.broker.port, 1883);
+        assert_eq!(c.upstream.event_topic("overheat"), "edgewatch/gw-1/events/overheat");
+        assert_eq!(c.subscriptions[0].qos, 1);
+        // A section left out gets the same defaults as an empty one.
+        assert_eq!(c.upstream.qos, 1);
+        assert_eq!(c.max_payload_bytes, 64 * 1024);
+        assert_eq!(c.max_operations, edgewatch_engine::Limits::default().max_operations);
+        assert_eq!(c.subscriptions[0].format, Format::Auto);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path_and_file() {
+        let e = error(&format!("{MINIMAL}\n[source]\nurll = \"mqtt://x\"\n"), &[]);
+        assert!(e.starts_with("edgewatch.toml: `source.urll`:"), "{e}");
+        let e = error(&format!("{MINIMAL}\n[[subscriptions]]\ntopic = \"a\"\nformt = \"json\"\n"), &[]);
+        assert!(e.contains("`subscriptions[1].formt`"), "{e}");
+        let e = error("bogus = 1\n", &[]);
+        assert!(e.contains("`bogus`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_values_are_named_with_their_path() {
+        let e = error(&format!("{MINIMAL}\n[source]\nurl = \"http://x\"\n"), &[]);
+        assert!(e.contains("`source.url`") && e.contains("unknown scheme"), "{e}");
+        let e = error(&MINIMAL.replace("sensors/#", "sensors/#/x"), &[]);
+        assert!(e.contains("`subscriptions[0].topic`"), "{e}");
+        let e = error(&format!("{MINIMAL}\n[upstream]\nqos = 3\n"), &[]);
+        assert!(e.contains("`upstream.qos`"), "{e}");
+        let e = error(&MINIMAL.replace("gw-1", "gw/1"), &[]);
+        assert!(e.contains("`agent.id`"), "{e}");
+        let e = error(&format!("{MINIMAL}\n[source]\nprotocol = \"6\"\n"), &[]);
+        assert!(e.contains("`source.protocol`"), "{e}");
+        let e = error(&format!("{MINIMAL}\n[source]\nkeep_alive = \"soon\"\n"), &[]);
+        assert!(e.contains("`source.keep_alive`"), "{e}");
+        let e = error("[agent]\nid = \"x\"\n", &[]);
+        assert!(e.contains("`subscriptions`"), "{e}");
+        let e = error("[agent\n", &[]);
+        assert!(e.starts_with("edgewatch.toml: "), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_is_named_in_errors() {
+        let c = load(
+            MINIMAL,
+            &[("EDGEWATCH_SOURCE__URL", "mqtt://broker.local:1884"), ("EDGEWATCH_SOURCE__PROTOCOL", "5")],
+        )
+        .expect("valid");
+        assert_eq!((c.source.host.as_str(), c.source.port, c.source.protocol), ("broker.local", 1884, Protocol::V5));
+        // Upstream inherits the source broker.
+        assert_eq!(c.upstream.broker.host, "broker.local");
+        let e = error(MINIMAL, &[("EDGEWATCH_SOURCE__URLL", "mqtt://x")]);
+        assert!(e.starts_with("environment variable EDGEWATCH_SOURCE__URLL: `source.urll`"), "{e}");
+        // Not config: ignored.
+        assert!(load(MINIMAL, &[("EDGEWATCH_REQUIRE_MOSQUITTO", "1"), ("EDGEWATCH_LOG", "debug")]).is_ok());
+    }
+
+    #[test]
+    fn upstream_broker_inherits_what_it_does_not_set() {
+        let text = format!(
+            "{MINIMAL}\n[source]\nurl = \"mqtt://a:1\"\nusername = \"u\"\npassword = \"p\"\n[upstream.broker]\nurl = \"mqtt://b:2\"\n"
+        );
+        let c = load(&text, &[]).expect("valid");
+        assert_eq!((c.upstream.broker.host.as_str(), c.upstream.broker.port), ("b", 2));
+        assert_eq!(c.upstream.broker.credentials.as_ref().map(|(u, _)| u.as_str()), Some("u"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let text = format!("{MINIMAL}\n[source]\nusername = \"u\"\npassword = \"hunter2\"\n");
+        let c = load(&text, &[]).expect("valid");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.source.credentials.as_ref().map(|(_, p)| p.expose()), Some("hunter2"));
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("mqtt://h"), Ok(("h".into(), 1883)));
+        assert_eq!(parse_url("mqtt://h:99/"), Ok(("h".into(), 99)));
+        assert_eq!(parse_url("mqtt://[::1]:99"), Ok(("::1".into(), 99)));
+        assert!(parse_url("mqtt://h:x").is_err());
+        assert!(parse_url("mqtt://u:p@h").is_err());
+        assert!(parse_url("mqtts://h").is_err());
+        assert!(parse_url("h:1883").is_err());
+    }
+}

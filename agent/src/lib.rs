@@ -1,0 +1,38 @@
+//! Edgewatch, the agent: the I/O shell around the pure engine.
+//!
+//! # Data flow
+//!
+//! ```text
+//! sensor broker ─▶ mqtt (source) ─▶ decode ─▶ engine (edgewatch-engine) ─▶ emit (CloudEvents) ─▶ mqtt (upstream)
+//!                                     │                                      └─▶ dead letters for bad input
+//!                       config ──▶ rules (load *.rhai) ──┘
+//! ```
+//!
+//! # Layout
+//! - [`config`]: TOML + `EDGEWATCH_*` environment -> raw -> validated [`config::Config`].
+//! - [`mqtt`]: rumqttc connections (MQTT 3.1.1 and 5) behind one face, with [`backoff`].
+//! - [`decode`]: payload bytes (JSON, plain scalars, wire frames) -> values for rules.
+//! - [`rules`]: the rules directory -> a compiled rule set.
+//! - [`agent`]: the running pipeline: tasks, bounded queues, shutdown.
+//! - [`emit`]: composite events -> CloudEvents JSON.
+//! - [`telemetry`]: counters and the log lines that go with them.
+//! - [`broker`]: an embedded rumqttd (feature `embedded-broker`) for the demo and tests.
+//! - [`demo`]: `edgewatch demo`.
+//!
+//! Logic that needs no I/O lives in `edgewatch-engine`; this crate connects it to the world.
+
+pub mod agent;
+pub mod backoff;
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
+pub mod config;
+pub mod decode;
+#[cfg(feature = "embedded-broker")]
+pub mod demo;
+pub mod emit;
+pub mod mqtt;
+pub mod rules;
+pub mod telemetry;
+
+pub use agent::{Agent, AgentError, Readiness};
+pub use config::{Config, ConfigError};

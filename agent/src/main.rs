@@ -1,0 +1,170 @@
+//! The `edgewatch` command.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use edgewatch::{Agent, Config};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// Complex-event processing for IoT gateways: MQTT sensor messages in, Rhai rules,
+/// CloudEvents out.
+#[derive(Debug, Parser)]
+#[command(name = "edgewatch", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EDGEWATCH_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent with a configuration file.
+    Run {
+        /// The TOML configuration.
+        #[arg(long, short, env = "EDGEWATCH_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run an embedded broker, a simulated fleet and the shipped rules, printing the events.
+    #[cfg(feature = "embedded-broker")]
+    Demo {
+        /// How long to run.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Simulated devices.
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
+        /// Rules directory (default: ./rules if present, else the built-in rules).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Seed of the simulated fleet.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Compile rule files and report errors as file:line:col; exit 1 on any error.
+    Check {
+        /// A rule file or a directory of them.
+        path: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet_default = "warn,rumqttd=off";
+    match cli.command {
+        Command::Run { config } => {
+            init_logging(cli.log_format, "info,rumqttc=warn");
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(error) => {
+                    eprintln!("edgewatch: configuration rejected: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            report(runtime().and_then(|rt| rt.block_on(run(config))))
+        }
+        #[cfg(feature = "embedded-broker")]
+        Command::Demo { duration, devices, rules, seed } => {
+            init_logging(cli.log_format, quiet_default);
+            let opts = edgewatch::demo::DemoOptions { duration, devices, rules, seed };
+            report(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let mut out = std::io::stdout();
+                    edgewatch::demo::run(opts, &mut out).await.context("demo failed")?;
+                    Ok(())
+                })
+            }))
+        }
+        Command::Check { path } => {
+            init_logging(cli.log_format, quiet_default);
+            match check(&path) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => report(Err(e)),
+            }
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgewatch: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let agent = Agent::new(config).context("cannot start the agent")?;
+    agent.run(shutdown_signal()).await.context("agent failed")?;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM (what systemd sends).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "Cannot listen for Ctrl-C.");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "Cannot listen for SIGTERM.");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C: shutting down."),
+        _ = term => tracing::info!("SIGTERM: shutting down."),
+    }
+}
+
+/// Compiles every rule file under `path`; prints `file:line:col: message` per error.
+fn check(path: &std::path::Path) -> anyhow::Result<bool> {
+    let sandbox = edgewatch_engine::Sandbox::default();
+    let loaded = edgewatch::rules::load(&sandbox, path)?;
+    for error in &loaded.errors {
+        println!("{error}");
+    }
+    println!(
+        "{}: {} file(s), {} rule(s), {} error(s)",
+        path.display(),
+        loaded.files,
+        loaded.rules.len(),
+        loaded.errors.len()
+    );
+    Ok(loaded.errors.is_empty())
+}

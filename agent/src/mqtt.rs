@@ -1,0 +1,242 @@
+//! MQTT connections: one face over rumqttc's MQTT 3.1.1 and MQTT 5 clients, with
+//! reconnection backoff.
+//!
+//! A [`Connection`] owns the event loop and must be polled by exactly one task; a
+//! [`Client`] is a cheap handle for other tasks to subscribe and publish. Never await a
+//! `Client` call inside the task that polls its `Connection`: both go through rumqttc's
+//! bounded request channel, and that can deadlock.
+
+use crate::backoff::Backoff;
+use crate::config::{BrokerConfig, Protocol};
+use bytes::Bytes;
+use rumqttc::v5;
+use std::time::Duration;
+
+/// What a connection reports, the same for both protocol versions.
+#[derive(Debug)]
+pub enum Incoming {
+    /// (Re)connected; `session_present` says the broker kept our subscriptions.
+    Connected { session_present: bool },
+    /// A message on a subscribed topic.
+    Publish { topic: String, payload: Bytes },
+    /// The broker acknowledged a subscription.
+    SubAck,
+    /// The broker acknowledged a QoS 1 publish of ours.
+    PubAck,
+    /// The connection failed; the next poll waits out the backoff, then reconnects.
+    Disconnected { error: String, retry_in: Duration },
+}
+
+/// Why a publish or subscribe request could not be queued.
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT request not queued: {0}")]
+pub struct RequestError(String);
+
+/// A handle for subscribing and publishing on a connection.
+#[derive(Debug, Clone)]
+pub enum Client {
+    V311(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+fn qos4(q: u8) -> rumqttc::QoS {
+    match q {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(q: u8) -> v5::mqttbytes::QoS {
+    match q {
+        0 => v5::mqttbytes::QoS::AtMostOnce,
+        1 => v5::mqttbytes::QoS::AtLeastOnce,
+        _ => v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+impl Client {
+    /// Subscribes to `filter`.
+    pub async fn subscribe(&self, filter: &str, qos: u8) -> Result<(), RequestError> {
+        match self {
+            Client::V311(c) => c.subscribe(filter, qos4(qos)).await.map_err(|e| RequestError(e.to_string())),
+            Client::V5(c) => c.subscribe(filter, qos5(qos)).await.map_err(|e| RequestError(e.to_string())),
+        }
+    }
+
+    /// Publishes `payload` on `topic`; waits only for room in the request queue.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), RequestError> {
+        let payload: Bytes = payload.into();
+        match self {
+            Client::V311(c) => {
+                c.publish(topic, qos4(qos), retain, payload).await.map_err(|e| RequestError(e.to_string()))
+            }
+            Client::V5(c) => {
+                c.publish(topic, qos5(qos), retain, payload).await.map_err(|e| RequestError(e.to_string()))
+            }
+        }
+    }
+
+    /// Sends DISCONNECT.
+    pub async fn disconnect(&self) -> Result<(), RequestError> {
+        match self {
+            Client::V311(c) => c.disconnect().await.map_err(|e| RequestError(e.to_string())),
+            Client::V5(c) => c.disconnect().await.map_err(|e| RequestError(e.to_string())),
+        }
+    }
+}
+
+enum EventLoop {
+    V311(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+/// A connection's event loop, polled by one task.
+pub struct Connection {
+    inner: EventLoop,
+    backoff: Backoff,
+    /// Set after an error: the next poll sleeps this long first.
+    pending_delay: Option<Duration>,
+    /// Names the connection (`source`, `upstream`) in logs.
+    name: &'static str,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Options beyond the broker config.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Capacity of the request queue between clients and the event loop.
+    pub request_capacity: usize,
+    /// Largest packet accepted or sent.
+    pub max_packet_size: usize,
+    /// Message the broker publishes if this connection dies.
+    pub last_will: Option<(String, Bytes, u8, bool)>,
+}
+
+/// Sets up a connection; nothing is dialled until the first poll.
+pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) -> (Client, Connection) {
+    let cap = opts.request_capacity.max(1);
+    let (client, inner) = match cfg.protocol {
+        Protocol::V311 => {
+            let mut o = rumqttc::MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+            o.set_keep_alive(cfg.keep_alive);
+            o.set_max_packet_size(opts.max_packet_size, opts.max_packet_size);
+            o.set_clean_session(true);
+            if let Some((u, p)) = &cfg.credentials {
+                o.set_credentials(u, p.expose());
+            }
+            if let Some((topic, payload, qos, retain)) = &opts.last_will {
+                o.set_last_will(rumqttc::LastWill::new(topic, payload.clone(), qos4(*qos), *retain));
+            }
+            let (c, e) = rumqttc::AsyncClient::new(o, cap);
+            (Client::V311(c), EventLoop::V311(Box::new(e)))
+        }
+        Protocol::V5 => {
+            let mut o = v5::MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+            o.set_keep_alive(cfg.keep_alive);
+            o.set_max_packet_size(u32::try_from(opts.max_packet_size).ok());
+            o.set_clean_start(true);
+            if let Some((u, p)) = &cfg.credentials {
+                o.set_credentials(u, p.expose());
+            }
+            if let Some((topic, payload, qos, retain)) = &opts.last_will {
+                o.set_last_will(v5::mqttbytes::v5::LastWill::new(topic, payload.clone(), qos5(*qos), *retain, None));
+            }
+            let (c, e) = v5::AsyncClient::new(o, cap);
+            (Client::V5(c), EventLoop::V5(Box::new(e)))
+        }
+    };
+    let conn =
+        Connection { inner, backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max), pending_delay: None, name };
+    (client, conn)
+}
+
+impl Connection {
+    /// The next thing that happens on this connection. Errors are reported as
+    /// [`Incoming::Disconnected`] and retried after a backoff delay on the following call,
+    /// so the caller never sees a hot loop.
+    pub async fn poll(&mut self) -> Incoming {
+        loop {
+            if let Some(delay) = self.pending_delay.take() {
+                tokio::time::sleep(delay).await;
+            }
+            let next = match &mut self.inner {
+                EventLoop::V311(e) => match e.poll().await {
+                    Ok(rumqttc::Event::Incoming(p)) => map4(p),
+                    Ok(rumqttc::Event::Outgoing(_)) => None,
+                    Err(err) => Some(Err(err.to_string())),
+                },
+                EventLoop::V5(e) => match e.poll().await {
+                    Ok(v5::Event::Incoming(p)) => map5(p),
+                    Ok(v5::Event::Outgoing(_)) => None,
+                    Err(err) => Some(Err(err.to_string())),
+                },
+            };
+            match next {
+                None => continue,
+                Some(Ok(incoming)) => {
+                    if matches!(incoming, Incoming::Connected { .. }) {
+                        self.backoff.reset();
+                    }
+                    return incoming;
+                }
+                Some(Err(error)) => {
+                    let retry_in = self.backoff.next_delay();
+                    self.pending_delay = Some(retry_in);
+                    return Incoming::Disconnected { error, retry_in };
+                }
+            }
+        }
+    }
+
+    /// Which connection this is, for logs.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+fn map4(p: rumqttc::Packet) -> Option<Result<Incoming, String>> {
+    use rumqttc::Packet;
+    Some(Ok(match p {
+        Packet::ConnAck(ack) => {
+            if ack.code != rumqttc::ConnectReturnCode::Success {
+                return Some(Err(format!("connection refused: {:?}", ack.code)));
+            }
+            Incoming::Connected { session_present: ack.session_present }
+        }
+        Packet::Publish(p) => Incoming::Publish { topic: p.topic, payload: p.payload },
+        Packet::SubAck(_) => Incoming::SubAck,
+        Packet::PubAck(_) => Incoming::PubAck,
+        _ => return None,
+    }))
+}
+
+fn map5(p: v5::mqttbytes::v5::Packet) -> Option<Result<Incoming, String>> {
+    use v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+    Some(Ok(match p {
+        Packet::ConnAck(ack) => {
+            if ack.code != ConnectReturnCode::Success {
+                return Some(Err(format!("connection refused: {:?}", ack.code)));
+            }
+            Incoming::Connected { session_present: ack.session_present }
+        }
+        Packet::Publish(p) => match String::from_utf8(p.topic.to_vec()) {
+            Ok(topic) => Incoming::Publish { topic, payload: p.payload },
+            Err(_) => return None,
+        },
+        Packet::SubAck(_) => Incoming::SubAck,
+        Packet::PubAck(_) => Incoming::PubAck,
+        _ => return None,
+    }))
+}

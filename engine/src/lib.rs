@@ -1,0 +1,43 @@
+//! The Edgewatch engine: the pure complex-event-processing core.
+//!
+//! # Data flow
+//!
+//! ```text
+//! rule files (text) ──Sandbox::compile_file──▶ Rule ──▶ RuleSet
+//!                                                         │
+//! Event {topic, payload, time, id} ──▶ Engine::process(event, now) ──▶ Outputs
+//!                                        │  route by TopicPattern          ├─ Composite events
+//!                                        │  call Rhai closures (sandboxed) └─ RuleFaults
+//! ```
+//!
+//! # Layout
+//! - [`time`]: [`Timestamp`], milliseconds since the epoch. The engine never reads a clock:
+//!   time comes in as an argument, so tests and replays run on virtual time.
+//! - [`topic`]: MQTT topic patterns with named levels (`sensors/{device}/temperature`).
+//! - [`event`]: the decoded input [`Event`] and its identity.
+//! - [`sandbox`]: the Rhai engine with its limits, and the loader of rule files.
+//! - [`rule`]: compiled [`Rule`]s and the [`RuleSet`].
+//! - [`engine`]: [`Engine`], which runs events through the rules.
+//! - [`output`]: [`Composite`] events with deterministic ids, and [`RuleFault`]s.
+//!
+//! This crate does no I/O: no network, no disk, no clock, no async runtime. The agent
+//! crate is the shell around it.
+
+pub mod engine;
+pub mod event;
+pub mod output;
+pub mod rule;
+pub mod sandbox;
+pub mod time;
+pub mod topic;
+
+pub use engine::Engine;
+pub use event::{Event, EventId};
+pub use output::{Composite, CompositeId, Outputs, RuleFault};
+pub use rule::{Origin, Rule, RuleSet};
+pub use sandbox::{CompileError, Limits, Sandbox};
+pub use time::Timestamp;
+pub use topic::{PatternError, TopicPattern};
+
+/// Re-exported so callers build payloads with the same `Dynamic` the rules see.
+pub use rhai::{Dynamic, Map};

@@ -1,0 +1,121 @@
+//! What the engine produces: composite events, and faults of rules that failed.
+
+use crate::event::EventId;
+use crate::time::Timestamp;
+use rhai::Dynamic;
+use std::fmt;
+use std::sync::Arc;
+use xxhash_rust::xxh3::Xxh3;
+
+/// A detected situation: the output of a rule, on its way upstream.
+#[derive(Debug, Clone)]
+pub struct Composite {
+    /// Deterministic id: a function of the rule, the key and the triggering input.
+    pub id: CompositeId,
+    /// Name of the rule that produced it.
+    pub rule: Arc<str>,
+    /// The key the rule tracks, usually the device; the CloudEvents `subject`.
+    pub key: String,
+    /// Event time of the triggering input.
+    pub time: Timestamp,
+    /// What the rule's `emit` returned (or the triggering payload when it has no `emit`).
+    pub data: Dynamic,
+}
+
+impl Composite {
+    /// The payload as JSON.
+    pub fn data_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.data).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A composite event's id, printed as a UUID-shaped hex string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CompositeId(pub u128);
+
+impl CompositeId {
+    /// Derives the id from what identifies an output: rule, key, input, and the output's
+    /// index among those one input produced in the rule.
+    pub fn derive(rule: &str, key: &str, input: EventId, index: u32) -> Self {
+        let mut h = Xxh3::new();
+        h.update(rule.as_bytes());
+        h.update(&[0]);
+        h.update(key.as_bytes());
+        h.update(&[0]);
+        h.update(&input.0.to_le_bytes());
+        h.update(&index.to_le_bytes());
+        CompositeId(h.digest128())
+    }
+}
+
+impl fmt::Display for CompositeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        write!(
+            f,
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (v >> 96) as u32,
+            (v >> 80) as u16,
+            (v >> 64) as u16,
+            (v >> 48) as u16,
+            v & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// A rule that failed on an event: it becomes an error report, never a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleFault {
+    /// The rule that failed.
+    pub rule: Arc<str>,
+    /// Where: `file:line:col`.
+    pub location: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RuleFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: rule `{}`: {}", self.location, self.rule, self.message)
+    }
+}
+
+/// Everything one call of [`crate::Engine::process`] produced. Reused between calls so the
+/// hot path does not allocate a fresh vector per event.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Composite events, in the order the rules produced them.
+    pub events: Vec<Composite>,
+    /// Rules that failed on this input.
+    pub faults: Vec<RuleFault>,
+    /// How many rules listened to the input (whether or not they emitted).
+    pub matched: usize,
+}
+
+impl Outputs {
+    /// Empties both lists, keeping their capacity.
+    pub fn clear(&mut self) {
+        self.events.clear();
+        self.faults.clear();
+        self.matched = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_distinguish_inputs() {
+        let a = CompositeId::derive("overheat", "t-01", EventId(7), 0);
+        assert_eq!(a, CompositeId::derive("overheat", "t-01", EventId(7), 0));
+        assert_ne!(a, CompositeId::derive("overheat", "t-01", EventId(8), 0));
+        assert_ne!(a, CompositeId::derive("overheat", "t-02", EventId(7), 0));
+        assert_ne!(a, CompositeId::derive("overheat", "t-01", EventId(7), 1));
+        // No ambiguity between rule and key boundaries.
+        assert_ne!(CompositeId::derive("ab", "c", EventId(1), 0), CompositeId::derive("a", "bc", EventId(1), 0));
+        let s = a.to_string();
+        assert_eq!(s.len(), 36);
+        assert_eq!(s.matches('-').count(), 4);
+    }
+}

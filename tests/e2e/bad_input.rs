@@ -1,0 +1,58 @@
+//! Bad input is counted, dead-lettered with its reason, and never stops the agent.
+
+use crate::{OVERHEAT, config};
+use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber};
+
+const FRAGILE: &str = r#"
+// Fails on payloads without a `limit` field.
+rule("fragile", #{
+    on: "sensors/{device}/pressure",
+    when: |e| e.value > e.payload.limit.max,
+});
+"#;
+
+const BROKEN: &str = "rule(\"broken\", #{\n    on: \"sensors/#\",\n    when: |e| e.value > ,\n});\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_unmatched_and_failing_input_is_survived() {
+    for broker in Broker::all() {
+        let label = broker.name();
+        let addr = broker.addr();
+        let rules = [("overheat.rhai", OVERHEAT), ("fragile.rhai", FRAGILE), ("broken.rhai", BROKEN)];
+        let agent = RunningAgent::start(&config(addr, "3.1.1"), &rules).await;
+        assert_eq!(agent.stats.snapshot().rule_file_errors, 1, "{label}: the broken file is reported, the others load");
+        let mut dead = Subscriber::connect(addr, "dead-letter-reader", "edgewatch/gw-test/deadletter").await;
+        let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+        let mut sensor = Publisher::connect(addr, "sensor").await;
+
+        sensor.publish("strict/t-01/temperature", "{not json").await;
+        let letter = dead.next().await.json();
+        assert_eq!(letter["reason"], "json", "{label}: {letter}");
+        assert_eq!(letter["topic"], "strict/t-01/temperature", "{label}");
+        assert_eq!(letter["payload_prefix"], "{not json", "{label}");
+
+        sensor.publish("sensors/t-01/temperature", vec![b'9'; 2000]).await;
+        let letter = dead.next().await.json();
+        assert_eq!(letter["reason"], "too_large", "{label}: {letter}");
+        assert_eq!(letter["size"], 2000, "{label}");
+
+        sensor.publish("sensors/t-01/temperature", vec![0xff, 0xfe, 0x00]).await;
+        let letter = dead.next().await.json();
+        assert_eq!(letter["reason"], "not_utf8", "{label}: {letter}");
+
+        sensor.publish("other/thing", "1").await;
+        sensor.publish("sensors/t-01/pressure", r#"{"pressure": 3}"#).await;
+
+        // Still alive and still correct.
+        sensor.publish("sensors/t-01/temperature", "99").await;
+        let ev = upstream.next().await.json();
+        assert_eq!(ev["subject"], "t-01", "{label}");
+
+        let s = agent.wait_for_stats("the last event to be counted", |s| s.events == 1).await;
+        assert_eq!((s.received, s.decode_errors, s.oversized), (6, 3, 1), "{label}: {s}");
+        assert_eq!(s.dead_letters, 3, "{label}: {s}");
+        assert_eq!(s.unmatched, 1, "{label}: `other/thing` matches no rule; {s}");
+        assert_eq!(s.rule_faults, 1, "{label}: `fragile` failed once; {s}");
+        agent.stop().await;
+    }
+}

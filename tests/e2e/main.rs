@@ -1,0 +1,42 @@
+//! End-to-end tests: real brokers (rumqttd embedded here; Mosquitto when installed), a real
+//! agent, real MQTT clients. One test binary; helpers live in `edgewatch_e2e` (tests/src).
+
+mod bad_input;
+mod pipeline;
+mod reconnect;
+mod simulated_fleet;
+
+/// The rule most tests run.
+pub const OVERHEAT: &str = r#"
+rule("overheat", #{
+    on: "sensors/{device}/temperature",
+    when: |e| e.value > 80.0,
+    emit: |e| #{ device: e.device, celsius: e.value },
+});
+"#;
+
+/// An agent config for a broker at `addr` speaking `protocol`.
+pub fn config(addr: std::net::SocketAddr, protocol: &str) -> String {
+    format!(
+        r#"
+[agent]
+id = "gw-test"
+state_dir = {{state}}
+[rules]
+dir = {{rules}}
+[source]
+url = "mqtt://{addr}"
+protocol = "{protocol}"
+[[subscriptions]]
+topic = "sensors/#"
+format = "auto"
+[[subscriptions]]
+topic = "strict/#"
+format = "json"
+[[subscriptions]]
+topic = "other/#"
+[limits]
+max_payload_bytes = 1024
+"#
+    )
+}

@@ -1,0 +1,342 @@
+//! Helpers for the end-to-end tests: real brokers, a real agent, real MQTT clients.
+//!
+//! - [`Broker`]: rumqttd embedded in the test process, or a Mosquitto child process.
+//! - [`RunningAgent`]: an `edgewatch` agent on a temp dir, with its rules written as files.
+//! - [`Subscriber`] and [`publish`]: plain rumqttc clients, as a sensor and a cloud would use.
+//!
+//! Mosquitto tests skip (saying why) when `mosquitto` is not installed, unless
+//! `EDGEWATCH_REQUIRE_MOSQUITTO=1`, in which case they fail.
+
+use edgewatch::broker::{self, EmbeddedBroker};
+use edgewatch::telemetry::{Snapshot, Stats};
+use edgewatch::{Agent, Config, Readiness};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How long any one wait in a test may take before it is a failure.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A broker to test against.
+#[derive(Debug)]
+pub enum Broker {
+    /// rumqttd, inside this process.
+    Embedded(EmbeddedBroker),
+    /// A `mosquitto` process, killed on drop.
+    Mosquitto(Mosquitto),
+}
+
+impl Broker {
+    /// rumqttd on free ports.
+    pub fn embedded() -> Broker {
+        Broker::Embedded(EmbeddedBroker::start().expect("embedded broker starts"))
+    }
+
+    /// Mosquitto on a free port, or `None` (with the reason printed) when it is not installed
+    /// and not required.
+    pub fn mosquitto() -> Option<Broker> {
+        Mosquitto::start().map(Broker::Mosquitto)
+    }
+
+    /// Every broker available here: rumqttd always, Mosquitto when installed.
+    pub fn all() -> Vec<Broker> {
+        let mut v = vec![Broker::embedded()];
+        v.extend(Broker::mosquitto());
+        v
+    }
+
+    /// The MQTT 3.1.1 address.
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Broker::Embedded(b) => b.v4,
+            Broker::Mosquitto(m) => m.addr,
+        }
+    }
+
+    /// The MQTT 5 address (Mosquitto serves both versions on one port).
+    pub fn addr_v5(&self) -> SocketAddr {
+        match self {
+            Broker::Embedded(b) => b.v5,
+            Broker::Mosquitto(m) => m.addr,
+        }
+    }
+
+    /// A name for assertion messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Broker::Embedded(_) => "rumqttd",
+            Broker::Mosquitto(_) => "mosquitto",
+        }
+    }
+}
+
+/// A Mosquitto broker process.
+#[derive(Debug)]
+pub struct Mosquitto {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn binary() -> Option<PathBuf> {
+        ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/bin/mosquitto"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    }
+
+    /// Starts Mosquitto on `addr` (a free port when `None`).
+    pub fn start_on(addr: Option<SocketAddr>) -> Option<Mosquitto> {
+        let required = std::env::var("EDGEWATCH_REQUIRE_MOSQUITTO").is_ok_and(|v| v == "1");
+        let Some(bin) = Mosquitto::binary() else {
+            assert!(
+                !required,
+                "EDGEWATCH_REQUIRE_MOSQUITTO=1 but mosquitto is not installed (apt-get install mosquitto)"
+            );
+            eprintln!(
+                "SKIP (mosquitto): not installed; install it, or set EDGEWATCH_REQUIRE_MOSQUITTO=1 to make this a failure"
+            );
+            return None;
+        };
+        let addr = addr.unwrap_or_else(|| broker::free_port().expect("free port"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} {}\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nmax_packet_size 1048576\n",
+                addr.port(),
+                addr.ip()
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        broker::wait_until_listening(addr, WAIT).expect("mosquitto listens");
+        Some(Mosquitto { addr, child, _dir: dir })
+    }
+
+    fn start() -> Option<Mosquitto> {
+        Mosquitto::start_on(None)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent running in this process, on its own temp dir.
+#[derive(Debug)]
+pub struct RunningAgent {
+    pub stats: Arc<Stats>,
+    ready: watch::Receiver<Readiness>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<Snapshot, edgewatch::AgentError>>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl RunningAgent {
+    /// Writes `rules` (file name, source) into a rules directory, completes `config_toml`
+    /// (which may use `{rules}` and `{state}`), starts the agent, and waits until it is
+    /// connected and subscribed.
+    pub async fn start(config_toml: &str, rules: &[(&str, &str)]) -> RunningAgent {
+        let agent = RunningAgent::spawn(config_toml, rules);
+        agent.wait_ready().await;
+        agent
+    }
+
+    /// Like [`RunningAgent::start`], without waiting for readiness.
+    pub fn spawn(config_toml: &str, rules: &[(&str, &str)]) -> RunningAgent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rules_dir = dir.path().join("rules");
+        std::fs::create_dir_all(&rules_dir).expect("rules dir");
+        for (name, text) in rules {
+            std::fs::write(rules_dir.join(name), text).expect("write rule");
+        }
+        let text = config_toml
+            .replace("{rules}", &toml_path(&rules_dir))
+            .replace("{state}", &toml_path(&dir.path().join("state")));
+        let config = Config::from_toml(&text, "test.toml", std::iter::empty()).expect("test config is valid");
+        let agent = Agent::new(config).expect("agent starts");
+        let stats = agent.stats();
+        let ready = agent.readiness();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(async move {
+            let _ = stop_rx.await;
+        }));
+        RunningAgent { stats, ready, stop: Some(stop_tx), task: Some(task), dir }
+    }
+
+    /// Waits until the agent is connected on both sides and subscribed.
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.clone();
+        tokio::time::timeout(WAIT, ready.wait_for(|r| r.is_ready()))
+            .await
+            .expect("agent becomes ready in time")
+            .expect("agent still running");
+    }
+
+    /// Stops the agent and returns its final counters.
+    pub async fn stop(mut self) -> Snapshot {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(WAIT, task).await.expect("agent stops in time").expect("task").expect("agent ran")
+    }
+
+    /// Waits until `cond` holds for the live counters.
+    pub async fn wait_for_stats(&self, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = self.stats.snapshot();
+            if cond(&s) {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; counters: {s}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A path as a TOML string literal.
+pub fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// A message received by a [`Subscriber`].
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+impl Received {
+    /// The payload as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("payload on {} is not JSON ({e}): {:?}", self.topic, self.payload))
+    }
+}
+
+/// An MQTT client subscribed to one filter, as an upstream consumer would be.
+#[derive(Debug)]
+pub struct Subscriber {
+    rx: mpsc::UnboundedReceiver<Received>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects to `addr`, subscribes to `filter` at QoS 1, and returns once the broker
+    /// acknowledged the subscription.
+    pub async fn connect(addr: SocketAddr, client_id: &str, filter: &str) -> Subscriber {
+        let mut o = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed_rx) = oneshot::channel();
+        let filter = filter.to_owned();
+        let task = tokio::spawn(async move {
+            let mut subscribed = Some(subscribed_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce).expect("subscribe queued");
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(s) = subscribed.take() {
+                            let _ = s.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let _ = tx.send(Received { topic: p.topic, payload: p.payload.to_vec() });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, subscribed_rx).await.expect("subscribed in time").expect("subscriber alive");
+        Subscriber { rx, task }
+    }
+
+    /// The next message, or a panic after [`WAIT`].
+    pub async fn next(&mut self) -> Received {
+        tokio::time::timeout(WAIT, self.rx.recv()).await.expect("a message arrives in time").expect("subscriber alive")
+    }
+
+    /// The next message within `d`, if any.
+    pub async fn next_within(&mut self, d: Duration) -> Option<Received> {
+        tokio::time::timeout(d, self.rx.recv()).await.ok().flatten()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A publishing client, as a sensor would be.
+#[derive(Debug)]
+pub struct Publisher {
+    client: rumqttc::AsyncClient,
+    acks: mpsc::UnboundedReceiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    /// Connects to `addr` and waits for the CONNACK.
+    pub async fn connect(addr: SocketAddr, client_id: &str) -> Publisher {
+        let mut o = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 64);
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let (connected_tx, connected_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut connected = Some(connected_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(c) = connected.take() {
+                            let _ = c.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        let _ = ack_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, connected_rx).await.expect("connected in time").expect("publisher alive");
+        Publisher { client, acks, task }
+    }
+
+    /// Publishes at QoS 1 and waits for the broker's PUBACK.
+    pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into()).await.expect("publish queued");
+        tokio::time::timeout(WAIT, self.acks.recv()).await.expect("PUBACK in time").expect("publisher alive");
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
