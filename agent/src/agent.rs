@@ -12,7 +12,7 @@
 //! the publisher sends what is left and waits (briefly) for the broker's acks.
 
 use crate::config::{Config, Subscription};
-use crate::decode::{DecodeError, Format, decode};
+use crate::decode::{Format, decode};
 use crate::emit::CloudEvent;
 use crate::mqtt::{self, Client, ConnectOptions, Incoming};
 use crate::rules;
@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// How long the publisher waits for acks of what it sent before it disconnects at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,7 +101,12 @@ impl Agent {
         if loaded.rules.is_empty() {
             tracing::warn!(dir = %config.rules_dir.display(), "No rules: events will be received but nothing will fire.");
         }
-        let engine = Engine::new(sandbox, loaded.rules);
+        let (tables, table_errors) = rules::load_tables(&config.rules_dir, &config.tables);
+        for error in &table_errors {
+            stats.rule_file_errors.fetch_add(1, Relaxed);
+            tracing::error!(%error, "Lookup table not loaded.");
+        }
+        let engine = Engine::with_config(sandbox, loaded.rules, tables, config.engine.clone());
         let (ready, _) = watch::channel(Readiness::default());
         Ok(Agent { config, engine, stats, ready })
     }
@@ -239,25 +245,59 @@ async fn engine_task(
     let source = format!("edgewatch/{}", config.agent_id);
     let deadletter_topic = config.upstream.deadletter_topic();
     let mut outputs = Outputs::default();
-    while let Some(msg) = in_rx.recv().await {
-        let payload = match decode(msg.format, &msg.payload, config.max_payload_bytes) {
-            Ok(p) => p,
-            Err(error) => {
-                stats.decode_failed(&msg.topic, &error);
-                let letter = dead_letter(&msg, &error);
-                if out_tx.send(Outbound { topic: deadletter_topic.clone(), payload: letter, qos: 1 }).await.is_ok() {
-                    stats.dead_letters.fetch_add(1, Relaxed);
-                }
-                continue;
-            }
+    loop {
+        // Sleep until the engine's next timer (a missing heartbeat, a window closing), or
+        // until input arrives, whichever is first.
+        let wake = engine.next_deadline().map(|d| {
+            let wait = d.millis().saturating_sub(wall_clock().millis()).max(0);
+            Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+        });
+        let msg = tokio::select! {
+            msg = in_rx.recv() => match msg {
+                Some(m) => Some(m),
+                None => break,
+            },
+            () = sleep_until(wake) => None,
         };
-        let event = Event::new(msg.topic, payload, &msg.payload, msg.received);
-        let now = Timestamp::from_system_time(SystemTime::now());
         outputs.clear();
-        engine.process(&event, now, &mut outputs);
-        stats.processed.fetch_add(1, Relaxed);
-        if outputs.matched == 0 {
-            stats.unmatched(&event.topic);
+        match msg {
+            None => engine.tick(wall_clock(), &mut outputs),
+            Some(msg) => {
+                let payload = match decode(msg.format, &msg.payload, config.max_payload_bytes) {
+                    Ok(p) => p,
+                    Err(error) => {
+                        stats.decode_failed(&msg.topic, &error);
+                        let letter =
+                            dead_letter(&msg.topic, &msg.payload, msg.received, error.reason(), &error.to_string());
+                        if out_tx
+                            .send(Outbound { topic: deadletter_topic.clone(), payload: letter, qos: 1 })
+                            .await
+                            .is_ok()
+                        {
+                            stats.dead_letters.fetch_add(1, Relaxed);
+                        }
+                        continue;
+                    }
+                };
+                let event = Event::new(msg.topic, payload, &msg.payload, msg.received);
+                let topic = event.topic.clone();
+                engine.process(event, wall_clock(), &mut outputs);
+                stats.processed.fetch_add(1, Relaxed);
+                if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
+                    stats.unmatched(&topic);
+                }
+            }
+        }
+        if outputs.duplicates > 0 {
+            stats.duplicates.fetch_add(outputs.duplicates as u64, Relaxed);
+        }
+        for late in &outputs.late {
+            stats.late.fetch_add(1, Relaxed);
+            let raw = serde_json::to_vec(&late.payload).unwrap_or_default();
+            let letter = dead_letter(&late.topic, &raw, late.time, "late", "older than the allowed lateness");
+            if out_tx.send(Outbound { topic: deadletter_topic.clone(), payload: letter, qos: 1 }).await.is_ok() {
+                stats.dead_letters.fetch_add(1, Relaxed);
+            }
         }
         for fault in &outputs.faults {
             stats.rule_failed(fault);
@@ -274,17 +314,28 @@ async fn engine_task(
     }
 }
 
+fn wall_clock() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The dead letter for a payload that did not decode: where it came from, why, and (a
 /// bounded prefix of) what it was.
-fn dead_letter(msg: &Inbound, error: &DecodeError) -> Vec<u8> {
+fn dead_letter(topic: &str, payload: &[u8], time: Timestamp, reason: &str, error: &str) -> Vec<u8> {
     const SHOWN: usize = 256;
-    let shown = &msg.payload[..msg.payload.len().min(SHOWN)];
+    let shown = &payload[..payload.len().min(SHOWN)];
     serde_json::json!({
-        "topic": msg.topic,
-        "reason": error.reason(),
-        "error": error.to_string(),
-        "size": msg.payload.len(),
-        "received": msg.received.to_rfc3339(),
+        "topic": topic,
+        "reason": reason,
+        "error": error,
+        "size": payload.len(),
+        "received": time.to_rfc3339(),
         "payload_prefix": String::from_utf8_lossy(shown),
     })
     .to_string()

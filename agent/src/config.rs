@@ -66,10 +66,76 @@ pub struct RawConfig {
     pub upstream: RawUpstream,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub engine: RawEngine,
+    /// Lookup tables: name -> CSV or TOML file (by extension).
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Top-level sections; an environment variable must start with one of them to be config.
-const SECTIONS: &[&str] = &["agent", "rules", "source", "subscriptions", "upstream", "limits"];
+const SECTIONS: &[&str] = &["agent", "rules", "source", "subscriptions", "upstream", "limits", "engine", "tables"];
+
+/// How the engine treats input.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    /// Payload field with the event time; absent: arrival time.
+    pub time_field: Option<String>,
+    /// How late a payload-timed event may be and still be processed in order.
+    #[serde(default, with = "humantime_serde")]
+    pub lateness: Option<Duration>,
+    #[serde(default = "default_true")]
+    pub dedup: bool,
+    /// Payload field identifying a message, for deduplication.
+    pub id_field: Option<String>,
+    /// Feed composite events back in on their topics, so rules can react to other rules.
+    #[serde(default = "default_true")]
+    pub chaining: bool,
+    #[serde(default = "default_chain_depth")]
+    pub max_chain_depth: u8,
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+}
+
+impl Default for RawEngine {
+    fn default() -> Self {
+        RawEngine {
+            time_field: None,
+            lateness: None,
+            dedup: true,
+            id_field: None,
+            chaining: true,
+            max_chain_depth: default_chain_depth(),
+            max_failures: default_max_failures(),
+        }
+    }
+}
+
+impl RawEngine {
+    /// The engine's configuration; chained events go to `<events_prefix>/<rule>`.
+    pub fn to_engine_config(&self, events_prefix: &str) -> edgewatch_engine::EngineConfig {
+        edgewatch_engine::EngineConfig {
+            time_field: self.time_field.clone(),
+            lateness_ms: self.lateness.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0),
+            dedup: self.dedup,
+            id_field: self.id_field.clone(),
+            chain_prefix: self.chaining.then(|| events_prefix.to_owned()),
+            max_chain_depth: self.max_chain_depth,
+            max_failures: self.max_failures,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_chain_depth() -> u8 {
+    4
+}
+fn default_max_failures() -> u32 {
+    10
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -235,6 +301,11 @@ pub struct Config {
     /// Capacity of each internal queue: bounded so a slow stage pushes back instead of
     /// growing without limit.
     pub queue_capacity: usize,
+    /// How the engine treats input (event time, lateness, duplicates, chaining).
+    pub engine: edgewatch_engine::EngineConfig,
+    /// Lookup tables named in the file: name -> path. Tables in `<rules dir>/tables/` are
+    /// loaded too.
+    pub tables: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// One broker connection, ready to dial.
@@ -417,6 +488,16 @@ impl RawConfig {
         if self.rules.max_operations == 0 {
             return Err(invalid("rules.max_operations", "must be at least 1"));
         }
+        if self.engine.max_failures == 0 {
+            return Err(invalid("engine.max_failures", "must be at least 1"));
+        }
+        for (name, path) in &self.tables {
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if !matches!(ext, "csv" | "toml") {
+                return Err(invalid(&format!("tables.{name}"), "must name a .csv or .toml file"));
+            }
+        }
+        let engine = self.engine.to_engine_config(&format!("{topic_prefix}/events"));
         Ok(Config {
             agent_id: self.agent.id,
             state_dir: self.agent.state_dir,
@@ -427,6 +508,8 @@ impl RawConfig {
             upstream: UpstreamConfig { broker: upstream_broker, topic_prefix, qos },
             max_payload_bytes: self.limits.max_payload_bytes,
             queue_capacity: self.limits.queue_capacity,
+            engine,
+            tables: self.tables,
         })
     }
 }

@@ -14,7 +14,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The shipped rules, built in so the demo runs from anywhere.
-pub const SHIPPED_RULES: &[(&str, &str)] = &[("overheat.rhai", include_str!("../../rules/overheat.rhai"))];
+pub const SHIPPED_RULES: &[(&str, &str)] = &[
+    ("battery-low.rhai", include_str!("../../rules/battery-low.rhai")),
+    ("door-forced.rhai", include_str!("../../rules/door-forced.rhai")),
+    ("offline.rhai", include_str!("../../rules/offline.rhai")),
+    ("overheat.rhai", include_str!("../../rules/overheat.rhai")),
+    ("stuck-sensor.rhai", include_str!("../../rules/stuck-sensor.rhai")),
+];
+
+/// The shipped lookup tables, built in likewise.
+pub const SHIPPED_TABLES: &[(&str, &str)] = &[("devices.csv", include_str!("../../rules/tables/devices.csv"))];
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -102,18 +111,24 @@ format = "auto"
     // Give the watcher's subscription a moment to land before events flow.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let hot = opts.devices.min(3);
+    // One device overheats for half the run; another goes silent, then comes back.
+    let mut faults = vec![Fault::Overheat {
+        device: opts.devices.min(3),
+        start: opts.duration / 5,
+        duration: opts.duration / 2,
+        value: 85.5,
+    }];
+    if opts.devices > 7 {
+        faults.push(Fault::Silence { device: 7, start: opts.duration / 5, duration: opts.duration / 2 });
+    }
+    let start_ms = edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
     let fleet = Fleet::new(FleetConfig {
         devices: opts.devices,
         seed: opts.seed,
-        start_ms: u64::try_from(edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis())
-            .unwrap_or(0),
-        faults: vec![Fault::Overheat {
-            device: hot,
-            start: opts.duration / 4,
-            duration: Duration::from_secs(3).min(opts.duration / 2),
-            value: 85.5,
-        }],
+        reading_interval: Duration::from_millis(500),
+        heartbeat_interval: Some(Duration::from_secs(2)),
+        start_ms: u64::try_from(start_ms).unwrap_or(0),
+        faults,
         ..FleetConfig::default()
     })
     .map_err(|e| DemoError::Setup(e.to_string()))?;
@@ -176,9 +191,12 @@ fn rules_dir(given: Option<&Path>, scratch: &Path) -> Result<PathBuf, DemoError>
         return Ok(local);
     }
     let dir = scratch.join("rules");
-    std::fs::create_dir_all(&dir).map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir.join("tables")).map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
     for (name, text) in SHIPPED_RULES {
         std::fs::write(dir.join(name), text).map_err(|e| DemoError::Setup(format!("{name}: {e}")))?;
+    }
+    for (name, text) in SHIPPED_TABLES {
+        std::fs::write(dir.join("tables").join(name), text).map_err(|e| DemoError::Setup(format!("{name}: {e}")))?;
     }
     Ok(dir)
 }
@@ -187,7 +205,7 @@ fn rules_dir(given: Option<&Path>, scratch: &Path) -> Result<PathBuf, DemoError>
 fn format_event(elapsed: Duration, topic: &str, event: &serde_json::Value) -> String {
     let rule = event["type"].as_str().and_then(|t| t.strip_prefix("edgewatch.")).unwrap_or(topic);
     let subject = event["subject"].as_str().unwrap_or("?");
-    format!("[{:>6.1}s] {rule:<12} {subject:<10} {}", elapsed.as_secs_f64(), event["data"])
+    format!("[{:>6.1}s] {rule:<13} {subject:<8} {}", elapsed.as_secs_f64(), event["data"])
 }
 
 /// Subscribes to `filter` and forwards every message (parsed as JSON) until the receiver goes.

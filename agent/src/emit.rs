@@ -63,6 +63,7 @@ mod tests {
         data.insert("celsius".into(), Dynamic::from_float(85.5));
         let c = Composite {
             id: CompositeId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            input: edgewatch_engine::EventId(1),
             rule: "overheat".into(),
             key: "t-01".into(),
             time: Timestamp(1_732_170_000_123),

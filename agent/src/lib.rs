@@ -18,6 +18,7 @@
 //! - [`telemetry`]: counters and the log lines that go with them.
 //! - [`broker`]: an embedded rumqttd (feature `embedded-broker`) for the demo and tests.
 //! - [`demo`]: `edgewatch demo`.
+//! - [`replay`]: recorded events under virtual time: `edgewatch replay` and `edgewatch test`.
 //!
 //! Logic that needs no I/O lives in `edgewatch-engine`; this crate connects it to the world.
 
@@ -31,6 +32,7 @@ pub mod decode;
 pub mod demo;
 pub mod emit;
 pub mod mqtt;
+pub mod replay;
 pub mod rules;
 pub mod telemetry;
 

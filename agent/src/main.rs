@@ -55,6 +55,24 @@ enum Command {
         /// A rule file or a directory of them.
         path: PathBuf,
     },
+    /// Run the golden tests of a rules directory (<dir>/tests/<case>/in.jsonl -> out.jsonl).
+    Test {
+        /// The rules directory.
+        #[arg(default_value = "rules")]
+        path: PathBuf,
+        /// Write the actual output as the expected output.
+        #[arg(long)]
+        bless: bool,
+    },
+    /// Run recorded events through rules under virtual time; print composite events as JSON lines.
+    Replay {
+        /// A rules directory or one rule file.
+        #[arg(long)]
+        rules: PathBuf,
+        /// The recording (JSON lines, as `firmware-sim --record` writes).
+        #[arg(long)]
+        events: PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -92,6 +110,18 @@ fn main() -> ExitCode {
                     Ok(())
                 })
             }))
+        }
+        Command::Test { path, bless } => {
+            init_logging(cli.log_format, quiet_default);
+            match golden(&path, bless) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => report(Err(e)),
+            }
+        }
+        Command::Replay { rules, events } => {
+            init_logging(cli.log_format, quiet_default);
+            report(replay(&rules, &events))
         }
         Command::Check { path } => {
             init_logging(cli.log_format, quiet_default);
@@ -167,4 +197,44 @@ fn check(path: &std::path::Path) -> anyhow::Result<bool> {
         loaded.errors.len()
     );
     Ok(loaded.errors.is_empty())
+}
+
+/// `edgewatch test`: runs every golden case; prints a diff per failure.
+fn golden(rules: &std::path::Path, bless: bool) -> anyhow::Result<bool> {
+    let cases = edgewatch::replay::cases(rules);
+    if cases.is_empty() {
+        anyhow::bail!(
+            "no golden cases under {}/tests/ (each is a directory with in.jsonl and out.jsonl)",
+            rules.display()
+        );
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for case in &cases {
+        let result = edgewatch::replay::run_case(rules, case, bless)?;
+        match result.diff {
+            None => {
+                passed += 1;
+                println!("{} {}", if bless { "blessed" } else { "ok     " }, result.name);
+            }
+            Some(diff) => {
+                failed += 1;
+                println!("FAILED  {}\n{diff}", result.name);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+/// `edgewatch replay`.
+fn replay(rules: &std::path::Path, events: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(events).with_context(|| format!("cannot read {}", events.display()))?;
+    let recording = edgewatch::replay::parse(&text, &events.display().to_string())?;
+    let mut engine = edgewatch::replay::engine_for(rules, edgewatch::replay::default_engine_config())?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in edgewatch::replay::run(&mut engine, &recording, true) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }

@@ -31,8 +31,12 @@ pub struct Stats {
     pub dead_letters: AtomicU64,
     /// Connection failures, both brokers.
     pub disconnects: AtomicU64,
-    /// Rule files that failed to compile at load.
+    /// Rule files (and lookup tables) that failed to load.
     pub rule_file_errors: AtomicU64,
+    /// Duplicate messages dropped.
+    pub duplicates: AtomicU64,
+    /// Messages older than the allowed lateness, dead-lettered.
+    pub late: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -50,6 +54,8 @@ pub struct Snapshot {
     pub dead_letters: u64,
     pub disconnects: u64,
     pub rule_file_errors: u64,
+    pub duplicates: u64,
+    pub late: u64,
 }
 
 impl Stats {
@@ -68,6 +74,8 @@ impl Stats {
             dead_letters: self.dead_letters.load(Relaxed),
             disconnects: self.disconnects.load(Relaxed),
             rule_file_errors: self.rule_file_errors.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            late: self.late.load(Relaxed),
         }
     }
 
@@ -100,12 +108,15 @@ impl std::fmt::Display for Snapshot {
         write!(
             f,
             "messages in: {}, processed: {}, decode errors: {} ({} oversized), unmatched: {}, \
-             events out: {}, published: {}, acked: {}, rule faults: {}, dead letters: {}, disconnects: {}",
+             duplicates: {}, late: {}, events out: {}, published: {}, acked: {}, rule faults: {}, dead letters: {}, \
+             disconnects: {}",
             self.received,
             self.processed,
             self.decode_errors,
             self.oversized,
             self.unmatched,
+            self.duplicates,
+            self.late,
             self.events,
             self.published,
             self.acked,

@@ -104,3 +104,65 @@ fn the_demo_prints_events_and_a_summary_and_exits_0() {
     let summary = stdout.lines().find(|l| l.starts_with("summary:")).unwrap_or_else(|| panic!("no summary: {stdout}"));
     assert!(summary.contains("events received upstream"), "{summary}");
 }
+
+#[test]
+fn the_shipped_rules_pass_their_golden_tests() {
+    let out = edgewatch(&["test", "rules"], &repo());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let cases = std::fs::read_dir(repo().join("rules/tests")).expect("rules/tests").count();
+    assert!(stdout.contains(&format!("{cases} passed, 0 failed")), "{stdout}");
+}
+
+#[test]
+fn a_golden_test_that_fails_shows_a_diff_and_exits_1() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let case = dir.path().join("tests/hot");
+    std::fs::create_dir_all(&case).expect("mkdir");
+    std::fs::write(dir.path().join("hot.rhai"), "rule(\"hot\", #{ on: \"s/{device}/t\", when: |e| e.value > 80 });\n")
+        .expect("write");
+    std::fs::write(case.join("in.jsonl"), "{\"t\": 1, \"topic\": \"s/a/t\", \"text\": \"81\"}\n").expect("write");
+    std::fs::write(case.join("out.jsonl"), "{\"t\": 1, \"rule\": \"hot\", \"key\": \"b\", \"data\": 81}\n")
+        .expect("write");
+    let out = edgewatch(&["test", "."], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FAILED  hot"), "{stdout}");
+    assert!(
+        stdout.contains("-{\"data\":81,\"key\":\"b\"") && stdout.contains("+{\"data\":81,\"key\":\"a\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+    // --bless accepts the actual output.
+    assert!(edgewatch(&["test", ".", "--bless"], dir.path()).status.success());
+    assert!(edgewatch(&["test", "."], dir.path()).status.success());
+}
+
+#[test]
+fn replay_prints_composite_events_with_ids() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = dir.path().join("rec.jsonl");
+    let lines: String = (0..3)
+        .map(|i| {
+            format!(
+                "{{\"t\": {}, \"topic\": \"sensors/t-001/temperature\", \"payload\": {{\"temperature\": 90}}}}\n",
+                i * 1000
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+        .args(["replay", "--rules"])
+        .arg(repo().join("rules"))
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(lines[0]["rule"], "overheat");
+    assert_eq!(lines[0]["t"], 2000);
+    assert_eq!(lines[0]["id"].as_str().map(str::len), Some(36));
+}

@@ -1,28 +1,128 @@
-//! The engine proper: routes each event to the rules that listen to it and runs them.
+//! The engine proper: data quality, routing, the rule kinds, timers, chaining.
+//!
+//! ```text
+//! process(event, now):  fire due timers ─▶ dedup ─▶ event time / reorder ─▶ for each rule
+//!                         listening: key ─▶ kind (filter, threshold, window, stuck, sequence,
+//!                         heartbeat, handler) ─▶ composites ─▶ fed back as events (chaining)
+//! tick(now):            fire due timers, release held events
+//! ```
 
-use crate::event::Event;
-use crate::output::{Composite, CompositeId, Outputs, RuleFault};
+use crate::context;
+use crate::event::{Event, EventId};
+use crate::kinds::{self, Cx, KindState};
+use crate::output::{Outputs, RuleFault};
+use crate::quality::{self, Dedup, Reorder};
 use crate::rule::{Rule, RuleKind, RuleSet};
-use crate::sandbox::{Sandbox, describe};
+use crate::sandbox::Sandbox;
+use crate::tables::Tables;
 use crate::time::Timestamp;
-use rhai::{Array, Dynamic, EvalAltResult, FnPtr, Map};
+use crate::timers::Timers;
+use rhai::{Array, Dynamic, Map};
 use std::sync::Arc;
 
-/// Runs rules over events. Synchronous and deterministic: the same rules, events and times
-/// give the same outputs, whatever the machine.
+/// How the engine treats its input. The defaults suit messages timed by their arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Payload field holding the event time (integer ms, float seconds, or RFC 3339 text).
+    /// Absent, or missing from a payload: the arrival time.
+    pub time_field: Option<String>,
+    /// How late (in event time) a payload-timed event may arrive and still be processed in
+    /// order. Events are held this long; later ones are returned as late.
+    pub lateness_ms: i64,
+    /// Drop duplicates (same `device` and `seq`, or the same `id_field`).
+    pub dedup: bool,
+    /// Payload field that identifies a message, for deduplication.
+    pub id_field: Option<String>,
+    /// Composite events re-enter as events on `<chain_prefix>/<rule>`; `None` disables it.
+    pub chain_prefix: Option<String>,
+    /// How many times an event may be re-fed (a loop of rules stops here).
+    pub max_chain_depth: u8,
+    /// Consecutive failures after which a rule is disabled until reloaded.
+    pub max_failures: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            time_field: None,
+            lateness_ms: 0,
+            dedup: true,
+            id_field: None,
+            chain_prefix: None,
+            max_chain_depth: 4,
+            max_failures: 10,
+        }
+    }
+}
+
+/// A rule's run-time state.
+#[derive(Debug)]
+struct Runtime {
+    state: KindState,
+    /// Consecutive failed evaluations.
+    failures: u32,
+    disabled: bool,
+}
+
+/// What the engine holds, for status reports and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// (rule, kind, keys tracked, disabled).
+    pub rules: Vec<(String, &'static str, usize, bool)>,
+    /// Pending timer entries.
+    pub timers: usize,
+    /// Events held for reordering.
+    pub buffered: usize,
+}
+
+/// Runs rules over events. Synchronous and deterministic: the same rules, tables, events and
+/// times give the same outputs, whatever the machine.
 #[derive(Debug)]
 pub struct Engine {
-    /// The script engine the rules' closures run in; shared with the loader, which must
-    /// compile with the same limits and functions.
+    /// The script engine the rules' closures run in; rules must be compiled by it.
     sandbox: Arc<Sandbox>,
+    config: EngineConfig,
     /// The rules in force; replaced whole on reload, between two events.
     rules: RuleSet,
+    /// Parallel to `rules`.
+    runtime: Vec<Runtime>,
+    /// Lookup tables, shared with the native functions during calls.
+    tables: Arc<Tables>,
+    /// Timers on processing time: heartbeats, handlers' `after`.
+    clock: Timers,
+    /// Timers on event time: tumbling windows closing, sequences running out of time. They
+    /// fire as the watermark passes them, so held (reordered) events are never overtaken.
+    event_timers: Timers,
+    /// Event time up to which input has been released; older input is late.
+    watermark: i64,
+    dedup: Dedup,
+    reorder: Reorder,
+    /// Reused buffer of events released by `reorder`.
+    ready: Vec<Event>,
 }
 
 impl Engine {
-    /// An engine running `rules`, which must have been compiled by `sandbox`.
+    /// An engine running `rules` (compiled by `sandbox`) with the default configuration.
     pub fn new(sandbox: Arc<Sandbox>, rules: RuleSet) -> Self {
-        Engine { sandbox, rules }
+        Engine::with_config(sandbox, rules, Tables::new(), EngineConfig::default())
+    }
+
+    /// An engine with lookup tables and a configuration.
+    pub fn with_config(sandbox: Arc<Sandbox>, rules: RuleSet, tables: Tables, config: EngineConfig) -> Self {
+        let runtime = rules.iter().map(|r| fresh_runtime(r)).collect();
+        Engine {
+            sandbox,
+            config,
+            rules,
+            runtime,
+            tables: Arc::new(tables),
+            clock: Timers::default(),
+            event_timers: Timers::default(),
+            watermark: i64::MIN,
+            dedup: Dedup::default(),
+            reorder: Reorder::default(),
+            ready: Vec::new(),
+        }
     }
 
     /// The rules in force.
@@ -35,21 +135,231 @@ impl Engine {
         &self.sandbox
     }
 
-    /// Swaps in a new rule set; the next event sees only the new rules.
-    pub fn replace_rules(&mut self, rules: RuleSet) {
-        self.rules = rules;
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
-    /// Runs `event` through every rule that listens to its topic, appending what they
-    /// produce to `out`. `now` is the processing time (unused by stateless rules, and the
-    /// clock of timers once rules have them).
-    pub fn process(&mut self, event: &Event, _now: Timestamp, out: &mut Outputs) {
-        let mut base: Option<Map> = None;
-        for rule in self.rules.iter() {
-            let Some(pattern) = rule.patterns.iter().find(|p| p.matches(&event.topic)) else {
-                continue;
+    /// Replaces the lookup tables; heartbeat registries are re-read on the next step.
+    pub fn set_tables(&mut self, tables: Tables) {
+        self.tables = Arc::new(tables);
+        for rt in &mut self.runtime {
+            if let KindState::Heartbeat(h) = &mut rt.state {
+                h.registry_loaded = false;
+            }
+        }
+    }
+
+    /// Swaps in a new rule set between two events. A rule that keeps its name and its kind
+    /// keeps its per-key state and its timers; other state is dropped. Disabled rules are
+    /// enabled again.
+    pub fn replace_rules(&mut self, rules: RuleSet) {
+        let mut old: Vec<Option<(Arc<Rule>, Runtime)>> =
+            self.rules.iter().cloned().zip(self.runtime.drain(..)).map(Some).collect();
+        let mut mapping: Vec<Option<u32>> = vec![None; old.len()];
+        let mut runtime = Vec::with_capacity(rules.len());
+        for (new_idx, rule) in rules.iter().enumerate() {
+            let found = old
+                .iter()
+                .position(|o| o.as_ref().is_some_and(|(r, _)| r.name == rule.name && r.kind() == rule.kind()));
+            match found.and_then(|i| old[i].take().map(|o| (i, o))) {
+                Some((i, (_, mut rt))) => {
+                    mapping[i] = u32::try_from(new_idx).ok();
+                    rt.failures = 0;
+                    rt.disabled = false;
+                    if let KindState::Heartbeat(h) = &mut rt.state {
+                        h.registry_loaded = false;
+                    }
+                    runtime.push(rt);
+                }
+                None => runtime.push(fresh_runtime(rule)),
+            }
+        }
+        self.clock.remap(|idx| mapping.get(idx as usize).copied().flatten());
+        self.event_timers.remap(|idx| mapping.get(idx as usize).copied().flatten());
+        self.rules = rules;
+        self.runtime = runtime;
+    }
+
+    /// Processes one input event at processing time `now`, appending what it causes to `out`.
+    pub fn process(&mut self, mut event: Event, now: Timestamp, out: &mut Outputs) {
+        let now = now.millis();
+        self.prepare(now, out);
+        self.fire(Clock::Processing, now, out);
+        if self.config.dedup && self.dedup.is_duplicate(&event.payload, self.config.id_field.as_deref()) {
+            out.duplicates += 1;
+            return;
+        }
+        let timed = self.config.time_field.as_deref().and_then(|f| quality::payload_time(&event.payload, f));
+        match timed {
+            None => {
+                // Timed by arrival: in order by construction.
+                let t = event.time.millis();
+                self.fire(Clock::Event, t.saturating_sub(1), out);
+                self.run_event(event, now, out);
+                self.watermark = self.watermark.max(t);
+                self.fire(Clock::Event, self.watermark, out);
+            }
+            Some(t) => {
+                if t < self.watermark {
+                    event.time = Timestamp(t);
+                    out.late.push(event);
+                    return;
+                }
+                event.time = Timestamp(t);
+                let mut ready = std::mem::take(&mut self.ready);
+                self.reorder.push(event, &mut ready);
+                let upto = self.reorder.max_seen().unwrap_or(t).saturating_sub(self.config.lateness_ms);
+                self.advance(upto, ready, now, out);
+            }
+        }
+    }
+
+    /// Advances processing time: fires due timers and releases held events whose lateness
+    /// has passed.
+    pub fn tick(&mut self, now: Timestamp, out: &mut Outputs) {
+        let now = now.millis();
+        self.prepare(now, out);
+        self.fire(Clock::Processing, now, out);
+        if self.config.time_field.is_some() {
+            let ready = std::mem::take(&mut self.ready);
+            self.advance(now.saturating_sub(self.config.lateness_ms), ready, now, out);
+        } else {
+            self.watermark = self.watermark.max(now);
+            self.fire(Clock::Event, self.watermark, out);
+        }
+    }
+
+    /// Moves the watermark to `upto`: releases held events up to it in event-time order,
+    /// firing event-time timers in between, then the timers strictly before it.
+    fn advance(&mut self, upto: i64, mut ready: Vec<Event>, now: i64, out: &mut Outputs) {
+        let upto = upto.max(self.watermark);
+        self.reorder.release(upto, &mut ready);
+        for e in ready.drain(..) {
+            self.fire(Clock::Event, e.time.millis().saturating_sub(1), out);
+            self.run_event(e, now, out);
+        }
+        self.ready = ready;
+        self.watermark = upto;
+        // An event at exactly the watermark is still on time, so timers at it wait.
+        self.fire(Clock::Event, upto.saturating_sub(1), out);
+    }
+
+    /// When `tick` next has work: the earliest timer (a caller that sleeps until then detects
+    /// absences on time).
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let event = self
+            .event_timers
+            .next_deadline()
+            .map(|d| if self.config.time_field.is_some() { d + self.config.lateness_ms + 1 } else { d });
+        match (self.clock.next_deadline(), event) {
+            (Some(a), Some(b)) => Some(Timestamp(a.min(b))),
+            (a, b) => a.or(b).map(Timestamp),
+        }
+    }
+
+    /// What the engine holds.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            rules: self
+                .rules
+                .iter()
+                .zip(&self.runtime)
+                .map(|(r, rt)| (r.name.to_string(), r.kind(), rt.state.keys(), rt.disabled))
+                .collect(),
+            timers: self.clock.len() + self.event_timers.len(),
+            buffered: self.reorder.len(),
+        }
+    }
+
+    /// Sets the call context and loads heartbeat registries not loaded yet.
+    fn prepare(&mut self, now: i64, out: &mut Outputs) {
+        context::enter(&self.tables, now);
+        for (idx, rule) in self.rules.as_slice().iter().enumerate() {
+            let rt = &mut self.runtime[idx];
+            if let (RuleKind::Heartbeat { spec, .. }, KindState::Heartbeat(h)) = (&rule.kind, &mut rt.state) {
+                if !h.registry_loaded {
+                    let mut cx = Cx {
+                        script: self.sandbox.engine(),
+                        rule,
+                        rule_idx: idx as u32,
+                        timers: &mut self.clock,
+                        out,
+                        now,
+                        faulted: false,
+                    };
+                    kinds::heartbeat::load_registry(&mut cx, spec, &self.tables, h);
+                }
+            }
+        }
+    }
+
+    fn fire(&mut self, clock: Clock, upto: i64, out: &mut Outputs) {
+        loop {
+            let t = match clock {
+                Clock::Processing => self.clock.pop_due(upto),
+                Clock::Event => self.event_timers.pop_due(upto),
             };
+            let Some(t) = t else { break };
+            let idx = t.rule as usize;
+            let Some(rule) = self.rules.as_slice().get(idx).cloned() else { continue };
+            if self.runtime[idx].disabled {
+                continue;
+            }
+            let start = out.events.len();
+            let faulted = {
+                let timers = match clock {
+                    Clock::Processing => &mut self.clock,
+                    Clock::Event => &mut self.event_timers,
+                };
+                let mut cx = Cx {
+                    script: self.sandbox.engine(),
+                    rule: &rule,
+                    rule_idx: t.rule,
+                    timers,
+                    out,
+                    now: if clock == Clock::Processing { upto } else { self.watermark.max(t.deadline) },
+                    faulted: false,
+                };
+                match (&rule.kind, &mut self.runtime[idx].state) {
+                    (RuleKind::Window { spec, when, .. }, KindState::Window(s)) => {
+                        kinds::window::on_timer(&mut cx, (spec, when.as_ref()), s, &t.key, t.deadline);
+                    }
+                    (RuleKind::Sequence { steps, within_ms, .. }, KindState::Sequence(s)) => {
+                        kinds::sequence::on_timer(&mut cx, (steps, *within_ms), s, &t.key, t.deadline);
+                    }
+                    (RuleKind::Heartbeat { spec, .. }, KindState::Heartbeat(s)) => {
+                        kinds::heartbeat::on_timer(&mut cx, spec, s, &t.key, t.deadline, t.tag);
+                    }
+                    (RuleKind::Handler { on_timer, .. }, KindState::Handler(s)) => {
+                        kinds::handler::on_timer(&mut cx, on_timer.as_ref(), s, &t.key, t.deadline);
+                    }
+                    _ => {}
+                }
+                cx.faulted
+            };
+            self.account(idx, &rule, faulted, out);
+            self.chain(start, t.deadline, 1, out);
+        }
+    }
+
+    /// Runs one (ordered, deduplicated) event through every rule listening to its topic.
+    fn run_event(&mut self, event: Event, now: i64, out: &mut Outputs) {
+        let start = out.events.len();
+        self.route(&event, now, out);
+        self.chain(start, now, 1, out);
+    }
+
+    fn route(&mut self, event: &Event, now: i64, out: &mut Outputs) {
+        let mut base: Option<Map> = None;
+        for idx in 0..self.rules.len() {
+            let rule = &self.rules.as_slice()[idx];
+            let Some(pattern) = rule.patterns.iter().find(|p| p.matches(&event.topic)) else { continue };
+            if self.runtime[idx].disabled {
+                continue;
+            }
             out.matched += 1;
+            let rule = rule.clone();
             let fields = base.get_or_insert_with(|| event_fields(event));
             let mut e = fields.clone();
             let mut device: Option<&str> = None;
@@ -60,93 +370,136 @@ impl Engine {
                 e.insert(name.into(), value.into());
             });
             let e = Dynamic::from_map(e);
-            match &rule.kind {
-                RuleKind::Filter { when, emit } => {
-                    if let Some(when) = when {
-                        match self.call(rule, when, &e).and_then(|v| as_bool(rule, "when", v)) {
-                            Ok(true) => {}
-                            Ok(false) => continue,
-                            Err(fault) => {
-                                out.faults.push(fault);
-                                continue;
-                            }
-                        }
-                    }
-                    let key = match self.key(rule, &e, device, event) {
-                        Ok(k) => k,
-                        Err(fault) => {
-                            out.faults.push(fault);
-                            continue;
-                        }
-                    };
-                    let data = match emit {
-                        Some(emit) => match self.call(rule, emit, &e) {
-                            Ok(d) => d,
-                            Err(fault) => {
-                                out.faults.push(fault);
-                                continue;
-                            }
-                        },
-                        None => event.payload.clone(),
-                    };
-                    // `emit` may decline by returning `()`.
-                    if data.is_unit() {
-                        continue;
-                    }
-                    out.events.push(Composite {
-                        id: CompositeId::derive(&rule.name, &key, event.id, 0),
-                        rule: rule.name.clone(),
-                        key,
-                        time: event.time,
-                        data,
-                    });
+            let faulted = {
+                let timers = if event_timed(&rule) { &mut self.event_timers } else { &mut self.clock };
+                let mut cx = Cx {
+                    script: self.sandbox.engine(),
+                    rule: &rule,
+                    rule_idx: idx as u32,
+                    timers,
+                    out,
+                    now,
+                    faulted: false,
+                };
+                if let Some(key) = key_of(&mut cx, &e, device, event) {
+                    dispatch(&mut cx, &self.tables, &mut self.runtime[idx].state, &key, &e, event);
                 }
-            }
+                cx.faulted
+            };
+            self.account(idx, &rule, faulted, out);
         }
     }
 
-    fn call(&self, rule: &Rule, f: &FnPtr, e: &Dynamic) -> Result<Dynamic, RuleFault> {
-        f.call::<Dynamic>(self.sandbox.engine(), &rule.ast, (e.clone(),)).map_err(|err| fault(rule, &err))
+    /// Counts consecutive failures; disables a rule that keeps failing.
+    fn account(&mut self, idx: usize, rule: &Rule, faulted: bool, out: &mut Outputs) {
+        let rt = &mut self.runtime[idx];
+        if !faulted {
+            rt.failures = 0;
+            return;
+        }
+        rt.failures += 1;
+        if rt.failures >= self.config.max_failures && !rt.disabled {
+            rt.disabled = true;
+            out.faults.push(RuleFault {
+                rule: rule.name.clone(),
+                location: rule.origin.to_string(),
+                message: format!("failed {} times in a row", rt.failures),
+                disabled: true,
+            });
+        }
     }
 
-    /// The key: the rule's `key` closure, else the `{device}` level of the topic, else the
-    /// payload's `device` field, else the topic itself.
-    fn key(&self, rule: &Rule, e: &Dynamic, device: Option<&str>, event: &Event) -> Result<String, RuleFault> {
-        if let Some(k) = &rule.key {
-            let v = self.call(rule, k, e)?;
-            if v.is_unit() {
-                return Err(simple_fault(rule, "`key` returned nothing".into()));
+    /// Feeds composites `out.events[start..]` back in as events, up to the depth limit.
+    fn chain(&mut self, start: usize, now: i64, depth: u8, out: &mut Outputs) {
+        let Some(prefix) = self.config.chain_prefix.clone() else { return };
+        if depth > self.config.max_chain_depth {
+            return;
+        }
+        let end = out.events.len();
+        for i in start..end {
+            let c = &out.events[i];
+            let topic = format!("{prefix}/{}", c.rule);
+            if !self.rules.iter().any(|r| r.listens_to(&topic)) {
+                continue;
             }
-            return Ok(v.to_string());
+            let mut m = Map::new();
+            m.insert("type".into(), format!("edgewatch.{}", c.rule).into());
+            m.insert("id".into(), c.id.to_string().into());
+            m.insert("subject".into(), c.key.clone().into());
+            m.insert("time".into(), Dynamic::from_int(c.time.millis()));
+            m.insert("data".into(), c.data.clone());
+            let ev = Event { topic, payload: Dynamic::from_map(m), time: c.time, id: EventId(c.id.0) };
+            let inner_start = out.events.len();
+            self.route(&ev, now, out);
+            self.chain(inner_start, now, depth + 1, out);
         }
-        if let Some(d) = device {
-            return Ok(d.to_owned());
-        }
-        if let Ok(map) = event.payload.as_map_ref() {
-            if let Some(d) = map.get("device").filter(|d| d.is_string()) {
-                return Ok(d.to_string());
-            }
-        }
-        Ok(event.topic.clone())
     }
 }
 
-fn as_bool(rule: &Rule, what: &str, v: Dynamic) -> Result<bool, RuleFault> {
-    v.as_bool().map_err(|ty| simple_fault(rule, format!("`{what}` must return a bool, but returned {ty}")))
+/// Which clock a timer runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Processing,
+    Event,
 }
 
-fn fault(rule: &Rule, err: &EvalAltResult) -> RuleFault {
-    let (pos, message) = describe(err);
-    let location = match (pos.line(), pos.position()) {
-        (Some(line), Some(col)) => format!("{}:{line}:{col}", rule.origin.file),
-        (Some(line), None) => format!("{}:{line}:0", rule.origin.file),
-        _ => rule.origin.to_string(),
-    };
-    RuleFault { rule: rule.name.clone(), location, message }
+/// Rules whose timers follow event time.
+fn event_timed(rule: &Rule) -> bool {
+    matches!(rule.kind, RuleKind::Window { .. } | RuleKind::Sequence { .. })
 }
 
-fn simple_fault(rule: &Rule, message: String) -> RuleFault {
-    RuleFault { rule: rule.name.clone(), location: rule.origin.to_string(), message }
+fn fresh_runtime(rule: &Rule) -> Runtime {
+    Runtime { state: KindState::for_rule(rule), failures: 0, disabled: false }
+}
+
+fn dispatch(cx: &mut Cx<'_>, tables: &Tables, state: &mut KindState, key: &str, e: &Dynamic, ev: &Event) {
+    let rule = cx.rule;
+    match (&rule.kind, state) {
+        (RuleKind::Filter { when }, _) => kinds::filter::on_event_filter(cx, when.as_ref(), key, e, ev),
+        (RuleKind::Threshold { when, clear, emit_clear }, KindState::Threshold(s)) => {
+            kinds::filter::on_event_threshold(cx, (when, clear.as_ref(), emit_clear.as_ref()), s, key, e, ev);
+        }
+        (RuleKind::Window { spec, when, clear }, KindState::Window(s)) => {
+            kinds::window::on_event(cx, (spec, when.as_ref(), clear.as_ref()), s, key, e, ev);
+        }
+        (RuleKind::Stuck { for_ms, tolerance, value }, KindState::Stuck(s)) => {
+            kinds::stuck::on_event(cx, (*for_ms, *tolerance, value.as_ref()), s, key, e, ev);
+        }
+        (RuleKind::Sequence { steps, within_ms, max_partial }, KindState::Sequence(s)) => {
+            kinds::sequence::on_event(cx, (steps, *within_ms, *max_partial), s, key, e, ev);
+        }
+        (RuleKind::Heartbeat { spec, when }, KindState::Heartbeat(s)) => {
+            kinds::heartbeat::on_event(cx, (spec, when.as_ref()), tables, s, key, e, ev);
+        }
+        (RuleKind::Handler { on_event, init, .. }, KindState::Handler(s)) => {
+            kinds::handler::on_event(cx, (on_event, init), s, key, e, ev);
+        }
+        _ => {}
+    }
+}
+
+/// The key: the rule's `key` closure, else the `{device}` level of the topic, else the
+/// payload's `device` (or, for chained events, `subject`) field, else the topic itself.
+fn key_of(cx: &mut Cx<'_>, e: &Dynamic, device: Option<&str>, event: &Event) -> Option<String> {
+    if let Some(k) = &cx.rule.key {
+        let v = cx.call(k, [e.clone()])?;
+        if v.is_unit() {
+            cx.fault("`key` returned nothing".into());
+            return None;
+        }
+        return Some(v.to_string());
+    }
+    if let Some(d) = device {
+        return Some(d.to_owned());
+    }
+    if let Some(map) = event.payload.read_lock::<Map>() {
+        for field in ["device", "subject"] {
+            if let Some(d) = map.get(field).filter(|d| d.is_string()) {
+                return Some(d.to_string());
+            }
+        }
+    }
+    Some(event.topic.clone())
 }
 
 /// The fields every rule sees: `topic`, `levels`, `payload`, `value`, `time`.
@@ -157,12 +510,12 @@ fn simple_fault(rule: &Rule, message: String) -> RuleFault {
 fn event_fields(event: &Event) -> Map {
     let mut m = Map::new();
     let levels: Array = event.topic.split('/').map(|l| Dynamic::from(l.to_owned())).collect();
-    let value = match event.payload.as_map_ref() {
-        Ok(map) => {
+    let value = match event.payload.read_lock::<Map>() {
+        Some(map) => {
             let last = event.topic.rsplit('/').next().unwrap_or("");
             map.get("value").or_else(|| map.get(last)).cloned().unwrap_or(Dynamic::UNIT)
         }
-        Err(_) => event.payload.clone(),
+        None => event.payload.clone(),
     };
     m.insert("topic".into(), event.topic.as_str().into());
     m.insert("levels".into(), levels.into());

@@ -23,19 +23,27 @@
 //! This crate does no I/O: no network, no disk, no clock, no async runtime. The agent
 //! crate is the shell around it.
 
+mod context;
+mod declare;
 pub mod engine;
 pub mod event;
+mod func;
+mod kinds;
 pub mod output;
+mod quality;
 pub mod rule;
 pub mod sandbox;
+pub mod tables;
 pub mod time;
+mod timers;
 pub mod topic;
 
-pub use engine::Engine;
+pub use engine::{Engine, EngineConfig, EngineStats};
 pub use event::{Event, EventId};
 pub use output::{Composite, CompositeId, Outputs, RuleFault};
 pub use rule::{Origin, Rule, RuleSet};
 pub use sandbox::{CompileError, Limits, Sandbox};
+pub use tables::{Table, TableError, Tables};
 pub use time::Timestamp;
 pub use topic::{PatternError, TopicPattern};
 

@@ -12,6 +12,8 @@ use xxhash_rust::xxh3::Xxh3;
 pub struct Composite {
     /// Deterministic id: a function of the rule, the key and the triggering input.
     pub id: CompositeId,
+    /// The input (message, or timer) that caused it.
+    pub input: EventId,
     /// Name of the rule that produced it.
     pub rule: Arc<str>,
     /// The key the rule tracks, usually the device; the CloudEvents `subject`.
@@ -72,11 +74,17 @@ pub struct RuleFault {
     pub location: String,
     /// What went wrong.
     pub message: String,
+    /// The rule failed too often in a row and is now disabled until it is reloaded.
+    pub disabled: bool,
 }
 
 impl fmt::Display for RuleFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: rule `{}`: {}", self.location, self.rule, self.message)
+        write!(f, "{}: rule `{}`: {}", self.location, self.rule, self.message)?;
+        if self.disabled {
+            f.write_str(" (rule disabled)")?;
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +98,14 @@ pub struct Outputs {
     pub faults: Vec<RuleFault>,
     /// How many rules listened to the input (whether or not they emitted).
     pub matched: usize,
+    /// Inputs dropped as duplicates (same device and sequence number, or same id).
+    pub duplicates: usize,
+    /// Inputs older than the allowed lateness: not processed, returned for dead-lettering.
+    pub late: Vec<crate::Event>,
+    /// New keys refused because a rule tracks its maximum already.
+    pub keys_refused: usize,
+    /// Partial sequence matches dropped because a key had its maximum already.
+    pub partials_dropped: usize,
 }
 
 impl Outputs {
@@ -98,6 +114,10 @@ impl Outputs {
         self.events.clear();
         self.faults.clear();
         self.matched = 0;
+        self.duplicates = 0;
+        self.late.clear();
+        self.keys_refused = 0;
+        self.partials_dropped = 0;
     }
 }
 

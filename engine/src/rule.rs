@@ -1,8 +1,9 @@
 //! Compiled rules and the rule set the engine runs.
 
+use crate::func::Func;
 use crate::sandbox::{CompileError, Sandbox};
 use crate::topic::TopicPattern;
-use rhai::{AST, FnPtr};
+use rhai::{AST, Dynamic};
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,17 +24,75 @@ impl fmt::Display for Origin {
     }
 }
 
-/// What a rule does with the events it listens to. Each kind is evaluated natively by the
-/// engine; Rhai is called only for the rule's predicates and payload builders.
+/// A window's extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extent {
+    /// The last `ms` milliseconds of event time.
+    Time(i64),
+    /// The last `n` events.
+    Count(usize),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct WindowSpec {
+    pub(crate) extent: Extent,
+    /// Tumbling (consecutive, non-overlapping) rather than sliding.
+    pub(crate) tumbling: bool,
+    /// Which events enter the window; absent means all.
+    pub(crate) filter: Option<Func>,
+    /// The number aggregated; absent means `e.value`.
+    pub(crate) value: Option<Func>,
+    /// Most events one key's window holds; older ones are dropped (and counted).
+    pub(crate) max_events: usize,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Step {
+    pub(crate) name: rhai::ImmutableString,
+    pub(crate) when: Func,
+    /// How many matching events this step needs.
+    pub(crate) times: u32,
+    /// A negated step: the sequence fails if it matches while active.
+    pub(crate) absent: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct HeartbeatSpec {
+    pub(crate) timeout_ms: i64,
+    /// Per-message timeout, from the payload.
+    pub(crate) timeout_of: Option<Func>,
+    /// Registry of expected devices: a lookup table whose keys are this rule's keys.
+    pub(crate) expected: Option<String>,
+    /// Column of `expected` holding a per-device timeout (ms or duration text).
+    pub(crate) timeout_column: Option<String>,
+    /// Start-up grace before a never-seen expected device is reported missing.
+    pub(crate) grace_ms: i64,
+    /// A message that means "gone now" (a last-will `offline`).
+    pub(crate) offline: Option<Func>,
+    /// Flap suppression: more than `max` transitions within `window_ms` are reported once.
+    pub(crate) flap: Option<(i64, u32)>,
+}
+
+/// What a rule does with the events it listens to. The engine evaluates each kind natively;
+/// Rhai is called only for the rule's predicates and payload builders.
 #[derive(Debug, Clone)]
 pub(crate) enum RuleKind {
-    /// Stateless: every matching event for which `when` holds emits one composite event.
-    Filter {
-        /// Predicate; absent means every event matches.
-        when: Option<FnPtr>,
-        /// Builds the composite event's data; absent means the triggering payload.
-        emit: Option<FnPtr>,
-    },
+    /// Every matching event for which `when` holds emits.
+    Filter { when: Option<Func> },
+    /// Fires once when `when` starts to hold; re-arms when `clear` holds (default: `when` does not).
+    Threshold { when: Func, clear: Option<Func>, emit_clear: Option<Func> },
+    /// Aggregates over a window; `when` sees `e.window`. Sliding windows fire on the edge
+    /// (like a threshold); tumbling windows are judged once per closed window.
+    Window { spec: WindowSpec, when: Option<Func>, clear: Option<Func> },
+    /// A value that has not changed (beyond `tolerance`) for `for_ms`.
+    Stuck { for_ms: i64, tolerance: f64, value: Option<Func> },
+    /// Ordered steps within `within_ms`, with repetition and negation.
+    Sequence { steps: Vec<Step>, within_ms: i64, max_partial: usize },
+    /// Absence of expected messages, with missing and recovered events. `when` picks the
+    /// messages that count as signs of life (default: all it listens to).
+    Heartbeat { spec: HeartbeatSpec, when: Option<Func> },
+    /// `on_event` (and `on_timer`) with per-key state, `emit(...)` and `after(...)`.
+    Handler { on_event: Func, on_timer: Option<Func>, init: Dynamic },
 }
 
 impl RuleKind {
@@ -41,6 +100,12 @@ impl RuleKind {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             RuleKind::Filter { .. } => "filter",
+            RuleKind::Threshold { .. } => "threshold",
+            RuleKind::Window { .. } => "window",
+            RuleKind::Stuck { .. } => "stuck",
+            RuleKind::Sequence { .. } => "sequence",
+            RuleKind::Heartbeat { .. } => "heartbeat",
+            RuleKind::Handler { .. } => "handler",
         }
     }
 }
@@ -57,14 +122,18 @@ pub struct Rule {
     /// Topics it listens to.
     pub patterns: Vec<TopicPattern>,
     /// Derives the key from an event; absent means the default key (see [`crate::Engine`]).
-    pub(crate) key: Option<FnPtr>,
+    pub(crate) key: Option<Func>,
+    /// Builds the composite event's data; absent means a kind-specific default.
+    pub(crate) emit: Option<Func>,
     pub(crate) kind: RuleKind,
+    /// Most keys this rule tracks; new keys beyond it are refused and counted.
+    pub(crate) max_keys: usize,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
 }
 
 impl Rule {
-    /// The kind of rule, as a word (`filter`, ...).
+    /// The kind of rule, as a word (`filter`, `window`, `heartbeat`, ...).
     pub fn kind(&self) -> &'static str {
         self.kind.name()
     }
@@ -72,6 +141,14 @@ impl Rule {
     /// Does this rule listen to `topic`?
     pub fn listens_to(&self, topic: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(topic))
+    }
+
+    /// The lookup table this rule expects its keys from, if any.
+    pub fn expected_table(&self) -> Option<&str> {
+        match &self.kind {
+            RuleKind::Heartbeat { spec, .. } => spec.expected.as_deref(),
+            _ => None,
+        }
     }
 }
 
@@ -112,6 +189,11 @@ impl RuleSet {
         (set, errors)
     }
 
+    /// The rules for which `keep` holds, in the same order.
+    pub fn filtered(&self, keep: impl Fn(&Rule) -> bool) -> RuleSet {
+        RuleSet { rules: self.rules.iter().filter(|r| keep(r)).cloned().collect() }
+    }
+
     /// The rules, in evaluation order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Rule>> {
         self.rules.iter()
@@ -120,6 +202,10 @@ impl RuleSet {
     /// The rule with this name.
     pub fn get(&self, name: &str) -> Option<&Arc<Rule>> {
         self.rules.iter().find(|r| &*r.name == name)
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Arc<Rule>] {
+        &self.rules
     }
 
     /// How many rules there are.

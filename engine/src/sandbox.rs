@@ -2,11 +2,17 @@
 //!
 //! A rule file is a Rhai script whose top level calls `rule(name, #{ ... })` once per rule.
 //! The script runs once, at load time, under the same limits as the rules themselves; the
-//! closures it passes (`when`, `emit`, `key`) are kept and called per event.
+//! closures it passes (`when`, `emit`, `key`, ...) are kept and called per event.
+//!
+//! Functions rules can call besides Rhai's standard library:
+//! `lookup(table, key)`, `lookup(table, key, column)`, `lookup(table, key, column, default)`,
+//! `table_keys(table)`, `now()`, `duration(text)`; in handlers also `emit(data)`,
+//! `after(delay, name)`, `after(delay, name, data)` and `cancel(name)`.
 
-use crate::rule::{Origin, Rule, RuleKind};
-use crate::topic::TopicPattern;
-use rhai::{Dynamic, EvalAltResult, FnPtr, Map, NativeCallContext, Position};
+use crate::context::{self, TimerRequest};
+use crate::declare::{self, Declared};
+use crate::rule::{Origin, Rule};
+use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, NativeCallContext, Position};
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
@@ -70,24 +76,11 @@ impl CompileError {
     }
 }
 
-/// A rule as declared by `rule(...)`, before the file's AST is attached.
-struct Declared {
-    name: String,
-    pos: Position,
-    description: Option<String>,
-    patterns: Vec<TopicPattern>,
-    key: Option<FnPtr>,
-    kind: RuleKind,
-}
-
 thread_local! {
     /// Rules declared by the file being loaded on this thread; `None` outside loading, so a
     /// rule that calls `rule()` from a predicate gets an error instead of a side effect.
     static DECLARED: RefCell<Option<Vec<Declared>>> = const { RefCell::new(None) };
 }
-
-/// The keys `rule(name, #{...})` accepts.
-const RULE_KEYS: &[&str] = &["on", "when", "emit", "key", "description"];
 
 /// The sandboxed script engine shared by all rules.
 pub struct Sandbox {
@@ -105,6 +98,12 @@ impl Default for Sandbox {
     fn default() -> Self {
         Sandbox::new(Limits::default())
     }
+}
+
+type NativeResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn runtime_error(ctx: &NativeCallContext<'_>, msg: String) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(msg.into(), ctx.call_position()).into()
 }
 
 impl Sandbox {
@@ -127,7 +126,7 @@ impl Sandbox {
         engine.on_debug(|text, source, pos| {
             tracing::debug!(target: "edgewatch::rule", text, source, %pos, "Rule debug output.");
         });
-        engine.register_fn("rule", declare_rule);
+        register_functions(&mut engine);
         Sandbox { engine, limits }
     }
 
@@ -166,6 +165,19 @@ impl Sandbox {
                     format!("rule `{}` is declared twice in this file", d.name),
                 ));
             }
+            for (what, f, arity) in &d.arities {
+                if !f.resolves_in(&ast, *arity) {
+                    let found = f.arity_in(&ast).map(|n| format!("it takes {n}")).unwrap_or_else(|| {
+                        "it is not a function of this file (use a closure such as `|e| ...`)".to_owned()
+                    });
+                    let params = if *arity == 1 { "1 parameter".to_owned() } else { format!("{arity} parameters") };
+                    return Err(CompileError::at(
+                        &file,
+                        d.pos,
+                        format!("rule `{}`: `{what}` must take {params}, but {found}", d.name),
+                    ));
+                }
+            }
             rules.push(Rule {
                 name: d.name.into(),
                 origin: Origin {
@@ -176,7 +188,9 @@ impl Sandbox {
                 description: d.description,
                 patterns: d.patterns,
                 key: d.key,
+                emit: d.emit,
                 kind: d.kind,
+                max_keys: d.max_keys,
                 ast: ast.clone(),
             });
         }
@@ -199,81 +213,88 @@ pub(crate) fn describe(err: &EvalAltResult) -> (Position, String) {
     (pos, message)
 }
 
-/// `rule(name, #{ on: ..., when: ..., emit: ..., key: ... })`, callable only while a file loads.
-fn declare_rule(ctx: NativeCallContext<'_>, name: &str, def: Map) -> Result<(), Box<EvalAltResult>> {
-    let pos = ctx.call_position();
-    let fail = |msg: String| -> Box<EvalAltResult> { EvalAltResult::ErrorRuntime(msg.into(), pos).into() };
-
-    let loading = DECLARED.with(|d| d.borrow().is_some());
-    if !loading {
-        return Err(fail("`rule(...)` may only be called at the top level of a rule file".into()));
-    }
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(fail(format!("rule name `{name}` must be non-empty and use only letters, digits, `_` and `-`")));
-    }
-    if let Some(unknown) = def.keys().find(|k| !RULE_KEYS.contains(&k.as_str())) {
-        return Err(fail(format!(
-            "rule `{name}`: unknown key `{unknown}` (expected one of: {})",
-            RULE_KEYS.join(", ")
-        )));
-    }
-
-    let patterns = match def.get("on") {
-        None => return Err(fail(format!("rule `{name}`: missing `on` (the topics it listens to)"))),
-        Some(on) => parse_patterns(name, on).map_err(fail)?,
-    };
-    let func = |key: &str| -> Result<Option<FnPtr>, Box<EvalAltResult>> {
-        match def.get(key) {
-            None => Ok(None),
-            Some(v) if v.is_fnptr() => Ok(v.clone().try_cast::<FnPtr>()),
-            Some(v) => {
-                Err(fail(format!("rule `{name}`: `{key}` must be a function such as `|e| ...`, not {}", v.type_name())))
+fn register_functions(engine: &mut rhai::Engine) {
+    // rule(name, #{...}): only while a file loads.
+    engine.register_fn("rule", |ctx: NativeCallContext<'_>, name: &str, def: Map| -> NativeResult<()> {
+        let loading = DECLARED.with(|d| d.borrow().is_some());
+        if !loading {
+            return Err(runtime_error(&ctx, "`rule(...)` may only be called at the top level of a rule file".into()));
+        }
+        let declared = declare::declare(name, &def, ctx.call_position()).map_err(|m| runtime_error(&ctx, m))?;
+        DECLARED.with(|d| {
+            if let Some(list) = d.borrow_mut().as_mut() {
+                list.push(declared);
             }
-        }
-    };
-    let when = func("when")?;
-    let emit = func("emit")?;
-    let key = func("key")?;
-    let description = match def.get("description") {
-        None => None,
-        Some(v) if v.is_string() => Some(v.to_string()),
-        Some(v) => return Err(fail(format!("rule `{name}`: `description` must be a string, not {}", v.type_name()))),
-    };
-
-    let declared =
-        Declared { name: name.to_owned(), pos, description, patterns, key, kind: RuleKind::Filter { when, emit } };
-    DECLARED.with(|d| {
-        if let Some(list) = d.borrow_mut().as_mut() {
-            list.push(declared);
-        }
+        });
+        Ok(())
     });
-    Ok(())
-}
 
-fn parse_patterns(rule: &str, on: &Dynamic) -> Result<Vec<TopicPattern>, String> {
-    let texts: Vec<String> = if on.is_string() {
-        vec![on.to_string()]
-    } else if on.is_array() {
-        let arr = on.clone().into_array().unwrap_or_default();
-        let mut v = Vec::with_capacity(arr.len());
-        for item in arr {
-            if !item.is_string() {
-                return Err(format!(
-                    "rule `{rule}`: `on` must list topic patterns as strings, found {}",
-                    item.type_name()
-                ));
-            }
-            v.push(item.to_string());
-        }
-        v
-    } else {
-        return Err(format!("rule `{rule}`: `on` must be a topic pattern or a list of them, not {}", on.type_name()));
-    };
-    if texts.is_empty() {
-        return Err(format!("rule `{rule}`: `on` lists no topic pattern"));
+    // Lookup tables.
+    fn row(ctx: &NativeCallContext<'_>, table: &str, key: &str) -> NativeResult<Dynamic> {
+        context::with(|c| match c.tables.get(table) {
+            None => Err(runtime_error(ctx, format!("no lookup table named `{table}`"))),
+            Some(t) => Ok(t.get(key).map(|r| Dynamic::from_map(r.clone())).unwrap_or(Dynamic::UNIT)),
+        })
     }
-    texts
-        .iter()
-        .map(|t| TopicPattern::parse(t).map_err(|e| format!("rule `{rule}`: topic pattern `{t}`: {e}")))
-        .collect()
+    engine.register_fn("lookup", |ctx: NativeCallContext<'_>, table: &str, key: &str| row(&ctx, table, key));
+    engine.register_fn("lookup", |ctx: NativeCallContext<'_>, table: &str, key: &str, column: &str| {
+        let r = row(&ctx, table, key)?;
+        Ok::<_, Box<EvalAltResult>>(r.read_lock::<Map>().and_then(|m| m.get(column).cloned()).unwrap_or(Dynamic::UNIT))
+    });
+    engine.register_fn(
+        "lookup",
+        |ctx: NativeCallContext<'_>, table: &str, key: &str, column: &str, default: Dynamic| {
+            let r = row(&ctx, table, key)?;
+            let v = r.read_lock::<Map>().and_then(|m| m.get(column).cloned());
+            Ok::<_, Box<EvalAltResult>>(v.unwrap_or(default))
+        },
+    );
+    engine.register_fn("table_keys", |ctx: NativeCallContext<'_>, table: &str| {
+        context::with(|c| match c.tables.get(table) {
+            None => Err(runtime_error(&ctx, format!("no lookup table named `{table}`"))),
+            Some(t) => Ok(t.keys().map(|k| Dynamic::from(k.to_owned())).collect::<rhai::Array>()),
+        })
+    });
+
+    // Time.
+    engine.register_fn("now", || context::with(|c| c.now));
+    engine.register_fn("duration", |ctx: NativeCallContext<'_>, text: &str| {
+        declare::duration_ms(&Dynamic::from(text.to_owned())).map_err(|m| runtime_error(&ctx, format!("duration: {m}")))
+    });
+
+    // Handlers.
+    fn in_handler(ctx: &NativeCallContext<'_>, what: &str) -> NativeResult<()> {
+        if context::with(|c| c.handler) {
+            Ok(())
+        } else {
+            Err(runtime_error(ctx, format!("`{what}(...)` can only be called from `on_event` or `on_timer`")))
+        }
+    }
+    engine.register_fn("emit", |ctx: NativeCallContext<'_>, data: Dynamic| {
+        in_handler(&ctx, "emit")?;
+        context::with(|c| {
+            if c.emitted.len() >= 64 {
+                return Err(runtime_error(&ctx, "more than 64 `emit` calls in one call".into()));
+            }
+            c.emitted.push(data);
+            Ok(())
+        })
+    });
+    fn after(ctx: &NativeCallContext<'_>, delay: Dynamic, name: ImmutableString, data: Dynamic) -> NativeResult<()> {
+        in_handler(ctx, "after")?;
+        let delay_ms = declare::duration_ms(&delay).map_err(|m| runtime_error(ctx, format!("after: delay {m}")))?;
+        context::with(|c| c.timers.push(TimerRequest::After { delay_ms, name, data }));
+        Ok(())
+    }
+    engine.register_fn("after", |ctx: NativeCallContext<'_>, delay: Dynamic, name: ImmutableString| {
+        after(&ctx, delay, name, Dynamic::UNIT)
+    });
+    engine.register_fn("after", |ctx: NativeCallContext<'_>, delay: Dynamic, name: ImmutableString, data: Dynamic| {
+        after(&ctx, delay, name, data)
+    });
+    engine.register_fn("cancel", |ctx: NativeCallContext<'_>, name: ImmutableString| {
+        in_handler(&ctx, "cancel")?;
+        context::with(|c| c.timers.push(TimerRequest::Cancel { name }));
+        Ok::<_, Box<EvalAltResult>>(())
+    });
 }

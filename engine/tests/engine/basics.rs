@@ -21,7 +21,7 @@ fn json_event(topic: &str, json: &str, t: i64) -> Event {
 
 fn run(engine: &mut Engine, event: &Event) -> Outputs {
     let mut out = Outputs::default();
-    engine.process(event, event.time, &mut out);
+    engine.process(event.clone(), event.time, &mut out);
     out
 }
 

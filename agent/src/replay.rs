@@ -1,0 +1,250 @@
+//! Recorded events under virtual time: `edgewatch replay` and `edgewatch test`.
+//!
+//! A recording is JSON lines, one message (or clock step) each, as `firmware-sim --record`
+//! writes them:
+//!
+//! ```text
+//! {"t": 1000, "topic": "sensors/t-001/temperature", "payload": {"temperature": 85.5}}
+//! {"t": 2000, "topic": "sensors/t-001/status", "text": "offline"}     plain-text payload
+//! {"t": 3000, "topic": "sensors/t-001/temperature", "hex": "0105..."} binary (wire frame)
+//! {"t": 70000}                                                        the clock moves on
+//! ```
+//!
+//! `t` is both the message's arrival time and the processing time at that line, in
+//! milliseconds. Output is JSON lines too: composite events
+//! (`{"t", "rule", "key", "data"}`, plus `"id"` from `replay`), and rule faults, duplicates
+//! and late messages, so golden files pin those as well.
+//!
+//! Golden tests live next to the rules: `<rules>/tests/<case>/in.jsonl` and `out.jsonl`, and
+//! optionally `case.toml`: `rules = ["overheat"]` to run only some rules, and an `[engine]`
+//! section as in the agent configuration.
+
+use crate::config::RawEngine;
+use crate::decode::{Format, decode};
+use edgewatch_engine::{Dynamic, Engine, EngineConfig, Event, Outputs, RuleSet, Sandbox, Tables, Timestamp};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The prefix chained events use in replays and golden tests.
+pub const EVENTS_PREFIX: &str = "edgewatch/replay/events";
+
+/// A recording or a golden case that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}:{line}: {message}")]
+    Line { file: String, line: usize, message: String },
+    #[error("{file}: {message}")]
+    Config { file: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    t: i64,
+    topic: Option<String>,
+    payload: Option<Value>,
+    text: Option<String>,
+    hex: Option<String>,
+}
+
+/// One step of a recording.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Arrival and processing time, ms.
+    pub t: i64,
+    /// The message, if this line has one: topic, raw bytes, decoded payload.
+    pub message: Option<(String, Vec<u8>, Dynamic)>,
+}
+
+/// Parses a recording; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Vec<Recorded>, ReplayError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with("//") {
+            continue;
+        }
+        let err = |message: String| ReplayError::Line { file: file.to_owned(), line: i + 1, message };
+        let line: Line = serde_json::from_str(trimmed).map_err(|e| err(e.to_string()))?;
+        let message = match (line.topic, line.payload, line.text, line.hex) {
+            (None, None, None, None) => None,
+            (Some(topic), Some(payload), None, None) => {
+                let raw = serde_json::to_vec(&payload).map_err(|e| err(e.to_string()))?;
+                let value: Dynamic = serde_json::from_value(payload).map_err(|e| err(e.to_string()))?;
+                Some((topic, raw, value))
+            }
+            (Some(topic), None, Some(text), None) => {
+                let raw = text.into_bytes();
+                let value = decode(Format::Auto, &raw, usize::MAX).map_err(|e| err(e.to_string()))?;
+                Some((topic, raw, value))
+            }
+            (Some(topic), None, None, Some(hex)) => {
+                let raw = from_hex(&hex).ok_or_else(|| err("`hex` must be pairs of hex digits".into()))?;
+                let value = decode(Format::Auto, &raw, usize::MAX).map_err(|e| err(e.to_string()))?;
+                Some((topic, raw, value))
+            }
+            (None, ..) => return Err(err("a line with a payload needs a `topic`".into())),
+            _ => return Err(err("give exactly one of `payload`, `text` or `hex` with a `topic`".into())),
+        };
+        out.push(Recorded { t: line.t, message });
+    }
+    Ok(out)
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// Runs a recording through `engine`; returns the output lines. With `ids`, composite events
+/// carry their ids.
+pub fn run(engine: &mut Engine, recording: &[Recorded], ids: bool) -> Vec<Value> {
+    let mut out = Outputs::default();
+    let mut lines = Vec::new();
+    for step in recording {
+        out.clear();
+        let now = Timestamp(step.t);
+        match &step.message {
+            Some((topic, raw, payload)) => {
+                engine.process(Event::new(topic.clone(), payload.clone(), raw, now), now, &mut out);
+                if out.duplicates > 0 {
+                    lines.push(json!({"t": step.t, "duplicate": topic}));
+                }
+            }
+            None => engine.tick(now, &mut out),
+        }
+        for late in &out.late {
+            lines.push(json!({"t": step.t, "late": late.topic, "event_time": late.time.millis()}));
+        }
+        for f in &out.faults {
+            lines.push(json!({"t": step.t, "fault": f.to_string(), "rule": &*f.rule}));
+        }
+        for c in &out.events {
+            let mut line = json!({"t": c.time.millis(), "rule": &*c.rule, "key": c.key, "data": c.data_json()});
+            if ids {
+                line["id"] = json!(c.id.to_string());
+            }
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// What a golden case may set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseConfig {
+    /// Names of the rules to run; absent: all.
+    rules: Option<Vec<String>>,
+    #[serde(default)]
+    engine: RawEngine,
+}
+
+/// An engine for a replay: the rules of `rules` (a directory or one file) with their tables.
+pub fn engine_for(rules: &Path, config: EngineConfig) -> Result<Engine, ReplayError> {
+    engine_only(rules, config, None)
+}
+
+fn engine_only(rules: &Path, config: EngineConfig, only: Option<&[String]>) -> Result<Engine, ReplayError> {
+    let sandbox = Arc::new(Sandbox::default());
+    let loaded = crate::rules::load(&sandbox, rules)
+        .map_err(|e| ReplayError::Config { file: rules.display().to_string(), message: e.to_string() })?;
+    if let Some(first) = loaded.errors.first() {
+        return Err(ReplayError::Config { file: first.file.clone(), message: first.to_string() });
+    }
+    let (tables, errors) = crate::rules::load_tables(rules, &Default::default());
+    if let Some(e) = errors.first() {
+        return Err(ReplayError::Config { file: e.path.clone(), message: e.message.clone() });
+    }
+    let set = match only {
+        None => loaded.rules,
+        Some(names) => {
+            if let Some(missing) = names.iter().find(|n| loaded.rules.get(n).is_none()) {
+                return Err(ReplayError::Config {
+                    file: rules.display().to_string(),
+                    message: format!("no rule named `{missing}`"),
+                });
+            }
+            loaded.rules.filtered(|r| names.iter().any(|n| **n == *r.name))
+        }
+    };
+    Ok(engine_with(sandbox, set, tables, config))
+}
+
+fn engine_with(sandbox: Arc<Sandbox>, rules: RuleSet, tables: Tables, config: EngineConfig) -> Engine {
+    Engine::with_config(sandbox, rules, tables, config)
+}
+
+/// The default engine configuration of replays: as the agent's, chaining under
+/// [`EVENTS_PREFIX`].
+pub fn default_engine_config() -> EngineConfig {
+    RawEngine::default().to_engine_config(EVENTS_PREFIX)
+}
+
+/// One golden case's outcome.
+#[derive(Debug)]
+pub struct CaseResult {
+    pub name: String,
+    /// `None` when the output matched; else a unified diff (expected -> actual).
+    pub diff: Option<String>,
+}
+
+/// The golden cases under `<rules>/tests/`, sorted.
+pub fn cases(rules: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(rules.join("tests"))
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("in.jsonl").is_file()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn read(path: &Path) -> Result<String, ReplayError> {
+    std::fs::read_to_string(path).map_err(|source| ReplayError::Read { file: path.display().to_string(), source })
+}
+
+/// Runs one golden case. With `bless`, writes the actual output as the expected one.
+pub fn run_case(rules: &Path, case: &Path, bless: bool) -> Result<CaseResult, ReplayError> {
+    let name = case.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let config_file = case.join("case.toml");
+    let case_config: CaseConfig = if config_file.is_file() {
+        toml::from_str(&read(&config_file)?)
+            .map_err(|e| ReplayError::Config { file: config_file.display().to_string(), message: e.to_string() })?
+    } else {
+        CaseConfig::default()
+    };
+    let config = case_config.engine.to_engine_config(EVENTS_PREFIX);
+    let mut engine = engine_only(rules, config, case_config.rules.as_deref())?;
+    let input_file = case.join("in.jsonl");
+    let recording = parse(&read(&input_file)?, &input_file.display().to_string())?;
+    let actual: String = run(&mut engine, &recording, false).iter().map(|v| format!("{v}\n")).collect();
+    let expected_file = case.join("out.jsonl");
+    if bless {
+        std::fs::write(&expected_file, &actual)
+            .map_err(|source| ReplayError::Read { file: expected_file.display().to_string(), source })?;
+        return Ok(CaseResult { name, diff: None });
+    }
+    let expected_text = if expected_file.is_file() { read(&expected_file)? } else { String::new() };
+    // Compare as JSON values, so formatting and key order in the file do not matter.
+    let normalise = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str::<Value>(l).map(|v| v.to_string()).unwrap_or_else(|_| l.to_owned()) + "\n")
+            .collect()
+    };
+    let expected = normalise(&expected_text);
+    if expected == actual {
+        return Ok(CaseResult { name, diff: None });
+    }
+    let diff = similar::TextDiff::from_lines(&expected, &actual)
+        .unified_diff()
+        .header(&format!("{} (expected)", expected_file.display()), "actual")
+        .to_string();
+    Ok(CaseResult { name, diff: Some(diff) })
+}

@@ -1,0 +1,49 @@
+//! Rhai closures kept by rules (`when`, `emit`, `key`, ...) and how they are called.
+//!
+//! A closure is called by name in its file's AST with `eval_ast(false)`, so the file's top
+//! level never runs again; captured variables travel as curried arguments. `this` can be
+//! bound to a rule's per-key state, which is how handlers mutate it in place.
+
+use rhai::{AST, CallFnOptions, Dynamic, EvalAltResult, FnPtr, Scope};
+
+/// A closure from a rule file.
+#[derive(Debug, Clone)]
+pub(crate) struct Func {
+    ptr: FnPtr,
+}
+
+impl Func {
+    pub(crate) fn new(ptr: FnPtr) -> Self {
+        Func { ptr }
+    }
+
+    /// Is it a script function of `ast` taking `arity` arguments (besides captures)?
+    pub(crate) fn resolves_in(&self, ast: &AST, arity: usize) -> bool {
+        ast.shared_lib().get_script_fn(self.ptr.fn_name(), self.ptr.curry().len() + arity).is_some()
+    }
+
+    /// How many parameters the function takes, if it is a script function of `ast`.
+    pub(crate) fn arity_in(&self, ast: &AST) -> Option<usize> {
+        (0..=4).find(|n| self.resolves_in(ast, *n))
+    }
+
+    /// Calls the closure with `args`, `this` bound to `this` when given.
+    pub(crate) fn call(
+        &self,
+        engine: &rhai::Engine,
+        ast: &AST,
+        this: Option<&mut Dynamic>,
+        args: impl IntoIterator<Item = Dynamic>,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        let curry = self.ptr.curry();
+        let mut all: Vec<Dynamic> = Vec::with_capacity(curry.len() + 2);
+        all.extend(curry.iter().cloned());
+        all.extend(args);
+        let mut options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
+        if let Some(this) = this {
+            options = options.bind_this_ptr(this);
+        }
+        let mut scope = Scope::new();
+        engine.call_fn_with_options::<Dynamic>(options, &mut scope, ast, self.ptr.fn_name(), all)
+    }
+}

@@ -1,0 +1,101 @@
+//! Custom handlers: `on_event` with `this` bound to the key's own state map, `emit(...)` for
+//! output, and `after(delay, name, data)` / `cancel(name)` for timers that call `on_timer`.
+
+use super::{Cx, entry, timer_input};
+use crate::context::{self, TimerRequest};
+use crate::event::{Event, EventId};
+use crate::func::Func;
+use rhai::{Dynamic, ImmutableString};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Most pending timers one key may have.
+const MAX_TIMERS: usize = 16;
+
+/// One key's handler state.
+#[derive(Debug, Clone)]
+pub(crate) struct HandlerState {
+    /// What the rule keeps in `this`.
+    data: Dynamic,
+    /// Pending timers: (name, deadline, data).
+    timers: Vec<(ImmutableString, i64, Dynamic)>,
+}
+
+/// Runs `f` with `this` bound to the key's state, then turns what it asked for (events,
+/// timers) into outputs.
+fn run(cx: &mut Cx<'_>, f: &Func, key: &Arc<str>, s: &mut HandlerState, args: Vec<Dynamic>, time: i64, input: EventId) {
+    context::with(|c| {
+        c.handler = true;
+        c.emitted.clear();
+        c.timers.clear();
+    });
+    let _ = cx.call_this(f, &mut s.data, args);
+    let (emitted, timers) = context::with(|c| {
+        c.handler = false;
+        (std::mem::take(&mut c.emitted), std::mem::take(&mut c.timers))
+    });
+    if !s.data.is_map() {
+        cx.fault(format!("`this` must stay an object map, but became {}; state reset", s.data.type_name()));
+        s.data = Dynamic::from_map(rhai::Map::new());
+    }
+    for data in emitted {
+        cx.emit_data(key, time, data, input);
+    }
+    for t in timers {
+        match t {
+            TimerRequest::After { delay_ms, name, data } => {
+                s.timers.retain(|(n, _, _)| *n != name);
+                if s.timers.len() >= MAX_TIMERS {
+                    cx.fault(format!("more than {MAX_TIMERS} pending timers for key `{key}`; `{name}` not set"));
+                    continue;
+                }
+                let deadline = cx.now + delay_ms;
+                s.timers.push((name, deadline, data));
+                cx.set_timer(deadline, key, 0);
+            }
+            TimerRequest::Cancel { name } => s.timers.retain(|(n, _, _)| *n != name),
+        }
+    }
+}
+
+pub(crate) fn on_event(
+    cx: &mut Cx<'_>,
+    (on_event, init): (&Func, &Dynamic),
+    state: &mut HashMap<Arc<str>, HandlerState>,
+    key: &str,
+    e: &Dynamic,
+    ev: &Event,
+) {
+    let max_keys = cx.rule.max_keys;
+    let Some((key, s)) =
+        entry(state, key, max_keys, cx.out, || HandlerState { data: init.clone(), timers: Vec::new() })
+    else {
+        return;
+    };
+    run(cx, on_event, &key, s, vec![e.clone()], ev.time.millis(), ev.id);
+}
+
+pub(crate) fn on_timer(
+    cx: &mut Cx<'_>,
+    on_timer: Option<&Func>,
+    state: &mut HashMap<Arc<str>, HandlerState>,
+    key: &Arc<str>,
+    at: i64,
+) {
+    let k: &str = key;
+    let Some(s) = state.get_mut(k) else { return };
+    let mut due: Vec<(ImmutableString, i64, Dynamic)> = Vec::new();
+    s.timers.retain(|t| {
+        if t.1 <= at {
+            due.push(t.clone());
+            false
+        } else {
+            true
+        }
+    });
+    let Some(f) = on_timer else { return };
+    for (name, deadline, data) in due {
+        let tag = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        run(cx, f, key, s, vec![Dynamic::from(name), data], deadline, timer_input(deadline, tag));
+    }
+}

@@ -1,0 +1,298 @@
+//! Heartbeats: the absence of an expected message is itself an event.
+//!
+//! Lifecycle per key: a message (that `when` accepts) is a sign of life and pushes the
+//! deadline to `now + timeout`; a deadline that passes reports `missing` (with the last-seen
+//! time); the next sign of life reports `recovered` (with the downtime). A message that
+//! `offline` accepts (an MQTT last will) reports `missing` at once. Keys of the `expected`
+//! table that never report are `missing` after the start-up grace. A key that changes state
+//! more than `flap.max` times within `flap.window` is reported once as `flapping`, then once
+//! more with the count when it has been stable for a window.
+//!
+//! Timing uses processing time (`now`): absence is about arrival, whatever the device clock
+//! says. One timer entry per key at most; a message only moves the deadline, and the entry
+//! reschedules itself when it fires early, so a tick costs O(expired).
+
+use super::{Cx, entry, timer_input};
+use crate::declare::duration_ms;
+use crate::event::{Event, EventId};
+use crate::func::Func;
+use crate::rule::HeartbeatSpec;
+use crate::tables::Tables;
+use crate::time::Timestamp;
+use rhai::{Dynamic, Map};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const NONE: i64 = i64::MIN;
+const TAG_DEADLINE: u32 = 0;
+const TAG_FLAP: u32 = 1;
+
+/// One key's liveness. Kept small: 100k devices is an ordinary gateway load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hb {
+    last_seen: i64,
+    deadline: i64,
+    /// Deadline of this key's pending timer entry (`NONE`: no entry).
+    timer_at: i64,
+    missing_since: i64,
+    timeout_ms: i64,
+    flap_start: i64,
+    flap_timer_at: i64,
+    flap_count: u32,
+    flapping: bool,
+    never_seen: bool,
+}
+
+impl Hb {
+    fn new(now: i64, timeout_ms: i64) -> Hb {
+        Hb {
+            last_seen: NONE,
+            deadline: now + timeout_ms,
+            timer_at: NONE,
+            missing_since: NONE,
+            timeout_ms,
+            flap_start: NONE,
+            flap_timer_at: NONE,
+            flap_count: 0,
+            flapping: false,
+            never_seen: true,
+        }
+    }
+}
+
+/// Every key of one heartbeat rule.
+#[derive(Debug, Default)]
+pub(crate) struct HeartbeatState {
+    pub(crate) keys: HashMap<Arc<str>, Hb>,
+    /// The expected-devices registry has been loaded into `keys`.
+    pub(crate) registry_loaded: bool,
+}
+
+/// Loads the registry of expected keys: each one not yet tracked gets a deadline of
+/// `now + grace`.
+pub(crate) fn load_registry(cx: &mut Cx<'_>, spec: &HeartbeatSpec, tables: &Tables, state: &mut HeartbeatState) {
+    state.registry_loaded = true;
+    let Some(name) = &spec.expected else { return };
+    let Some(table) = tables.get(name) else {
+        cx.fault(format!("heartbeat.expected: no lookup table named `{name}`"));
+        return;
+    };
+    for key in table.keys() {
+        if state.keys.contains_key(key) {
+            continue;
+        }
+        if state.keys.len() >= cx.rule.max_keys {
+            cx.out.keys_refused += 1;
+            continue;
+        }
+        let timeout = table_timeout(spec, tables, key).unwrap_or(spec.timeout_ms);
+        let mut hb = Hb::new(cx.now, timeout);
+        hb.deadline = cx.now + spec.grace_ms.max(timeout);
+        hb.timer_at = hb.deadline;
+        let k: Arc<str> = Arc::from(key);
+        cx.set_timer(hb.deadline, &k, TAG_DEADLINE);
+        state.keys.insert(k, hb);
+    }
+}
+
+fn table_timeout(spec: &HeartbeatSpec, tables: &Tables, key: &str) -> Option<i64> {
+    let column = spec.timeout_column.as_ref()?;
+    let v = tables.get(spec.expected.as_ref()?)?.get(key)?.get(column.as_str())?;
+    duration_ms(v).ok()
+}
+
+/// Reports `what` (missing, recovered, flapping) for `key`, caused by `input` at `time`.
+fn status(
+    cx: &mut Cx<'_>,
+    (key, hb): (&str, &Hb),
+    what: &str,
+    (time, input): (i64, EventId),
+    extra: &[(&str, Dynamic)],
+    e: Option<&Dynamic>,
+) {
+    let mut data = Map::new();
+    data.insert("status".into(), Dynamic::from(what.to_owned()));
+    let last_seen = if hb.last_seen == NONE { Dynamic::UNIT } else { Timestamp(hb.last_seen).to_rfc3339().into() };
+    data.insert("last_seen".into(), last_seen);
+    data.insert("timeout_ms".into(), Dynamic::from_int(hb.timeout_ms));
+    for (k, v) in extra {
+        data.insert((*k).into(), v.clone());
+    }
+    let mut ctx: Map = e.and_then(|e| e.read_lock::<Map>().map(|m| m.clone())).unwrap_or_default();
+    ctx.insert("key".into(), Dynamic::from(key.to_owned()));
+    ctx.insert("time".into(), Dynamic::from_int(time));
+    ctx.insert(
+        "last_seen_ms".into(),
+        if hb.last_seen == NONE { Dynamic::UNIT } else { Dynamic::from_int(hb.last_seen) },
+    );
+    for (k, v) in &data {
+        ctx.insert(k.clone(), v.clone());
+    }
+    let ctx = Dynamic::from_map(ctx);
+    cx.emit(key, time, &ctx, || Dynamic::from_map(data), input);
+}
+
+/// Counts a transition; `false` when flap suppression swallows it.
+fn report_transition(
+    cx: &mut Cx<'_>,
+    spec: &HeartbeatSpec,
+    key: &Arc<str>,
+    hb: &mut Hb,
+    at: i64,
+    input: EventId,
+) -> bool {
+    let Some((window, max)) = spec.flap else { return true };
+    if hb.flap_start == NONE || at - hb.flap_start > window {
+        hb.flap_start = at;
+        hb.flap_count = 0;
+    }
+    hb.flap_count += 1;
+    if hb.flapping {
+        hb.flap_timer_at = at + window;
+        return false;
+    }
+    if hb.flap_count > max {
+        hb.flapping = true;
+        hb.flap_timer_at = at + window;
+        cx.set_timer(hb.flap_timer_at, key, TAG_FLAP);
+        let count = Dynamic::from_int(i64::from(hb.flap_count));
+        let extra = [("transitions", count), ("window_ms", Dynamic::from_int(window))];
+        status(cx, (key, hb), "flapping", (at, input), &extra, None);
+        return false;
+    }
+    true
+}
+
+fn go_missing(
+    cx: &mut Cx<'_>,
+    spec: &HeartbeatSpec,
+    key: &Arc<str>,
+    hb: &mut Hb,
+    at: i64,
+    reason: &str,
+    input: EventId,
+) {
+    hb.missing_since = at;
+    if report_transition(cx, spec, key, hb, at, input) {
+        let never = Dynamic::from_bool(hb.never_seen);
+        status(cx, (key, hb), "missing", (at, input), &[("reason", reason.into()), ("never_seen", never)], None);
+    }
+}
+
+pub(crate) fn on_event(
+    cx: &mut Cx<'_>,
+    (spec, when): (&HeartbeatSpec, Option<&Func>),
+    tables: &Tables,
+    state: &mut HeartbeatState,
+    key: &str,
+    e: &Dynamic,
+    ev: &Event,
+) {
+    if let Some(when) = when {
+        if cx.test("when", when, e) != Some(true) {
+            return;
+        }
+    }
+    let now = cx.now;
+    let offline = match &spec.offline {
+        Some(f) => match cx.test("heartbeat.offline", f, e) {
+            Some(b) => b,
+            None => return,
+        },
+        None => false,
+    };
+    let timeout = if offline {
+        spec.timeout_ms
+    } else {
+        let from_payload = match &spec.timeout_of {
+            Some(f) => match cx.call(f, [e.clone()]) {
+                Some(v) if v.is_unit() => None,
+                Some(v) => match duration_ms(&v) {
+                    Ok(ms) => Some(ms),
+                    Err(m) => {
+                        cx.fault(format!("heartbeat.timeout_of: the timeout {m}"));
+                        None
+                    }
+                },
+                None => None,
+            },
+            None => None,
+        };
+        from_payload.or_else(|| table_timeout(spec, tables, key)).unwrap_or(spec.timeout_ms)
+    };
+    let max_keys = cx.rule.max_keys;
+    let Some((key, hb)) = entry(&mut state.keys, key, max_keys, cx.out, || Hb::new(now, timeout)) else { return };
+
+    if offline {
+        if hb.missing_since == NONE {
+            go_missing(cx, spec, &key, hb, now, "offline", ev.id);
+        }
+        return;
+    }
+    let was_missing = hb.missing_since != NONE;
+    let previously_seen = hb.last_seen;
+    hb.timeout_ms = timeout;
+    hb.deadline = now + timeout;
+    if was_missing {
+        let downtime = now - hb.missing_since;
+        hb.missing_since = NONE;
+        if report_transition(cx, spec, &key, hb, now, ev.id) {
+            let mut tmp = *hb;
+            tmp.last_seen = previously_seen;
+            let extra = [("downtime_ms", Dynamic::from_int(downtime))];
+            status(cx, (&key, &tmp), "recovered", (now, ev.id), &extra, Some(e));
+        }
+    }
+    hb.last_seen = now;
+    hb.never_seen = false;
+    if hb.timer_at == NONE || hb.timer_at > hb.deadline {
+        hb.timer_at = hb.deadline;
+        cx.set_timer(hb.deadline, &key, TAG_DEADLINE);
+    }
+}
+
+pub(crate) fn on_timer(
+    cx: &mut Cx<'_>,
+    spec: &HeartbeatSpec,
+    state: &mut HeartbeatState,
+    key: &Arc<str>,
+    at: i64,
+    tag: u32,
+) {
+    let k: &str = key;
+    let Some(hb) = state.keys.get_mut(k) else { return };
+    match tag {
+        TAG_DEADLINE => {
+            if hb.timer_at != at {
+                return;
+            }
+            hb.timer_at = NONE;
+            if hb.missing_since != NONE {
+                return;
+            }
+            if hb.deadline > at {
+                hb.timer_at = hb.deadline;
+                cx.set_timer(hb.deadline, key, TAG_DEADLINE);
+                return;
+            }
+            let deadline = hb.deadline;
+            go_missing(cx, spec, key, hb, deadline, "timeout", timer_input(deadline, TAG_DEADLINE));
+        }
+        _ => {
+            if hb.flap_timer_at != at || !hb.flapping {
+                if hb.flapping && hb.flap_timer_at > at {
+                    cx.set_timer(hb.flap_timer_at, key, TAG_FLAP);
+                }
+                return;
+            }
+            // Stable for a whole window: report where it settled, with the count.
+            hb.flapping = false;
+            let flaps = Dynamic::from_int(i64::from(hb.flap_count));
+            hb.flap_start = NONE;
+            hb.flap_count = 0;
+            let settled = if hb.missing_since != NONE { "missing" } else { "recovered" };
+            let snapshot = *hb;
+            status(cx, (key, &snapshot), settled, (at, timer_input(at, TAG_FLAP)), &[("flaps", flaps)], None);
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Stuck sensors: a value that has not moved (beyond a tolerance) for a while.
+//!
+//! Judged on each reading: the reading that shows the value unchanged for `for` fires once;
+//! the first reading that moves re-arms the rule.
+
+use super::{Cx, entry};
+use crate::declare::number;
+use crate::event::Event;
+use crate::func::Func;
+use rhai::{Dynamic, Map};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One key's reference value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StuckState {
+    value: f64,
+    since: i64,
+    fired: bool,
+}
+
+pub(crate) fn on_event(
+    cx: &mut Cx<'_>,
+    (for_ms, tolerance, value): (i64, f64, Option<&Func>),
+    state: &mut HashMap<Arc<str>, StuckState>,
+    key: &str,
+    e: &Dynamic,
+    ev: &Event,
+) {
+    let v = match value {
+        Some(f) => match cx.call(f, [e.clone()]) {
+            Some(v) => v,
+            None => return,
+        },
+        None => e.read_lock::<Map>().and_then(|m| m.get("value").cloned()).unwrap_or_default(),
+    };
+    let Some(v) = number(&v).filter(|v| v.is_finite()) else {
+        // Not a reading (a status message on the same topic, say): nothing to judge.
+        return;
+    };
+    let t = ev.time.millis();
+    let max_keys = cx.rule.max_keys;
+    let Some((key, s)) = entry(state, key, max_keys, cx.out, || StuckState { value: v, since: t, fired: false }) else {
+        return;
+    };
+    if (v - s.value).abs() > tolerance {
+        *s = StuckState { value: v, since: t, fired: false };
+        return;
+    }
+    if !s.fired && t - s.since >= for_ms {
+        s.fired = true;
+        let mut m = Map::new();
+        m.insert("value".into(), Dynamic::from_float(s.value));
+        m.insert("since".into(), Dynamic::from_int(s.since));
+        m.insert("for_ms".into(), Dynamic::from_int(t - s.since));
+        let data = Dynamic::from_map(m);
+        let ctx = super::with_field(e, "stuck", data.clone());
+        cx.emit(&key, t, &ctx, || data, ev.id);
+    }
+}

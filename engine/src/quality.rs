@@ -1,0 +1,212 @@
+//! Data quality before the rules: event time, duplicates, and out-of-order delivery.
+//!
+//! - Event time comes from a configured payload field when present (integer milliseconds,
+//!   float seconds, or RFC 3339 text), else it is the arrival time.
+//! - Duplicates (same `device` and `seq`, or the same configured id field) are dropped: per
+//!   device a 64-message window of sequence numbers, as in IPsec's anti-replay check.
+//! - Events timed by their payload are held up to the allowed lateness and released in
+//!   event-time order; one older than what was already released is late and is returned
+//!   for dead-lettering instead of being folded in out of order.
+
+use crate::event::{Event, EventId};
+use rhai::{Dynamic, Map};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+
+/// Sequence numbers remembered per device.
+const SEQ_WINDOW: u32 = 64;
+/// Devices whose sequence numbers are tracked.
+const MAX_DEVICES: usize = 100_000;
+/// Ids remembered for id-field deduplication.
+const MAX_IDS: usize = 100_000;
+/// Events held for reordering at most.
+const MAX_BUFFERED: usize = 100_000;
+
+/// Reads event time from `field` of a map payload.
+pub(crate) fn payload_time(payload: &Dynamic, field: &str) -> Option<i64> {
+    let map = payload.read_lock::<Map>()?;
+    let v = map.get(field)?;
+    if let Ok(i) = v.as_int() {
+        return Some(i);
+    }
+    if let Ok(f) = v.as_float() {
+        return f.is_finite().then_some((f * 1000.0) as i64);
+    }
+    if v.is_string() {
+        let t = humantime::parse_rfc3339_weak(&v.to_string()).ok()?;
+        return Some(crate::Timestamp::from_system_time(t).millis());
+    }
+    None
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SeqWindow {
+    max: u32,
+    seen: u64,
+}
+
+/// Duplicate detection.
+#[derive(Debug, Default)]
+pub(crate) struct Dedup {
+    devices: HashMap<Box<str>, SeqWindow>,
+    ids: HashSet<Box<str>>,
+    id_order: VecDeque<Box<str>>,
+}
+
+impl Dedup {
+    /// Has this payload been seen? Records it if not.
+    pub(crate) fn is_duplicate(&mut self, payload: &Dynamic, id_field: Option<&str>) -> bool {
+        let Some(map) = payload.read_lock::<Map>() else { return false };
+        if let Some(field) = id_field {
+            if let Some(id) = map.get(field) {
+                let id: Box<str> = id.to_string().into();
+                if self.ids.contains(&id) {
+                    return true;
+                }
+                if self.id_order.len() >= MAX_IDS {
+                    if let Some(old) = self.id_order.pop_front() {
+                        self.ids.remove(&old);
+                    }
+                }
+                self.ids.insert(id.clone());
+                self.id_order.push_back(id);
+                return false;
+            }
+        }
+        let (Some(device), Some(seq)) = (map.get("device"), map.get("seq").and_then(|s| s.as_int().ok())) else {
+            return false;
+        };
+        let Ok(seq) = u32::try_from(seq) else { return false };
+        if !device.is_string() {
+            return false;
+        }
+        let device = device.to_string();
+        match self.devices.get_mut(device.as_str()) {
+            None => {
+                if self.devices.len() < MAX_DEVICES {
+                    self.devices.insert(device.into(), SeqWindow { max: seq, seen: 1 });
+                }
+                false
+            }
+            Some(w) => {
+                if seq > w.max {
+                    let shift = seq - w.max;
+                    w.seen = if shift >= 64 { 0 } else { w.seen << shift };
+                    w.seen |= 1;
+                    w.max = seq;
+                    false
+                } else if w.max - seq >= SEQ_WINDOW {
+                    // Far behind: the device restarted its counter. Start over from here.
+                    *w = SeqWindow { max: seq, seen: 1 };
+                    false
+                } else {
+                    let bit = 1u64 << (w.max - seq);
+                    let dup = w.seen & bit != 0;
+                    w.seen |= bit;
+                    dup
+                }
+            }
+        }
+    }
+}
+
+/// Holds payload-timed events until the allowed lateness has passed, and releases them in
+/// event-time order. Whether an event is too late is the engine's call (its watermark).
+#[derive(Debug, Default)]
+pub(crate) struct Reorder {
+    /// Ordered by (event time, id): ties broken by content, so arrival order never matters.
+    buffer: BinaryHeap<Reverse<(i64, EventId, u64)>>,
+    events: HashMap<u64, Event>,
+    next: u64,
+    /// Latest event time seen.
+    max_seen: Option<i64>,
+}
+
+impl Reorder {
+    /// Holds `event`. When more than the bound wait, the oldest is released early into `ready`.
+    pub(crate) fn push(&mut self, event: Event, ready: &mut Vec<Event>) {
+        let t = event.time.millis();
+        self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
+        let n = self.next;
+        self.next += 1;
+        self.buffer.push(Reverse((t, event.id, n)));
+        self.events.insert(n, event);
+        while self.buffer.len() > MAX_BUFFERED {
+            self.release_one(ready);
+        }
+    }
+
+    /// The latest event time seen.
+    pub(crate) fn max_seen(&self) -> Option<i64> {
+        self.max_seen
+    }
+
+    /// Releases events up to event time `upto` (inclusive), in order.
+    pub(crate) fn release(&mut self, upto: i64, ready: &mut Vec<Event>) {
+        while self.buffer.peek().is_some_and(|Reverse((t, _, _))| *t <= upto) {
+            self.release_one(ready);
+        }
+    }
+
+    fn release_one(&mut self, ready: &mut Vec<Event>) {
+        if let Some(Reverse((_, _, n))) = self.buffer.pop() {
+            if let Some(e) = self.events.remove(&n) {
+                ready.push(e);
+            }
+        }
+    }
+
+    /// How many events wait.
+    pub(crate) fn len(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(device: &str, seq: i64) -> Dynamic {
+        let mut m = Map::new();
+        m.insert("device".into(), device.into());
+        m.insert("seq".into(), Dynamic::from_int(seq));
+        Dynamic::from_map(m)
+    }
+
+    #[test]
+    fn sequence_numbers_dedup_within_a_window() {
+        let mut d = Dedup::default();
+        assert!(!d.is_duplicate(&reading("a", 1), None));
+        assert!(!d.is_duplicate(&reading("a", 3), None));
+        assert!(d.is_duplicate(&reading("a", 1), None));
+        assert!(!d.is_duplicate(&reading("a", 2), None), "late but new");
+        assert!(d.is_duplicate(&reading("a", 2), None));
+        assert!(!d.is_duplicate(&reading("b", 1), None), "another device");
+        assert!(!d.is_duplicate(&reading("a", 500), None));
+        assert!(!d.is_duplicate(&reading("a", 0), None), "a restarted counter is accepted");
+        assert!(d.is_duplicate(&reading("a", 0), None));
+    }
+
+    #[test]
+    fn id_field_dedup() {
+        let mut d = Dedup::default();
+        let mut m = Map::new();
+        m.insert("msg_id".into(), "x-1".into());
+        let p = Dynamic::from_map(m);
+        assert!(!d.is_duplicate(&p, Some("msg_id")));
+        assert!(d.is_duplicate(&p, Some("msg_id")));
+    }
+
+    #[test]
+    fn payload_times() {
+        let mut m = Map::new();
+        m.insert("ts".into(), Dynamic::from_int(1500));
+        m.insert("tf".into(), Dynamic::from_float(1.5));
+        m.insert("tr".into(), "1970-01-01T00:00:01.500Z".into());
+        let p = Dynamic::from_map(m);
+        assert_eq!(payload_time(&p, "ts"), Some(1500));
+        assert_eq!(payload_time(&p, "tf"), Some(1500));
+        assert_eq!(payload_time(&p, "tr"), Some(1500));
+        assert_eq!(payload_time(&p, "nope"), None);
+    }
+}

@@ -1,0 +1,126 @@
+use crate::support::{H, keys, table_csv};
+use edgewatch_engine::EngineConfig;
+
+const OFFLINE: &str = r#"
+rule("offline", #{
+    on: ["sensors/{device}/heartbeat", "sensors/{device}/status"],
+    heartbeat: #{
+        timeout: "30s",
+        offline: |e| e.levels[2] == "status" && e.value == "offline",
+    },
+});
+"#;
+
+#[test]
+fn missing_after_the_timeout_and_recovered_with_the_downtime() {
+    let mut h = H::new(OFFLINE);
+    assert!(h.send(0, "sensors/a/heartbeat", "1").is_empty());
+    assert!(h.send(20_000, "sensors/a/heartbeat", "1").is_empty());
+    assert!(h.tick(49_999).is_empty(), "deadline moved to 50 s");
+    let o = h.tick(50_000);
+    assert_eq!(keys(&o), ["a"]);
+    assert_eq!(o[0].2, 50_000);
+    assert_eq!(o[0].3["status"], "missing");
+    assert_eq!(o[0].3["last_seen"], "1970-01-01T00:00:20.000Z");
+    assert_eq!(o[0].3["reason"], "timeout");
+    assert!(h.tick(500_000).is_empty(), "reported once");
+    let o = h.send(600_000, "sensors/a/heartbeat", "1");
+    assert_eq!(o[0].3["status"], "recovered");
+    assert_eq!(o[0].3["downtime_ms"], 550_000);
+    assert_eq!(o[0].3["last_seen"], "1970-01-01T00:00:20.000Z", "when it was last seen before the outage");
+}
+
+#[test]
+fn a_last_will_marks_it_missing_at_once() {
+    let mut h = H::new(OFFLINE);
+    h.send(0, "sensors/a/heartbeat", "1");
+    let o = h.send(1_000, "sensors/a/status", "\"offline\"");
+    assert_eq!(o[0].3["status"], "missing");
+    assert_eq!(o[0].3["reason"], "offline");
+    assert!(h.tick(100_000).is_empty(), "not reported again at the deadline");
+    assert_eq!(h.send(200_000, "sensors/a/heartbeat", "1")[0].3["status"], "recovered");
+}
+
+#[test]
+fn expected_devices_that_never_report_are_missing_after_the_grace() {
+    let src = r#"
+        rule("offline", #{
+            on: "sensors/{device}/heartbeat",
+            heartbeat: #{ timeout: "30s", expected: "devices", timeout_column: "timeout", grace: "1m" },
+        });
+    "#;
+    let tables = table_csv("devices", "device,site,timeout\nt-1,roof,10s\nt-2,cellar,\nt-3,yard,5m\n");
+    let mut h = H::with(src, tables, EngineConfig::default());
+    assert!(h.tick(0).is_empty());
+    h.send(5_000, "sensors/t-1/heartbeat", "1");
+    // t-1 has its own 10 s timeout from the table: seen at 5 s, missing at 15 s.
+    let o = h.tick(15_000);
+    assert_eq!(keys(&o), ["t-1"]);
+    assert_eq!(o[0].3["timeout_ms"], 10_000);
+    assert_eq!(o[0].3["never_seen"], false);
+    // t-2 never reported: missing when the grace (1 min) ends. t-3's own timeout (5 min) is longer.
+    let o = h.tick(60_000);
+    assert_eq!(keys(&o), ["t-2"]);
+    assert_eq!(o[0].3["never_seen"], true);
+    assert!(o[0].3["last_seen"].is_null());
+    assert_eq!(keys(&h.tick(300_000)), ["t-3"]);
+}
+
+#[test]
+fn per_message_timeout_from_the_payload() {
+    let src = r#"
+        rule("offline", #{
+            on: "sensors/{device}/heartbeat",
+            heartbeat: #{ timeout: "30s", timeout_of: |e| if e.payload.interval_s != () { e.payload.interval_s * 3000 } else { () } },
+        });
+    "#;
+    let mut h = H::new(src);
+    h.send(0, "sensors/a/heartbeat", r#"{"interval_s": 2}"#);
+    h.send(0, "sensors/b/heartbeat", r#"{}"#);
+    assert_eq!(keys(&h.tick(6_000)), ["a"]);
+    assert_eq!(keys(&h.tick(30_000)), ["b"]);
+}
+
+#[test]
+fn flapping_is_reported_once_with_a_count() {
+    let src = r#"
+        rule("offline", #{
+            on: ["sensors/{device}/heartbeat", "sensors/{device}/status"],
+            heartbeat: #{ timeout: "1h", offline: |e| e.value == "offline", flap: #{ window: "10m", max: 2 } },
+        });
+    "#;
+    let mut h = H::new(src);
+    let mut all = Vec::new();
+    let mut t = 0;
+    for _ in 0..5 {
+        all.extend(h.send(t, "sensors/a/status", "\"offline\""));
+        all.extend(h.send(t + 1_000, "sensors/a/heartbeat", "1"));
+        t += 10_000;
+    }
+    let statuses: Vec<String> = all.iter().map(|o| o.3["status"].as_str().unwrap_or("?").to_owned()).collect();
+    assert_eq!(statuses, ["missing", "recovered", "flapping"], "10 transitions, 3 reports");
+    // Stable for a whole window: one report of where it settled, with the count.
+    let o = h.tick(t + 10 * 60_000);
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(o[0].3["status"], "recovered");
+    assert_eq!(o[0].3["flaps"], 10);
+}
+
+#[test]
+fn timers_cost_the_expired_not_the_tracked() {
+    let mut h = H::new(OFFLINE);
+    for i in 0..10_000 {
+        h.send(0, &format!("sensors/d{i}/heartbeat"), "1");
+    }
+    // Everyone keeps reporting: each key has one timer entry at most, however many messages.
+    for i in 0..10_000 {
+        h.send(10_000, &format!("sensors/d{i}/heartbeat"), "1");
+    }
+    assert_eq!(h.engine.stats().timers, 10_000);
+    h.send(35_000, "sensors/d0/heartbeat", "1");
+    // At 30 s every entry fires once and reschedules to 40 s (no one is missing yet)...
+    assert!(h.tick(30_000).is_empty());
+    assert_eq!(h.engine.stats().timers, 10_000);
+    // ...and at 40 s all but d0 are missing.
+    assert_eq!(h.tick(40_000).len(), 9_999);
+}

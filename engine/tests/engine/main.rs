@@ -1,0 +1,13 @@
+//! Black-box tests of the engine under virtual time: rule files in, events and ticks in,
+//! composite events and faults out. One test binary; one module per concern.
+
+mod basics;
+mod chaining;
+mod handler;
+mod heartbeat;
+mod properties;
+mod quality;
+mod sequence;
+mod support;
+mod threshold;
+mod window;
