@@ -262,6 +262,9 @@ fn heartbeat(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<HeartbeatSpec, Str
         Some(v) => duration_ms(v).map_err(|m| format!("`heartbeat.timeout` {m}"))?,
         None => return Err("`heartbeat` needs `timeout`".into()),
     };
+    if timeout_ms > i64::from(u32::MAX) {
+        return Err("`heartbeat.timeout` must be at most 49 days".into());
+    }
     let string = |k: &str| -> Result<Option<String>, String> {
         match h.get(k) {
             None => Ok(None),

@@ -9,7 +9,7 @@
 
 use crate::context;
 use crate::event::{Event, EventId};
-use crate::kinds::{self, Cx, KindState};
+use crate::kinds::{self, Cx, Ev, KindState};
 use crate::output::{Outputs, RuleFault};
 use crate::quality::{self, Dedup, Reorder};
 use crate::rule::{Rule, RuleKind, RuleSet};
@@ -17,7 +17,9 @@ use crate::sandbox::Sandbox;
 use crate::tables::Tables;
 use crate::time::Timestamp;
 use crate::timers::Timers;
-use rhai::{Array, Dynamic, Map};
+use crate::topic::MAX_NAMES;
+use rhai::{Dynamic, Map};
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 /// How the engine treats its input. The defaults suit messages timed by their arrival.
@@ -279,15 +281,7 @@ impl Engine {
             let rt = &mut self.runtime[idx];
             if let (RuleKind::Heartbeat { spec, .. }, KindState::Heartbeat(h)) = (&rule.kind, &mut rt.state) {
                 if !h.registry_loaded {
-                    let mut cx = Cx {
-                        script: self.sandbox.engine(),
-                        rule,
-                        rule_idx: idx as u32,
-                        timers: &mut self.clock,
-                        out,
-                        now,
-                        faulted: false,
-                    };
+                    let mut cx = Cx::new(self.sandbox.engine(), rule, idx as u32, &mut self.clock, out, now);
                     kinds::heartbeat::load_registry(&mut cx, spec, &self.tables, h);
                 }
             }
@@ -301,7 +295,7 @@ impl Engine {
                 Clock::Event => self.event_timers.pop_due(upto),
             };
             let Some(t) = t else { break };
-            let idx = t.rule as usize;
+            let idx = t.rule() as usize;
             let Some(rule) = self.rules.as_slice().get(idx).cloned() else { continue };
             if self.runtime[idx].disabled {
                 continue;
@@ -312,15 +306,14 @@ impl Engine {
                     Clock::Processing => &mut self.clock,
                     Clock::Event => &mut self.event_timers,
                 };
-                let mut cx = Cx {
-                    script: self.sandbox.engine(),
-                    rule: &rule,
-                    rule_idx: t.rule,
+                let mut cx = Cx::new(
+                    self.sandbox.engine(),
+                    &rule,
+                    t.rule(),
                     timers,
                     out,
-                    now: if clock == Clock::Processing { upto } else { self.watermark.max(t.deadline) },
-                    faulted: false,
-                };
+                    if clock == Clock::Processing { upto } else { self.watermark.max(t.deadline) },
+                );
                 match (&rule.kind, &mut self.runtime[idx].state) {
                     (RuleKind::Window { spec, when, .. }, KindState::Window(s)) => {
                         kinds::window::on_timer(&mut cx, (spec, when.as_ref()), s, &t.key, t.deadline);
@@ -329,7 +322,7 @@ impl Engine {
                         kinds::sequence::on_timer(&mut cx, (steps, *within_ms), s, &t.key, t.deadline);
                     }
                     (RuleKind::Heartbeat { spec, .. }, KindState::Heartbeat(s)) => {
-                        kinds::heartbeat::on_timer(&mut cx, spec, s, &t.key, t.deadline, t.tag);
+                        kinds::heartbeat::on_timer(&mut cx, spec, s, &t.key, t.deadline, t.tag());
                     }
                     (RuleKind::Handler { on_timer, .. }, KindState::Handler(s)) => {
                         kinds::handler::on_timer(&mut cx, on_timer.as_ref(), s, &t.key, t.deadline);
@@ -351,41 +344,34 @@ impl Engine {
     }
 
     fn route(&mut self, event: &Event, now: i64, out: &mut Outputs) {
-        let mut base: Option<Map> = None;
+        // The event's map is built once for all rules, and only if some rule needs it.
+        let base: OnceCell<Map> = OnceCell::new();
         for idx in 0..self.rules.len() {
-            let rule = &self.rules.as_slice()[idx];
+            let rule = self.rules.as_slice()[idx].clone();
             let Some(pattern) = rule.patterns.iter().find(|p| p.matches(&event.topic)) else { continue };
             if self.runtime[idx].disabled {
                 continue;
             }
             out.matched += 1;
-            let rule = rule.clone();
-            let fields = base.get_or_insert_with(|| event_fields(event));
-            let mut e = fields.clone();
+            let mut captures = [("", ""); MAX_NAMES];
+            let mut n = 0;
             let mut device: Option<&str> = None;
             pattern.matches_with(&event.topic, |name, value| {
                 if name == "device" {
                     device = Some(value);
                 }
-                e.insert(name.into(), value.into());
-            });
-            let e = Dynamic::from_map(e);
-            let faulted = {
-                let timers = if event_timed(&rule) { &mut self.event_timers } else { &mut self.clock };
-                let mut cx = Cx {
-                    script: self.sandbox.engine(),
-                    rule: &rule,
-                    rule_idx: idx as u32,
-                    timers,
-                    out,
-                    now,
-                    faulted: false,
-                };
-                if let Some(key) = key_of(&mut cx, &e, device, event) {
-                    dispatch(&mut cx, &self.tables, &mut self.runtime[idx].state, &key, &e, event);
+                if let Some(slot) = captures.get_mut(n) {
+                    *slot = (name, value);
+                    n += 1;
                 }
-                cx.faulted
-            };
+            });
+            let x = Ev::new(event, &captures[..n], &base);
+            let timers = if event_timed(&rule) { &mut self.event_timers } else { &mut self.clock };
+            let mut cx = Cx::new(self.sandbox.engine(), &rule, idx as u32, timers, out, now);
+            if let Some(key) = key_of(&mut cx, &x, device) {
+                dispatch(&mut cx, &self.tables, &mut self.runtime[idx].state, &key, &x);
+            }
+            let faulted = cx.faulted;
             self.account(idx, &rule, faulted, out);
         }
     }
@@ -452,27 +438,27 @@ fn fresh_runtime(rule: &Rule) -> Runtime {
     Runtime { state: KindState::for_rule(rule), failures: 0, disabled: false }
 }
 
-fn dispatch(cx: &mut Cx<'_>, tables: &Tables, state: &mut KindState, key: &str, e: &Dynamic, ev: &Event) {
+fn dispatch(cx: &mut Cx<'_>, tables: &Tables, state: &mut KindState, key: &str, x: &Ev<'_>) {
     let rule = cx.rule;
     match (&rule.kind, state) {
-        (RuleKind::Filter { when }, _) => kinds::filter::on_event_filter(cx, when.as_ref(), key, e, ev),
+        (RuleKind::Filter { when }, _) => kinds::filter::on_event_filter(cx, when.as_ref(), key, x),
         (RuleKind::Threshold { when, clear, emit_clear }, KindState::Threshold(s)) => {
-            kinds::filter::on_event_threshold(cx, (when, clear.as_ref(), emit_clear.as_ref()), s, key, e, ev);
+            kinds::filter::on_event_threshold(cx, (when, clear.as_ref(), emit_clear.as_ref()), s, key, x);
         }
         (RuleKind::Window { spec, when, clear }, KindState::Window(s)) => {
-            kinds::window::on_event(cx, (spec, when.as_ref(), clear.as_ref()), s, key, e, ev);
+            kinds::window::on_event(cx, (spec, when.as_ref(), clear.as_ref()), s, key, x);
         }
         (RuleKind::Stuck { for_ms, tolerance, value }, KindState::Stuck(s)) => {
-            kinds::stuck::on_event(cx, (*for_ms, *tolerance, value.as_ref()), s, key, e, ev);
+            kinds::stuck::on_event(cx, (*for_ms, *tolerance, value.as_ref()), s, key, x);
         }
         (RuleKind::Sequence { steps, within_ms, max_partial }, KindState::Sequence(s)) => {
-            kinds::sequence::on_event(cx, (steps, *within_ms, *max_partial), s, key, e, ev);
+            kinds::sequence::on_event(cx, (steps, *within_ms, *max_partial), s, key, x);
         }
         (RuleKind::Heartbeat { spec, when }, KindState::Heartbeat(s)) => {
-            kinds::heartbeat::on_event(cx, (spec, when.as_ref()), tables, s, key, e, ev);
+            kinds::heartbeat::on_event(cx, (spec, when.as_ref()), tables, s, key, x);
         }
         (RuleKind::Handler { on_event, init, .. }, KindState::Handler(s)) => {
-            kinds::handler::on_event(cx, (on_event, init), s, key, e, ev);
+            kinds::handler::on_event(cx, (on_event, init), s, key, x);
         }
         _ => {}
     }
@@ -480,9 +466,9 @@ fn dispatch(cx: &mut Cx<'_>, tables: &Tables, state: &mut KindState, key: &str, 
 
 /// The key: the rule's `key` closure, else the `{device}` level of the topic, else the
 /// payload's `device` (or, for chained events, `subject`) field, else the topic itself.
-fn key_of(cx: &mut Cx<'_>, e: &Dynamic, device: Option<&str>, event: &Event) -> Option<String> {
+fn key_of(cx: &mut Cx<'_>, x: &Ev<'_>, device: Option<&str>) -> Option<String> {
     if let Some(k) = &cx.rule.key {
-        let v = cx.call(k, [e.clone()])?;
+        let v = cx.call(k, [x.dynamic().clone()])?;
         if v.is_unit() {
             cx.fault("`key` returned nothing".into());
             return None;
@@ -492,35 +478,12 @@ fn key_of(cx: &mut Cx<'_>, e: &Dynamic, device: Option<&str>, event: &Event) -> 
     if let Some(d) = device {
         return Some(d.to_owned());
     }
-    if let Some(map) = event.payload.read_lock::<Map>() {
+    if let Some(map) = x.event.payload.read_lock::<Map>() {
         for field in ["device", "subject"] {
             if let Some(d) = map.get(field).filter(|d| d.is_string()) {
                 return Some(d.to_string());
             }
         }
     }
-    Some(event.topic.clone())
-}
-
-/// The fields every rule sees: `topic`, `levels`, `payload`, `value`, `time`.
-///
-/// `value` is the reading a rule most often wants: a scalar payload itself; else the
-/// payload's `value` field; else the field named like the topic's last level (so
-/// `{"temperature": 21.5}` on `sensors/t-01/temperature` has `value` 21.5); else `()`.
-fn event_fields(event: &Event) -> Map {
-    let mut m = Map::new();
-    let levels: Array = event.topic.split('/').map(|l| Dynamic::from(l.to_owned())).collect();
-    let value = match event.payload.read_lock::<Map>() {
-        Some(map) => {
-            let last = event.topic.rsplit('/').next().unwrap_or("");
-            map.get("value").or_else(|| map.get(last)).cloned().unwrap_or(Dynamic::UNIT)
-        }
-        None => event.payload.clone(),
-    };
-    m.insert("topic".into(), event.topic.as_str().into());
-    m.insert("levels".into(), levels.into());
-    m.insert("payload".into(), event.payload.clone());
-    m.insert("value".into(), value);
-    m.insert("time".into(), Dynamic::from_int(event.time.millis()));
-    m
+    Some(x.event.topic.clone())
 }

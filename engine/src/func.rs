@@ -4,17 +4,26 @@
 //! level never runs again; captured variables travel as curried arguments. `this` can be
 //! bound to a rule's per-key state, which is how handlers mutate it in place.
 
+use crate::native::Pred;
 use rhai::{AST, CallFnOptions, Dynamic, EvalAltResult, FnPtr, Scope};
+use std::sync::{Arc, OnceLock};
 
 /// A closure from a rule file.
 #[derive(Debug, Clone)]
 pub(crate) struct Func {
     ptr: FnPtr,
+    /// The closure as a native predicate, if it is one; worked out on first use.
+    native: Arc<OnceLock<Option<Pred>>>,
 }
 
 impl Func {
     pub(crate) fn new(ptr: FnPtr) -> Self {
-        Func { ptr }
+        Func { ptr, native: Arc::new(OnceLock::new()) }
+    }
+
+    /// The native form of this predicate, if it has one.
+    pub(crate) fn native(&self, ast: &AST) -> Option<&Pred> {
+        self.native.get_or_init(|| Pred::compile(&self.ptr, ast)).as_ref()
     }
 
     /// Is it a script function of `ast` taking `arity` arguments (besides captures)?

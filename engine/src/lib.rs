@@ -29,6 +29,7 @@ pub mod engine;
 pub mod event;
 mod func;
 mod kinds;
+mod native;
 pub mod output;
 mod quality;
 pub mod rule;

@@ -9,16 +9,26 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-/// A scheduled wake-up.
+/// A scheduled wake-up. 32 bytes: there is one per tracked heartbeat key.
 #[derive(Debug, Clone)]
 pub(crate) struct Timer {
     pub(crate) deadline: i64,
-    /// Insertion order: ties fire in the order they were set, so runs are deterministic.
-    pub(crate) seq: u64,
-    pub(crate) rule: u32,
+    /// Insertion order (wrapping): ties fire in the order they were set, so runs are
+    /// deterministic.
+    seq: u32,
+    /// Rule index (high 24 bits) and what the rule set it for (low 8 bits).
+    rule_tag: u32,
     pub(crate) key: Arc<str>,
-    /// What the rule set it for (kind-specific).
-    pub(crate) tag: u32,
+}
+
+impl Timer {
+    pub(crate) fn rule(&self) -> u32 {
+        self.rule_tag >> 8
+    }
+
+    pub(crate) fn tag(&self) -> u32 {
+        self.rule_tag & 0xff
+    }
 }
 
 impl PartialEq for Timer {
@@ -43,14 +53,15 @@ impl Ord for Timer {
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
     heap: BinaryHeap<Timer>,
-    next_seq: u64,
+    next_seq: u32,
 }
 
 impl Timers {
+    /// Sets a timer; `rule` must be below 2^24 and `tag` below 256.
     pub(crate) fn set(&mut self, deadline: i64, rule: u32, key: Arc<str>, tag: u32) {
         let seq = self.next_seq;
-        self.next_seq += 1;
-        self.heap.push(Timer { deadline, seq, rule, key, tag });
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.heap.push(Timer { deadline, seq, rule_tag: (rule << 8) | (tag & 0xff), key });
     }
 
     /// The earliest pending deadline.
@@ -74,7 +85,7 @@ impl Timers {
         self.heap = old
             .into_iter()
             .filter_map(|mut t| {
-                t.rule = map(t.rule)?;
+                t.rule_tag = (map(t.rule())? << 8) | t.tag();
                 Some(t)
             })
             .collect();
@@ -96,7 +107,7 @@ mod tests {
         assert_eq!(t.next_deadline(), Some(10));
         let mut fired = Vec::new();
         while let Some(x) = t.pop_due(25) {
-            fired.push(x.tag);
+            fired.push(x.tag());
         }
         assert_eq!(fired, [2, 3, 4]);
         assert_eq!(t.len(), 1);

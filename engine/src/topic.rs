@@ -43,7 +43,12 @@ pub enum PatternError {
     ReservedName(String),
     #[error("topic pattern contains a control character")]
     ControlCharacter,
+    #[error("a topic pattern binds at most {MAX_NAMES} levels")]
+    TooManyNames,
 }
+
+/// Most `{name}` levels in one pattern.
+pub const MAX_NAMES: usize = 8;
 
 /// Names a rule's event already uses; a named level may not shadow them.
 pub const RESERVED_FIELDS: &[&str] = &["topic", "levels", "payload", "value", "time", "key"];
@@ -80,6 +85,9 @@ impl TopicPattern {
                         return Err(PatternError::DuplicateName(name.to_owned()));
                     }
                     names.push(name);
+                    if names.len() > MAX_NAMES {
+                        return Err(PatternError::TooManyNames);
+                    }
                     Level::Named(name.into())
                 }
                 p if p.contains('+') || p.contains('#') => return Err(PatternError::PartialWildcard),
@@ -119,7 +127,7 @@ impl TopicPattern {
     /// Does `topic` match? Calls `bind(name, value)` for each named level when it does.
     /// Topics starting with `$` (broker internals) only match patterns that name that level
     /// exactly, as MQTT requires.
-    pub fn matches_with<'t>(&self, topic: &'t str, mut bind: impl FnMut(&str, &'t str)) -> bool {
+    pub fn matches_with<'p, 't>(&'p self, topic: &'t str, mut bind: impl FnMut(&'p str, &'t str)) -> bool {
         if !self.matches(topic) {
             return false;
         }

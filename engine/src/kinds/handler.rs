@@ -1,9 +1,9 @@
 //! Custom handlers: `on_event` with `this` bound to the key's own state map, `emit(...)` for
 //! output, and `after(delay, name, data)` / `cancel(name)` for timers that call `on_timer`.
 
-use super::{Cx, entry, timer_input};
+use super::{Cx, Ev, entry, timer_input};
 use crate::context::{self, TimerRequest};
-use crate::event::{Event, EventId};
+use crate::event::EventId;
 use crate::func::Func;
 use rhai::{Dynamic, ImmutableString};
 use std::collections::HashMap;
@@ -63,8 +63,7 @@ pub(crate) fn on_event(
     (on_event, init): (&Func, &Dynamic),
     state: &mut HashMap<Arc<str>, HandlerState>,
     key: &str,
-    e: &Dynamic,
-    ev: &Event,
+    x: &Ev<'_>,
 ) {
     let max_keys = cx.rule.max_keys;
     let Some((key, s)) =
@@ -72,7 +71,7 @@ pub(crate) fn on_event(
     else {
         return;
     };
-    run(cx, on_event, &key, s, vec![e.clone()], ev.time.millis(), ev.id);
+    run(cx, on_event, &key, s, vec![x.dynamic().clone()], x.time(), x.event.id);
 }
 
 pub(crate) fn on_timer(

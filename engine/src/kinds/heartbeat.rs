@@ -12,9 +12,9 @@
 //! says. One timer entry per key at most; a message only moves the deadline, and the entry
 //! reschedules itself when it fires early, so a tick costs O(expired).
 
-use super::{Cx, entry, timer_input};
+use super::{Cx, Ev, entry, timer_input};
 use crate::declare::duration_ms;
-use crate::event::{Event, EventId};
+use crate::event::EventId;
 use crate::func::Func;
 use crate::rule::HeartbeatSpec;
 use crate::tables::Tables;
@@ -24,23 +24,34 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 const NONE: i64 = i64::MIN;
+
+/// Timeouts are kept as u32 milliseconds (up to 49 days) to keep per-key state small.
+fn clamp_ms(ms: i64) -> u32 {
+    u32::try_from(ms.max(1)).unwrap_or(u32::MAX)
+}
 const TAG_DEADLINE: u32 = 0;
 const TAG_FLAP: u32 = 1;
 
-/// One key's liveness. Kept small: 100k devices is an ordinary gateway load.
-#[derive(Debug, Clone, Copy)]
+/// One key's liveness. Kept small (48 bytes): 100k devices is an ordinary gateway load.
+#[derive(Debug, Clone)]
 pub(crate) struct Hb {
     last_seen: i64,
     deadline: i64,
     /// Deadline of this key's pending timer entry (`NONE`: no entry).
     timer_at: i64,
     missing_since: i64,
-    timeout_ms: i64,
-    flap_start: i64,
-    flap_timer_at: i64,
-    flap_count: u32,
-    flapping: bool,
+    timeout_ms: u32,
     never_seen: bool,
+    /// Flap tracking, only for keys that have changed state.
+    flap: Option<Box<Flap>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flap {
+    start: i64,
+    timer_at: i64,
+    count: u32,
+    flapping: bool,
 }
 
 impl Hb {
@@ -50,12 +61,9 @@ impl Hb {
             deadline: now + timeout_ms,
             timer_at: NONE,
             missing_since: NONE,
-            timeout_ms,
-            flap_start: NONE,
-            flap_timer_at: NONE,
-            flap_count: 0,
-            flapping: false,
+            timeout_ms: clamp_ms(timeout_ms),
             never_seen: true,
+            flap: None,
         }
     }
 }
@@ -108,28 +116,29 @@ fn status(
     what: &str,
     (time, input): (i64, EventId),
     extra: &[(&str, Dynamic)],
-    e: Option<&Dynamic>,
+    x: Option<&Ev<'_>>,
 ) {
     let mut data = Map::new();
     data.insert("status".into(), Dynamic::from(what.to_owned()));
     let last_seen = if hb.last_seen == NONE { Dynamic::UNIT } else { Timestamp(hb.last_seen).to_rfc3339().into() };
     data.insert("last_seen".into(), last_seen);
-    data.insert("timeout_ms".into(), Dynamic::from_int(hb.timeout_ms));
+    data.insert("timeout_ms".into(), Dynamic::from_int(i64::from(hb.timeout_ms)));
     for (k, v) in extra {
         data.insert((*k).into(), v.clone());
     }
-    let mut ctx: Map = e.and_then(|e| e.read_lock::<Map>().map(|m| m.clone())).unwrap_or_default();
-    ctx.insert("key".into(), Dynamic::from(key.to_owned()));
-    ctx.insert("time".into(), Dynamic::from_int(time));
-    ctx.insert(
-        "last_seen_ms".into(),
-        if hb.last_seen == NONE { Dynamic::UNIT } else { Dynamic::from_int(hb.last_seen) },
-    );
-    for (k, v) in &data {
-        ctx.insert(k.clone(), v.clone());
-    }
-    let ctx = Dynamic::from_map(ctx);
-    cx.emit(key, time, &ctx, || Dynamic::from_map(data), input);
+    let last_seen_ms = hb.last_seen;
+    let ctx = || {
+        let mut ctx: Map = x.and_then(|x| x.dynamic().read_lock::<Map>().map(|m| m.clone())).unwrap_or_default();
+        ctx.insert("key".into(), Dynamic::from(key.to_owned()));
+        ctx.insert("time".into(), Dynamic::from_int(time));
+        let ms = if last_seen_ms == NONE { Dynamic::UNIT } else { Dynamic::from_int(last_seen_ms) };
+        ctx.insert("last_seen_ms".into(), ms);
+        for (k, v) in &data {
+            ctx.insert(k.clone(), v.clone());
+        }
+        Dynamic::from_map(ctx)
+    };
+    cx.emit(key, time, ctx, || Dynamic::from_map(data.clone()), input);
 }
 
 /// Counts a transition; `false` when flap suppression swallows it.
@@ -142,21 +151,22 @@ fn report_transition(
     input: EventId,
 ) -> bool {
     let Some((window, max)) = spec.flap else { return true };
-    if hb.flap_start == NONE || at - hb.flap_start > window {
-        hb.flap_start = at;
-        hb.flap_count = 0;
+    let f = hb.flap.get_or_insert_with(|| Box::new(Flap { start: at, timer_at: NONE, count: 0, flapping: false }));
+    if at - f.start > window && !f.flapping {
+        f.start = at;
+        f.count = 0;
     }
-    hb.flap_count += 1;
-    if hb.flapping {
-        hb.flap_timer_at = at + window;
+    f.count += 1;
+    if f.flapping {
+        f.timer_at = at + window;
         return false;
     }
-    if hb.flap_count > max {
-        hb.flapping = true;
-        hb.flap_timer_at = at + window;
-        cx.set_timer(hb.flap_timer_at, key, TAG_FLAP);
-        let count = Dynamic::from_int(i64::from(hb.flap_count));
-        let extra = [("transitions", count), ("window_ms", Dynamic::from_int(window))];
+    if f.count > max {
+        f.flapping = true;
+        f.timer_at = at + window;
+        let (timer_at, count) = (f.timer_at, f.count);
+        cx.set_timer(timer_at, key, TAG_FLAP);
+        let extra = [("transitions", Dynamic::from_int(i64::from(count))), ("window_ms", Dynamic::from_int(window))];
         status(cx, (key, hb), "flapping", (at, input), &extra, None);
         return false;
     }
@@ -185,17 +195,16 @@ pub(crate) fn on_event(
     tables: &Tables,
     state: &mut HeartbeatState,
     key: &str,
-    e: &Dynamic,
-    ev: &Event,
+    x: &Ev<'_>,
 ) {
     if let Some(when) = when {
-        if cx.test("when", when, e) != Some(true) {
+        if cx.test("when", when, x) != Some(true) {
             return;
         }
     }
     let now = cx.now;
     let offline = match &spec.offline {
-        Some(f) => match cx.test("heartbeat.offline", f, e) {
+        Some(f) => match cx.test("heartbeat.offline", f, x) {
             Some(b) => b,
             None => return,
         },
@@ -205,7 +214,7 @@ pub(crate) fn on_event(
         spec.timeout_ms
     } else {
         let from_payload = match &spec.timeout_of {
-            Some(f) => match cx.call(f, [e.clone()]) {
+            Some(f) => match cx.call(f, [x.dynamic().clone()]) {
                 Some(v) if v.is_unit() => None,
                 Some(v) => match duration_ms(&v) {
                     Ok(ms) => Some(ms),
@@ -225,22 +234,22 @@ pub(crate) fn on_event(
 
     if offline {
         if hb.missing_since == NONE {
-            go_missing(cx, spec, &key, hb, now, "offline", ev.id);
+            go_missing(cx, spec, &key, hb, now, "offline", x.event.id);
         }
         return;
     }
     let was_missing = hb.missing_since != NONE;
     let previously_seen = hb.last_seen;
-    hb.timeout_ms = timeout;
+    hb.timeout_ms = clamp_ms(timeout);
     hb.deadline = now + timeout;
     if was_missing {
         let downtime = now - hb.missing_since;
         hb.missing_since = NONE;
-        if report_transition(cx, spec, &key, hb, now, ev.id) {
-            let mut tmp = *hb;
+        if report_transition(cx, spec, &key, hb, now, x.event.id) {
+            let mut tmp = hb.clone();
             tmp.last_seen = previously_seen;
             let extra = [("downtime_ms", Dynamic::from_int(downtime))];
-            status(cx, (&key, &tmp), "recovered", (now, ev.id), &extra, Some(e));
+            status(cx, (&key, &tmp), "recovered", (now, x.event.id), &extra, Some(x));
         }
     }
     hb.last_seen = now;
@@ -279,19 +288,19 @@ pub(crate) fn on_timer(
             go_missing(cx, spec, key, hb, deadline, "timeout", timer_input(deadline, TAG_DEADLINE));
         }
         _ => {
-            if hb.flap_timer_at != at || !hb.flapping {
-                if hb.flapping && hb.flap_timer_at > at {
-                    cx.set_timer(hb.flap_timer_at, key, TAG_FLAP);
+            let Some(f) = hb.flap.as_deref_mut() else { return };
+            if f.timer_at != at || !f.flapping {
+                if f.flapping && f.timer_at > at {
+                    let t = f.timer_at;
+                    cx.set_timer(t, key, TAG_FLAP);
                 }
                 return;
             }
             // Stable for a whole window: report where it settled, with the count.
-            hb.flapping = false;
-            let flaps = Dynamic::from_int(i64::from(hb.flap_count));
-            hb.flap_start = NONE;
-            hb.flap_count = 0;
+            let flaps = Dynamic::from_int(i64::from(f.count));
+            hb.flap = None;
             let settled = if hb.missing_since != NONE { "missing" } else { "recovered" };
-            let snapshot = *hb;
+            let snapshot = hb.clone();
             status(cx, (key, &snapshot), settled, (at, timer_input(at, TAG_FLAP)), &[("flaps", flaps)], None);
         }
     }

@@ -8,15 +8,89 @@ pub(crate) mod sequence;
 pub(crate) mod stuck;
 pub(crate) mod window;
 
-use crate::event::EventId;
+use crate::event::{Event, EventId};
 use crate::func::Func;
+use crate::native::View;
 use crate::output::{Composite, CompositeId, Outputs, RuleFault};
 use crate::rule::Rule;
 use crate::sandbox::describe;
 use crate::timers::Timers;
-use rhai::{Dynamic, EvalAltResult, Map};
+use rhai::{Array, Dynamic, EvalAltResult, Map};
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The event as rules see it, built only as far as needed: native predicates read the event
+/// itself; the Rhai map `e` is built on first use, from a base shared by all rules.
+pub(crate) struct Ev<'a> {
+    pub(crate) event: &'a Event,
+    /// The `{name}` levels of the pattern that matched.
+    pub(crate) captures: &'a [(&'a str, &'a str)],
+    /// `topic`, `levels`, `payload`, `value`, `time`: the same for every rule.
+    base: &'a OnceCell<Map>,
+    map: OnceCell<Dynamic>,
+}
+
+impl<'a> Ev<'a> {
+    pub(crate) fn new(event: &'a Event, captures: &'a [(&'a str, &'a str)], base: &'a OnceCell<Map>) -> Self {
+        Ev { event, captures, base, map: OnceCell::new() }
+    }
+
+    /// The Rhai map `e`.
+    pub(crate) fn dynamic(&self) -> &Dynamic {
+        self.map.get_or_init(|| {
+            let mut m = self.base.get_or_init(|| event_fields(self.event)).clone();
+            for (name, value) in self.captures {
+                m.insert((*name).into(), (*value).into());
+            }
+            Dynamic::from_map(m)
+        })
+    }
+
+    /// `e.value`, without building `e`.
+    pub(crate) fn value(&self) -> Dynamic {
+        derived_value(self.event)
+    }
+
+    pub(crate) fn time(&self) -> i64 {
+        self.event.time.millis()
+    }
+
+    pub(crate) fn view(&self) -> View<'_> {
+        View {
+            topic: &self.event.topic,
+            payload: &self.event.payload,
+            time: self.event.time.millis(),
+            captures: self.captures,
+            window: None,
+        }
+    }
+}
+
+/// `value` is the reading a rule most often wants: a scalar payload itself; else the
+/// payload's `value` field; else the field named like the topic's last level (so
+/// `{"temperature": 21.5}` on `sensors/t-01/temperature` has `value` 21.5); else `()`.
+pub(crate) fn derived_value(event: &Event) -> Dynamic {
+    match event.payload.as_map_ref() {
+        Ok(map) => {
+            let last = event.topic.rsplit('/').next().unwrap_or("");
+            map.get("value").or_else(|| map.get(last)).cloned().unwrap_or(Dynamic::UNIT)
+        }
+        Err(_) => event.payload.clone(),
+    }
+}
+
+/// The fields every rule sees: `topic`, `levels`, `payload`, `value`, `time`.
+pub(crate) fn event_fields(event: &Event) -> Map {
+    let mut m = Map::new();
+    let levels: Array = event.topic.split('/').map(|l| Dynamic::from(l.to_owned())).collect();
+    m.insert("topic".into(), event.topic.as_str().into());
+    m.insert("levels".into(), levels.into());
+    m.insert("payload".into(), event.payload.clone());
+    m.insert("value".into(), derived_value(event));
+    m.insert("time".into(), Dynamic::from_int(event.time.millis()));
+    m
+}
 
 /// Per-key state of one rule.
 #[derive(Debug, Default)]
@@ -92,9 +166,23 @@ pub(crate) struct Cx<'a> {
     pub(crate) now: i64,
     /// A call of this rule failed during this step.
     pub(crate) faulted: bool,
+    /// Length of `out.events` when this step began: what it emitted is after this.
+    pub(crate) start: usize,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
+    pub(crate) fn new(
+        script: &'a rhai::Engine,
+        rule: &'a Rule,
+        rule_idx: u32,
+        timers: &'a mut Timers,
+        out: &'a mut Outputs,
+        now: i64,
+    ) -> Self {
+        let start = out.events.len();
+        Cx { script, rule, rule_idx, timers, out, now, faulted: false, start }
+    }
+
     /// Calls `f(args)`; a failure becomes a fault of the rule and `None`.
     pub(crate) fn call(&mut self, f: &Func, args: impl IntoIterator<Item = Dynamic>) -> Option<Dynamic> {
         match f.call(self.script, &self.rule.ast, None, args) {
@@ -122,8 +210,31 @@ impl Cx<'_> {
         }
     }
 
+    /// Evaluates predicate `f` on the event: natively when it is a simple comparison, else
+    /// through Rhai.
+    pub(crate) fn test(&mut self, what: &str, f: &Func, x: &Ev<'_>) -> Option<bool> {
+        if let Some(b) = f.native(&self.rule.ast).and_then(|p| p.eval(&x.view())) {
+            return Some(b);
+        }
+        self.test_dyn(what, f, x.dynamic())
+    }
+
+    /// Evaluates `f` natively on `view` if it can, else calls it with `ctx()`.
+    pub(crate) fn test_with(
+        &mut self,
+        what: &str,
+        f: &Func,
+        view: &View<'_>,
+        ctx: impl FnOnce() -> Dynamic,
+    ) -> Option<bool> {
+        if let Some(b) = f.native(&self.rule.ast).and_then(|p| p.eval(view)) {
+            return Some(b);
+        }
+        self.test_dyn(what, f, &ctx())
+    }
+
     /// Calls a predicate `f(e)`; anything but a bool is a fault.
-    pub(crate) fn test(&mut self, what: &str, f: &Func, e: &Dynamic) -> Option<bool> {
+    pub(crate) fn test_dyn(&mut self, what: &str, f: &Func, e: &Dynamic) -> Option<bool> {
         let v = self.call(f, [e.clone()])?;
         match v.as_bool() {
             Ok(b) => Some(b),
@@ -155,18 +266,18 @@ impl Cx<'_> {
         });
     }
 
-    /// Emits a composite event: the rule's `emit(e)` when it has one (which may decline with
-    /// `()`), else `default_data`.
+    /// Emits a composite event: the rule's `emit(ctx())` when it has one (which may decline
+    /// with `()`), else `default_data()`.
     pub(crate) fn emit(
         &mut self,
         key: &str,
         time: i64,
-        e: &Dynamic,
+        ctx: impl FnOnce() -> Dynamic,
         default_data: impl FnOnce() -> Dynamic,
         input: EventId,
     ) {
         let data = match &self.rule.emit {
-            Some(f) => match self.call(f, [e.clone()]) {
+            Some(f) => match self.call(f, [ctx()]) {
                 Some(d) => d,
                 None => return,
             },
@@ -180,8 +291,12 @@ impl Cx<'_> {
         if data.is_unit() {
             return;
         }
-        let index =
-            self.out.events.iter().filter(|c| c.input == input && *c.rule == *self.rule.name && c.key == key).count();
+        // Only this step (one rule, one input) can have emitted for the same rule, key and
+        // input: count among its own outputs.
+        let index = self.out.events[self.start.min(self.out.events.len())..]
+            .iter()
+            .filter(|c| c.input == input && c.key == key)
+            .count();
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         self.out.events.push(Composite {
             id: CompositeId::derive(&self.rule.name, key, input, index),

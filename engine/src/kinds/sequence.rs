@@ -8,8 +8,8 @@
 //! time is up with none of them seen ("door opened, then no badge within 10 s"). Partials
 //! that run out of time otherwise are dropped.
 
-use super::{Cx, entry};
-use crate::event::{Event, EventId};
+use super::{Cx, Ev, entry};
+use crate::event::EventId;
 use crate::rule::Step;
 use rhai::{Dynamic, Map};
 use std::collections::HashMap;
@@ -35,15 +35,12 @@ pub(crate) struct SeqState {
     partials: Vec<Partial>,
 }
 
-fn summary(e: &Dynamic) -> Dynamic {
+/// What a step remembers of the event that matched it.
+fn summary(x: &Ev<'_>) -> Dynamic {
     let mut m = Map::new();
-    if let Some(src) = e.read_lock::<Map>() {
-        for k in ["time", "topic", "value"] {
-            if let Some(v) = src.get(k) {
-                m.insert(k.into(), v.clone());
-            }
-        }
-    }
+    m.insert("time".into(), Dynamic::from_int(x.time()));
+    m.insert("topic".into(), x.event.topic.as_str().into());
+    m.insert("value".into(), x.value());
     Dynamic::from_map(m)
 }
 
@@ -52,18 +49,23 @@ fn waiting_on_absence(steps: &[Step], p: &Partial) -> bool {
     steps[p.pos..].iter().all(|s| s.absent)
 }
 
-fn complete(cx: &mut Cx<'_>, key: &str, p: &Partial, time: i64, e: Option<&Dynamic>, input: EventId) {
-    let mut ctx: Map = e.and_then(|e| e.read_lock::<Map>().map(|m| m.clone())).unwrap_or_default();
-    ctx.insert("key".into(), Dynamic::from(key.to_owned()));
-    ctx.insert("time".into(), Dynamic::from_int(time));
-    ctx.insert("started".into(), Dynamic::from_int(p.start));
-    ctx.insert("matches".into(), Dynamic::from_map(p.matches.clone()));
-    let ctx = Dynamic::from_map(ctx);
-    let mut data = Map::new();
-    data.insert("started".into(), Dynamic::from_int(p.start));
-    data.insert("duration_ms".into(), Dynamic::from_int(time - p.start));
-    data.insert("matches".into(), Dynamic::from_map(p.matches.clone()));
-    cx.emit(key, time, &ctx, || Dynamic::from_map(data), input);
+fn complete(cx: &mut Cx<'_>, key: &str, p: &Partial, time: i64, x: Option<&Ev<'_>>, input: EventId) {
+    let ctx = || {
+        let mut ctx: Map = x.and_then(|x| x.dynamic().read_lock::<Map>().map(|m| m.clone())).unwrap_or_default();
+        ctx.insert("key".into(), Dynamic::from(key.to_owned()));
+        ctx.insert("time".into(), Dynamic::from_int(time));
+        ctx.insert("started".into(), Dynamic::from_int(p.start));
+        ctx.insert("matches".into(), Dynamic::from_map(p.matches.clone()));
+        Dynamic::from_map(ctx)
+    };
+    let data = || {
+        let mut data = Map::new();
+        data.insert("started".into(), Dynamic::from_int(p.start));
+        data.insert("duration_ms".into(), Dynamic::from_int(time - p.start));
+        data.insert("matches".into(), Dynamic::from_map(p.matches.clone()));
+        Dynamic::from_map(data)
+    };
+    cx.emit(key, time, ctx, data, input);
 }
 
 fn timeout_input(p: &Partial) -> EventId {
@@ -92,10 +94,9 @@ pub(crate) fn on_event(
     (steps, within_ms, max_partial): (&[Step], i64, usize),
     state: &mut HashMap<Arc<str>, SeqState>,
     key: &str,
-    e: &Dynamic,
-    ev: &Event,
+    x: &Ev<'_>,
 ) {
-    let t = ev.time.millis();
+    let t = x.time();
     let max_keys = cx.rule.max_keys;
     let Some((key, s)) = entry(state, key, max_keys, cx.out, SeqState::default) else { return };
     // Time that passed without a timer firing (event time ahead of the clock).
@@ -107,7 +108,7 @@ pub(crate) fn on_event(
         if let Some(v) = verdicts[i] {
             return v;
         }
-        let v = cx.test(&format!("sequence[{i}].when"), &steps[i].when, e) == Some(true);
+        let v = cx.test("sequence step `when`", &steps[i].when, x) == Some(true);
         verdicts[i] = Some(v);
         v
     };
@@ -131,14 +132,14 @@ pub(crate) fn on_event(
         if j < steps.len() && eval(cx, j) {
             let p = &mut s.partials[i];
             p.count += 1;
-            p.matches.insert(steps[j].name.clone().into(), summary(e));
+            p.matches.insert(steps[j].name.clone().into(), summary(x));
             if p.count >= steps[j].times {
                 p.pos = j + 1;
                 p.count = 0;
             }
             if p.pos == steps.len() {
                 let p = s.partials.remove(i);
-                complete(cx, &key, &p, t, Some(e), ev.id);
+                complete(cx, &key, &p, t, Some(x), x.event.id);
                 continue;
             }
         }
@@ -146,14 +147,14 @@ pub(crate) fn on_event(
     }
 
     if eval(cx, 0) {
-        let mut p = Partial { start: t, pos: 0, count: 1, matches: Map::new(), start_id: ev.id };
-        p.matches.insert(steps[0].name.clone().into(), summary(e));
+        let mut p = Partial { start: t, pos: 0, count: 1, matches: Map::new(), start_id: x.event.id };
+        p.matches.insert(steps[0].name.clone().into(), summary(x));
         if steps[0].times <= 1 {
             p.pos = 1;
             p.count = 0;
         }
         if p.pos == steps.len() {
-            complete(cx, &key, &p, t, Some(e), ev.id);
+            complete(cx, &key, &p, t, Some(x), x.event.id);
         } else {
             if s.partials.len() >= max_partial {
                 s.partials.remove(0);

@@ -3,9 +3,8 @@
 //! Judged on each reading: the reading that shows the value unchanged for `for` fires once;
 //! the first reading that moves re-arms the rule.
 
-use super::{Cx, entry};
+use super::{Cx, Ev, entry};
 use crate::declare::number;
-use crate::event::Event;
 use crate::func::Func;
 use rhai::{Dynamic, Map};
 use std::collections::HashMap;
@@ -24,21 +23,20 @@ pub(crate) fn on_event(
     (for_ms, tolerance, value): (i64, f64, Option<&Func>),
     state: &mut HashMap<Arc<str>, StuckState>,
     key: &str,
-    e: &Dynamic,
-    ev: &Event,
+    x: &Ev<'_>,
 ) {
     let v = match value {
-        Some(f) => match cx.call(f, [e.clone()]) {
+        Some(f) => match cx.call(f, [x.dynamic().clone()]) {
             Some(v) => v,
             None => return,
         },
-        None => e.read_lock::<Map>().and_then(|m| m.get("value").cloned()).unwrap_or_default(),
+        None => x.value(),
     };
     let Some(v) = number(&v).filter(|v| v.is_finite()) else {
         // Not a reading (a status message on the same topic, say): nothing to judge.
         return;
     };
-    let t = ev.time.millis();
+    let t = x.time();
     let max_keys = cx.rule.max_keys;
     let Some((key, s)) = entry(state, key, max_keys, cx.out, || StuckState { value: v, since: t, fired: false }) else {
         return;
@@ -54,7 +52,6 @@ pub(crate) fn on_event(
         m.insert("since".into(), Dynamic::from_int(s.since));
         m.insert("for_ms".into(), Dynamic::from_int(t - s.since));
         let data = Dynamic::from_map(m);
-        let ctx = super::with_field(e, "stuck", data.clone());
-        cx.emit(&key, t, &ctx, || data, ev.id);
+        cx.emit(&key, t, || super::with_field(x.dynamic(), "stuck", data.clone()), || data.clone(), x.event.id);
     }
 }

@@ -7,10 +7,10 @@
 //! without `when` it emits its aggregates for every event that enters it. Tumbling windows
 //! are judged once each, when they close: by the next event past their end, or by a timer.
 
-use super::{Cx, entry, timer_input, with_field};
+use super::{Cx, Ev, entry, timer_input, with_field};
 use crate::declare::number;
-use crate::event::Event;
 use crate::func::Func;
+use crate::native::{Aggregates, View};
 use crate::rule::{Extent, WindowSpec};
 use rhai::{Dynamic, Map};
 use std::collections::{HashMap, VecDeque};
@@ -82,46 +82,48 @@ impl WindowState {
     }
 
     /// The aggregates rules see as `e.window`.
-    fn aggregates(&self, start: Option<i64>, end: Option<i64>) -> Dynamic {
-        let mut m = Map::new();
+    fn aggregates(&self, bounds: Option<(i64, i64)>) -> Aggregates {
         let count = self.events.len();
-        m.insert("count".into(), Dynamic::from_int(count as i64));
-        m.insert("sum".into(), Dynamic::from_float(self.sum));
         let (first, last) = (self.events.front(), self.events.back());
-        let f = |x: Option<f64>| x.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT);
-        m.insert("avg".into(), f((count > 0).then(|| self.sum / count as f64)));
-        m.insert("min".into(), f(self.minq.front().map(|&(_, v)| v)));
-        m.insert("max".into(), f(self.maxq.front().map(|&(_, v)| v)));
-        m.insert("first".into(), f(first.map(|&(_, v)| v)));
-        m.insert("last".into(), f(last.map(|&(_, v)| v)));
         let rate = match (first, last) {
             (Some(&(t0, v0)), Some(&(t1, v1))) if t1 > t0 => Some((v1 - v0) / ((t1 - t0) as f64 / 1000.0)),
             _ => None,
         };
-        m.insert("rate".into(), f(rate));
-        let span = match (first, last) {
+        let span_ms = match (first, last) {
             (Some(&(t0, _)), Some(&(t1, _))) => t1 - t0,
             _ => 0,
         };
-        m.insert("span_ms".into(), Dynamic::from_int(span));
-        if let (Some(s), Some(e)) = (start, end) {
-            m.insert("start".into(), Dynamic::from_int(s));
-            m.insert("end".into(), Dynamic::from_int(e));
+        Aggregates {
+            count: count as i64,
+            sum: self.sum,
+            avg: (count > 0).then(|| self.sum / count as f64),
+            min: self.minq.front().map(|&(_, v)| v),
+            max: self.maxq.front().map(|&(_, v)| v),
+            first: first.map(|&(_, v)| v),
+            last: last.map(|&(_, v)| v),
+            rate,
+            span_ms,
+            bounds,
         }
-        Dynamic::from_map(m)
     }
 }
 
+/// Evaluates a window predicate on the event plus `e.window`.
+fn judge(cx: &mut Cx<'_>, what: &str, f: &Func, x: &Ev<'_>, aggs: &Aggregates) -> Option<bool> {
+    let view = View { window: Some(aggs), ..x.view() };
+    cx.test_with(what, f, &view, || with_field(x.dynamic(), "window", aggs.to_dynamic()))
+}
+
 /// The number an event contributes, or `None` (filtered out, or a fault).
-fn value_of(cx: &mut Cx<'_>, spec: &WindowSpec, e: &Dynamic) -> Option<f64> {
+fn value_of(cx: &mut Cx<'_>, spec: &WindowSpec, x: &Ev<'_>) -> Option<f64> {
     if let Some(filter) = &spec.filter {
-        if cx.test("window.filter", filter, e) != Some(true) {
+        if cx.test("window.filter", filter, x) != Some(true) {
             return None;
         }
     }
     let v = match &spec.value {
-        Some(f) => cx.call(f, [e.clone()])?,
-        None => e.read_lock::<Map>().and_then(|m| m.get("value").cloned()).unwrap_or(Dynamic::UNIT),
+        Some(f) => cx.call(f, [x.dynamic().clone()])?,
+        None => x.value(),
     };
     match number(&v) {
         Some(n) if n.is_finite() => Some(n),
@@ -138,10 +140,9 @@ pub(crate) fn on_event(
     (spec, when, clear): (&WindowSpec, Option<&Func>, Option<&Func>),
     state: &mut HashMap<Arc<str>, WindowState>,
     key: &str,
-    e: &Dynamic,
-    ev: &Event,
+    x: &Ev<'_>,
 ) {
-    let t = ev.time.millis();
+    let t = x.time();
     let max_keys = cx.rule.max_keys;
     let Some((key, w)) = entry(state, key, max_keys, cx.out, WindowState::default) else { return };
 
@@ -162,7 +163,7 @@ pub(crate) fn on_event(
                 cx.set_timer(end, &key, 0);
             }
         }
-        if let Some(v) = value_of(cx, spec, e) {
+        if let Some(v) = value_of(cx, spec, x) {
             w.push(t, v);
             if w.events.len() > spec.max_events {
                 w.pop_front();
@@ -170,14 +171,19 @@ pub(crate) fn on_event(
         }
         if let Extent::Count(n) = spec.extent {
             if w.events.len() >= n {
-                let ctx = with_field(e, "window", w.aggregates(None, None));
+                let aggs = w.aggregates(None);
                 let fire = match when {
-                    Some(f) => cx.test("when", f, &ctx) == Some(true),
+                    Some(f) => judge(cx, "when", f, x, &aggs) == Some(true),
                     None => true,
                 };
                 if fire {
-                    let data = ctx.read_lock::<Map>().and_then(|m| m.get("window").cloned()).unwrap_or_default();
-                    cx.emit(&key, t, &ctx, || data, ev.id);
+                    cx.emit(
+                        &key,
+                        t,
+                        || with_field(x.dynamic(), "window", aggs.to_dynamic()),
+                        || aggs.to_dynamic(),
+                        x.event.id,
+                    );
                 }
                 w.clear();
             }
@@ -191,7 +197,7 @@ pub(crate) fn on_event(
             w.pop_front();
         }
     }
-    let entered = match value_of(cx, spec, e) {
+    let entered = match value_of(cx, spec, x) {
         Some(v) => {
             w.push(t, v);
             true
@@ -205,26 +211,24 @@ pub(crate) fn on_event(
     while w.events.len() > limit {
         w.pop_front();
     }
-    let ctx = with_field(e, "window", w.aggregates(None, None));
-    let window_data = || ctx.read_lock::<Map>().and_then(|m| m.get("window").cloned()).unwrap_or_default();
+    let aggs = w.aggregates(None);
+    let emit_ctx = || with_field(x.dynamic(), "window", aggs.to_dynamic());
     match when {
         None => {
             if entered {
-                let data = window_data();
-                cx.emit(&key, t, &ctx, || data, ev.id);
+                cx.emit(&key, t, emit_ctx, || aggs.to_dynamic(), x.event.id);
             }
         }
         Some(when) => {
             if !w.active {
-                if cx.test("when", when, &ctx) == Some(true) {
+                if judge(cx, "when", when, x, &aggs) == Some(true) {
                     w.active = true;
-                    let data = window_data();
-                    cx.emit(&key, t, &ctx, || data, ev.id);
+                    cx.emit(&key, t, emit_ctx, || aggs.to_dynamic(), x.event.id);
                 }
             } else {
                 let cleared = match clear {
-                    Some(c) => cx.test("clear", c, &ctx),
-                    None => cx.test("when", when, &ctx).map(|b| !b),
+                    Some(c) => judge(cx, "clear", c, x, &aggs),
+                    None => judge(cx, "when", when, x, &aggs).map(|b| !b),
                 };
                 if cleared == Some(true) {
                     w.active = false;
@@ -244,18 +248,23 @@ fn close(cx: &mut Cx<'_>, when: Option<&Func>, key: &Arc<str>, w: &mut WindowSta
     let Some(start) = w.bucket else { return };
     let end = start + size;
     if !w.events.is_empty() {
-        let mut m = Map::new();
-        m.insert("key".into(), Dynamic::from(key.to_string()));
-        m.insert("time".into(), Dynamic::from_int(end));
-        m.insert("window".into(), w.aggregates(Some(start), Some(end)));
-        let ctx = Dynamic::from_map(m);
+        let aggs = w.aggregates(Some((start, end)));
+        let ctx = || {
+            let mut m = Map::new();
+            m.insert("key".into(), Dynamic::from(key.to_string()));
+            m.insert("time".into(), Dynamic::from_int(end));
+            m.insert("window".into(), aggs.to_dynamic());
+            Dynamic::from_map(m)
+        };
         let fire = match when {
-            Some(f) => cx.test("when", f, &ctx) == Some(true),
+            Some(f) => {
+                let view = View { topic: "", payload: &Dynamic::UNIT, time: end, captures: &[], window: Some(&aggs) };
+                cx.test_with("when", f, &view, ctx) == Some(true)
+            }
             None => true,
         };
         if fire {
-            let data = ctx.read_lock::<Map>().and_then(|m| m.get("window").cloned()).unwrap_or_default();
-            cx.emit(key, end, &ctx, || data, timer_input(end, 0));
+            cx.emit(key, end, ctx, || aggs.to_dynamic(), timer_input(end, 0));
         }
     }
     w.clear();
