@@ -224,3 +224,34 @@ fn replacing_rules_takes_effect_on_the_next_event() {
     eng.replace_rules(rules);
     assert_eq!(&*run(&mut eng, &ev).events[0].rule, "warm");
 }
+
+#[test]
+fn every_rule_example_in_the_docs_compiles() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sandbox = Sandbox::default();
+    let mut seen = 0;
+    for doc in ["docs/rules.md", "README.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).expect("doc exists");
+        let mut in_block = false;
+        let mut block = String::new();
+        let mut start = 0;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim_start() == "```rhai" {
+                in_block = true;
+                block.clear();
+                start = i + 2;
+            } else if in_block && line.trim_start() == "```" {
+                in_block = false;
+                seen += 1;
+                let name = format!("{doc}:{start}");
+                if let Err(e) = sandbox.compile_file(&name, &block) {
+                    panic!("example at {name} does not compile: {e}\n{block}");
+                }
+            } else if in_block {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    assert!(seen >= 12, "found only {seen} examples");
+}
