@@ -244,6 +244,7 @@ async fn engine_task(
 ) {
     let source = format!("edgewatch/{}", config.agent_id);
     let deadletter_topic = config.upstream.deadletter_topic();
+    let errors_topic = config.upstream.errors_topic();
     let mut outputs = Outputs::default();
     loop {
         // Sleep until the engine's next timer (a missing heartbeat, a window closing), or
@@ -301,6 +302,17 @@ async fn engine_task(
         }
         for fault in &outputs.faults {
             stats.rule_failed(fault);
+            let report = serde_json::json!({
+                "rule": &*fault.rule,
+                "location": fault.location,
+                "error": fault.message,
+                "disabled": fault.disabled,
+                "time": wall_clock().to_rfc3339(),
+            });
+            let msg = Outbound { topic: errors_topic.clone(), payload: report.to_string().into_bytes(), qos: 1 };
+            if out_tx.send(msg).await.is_err() {
+                return;
+            }
         }
         for composite in &outputs.events {
             stats.events.fetch_add(1, Relaxed);

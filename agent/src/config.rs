@@ -350,6 +350,11 @@ impl UpstreamConfig {
     pub fn deadletter_topic(&self) -> String {
         format!("{}/deadletter", self.topic_prefix)
     }
+
+    /// Where rule failures are reported.
+    pub fn errors_topic(&self) -> String {
+        format!("{}/errors", self.topic_prefix)
+    }
 }
 
 impl Config {

@@ -2,6 +2,7 @@
 //! agent, real MQTT clients. One test binary; helpers live in `edgewatch_e2e` (tests/src).
 
 mod bad_input;
+mod heartbeat;
 mod pipeline;
 mod reconnect;
 mod simulated_fleet;

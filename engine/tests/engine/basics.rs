@@ -255,3 +255,14 @@ fn every_rule_example_in_the_docs_compiles() {
     }
     assert!(seen >= 12, "found only {seen} examples");
 }
+
+#[test]
+fn the_engine_crate_does_no_io() {
+    // The engine is pure: no async runtime, no MQTT, no database. Its manifest says so.
+    let manifest =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).expect("manifest");
+    let deps = manifest.split("[dependencies]").nth(1).and_then(|s| s.split("\n[").next()).expect("dependencies");
+    for forbidden in ["tokio", "rumqttc", "rumqttd", "sled"] {
+        assert!(!deps.lines().any(|l| l.trim_start().starts_with(forbidden)), "engine depends on {forbidden}");
+    }
+}

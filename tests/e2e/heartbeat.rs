@@ -1,0 +1,61 @@
+//! Absence over a real broker: a device that stops is reported missing by the agent's own
+//! timers (no message triggers it), and recovered when it speaks again.
+
+use crate::config;
+use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber};
+use std::time::{Duration, Instant};
+
+const OFFLINE: &str = r#"
+rule("offline", #{
+    on: ["sensors/{device}/heartbeat", "sensors/{device}/status"],
+    heartbeat: #{ timeout: 1500, offline: |e| e.levels[2] == "status" && e.value == "offline" },
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_device_is_reported_missing_then_recovered() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &[("offline.rhai", OFFLINE)]).await;
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+    let mut sensor = Publisher::connect(addr, "sensor").await;
+
+    sensor.publish("sensors/hb-1/heartbeat", "1").await;
+    let last_beat = Instant::now();
+    let ev = upstream.next().await.json();
+    let waited = last_beat.elapsed();
+    assert_eq!(ev["subject"], "hb-1");
+    assert_eq!(ev["data"]["status"], "missing");
+    assert_eq!(ev["data"]["reason"], "timeout");
+    assert!(waited >= Duration::from_millis(1400), "not before the timeout: {waited:?}");
+
+    sensor.publish("sensors/hb-1/heartbeat", "1").await;
+    let ev = upstream.next().await.json();
+    assert_eq!(ev["data"]["status"], "recovered");
+    assert!(ev["data"]["downtime_ms"].as_i64().is_some_and(|d| d > 0));
+
+    // A last will marks it missing at once.
+    sensor.publish("sensors/hb-1/status", "offline").await;
+    let ev = upstream.next().await.json();
+    assert_eq!((ev["data"]["status"].as_str(), ev["data"]["reason"].as_str()), (Some("missing"), Some("offline")));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_failures_are_published_as_error_events() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let bad = "rule(\"bad\", #{\n  on: \"sensors/#\",\n  when: |e| e.payload.nope.deeper > 1,\n});\n";
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &[("bad.rhai", bad)]).await;
+    let mut errors = Subscriber::connect(addr, "ops", "edgewatch/gw-test/errors").await;
+    let mut sensor = Publisher::connect(addr, "sensor").await;
+    sensor.publish("sensors/x/temperature", r#"{"a": 1}"#).await;
+    let report = errors.next().await.json();
+    assert_eq!(report["rule"], "bad");
+    assert!(
+        report["location"].as_str().is_some_and(|l| l.ends_with("bad.rhai:3:26") || l.contains("bad.rhai:3:")),
+        "{report}"
+    );
+    assert_eq!(report["disabled"], false);
+    agent.stop().await;
+}
