@@ -10,7 +10,7 @@
 use crate::context;
 use crate::event::{Event, EventId};
 use crate::kinds::{self, Cx, Ev, KindState};
-use crate::output::{Outputs, RuleFault};
+use crate::output::{Outputs, RuleFault, Touched};
 use crate::quality::{self, Dedup, Reorder};
 use crate::rule::{Rule, RuleKind, RuleSet};
 use crate::sandbox::Sandbox;
@@ -101,6 +101,8 @@ pub struct Engine {
     reorder: Reorder,
     /// Reused buffer of events released by `reorder`.
     ready: Vec<Event>,
+    /// Absence detection is paused since then (the sensor link is down).
+    absence_paused_since: Option<i64>,
 }
 
 impl Engine {
@@ -124,6 +126,7 @@ impl Engine {
             dedup: Dedup::default(),
             reorder: Reorder::default(),
             ready: Vec::new(),
+            absence_paused_since: None,
         }
     }
 
@@ -188,7 +191,9 @@ impl Engine {
         let now = now.millis();
         self.prepare(now, out);
         self.fire(Clock::Processing, now, out);
-        if self.config.dedup && self.dedup.is_duplicate(&event.payload, self.config.id_field.as_deref()) {
+        if self.config.dedup
+            && self.dedup.is_duplicate(&event.payload, self.config.id_field.as_deref(), &mut out.touched)
+        {
             out.duplicates += 1;
             return;
         }
@@ -314,6 +319,7 @@ impl Engine {
                     out,
                     if clock == Clock::Processing { upto } else { self.watermark.max(t.deadline) },
                 );
+                cx.absence_paused = self.absence_paused_since.is_some();
                 match (&rule.kind, &mut self.runtime[idx].state) {
                     (RuleKind::Window { spec, when, .. }, KindState::Window(s)) => {
                         kinds::window::on_timer(&mut cx, (spec, when.as_ref()), s, &t.key, t.deadline);
@@ -486,4 +492,153 @@ fn key_of(cx: &mut Cx<'_>, x: &Ev<'_>, device: Option<&str>) -> Option<String> {
         }
     }
     Some(x.event.topic.clone())
+}
+
+/// Saved state could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state of {what}: {message}")]
+pub struct StateError {
+    pub what: String,
+    pub message: String,
+}
+
+/// The persisted form of one rule's state for one key. Tagged with the kind, so state saved
+/// by a rule that has since changed kind is recognised and dropped.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Saved {
+    Threshold { active: bool },
+    Window(kinds::window::SavedWindow),
+    Stuck(kinds::stuck::StuckState),
+    Sequence(kinds::sequence::SeqState),
+    Heartbeat(kinds::heartbeat::Hb),
+    Handler(kinds::handler::HandlerState),
+}
+
+/// Persistence: the engine names what changed in `Outputs::touched`; the caller exports
+/// those pieces and stores them; after a restart it imports them back.
+impl Engine {
+    /// The persisted form of `what`, or `None` if it no longer exists (delete it).
+    pub fn export(&self, what: &Touched) -> Option<Vec<u8>> {
+        match what {
+            Touched::Dedup(name) => self.dedup.export(name),
+            Touched::Rule { rule, key } => {
+                let idx = self.rules.iter().position(|r| r.name == *rule)?;
+                let k: &str = key;
+                let saved = match &self.runtime[idx].state {
+                    KindState::Stateless => None,
+                    KindState::Threshold(m) => m.get(k).map(|a| Saved::Threshold { active: *a }),
+                    KindState::Window(m) => m.get(k).map(|w| Saved::Window(kinds::window::save(w))),
+                    KindState::Stuck(m) => m.get(k).map(|s| Saved::Stuck(*s)),
+                    KindState::Sequence(m) => m.get(k).map(|s| Saved::Sequence(s.clone())),
+                    KindState::Heartbeat(h) => h.keys.get(k).map(|hb| Saved::Heartbeat(hb.clone())),
+                    KindState::Handler(m) => m.get(k).map(|s| Saved::Handler(s.clone())),
+                }?;
+                serde_json::to_vec(&saved).ok()
+            }
+        }
+    }
+
+    /// Everything there is, for snapshots and `state export`.
+    pub fn export_all(&self) -> Vec<(Touched, Vec<u8>)> {
+        let mut all = Vec::new();
+        for (rule, rt) in self.rules.iter().zip(&self.runtime) {
+            let keys: Vec<Arc<str>> = match &rt.state {
+                KindState::Stateless => Vec::new(),
+                KindState::Threshold(m) => m.keys().cloned().collect(),
+                KindState::Window(m) => m.keys().cloned().collect(),
+                KindState::Stuck(m) => m.keys().cloned().collect(),
+                KindState::Sequence(m) => m.keys().cloned().collect(),
+                KindState::Heartbeat(h) => h.keys.keys().cloned().collect(),
+                KindState::Handler(m) => m.keys().cloned().collect(),
+            };
+            for key in keys {
+                let t = Touched::Rule { rule: rule.name.clone(), key };
+                if let Some(bytes) = self.export(&t) {
+                    all.push((t, bytes));
+                }
+            }
+        }
+        for name in self.dedup.names() {
+            let t = Touched::Dedup(name.into());
+            if let Some(bytes) = self.export(&t) {
+                all.push((t, bytes));
+            }
+        }
+        all.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        all
+    }
+
+    /// Restores one piece of state saved by [`Engine::export`], re-arming its timers. State
+    /// of a rule that no longer exists, or that changed kind, is refused with an error (the
+    /// caller logs and drops it).
+    pub fn import(&mut self, what: &Touched, bytes: &[u8]) -> Result<(), StateError> {
+        let err = |message: String| StateError { what: format!("{what:?}"), message };
+        match what {
+            Touched::Dedup(name) => self.dedup.import(name, bytes).map_err(err),
+            Touched::Rule { rule, key } => {
+                let idx = self.rules.iter().position(|r| r.name == *rule).ok_or_else(|| err("no such rule".into()))?;
+                let saved: Saved = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
+                let rule = self.rules.as_slice()[idx].clone();
+                let mut out = Outputs::default();
+                let timers = if event_timed(&rule) { &mut self.event_timers } else { &mut self.clock };
+                let mut cx = Cx::new(self.sandbox.engine(), &rule, idx as u32, timers, &mut out, 0);
+                let key = key.clone();
+                match (saved, &mut self.runtime[idx].state, &rule.kind) {
+                    (Saved::Threshold { active }, KindState::Threshold(m), _) => {
+                        m.insert(key, active);
+                    }
+                    (Saved::Window(w), KindState::Window(m), RuleKind::Window { spec, .. }) => {
+                        kinds::window::restore(&mut cx, spec, m, key, w);
+                    }
+                    (Saved::Stuck(s), KindState::Stuck(m), _) => {
+                        m.insert(key, s);
+                    }
+                    (Saved::Sequence(s), KindState::Sequence(m), RuleKind::Sequence { within_ms, .. }) => {
+                        kinds::sequence::restore(&mut cx, *within_ms, m, key, s);
+                    }
+                    (Saved::Heartbeat(hb), KindState::Heartbeat(h), _) => {
+                        kinds::heartbeat::restore(&mut cx, h, key, hb)
+                    }
+                    (Saved::Handler(s), KindState::Handler(m), _) => kinds::handler::restore(&mut cx, m, key, s),
+                    _ => return Err(err(format!("saved state does not fit a {} rule", rule.kind()))),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Absence detection stops: heartbeat deadlines wait until [`Engine::resume_absence`].
+    /// For when the agent loses the sensor broker: silence then says nothing about devices.
+    pub fn pause_absence(&mut self, now: Timestamp) {
+        if self.absence_paused_since.is_none() {
+            self.absence_paused_since = Some(now.millis());
+        }
+    }
+
+    /// Absence detection resumes: every present key's deadline moves by the time it was
+    /// paused. Changed state is named in `out.touched`.
+    pub fn resume_absence(&mut self, now: Timestamp, out: &mut Outputs) {
+        let Some(since) = self.absence_paused_since.take() else { return };
+        let paused = (now.millis() - since).max(0);
+        self.move_deadlines(&move |deadline, _| deadline + paused, out);
+    }
+
+    /// After the agent itself was down: every present key gets at least one full timeout from
+    /// `now` to speak, instead of a storm of `missing` for deadlines that passed meanwhile.
+    /// Devices that really went silent are still reported, one timeout later.
+    pub fn grace_after_restart(&mut self, now: Timestamp, out: &mut Outputs) {
+        let now = now.millis();
+        self.move_deadlines(&move |deadline, timeout| deadline.max(now + timeout), out);
+    }
+
+    fn move_deadlines(&mut self, shift: &dyn Fn(i64, i64) -> i64, out: &mut Outputs) {
+        for idx in 0..self.rules.len() {
+            let rule = self.rules.as_slice()[idx].clone();
+            if let KindState::Heartbeat(h) = &mut self.runtime[idx].state {
+                let mut cx = Cx::new(self.sandbox.engine(), &rule, idx as u32, &mut self.clock, out, 0);
+                kinds::heartbeat::move_deadlines(&mut cx, h, shift);
+            }
+        }
+    }
 }

@@ -20,6 +20,20 @@ impl EventId {
     }
 }
 
+/// Persisted as 32 hex digits: some serde formats and buffers have no 128-bit integers.
+impl serde::Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:032x}", self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        u128::from_str_radix(&s, 16).map(EventId).map_err(serde::de::Error::custom)
+    }
+}
+
 /// One decoded input message.
 #[derive(Debug, Clone)]
 pub struct Event {

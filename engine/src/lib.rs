@@ -39,9 +39,9 @@ pub mod time;
 mod timers;
 pub mod topic;
 
-pub use engine::{Engine, EngineConfig, EngineStats};
+pub use engine::{Engine, EngineConfig, EngineStats, StateError};
 pub use event::{Event, EventId};
-pub use output::{Composite, CompositeId, Outputs, RuleFault};
+pub use output::{Composite, CompositeId, Outputs, RuleFault, Touched};
 pub use rule::{Origin, Rule, RuleSet};
 pub use sandbox::{CompileError, Limits, Sandbox};
 pub use tables::{Table, TableError, Tables};

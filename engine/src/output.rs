@@ -106,6 +106,18 @@ pub struct Outputs {
     pub keys_refused: usize,
     /// Partial sequence matches dropped because a key had its maximum already.
     pub partials_dropped: usize,
+    /// State that changed (or went away) and should be persisted: export each with
+    /// [`crate::Engine::export`]. May name the same state more than once.
+    pub touched: Vec<Touched>,
+}
+
+/// A piece of engine state that changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Touched {
+    /// A rule's state for one key.
+    Rule { rule: Arc<str>, key: Arc<str> },
+    /// The duplicate-detection window of one device.
+    Dedup(Arc<str>),
 }
 
 impl Outputs {
@@ -118,6 +130,7 @@ impl Outputs {
         self.late.clear();
         self.keys_refused = 0;
         self.partials_dropped = 0;
+        self.touched.clear();
     }
 }
 

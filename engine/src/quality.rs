@@ -9,6 +9,7 @@
 //!   for dead-lettering instead of being folded in out of order.
 
 use crate::event::{Event, EventId};
+use crate::output::Touched;
 use rhai::{Dynamic, Map};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -39,7 +40,7 @@ pub(crate) fn payload_time(payload: &Dynamic, field: &str) -> Option<i64> {
     None
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct SeqWindow {
     max: u32,
     seen: u64,
@@ -54,8 +55,13 @@ pub(crate) struct Dedup {
 }
 
 impl Dedup {
-    /// Has this payload been seen? Records it if not.
-    pub(crate) fn is_duplicate(&mut self, payload: &Dynamic, id_field: Option<&str>) -> bool {
+    /// Has this payload been seen? Records it if not; names what changed in `touched`.
+    pub(crate) fn is_duplicate(
+        &mut self,
+        payload: &Dynamic,
+        id_field: Option<&str>,
+        touched: &mut Vec<Touched>,
+    ) -> bool {
         let Some(map) = payload.read_lock::<Map>() else { return false };
         if let Some(field) = id_field {
             if let Some(id) = map.get(field) {
@@ -66,8 +72,10 @@ impl Dedup {
                 if self.id_order.len() >= MAX_IDS {
                     if let Some(old) = self.id_order.pop_front() {
                         self.ids.remove(&old);
+                        touched.push(Touched::Dedup(format!("id:{old}").into()));
                     }
                 }
+                touched.push(Touched::Dedup(format!("id:{id}").into()));
                 self.ids.insert(id.clone());
                 self.id_order.push_back(id);
                 return false;
@@ -81,11 +89,12 @@ impl Dedup {
             return false;
         }
         let device = device.to_string();
-        match self.devices.get_mut(device.as_str()) {
+        let dup = match self.devices.get_mut(device.as_str()) {
             None => {
-                if self.devices.len() < MAX_DEVICES {
-                    self.devices.insert(device.into(), SeqWindow { max: seq, seen: 1 });
+                if self.devices.len() >= MAX_DEVICES {
+                    return false;
                 }
+                self.devices.insert(device.as_str().into(), SeqWindow { max: seq, seen: 1 });
                 false
             }
             Some(w) => {
@@ -106,7 +115,41 @@ impl Dedup {
                     dup
                 }
             }
+        };
+        if !dup {
+            touched.push(Touched::Dedup(format!("seq:{device}").into()));
         }
+        dup
+    }
+
+    /// The persisted form of one entry (`seq:<device>` or `id:<id>`), `None` if absent.
+    pub(crate) fn export(&self, name: &str) -> Option<Vec<u8>> {
+        if let Some(device) = name.strip_prefix("seq:") {
+            return self.devices.get(device).and_then(|w| serde_json::to_vec(w).ok());
+        }
+        let id = name.strip_prefix("id:")?;
+        self.ids.contains(id).then(|| b"1".to_vec())
+    }
+
+    /// Every entry, for snapshots.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.devices.keys().map(|d| format!("seq:{d}")).collect();
+        v.extend(self.id_order.iter().map(|i| format!("id:{i}")));
+        v
+    }
+
+    /// Restores one entry.
+    pub(crate) fn import(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        if let Some(device) = name.strip_prefix("seq:") {
+            let w: SeqWindow = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            self.devices.insert(device.into(), w);
+            return Ok(());
+        }
+        let id = name.strip_prefix("id:").ok_or_else(|| format!("unknown dedup entry `{name}`"))?;
+        if self.ids.insert(id.into()) {
+            self.id_order.push_back(id.into());
+        }
+        Ok(())
     }
 }
 
@@ -166,6 +209,12 @@ impl Reorder {
 mod tests {
     use super::*;
 
+    impl Dedup {
+        fn is_duplicate_t(&mut self, p: &Dynamic, id: Option<&str>) -> bool {
+            self.is_duplicate(p, id, &mut Vec::new())
+        }
+    }
+
     fn reading(device: &str, seq: i64) -> Dynamic {
         let mut m = Map::new();
         m.insert("device".into(), device.into());
@@ -176,15 +225,15 @@ mod tests {
     #[test]
     fn sequence_numbers_dedup_within_a_window() {
         let mut d = Dedup::default();
-        assert!(!d.is_duplicate(&reading("a", 1), None));
-        assert!(!d.is_duplicate(&reading("a", 3), None));
-        assert!(d.is_duplicate(&reading("a", 1), None));
-        assert!(!d.is_duplicate(&reading("a", 2), None), "late but new");
-        assert!(d.is_duplicate(&reading("a", 2), None));
-        assert!(!d.is_duplicate(&reading("b", 1), None), "another device");
-        assert!(!d.is_duplicate(&reading("a", 500), None));
-        assert!(!d.is_duplicate(&reading("a", 0), None), "a restarted counter is accepted");
-        assert!(d.is_duplicate(&reading("a", 0), None));
+        assert!(!d.is_duplicate_t(&reading("a", 1), None));
+        assert!(!d.is_duplicate_t(&reading("a", 3), None));
+        assert!(d.is_duplicate_t(&reading("a", 1), None));
+        assert!(!d.is_duplicate_t(&reading("a", 2), None), "late but new");
+        assert!(d.is_duplicate_t(&reading("a", 2), None));
+        assert!(!d.is_duplicate_t(&reading("b", 1), None), "another device");
+        assert!(!d.is_duplicate_t(&reading("a", 500), None));
+        assert!(!d.is_duplicate_t(&reading("a", 0), None), "a restarted counter is accepted");
+        assert!(d.is_duplicate_t(&reading("a", 0), None));
     }
 
     #[test]
@@ -193,8 +242,8 @@ mod tests {
         let mut m = Map::new();
         m.insert("msg_id".into(), "x-1".into());
         let p = Dynamic::from_map(m);
-        assert!(!d.is_duplicate(&p, Some("msg_id")));
-        assert!(d.is_duplicate(&p, Some("msg_id")));
+        assert!(!d.is_duplicate(&p, Some("msg_id"), &mut Vec::new()));
+        assert!(d.is_duplicate(&p, Some("msg_id"), &mut Vec::new()));
     }
 
     #[test]

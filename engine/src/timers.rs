@@ -33,7 +33,7 @@ impl Timer {
 
 impl PartialEq for Timer {
     fn eq(&self, other: &Self) -> bool {
-        self.deadline == other.deadline && self.seq == other.seq
+        self.cmp(other) == Ordering::Equal
     }
 }
 impl Eq for Timer {}
@@ -44,8 +44,15 @@ impl PartialOrd for Timer {
 }
 impl Ord for Timer {
     /// Reversed: `BinaryHeap` is a max-heap and the earliest deadline must come out first.
+    /// Ties fire by rule, then key, then insertion: a canonical order, so an engine restored
+    /// from saved state fires simultaneous timers in the same order as the original.
     fn cmp(&self, other: &Self) -> Ordering {
-        (other.deadline, other.seq).cmp(&(self.deadline, self.seq))
+        (other.deadline, other.rule_tag, &other.key, other.seq).cmp(&(
+            self.deadline,
+            self.rule_tag,
+            &self.key,
+            self.seq,
+        ))
     }
 }
 

@@ -24,8 +24,7 @@ pub(crate) fn on_event_threshold(
     key: &str,
     x: &Ev<'_>,
 ) {
-    let max_keys = cx.rule.max_keys;
-    let Some((_, active)) = entry(state, key, max_keys, cx.out, || false) else { return };
+    let Some((_, active)) = entry(state, key, cx, || false) else { return };
     if !*active {
         if cx.test("when", when, x) == Some(true) {
             *active = true;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 const MAX_TIMERS: usize = 16;
 
 /// One key's handler state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct HandlerState {
     /// What the rule keeps in `this`.
     data: Dynamic,
@@ -65,10 +65,7 @@ pub(crate) fn on_event(
     key: &str,
     x: &Ev<'_>,
 ) {
-    let max_keys = cx.rule.max_keys;
-    let Some((key, s)) =
-        entry(state, key, max_keys, cx.out, || HandlerState { data: init.clone(), timers: Vec::new() })
-    else {
+    let Some((key, s)) = entry(state, key, cx, || HandlerState { data: init.clone(), timers: Vec::new() }) else {
         return;
     };
     run(cx, on_event, &key, s, vec![x.dynamic().clone()], x.time(), x.event.id);
@@ -83,6 +80,7 @@ pub(crate) fn on_timer(
 ) {
     let k: &str = key;
     let Some(s) = state.get_mut(k) else { return };
+    cx.touch(key);
     let mut due: Vec<(ImmutableString, i64, Dynamic)> = Vec::new();
     s.timers.retain(|t| {
         if t.1 <= at {
@@ -97,4 +95,12 @@ pub(crate) fn on_timer(
         let tag = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
         run(cx, f, key, s, vec![Dynamic::from(name), data], deadline, timer_input(deadline, tag));
     }
+}
+
+/// Restores one key's state and re-arms its timers.
+pub(crate) fn restore(cx: &mut Cx<'_>, state: &mut HashMap<Arc<str>, HandlerState>, key: Arc<str>, s: HandlerState) {
+    for (_, deadline, _) in &s.timers {
+        cx.set_timer(*deadline, &key, 0);
+    }
+    state.insert(key, s);
 }

@@ -33,7 +33,7 @@ const TAG_DEADLINE: u32 = 0;
 const TAG_FLAP: u32 = 1;
 
 /// One key's liveness. Kept small (48 bytes): 100k devices is an ordinary gateway load.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Hb {
     last_seen: i64,
     deadline: i64,
@@ -46,7 +46,7 @@ pub(crate) struct Hb {
     flap: Option<Box<Flap>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Flap {
     start: i64,
     timer_at: i64,
@@ -99,6 +99,7 @@ pub(crate) fn load_registry(cx: &mut Cx<'_>, spec: &HeartbeatSpec, tables: &Tabl
         hb.timer_at = hb.deadline;
         let k: Arc<str> = Arc::from(key);
         cx.set_timer(hb.deadline, &k, TAG_DEADLINE);
+        cx.touch(&k);
         state.keys.insert(k, hb);
     }
 }
@@ -229,8 +230,7 @@ pub(crate) fn on_event(
         };
         from_payload.or_else(|| table_timeout(spec, tables, key)).unwrap_or(spec.timeout_ms)
     };
-    let max_keys = cx.rule.max_keys;
-    let Some((key, hb)) = entry(&mut state.keys, key, max_keys, cx.out, || Hb::new(now, timeout)) else { return };
+    let Some((key, hb)) = entry(&mut state.keys, key, cx, || Hb::new(now, timeout)) else { return };
 
     if offline {
         if hb.missing_since == NONE {
@@ -270,13 +270,15 @@ pub(crate) fn on_timer(
 ) {
     let k: &str = key;
     let Some(hb) = state.keys.get_mut(k) else { return };
+    cx.touch(key);
     match tag {
         TAG_DEADLINE => {
             if hb.timer_at != at {
                 return;
             }
             hb.timer_at = NONE;
-            if hb.missing_since != NONE {
+            if hb.missing_since != NONE || cx.absence_paused {
+                // Missing already, or absence is paused: `resume` re-arms the timer.
                 return;
             }
             if hb.deadline > at {
@@ -303,5 +305,39 @@ pub(crate) fn on_timer(
             let snapshot = hb.clone();
             status(cx, (key, &snapshot), settled, (at, timer_input(at, TAG_FLAP)), &[("flaps", flaps)], None);
         }
+    }
+}
+
+/// Restores one key and re-arms its timer.
+pub(crate) fn restore(cx: &mut Cx<'_>, state: &mut HeartbeatState, key: Arc<str>, mut hb: Hb) {
+    hb.timer_at = NONE;
+    if hb.missing_since == NONE {
+        hb.timer_at = hb.deadline;
+        cx.set_timer(hb.deadline, &key, TAG_DEADLINE);
+    }
+    if let Some(f) = hb.flap.as_deref().filter(|f| f.flapping) {
+        cx.set_timer(f.timer_at, &key, TAG_FLAP);
+    }
+    state.keys.insert(key, hb);
+}
+
+/// Moves deadlines: each present key's deadline becomes `shift(deadline, timeout)`; timers are
+/// re-armed where needed. Used to pause absence while the sensor link is down, and to give
+/// every device a full timeout after the agent itself was down.
+pub(crate) fn move_deadlines(cx: &mut Cx<'_>, state: &mut HeartbeatState, shift: &dyn Fn(i64, i64) -> i64) {
+    let keys: Vec<Arc<str>> = state.keys.keys().cloned().collect();
+    for key in keys {
+        let k: &str = &key;
+        let Some(hb) = state.keys.get_mut(k) else { continue };
+        if hb.missing_since != NONE {
+            continue;
+        }
+        hb.deadline = shift(hb.deadline, i64::from(hb.timeout_ms));
+        if hb.timer_at == NONE || hb.timer_at > hb.deadline {
+            hb.timer_at = hb.deadline;
+            let d = hb.deadline;
+            cx.set_timer(d, &key, TAG_DEADLINE);
+        }
+        cx.touch(&key);
     }
 }

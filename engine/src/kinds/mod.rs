@@ -11,7 +11,7 @@ pub(crate) mod window;
 use crate::event::{Event, EventId};
 use crate::func::Func;
 use crate::native::View;
-use crate::output::{Composite, CompositeId, Outputs, RuleFault};
+use crate::output::{Composite, CompositeId, Outputs, RuleFault, Touched};
 use crate::rule::Rule;
 use crate::sandbox::describe;
 use crate::timers::Timers;
@@ -139,18 +139,18 @@ impl KindState {
 pub(crate) fn entry<'m, S>(
     map: &'m mut HashMap<Arc<str>, S>,
     key: &str,
-    max_keys: usize,
-    out: &mut Outputs,
+    cx: &mut Cx<'_>,
     init: impl FnOnce() -> S,
 ) -> Option<(Arc<str>, &'m mut S)> {
     if !map.contains_key(key) {
-        if map.len() >= max_keys {
-            out.keys_refused += 1;
+        if map.len() >= cx.rule.max_keys {
+            cx.out.keys_refused += 1;
             return None;
         }
         map.insert(Arc::from(key), init());
     }
     let k = map.get_key_value(key)?.0.clone();
+    cx.touch(&k);
     let v = map.get_mut(key)?;
     Some((k, v))
 }
@@ -168,6 +168,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) faulted: bool,
     /// Length of `out.events` when this step began: what it emitted is after this.
     pub(crate) start: usize,
+    /// Absence detection is paused (the sensor link is down): heartbeat deadlines wait.
+    pub(crate) absence_paused: bool,
 }
 
 impl<'a> Cx<'a> {
@@ -180,7 +182,7 @@ impl<'a> Cx<'a> {
         now: i64,
     ) -> Self {
         let start = out.events.len();
-        Cx { script, rule, rule_idx, timers, out, now, faulted: false, start }
+        Cx { script, rule, rule_idx, timers, out, now, faulted: false, start, absence_paused: false }
     }
 
     /// Calls `f(args)`; a failure becomes a fault of the rule and `None`.
@@ -308,6 +310,12 @@ impl<'a> Cx<'a> {
         });
     }
 
+    /// Records that this rule's state for `key` changed (or went away), so the caller can
+    /// persist it.
+    pub(crate) fn touch(&mut self, key: &Arc<str>) {
+        self.out.touched.push(Touched::Rule { rule: self.rule.name.clone(), key: key.clone() });
+    }
+
     pub(crate) fn set_timer(&mut self, deadline: i64, key: &Arc<str>, tag: u32) {
         self.timers.set(deadline, self.rule_idx, key.clone(), tag);
     }
@@ -326,4 +334,18 @@ pub(crate) fn timer_input(deadline: i64, tag: u32) -> EventId {
     bytes[..8].copy_from_slice(&deadline.to_le_bytes());
     bytes[8..].copy_from_slice(&tag.to_le_bytes());
     EventId::from_content("\0timer", &bytes)
+}
+
+/// Serde for Rhai object maps (their keys are not serde types themselves).
+pub(crate) mod map_serde {
+    use rhai::{Dynamic, Map};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(m: &Map, s: S) -> Result<S::Ok, S::Error> {
+        Dynamic::from_map(m.clone()).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        Dynamic::deserialize(d)?.try_cast::<Map>().ok_or_else(|| serde::de::Error::custom("expected an object map"))
+    }
 }

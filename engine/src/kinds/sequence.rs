@@ -15,7 +15,7 @@ use rhai::{Dynamic, Map};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Partial {
     /// Event time of the first step.
     start: i64,
@@ -24,13 +24,14 @@ struct Partial {
     /// Matches of step `pos` so far (for `times`).
     count: u32,
     /// Step name -> the last event that matched it.
+    #[serde(with = "super::map_serde")]
     matches: Map,
     /// Input that started it: timeouts derive their ids from it.
     start_id: EventId,
 }
 
 /// One key's partial matches.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SeqState {
     partials: Vec<Partial>,
 }
@@ -97,8 +98,7 @@ pub(crate) fn on_event(
     x: &Ev<'_>,
 ) {
     let t = x.time();
-    let max_keys = cx.rule.max_keys;
-    let Some((key, s)) = entry(state, key, max_keys, cx.out, SeqState::default) else { return };
+    let Some((key, s)) = entry(state, key, cx, SeqState::default) else { return };
     // Time that passed without a timer firing (event time ahead of the clock).
     expire(cx, steps, within_ms, &key, s, t, false);
 
@@ -179,8 +179,23 @@ pub(crate) fn on_timer(
 ) {
     let k: &str = key;
     let Some(s) = state.get_mut(k) else { return };
+    cx.touch(key);
     expire(cx, steps, within_ms, key, s, deadline, true);
     if s.partials.is_empty() {
         state.remove(k);
     }
+}
+
+/// Restores one key's partial matches and re-arms their deadlines.
+pub(crate) fn restore(
+    cx: &mut Cx<'_>,
+    within_ms: i64,
+    state: &mut HashMap<Arc<str>, SeqState>,
+    key: Arc<str>,
+    s: SeqState,
+) {
+    for p in &s.partials {
+        cx.set_timer(p.start + within_ms, &key, 0);
+    }
+    state.insert(key, s);
 }

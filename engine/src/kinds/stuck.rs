@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// One key's reference value.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StuckState {
     value: f64,
     since: i64,
@@ -37,8 +37,7 @@ pub(crate) fn on_event(
         return;
     };
     let t = x.time();
-    let max_keys = cx.rule.max_keys;
-    let Some((key, s)) = entry(state, key, max_keys, cx.out, || StuckState { value: v, since: t, fired: false }) else {
+    let Some((key, s)) = entry(state, key, cx, || StuckState { value: v, since: t, fired: false }) else {
         return;
     };
     if (v - s.value).abs() > tolerance {

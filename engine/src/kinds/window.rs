@@ -143,8 +143,7 @@ pub(crate) fn on_event(
     x: &Ev<'_>,
 ) {
     let t = x.time();
-    let max_keys = cx.rule.max_keys;
-    let Some((key, w)) = entry(state, key, max_keys, cx.out, WindowState::default) else { return };
+    let Some((key, w)) = entry(state, key, cx, WindowState::default) else { return };
 
     if spec.tumbling {
         if let Extent::Time(size) = spec.extent {
@@ -281,6 +280,7 @@ pub(crate) fn on_timer(
     let Extent::Time(size) = spec.extent else { return };
     let k: &str = key;
     let Some(w) = state.get_mut(k) else { return };
+    cx.touch(key);
     if w.timer_at != Some(deadline) {
         return;
     }
@@ -291,4 +291,35 @@ pub(crate) fn on_timer(
     if w.events.is_empty() {
         state.remove(k);
     }
+}
+
+/// What is persisted of a window.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedWindow {
+    events: Vec<(i64, f64)>,
+    active: bool,
+    bucket: Option<i64>,
+}
+
+pub(crate) fn save(w: &WindowState) -> SavedWindow {
+    SavedWindow { events: w.events.iter().copied().collect(), active: w.active, bucket: w.bucket }
+}
+
+/// Rebuilds a window (aggregates included) and re-arms a tumbling window's close.
+pub(crate) fn restore(
+    cx: &mut Cx<'_>,
+    spec: &WindowSpec,
+    state: &mut HashMap<Arc<str>, WindowState>,
+    key: Arc<str>,
+    saved: SavedWindow,
+) {
+    let mut w = WindowState { active: saved.active, bucket: saved.bucket, ..WindowState::default() };
+    for (t, v) in saved.events {
+        w.push(t, v);
+    }
+    if let (true, Extent::Time(size), Some(b)) = (spec.tumbling, spec.extent, w.bucket) {
+        w.timer_at = Some(b + size);
+        cx.set_timer(b + size, &key, 0);
+    }
+    state.insert(key, w);
 }

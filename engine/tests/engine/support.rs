@@ -26,6 +26,11 @@ impl H {
         H { engine: Engine::with_config(sandbox, rules, tables, config), out: Outputs::default(), faults: Vec::new() }
     }
 
+    /// The outputs so far, as (rule, key, time, data); clears them.
+    pub fn take(&mut self) -> Vec<Out> {
+        self.drain()
+    }
+
     fn drain(&mut self) -> Vec<Out> {
         self.faults.extend(self.out.faults.iter().map(|f| f.to_string()));
         let v = self
