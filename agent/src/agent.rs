@@ -1,33 +1,47 @@
-//! The running agent: MQTT in -> decode -> engine -> CloudEvents -> MQTT out.
+//! The running agent: MQTT in -> decode -> engine -> state + outbox -> MQTT out.
 //!
 //! ```text
-//!  source broker                                                     upstream broker
-//!  ─────────────▶ source task ──Inbound──▶ engine task ──Outbound──▶ publisher task ─▶
-//!   (subscribe,   (poll, pick     bounded   (decode, Engine::process,  bounded  (publish QoS n;
-//!    backoff)      format)        queue      CloudEvents, dead letters) queue    acks via poll task)
+//!  source broker                                                         upstream broker
+//!  ──▶ source task ─Input─▶ engine task ──commit──▶ sled (state, outbox) ──▶ publisher ──▶
+//!      (persistent    │      (decode, Engine::process, batch,      │           (in order,
+//!       session,      │       flush, then acks)                    │            QoS 1, delete
+//!       manual acks)  └──────────── acker task ◀── acks ───────────┘            on PUBACK)
 //! ```
 //!
-//! Every queue is bounded, so a slow upstream pushes back instead of growing memory.
-//! Shutdown is a future passed in: the source stops reading, the engine drains what it has,
-//! the publisher sends what is left and waits (briefly) for the broker's acks.
+//! Durability: the effects of a message (state changes and the events it caused) are
+//! written in one sled batch and flushed before the message is acknowledged to the sensor
+//! broker, so a crash at any point loses nothing: an unacknowledged message is redelivered,
+//! and its duplicate is recognised by its id (device + sequence number). Events leave from the
+//! outbox in order and are deleted only on PUBACK; their ids are deterministic, so a replay
+//! after a crash produces the same ids. Batches form by themselves under load (everything
+//! already queued is written together) and stay one message when idle.
+//!
+//! Every queue is bounded. Shutdown is a future passed in: the source stops reading, the
+//! engine commits what it has, the publisher sends what it can for a few seconds.
 
 use crate::config::{Config, Subscription};
 use crate::decode::{Format, decode};
 use crate::emit::CloudEvent;
-use crate::mqtt::{self, Client, ConnectOptions, Incoming};
+use crate::mqtt::{self, AckToken, Client, ConnectOptions, Incoming};
 use crate::rules;
+use crate::store::{self, Batch, Opened, OutboxEntry, Store};
 use crate::telemetry::{Snapshot, Stats};
 use bytes::Bytes;
-use edgewatch_engine::{Engine, Event, Limits, Outputs, Sandbox, Timestamp};
+use edgewatch_engine::{Engine, Event, Limits, Outputs, Sandbox, Timestamp, Touched};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
-/// How long the publisher waits for acks of what it sent before it disconnects at shutdown.
+/// How long the publisher keeps sending after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most events handed to the upstream connection and not yet acknowledged.
+const PUBLISH_WINDOW: usize = 64;
+/// How often the agent records that it is alive (for the downtime after a crash).
+const ALIVE_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the agent could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +50,8 @@ pub enum AgentError {
     RulesDir(#[from] rules::RulesDirError),
     #[error("cannot create the state directory {dir}: {source}")]
     StateDir { dir: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error("an agent task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -56,21 +72,62 @@ impl Readiness {
     }
 }
 
-/// A message as received, before decoding.
+/// What the source task hands the engine task.
 #[derive(Debug)]
-struct Inbound {
-    topic: String,
-    payload: Bytes,
-    format: Format,
-    received: Timestamp,
+enum Input {
+    Message {
+        topic: String,
+        payload: Bytes,
+        format: Format,
+        received: Timestamp,
+        ack: Option<AckToken>,
+    },
+    /// The sensor link went down: silence says nothing about devices meanwhile.
+    LinkDown,
+    LinkUp,
 }
 
-/// A message for the upstream broker.
-#[derive(Debug)]
-struct Outbound {
-    topic: String,
-    payload: Vec<u8>,
-    qos: u8,
+/// Where outbound events wait: durably in sled, or (durability off) in memory.
+#[derive(Debug, Clone)]
+enum Outbox {
+    Durable(Store),
+    Memory(Arc<Mutex<VecDeque<(u64, OutboxEntry)>>>, Arc<Mutex<u64>>),
+}
+
+impl Outbox {
+    fn next(&self, from: u64, n: usize) -> Vec<(u64, OutboxEntry)> {
+        match self {
+            Outbox::Durable(s) => s.outbox_from(from, n).unwrap_or_else(|error| {
+                tracing::error!(%error, "Cannot read the outbox.");
+                Vec::new()
+            }),
+            Outbox::Memory(q, _) => {
+                q.lock().map(|q| q.iter().filter(|(s, _)| *s >= from).take(n).cloned().collect()).unwrap_or_default()
+            }
+        }
+    }
+
+    fn acked(&self, seq: u64) {
+        match self {
+            Outbox::Durable(s) => {
+                if let Err(error) = s.ack_outbox(seq) {
+                    tracing::error!(seq, %error, "Cannot delete an acknowledged event from the outbox.");
+                }
+            }
+            Outbox::Memory(q, _) => {
+                if let Ok(mut q) = q.lock() {
+                    q.retain(|(s, _)| *s != seq);
+                }
+            }
+        }
+    }
+
+    fn depth(&self) -> usize {
+        match self {
+            Outbox::Durable(s) => s.outbox_depth().0,
+            Outbox::Memory(q, _) => q.lock().map(|q| q.len()).unwrap_or(0),
+        }
+    }
 }
 
 /// A configured agent, ready to run.
@@ -82,12 +139,16 @@ pub struct Agent {
     stats: Arc<Stats>,
     /// Published connection state; receivers come from [`Agent::readiness`].
     ready: watch::Sender<Readiness>,
+    outbox: Outbox,
+    /// Events about the agent itself to send first (restart, recovery).
+    startup_events: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Agent {
-    /// Loads the rules of `config.rules_dir`. Rule files that fail to compile are logged with
-    /// `file:line:col` and left out; the agent still starts with the others.
-    pub fn new(config: Config) -> Result<Agent, AgentError> {
+    /// Loads the rules of `config.rules_dir` and the saved state. Rule files that fail to
+    /// compile are logged with `file:line:col` and left out; the agent still starts with the
+    /// others. An unreadable database is moved aside and the latest snapshot restored.
+    pub async fn new(config: Config) -> Result<Agent, AgentError> {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|source| AgentError::StateDir { dir: config.state_dir.display().to_string(), source })?;
         let sandbox = Arc::new(Sandbox::new(Limits { max_operations: config.max_operations, ..Limits::default() }));
@@ -106,9 +167,52 @@ impl Agent {
             stats.rule_file_errors.fetch_add(1, Relaxed);
             tracing::error!(%error, "Lookup table not loaded.");
         }
-        let engine = Engine::with_config(sandbox, loaded.rules, tables, config.engine.clone());
+        let mut engine = Engine::with_config(sandbox, loaded.rules, tables, config.engine.clone());
+        let mut startup_events = Vec::new();
+        let outbox = if config.state.durable {
+            let (store, opened) =
+                store::open_or_recover(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes)
+                    .await?;
+            if let Opened::Recovered { error, quarantined, snapshot_ms } = &opened {
+                startup_events.push((
+                    "restored",
+                    serde_json::json!({
+                        "reason": error,
+                        "quarantined": quarantined.display().to_string(),
+                        "snapshot_time": snapshot_ms.map(|t| Timestamp(t).to_rfc3339()),
+                        "lost": "changes since the snapshot",
+                    }),
+                ));
+            }
+            let saved = store.load_state()?;
+            let mut refused = 0usize;
+            for (what, bytes) in &saved {
+                if let Err(error) = engine.import(what, bytes) {
+                    refused += 1;
+                    tracing::warn!(%error, "Saved state dropped.");
+                }
+            }
+            if let Some(last) = store.last_alive() {
+                let now = wall_clock();
+                let mut out = Outputs::default();
+                engine.grace_after_restart(now, &mut out);
+                let downtime = (now.millis() - last).max(0);
+                tracing::info!(keys = saved.len(), refused, downtime_ms = downtime, "State restored after a restart.");
+                startup_events.push((
+                    "restarted",
+                    serde_json::json!({
+                        "down_since": Timestamp(last).to_rfc3339(),
+                        "downtime_ms": downtime,
+                        "restored_keys": saved.len() - refused,
+                    }),
+                ));
+            }
+            Outbox::Durable(store)
+        } else {
+            Outbox::Memory(Arc::new(Mutex::new(VecDeque::new())), Arc::new(Mutex::new(0)))
+        };
         let (ready, _) = watch::channel(Readiness::default());
-        Ok(Agent { config, engine, stats, ready })
+        Ok(Agent { config, engine, stats, ready, outbox, startup_events })
     }
 
     /// The counters, live.
@@ -128,7 +232,7 @@ impl Agent {
 
     /// Runs until `shutdown` completes, then drains and returns the final counters.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Snapshot, AgentError> {
-        let Agent { config, engine, stats, ready } = self;
+        let Agent { config, engine, stats, ready, outbox, startup_events } = self;
         let config = Arc::new(config);
         let ready = Arc::new(ready);
         let cap = config.queue_capacity;
@@ -139,37 +243,82 @@ impl Agent {
             let _ = stop_tx.send(true);
         });
 
-        let (in_tx, in_rx) = mpsc::channel::<Inbound>(cap);
-        let (out_tx, out_rx) = mpsc::channel::<Outbound>(cap);
+        let (in_tx, in_rx) = mpsc::channel::<Input>(cap);
+        let (ack_tx, ack_rx) = mpsc::channel::<Vec<AckToken>>(64);
         let packet = config.max_payload_bytes.saturating_add(64 * 1024);
+        let durable = matches!(outbox, Outbox::Durable(_));
 
         let (src_client, src_conn) = mqtt::connect(
             &config.source,
             "source",
-            &ConnectOptions { request_capacity: 64, max_packet_size: packet, last_will: None },
+            &ConnectOptions {
+                request_capacity: 256,
+                max_packet_size: packet,
+                last_will: None,
+                persistent: durable,
+                manual_acks: durable,
+            },
         );
         let (up_client, up_conn) = mqtt::connect(
             &config.upstream.broker,
             "upstream",
-            &ConnectOptions { request_capacity: cap, max_packet_size: packet, last_will: None },
+            &ConnectOptions {
+                request_capacity: PUBLISH_WINDOW * 2,
+                max_packet_size: packet,
+                last_will: None,
+                persistent: true,
+                manual_acks: false,
+            },
         );
+        let sent = Arc::new(Notify::new());
+        let inflight: Arc<Mutex<VecDeque<u64>>> = Arc::new(Mutex::new(VecDeque::new()));
 
         let source = tokio::spawn(source_task(
             src_conn,
-            src_client,
+            src_client.clone(),
             config.subscriptions.clone(),
             in_tx,
             stats.clone(),
             ready.clone(),
             stop_rx,
         ));
-        let engine_task = tokio::spawn(engine_task(engine, in_rx, out_tx, config.clone(), stats.clone()));
+        let acker = tokio::spawn(acker_task(src_client, ack_rx));
+        let engine_task = tokio::spawn(engine_task(
+            engine,
+            in_rx,
+            ack_tx,
+            outbox.clone(),
+            sent.clone(),
+            config.clone(),
+            stats.clone(),
+            startup_events,
+        ));
         let (done_tx, done_rx) = watch::channel(false);
-        let poller = tokio::spawn(upstream_poll_task(up_conn, stats.clone(), ready.clone(), done_rx));
-        let publisher = tokio::spawn(publisher_task(up_client, out_rx, stats.clone(), done_tx));
+        let (engine_done_tx, engine_done_rx) = watch::channel(false);
+        let poller = tokio::spawn(upstream_poll_task(
+            up_conn,
+            outbox.clone(),
+            inflight.clone(),
+            sent.clone(),
+            stats.clone(),
+            ready.clone(),
+            done_rx,
+        ));
+        let publisher = tokio::spawn(publisher_task(
+            up_client,
+            outbox,
+            inflight,
+            sent.clone(),
+            stats.clone(),
+            engine_done_rx,
+            done_tx,
+        ));
 
         source.await?;
         engine_task.await?;
+        let _ = engine_done_tx.send(true);
+        sent.notify_one();
+        acker.await?;
         publisher.await?;
         poller.await?;
         let summary = stats.snapshot();
@@ -182,12 +331,13 @@ async fn source_task(
     mut conn: mqtt::Connection,
     client: Client,
     subs: Vec<Subscription>,
-    in_tx: mpsc::Sender<Inbound>,
+    in_tx: mpsc::Sender<Input>,
     stats: Arc<Stats>,
     ready: Arc<watch::Sender<Readiness>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut subacks = 0usize;
+    let mut link_up = false;
     loop {
         let incoming = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -207,6 +357,12 @@ async fn source_task(
                         }
                     }
                 });
+                if !link_up {
+                    link_up = true;
+                    if in_tx.send(Input::LinkUp).await.is_err() {
+                        break;
+                    }
+                }
             }
             Incoming::SubAck => {
                 subacks += 1;
@@ -215,17 +371,29 @@ async fn source_task(
                     ready.send_modify(|r| r.source_subscribed = true);
                 }
             }
-            Incoming::Publish { topic, payload } => {
+            Incoming::Publish { topic, payload, ack } => {
                 stats.received.fetch_add(1, Relaxed);
                 let format = subs.iter().find(|s| s.pattern.matches(&topic)).map(|s| s.format).unwrap_or_default();
                 let received = Timestamp::from_system_time(SystemTime::now());
-                if in_tx.send(Inbound { topic, payload, format, received }).await.is_err() {
+                if in_tx.send(Input::Message { topic, payload, format, received, ack }).await.is_err() {
                     break;
+                }
+            }
+            Incoming::Unroutable { ack } => {
+                stats.decode_errors.fetch_add(1, Relaxed);
+                if let Some(ack) = ack {
+                    let _ = client.ack(&ack).await;
                 }
             }
             Incoming::Disconnected { error, retry_in } => {
                 ready.send_modify(|r| r.source_subscribed = false);
                 stats.disconnected(conn.name(), &error, retry_in);
+                if link_up {
+                    link_up = false;
+                    if in_tx.send(Input::LinkDown).await.is_err() {
+                        break;
+                    }
+                }
             }
             Incoming::PubAck => {}
         }
@@ -235,17 +403,55 @@ async fn source_task(
     }
 }
 
+/// Acknowledges messages to the sensor broker, in the order they were received, once their
+/// effects are on disk. A task of its own: acks go through rumqttc's request queue, which
+/// the task polling the connection must never wait on.
+async fn acker_task(client: Client, mut acks: mpsc::Receiver<Vec<AckToken>>) {
+    while let Some(batch) = acks.recv().await {
+        for token in &batch {
+            if let Err(error) = client.ack(token).await {
+                tracing::warn!(%error, "Acknowledgement not sent; the broker will redeliver.");
+            }
+        }
+    }
+}
+
+/// The engine task's batch: effects of messages not yet on disk, and their acks.
+struct Pending {
+    batch: Batch,
+    acks: Vec<AckToken>,
+    touched: HashSet<Touched>,
+    /// Events for the in-memory outbox (durability off).
+    memory: Vec<OutboxEntry>,
+    messages: usize,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Pending { batch: Batch::default(), acks: Vec::new(), touched: HashSet::new(), memory: Vec::new(), messages: 0 }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn engine_task(
     mut engine: Engine,
-    mut in_rx: mpsc::Receiver<Inbound>,
-    out_tx: mpsc::Sender<Outbound>,
+    mut in_rx: mpsc::Receiver<Input>,
+    ack_tx: mpsc::Sender<Vec<AckToken>>,
+    outbox: Outbox,
+    sent: Arc<Notify>,
     config: Arc<Config>,
     stats: Arc<Stats>,
+    startup_events: Vec<(&'static str, serde_json::Value)>,
 ) {
     let source = format!("edgewatch/{}", config.agent_id);
-    let deadletter_topic = config.upstream.deadletter_topic();
-    let errors_topic = config.upstream.errors_topic();
     let mut outputs = Outputs::default();
+    let mut pending = Pending::new();
+    for (kind, data) in startup_events {
+        tracing::warn!(kind, %data, "Agent event.");
+        queue(&outbox, &mut pending, agent_event(&config, &source, kind, data));
+    }
+    let mut next_alive = Instant::now();
+    let mut next_snapshot = Instant::now() + config.state.snapshot_interval;
     loop {
         // Sleep until the engine's next timer (a missing heartbeat, a window closing), or
         // until input arrives, whichever is first.
@@ -253,76 +459,213 @@ async fn engine_task(
             let wait = d.millis().saturating_sub(wall_clock().millis()).max(0);
             Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
         });
-        let msg = tokio::select! {
-            msg = in_rx.recv() => match msg {
-                Some(m) => Some(m),
-                None => break,
-            },
-            () = sleep_until(wake) => None,
+        let wake = Some(wake.map_or(next_alive, |w| w.min(next_alive)));
+        let input = if pending.messages > 0 || !pending.batch.is_empty() || !pending.memory.is_empty() {
+            // Something waits to be written: take only what is already queued, then commit.
+            in_rx.try_recv().ok()
+        } else {
+            tokio::select! {
+                msg = in_rx.recv() => match msg {
+                    Some(m) => Some(m),
+                    None => break,
+                },
+                () = sleep_until(wake) => None,
+            }
         };
         outputs.clear();
-        match msg {
+        match input {
             None => engine.tick(wall_clock(), &mut outputs),
-            Some(msg) => {
-                let payload = match decode(msg.format, &msg.payload, config.max_payload_bytes) {
-                    Ok(p) => p,
+            Some(Input::LinkDown) => {
+                tracing::warn!("Sensor link down: absence detection paused.");
+                engine.pause_absence(wall_clock());
+            }
+            Some(Input::LinkUp) => {
+                engine.resume_absence(wall_clock(), &mut outputs);
+            }
+            Some(Input::Message { topic, payload, format, received, ack }) => {
+                pending.messages += 1;
+                if let Some(ack) = ack {
+                    pending.acks.push(ack);
+                }
+                match decode(format, &payload, config.max_payload_bytes) {
                     Err(error) => {
-                        stats.decode_failed(&msg.topic, &error);
-                        let letter =
-                            dead_letter(&msg.topic, &msg.payload, msg.received, error.reason(), &error.to_string());
-                        if out_tx
-                            .send(Outbound { topic: deadletter_topic.clone(), payload: letter, qos: 1 })
-                            .await
-                            .is_ok()
-                        {
-                            stats.dead_letters.fetch_add(1, Relaxed);
-                        }
-                        continue;
+                        stats.decode_failed(&topic, &error);
+                        let letter = dead_letter(&topic, &payload, received, error.reason(), &error.to_string());
+                        queue(
+                            &outbox,
+                            &mut pending,
+                            OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter, qos: 1 },
+                        );
+                        stats.dead_letters.fetch_add(1, Relaxed);
                     }
-                };
-                let event = Event::new(msg.topic, payload, &msg.payload, msg.received);
-                let topic = event.topic.clone();
-                engine.process(event, wall_clock(), &mut outputs);
-                stats.processed.fetch_add(1, Relaxed);
-                if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
-                    stats.unmatched(&topic);
+                    Ok(value) => {
+                        let event = Event::new(topic, value, &payload, received);
+                        let topic = event.topic.clone();
+                        engine.process(event, wall_clock(), &mut outputs);
+                        stats.processed.fetch_add(1, Relaxed);
+                        if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
+                            stats.unmatched(&topic);
+                        }
+                    }
                 }
             }
         }
-        if outputs.duplicates > 0 {
-            stats.duplicates.fetch_add(outputs.duplicates as u64, Relaxed);
+        collect(&outputs, &outbox, &mut pending, &config, &source, &stats);
+        let commit_now = pending.messages >= config.state.max_batch || in_rx.is_empty();
+        if Instant::now() >= next_alive {
+            if let Outbox::Durable(store) = &outbox {
+                store.mark_alive(&mut pending.batch, wall_clock().millis());
+            }
+            next_alive = Instant::now() + ALIVE_EVERY;
         }
-        for late in &outputs.late {
-            stats.late.fetch_add(1, Relaxed);
-            let raw = serde_json::to_vec(&late.payload).unwrap_or_default();
-            let letter = dead_letter(&late.topic, &raw, late.time, "late", "older than the allowed lateness");
-            if out_tx.send(Outbound { topic: deadletter_topic.clone(), payload: letter, qos: 1 }).await.is_ok() {
-                stats.dead_letters.fetch_add(1, Relaxed);
+        if commit_now && (pending.messages > 0 || !pending.batch.is_empty() || !pending.memory.is_empty()) {
+            commit(&engine, &outbox, &mut pending, &ack_tx, &sent, &stats).await;
+        }
+        if Instant::now() >= next_snapshot {
+            next_snapshot = Instant::now() + config.state.snapshot_interval;
+            if let Outbox::Durable(store) = &outbox {
+                write_snapshot(store).await;
             }
         }
-        for fault in &outputs.faults {
-            stats.rule_failed(fault);
-            let report = serde_json::json!({
-                "rule": &*fault.rule,
-                "location": fault.location,
-                "error": fault.message,
-                "disabled": fault.disabled,
-                "time": wall_clock().to_rfc3339(),
-            });
-            let msg = Outbound { topic: errors_topic.clone(), payload: report.to_string().into_bytes(), qos: 1 };
-            if out_tx.send(msg).await.is_err() {
+    }
+    commit(&engine, &outbox, &mut pending, &ack_tx, &sent, &stats).await;
+    if let Outbox::Durable(store) = &outbox {
+        let mut b = Batch::default();
+        store.mark_alive(&mut b, wall_clock().millis());
+        let _ = store.commit(b).await;
+        write_snapshot(store).await;
+    }
+}
+
+/// Turns what the engine produced into outbox entries and state to persist.
+fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &Config, source: &str, stats: &Stats) {
+    if outputs.duplicates > 0 {
+        stats.duplicates.fetch_add(outputs.duplicates as u64, Relaxed);
+    }
+    for late in &outputs.late {
+        stats.late.fetch_add(1, Relaxed);
+        let raw = serde_json::to_vec(&late.payload).unwrap_or_default();
+        let letter = dead_letter(&late.topic, &raw, late.time, "late", "older than the allowed lateness");
+        queue(outbox, pending, OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter, qos: 1 });
+        stats.dead_letters.fetch_add(1, Relaxed);
+    }
+    for fault in &outputs.faults {
+        stats.rule_failed(fault);
+        let report = serde_json::json!({
+            "rule": &*fault.rule,
+            "location": fault.location,
+            "error": fault.message,
+            "disabled": fault.disabled,
+            "time": wall_clock().to_rfc3339(),
+        });
+        queue(
+            outbox,
+            pending,
+            OutboxEntry { topic: config.upstream.errors_topic(), payload: report.to_string().into_bytes(), qos: 1 },
+        );
+    }
+    for composite in &outputs.events {
+        stats.events.fetch_add(1, Relaxed);
+        tracing::debug!(rule = %composite.rule, key = %composite.key, id = %composite.id, "Composite event.");
+        let payload = CloudEvent::new(composite, source).to_json();
+        let topic = config.upstream.event_topic(&composite.rule);
+        queue(outbox, pending, OutboxEntry { topic, payload, qos: config.upstream.qos });
+    }
+    if matches!(outbox, Outbox::Durable(_)) {
+        pending.touched.extend(outputs.touched.iter().cloned());
+    }
+}
+
+fn queue(outbox: &Outbox, pending: &mut Pending, entry: OutboxEntry) {
+    match outbox {
+        Outbox::Durable(store) => store.push_outbox(&mut pending.batch, &entry),
+        Outbox::Memory(..) => pending.memory.push(entry),
+    }
+}
+
+/// Writes the batch, waits until it is on disk, then acknowledges its messages and wakes
+/// the publisher.
+async fn commit(
+    engine: &Engine,
+    outbox: &Outbox,
+    pending: &mut Pending,
+    ack_tx: &mpsc::Sender<Vec<AckToken>>,
+    sent: &Notify,
+    stats: &Stats,
+) {
+    match outbox {
+        Outbox::Durable(store) => {
+            for what in pending.touched.drain() {
+                let value = engine.export(&what);
+                store.put_state(&mut pending.batch, &what, value.as_deref());
+            }
+            let batch = std::mem::take(&mut pending.batch);
+            let started = Instant::now();
+            if let Err(error) = store.commit(batch).await {
+                // Not on disk: do not acknowledge; the broker redelivers after a restart.
+                tracing::error!(%error, "State not written; messages stay unacknowledged.");
+                pending.acks.clear();
+                pending.messages = 0;
                 return;
             }
+            stats.record_flush(started.elapsed());
         }
-        for composite in &outputs.events {
-            stats.events.fetch_add(1, Relaxed);
-            tracing::debug!(rule = %composite.rule, key = %composite.key, id = %composite.id, "Composite event.");
-            let payload = CloudEvent::new(composite, &source).to_json();
-            let topic = config.upstream.event_topic(&composite.rule);
-            if out_tx.send(Outbound { topic, payload, qos: config.upstream.qos }).await.is_err() {
-                return;
+        Outbox::Memory(q, next) => {
+            if let (Ok(mut q), Ok(mut next)) = (q.lock(), next.lock()) {
+                for entry in pending.memory.drain(..) {
+                    q.push_back((*next, entry));
+                    *next += 1;
+                }
             }
         }
+    }
+    pending.messages = 0;
+    if !pending.acks.is_empty() {
+        let acks = std::mem::take(&mut pending.acks);
+        if ack_tx.send(acks).await.is_err() {
+            tracing::debug!("Acker gone.");
+        }
+    }
+    sent.notify_one();
+}
+
+async fn write_snapshot(store: &Store) {
+    let store = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let snap = store.snapshot(wall_clock().millis())?;
+        store.write_snapshot_file(&snap)
+    })
+    .await;
+    match written {
+        Ok(Ok(path)) => tracing::debug!(path = %path.display(), "State snapshot written."),
+        Ok(Err(error)) => tracing::error!(%error, "State snapshot not written."),
+        Err(error) => tracing::error!(%error, "State snapshot task failed."),
+    }
+}
+
+/// An event about the agent itself, on `<prefix>/agent/events`.
+fn agent_event(config: &Config, source: &str, kind: &str, data: serde_json::Value) -> OutboxEntry {
+    let now = wall_clock();
+    let id = edgewatch_engine::CompositeId::derive(
+        "agent",
+        kind,
+        edgewatch_engine::EventId::from_content(kind, &now.millis().to_le_bytes()),
+        0,
+    );
+    let payload = serde_json::json!({
+        "specversion": "1.0",
+        "id": id.to_string(),
+        "source": source,
+        "type": format!("edgewatch.agent.{kind}"),
+        "subject": config.agent_id,
+        "time": now.to_rfc3339(),
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    OutboxEntry {
+        topic: format!("{}/agent/events", config.upstream.topic_prefix),
+        payload: payload.to_string().into_bytes(),
+        qos: 1,
     }
 }
 
@@ -337,8 +680,8 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The dead letter for a payload that did not decode: where it came from, why, and (a
-/// bounded prefix of) what it was.
+/// The dead letter for a payload that could not be processed: where it came from, why, and
+/// (a bounded prefix of) what it was.
 fn dead_letter(topic: &str, payload: &[u8], time: Timestamp, reason: &str, error: &str) -> Vec<u8> {
     const SHOWN: usize = 256;
     let shown = &payload[..payload.len().min(SHOWN)];
@@ -354,8 +697,13 @@ fn dead_letter(topic: &str, payload: &[u8], time: Timestamp, reason: &str, error
     .into_bytes()
 }
 
+/// Polls the upstream connection. QoS 1 PUBACKs come in the order the publishes went out
+/// (MQTT 3.1.1 §4.6), so each one acknowledges the oldest event in flight.
 async fn upstream_poll_task(
     mut conn: mqtt::Connection,
+    outbox: Outbox,
+    inflight: Arc<Mutex<VecDeque<u64>>>,
+    sent: Arc<Notify>,
     stats: Arc<Stats>,
     ready: Arc<watch::Sender<Readiness>>,
     mut done: watch::Receiver<bool>,
@@ -369,47 +717,82 @@ async fn upstream_poll_task(
             Incoming::Connected { .. } => {
                 tracing::info!(connection = "upstream", "Connected to the upstream broker.");
                 ready.send_modify(|r| r.upstream_connected = true);
+                sent.notify_one();
             }
             Incoming::PubAck => {
-                tracing::trace!("PUBACK from upstream.");
-                stats.acked.fetch_add(1, Relaxed);
+                let seq = inflight.lock().ok().and_then(|mut q| q.pop_front());
+                if let Some(seq) = seq {
+                    outbox.acked(seq);
+                    stats.acked.fetch_add(1, Relaxed);
+                    sent.notify_one();
+                }
             }
             Incoming::Disconnected { error, retry_in } => {
                 ready.send_modify(|r| r.upstream_connected = false);
                 stats.disconnected(conn.name(), &error, retry_in);
             }
-            Incoming::Publish { .. } | Incoming::SubAck => {}
+            Incoming::Publish { .. } | Incoming::Unroutable { .. } | Incoming::SubAck => {}
         }
     }
 }
 
+/// Sends outbox entries in order, keeping at most [`PUBLISH_WINDOW`] unacknowledged. The
+/// session is persistent, so rumqttc itself resends what is in flight after a reconnect;
+/// after a restart, everything still in the outbox is sent again (same ids).
 async fn publisher_task(
     client: Client,
-    mut out_rx: mpsc::Receiver<Outbound>,
+    outbox: Outbox,
+    inflight: Arc<Mutex<VecDeque<u64>>>,
+    sent: Arc<Notify>,
     stats: Arc<Stats>,
+    mut engine_done: watch::Receiver<bool>,
     done: watch::Sender<bool>,
 ) {
-    let mut sent_qos1 = 0u64;
-    while let Some(msg) = out_rx.recv().await {
-        match client.publish(&msg.topic, msg.qos, false, msg.payload).await {
-            Ok(()) => {
-                stats.published.fetch_add(1, Relaxed);
-                if msg.qos > 0 {
-                    sent_qos1 += 1;
+    let mut next_seq = 0u64;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let room = PUBLISH_WINDOW.saturating_sub(inflight.lock().map(|q| q.len()).unwrap_or(PUBLISH_WINDOW));
+        let batch = if room > 0 { outbox.next(next_seq, room) } else { Vec::new() };
+        for (seq, entry) in &batch {
+            next_seq = seq + 1;
+            if entry.qos > 0 {
+                if let Ok(mut q) = inflight.lock() {
+                    q.push_back(*seq);
                 }
             }
-            Err(error) => tracing::error!(topic = %msg.topic, %error, "Event not handed to the upstream connection."),
+            match client.publish(&entry.topic, entry.qos, false, entry.payload.clone()).await {
+                Ok(()) => {
+                    stats.published.fetch_add(1, Relaxed);
+                    if entry.qos == 0 {
+                        outbox.acked(*seq);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(topic = %entry.topic, %error, "Event not handed to the upstream connection.")
+                }
+            }
         }
-    }
-    // Engine is done: wait for the broker to acknowledge what we sent, then hang up.
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while stats.acked.load(Relaxed) < sent_qos1 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tracing::debug!(sent_qos1, acked = stats.acked.load(Relaxed), "Publisher drained.");
-    let unacked = sent_qos1.saturating_sub(stats.acked.load(Relaxed));
-    if unacked > 0 {
-        tracing::warn!(unacked, "Stopping with events the upstream broker has not acknowledged.");
+        if !batch.is_empty() {
+            continue;
+        }
+        if *engine_done.borrow() {
+            let empty = outbox.depth() == 0;
+            let at = *deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+            if empty || Instant::now() >= at {
+                if !empty {
+                    tracing::warn!(
+                        waiting = outbox.depth(),
+                        "Stopping with events not yet acknowledged upstream; they stay in the outbox."
+                    );
+                }
+                break;
+            }
+        }
+        tokio::select! {
+            () = sent.notified() => {}
+            _ = engine_done.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
     let _ = tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await;
     let _ = done.send(true);

@@ -71,10 +71,60 @@ pub struct RawConfig {
     /// Lookup tables: name -> CSV or TOML file (by extension).
     #[serde(default)]
     pub tables: std::collections::BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    pub state: RawState,
+}
+
+/// Durability.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// Keep state and the outbox in sled and acknowledge input only once it is on disk.
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// sled's page cache, in MiB (its own default is 1 GiB, more than a gateway has).
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
+    /// Largest outbox on disk, in MiB; beyond it the oldest events are dropped (and counted).
+    #[serde(default = "default_outbox_mb")]
+    pub max_outbox_mb: u64,
+    /// How often the whole state is written to `snapshot.json` (restored if the database
+    /// becomes unreadable).
+    #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Most messages whose effects are written (and then acknowledged) together.
+    #[serde(default = "default_batch")]
+    pub max_batch: usize,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            durable: true,
+            cache_mb: default_cache_mb(),
+            max_outbox_mb: default_outbox_mb(),
+            snapshot_interval: default_snapshot_interval(),
+            max_batch: default_batch(),
+        }
+    }
+}
+
+fn default_cache_mb() -> u64 {
+    16
+}
+fn default_outbox_mb() -> u64 {
+    64
+}
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_batch() -> usize {
+    512
 }
 
 /// Top-level sections; an environment variable must start with one of them to be config.
-const SECTIONS: &[&str] = &["agent", "rules", "source", "subscriptions", "upstream", "limits", "engine", "tables"];
+const SECTIONS: &[&str] =
+    &["agent", "rules", "source", "subscriptions", "upstream", "limits", "engine", "tables", "state"];
 
 /// How the engine treats input.
 #[derive(Debug, Deserialize)]
@@ -306,6 +356,18 @@ pub struct Config {
     /// Lookup tables named in the file: name -> path. Tables in `<rules dir>/tables/` are
     /// loaded too.
     pub tables: std::collections::BTreeMap<String, PathBuf>,
+    /// Durability settings.
+    pub state: StateConfig,
+}
+
+/// Durability settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    pub durable: bool,
+    pub cache_bytes: u64,
+    pub max_outbox_bytes: u64,
+    pub snapshot_interval: Duration,
+    pub max_batch: usize,
 }
 
 /// One broker connection, ready to dial.
@@ -503,6 +565,25 @@ impl RawConfig {
             }
         }
         let engine = self.engine.to_engine_config(&format!("{topic_prefix}/events"));
+        if self.state.cache_mb == 0 || self.state.cache_mb > 4096 {
+            return Err(invalid("state.cache_mb", "must be between 1 and 4096"));
+        }
+        if self.state.max_outbox_mb == 0 {
+            return Err(invalid("state.max_outbox_mb", "must be at least 1"));
+        }
+        if self.state.max_batch == 0 {
+            return Err(invalid("state.max_batch", "must be at least 1"));
+        }
+        if self.state.snapshot_interval < Duration::from_secs(1) {
+            return Err(invalid("state.snapshot_interval", "must be at least 1s"));
+        }
+        let state = StateConfig {
+            durable: self.state.durable,
+            cache_bytes: self.state.cache_mb * 1024 * 1024,
+            max_outbox_bytes: self.state.max_outbox_mb * 1024 * 1024,
+            snapshot_interval: self.state.snapshot_interval,
+            max_batch: self.state.max_batch,
+        };
         Ok(Config {
             agent_id: self.agent.id,
             state_dir: self.agent.state_dir,
@@ -515,6 +596,7 @@ impl RawConfig {
             queue_capacity: self.limits.queue_capacity,
             engine,
             tables: self.tables,
+            state,
         })
     }
 }

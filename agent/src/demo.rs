@@ -85,7 +85,7 @@ format = "auto"
         url = broker.url(),
     );
     let config = Config::from_toml(&text, "<demo>", std::iter::empty()).map_err(|e| DemoError::Setup(e.to_string()))?;
-    let agent = Agent::new(config)?;
+    let agent = Agent::new(config).await?;
     let _ = writeln!(
         out,
         "edgewatch demo: broker {}, {} devices, rules from {} ({}), {:?}",

@@ -34,6 +34,7 @@ pub mod emit;
 pub mod mqtt;
 pub mod replay;
 pub mod rules;
+pub mod store;
 pub mod telemetry;
 
 pub use agent::{Agent, AgentError, Readiness};

@@ -149,7 +149,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let agent = Agent::new(config).context("cannot start the agent")?;
+    let agent = Agent::new(config).await.context("cannot start the agent")?;
     agent.run(shutdown_signal()).await.context("agent failed")?;
     Ok(())
 }

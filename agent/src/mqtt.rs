@@ -17,14 +17,24 @@ use std::time::Duration;
 pub enum Incoming {
     /// (Re)connected; `session_present` says the broker kept our subscriptions.
     Connected { session_present: bool },
-    /// A message on a subscribed topic.
-    Publish { topic: String, payload: Bytes },
+    /// A message on a subscribed topic. With manual acks, `ack` must be passed to
+    /// [`Client::ack`] once the message's effects are durable (QoS 1 and 2 only).
+    Publish { topic: String, payload: Bytes, ack: Option<AckToken> },
+    /// A message that cannot be processed at all; acknowledge it.
+    Unroutable { ack: Option<AckToken> },
     /// The broker acknowledged a subscription.
     SubAck,
     /// The broker acknowledged a QoS 1 publish of ours.
     PubAck,
     /// The connection failed; the next poll waits out the backoff, then reconnects.
     Disconnected { error: String, retry_in: Duration },
+}
+
+/// What acknowledging a received message needs (the packet, as rumqttc wants it).
+#[derive(Debug, Clone)]
+pub enum AckToken {
+    V311(Box<rumqttc::Publish>),
+    V5(Box<v5::mqttbytes::v5::Publish>),
 }
 
 /// Why a publish or subscribe request could not be queued.
@@ -83,6 +93,15 @@ impl Client {
         }
     }
 
+    /// Acknowledges a received message (manual acks).
+    pub async fn ack(&self, token: &AckToken) -> Result<(), RequestError> {
+        match (self, token) {
+            (Client::V311(c), AckToken::V311(p)) => c.ack(p).await.map_err(|e| RequestError(e.to_string())),
+            (Client::V5(c), AckToken::V5(p)) => c.ack(p).await.map_err(|e| RequestError(e.to_string())),
+            _ => Err(RequestError("ack token of the other protocol version".into())),
+        }
+    }
+
     /// Sends DISCONNECT.
     pub async fn disconnect(&self) -> Result<(), RequestError> {
         match self {
@@ -122,6 +141,11 @@ pub struct ConnectOptions {
     pub max_packet_size: usize,
     /// Message the broker publishes if this connection dies.
     pub last_will: Option<(String, Bytes, u8, bool)>,
+    /// A persistent session (clean session off, MQTT 5 session expiry of a day): the broker
+    /// keeps subscriptions and unacknowledged QoS 1 messages across reconnects.
+    pub persistent: bool,
+    /// Acknowledge received messages only when [`Client::ack`] is called.
+    pub manual_acks: bool,
 }
 
 /// Sets up a connection; nothing is dialled until the first poll.
@@ -132,7 +156,8 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
             let mut o = rumqttc::MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
             o.set_keep_alive(cfg.keep_alive);
             o.set_max_packet_size(opts.max_packet_size, opts.max_packet_size);
-            o.set_clean_session(true);
+            o.set_clean_session(!opts.persistent);
+            o.set_manual_acks(opts.manual_acks);
             if let Some((u, p)) = &cfg.credentials {
                 o.set_credentials(u, p.expose());
             }
@@ -146,7 +171,11 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
             let mut o = v5::MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
             o.set_keep_alive(cfg.keep_alive);
             o.set_max_packet_size(u32::try_from(opts.max_packet_size).ok());
-            o.set_clean_start(true);
+            o.set_clean_start(!opts.persistent);
+            if opts.persistent {
+                o.set_session_expiry_interval(Some(86_400));
+            }
+            o.set_manual_acks(opts.manual_acks);
             if let Some((u, p)) = &cfg.credentials {
                 o.set_credentials(u, p.expose());
             }
@@ -215,7 +244,10 @@ fn map4(p: rumqttc::Packet) -> Option<Result<Incoming, String>> {
             }
             Incoming::Connected { session_present: ack.session_present }
         }
-        Packet::Publish(p) => Incoming::Publish { topic: p.topic, payload: p.payload },
+        Packet::Publish(p) => {
+            let ack = (p.qos != rumqttc::QoS::AtMostOnce).then(|| AckToken::V311(Box::new(p.clone())));
+            Incoming::Publish { topic: p.topic, payload: p.payload, ack }
+        }
         Packet::SubAck(_) => Incoming::SubAck,
         Packet::PubAck(_) => Incoming::PubAck,
         _ => return None,
@@ -231,10 +263,14 @@ fn map5(p: v5::mqttbytes::v5::Packet) -> Option<Result<Incoming, String>> {
             }
             Incoming::Connected { session_present: ack.session_present }
         }
-        Packet::Publish(p) => match String::from_utf8(p.topic.to_vec()) {
-            Ok(topic) => Incoming::Publish { topic, payload: p.payload },
-            Err(_) => return None,
-        },
+        Packet::Publish(p) => {
+            let ack = (p.qos != v5::mqttbytes::QoS::AtMostOnce).then(|| AckToken::V5(Box::new(p.clone())));
+            match String::from_utf8(p.topic.to_vec()) {
+                Ok(topic) => Incoming::Publish { topic, payload: p.payload, ack },
+                // Not UTF-8: acknowledge and drop; nothing can route it.
+                Err(_) => Incoming::Unroutable { ack },
+            }
+        }
         Packet::SubAck(_) => Incoming::SubAck,
         Packet::PubAck(_) => Incoming::PubAck,
         _ => return None,

@@ -37,6 +37,11 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Messages older than the allowed lateness, dead-lettered.
     pub late: AtomicU64,
+    /// Batches written to disk.
+    pub flushes: AtomicU64,
+    /// Time spent writing them, in microseconds (sum), and the longest.
+    pub flush_micros: AtomicU64,
+    pub flush_max_micros: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -90,6 +95,13 @@ impl Stats {
     pub(crate) fn rule_failed(&self, fault: &edgewatch_engine::RuleFault) {
         self.rule_faults.fetch_add(1, Relaxed);
         tracing::warn!(rule = %fault.rule, location = %fault.location, error = %fault.message, "Rule failed on an event.");
+    }
+
+    pub(crate) fn record_flush(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.flushes.fetch_add(1, Relaxed);
+        self.flush_micros.fetch_add(us, Relaxed);
+        self.flush_max_micros.fetch_max(us, Relaxed);
     }
 
     pub(crate) fn unmatched(&self, topic: &str) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 async fn a_broker_down_at_start_is_retried_until_it_comes_up() {
     let v4 = free_port().expect("port");
     let v5 = free_port().expect("port");
-    let agent = RunningAgent::spawn(&config(v4, "3.1.1"), &[("overheat.rhai", OVERHEAT)]);
+    let agent = RunningAgent::spawn(&config(v4, "3.1.1"), &[("overheat.rhai", OVERHEAT)]).await;
     agent.wait_for_stats("connection failures", |s| s.disconnects >= 2).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let failures = agent.stats.snapshot().disconnects;

@@ -152,13 +152,13 @@ impl RunningAgent {
     /// (which may use `{rules}` and `{state}`), starts the agent, and waits until it is
     /// connected and subscribed.
     pub async fn start(config_toml: &str, rules: &[(&str, &str)]) -> RunningAgent {
-        let agent = RunningAgent::spawn(config_toml, rules);
+        let agent = RunningAgent::spawn(config_toml, rules).await;
         agent.wait_ready().await;
         agent
     }
 
     /// Like [`RunningAgent::start`], without waiting for readiness.
-    pub fn spawn(config_toml: &str, rules: &[(&str, &str)]) -> RunningAgent {
+    pub async fn spawn(config_toml: &str, rules: &[(&str, &str)]) -> RunningAgent {
         let dir = tempfile::tempdir().expect("temp dir");
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir_all(&rules_dir).expect("rules dir");
@@ -169,7 +169,7 @@ impl RunningAgent {
             .replace("{rules}", &toml_path(&rules_dir))
             .replace("{state}", &toml_path(&dir.path().join("state")));
         let config = Config::from_toml(&text, "test.toml", std::iter::empty()).expect("test config is valid");
-        let agent = Agent::new(config).expect("agent starts");
+        let agent = Agent::new(config).await.expect("agent starts");
         let stats = agent.stats();
         let ready = agent.readiness();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

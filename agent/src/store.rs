@@ -1,0 +1,511 @@
+//! Durable state in sled: the engine's per-key state, duplicate windows, the outbox of
+//! events waiting to go upstream, and a little metadata.
+//!
+//! One tree, keys by prefix, so a batch that changes state and adds outbox entries is
+//! applied atomically:
+//!
+//! ```text
+//! m/schema            schema version
+//! m/alive             last time (ms) the agent was known running: downtime after a crash
+//! s/<rule>\0<key>     a rule's state for one key (the engine's export)
+//! d/<name>            a duplicate-detection entry
+//! o/<seq: u64 BE>     an outbox entry, in the order it must go upstream
+//! ```
+//!
+//! Nothing is acknowledged to the sensor broker before the batch holding its effects is
+//! flushed. If the database cannot be opened (sled has open reports of unreadable files
+//! after power loss), it is moved aside and the latest snapshot is restored.
+
+use edgewatch_engine::Touched;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The on-disk layout version.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {message}")]
+    Db { path: String, message: String },
+    #[error("snapshot {path}: {message}")]
+    Snapshot { path: String, message: String },
+    #[error("state database {path} has schema {found}, this agent knows {SCHEMA_VERSION}")]
+    Schema { path: String, found: u64 },
+}
+
+/// An event waiting to go upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub topic: String,
+    #[serde(with = "serde_bytes_hex")]
+    pub payload: Vec<u8>,
+    pub qos: u8,
+}
+
+mod serde_bytes_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub(super) fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(b) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_str(&format!("hex:{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+        }
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("hex:") {
+            None => Ok(s.into_bytes()),
+            Some(h) => (0..h.len())
+                .step_by(2)
+                .map(|i| h.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| serde::de::Error::custom("bad hex")),
+        }
+    }
+}
+
+/// Everything the agent keeps, as one JSON document: `state export`, `state import`, and
+/// the periodic snapshot.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub schema: u64,
+    /// When it was taken (ms since the epoch).
+    pub taken_ms: i64,
+    /// (key in the store, value as JSON text).
+    pub state: Vec<(String, String)>,
+    pub outbox: Vec<OutboxEntry>,
+}
+
+/// A batch of changes, applied atomically by [`Store::commit`].
+#[derive(Debug, Default)]
+pub struct Batch {
+    inner: sled::Batch,
+    outbox: Vec<(u64, u64)>,
+    removed: Vec<(u64, u64)>,
+    changes: usize,
+}
+
+impl Batch {
+    /// How many changes it holds.
+    pub fn len(&self) -> usize {
+        self.changes
+    }
+
+    /// Nothing to write?
+    pub fn is_empty(&self) -> bool {
+        self.changes == 0
+    }
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    inner: Arc<std::sync::Mutex<Outbox>>,
+    dir: PathBuf,
+}
+
+/// The outbox's bookkeeping, in memory (rebuilt from disk at open).
+#[derive(Debug, Default)]
+struct Outbox {
+    next_seq: u64,
+    /// (seq, bytes) of every entry, oldest first.
+    entries: std::collections::VecDeque<(u64, u64)>,
+    bytes: u64,
+    max_bytes: u64,
+    /// Entries dropped to stay within `max_bytes`, not yet reported.
+    dropped: u64,
+}
+
+fn state_key(t: &Touched) -> Vec<u8> {
+    match t {
+        Touched::Rule { rule, key } => {
+            let mut k = Vec::with_capacity(3 + rule.len() + key.len());
+            k.extend_from_slice(b"s/");
+            k.extend_from_slice(rule.as_bytes());
+            k.push(0);
+            k.extend_from_slice(key.as_bytes());
+            k
+        }
+        Touched::Dedup(name) => [b"d/".as_slice(), name.as_bytes()].concat(),
+    }
+}
+
+/// The engine's name of a stored state key.
+fn touched_of(k: &[u8]) -> Option<Touched> {
+    if let Some(rest) = k.strip_prefix(b"s/") {
+        let split = rest.iter().position(|b| *b == 0)?;
+        let rule = std::str::from_utf8(&rest[..split]).ok()?;
+        let key = std::str::from_utf8(&rest[split + 1..]).ok()?;
+        return Some(Touched::Rule { rule: rule.into(), key: key.into() });
+    }
+    let name = std::str::from_utf8(k.strip_prefix(b"d/")?).ok()?;
+    Some(Touched::Dedup(name.into()))
+}
+
+fn outbox_key(seq: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(b"o/");
+    k[2..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`/db.
+    pub fn open(dir: &Path, cache_bytes: u64, max_outbox_bytes: u64) -> Result<Store, StoreError> {
+        let path = dir.join("db");
+        let err = |e: String| StoreError::Db { path: path.display().to_string(), message: e };
+        // A damaged file can make sled panic instead of returning an error: contain both.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).cache_capacity(cache_bytes).open())
+            .map_err(|_| err("sled panicked while opening it".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        let schema = match opened.get(b"m/schema").map_err(|e| err(e.to_string()))? {
+            None => {
+                opened.insert(b"m/schema", &SCHEMA_VERSION.to_be_bytes()).map_err(|e| err(e.to_string()))?;
+                SCHEMA_VERSION
+            }
+            Some(v) => {
+                v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| err("unreadable schema version".into()))?
+            }
+        };
+        if schema != SCHEMA_VERSION {
+            return Err(StoreError::Schema { path: path.display().to_string(), found: schema });
+        }
+        let mut outbox = Outbox { max_bytes: max_outbox_bytes, ..Outbox::default() };
+        for item in opened.scan_prefix(b"o/") {
+            let (k, v) = item.map_err(|e| err(e.to_string()))?;
+            let seq = k
+                .get(2..10)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| err("bad outbox key".into()))?;
+            outbox.entries.push_back((seq, v.len() as u64));
+            outbox.bytes += v.len() as u64;
+            outbox.next_seq = seq + 1;
+        }
+        Ok(Store { db: opened, inner: Arc::new(std::sync::Mutex::new(outbox)), dir: dir.to_owned() })
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db { path: self.dir.join("db").display().to_string(), message: e.to_string() }
+    }
+
+    /// Every saved engine state, to import at start.
+    pub fn load_state(&self) -> Result<Vec<(Touched, Vec<u8>)>, StoreError> {
+        let mut v = Vec::new();
+        for prefix in [b"s/".as_slice(), b"d/".as_slice()] {
+            for item in self.db.scan_prefix(prefix) {
+                let (k, val) = item.map_err(|e| self.db_err(e))?;
+                if let Some(t) = touched_of(&k) {
+                    v.push((t, val.to_vec()));
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Records a state change (or deletion) in `batch`.
+    pub fn put_state(&self, batch: &mut Batch, what: &Touched, value: Option<&[u8]>) {
+        let k = state_key(what);
+        match value {
+            Some(v) => batch.inner.insert(k, v),
+            None => batch.inner.remove(k),
+        }
+        batch.changes += 1;
+    }
+
+    /// Adds an outbox entry to `batch`. When the outbox is over its size, the oldest entries
+    /// are dropped (and counted) in the same batch.
+    pub fn push_outbox(&self, batch: &mut Batch, entry: &OutboxEntry) {
+        let bytes = serde_json::to_vec(entry).unwrap_or_default();
+        let mut ob = self.outbox();
+        let seq = ob.next_seq;
+        ob.next_seq += 1;
+        let len = bytes.len() as u64;
+        ob.bytes += len;
+        ob.entries.push_back((seq, len));
+        while ob.bytes > ob.max_bytes && ob.entries.len() > 1 {
+            if let Some((old, old_len)) = ob.entries.pop_front() {
+                ob.bytes -= old_len;
+                ob.dropped += 1;
+                batch.inner.remove(&outbox_key(old));
+                batch.removed.push((old, old_len));
+            }
+        }
+        drop(ob);
+        batch.inner.insert(&outbox_key(seq), bytes);
+        batch.outbox.push((seq, len));
+        batch.changes += 1;
+    }
+
+    /// Writes `batch` and waits until it is on disk.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.changes == 0 {
+            return Ok(());
+        }
+        self.db.apply_batch(batch.inner).map_err(|e| self.db_err(e))?;
+        self.db.flush_async().await.map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    /// Records that the agent is running now (for downtime after a crash).
+    pub fn mark_alive(&self, batch: &mut Batch, now_ms: i64) {
+        batch.inner.insert(b"m/alive".as_slice(), &now_ms.to_be_bytes());
+        batch.changes += 1;
+    }
+
+    /// When the agent was last known running, if ever.
+    pub fn last_alive(&self) -> Option<i64> {
+        let v = self.db.get(b"m/alive").ok()??;
+        v.as_ref().try_into().ok().map(i64::from_be_bytes)
+    }
+
+    /// Up to `n` outbox entries from `from_seq` on, in order.
+    pub fn outbox_from(&self, from_seq: u64, n: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let mut v = Vec::with_capacity(n);
+        for item in self.db.range(outbox_key(from_seq)..outbox_key(u64::MAX)).take(n) {
+            let (k, val) = item.map_err(|e| self.db_err(e))?;
+            let seq = k.get(2..10).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            match serde_json::from_slice(&val) {
+                Ok(entry) => v.push((seq, entry)),
+                Err(error) => tracing::error!(seq, %error, "Unreadable outbox entry skipped."),
+            }
+        }
+        Ok(v)
+    }
+
+    /// Deletes an acknowledged outbox entry.
+    pub fn ack_outbox(&self, seq: u64) -> Result<(), StoreError> {
+        let removed = self.db.remove(outbox_key(seq)).map_err(|e| self.db_err(e))?;
+        if removed.is_some() {
+            let mut ob = self.outbox();
+            if let Some(pos) = ob.entries.iter().position(|(s, _)| *s == seq) {
+                if let Some((_, len)) = ob.entries.remove(pos) {
+                    ob.bytes -= len;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (entries, bytes) waiting in the outbox.
+    pub fn outbox_depth(&self) -> (usize, u64) {
+        let ob = self.outbox();
+        (ob.entries.len(), ob.bytes)
+    }
+
+    /// Entries dropped for space since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        std::mem::take(&mut self.outbox().dropped)
+    }
+
+    /// Bytes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Everything, as a snapshot document.
+    pub fn snapshot(&self, now_ms: i64) -> Result<Snapshot, StoreError> {
+        let mut s = Snapshot { schema: SCHEMA_VERSION, taken_ms: now_ms, ..Snapshot::default() };
+        for item in self.db.iter() {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            if k.starts_with(b"o/") {
+                if let Ok(entry) = serde_json::from_slice(&v) {
+                    s.outbox.push(entry);
+                }
+            } else if k.starts_with(b"s/") || k.starts_with(b"d/") {
+                s.state.push((String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Loads a snapshot into this (empty) store.
+    pub async fn restore(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let mut batch = Batch::default();
+        for (k, v) in &snap.state {
+            batch.inner.insert(k.as_bytes(), v.as_bytes());
+            batch.changes += 1;
+        }
+        for entry in &snap.outbox {
+            self.push_outbox(&mut batch, entry);
+        }
+        self.commit(batch).await
+    }
+
+    /// Writes the snapshot file atomically: temp file, fsync, rename.
+    pub fn write_snapshot_file(&self, snap: &Snapshot) -> Result<PathBuf, StoreError> {
+        write_snapshot(&self.dir.join("snapshot.json"), snap)
+    }
+}
+
+/// Writes `snap` to `path` atomically (temp file, fsync, rename, fsync of the directory).
+pub fn write_snapshot(path: &Path, snap: &Snapshot) -> Result<PathBuf, StoreError> {
+    use std::io::Write;
+    let err = |e: std::io::Error| StoreError::Snapshot { path: path.display().to_string(), message: e.to_string() };
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec(snap)
+        .map_err(|e| StoreError::Snapshot { path: path.display().to_string(), message: e.to_string() })?;
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&text).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(path.to_owned())
+}
+
+/// Reads a snapshot file.
+pub fn read_snapshot(path: &Path) -> Result<Snapshot, StoreError> {
+    let err = |m: String| StoreError::Snapshot { path: path.display().to_string(), message: m };
+    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    serde_json::from_slice(&text).map_err(|e| err(e.to_string()))
+}
+
+/// What opening the store had to do.
+#[derive(Debug)]
+pub enum Opened {
+    /// The database opened as it was.
+    Clean,
+    /// The database could not be opened: it was moved to `quarantined`, and the state of
+    /// the snapshot taken at `snapshot_ms` (if any) was restored.
+    Recovered { error: String, quarantined: PathBuf, snapshot_ms: Option<i64> },
+}
+
+/// Opens the store; if the database is unreadable, moves it aside and restores the latest
+/// snapshot, so the agent still starts.
+pub async fn open_or_recover(
+    dir: &Path,
+    cache_bytes: u64,
+    max_outbox_bytes: u64,
+) -> Result<(Store, Opened), StoreError> {
+    match Store::open(dir, cache_bytes, max_outbox_bytes) {
+        Ok(s) => Ok((s, Opened::Clean)),
+        Err(StoreError::Db { message, .. }) => {
+            let stamp =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let quarantined = dir.join(format!("db.corrupt-{stamp}"));
+            std::fs::rename(dir.join("db"), &quarantined).map_err(|e| StoreError::Db {
+                path: dir.join("db").display().to_string(),
+                message: format!("unreadable ({message}) and cannot be moved aside: {e}"),
+            })?;
+            tracing::error!(error = %message, quarantined = %quarantined.display(), "State database unreadable; moved aside.");
+            let store = Store::open(dir, cache_bytes, max_outbox_bytes)?;
+            let snapshot_path = dir.join("snapshot.json");
+            let snapshot_ms = match read_snapshot(&snapshot_path) {
+                Ok(snap) => {
+                    store.restore(&snap).await?;
+                    Some(snap.taken_ms)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "No usable snapshot: starting with empty state.");
+                    None
+                }
+            };
+            Ok((store, Opened::Recovered { error: message, quarantined, snapshot_ms }))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: usize) -> OutboxEntry {
+        OutboxEntry { topic: format!("t/{i}"), payload: format!("payload {i}").into_bytes(), qos: 1 }
+    }
+
+    #[tokio::test]
+    async fn state_and_outbox_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+            let mut b = Batch::default();
+            s.put_state(&mut b, &Touched::Rule { rule: "r".into(), key: "k\u{1}x".into() }, Some(b"{\"a\":1}"));
+            s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{}"));
+            for i in 0..3 {
+                s.push_outbox(&mut b, &entry(i));
+            }
+            s.mark_alive(&mut b, 1234);
+            s.commit(b).await.expect("commits");
+            s.ack_outbox(0).expect("acks");
+        }
+        let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("reopens");
+        let state = s.load_state().expect("loads");
+        assert_eq!(state.len(), 2);
+        assert!(
+            state
+                .iter()
+                .any(|(t, v)| *t == Touched::Rule { rule: "r".into(), key: "k\u{1}x".into() } && v == b"{\"a\":1}")
+        );
+        let out = s.outbox_from(0, 10).expect("reads");
+        assert_eq!(out.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(out[0].1, entry(1));
+        assert_eq!(s.last_alive(), Some(1234));
+        // New entries continue the sequence.
+        let mut b = Batch::default();
+        s.push_outbox(&mut b, &entry(9));
+        s.commit(b).await.expect("commits");
+        assert_eq!(s.outbox_from(0, 10).expect("reads").last().map(|x| x.0), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_drops_the_oldest_and_counts() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = Store::open(dir.path(), 1 << 20, 200).expect("opens");
+        let mut b = Batch::default();
+        for i in 0..10 {
+            s.push_outbox(&mut b, &entry(i));
+        }
+        s.commit(b).await.expect("commits");
+        let (n, bytes) = s.outbox_depth();
+        assert!(bytes <= 200 && n < 10, "{n} entries, {bytes} bytes");
+        assert_eq!(s.take_dropped(), 10 - n as u64);
+        assert_eq!(s.outbox_from(0, 100).expect("reads").last().map(|e| e.1.topic.clone()), Some("t/9".into()));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_database_is_moved_aside_and_the_snapshot_restored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+            let mut b = Batch::default();
+            s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{\"max\":1,\"seen\":1}"));
+            s.push_outbox(&mut b, &entry(1));
+            s.commit(b).await.expect("commits");
+            s.write_snapshot_file(&s.snapshot(42).expect("snapshot")).expect("written");
+        }
+        // Wreck every file of the database.
+        for f in walk(&dir.path().join("db")) {
+            std::fs::write(&f, b"\xde\xad\xbe\xef garbage").expect("overwrite");
+        }
+        let (s, opened) = open_or_recover(dir.path(), 1 << 20, 1 << 20).await.expect("still opens");
+        match opened {
+            Opened::Recovered { snapshot_ms, quarantined, .. } => {
+                assert_eq!(snapshot_ms, Some(42));
+                assert!(quarantined.exists());
+            }
+            Opened::Clean => panic!("the wrecked database opened as if clean"),
+        }
+        assert_eq!(s.load_state().expect("loads").len(), 1);
+        assert_eq!(s.outbox_depth().0, 1);
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() { v.extend(walk(&p)) } else { v.push(p) }
+        }
+        v
+    }
+}
