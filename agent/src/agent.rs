@@ -424,11 +424,20 @@ struct Pending {
     /// Events for the in-memory outbox (durability off).
     memory: Vec<OutboxEntry>,
     messages: usize,
+    /// When the first message of the batch arrived.
+    started: Instant,
 }
 
 impl Pending {
     fn new() -> Self {
-        Pending { batch: Batch::default(), acks: Vec::new(), touched: HashSet::new(), memory: Vec::new(), messages: 0 }
+        Pending {
+            batch: Batch::default(),
+            acks: Vec::new(),
+            touched: HashSet::new(),
+            memory: Vec::new(),
+            messages: 0,
+            started: Instant::now(),
+        }
     }
 }
 
@@ -446,6 +455,12 @@ async fn engine_task(
     let source = format!("edgewatch/{}", config.agent_id);
     let mut outputs = Outputs::default();
     let mut pending = Pending::new();
+    let (commits, commit_rx) = mpsc::channel::<CommitJob>(1);
+    let store = match &outbox {
+        Outbox::Durable(s) => Some(s.clone()),
+        Outbox::Memory(..) => None,
+    };
+    let committer = tokio::spawn(committer_task(store, commit_rx, ack_tx, sent.clone(), stats.clone()));
     for (kind, data) in startup_events {
         tracing::warn!(kind, %data, "Agent event.");
         queue(&outbox, &mut pending, agent_event(&config, &source, kind, data));
@@ -459,10 +474,37 @@ async fn engine_task(
             let wait = d.millis().saturating_sub(wall_clock().millis()).max(0);
             Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
         });
-        let wake = Some(wake.map_or(next_alive, |w| w.min(next_alive)));
-        let input = if pending.messages > 0 || !pending.batch.is_empty() || !pending.memory.is_empty() {
-            // Something waits to be written: take only what is already queued, then commit.
-            in_rx.try_recv().ok()
+        let housekeeping = next_alive.min(next_snapshot);
+        let wake = Some(wake.map_or(housekeeping, |w| w.min(housekeeping)));
+        let has_pending = pending.messages > 0 || !pending.batch.is_empty() || !pending.memory.is_empty();
+        let input = if has_pending {
+            match in_rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Nothing queued: commit once the batch is `flush_interval` old and the
+                    // committer can take it; until then keep adding to it (group commit:
+                    // under load one flush covers many messages, idle it costs the interval).
+                    let due = pending.started + config.state.flush_interval;
+                    tokio::select! {
+                        biased;
+                        permit = async {
+                            tokio::time::sleep_until(due).await;
+                            commits.reserve().await
+                        } => {
+                            match permit {
+                                Ok(permit) => commit(&engine, &outbox, &mut pending, permit, &sent),
+                                Err(_) => break,
+                            }
+                            continue;
+                        }
+                        msg = in_rx.recv() => match msg {
+                            Some(m) => Some(m),
+                            None => break,
+                        },
+                    }
+                }
+            }
         } else {
             tokio::select! {
                 msg = in_rx.recv() => match msg {
@@ -483,6 +525,9 @@ async fn engine_task(
                 engine.resume_absence(wall_clock(), &mut outputs);
             }
             Some(Input::Message { topic, payload, format, received, ack }) => {
+                if pending.messages == 0 {
+                    pending.started = Instant::now();
+                }
                 pending.messages += 1;
                 if let Some(ack) = ack {
                     pending.acks.push(ack);
@@ -511,15 +556,17 @@ async fn engine_task(
             }
         }
         collect(&outputs, &outbox, &mut pending, &config, &source, &stats);
-        let commit_now = pending.messages >= config.state.max_batch || in_rx.is_empty();
         if Instant::now() >= next_alive {
             if let Outbox::Durable(store) = &outbox {
                 store.mark_alive(&mut pending.batch, wall_clock().millis());
             }
             next_alive = Instant::now() + ALIVE_EVERY;
         }
-        if commit_now && (pending.messages > 0 || !pending.batch.is_empty() || !pending.memory.is_empty()) {
-            commit(&engine, &outbox, &mut pending, &ack_tx, &sent, &stats).await;
+        if pending.messages >= config.state.max_batch {
+            match commits.reserve().await {
+                Ok(permit) => commit(&engine, &outbox, &mut pending, permit, &sent),
+                Err(_) => break,
+            }
         }
         if Instant::now() >= next_snapshot {
             next_snapshot = Instant::now() + config.state.snapshot_interval;
@@ -528,7 +575,11 @@ async fn engine_task(
             }
         }
     }
-    commit(&engine, &outbox, &mut pending, &ack_tx, &sent, &stats).await;
+    if let Ok(permit) = commits.reserve().await {
+        commit(&engine, &outbox, &mut pending, permit, &sent);
+    }
+    drop(commits);
+    let _ = committer.await;
     if let Outbox::Durable(store) = &outbox {
         let mut b = Batch::default();
         store.mark_alive(&mut b, wall_clock().millis());
@@ -583,16 +634,10 @@ fn queue(outbox: &Outbox, pending: &mut Pending, entry: OutboxEntry) {
     }
 }
 
-/// Writes the batch, waits until it is on disk, then acknowledges its messages and wakes
-/// the publisher.
-async fn commit(
-    engine: &Engine,
-    outbox: &Outbox,
-    pending: &mut Pending,
-    ack_tx: &mpsc::Sender<Vec<AckToken>>,
-    sent: &Notify,
-    stats: &Stats,
-) {
+/// Hands the batch to the committer (durable) or the in-memory outbox, with its acks.
+fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc::Permit<'_, CommitJob>, sent: &Notify) {
+    let acks = std::mem::take(&mut pending.acks);
+    pending.messages = 0;
     match outbox {
         Outbox::Durable(store) => {
             for what in pending.touched.drain() {
@@ -600,15 +645,7 @@ async fn commit(
                 store.put_state(&mut pending.batch, &what, value.as_deref());
             }
             let batch = std::mem::take(&mut pending.batch);
-            let started = Instant::now();
-            if let Err(error) = store.commit(batch).await {
-                // Not on disk: do not acknowledge; the broker redelivers after a restart.
-                tracing::error!(%error, "State not written; messages stay unacknowledged.");
-                pending.acks.clear();
-                pending.messages = 0;
-                return;
-            }
-            stats.record_flush(started.elapsed());
+            permit.send(CommitJob { batch, acks });
         }
         Outbox::Memory(q, next) => {
             if let (Ok(mut q), Ok(mut next)) = (q.lock(), next.lock()) {
@@ -617,16 +654,62 @@ async fn commit(
                     *next += 1;
                 }
             }
+            permit.send(CommitJob { batch: Batch::default(), acks });
+            sent.notify_one();
         }
     }
-    pending.messages = 0;
-    if !pending.acks.is_empty() {
-        let acks = std::mem::take(&mut pending.acks);
-        if ack_tx.send(acks).await.is_err() {
+}
+
+/// A batch on its way to disk, and the acks that must wait for it.
+struct CommitJob {
+    batch: Batch,
+    acks: Vec<AckToken>,
+}
+
+/// Writes batches in order and flushes them, then releases their acks and wakes the
+/// publisher. The engine keeps processing meanwhile; batches that queue up while a flush
+/// runs share the next flush (group commit).
+async fn committer_task(
+    store: Option<Store>,
+    mut jobs: mpsc::Receiver<CommitJob>,
+    ack_tx: mpsc::Sender<Vec<AckToken>>,
+    sent: Arc<Notify>,
+    stats: Arc<Stats>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = jobs.try_recv() {
+            group.push(more);
+        }
+        let mut acks = Vec::new();
+        let mut ok = true;
+        if let Some(store) = &store {
+            let started = Instant::now();
+            for job in group {
+                if let Err(error) = store.apply(job.batch) {
+                    tracing::error!(%error, "State not written; messages stay unacknowledged.");
+                    ok = false;
+                }
+                acks.extend(job.acks);
+            }
+            if ok {
+                match store.flush().await {
+                    Ok(()) => stats.record_flush(started.elapsed()),
+                    Err(error) => {
+                        tracing::error!(%error, "State not flushed; messages stay unacknowledged.");
+                        ok = false;
+                    }
+                }
+            }
+        } else {
+            acks.extend(group.into_iter().flat_map(|j| j.acks));
+        }
+        // Not on disk: no acks. The broker redelivers after a restart.
+        if ok && !acks.is_empty() && ack_tx.send(acks).await.is_err() {
             tracing::debug!("Acker gone.");
         }
+        sent.notify_one();
     }
-    sent.notify_one();
 }
 
 async fn write_snapshot(store: &Store) {

@@ -95,6 +95,10 @@ pub struct RawState {
     /// Most messages whose effects are written (and then acknowledged) together.
     #[serde(default = "default_batch")]
     pub max_batch: usize,
+    /// How long a batch may collect messages before it is written: one flush then covers
+    /// everything that arrived meanwhile. Also the latency durability adds when idle.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
 }
 
 impl Default for RawState {
@@ -105,8 +109,13 @@ impl Default for RawState {
             max_outbox_mb: default_outbox_mb(),
             snapshot_interval: default_snapshot_interval(),
             max_batch: default_batch(),
+            flush_interval: default_flush_interval(),
         }
     }
+}
+
+fn default_flush_interval() -> Duration {
+    Duration::ZERO
 }
 
 fn default_cache_mb() -> u64 {
@@ -368,6 +377,7 @@ pub struct StateConfig {
     pub max_outbox_bytes: u64,
     pub snapshot_interval: Duration,
     pub max_batch: usize,
+    pub flush_interval: Duration,
 }
 
 /// One broker connection, ready to dial.
@@ -583,7 +593,11 @@ impl RawConfig {
             max_outbox_bytes: self.state.max_outbox_mb * 1024 * 1024,
             snapshot_interval: self.state.snapshot_interval,
             max_batch: self.state.max_batch,
+            flush_interval: self.state.flush_interval,
         };
+        if state.flush_interval > Duration::from_secs(1) {
+            return Err(invalid("state.flush_interval", "must be at most 1s (messages wait this long for their ack)"));
+        }
         Ok(Config {
             agent_id: self.agent.id,
             state_dir: self.agent.state_dir,

@@ -20,6 +20,16 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+enum StateAction {
+    /// Keys tracked per rule, devices and their heartbeat status, outbox depth.
+    Inspect,
+    /// Write everything (state and outbox) to a JSON file.
+    Export { file: PathBuf },
+    /// Load a file written by `export` into the state (for a new gateway, or a restore).
+    Import { file: PathBuf },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -63,6 +73,14 @@ enum Command {
         /// Write the actual output as the expected output.
         #[arg(long)]
         bless: bool,
+    },
+    /// Look at, export or import the agent's durable state (with the agent stopped).
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+        /// The agent's configuration (for the state directory).
+        #[arg(long, short, env = "EDGEWATCH_CONFIG", global = true)]
+        config: Option<PathBuf>,
     },
     /// Run recorded events through rules under virtual time; print composite events as JSON lines.
     Replay {
@@ -118,6 +136,21 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::from(1),
                 Err(e) => report(Err(e)),
             }
+        }
+        Command::State { action, config } => {
+            init_logging(cli.log_format, quiet_default);
+            let Some(path) = config else {
+                eprintln!("edgewatch: `state` needs --config (or EDGEWATCH_CONFIG) to find the state directory");
+                return ExitCode::from(2);
+            };
+            let config = match Config::load(&path) {
+                Ok(c) => c,
+                Err(error) => {
+                    eprintln!("edgewatch: configuration rejected: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            report(runtime().and_then(|rt| rt.block_on(state_command(action, config))))
         }
         Command::Replay { rules, events } => {
             init_logging(cli.log_format, quiet_default);
@@ -235,6 +268,47 @@ fn replay(rules: &std::path::Path, events: &std::path::Path) -> anyhow::Result<(
     let mut out = std::io::stdout().lock();
     for line in edgewatch::replay::run(&mut engine, &recording, true) {
         writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// `edgewatch state ...`.
+async fn state_command(action: StateAction, config: Config) -> anyhow::Result<()> {
+    use edgewatch::store::{self, Store};
+    let open = || {
+        Store::open(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes).with_context(|| {
+            format!("cannot open the state in {} (is the agent running? stop it first)", config.state_dir.display())
+        })
+    };
+    match action {
+        StateAction::Inspect => {
+            let s = open()?;
+            let report = store::inspect(&s)?;
+            print!("{report}");
+        }
+        StateAction::Export { file } => {
+            let s = open()?;
+            let snap =
+                s.snapshot(edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis())?;
+            store::write_snapshot(&file, &snap)?;
+            println!(
+                "exported {} state entries and {} outbox events to {}",
+                snap.state.len(),
+                snap.outbox.len(),
+                file.display()
+            );
+        }
+        StateAction::Import { file } => {
+            let snap = store::read_snapshot(&file)?;
+            let s = open()?;
+            s.restore(&snap).await?;
+            println!(
+                "imported {} state entries and {} outbox events from {}",
+                snap.state.len(),
+                snap.outbox.len(),
+                file.display()
+            );
+        }
     }
     Ok(())
 }

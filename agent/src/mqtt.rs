@@ -124,6 +124,9 @@ pub struct Connection {
     pending_delay: Option<Duration>,
     /// Names the connection (`source`, `upstream`) in logs.
     name: &'static str,
+    /// Received messages carry ack tokens only when acks are manual (rumqttc acknowledges
+    /// by itself otherwise, and a second ack would be a protocol error).
+    manual_acks: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -186,8 +189,13 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
             (Client::V5(c), EventLoop::V5(Box::new(e)))
         }
     };
-    let conn =
-        Connection { inner, backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max), pending_delay: None, name };
+    let conn = Connection {
+        inner,
+        backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max),
+        pending_delay: None,
+        name,
+        manual_acks: opts.manual_acks,
+    };
     (client, conn)
 }
 
@@ -214,9 +222,13 @@ impl Connection {
             };
             match next {
                 None => continue,
-                Some(Ok(incoming)) => {
-                    if matches!(incoming, Incoming::Connected { .. }) {
-                        self.backoff.reset();
+                Some(Ok(mut incoming)) => {
+                    match &mut incoming {
+                        Incoming::Connected { .. } => self.backoff.reset(),
+                        Incoming::Publish { ack, .. } | Incoming::Unroutable { ack } if !self.manual_acks => {
+                            *ack = None
+                        }
+                        _ => {}
                     }
                     return incoming;
                 }

@@ -248,9 +248,21 @@ impl Store {
         if batch.changes == 0 {
             return Ok(());
         }
-        self.db.apply_batch(batch.inner).map_err(|e| self.db_err(e))?;
-        self.db.flush_async().await.map_err(|e| self.db_err(e))?;
-        Ok(())
+        self.apply(batch)?;
+        self.flush().await
+    }
+
+    /// Writes `batch` (atomically, not yet durably: see [`Store::flush`]).
+    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.changes == 0 {
+            return Ok(());
+        }
+        self.db.apply_batch(batch.inner).map_err(|e| self.db_err(e))
+    }
+
+    /// Waits until everything applied so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map(|_| ()).map_err(|e| self.db_err(e))
     }
 
     /// Records that the agent is running now (for downtime after a crash).
@@ -342,6 +354,56 @@ impl Store {
     pub fn write_snapshot_file(&self, snap: &Snapshot) -> Result<PathBuf, StoreError> {
         write_snapshot(&self.dir.join("snapshot.json"), snap)
     }
+}
+
+/// A readable report of what the store holds: keys per rule, heartbeat status per device,
+/// outbox depth, size on disk.
+pub fn inspect(store: &Store) -> Result<String, StoreError> {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut per_rule: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    let mut devices: Vec<String> = Vec::new();
+    let mut dedup = 0usize;
+    for (what, bytes) in store.load_state()? {
+        match what {
+            Touched::Dedup(_) => dedup += 1,
+            Touched::Rule { rule, key } => {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let kind = v["kind"].as_str().unwrap_or("?").to_owned();
+                let e = per_rule.entry(rule.to_string()).or_insert((0, kind.clone()));
+                e.0 += 1;
+                if kind == "heartbeat" {
+                    let when = |f: &str| {
+                        v[f].as_i64().filter(|t| *t != i64::MIN).map(|t| edgewatch_engine::Timestamp(t).to_rfc3339())
+                    };
+                    let status = if when("missing_since").is_some() { "MISSING" } else { "ok" };
+                    devices.push(format!(
+                        "  {rule:<16} {key:<24} {status:<8} last seen {}",
+                        when("last_seen").unwrap_or_else(|| "never".into())
+                    ));
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "rules:");
+    for (rule, (n, kind)) in &per_rule {
+        let _ = writeln!(out, "  {rule:<24} {kind:<10} {n} keys");
+    }
+    let _ = writeln!(out, "duplicate-detection entries: {dedup}");
+    if !devices.is_empty() {
+        let _ = writeln!(out, "heartbeats:");
+        for d in &devices {
+            let _ = writeln!(out, "{d}");
+        }
+    }
+    let (n, bytes) = store.outbox_depth();
+    let _ = writeln!(out, "outbox: {n} events, {bytes} bytes");
+    let _ = writeln!(out, "on disk: {} bytes", store.size_on_disk());
+    if let Some(t) = store.last_alive() {
+        let _ = writeln!(out, "agent last alive: {}", edgewatch_engine::Timestamp(t).to_rfc3339());
+    }
+    Ok(out)
 }
 
 /// Writes `snap` to `path` atomically (temp file, fsync, rename, fsync of the directory).

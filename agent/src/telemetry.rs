@@ -42,6 +42,8 @@ pub struct Stats {
     /// Time spent writing them, in microseconds (sum), and the longest.
     pub flush_micros: AtomicU64,
     pub flush_max_micros: AtomicU64,
+    /// Recent flush durations (µs), for percentiles; bounded.
+    pub flush_samples: std::sync::Mutex<Vec<u32>>,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -102,6 +104,11 @@ impl Stats {
         self.flushes.fetch_add(1, Relaxed);
         self.flush_micros.fetch_add(us, Relaxed);
         self.flush_max_micros.fetch_max(us, Relaxed);
+        if let Ok(mut s) = self.flush_samples.lock() {
+            if s.len() < 100_000 {
+                s.push(u32::try_from(us).unwrap_or(u32::MAX));
+            }
+        }
     }
 
     pub(crate) fn unmatched(&self, topic: &str) {

@@ -1,18 +1,21 @@
-//! A fleet of [`Device`]s on one schedule, with faults injected on purpose.
+//! A fleet: one group of identical temperature-like sensors with a few faults, the
+//! first firmware-sim API, kept for the agent's `edgewatch demo` and simple tests.
 //!
-//! Pure: [`Fleet::poll`] takes the virtual time and returns the messages due by then, so
-//! tests run hours of traffic in microseconds and the publisher only has to sleep until
-//! [`Fleet::next_due`]. The schedule is a binary heap keyed by `(time, device, job)`, so a
-//! poll costs O(log n) per message due, not O(devices), and the order is total: the same
-//! config and seed give byte-identical output.
+//! A [`FleetConfig`] is a one-group scenario: [`Fleet`] builds that [`Scenario`] and runs
+//! it on the same [`Simulation`] as scenario files, so both give the same bytes for the
+//! same devices. Pure: [`Fleet::poll`] takes the virtual time and returns the messages due
+//! by then; the publisher only has to sleep until [`Fleet::next_due`].
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::device::{Device, EncodeError, Signal};
+use crate::device::{Device, Signal};
+use crate::scenario::{
+    ChannelSpec, DeviceRef, FaultKind, FaultSpec, Group, GroupKind, Scenario, ScenarioError, ScenarioSpec, SensorSpec,
+};
+use crate::sim::{Action, Emission, Kind, SimOptions, Simulation};
+use crate::template::{IdTemplate, TopicTemplate};
 
 /// Wall-clock epoch ms used for `ts` at virtual t=0 unless a config says otherwise
 /// (2024-11-21T06:20:00Z): fixed, so default fleets are repeatable. The binary uses "now".
@@ -90,10 +93,6 @@ impl Fault {
             Fault::Overheat { device, .. } | Fault::Silence { device, .. } | Fault::Malformed { device, .. } => device,
         }
     }
-}
-
-fn within(at: Duration, start: Duration, duration: Duration) -> bool {
-    at >= start && at < start.saturating_add(duration)
 }
 
 /// What a fleet simulates. [`Default`] is 20 devices reading temperature every second,
@@ -198,6 +197,10 @@ pub enum ConfigError {
     /// The signal's parameters are unusable.
     #[error("signal: {0}")]
     Signal(String),
+    /// The scenario built from the config was refused (a bug: the config's own checks
+    /// should have caught it).
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
 }
 
 impl FleetConfig {
@@ -248,7 +251,64 @@ impl FleetConfig {
                 return Err(ConfigError::OverheatValue);
             }
         }
+        // Ids only grow longer with the index: the last one is the longest.
+        let last = self.device_id(self.devices - 1);
+        edgewatch_wire::device_id(&last).map_err(|source| ConfigError::DeviceId { id: last, source })?;
         Ok(())
+    }
+
+    /// The one group of devices this config describes (group `fleet`).
+    pub fn group(&self) -> Group {
+        Group {
+            name: "fleet".to_owned(),
+            count: self.devices,
+            id: IdTemplate::with_prefix(&self.id_prefix),
+            first_index: 0,
+            format: self.format,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_topic: TopicTemplate::legacy(&self.topic_prefix, Some("heartbeat")),
+            own_connection: false,
+            status_topic: TopicTemplate::legacy(&self.topic_prefix, Some("status")),
+            kind: GroupKind::Sensor(SensorSpec {
+                reading_interval: self.reading_interval,
+                reading_topic: TopicTemplate::legacy(&self.topic_prefix, None),
+                channels: vec![ChannelSpec { name: self.channel.clone(), signal: self.signal.clone() }],
+            }),
+        }
+    }
+
+    /// This config as a scenario: one group, its faults on the timeline (faults of zero
+    /// length, which do nothing, are left out). Validates first.
+    pub fn scenario(&self) -> Result<Scenario, ConfigError> {
+        self.validate()?;
+        let at = |device: usize| DeviceRef::Index { group: "fleet".to_owned(), index: device };
+        let faults = self
+            .faults
+            .iter()
+            .filter_map(|fault| match *fault {
+                Fault::Overheat { device, start, duration, value } => (!duration.is_zero()).then(|| FaultSpec {
+                    device: at(device),
+                    start,
+                    kind: FaultKind::Overheat { duration, value, channel: None },
+                }),
+                Fault::Silence { device, start, duration } => (!duration.is_zero()).then(|| FaultSpec {
+                    device: at(device),
+                    start,
+                    kind: FaultKind::Silence { duration },
+                }),
+                Fault::Malformed { device, at: when } => {
+                    Some(FaultSpec { device: at(device), start: when, kind: FaultKind::Malformed { count: 1 } })
+                }
+            })
+            .collect();
+        let spec = ScenarioSpec {
+            name: "fleet".to_owned(),
+            description: String::new(),
+            duration: None,
+            groups: vec![self.group()],
+            faults,
+        };
+        Ok(Scenario::new(spec)?)
     }
 }
 
@@ -285,6 +345,26 @@ impl SimMessage {
     pub fn is_fault(&self) -> bool {
         self.overheated || self.kind == MessageKind::Malformed
     }
+
+    /// The message of a fleet's emission; `None` for what a fleet never emits (connection
+    /// changes, status messages, door events).
+    fn from_emission(e: Emission) -> Option<SimMessage> {
+        let Action::Publish(p) = e.action else { return None };
+        let kind = match p.kind {
+            Kind::Reading => MessageKind::Reading,
+            Kind::Heartbeat => MessageKind::Heartbeat,
+            Kind::Malformed => MessageKind::Malformed,
+            Kind::Status | Kind::Badge | Kind::Open => return None,
+        };
+        Some(SimMessage {
+            topic: p.topic.to_string(),
+            payload: p.payload,
+            device: e.device,
+            at: e.at,
+            kind,
+            overheated: kind == MessageKind::Reading && p.faults.contains(crate::scenario::FaultType::Overheat),
+        })
+    }
 }
 
 /// Counters of what a fleet has done so far.
@@ -300,34 +380,16 @@ pub struct FleetStats {
     pub encode_errors: u64,
 }
 
-/// One entry of the schedule. Field order is the tie-break order: time, then device, then
-/// job, which makes the emitted sequence total and repeatable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Slot {
-    at: Duration,
-    device: usize,
-    job: Job,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Job {
-    Reading,
-    Heartbeat,
-    Malformed,
-}
-
-/// Devices plus their schedule and faults. See the module docs.
+/// A [`FleetConfig`]'s devices on one schedule. See the module docs.
 #[derive(Debug)]
 pub struct Fleet {
-    /// Indexed by device index.
-    devices: Vec<Device>,
-    /// Min-heap of the next job of every timer, plus one-off malformed payloads.
-    schedule: BinaryHeap<Reverse<Slot>>,
-    /// Overheat and silence spans by device index, so each message checks only its own
-    /// device's faults. Malformed faults live in `schedule` instead.
-    spans: BTreeMap<usize, Vec<Fault>>,
-    /// Running totals, so a publisher can report silenced messages it never saw.
-    stats: FleetStats,
+    /// The one-group scenario, running.
+    sim: Simulation,
+    /// Messages returned and fault-shaped messages among them; the simulation counts the rest.
+    emitted: u64,
+    faults_injected: u64,
+    /// Reused between polls.
+    buffer: Vec<Emission>,
     /// Kept for callers that describe the run (format, size) without carrying it separately.
     config: FleetConfig,
 }
@@ -336,25 +398,10 @@ impl Fleet {
     /// Builds every device and schedules its first reading and heartbeat, staggered across
     /// the interval by index so large fleets do not all fire at t=0.
     pub fn new(config: FleetConfig) -> Result<Fleet, ConfigError> {
-        config.validate()?;
-        let devices = (0..config.devices).map(|i| Device::new(i, &config)).collect::<Result<Vec<_>, _>>()?;
-        let mut schedule = BinaryHeap::with_capacity(devices.len() * 2 + config.faults.len());
-        for d in &devices {
-            schedule.push(Reverse(Slot { at: d.next_reading(), device: d.index(), job: Job::Reading }));
-            if let Some(at) = d.next_heartbeat() {
-                schedule.push(Reverse(Slot { at, device: d.index(), job: Job::Heartbeat }));
-            }
-        }
-        let mut spans: BTreeMap<usize, Vec<Fault>> = BTreeMap::new();
-        for fault in &config.faults {
-            match *fault {
-                Fault::Malformed { device, at } => schedule.push(Reverse(Slot { at, device, job: Job::Malformed })),
-                Fault::Overheat { device, .. } | Fault::Silence { device, .. } => {
-                    spans.entry(device).or_default().push(fault.clone());
-                }
-            }
-        }
-        Ok(Fleet { devices, schedule, spans, stats: FleetStats::default(), config })
+        let scenario = config.scenario()?;
+        let opts = SimOptions { seed: config.seed, start_ms: config.start_ms, duration: None };
+        let sim = Simulation::new(&scenario, opts)?;
+        Ok(Fleet { sim, emitted: 0, faults_injected: 0, buffer: Vec::new(), config })
     }
 
     /// The config it was built from.
@@ -364,38 +411,45 @@ impl Fleet {
 
     /// Number of devices.
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.sim.len()
     }
 
     /// Always false: a fleet has at least one device.
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
+        self.sim.is_empty()
     }
 
     /// Device number `index`, if there is one.
     pub fn device(&self, index: usize) -> Option<&Device> {
-        self.devices.get(index)
+        self.sim.device(index)
     }
 
     /// Counters so far.
     pub fn stats(&self) -> FleetStats {
-        self.stats
+        let sim = self.sim.stats();
+        FleetStats {
+            emitted: self.emitted,
+            faults_injected: self.faults_injected,
+            silenced: sim.withheld,
+            encode_errors: sim.encode_errors,
+        }
     }
 
     /// Virtual time of the earliest message not yet emitted, if any.
     pub fn next_due(&self) -> Option<Duration> {
-        self.schedule.peek().map(|Reverse(slot)| slot.at)
+        self.sim.next_due()
     }
 
     /// Appends to `out` every message due at or before `now`, ordered by time, then device
     /// index, then reading before heartbeat before malformed.
     pub fn poll(&mut self, now: Duration, out: &mut Vec<SimMessage>) {
-        while let Some(Reverse(slot)) = self.schedule.peek().copied() {
-            if slot.at > now {
-                break;
+        self.sim.poll(now, &mut self.buffer);
+        for e in self.buffer.drain(..) {
+            if let Some(msg) = SimMessage::from_emission(e) {
+                self.emitted += 1;
+                self.faults_injected += u64::from(msg.is_fault());
+                out.push(msg);
             }
-            self.schedule.pop();
-            self.run(slot, out);
         }
     }
 
@@ -408,83 +462,16 @@ impl Fleet {
         out
     }
 
-    fn fault_at(&self, device: usize, at: Duration) -> (bool, Option<f32>) {
-        let mut silent = false;
-        let mut overheat = None;
-        for fault in self.spans.get(&device).into_iter().flatten() {
-            match *fault {
-                Fault::Silence { start, duration, .. } if within(at, start, duration) => silent = true,
-                Fault::Overheat { start, duration, value, .. } if within(at, start, duration) => overheat = Some(value),
-                _ => {}
-            }
-        }
-        (silent, overheat)
+    /// The simulation underneath, to run with [`run_simulation`](crate::run_simulation)
+    /// (recording, truth) or to poll as [`Emission`]s.
+    pub fn into_simulation(self) -> Simulation {
+        self.sim
     }
 
-    fn run(&mut self, slot: Slot, out: &mut Vec<SimMessage>) {
-        let (silent, overheat) = self.fault_at(slot.device, slot.at);
-        let Some(device) = self.devices.get_mut(slot.device) else {
-            return;
-        };
-        let (kind, topic, payload) = match slot.job {
-            Job::Reading => {
-                let payload = if silent {
-                    device.skip_reading();
-                    None
-                } else {
-                    Some(device.reading(overheat))
-                };
-                self.schedule.push(Reverse(Slot { at: device.next_reading(), ..slot }));
-                (MessageKind::Reading, device.reading_topic(), payload)
-            }
-            Job::Heartbeat => {
-                let payload = if silent {
-                    device.skip_heartbeat();
-                    None
-                } else {
-                    device.heartbeat()
-                };
-                if let Some(at) = device.next_heartbeat() {
-                    self.schedule.push(Reverse(Slot { at, ..slot }));
-                }
-                (MessageKind::Heartbeat, device.heartbeat_topic(), payload)
-            }
-            Job::Malformed => {
-                let payload = (!silent).then(|| device.garbage(slot.at));
-                (MessageKind::Malformed, device.reading_topic(), payload)
-            }
-        };
-        let payload = match payload {
-            None => {
-                self.stats.silenced += 1;
-                tracing::trace!(device = device.id(), at = ?slot.at, ?kind, "Silenced message");
-                return;
-            }
-            Some(Err(error)) => {
-                self.stats.encode_errors += 1;
-                log_encode_error(device.id(), &error);
-                return;
-            }
-            Some(Ok(payload)) => payload,
-        };
-        let msg = SimMessage {
-            topic: topic.to_owned(),
-            payload,
-            device: slot.device,
-            at: slot.at,
-            kind,
-            overheated: kind == MessageKind::Reading && overheat.is_some(),
-        };
-        self.stats.emitted += 1;
-        if msg.is_fault() {
-            self.stats.faults_injected += 1;
-        }
-        out.push(msg);
+    /// The simulation underneath.
+    pub fn simulation(&self) -> &Simulation {
+        &self.sim
     }
-}
-
-fn log_encode_error(device: &str, error: &EncodeError) {
-    tracing::error!(device, error = %error, "Could not encode a message; dropped it");
 }
 
 #[cfg(test)]

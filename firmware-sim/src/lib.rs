@@ -1,43 +1,100 @@
-//! Virtual sensor fleets for Edgewatch: many firmware-like devices publishing readings and
-//! heartbeats over MQTT, as JSON or as `edgewatch_wire` frames, with faults on demand.
+//! Virtual sensor fleets for Edgewatch: many firmware-like devices (sensors and door
+//! controllers) publishing over MQTT, as JSON or as `edgewatch_wire` frames, with a
+//! timeline of injected faults and a ground-truth list of what was injected.
 //!
 //! # Layout
 //!
 //! ```text
-//! FleetConfig ──Fleet::new──▶ Fleet ─────────────────────────────┐
-//!   (devices, intervals,        │ schedule: min-heap of           │ pure: virtual time in,
-//!    signal, seed, faults)      │ (time, device, job)             │ messages out, no I/O
-//!                               ▼                                 │
-//!                       Device (device.rs) ── Message ──encode──▶ payload bytes
-//!                         seq, timers, signal,     (edgewatch_wire: JSON view or frame)
-//!                         own ChaCha8 stream                      │
-//!                               │                                 │
-//!            Fleet::poll(now) ──▶ Vec<SimMessage {topic, payload, device, at}>
-//!                               │                                 ┘
-//!                               ▼
-//! publish::run (publish.rs): sleeps until Fleet::next_due (tokio::time), publishes with
-//!   rumqttc's AsyncClient; a second task polls the EventLoop and reconnects with backoff.
-//! main.rs: flags ──▶ FleetConfig + PublishOptions ──▶ publish::run (or --dry-run to stdout).
+//! config/scenarios/*.toml ──Scenario::load──▶ Scenario ◀──FleetConfig::scenario── FleetConfig
+//!   (scenario/raw.rs: serde,       (scenario/mod.rs: validated:            (fleet.rs: the first,
+//!    deny_unknown_fields,           ids, topics, faults resolved)           one-group API)
+//!    errors name the key path)           │
+//!                                        ▼ Simulation::new(&scenario, SimOptions { seed, start_ms, duration })
+//!                     Simulation (sim.rs) ── pure: virtual time in, Emissions out, no I/O
+//!                       │  schedule: min-heap of (time, device, job)
+//!                       │  Device (device.rs): seq, timers, Signal (signal.rs), own ChaCha8 stream
+//!                       │  faults: withhold ─▶ shape ─▶ deliver (duplicate, late, reorder)
+//!                       ▼
+//!            poll(now) ─▶ Emission { at, time_ms, device, Connect | Publish | Drop }
+//!                       │                               │
+//!                       │                               ├─▶ record.rs: recording lines (replay format)
+//!                       │                               └─  Simulation::truth(): Truth ─▶ truth lines
+//!                       ▼
+//! runner.rs: run_simulation: sleeps until next_due (tokio::time, × speed), hands each message to
+//!   a client: one shared connection, or one per own-connection device (link.rs: rumqttc client +
+//!   event-loop task with backoff, last will; Drop = abort the task, so the broker sends the will)
+//! publish.rs: run(Fleet, PublishOptions): the first API, over run_simulation
+//! main.rs: flags ──▶ Scenario (or FleetConfig) ──▶ run_simulation, or --dry-run to stdout
 //! ```
 //!
-//! * [`device`]: one device written like firmware: fixed encode buffer of
-//!   [`edgewatch_wire::MAX_FRAME_LEN`] bytes, its own `seq`, reading and heartbeat timers,
-//!   a [`Signal`] model.
-//! * [`fleet`]: devices on one schedule plus [`Fault`] injection. Same config and seed give a
-//!   byte-identical message sequence, however the caller slices time.
-//! * [`publish`]: the only module that does I/O.
+//! # Using it
 //!
-//! Device ids are `{id_prefix}{index:03}` (`t-000`, `t-001`...). Readings go to
-//! `{topic_prefix}/{device}/{channel}`, heartbeats to `{topic_prefix}/{device}/heartbeat`.
-//! JSON payloads follow the wire crate's JSON mapping:
-//! `{"device":"t-001","seq":17,"ts":1732170000000,"kind":"reading","temperature":23.5}`.
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use firmware_sim::{RunOptions, Scenario, SimOptions, Simulation};
+//! use std::time::Duration;
+//!
+//! let scenario = Scenario::load("config/scenarios/accuracy.toml")?;   // or Scenario::from_toml(text)
+//! let opts = SimOptions { seed: 7, start_ms: 1_732_170_000_000, duration: Some(Duration::from_secs(60)) };
+//!
+//! // Pure, for tests without a broker: the whole schedule, its recording and the truth.
+//! let mut sim = Simulation::new(&scenario, opts.clone())?;
+//! let emissions = sim.run_to_end().unwrap_or_default();
+//! let recording: String = firmware_sim::record_lines(&emissions);
+//! let truth = sim.truth();
+//!
+//! // Against a broker, in real time (speed 1) until the duration or the shutdown future.
+//! let run = RunOptions { host: "127.0.0.1".into(), port: 1883, ..RunOptions::default() };
+//! let report = firmware_sim::run_scenario(&scenario, opts, &run, std::future::pending()).await?;
+//! assert_eq!(report.truth, truth);
+//! # Ok(()) }
+//! ```
+//!
+//! Same scenario, seed, `start_ms` and duration give byte-identical emissions, recording
+//! and truth, however the caller slices time. The truth of a live run equals the pure one
+//! when it runs to its end (a run stopped early cuts the truth where it stopped).
+//!
+//! # Modules
+//!
+//! * [`scenario`]: groups (sensor or door, counts, id and topic templates, format,
+//!   intervals, signals, own connections) and the fault timeline; file format in
+//!   `config/scenarios/README.md`.
+//! * [`sim`]: the pure generator, how each fault acts, [`Truth`].
+//! * [`device`]: one device written like firmware: a fixed encode buffer of
+//!   [`edgewatch_wire::MAX_FRAME_LEN`] bytes, its own `seq`, timers, [`Signal`] models.
+//! * [`record`]: recording and truth lines.
+//! * [`runner`] (and its private `link`, one connection): the only modules that do I/O.
+//! * [`fleet`] and [`publish`]: the first API ([`Fleet`], [`run`]), a one-group scenario.
+//!
+//! Sensor messages follow the wire crate's JSON mapping:
+//! `{"device":"t-001","seq":17,"ts":1732170000000,"kind":"reading","temperature":23.5}`;
+//! door controllers send events, `{"kind":"event","code":1}` for a badge read
+//! ([`BADGE_CODE`]) and `"code":2` for an opening ([`OPEN_CODE`]).
 
 pub mod device;
 pub mod fleet;
+mod link;
 pub mod publish;
+pub mod record;
+pub mod runner;
+pub mod scenario;
+pub mod signal;
+pub mod sim;
+pub mod template;
 
-pub use device::{Device, EncodeError, Signal};
+pub use device::{BADGE_CODE, Device, EncodeError, OPEN_CODE};
 pub use fleet::{
     ConfigError, DEFAULT_START_MS, Fault, Fleet, FleetConfig, FleetStats, MessageKind, PayloadFormat, SimMessage,
 };
 pub use publish::{PublishOptions, PublishStats, SimError, run};
+pub use record::{Recorder, record_line, record_lines, truth_line, truth_lines, write_record, write_truth};
+pub use runner::{RunOptions, RunReport, RunStats, run_scenario, run_simulation};
+pub use scenario::{
+    ChannelSpec, DeviceRef, DoorSpec, FaultKind, FaultSet, FaultSpec, FaultType, FlapVia, Group, GroupKind,
+    MAX_OWN_CONNECTIONS, MessageFilter, Scenario, ScenarioError, ScenarioSpec, SensorSpec,
+};
+pub use signal::Signal;
+pub use sim::{
+    Action, Emission, Encoding, Kind, ONLINE_PAYLOAD, Publish, SimOptions, SimStats, Simulation, Truth, WILL_PAYLOAD,
+};
+pub use template::{IdTemplate, TopicTemplate};

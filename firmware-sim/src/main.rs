@@ -1,17 +1,27 @@
 //! `firmware-sim`: run a virtual sensor fleet against an MQTT broker.
 //!
 //! ```text
+//! firmware-sim --scenario config/scenarios/accuracy.toml --host 127.0.0.1 --port 1883 \
+//!              --duration 60s --seed 7 --record rec.jsonl --truth truth.jsonl
+//! firmware-sim --scenario config/scenarios/demo.toml --dry-run --duration 10s   # records to stdout
 //! firmware-sim --host 127.0.0.1 --port 1883 --devices 20 --interval 1s --format json \
 //!              --seed 42 --duration 30s --overheat 3 --overheat-at 10s --overheat-for 20s
-//! firmware-sim --devices 3 --duration 5s --dry-run      # print the messages, no broker
 //! ```
+//!
+//! Without `--scenario`, the fleet flags describe one group of sensors (the first
+//! firmware-sim). Flags are parsed raw here, then turned into a validated [`Scenario`] and
+//! [`SimOptions`]; everything else is the library's.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use firmware_sim::{Fault, Fleet, FleetConfig, PayloadFormat, PublishOptions, Signal};
+use firmware_sim::{
+    DEFAULT_START_MS, Fault, FleetConfig, PayloadFormat, RunOptions, Scenario, Signal, SimOptions, Simulation,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -24,112 +34,136 @@ enum SignalKind {
     Walk,
 }
 
-/// Virtual sensor fleets publishing readings and heartbeats over MQTT.
+/// Virtual sensor fleets publishing readings, heartbeats and door events over MQTT, with
+/// injected faults, a recording and the ground truth.
 #[derive(Debug, Parser)]
 #[command(name = "firmware-sim", version, about)]
 struct Args {
+    /// Scenario file (config/scenarios/*.toml); without it, the fleet flags below apply.
+    #[arg(long, value_name = "FILE")]
+    scenario: Option<PathBuf>,
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1", env = "FIRMWARE_SIM_HOST")]
     host: String,
     /// Broker port.
     #[arg(long, default_value_t = 1883, env = "FIRMWARE_SIM_PORT")]
     port: u16,
-    /// MQTT client id [default: firmware-sim-<pid>].
+    /// MQTT client id [default: firmware-sim-<pid>]; own-connection devices add `-<device>`.
     #[arg(long)]
     client_id: Option<String>,
-    /// QoS of every publish.
+    /// QoS of every publish (`online` is always QoS 1).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     qos: u8,
-    /// Run for this long (e.g. 30s, 5m); 0 runs until Ctrl-C.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// Print the messages (JSON as text, frames as hex) in virtual time instead of publishing.
+    /// Run for this long (e.g. 30s, 5m) [default: the scenario's `duration`]; 0 runs until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Seed of the devices' random streams: same seed, same messages and truth.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Epoch milliseconds of virtual t=0 [default: now; with --dry-run, 1732170000000].
+    #[arg(long)]
+    start_ms: Option<u64>,
+    /// Virtual seconds per real second (10 = ten times faster than real time; `max` = as
+    /// fast as the broker takes it).
+    #[arg(long, default_value = "1", value_parser = parse_speed)]
+    speed: f64,
+    /// Write every message sent, one JSON line each, in the format `edgewatch replay` reads.
+    #[arg(long, value_name = "FILE.jsonl")]
+    record: Option<PathBuf>,
+    /// Write the injected faults, one JSON line each, when the run ends.
+    #[arg(long, value_name = "FILE.jsonl")]
+    truth: Option<PathBuf>,
+    /// Print the recording to stdout in virtual time instead of publishing.
     #[arg(long)]
     dry_run: bool,
 
     /// Number of devices.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, conflicts_with = "scenario")]
     devices: usize,
     /// Time between two readings of one device.
-    #[arg(long, visible_alias = "rate", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, visible_alias = "rate", default_value = "1s", value_parser = humantime::parse_duration, conflicts_with = "scenario")]
     interval: Duration,
     /// Time between two heartbeats of one device.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, conflicts_with = "scenario")]
     heartbeat: Duration,
     /// Send no heartbeats.
-    #[arg(long, conflicts_with = "heartbeat")]
+    #[arg(long, conflicts_with_all = ["heartbeat", "scenario"])]
     no_heartbeat: bool,
     /// Payload encoding: json or postcard.
-    #[arg(long, default_value = "json")]
+    #[arg(long, default_value = "json", conflicts_with = "scenario")]
     format: PayloadFormat,
-    /// Seed of the devices' random streams: same seed, same messages.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Epoch milliseconds of virtual t=0 in the `ts` field [default: now].
-    #[arg(long)]
-    start_ms: Option<u64>,
     /// Device ids are this plus a 3-digit index.
-    #[arg(long, default_value = "t-")]
+    #[arg(long, default_value = "t-", conflicts_with = "scenario")]
     id_prefix: String,
     /// First topic level.
-    #[arg(long, default_value = "sensors")]
+    #[arg(long, default_value = "sensors", conflicts_with = "scenario")]
     topic_prefix: String,
     /// Sensor channel: last topic level of readings and the JSON key of the value.
-    #[arg(long, default_value = "temperature")]
+    #[arg(long, default_value = "temperature", conflicts_with = "scenario")]
     channel: String,
 
     /// Signal model.
-    #[arg(long, value_enum, default_value = "sine")]
+    #[arg(long, value_enum, default_value = "sine", conflicts_with = "scenario")]
     signal: SignalKind,
     /// Sine centre, constant value, or random-walk start.
-    #[arg(long, default_value_t = 22.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 22.0, allow_negative_numbers = true, conflicts_with = "scenario")]
     base: f32,
     /// Sine amplitude.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, conflicts_with = "scenario")]
     amplitude: f32,
     /// Sine period.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, conflicts_with = "scenario")]
     period: Duration,
     /// Sine noise half-width.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, conflicts_with = "scenario")]
     noise: f32,
     /// Largest random-walk step.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, conflicts_with = "scenario")]
     step: f32,
     /// Random-walk lower bound.
-    #[arg(long, default_value_t = -40.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = -40.0, allow_negative_numbers = true, conflicts_with = "scenario")]
     min: f32,
     /// Random-walk upper bound.
-    #[arg(long, default_value_t = 85.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 85.0, allow_negative_numbers = true, conflicts_with = "scenario")]
     max: f32,
 
     /// Overheat this device (index; repeatable).
-    #[arg(long, value_name = "DEVICE_INDEX")]
+    #[arg(long, value_name = "DEVICE_INDEX", conflicts_with = "scenario")]
     overheat: Vec<usize>,
     /// When overheating starts.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, conflicts_with = "scenario")]
     overheat_at: Duration,
     /// How long overheating lasts.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, conflicts_with = "scenario")]
     overheat_for: Duration,
     /// Value reported while overheating.
-    #[arg(long, default_value_t = 85.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 85.0, allow_negative_numbers = true, conflicts_with = "scenario")]
     overheat_value: f32,
     /// Silence this device (index; repeatable).
-    #[arg(long, value_name = "DEVICE_INDEX")]
+    #[arg(long, value_name = "DEVICE_INDEX", conflicts_with = "scenario")]
     silence: Vec<usize>,
     /// When the silence starts.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, conflicts_with = "scenario")]
     silence_at: Duration,
     /// How long the silence lasts.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration, conflicts_with = "scenario")]
     silence_for: Duration,
     /// Make this device send one malformed payload (index; repeatable).
-    #[arg(long, value_name = "DEVICE_INDEX")]
+    #[arg(long, value_name = "DEVICE_INDEX", conflicts_with = "scenario")]
     malformed: Vec<usize>,
     /// When the malformed payload is sent.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, conflicts_with = "scenario")]
     malformed_at: Duration,
+}
+
+fn parse_speed(text: &str) -> Result<f64, String> {
+    if text.eq_ignore_ascii_case("max") {
+        return Ok(f64::INFINITY);
+    }
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a positive number or `max`")),
+    }
 }
 
 impl Args {
@@ -159,15 +193,23 @@ impl Args {
         overheat.chain(silence).chain(malformed).collect()
     }
 
-    fn fleet_config(&self) -> anyhow::Result<FleetConfig> {
-        let start_ms = match self.start_ms {
-            Some(ms) => ms,
-            None => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the system clock is before 1970")?;
-                u64::try_from(now.as_millis()).context("the system clock is out of range")?
-            }
-        };
-        Ok(FleetConfig {
+    fn start_ms(&self) -> anyhow::Result<u64> {
+        if let Some(ms) = self.start_ms {
+            return Ok(ms);
+        }
+        if self.dry_run {
+            return Ok(DEFAULT_START_MS);
+        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the system clock is before 1970")?;
+        u64::try_from(now.as_millis()).context("the system clock is out of range")
+    }
+
+    /// The scenario to run: the file, or the fleet flags as a one-group scenario.
+    fn scenario(&self) -> anyhow::Result<Scenario> {
+        if let Some(path) = &self.scenario {
+            return Ok(Scenario::load(path)?);
+        }
+        let fleet = FleetConfig {
             devices: self.devices,
             id_prefix: self.id_prefix.clone(),
             topic_prefix: self.topic_prefix.clone(),
@@ -177,29 +219,64 @@ impl Args {
             format: self.format,
             signal: self.signal(),
             seed: self.seed,
-            start_ms,
+            start_ms: 0,
             faults: self.faults(),
-        })
+        };
+        fleet.scenario().context("invalid fleet settings")
+    }
+
+    /// Virtual run length: `--duration` (0 = open-ended), else the scenario's.
+    fn duration(&self, scenario: &Scenario) -> Option<Duration> {
+        match self.duration {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => scenario.duration(),
+        }
     }
 }
 
-/// Prints every message due before `duration`, one a line: virtual seconds, topic, payload.
-fn dry_run(mut fleet: Fleet, duration: Duration) -> anyhow::Result<()> {
-    if duration.is_zero() {
-        bail!("--dry-run needs a --duration");
-    }
+fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
+    Ok(BufWriter::new(File::create(path).with_context(|| format!("cannot create {}", path.display()))?))
+}
+
+fn write_truth(path: &Path, truth: &[firmware_sim::Truth]) -> anyhow::Result<()> {
+    let mut out = create(path)?;
+    firmware_sim::write_truth(&mut out, truth).and_then(|()| out.flush())?;
+    tracing::info!(file = %path.display(), faults = truth.len(), "Wrote the ground truth");
+    Ok(())
+}
+
+/// Prints the recording of the whole run to stdout (and to `--record`), in virtual time.
+fn dry_run(args: &Args, mut sim: Simulation) -> anyhow::Result<()> {
+    let Some(emissions) = sim.run_to_end() else {
+        bail!("--dry-run needs a --duration (or a scenario with one)");
+    };
+    let mut record = args.record.as_deref().map(create).transpose()?;
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    for msg in fleet.poll_until(duration) {
-        let shown = match std::str::from_utf8(&msg.payload) {
-            Ok(text) if fleet.config().format == PayloadFormat::Json => text.to_owned(),
-            _ => msg.payload.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
-        };
-        writeln!(out, "{:>10.3} {} {}", msg.at.as_secs_f64(), msg.topic, shown)?;
+    let mut out = BufWriter::new(stdout.lock());
+    for e in &emissions {
+        if let Some(line) = firmware_sim::record_line(e) {
+            writeln!(out, "{line}")?;
+            if let Some(r) = record.as_mut() {
+                writeln!(r, "{line}")?;
+            }
+        }
     }
     out.flush()?;
-    let stats = fleet.stats();
-    tracing::info!(emitted = stats.emitted, faults = stats.faults_injected, silenced = stats.silenced, "Dry run done");
+    if let Some(r) = record.as_mut() {
+        r.flush()?;
+    }
+    if let Some(path) = &args.truth {
+        write_truth(path, &sim.truth())?;
+    }
+    let stats = sim.stats();
+    tracing::info!(
+        published = stats.published,
+        shaped = stats.shaped,
+        withheld = stats.withheld,
+        drops = stats.drops,
+        "Dry run done"
+    );
     Ok(())
 }
 
@@ -221,17 +298,26 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let fleet = Fleet::new(args.fleet_config()?).context("invalid fleet settings")?;
+    let scenario = args.scenario()?;
+    let opts = SimOptions { seed: args.seed, start_ms: args.start_ms()?, duration: args.duration(&scenario) };
+    let sim = Simulation::new(&scenario, opts)?;
     if args.dry_run {
-        return dry_run(fleet, args.duration);
+        return dry_run(&args, sim);
     }
-    let opts = PublishOptions {
+    let run = RunOptions {
         host: args.host.clone(),
         port: args.port,
         client_id: args.client_id.clone().unwrap_or_else(|| format!("firmware-sim-{}", std::process::id())),
         qos: args.qos,
-        duration: args.duration,
+        speed: args.speed,
     };
-    firmware_sim::run(fleet, opts, ctrl_c()).await.context("publishing failed")?;
+    let mut record = args.record.as_deref().map(create).transpose()?;
+    let report =
+        firmware_sim::run_simulation(sim, &run, record.as_mut().map(|w| w as &mut (dyn Write + Send)), ctrl_c())
+            .await
+            .context("publishing failed")?;
+    if let Some(path) = &args.truth {
+        write_truth(path, &report.truth)?;
+    }
     Ok(())
 }

@@ -1,37 +1,22 @@
-//! Drives a [`Fleet`] in real time over one MQTT connection.
+//! The first firmware-sim publishing API: [`run`] drives a [`Fleet`] in real time over one
+//! MQTT connection. It is [`run_simulation`] with a fleet's
+//! simulation, real-time speed, no recording, and the fleet-shaped [`PublishStats`].
 //!
-//! Two tasks, as rumqttc wants: this one sleeps until [`Fleet::next_due`], polls the fleet
-//! and hands each message to the [`AsyncClient`]; a spawned one polls the [`EventLoop`]
-//! (which does the network I/O), reconnecting with exponential backoff. Publishing is never
-//! awaited in the task that polls the event loop, so a full request channel cannot deadlock.
-//!
-//! Time is `tokio::time`, so tests can pause and advance it.
-//!
-//! Delivery is best effort, like a real device's: the session is clean, so messages queued
-//! while the connection is down, or QoS 1 messages in flight when it drops, are lost.
+//! This module also holds what every run shares: the [`SimError`] type and the timeouts.
 
 use std::future::Future;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use crate::fleet::Fleet;
+use crate::runner::{RunOptions, run_simulation};
+use crate::scenario::ScenarioError;
 
-use crate::fleet::{Fleet, SimMessage};
+pub use crate::link::{Backoff, INITIAL_BACKOFF, MAX_BACKOFF};
 
-/// How long [`run`] waits for the first ConnAck before giving up.
+/// How long a run waits for its connections' first ConnAck before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// First delay after a failed connection; doubles per failure up to [`MAX_BACKOFF`].
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest delay between two connection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long [`run`] lets queued messages and the Disconnect go out when it stops.
+/// How long a run lets queued messages and the Disconnect go out when it stops.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// MQTT keep-alive.
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// Bound of the client's request channel: how many messages may wait for the event loop.
-const REQUEST_CAPACITY: usize = 1024;
 
 /// Where and how long to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,13 +61,16 @@ pub struct PublishStats {
     pub per_device: Vec<u64>,
 }
 
-/// Why [`run`] failed.
+/// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SimError {
     /// `qos` was not 0, 1 or 2.
     #[error("QoS must be 0, 1 or 2, not {0}")]
     InvalidQos(u8),
+    /// `speed` was not a positive number.
+    #[error("speed must be more than zero, not {0}")]
+    InvalidSpeed(f64),
     /// No ConnAck within [`CONNECT_TIMEOUT`].
     #[error("no MQTT connection to {host}:{port} within {timeout:?}")]
     ConnectTimeout {
@@ -96,64 +84,15 @@ pub enum SimError {
     /// The client refused a request (its event loop is gone).
     #[error("the MQTT client refused a request")]
     Client(#[from] rumqttc::ClientError),
-    /// The event loop task ended on its own.
+    /// An event loop task ended on its own.
     #[error("the MQTT event loop stopped")]
     EventLoopStopped,
-}
-
-fn qos(level: u8) -> Result<QoS, SimError> {
-    match level {
-        0 => Ok(QoS::AtMostOnce),
-        1 => Ok(QoS::AtLeastOnce),
-        2 => Ok(QoS::ExactlyOnce),
-        other => Err(SimError::InvalidQos(other)),
-    }
-}
-
-/// Exponential backoff between connection attempts: `initial`, doubling, capped at `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    /// The delay the next failure will wait.
-    next: Duration,
-}
-
-impl Backoff {
-    /// A backoff starting at `initial` and never waiting longer than `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff { initial, max, next: initial.min(max) }
-    }
-
-    /// The delay to wait now; doubles the next one.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = delay.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    /// Back to `initial`, after a success.
-    pub fn reset(&mut self) {
-        self.next = self.initial.min(self.max);
-    }
-}
-
-/// Connection state the event-loop task shares with [`run`].
-#[derive(Debug, Clone, Copy, Default)]
-struct Link {
-    connected: bool,
-    /// ConnAcks seen so far.
-    connects: u64,
-}
-
-/// Aborts the event-loop task if [`run`] is dropped or returns early.
-#[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    /// The scenario could not be built.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The recording could not be written.
+    #[error("cannot write the recording")]
+    Record(#[source] std::io::Error),
 }
 
 /// Publishes `fleet`'s messages in real time until `opts.duration` or `shutdown`, whichever
@@ -162,170 +101,29 @@ impl Drop for AbortOnDrop {
 /// Waits up to [`CONNECT_TIMEOUT`] for the first ConnAck before the schedule starts (virtual
 /// t=0 is the moment of that ConnAck). A `shutdown` before then ends with empty stats.
 pub async fn run(
-    mut fleet: Fleet,
+    fleet: Fleet,
     opts: PublishOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<PublishStats, SimError> {
-    let qos = qos(opts.qos)?;
-    let mut mqtt = MqttOptions::new(opts.client_id.clone(), opts.host.clone(), opts.port);
-    mqtt.set_keep_alive(KEEP_ALIVE).set_clean_session(true);
-    let (client, eventloop) = AsyncClient::new(mqtt, REQUEST_CAPACITY);
-    let (link_tx, mut link_rx) = watch::channel(Link::default());
-    let mut driver = AbortOnDrop(tokio::spawn(drive(eventloop, link_tx)));
-    tokio::pin!(shutdown);
-
-    let mut stats = PublishStats { per_device: vec![0; fleet.len()], ..PublishStats::default() };
-
-    tokio::select! {
-        biased;
-        () = &mut shutdown => {
-            tracing::info!("Shutdown before the broker answered; nothing published");
-            return Ok(stats);
-        }
-        waited = timeout(CONNECT_TIMEOUT, link_rx.wait_for(|l| l.connected)) => match waited {
-            Err(_) => {
-                return Err(SimError::ConnectTimeout {
-                    host: opts.host,
-                    port: opts.port,
-                    timeout: CONNECT_TIMEOUT,
-                });
-            }
-            Ok(Err(_)) => return Err(SimError::EventLoopStopped),
-            Ok(Ok(_)) => {}
-        }
-    }
-
-    let start = Instant::now();
-    let limit = (!opts.duration.is_zero()).then_some(opts.duration);
-    tracing::info!(
-        devices = fleet.len(),
-        format = %fleet.config().format,
-        duration = ?limit,
-        "Publishing the fleet's schedule"
-    );
-    let mut batch: Vec<SimMessage> = Vec::new();
-    'schedule: loop {
-        // Sleep until the next message or the end of the run, whichever is first.
-        let next = fleet.next_due();
-        let wake = match (next, limit) {
-            (Some(n), Some(l)) if n >= l => None,
-            (Some(n), _) => Some(n),
-            (None, _) => None,
-        };
-        let Some(wake) = wake else {
-            // Nothing more to send in this run: wait for its end.
-            match limit {
-                Some(l) => tokio::select! {
-                    biased;
-                    () = &mut shutdown => {}
-                    () = sleep_until(start + l) => {}
-                },
-                None => shutdown.as_mut().await,
-            }
-            break;
-        };
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            () = sleep_until(start + wake) => {}
-        }
-        // Catch up on everything due by now, but never past the end of the run.
-        let mut now = start.elapsed();
-        if let Some(l) = limit {
-            now = now.min(l.saturating_sub(Duration::from_nanos(1)));
-        }
-        fleet.poll(now, &mut batch);
-        for msg in batch.drain(..) {
-            let device = msg.device;
-            let fault = msg.is_fault();
-            tracing::trace!(topic = %msg.topic, bytes = msg.payload.len(), "Publishing");
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break 'schedule,
-                sent = client.publish(msg.topic, qos, false, msg.payload) => sent?,
-            }
-            stats.published += 1;
-            stats.faults_injected += u64::from(fault);
-            if let Some(n) = stats.per_device.get_mut(device) {
-                *n += 1;
-            }
-        }
-    }
-
-    stats.silenced = fleet.stats().silenced;
-    stats.reconnects = link_rx.borrow().connects.saturating_sub(1);
-
-    // Let what is queued go out, then say goodbye; give up after DRAIN_TIMEOUT.
-    if client.try_disconnect().is_ok() && timeout(DRAIN_TIMEOUT, &mut driver.0).await.is_err() {
-        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "Broker did not take the last messages in time");
-    }
-    tracing::info!(
-        published = stats.published,
-        faults = stats.faults_injected,
-        silenced = stats.silenced,
-        reconnects = stats.reconnects,
-        "Finished publishing"
-    );
-    Ok(stats)
-}
-
-/// Polls the event loop until it has sent our Disconnect; reconnects with backoff on error.
-async fn drive(mut eventloop: EventLoop, link: watch::Sender<Link>) {
-    let mut backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                backoff.reset();
-                let connects = link.borrow().connects + 1;
-                link.send_replace(Link { connected: true, connects });
-                tracing::info!(
-                    code = ?ack.code,
-                    connects,
-                    "Connected to the MQTT broker"
-                );
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                link.send_modify(|l| l.connected = false);
-                tracing::debug!("Sent Disconnect");
-                return;
-            }
-            Ok(_) => {}
-            Err(error) => {
-                link.send_modify(|l| l.connected = false);
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    error = %error,
-                    retry_in = ?delay,
-                    "MQTT connection failed; retrying"
-                );
-                sleep(delay).await;
-            }
-        }
-    }
+    let mut sim = fleet.into_simulation();
+    sim.set_end((!opts.duration.is_zero()).then_some(opts.duration));
+    let run = RunOptions { host: opts.host, port: opts.port, client_id: opts.client_id, qos: opts.qos, speed: 1.0 };
+    let report = run_simulation(sim, &run, None, shutdown).await?;
+    let s = report.stats;
+    Ok(PublishStats {
+        published: s.published,
+        faults_injected: s.shaped,
+        silenced: s.withheld,
+        reconnects: s.reconnects,
+        per_device: s.per_device,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fleet::FleetConfig;
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(700));
-        let ms = |n| Duration::from_millis(n);
-        let seen: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
-        assert_eq!(seen, [ms(100), ms(200), ms(400), ms(700), ms(700)]);
-        b.reset();
-        assert_eq!(b.next_delay(), ms(100));
-    }
-
-    #[test]
-    fn qos_levels() {
-        assert_eq!(qos(0).ok(), Some(QoS::AtMostOnce));
-        assert_eq!(qos(1).ok(), Some(QoS::AtLeastOnce));
-        assert_eq!(qos(2).ok(), Some(QoS::ExactlyOnce));
-        assert!(matches!(qos(3), Err(SimError::InvalidQos(3))));
-    }
+    use tokio::time::Instant;
 
     fn fleet() -> Fleet {
         Fleet::new(FleetConfig { devices: 2, ..FleetConfig::default() }).expect("valid")

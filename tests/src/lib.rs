@@ -91,6 +91,17 @@ impl Mosquitto {
 
     /// Starts Mosquitto on `addr` (a free port when `None`).
     pub fn start_on(addr: Option<SocketAddr>) -> Option<Mosquitto> {
+        Mosquitto::start_with(addr, None)
+    }
+
+    /// Starts Mosquitto with its persistence file in `persist_dir`, so sessions and queued
+    /// messages survive a graceful restart.
+    pub fn start_with(addr: Option<SocketAddr>, persist_dir: Option<&Path>) -> Option<Mosquitto> {
+        Mosquitto::start_configured(addr, persist_dir, "")
+    }
+
+    /// The same with extra configuration lines (`max_inflight_messages 1000`, ...).
+    pub fn start_configured(addr: Option<SocketAddr>, persist_dir: Option<&Path>, extra: &str) -> Option<Mosquitto> {
         let required = std::env::var("EDGEWATCH_REQUIRE_MOSQUITTO").is_ok_and(|v| v == "1");
         let Some(bin) = Mosquitto::binary() else {
             assert!(
@@ -108,9 +119,13 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} {}\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\nmax_packet_size 1048576\n",
+                "listener {} {}\nallow_anonymous true\n{}\nlog_dest stderr\nlog_type error\nmax_packet_size 1048576\n{extra}\n",
                 addr.port(),
-                addr.ip()
+                addr.ip(),
+                match persist_dir {
+                    Some(d) => format!("persistence true\npersistence_location {}/\nautosave_interval 1", d.display()),
+                    None => "persistence false".to_owned(),
+                }
             ),
         )
         .expect("write mosquitto.conf");
@@ -127,6 +142,14 @@ impl Mosquitto {
 
     fn start() -> Option<Mosquitto> {
         Mosquitto::start_on(None)
+    }
+}
+
+impl Mosquitto {
+    /// Stops it gracefully (SIGTERM: it writes its persistence file) and waits.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
     }
 }
 
@@ -242,7 +265,14 @@ impl Subscriber {
     /// Connects to `addr`, subscribes to `filter` at QoS 1, and returns once the broker
     /// acknowledged the subscription.
     pub async fn connect(addr: SocketAddr, client_id: &str, filter: &str) -> Subscriber {
+        Subscriber::connect_with(addr, client_id, filter, false).await
+    }
+
+    /// The same with a persistent session: a broker that keeps sessions queues messages for
+    /// this subscriber while it is away (and across its own restarts, with persistence on).
+    pub async fn connect_with(addr: SocketAddr, client_id: &str, filter: &str, persistent: bool) -> Subscriber {
         let mut o = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        o.set_clean_session(!persistent);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 64);
@@ -326,6 +356,28 @@ impl Publisher {
         });
         tokio::time::timeout(WAIT, connected_rx).await.expect("connected in time").expect("publisher alive");
         Publisher { client, acks, task }
+    }
+
+    /// Publishes at QoS 1 without waiting for the PUBACK (see [`Publisher::wait_acks`]).
+    pub fn publish_no_wait(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        let mut payload = Some(payload.into());
+        loop {
+            match self.client.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.take().unwrap_or_default()) {
+                Ok(()) => return,
+                Err(rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p))) => {
+                    payload = Some(p.payload.to_vec());
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => panic!("publish not queued: {e}"),
+            }
+        }
+    }
+
+    /// Waits for `n` PUBACKs.
+    pub async fn wait_acks(&mut self, n: usize) {
+        for _ in 0..n {
+            tokio::time::timeout(WAIT * 4, self.acks.recv()).await.expect("PUBACK in time").expect("publisher alive");
+        }
     }
 
     /// Publishes at QoS 1 and waits for the broker's PUBACK.

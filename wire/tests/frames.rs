@@ -177,3 +177,38 @@ fn semantic_errors_in_frames() {
     // A u32 varint that overflows (6 continuation bytes) for seq.
     assert_eq!(decode(&[VERSION, 1, b'd', 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0, 1, 0]), Err(Error::Malformed));
 }
+
+proptest! {
+    /// Inputs far longer than any frame (up to 16 KiB, with or without a valid version byte)
+    /// are answered with an error or a message, never a panic, and never read out of bounds.
+    #[test]
+    fn oversized_arbitrary_input_never_panics(mut bytes in prop::collection::vec(any::<u8>(), MAX_FRAME_LEN..16_384)) {
+        bytes[0] = VERSION;
+        let _ = decode(&bytes);
+    }
+}
+
+#[test]
+fn oversized_input_errors() {
+    // A valid frame followed by 64 KiB: the message decodes, the rest is refused.
+    let msg = Message::heartbeat("d", 1, 2, 3).expect("valid");
+    let mut bytes = frame(&msg);
+    bytes.extend(std::iter::repeat_n(0u8, 65_536));
+    assert_eq!(decode(&bytes), Err(Error::TrailingBytes));
+    // 64 KiB of 0xff after the version byte: an endless varint.
+    let mut junk = vec![0xffu8; 65_536];
+    junk[0] = VERSION;
+    assert_eq!(decode(&junk), Err(Error::Malformed));
+}
+
+#[test]
+fn huge_length_prefixes_error() {
+    // A device id claiming u64::MAX bytes (a 10-byte varint), then nothing.
+    let mut f = vec![VERSION];
+    f.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    assert_eq!(decode(&f), Err(Error::Malformed));
+    // A device id claiming 1 MiB with only a few bytes present.
+    assert_eq!(decode(&[VERSION, 0x80, 0x80, 0x40, b'd', b'e', b'v']), Err(Error::Malformed));
+    // A reading claiming u32::MAX samples.
+    assert_eq!(decode(&[VERSION, 1, b'd', 0, 0, 0x00, 0xff, 0xff, 0xff, 0xff, 0x0f]), Err(Error::Malformed));
+}
