@@ -56,8 +56,14 @@ struct Line {
 pub struct Recorded {
     /// Arrival and processing time, ms.
     pub t: i64,
-    /// The message, if this line has one: topic, raw bytes, decoded payload.
-    pub message: Option<(String, Vec<u8>, Dynamic)>,
+    /// The message, if this line has one: topic, raw bytes, and the decoded payload or why
+    /// it did not decode (as the agent would dead-letter it).
+    pub message: Option<(String, Vec<u8>, Result<Dynamic, String>)>,
+}
+
+fn decoded(topic: String, raw: Vec<u8>) -> (String, Vec<u8>, Result<Dynamic, String>) {
+    let value = decode(Format::Auto, &raw, usize::MAX).map_err(|e| e.reason().to_owned());
+    (topic, raw, value)
 }
 
 /// Parses a recording; `file` names it in errors.
@@ -75,17 +81,15 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Recorded>, ReplayError> {
             (Some(topic), Some(payload), None, None) => {
                 let raw = serde_json::to_vec(&payload).map_err(|e| err(e.to_string()))?;
                 let value: Dynamic = serde_json::from_value(payload).map_err(|e| err(e.to_string()))?;
-                Some((topic, raw, value))
+                Some((topic, raw, Ok(value)))
             }
             (Some(topic), None, Some(text), None) => {
                 let raw = text.into_bytes();
-                let value = decode(Format::Auto, &raw, usize::MAX).map_err(|e| err(e.to_string()))?;
-                Some((topic, raw, value))
+                Some(decoded(topic, raw))
             }
             (Some(topic), None, None, Some(hex)) => {
                 let raw = from_hex(&hex).ok_or_else(|| err("`hex` must be pairs of hex digits".into()))?;
-                let value = decode(Format::Auto, &raw, usize::MAX).map_err(|e| err(e.to_string()))?;
-                Some((topic, raw, value))
+                Some(decoded(topic, raw))
             }
             (None, ..) => return Err(err("a line with a payload needs a `topic`".into())),
             _ => return Err(err("give exactly one of `payload`, `text` or `hex` with a `topic`".into())),
@@ -112,7 +116,11 @@ pub fn run(engine: &mut Engine, recording: &[Recorded], ids: bool) -> Vec<Value>
         out.clear();
         let now = Timestamp(step.t);
         match &step.message {
-            Some((topic, raw, payload)) => {
+            Some((topic, _, Err(reason))) => {
+                lines.push(json!({"t": step.t, "dead_letter": topic, "reason": reason}));
+                engine.tick(now, &mut out);
+            }
+            Some((topic, raw, Ok(payload))) => {
                 engine.process(Event::new(topic.clone(), payload.clone(), raw, now), now, &mut out);
                 if out.duplicates > 0 {
                     lines.push(json!({"t": step.t, "duplicate": topic}));

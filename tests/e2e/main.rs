@@ -1,6 +1,7 @@
 //! End-to-end tests: real brokers (rumqttd embedded here; Mosquitto when installed), a real
 //! agent, real MQTT clients. One test binary; helpers live in `edgewatch_e2e` (tests/src).
 
+mod accuracy;
 mod bad_input;
 mod heartbeat;
 mod pipeline;
@@ -36,6 +37,8 @@ topic = "strict/#"
 format = "json"
 [[subscriptions]]
 topic = "other/#"
+[[subscriptions]]
+topic = "doors/#"
 [limits]
 max_payload_bytes = 1024
 "#

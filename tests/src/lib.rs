@@ -180,13 +180,26 @@ impl RunningAgent {
         agent
     }
 
+    /// Starts an agent on an existing rules directory (the shipped `rules/`, say).
+    pub async fn start_with_rules_dir(config_toml: &str, rules_dir: &Path) -> RunningAgent {
+        let agent = RunningAgent::spawn_in(config_toml, None, Some(rules_dir)).await;
+        agent.wait_ready().await;
+        agent
+    }
+
     /// Like [`RunningAgent::start`], without waiting for readiness.
     pub async fn spawn(config_toml: &str, rules: &[(&str, &str)]) -> RunningAgent {
+        RunningAgent::spawn_in(config_toml, Some(rules), None).await
+    }
+
+    async fn spawn_in(config_toml: &str, rules: Option<&[(&str, &str)]>, existing: Option<&Path>) -> RunningAgent {
         let dir = tempfile::tempdir().expect("temp dir");
-        let rules_dir = dir.path().join("rules");
-        std::fs::create_dir_all(&rules_dir).expect("rules dir");
-        for (name, text) in rules {
-            std::fs::write(rules_dir.join(name), text).expect("write rule");
+        let rules_dir = existing.map(Path::to_owned).unwrap_or_else(|| dir.path().join("rules"));
+        if let Some(rules) = rules {
+            std::fs::create_dir_all(&rules_dir).expect("rules dir");
+            for (name, text) in rules {
+                std::fs::write(rules_dir.join(name), text).expect("write rule");
+            }
         }
         let text = config_toml
             .replace("{rules}", &toml_path(&rules_dir))
