@@ -562,6 +562,17 @@ async fn engine_task(
             }
             next_alive = Instant::now() + ALIVE_EVERY;
         }
+        if let Outbox::Durable(store) = &outbox {
+            // The outbox overflowed (a long upstream outage): say so, in order, when the
+            // link returns.
+            let dropped = store.take_dropped();
+            if dropped > 0 {
+                tracing::warn!(dropped, "Outbox full: oldest events dropped.");
+                stats.outbox_dropped.fetch_add(dropped, Relaxed);
+                let data = serde_json::json!({ "dropped": dropped, "reason": "outbox full (state.max_outbox_mb)" });
+                queue(&outbox, &mut pending, agent_event(&config, &source, "dropped", data));
+            }
+        }
         if pending.messages >= config.state.max_batch {
             match commits.reserve().await {
                 Ok(permit) => commit(&engine, &outbox, &mut pending, permit, &sent),

@@ -42,6 +42,8 @@ pub struct Stats {
     /// Time spent writing them, in microseconds (sum), and the longest.
     pub flush_micros: AtomicU64,
     pub flush_max_micros: AtomicU64,
+    /// Events dropped from a full outbox.
+    pub outbox_dropped: AtomicU64,
     /// Recent flush durations (µs), for percentiles; bounded.
     pub flush_samples: std::sync::Mutex<Vec<u32>>,
 }
