@@ -166,3 +166,50 @@ fn replay_prints_composite_events_with_ids() {
     assert_eq!(lines[0]["t"], 2000);
     assert_eq!(lines[0]["id"].as_str().map(str::len), Some(36));
 }
+
+#[test]
+fn state_export_import_and_inspect_round_trip() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write_config = |name: &str, state: &std::path::Path| {
+        let file = dir.path().join(name);
+        let text = format!(
+            "[agent]\nid = \"x\"\nstate_dir = {:?}\n[[subscriptions]]\ntopic = \"a/#\"\n",
+            state.display().to_string()
+        );
+        std::fs::write(&file, text).expect("config");
+        file
+    };
+    let old = write_config("old.toml", &dir.path().join("old-state"));
+    let new = write_config("new.toml", &dir.path().join("new-state"));
+    // A snapshot as an old gateway would have written it: one heartbeat key, one event waiting.
+    let snapshot = serde_json::json!({
+        "schema": 1,
+        "taken_ms": 1000,
+        "state": [["s/offline\u{0}t-007", "{\"kind\":\"heartbeat\",\"last_seen\":5000,\"deadline\":15000,\"timer_at\":15000,\"missing_since\":-9223372036854775808,\"timeout_ms\":10000,\"never_seen\":false,\"flap\":null}"]],
+        "outbox": [{"topic": "edgewatch/x/events/overheat", "payload": "{}", "qos": 1}],
+    });
+    let file = dir.path().join("backup.json");
+    std::fs::write(&file, snapshot.to_string()).expect("snapshot");
+    let run = |args: &[&str], config: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(
+        run(&["state", "import", file.to_str().expect("utf-8")], &old)
+            .contains("imported 1 state entries and 1 outbox events")
+    );
+    let report = run(&["state", "inspect"], &old);
+    assert!(report.contains("offline") && report.contains("t-007") && report.contains("outbox: 1 events"), "{report}");
+    // Move the state to a new gateway.
+    let moved = dir.path().join("moved.json");
+    run(&["state", "export", moved.to_str().expect("utf-8")], &old);
+    run(&["state", "import", moved.to_str().expect("utf-8")], &new);
+    let report = run(&["state", "inspect"], &new);
+    assert!(report.contains("t-007") && report.contains("outbox: 1 events"), "{report}");
+}
