@@ -172,10 +172,20 @@ format = "auto"
     let snapshot = agent_task.await.map_err(|e| DemoError::Setup(e.to_string()))??;
     watcher.abort();
     let summary = DemoSummary { published: sim_stats.published, agent: snapshot, received_upstream };
+    let a = &summary.agent;
     let _ = writeln!(
         out,
-        "summary: simulator published {} messages; agent {}; events received upstream: {}",
-        summary.published, summary.agent, summary.received_upstream
+        "summary:\n  simulator published   {} messages\n  agent received        {} ({} processed, {} decode errors, {} duplicates, {} rule faults)\n  \
+         composite events      {} produced, {} acknowledged upstream\n  events received upstream: {}",
+        summary.published,
+        a.received,
+        a.processed,
+        a.decode_errors,
+        a.duplicates,
+        a.rule_faults,
+        a.events,
+        a.acked,
+        summary.received_upstream
     );
     Ok(summary)
 }
