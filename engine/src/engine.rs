@@ -215,7 +215,7 @@ impl Engine {
                 }
                 event.time = Timestamp(t);
                 let mut ready = std::mem::take(&mut self.ready);
-                self.reorder.push(event, &mut ready);
+                self.reorder.push(event, &mut ready, &mut out.touched);
                 let upto = self.reorder.max_seen().unwrap_or(t).saturating_sub(self.config.lateness_ms);
                 self.advance(upto, ready, now, out);
             }
@@ -241,7 +241,7 @@ impl Engine {
     /// firing event-time timers in between, then the timers strictly before it.
     fn advance(&mut self, upto: i64, mut ready: Vec<Event>, now: i64, out: &mut Outputs) {
         let upto = upto.max(self.watermark);
-        self.reorder.release(upto, &mut ready);
+        self.reorder.release(upto, &mut ready, &mut out.touched);
         for e in ready.drain(..) {
             self.fire(Clock::Event, e.time.millis().saturating_sub(1), out);
             self.run_event(e, now, out);
@@ -522,6 +522,7 @@ impl Engine {
     pub fn export(&self, what: &Touched) -> Option<Vec<u8>> {
         match what {
             Touched::Dedup(name) => self.dedup.export(name),
+            Touched::Held(name) => self.reorder.export(name),
             Touched::Rule { rule, key } => {
                 let idx = self.rules.iter().position(|r| r.name == *rule)?;
                 let k: &str = key;
@@ -559,6 +560,12 @@ impl Engine {
                 }
             }
         }
+        for name in self.reorder.names() {
+            let t = Touched::Held(name);
+            if let Some(bytes) = self.export(&t) {
+                all.push((t, bytes));
+            }
+        }
         for name in self.dedup.names() {
             let t = Touched::Dedup(name.into());
             if let Some(bytes) = self.export(&t) {
@@ -576,6 +583,7 @@ impl Engine {
         let err = |message: String| StateError { what: format!("{what:?}"), message };
         match what {
             Touched::Dedup(name) => self.dedup.import(name, bytes).map_err(err),
+            Touched::Held(name) => self.reorder.import(name, bytes).map_err(err),
             Touched::Rule { rule, key } => {
                 let idx = self.rules.iter().position(|r| r.name == *rule).ok_or_else(|| err("no such rule".into()))?;
                 let saved: Saved = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;

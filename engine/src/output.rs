@@ -118,6 +118,8 @@ pub enum Touched {
     Rule { rule: Arc<str>, key: Arc<str> },
     /// The duplicate-detection window of one device.
     Dedup(Arc<str>),
+    /// An event held for reordering (gone once released).
+    Held(Arc<str>),
 }
 
 impl Outputs {

@@ -13,6 +13,7 @@ use crate::output::Touched;
 use rhai::{Dynamic, Map};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 /// Sequence numbers remembered per device.
 const SEQ_WINDOW: u32 = 64;
@@ -155,27 +156,37 @@ impl Dedup {
 
 /// Holds payload-timed events until the allowed lateness has passed, and releases them in
 /// event-time order. Whether an event is too late is the engine's call (its watermark).
+/// Held events are state: they are named in `touched` when they come and go, so a crash
+/// does not lose messages that were acknowledged while they waited.
 #[derive(Debug, Default)]
 pub(crate) struct Reorder {
-    /// Ordered by (event time, id): ties broken by content, so arrival order never matters.
-    buffer: BinaryHeap<Reverse<(i64, EventId, u64)>>,
-    events: HashMap<u64, Event>,
-    next: u64,
+    /// Ordered by (event time, id, name): ties broken by content, so arrival order never matters.
+    buffer: BinaryHeap<Reverse<(i64, EventId, Arc<str>)>>,
+    events: HashMap<Arc<str>, Event>,
     /// Latest event time seen.
     max_seen: Option<i64>,
 }
 
+/// A held event, as persisted.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct HeldEvent {
+    topic: String,
+    payload: Dynamic,
+    time: i64,
+    id: EventId,
+}
+
 impl Reorder {
     /// Holds `event`. When more than the bound wait, the oldest is released early into `ready`.
-    pub(crate) fn push(&mut self, event: Event, ready: &mut Vec<Event>) {
+    pub(crate) fn push(&mut self, event: Event, ready: &mut Vec<Event>, touched: &mut Vec<Touched>) {
         let t = event.time.millis();
         self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
-        let n = self.next;
-        self.next += 1;
-        self.buffer.push(Reverse((t, event.id, n)));
-        self.events.insert(n, event);
+        let name: Arc<str> = format!("{t:016x}-{:032x}", event.id.0).into();
+        touched.push(Touched::Held(name.clone()));
+        self.buffer.push(Reverse((t, event.id, name.clone())));
+        self.events.insert(name, event);
         while self.buffer.len() > MAX_BUFFERED {
-            self.release_one(ready);
+            self.release_one(ready, touched);
         }
     }
 
@@ -185,23 +196,47 @@ impl Reorder {
     }
 
     /// Releases events up to event time `upto` (inclusive), in order.
-    pub(crate) fn release(&mut self, upto: i64, ready: &mut Vec<Event>) {
+    pub(crate) fn release(&mut self, upto: i64, ready: &mut Vec<Event>, touched: &mut Vec<Touched>) {
         while self.buffer.peek().is_some_and(|Reverse((t, _, _))| *t <= upto) {
-            self.release_one(ready);
+            self.release_one(ready, touched);
         }
     }
 
-    fn release_one(&mut self, ready: &mut Vec<Event>) {
-        if let Some(Reverse((_, _, n))) = self.buffer.pop() {
-            if let Some(e) = self.events.remove(&n) {
+    fn release_one(&mut self, ready: &mut Vec<Event>, touched: &mut Vec<Touched>) {
+        if let Some(Reverse((_, _, name))) = self.buffer.pop() {
+            if let Some(e) = self.events.remove(&name) {
                 ready.push(e);
             }
+            touched.push(Touched::Held(name));
         }
     }
 
     /// How many events wait.
     pub(crate) fn len(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// The persisted form of a held event, `None` if it is no longer held.
+    pub(crate) fn export(&self, name: &str) -> Option<Vec<u8>> {
+        let e = self.events.get(name)?;
+        let held = HeldEvent { topic: e.topic.clone(), payload: e.payload.clone(), time: e.time.millis(), id: e.id };
+        serde_json::to_vec(&held).ok()
+    }
+
+    /// Every held event's name.
+    pub(crate) fn names(&self) -> Vec<Arc<str>> {
+        self.events.keys().cloned().collect()
+    }
+
+    /// Holds a persisted event again.
+    pub(crate) fn import(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        let h: HeldEvent = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let event = Event { topic: h.topic, payload: h.payload, time: crate::Timestamp(h.time), id: h.id };
+        let name: Arc<str> = name.into();
+        self.max_seen = Some(self.max_seen.map_or(h.time, |m| m.max(h.time)));
+        self.buffer.push(Reverse((h.time, h.id, name.clone())));
+        self.events.insert(name, event);
+        Ok(())
     }
 }
 

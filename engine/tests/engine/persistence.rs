@@ -36,7 +36,11 @@ fn persist(h: &H, out: &Outputs, store: &mut BTreeMap<String, (Touched, Option<V
 }
 
 fn fresh() -> H {
-    H::with(RULES, Tables::new(), EngineConfig::default())
+    H::with(RULES, Tables::new(), CONFIG.with(|c| c.borrow().clone()))
+}
+
+thread_local! {
+    static CONFIG: std::cell::RefCell<EngineConfig> = std::cell::RefCell::new(EngineConfig::default());
 }
 
 /// Feeds (device, gap, value) steps; after step `crash_at` the engine is replaced by a new
@@ -51,7 +55,12 @@ fn run(steps: &[(u8, i64, i64)], crash_at: Option<usize>) -> Vec<Out> {
         h.engine.tick(Timestamp(t), &mut h.out);
         persist(&h, &h.out, &mut store);
         all.extend(h.take());
-        let json = v.to_string();
+        let json = if CONFIG.with(|c| c.borrow().time_field.is_some()) {
+            // Payload-timed, a little out of order: held for the lateness, then released.
+            format!(r#"{{"ts":{},"value":{v}}}"#, t - (i as i64 % 3) * 300)
+        } else {
+            v.to_string()
+        };
         h.engine.process(
             edgewatch_engine::Event::new(
                 format!("s/d{d}/t"),
@@ -88,6 +97,15 @@ proptest! {
     fn a_restart_from_persisted_state_changes_nothing(s in steps(), at in any::<prop::sample::Index>()) {
         let crash = at.index(s.len());
         prop_assert_eq!(run(&s, None), run(&s, Some(crash)));
+    }
+
+    #[test]
+    fn events_held_for_lateness_survive_a_restart(s in steps(), at in any::<prop::sample::Index>()) {
+        CONFIG.with(|c| *c.borrow_mut() = EngineConfig { time_field: Some("ts".into()), lateness_ms: 1_000, ..EngineConfig::default() });
+        let crash = at.index(s.len());
+        let (a, b) = (run(&s, None), run(&s, Some(crash)));
+        CONFIG.with(|c| *c.borrow_mut() = EngineConfig::default());
+        prop_assert_eq!(a, b);
     }
 }
 
