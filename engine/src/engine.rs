@@ -103,6 +103,33 @@ pub struct Engine {
     ready: Vec<Event>,
     /// Absence detection is paused since then (the sensor link is down).
     absence_paused_since: Option<i64>,
+    /// State of rules removed by a reload, kept a while in case they come back.
+    retired: Vec<Retired>,
+}
+
+/// How long the state of a removed rule is kept (10 minutes).
+pub const RETIRED_GRACE_MS: i64 = 10 * 60 * 1000;
+
+/// A removed rule's exported state.
+#[derive(Debug)]
+struct Retired {
+    name: Arc<str>,
+    kind: &'static str,
+    saved: Vec<(Touched, Vec<u8>)>,
+    at: i64,
+}
+
+/// Can a rule's state carry over to its new version?
+fn compatible(old: &Rule, new: &Rule) -> bool {
+    match (&old.kind, &new.kind) {
+        (RuleKind::Window { spec: a, .. }, RuleKind::Window { spec: b, .. }) => {
+            a.tumbling == b.tumbling && std::mem::discriminant(&a.extent) == std::mem::discriminant(&b.extent)
+        }
+        (RuleKind::Sequence { steps: a, .. }, RuleKind::Sequence { steps: b, .. }) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.times == y.times && x.absent == y.absent)
+        }
+        (a, b) => a.name() == b.name(),
+    }
 }
 
 impl Engine {
@@ -127,6 +154,7 @@ impl Engine {
             reorder: Reorder::default(),
             ready: Vec::new(),
             absence_paused_since: None,
+            retired: Vec::new(),
         }
     }
 
@@ -155,18 +183,34 @@ impl Engine {
         }
     }
 
-    /// Swaps in a new rule set between two events. A rule that keeps its name and its kind
-    /// keeps its per-key state and its timers; other state is dropped. Disabled rules are
-    /// enabled again.
+    /// Swaps in a new rule set between two events (see [`Engine::reload`]).
     pub fn replace_rules(&mut self, rules: RuleSet) {
+        self.reload(rules, Timestamp(0));
+    }
+
+    /// Swaps in a new rule set between two events, at processing time `now`.
+    ///
+    /// - A rule that keeps its name and stays compatible keeps its per-key state, partial
+    ///   matches, heartbeat deadlines and timers: its predicates and outputs may change
+    ///   freely. Compatible means the same kind and, for windows, the same flavour (sliding
+    ///   or tumbling, time or count: a new size applies from the next event, evicting what
+    ///   falls outside it), and for sequences the same number of steps with the same
+    ///   `times` and `absent` (a new `within` applies to running partial matches).
+    /// - A rule that goes away keeps its state for [`RETIRED_GRACE_MS`]: if a rule of that
+    ///   name and kind comes back meanwhile (an accidental delete, a rename undone), its
+    ///   state comes back with it.
+    /// - Disabled rules are enabled again.
+    pub fn reload(&mut self, rules: RuleSet, now: Timestamp) {
+        let now = now.millis();
+        self.retired.retain(|r| now - r.at < RETIRED_GRACE_MS);
         let mut old: Vec<Option<(Arc<Rule>, Runtime)>> =
             self.rules.iter().cloned().zip(self.runtime.drain(..)).map(Some).collect();
         let mut mapping: Vec<Option<u32>> = vec![None; old.len()];
         let mut runtime = Vec::with_capacity(rules.len());
+        let mut revive: Vec<(usize, Vec<(Touched, Vec<u8>)>)> = Vec::new();
         for (new_idx, rule) in rules.iter().enumerate() {
-            let found = old
-                .iter()
-                .position(|o| o.as_ref().is_some_and(|(r, _)| r.name == rule.name && r.kind() == rule.kind()));
+            let found =
+                old.iter().position(|o| o.as_ref().is_some_and(|(r, _)| r.name == rule.name && compatible(r, rule)));
             match found.and_then(|i| old[i].take().map(|o| (i, o))) {
                 Some((i, (_, mut rt))) => {
                     mapping[i] = u32::try_from(new_idx).ok();
@@ -177,13 +221,35 @@ impl Engine {
                     }
                     runtime.push(rt);
                 }
-                None => runtime.push(fresh_runtime(rule)),
+                None => {
+                    runtime.push(fresh_runtime(rule));
+                    if let Some(pos) = self.retired.iter().position(|r| r.name == rule.name && r.kind == rule.kind()) {
+                        revive.push((new_idx, self.retired.remove(pos).saved));
+                    }
+                }
             }
+        }
+        // What goes away is kept, exported, for a while.
+        let gone: Vec<(Arc<Rule>, Runtime)> = old.into_iter().flatten().collect();
+        for (rule, rt) in gone {
+            // Export through a one-rule engine view: same code as persistence.
+            self.rules = RuleSet::from_rules([rule.clone()]).0;
+            self.runtime = vec![rt];
+            let saved: Vec<(Touched, Vec<u8>)> =
+                self.export_all().into_iter().filter(|(t, _)| matches!(t, Touched::Rule { .. })).collect();
+            self.retired.push(Retired { name: rule.name.clone(), kind: rule.kind(), saved, at: now });
         }
         self.clock.remap(|idx| mapping.get(idx as usize).copied().flatten());
         self.event_timers.remap(|idx| mapping.get(idx as usize).copied().flatten());
         self.rules = rules;
         self.runtime = runtime;
+        for (_, saved) in revive {
+            for (what, bytes) in saved {
+                if let Err(error) = self.import(&what, &bytes) {
+                    tracing::warn!(%error, "Retired state not revived.");
+                }
+            }
+        }
     }
 
     /// Processes one input event at processing time `now`, appending what it causes to `out`.

@@ -189,6 +189,22 @@ impl RuleSet {
         (set, errors)
     }
 
+    /// A rule set of already compiled rules (the reloader keeps each file's last good
+    /// version and assembles them). Names must be unique; later duplicates are dropped and
+    /// returned.
+    pub fn from_rules(rules: impl IntoIterator<Item = Arc<Rule>>) -> (RuleSet, Vec<Arc<Rule>>) {
+        let mut set = RuleSet::default();
+        let mut dropped = Vec::new();
+        for r in rules {
+            if set.get(&r.name).is_some() {
+                dropped.push(r);
+            } else {
+                set.rules.push(r);
+            }
+        }
+        (set, dropped)
+    }
+
     /// The rules for which `keep` holds, in the same order.
     pub fn filtered(&self, keep: impl Fn(&Rule) -> bool) -> RuleSet {
         RuleSet { rules: self.rules.iter().filter(|r| keep(r)).cloned().collect() }

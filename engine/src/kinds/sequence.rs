@@ -181,6 +181,11 @@ pub(crate) fn on_timer(
     let Some(s) = state.get_mut(k) else { return };
     cx.touch(key);
     expire(cx, steps, within_ms, key, s, deadline, true);
+    // `within` may have grown since these timers were set (a reload): wake up again for the
+    // earliest partial still running.
+    if let Some(next) = s.partials.iter().map(|p| p.start + within_ms).filter(|d| *d > deadline).min() {
+        cx.set_timer(next, key, 0);
+    }
     if s.partials.is_empty() {
         state.remove(k);
     }

@@ -8,6 +8,7 @@ mod heartbeat;
 mod persistence;
 mod properties;
 mod quality;
+mod reload;
 mod sequence;
 mod support;
 mod threshold;
