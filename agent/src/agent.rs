@@ -23,6 +23,7 @@ use crate::config::{Config, Subscription};
 use crate::decode::{Format, decode};
 use crate::emit::CloudEvent;
 use crate::mqtt::{self, AckToken, Client, ConnectOptions, Incoming};
+use crate::reload::{self, RuleFiles, Scan, Trigger};
 use crate::rules;
 use crate::store::{self, Batch, Opened, OutboxEntry, Store};
 use crate::telemetry::{Snapshot, Stats};
@@ -85,6 +86,8 @@ enum Input {
     /// The sensor link went down: silence says nothing about devices meanwhile.
     LinkDown,
     LinkUp,
+    /// New rules (and maybe tables), swapped in between two events.
+    Reload(Box<Scan>),
 }
 
 /// Where outbound events wait: durably in sled, or (durability off) in memory.
@@ -142,6 +145,10 @@ pub struct Agent {
     outbox: Outbox,
     /// Events about the agent itself to send first (restart, recovery).
     startup_events: Vec<(&'static str, serde_json::Value)>,
+    /// The rule files, for reloads.
+    files: RuleFiles,
+    /// The rules' status at start, published retained.
+    initial_status: serde_json::Value,
 }
 
 impl Agent {
@@ -152,23 +159,21 @@ impl Agent {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|source| AgentError::StateDir { dir: config.state_dir.display().to_string(), source })?;
         let sandbox = Arc::new(Sandbox::new(Limits { max_operations: config.max_operations, ..Limits::default() }));
-        let loaded = rules::load(&sandbox, &config.rules_dir)?;
+        let mut files = RuleFiles::new(&config.rules_dir, config.tables.clone(), sandbox.clone());
+        let scan = files.scan(wall_clock())?;
         let stats = Arc::new(Stats::default());
-        for error in &loaded.errors {
+        for error in &scan.errors {
             stats.rule_file_errors.fetch_add(1, Relaxed);
-            tracing::error!(%error, "Rule file not loaded.");
+            tracing::error!(%error, "Rule file or table not loaded.");
         }
-        tracing::info!(dir = %config.rules_dir.display(), files = loaded.files, rules = loaded.rules.len(), "Rules loaded.");
-        if loaded.rules.is_empty() {
+        tracing::info!(dir = %config.rules_dir.display(), rules = scan.rules.len(), "Rules loaded.");
+        if scan.rules.is_empty() {
             tracing::warn!(dir = %config.rules_dir.display(), "No rules: events will be received but nothing will fire.");
         }
-        let (tables, table_errors) = rules::load_tables(&config.rules_dir, &config.tables);
-        for error in &table_errors {
-            stats.rule_file_errors.fetch_add(1, Relaxed);
-            tracing::error!(%error, "Lookup table not loaded.");
-        }
-        let mut engine = Engine::with_config(sandbox, loaded.rules, tables, config.engine.clone());
+        let mut engine =
+            Engine::with_config(sandbox, scan.rules, scan.tables.unwrap_or_default(), config.engine.clone());
         let mut startup_events = Vec::new();
+        let initial_status = scan.status;
         let outbox = if config.state.durable {
             let (store, opened) =
                 store::open_or_recover(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes)
@@ -212,7 +217,7 @@ impl Agent {
             Outbox::Memory(Arc::new(Mutex::new(VecDeque::new())), Arc::new(Mutex::new(0)))
         };
         let (ready, _) = watch::channel(Readiness::default());
-        Ok(Agent { config, engine, stats, ready, outbox, startup_events })
+        Ok(Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status })
     }
 
     /// The counters, live.
@@ -232,7 +237,7 @@ impl Agent {
 
     /// Runs until `shutdown` completes, then drains and returns the final counters.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Snapshot, AgentError> {
-        let Agent { config, engine, stats, ready, outbox, startup_events } = self;
+        let Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status } = self;
         let config = Arc::new(config);
         let ready = Arc::new(ready);
         let cap = config.queue_capacity;
@@ -273,11 +278,25 @@ impl Agent {
         let sent = Arc::new(Notify::new());
         let inflight: Arc<Mutex<VecDeque<u64>>> = Arc::new(Mutex::new(VecDeque::new()));
 
+        let (reload_tx, reload_rx) = mpsc::channel::<Trigger>(8);
+        let mut subscriptions = config.subscriptions.clone();
+        if let Some(topic) = &config.control_topic {
+            if let Ok(pattern) = edgewatch_engine::TopicPattern::parse(topic) {
+                subscriptions.push(Subscription { filter: topic.clone(), pattern, qos: 1, format: Format::Scalar });
+            }
+        }
+        let reloader = tokio::spawn(reload_task(
+            files,
+            (reload_tx.clone(), reload_rx),
+            in_tx.clone(),
+            config.clone(),
+            stop_rx.clone(),
+        ));
         let source = tokio::spawn(source_task(
             src_conn,
             src_client.clone(),
-            config.subscriptions.clone(),
-            in_tx,
+            subscriptions,
+            (in_tx, reload_tx, config.control_topic.clone()),
             stats.clone(),
             ready.clone(),
             stop_rx,
@@ -291,7 +310,7 @@ impl Agent {
             sent.clone(),
             config.clone(),
             stats.clone(),
-            startup_events,
+            (startup_events, initial_status),
         ));
         let (done_tx, done_rx) = watch::channel(false);
         let (engine_done_tx, engine_done_rx) = watch::channel(false);
@@ -315,6 +334,7 @@ impl Agent {
         ));
 
         source.await?;
+        reloader.await?;
         engine_task.await?;
         let _ = engine_done_tx.send(true);
         sent.notify_one();
@@ -331,7 +351,7 @@ async fn source_task(
     mut conn: mqtt::Connection,
     client: Client,
     subs: Vec<Subscription>,
-    in_tx: mpsc::Sender<Input>,
+    (in_tx, reload_tx, control_topic): (mpsc::Sender<Input>, mpsc::Sender<Trigger>, Option<String>),
     stats: Arc<Stats>,
     ready: Arc<watch::Sender<Readiness>>,
     mut stop: watch::Receiver<bool>,
@@ -369,6 +389,13 @@ async fn source_task(
                 if subacks == subs.len() {
                     tracing::info!(subscriptions = subs.len(), "Subscribed to every sensor topic.");
                     ready.send_modify(|r| r.source_subscribed = true);
+                }
+            }
+            Incoming::Publish { topic, ack, .. } if control_topic.as_deref() == Some(topic.as_str()) => {
+                tracing::info!(topic, "Reload asked for on the control topic.");
+                let _ = reload_tx.try_send(Trigger::Control);
+                if let Some(ack) = ack {
+                    let _ = client.ack(&ack).await;
                 }
             }
             Incoming::Publish { topic, payload, ack } => {
@@ -450,7 +477,7 @@ async fn engine_task(
     sent: Arc<Notify>,
     config: Arc<Config>,
     stats: Arc<Stats>,
-    startup_events: Vec<(&'static str, serde_json::Value)>,
+    (startup_events, initial_status): (Vec<(&'static str, serde_json::Value)>, serde_json::Value),
 ) {
     let source = format!("edgewatch/{}", config.agent_id);
     let mut outputs = Outputs::default();
@@ -465,6 +492,7 @@ async fn engine_task(
         tracing::warn!(kind, %data, "Agent event.");
         queue(&outbox, &mut pending, agent_event(&config, &source, kind, data));
     }
+    queue(&outbox, &mut pending, status_entry(&config, &initial_status));
     let mut next_alive = Instant::now();
     let mut next_snapshot = Instant::now() + config.state.snapshot_interval;
     loop {
@@ -524,6 +552,24 @@ async fn engine_task(
             Some(Input::LinkUp) => {
                 engine.resume_absence(wall_clock(), &mut outputs);
             }
+            Some(Input::Reload(scan)) => {
+                let Scan { rules, tables, changed, errors, summary, status } = *scan;
+                if changed {
+                    engine.reload(rules, wall_clock());
+                    if let Some(tables) = tables {
+                        engine.set_tables(tables);
+                    }
+                    stats.reloads.fetch_add(1, Relaxed);
+                    tracing::info!(%summary, "Rules reloaded.");
+                }
+                for error in &errors {
+                    stats.reload_errors.fetch_add(1, Relaxed);
+                    tracing::error!(%error, "Not reloaded; the previous version keeps running.");
+                }
+                queue(&outbox, &mut pending, status_entry(&config, &status));
+                // Commit the status promptly even with no message in the batch.
+                pending.messages = pending.messages.max(1);
+            }
             Some(Input::Message { topic, payload, format, received, ack }) => {
                 if pending.messages == 0 {
                     pending.started = Instant::now();
@@ -539,7 +585,12 @@ async fn engine_task(
                         queue(
                             &outbox,
                             &mut pending,
-                            OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter, qos: 1 },
+                            OutboxEntry {
+                                topic: config.upstream.deadletter_topic(),
+                                payload: letter,
+                                qos: 1,
+                                retain: false,
+                            },
                         );
                         stats.dead_letters.fetch_add(1, Relaxed);
                     }
@@ -608,7 +659,11 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
         stats.late.fetch_add(1, Relaxed);
         let raw = serde_json::to_vec(&late.payload).unwrap_or_default();
         let letter = dead_letter(&late.topic, &raw, late.time, "late", "older than the allowed lateness");
-        queue(outbox, pending, OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter, qos: 1 });
+        queue(
+            outbox,
+            pending,
+            OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter, qos: 1, retain: false },
+        );
         stats.dead_letters.fetch_add(1, Relaxed);
     }
     for fault in &outputs.faults {
@@ -623,7 +678,12 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
         queue(
             outbox,
             pending,
-            OutboxEntry { topic: config.upstream.errors_topic(), payload: report.to_string().into_bytes(), qos: 1 },
+            OutboxEntry {
+                topic: config.upstream.errors_topic(),
+                payload: report.to_string().into_bytes(),
+                qos: 1,
+                retain: false,
+            },
         );
     }
     for composite in &outputs.events {
@@ -631,7 +691,7 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
         tracing::debug!(rule = %composite.rule, key = %composite.key, id = %composite.id, "Composite event.");
         let payload = CloudEvent::new(composite, source).to_json();
         let topic = config.upstream.event_topic(&composite.rule);
-        queue(outbox, pending, OutboxEntry { topic, payload, qos: config.upstream.qos });
+        queue(outbox, pending, OutboxEntry { topic, payload, qos: config.upstream.qos, retain: false });
     }
     if matches!(outbox, Outbox::Durable(_)) {
         pending.touched.extend(outputs.touched.iter().cloned());
@@ -737,6 +797,83 @@ async fn write_snapshot(store: &Store) {
     }
 }
 
+/// The rules' status document, retained on `<prefix>/status/rules`.
+fn status_entry(config: &Config, status: &serde_json::Value) -> OutboxEntry {
+    let mut doc = status.clone();
+    doc["agent"] = serde_json::json!(config.agent_id);
+    OutboxEntry {
+        topic: config.upstream.rules_status_topic(),
+        payload: doc.to_string().into_bytes(),
+        qos: 1,
+        retain: true,
+    }
+}
+
+/// Rescans the rules on each trigger (file changes, SIGHUP, control topic) and hands the
+/// result to the engine task.
+async fn reload_task(
+    files: RuleFiles,
+    (watch_tx, mut triggers): (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>),
+    in_tx: mpsc::Sender<Input>,
+    config: Arc<Config>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Kept alive for as long as the task runs.
+    let _watcher = if config.watch_rules {
+        match reload::watch(&config.rules_dir, watch_tx) {
+            Ok(w) => Some(w),
+            Err(error) => {
+                tracing::warn!(dir = %config.rules_dir.display(), %error, "Cannot watch the rules directory; reload with SIGHUP.");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut files = Some(files);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        let trigger = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            t = triggers.recv() => match t {
+                Some(t) => t,
+                None => break,
+            },
+            () = sighup => Trigger::Signal,
+        };
+        while triggers.try_recv().is_ok() {}
+        let Some(mut f) = files.take() else { break };
+        let scanned = tokio::task::spawn_blocking(move || {
+            let scan = f.scan(wall_clock());
+            (f, scan)
+        })
+        .await;
+        let Ok((f, scan)) = scanned else { break };
+        files = Some(f);
+        match scan {
+            Ok(scan) => {
+                tracing::debug!(?trigger, changed = scan.changed, "Rules rescanned.");
+                if in_tx.send(Input::Reload(Box::new(scan))).await.is_err() {
+                    break;
+                }
+            }
+            Err(error) => tracing::error!(%error, "Rules not reloaded."),
+        }
+    }
+}
+
 /// An event about the agent itself, on `<prefix>/agent/events`.
 fn agent_event(config: &Config, source: &str, kind: &str, data: serde_json::Value) -> OutboxEntry {
     let now = wall_clock();
@@ -760,6 +897,7 @@ fn agent_event(config: &Config, source: &str, kind: &str, data: serde_json::Valu
         topic: format!("{}/agent/events", config.upstream.topic_prefix),
         payload: payload.to_string().into_bytes(),
         qos: 1,
+        retain: false,
     }
 }
 
@@ -854,7 +992,7 @@ async fn publisher_task(
                     q.push_back(*seq);
                 }
             }
-            match client.publish(&entry.topic, entry.qos, false, entry.payload.clone()).await {
+            match client.publish(&entry.topic, entry.qos, entry.retain, entry.payload.clone()).await {
                 Ok(()) => {
                     stats.published.fetch_add(1, Relaxed);
                     if entry.qos == 0 {

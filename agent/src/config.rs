@@ -225,11 +225,22 @@ pub struct RawRules {
     pub dir: PathBuf,
     #[serde(default = "default_max_operations")]
     pub max_operations: u64,
+    /// Reload when files in the rules directory change.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Also reload on any message to `<prefix>/control/reload` on the source broker.
+    #[serde(default)]
+    pub control_topic: bool,
 }
 
 impl Default for RawRules {
     fn default() -> Self {
-        RawRules { dir: default_rules_dir(), max_operations: default_max_operations() }
+        RawRules {
+            dir: default_rules_dir(),
+            max_operations: default_max_operations(),
+            watch: true,
+            control_topic: false,
+        }
     }
 }
 
@@ -353,6 +364,10 @@ pub struct Config {
     pub rules_dir: PathBuf,
     /// Rhai operations per rule call.
     pub max_operations: u64,
+    /// Reload rules when their files change.
+    pub watch_rules: bool,
+    /// Reload on messages to `<prefix>/control/reload` (opt-in).
+    pub control_topic: Option<String>,
     pub source: BrokerConfig,
     pub subscriptions: Vec<Subscription>,
     pub upstream: UpstreamConfig,
@@ -421,6 +436,11 @@ impl UpstreamConfig {
     /// Where malformed input is reported.
     pub fn deadletter_topic(&self) -> String {
         format!("{}/deadletter", self.topic_prefix)
+    }
+
+    /// The retained status of the rules.
+    pub fn rules_status_topic(&self) -> String {
+        format!("{}/status/rules", self.topic_prefix)
     }
 
     /// Where rule failures are reported.
@@ -603,6 +623,8 @@ impl RawConfig {
             state_dir: self.agent.state_dir,
             rules_dir: self.rules.dir,
             max_operations: self.rules.max_operations,
+            watch_rules: self.rules.watch,
+            control_topic: self.rules.control_topic.then(|| format!("{topic_prefix}/control/reload")),
             source,
             subscriptions,
             upstream: UpstreamConfig { broker: upstream_broker, topic_prefix, qos },

@@ -32,6 +32,7 @@ pub mod decode;
 pub mod demo;
 pub mod emit;
 pub mod mqtt;
+pub mod reload;
 pub mod replay;
 pub mod rules;
 pub mod store;

@@ -43,6 +43,9 @@ pub struct OutboxEntry {
     #[serde(with = "serde_bytes_hex")]
     pub payload: Vec<u8>,
     pub qos: u8,
+    /// Published with the retain flag (status documents).
+    #[serde(default)]
+    pub retain: bool,
 }
 
 mod serde_bytes_hex {
@@ -488,7 +491,7 @@ mod tests {
     use super::*;
 
     fn entry(i: usize) -> OutboxEntry {
-        OutboxEntry { topic: format!("t/{i}"), payload: format!("payload {i}").into_bytes(), qos: 1 }
+        OutboxEntry { topic: format!("t/{i}"), payload: format!("payload {i}").into_bytes(), qos: 1, retain: false }
     }
 
     #[tokio::test]

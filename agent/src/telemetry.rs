@@ -42,6 +42,10 @@ pub struct Stats {
     /// Time spent writing them, in microseconds (sum), and the longest.
     pub flush_micros: AtomicU64,
     pub flush_max_micros: AtomicU64,
+    /// Reloads that changed the rules.
+    pub reloads: AtomicU64,
+    /// Rule files (or tables) that failed at a reload.
+    pub reload_errors: AtomicU64,
     /// Events dropped from a full outbox.
     pub outbox_dropped: AtomicU64,
     /// Recent flush durations (µs), for percentiles; bounded.

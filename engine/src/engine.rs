@@ -110,12 +110,15 @@ pub struct Engine {
 /// How long the state of a removed rule is kept (10 minutes).
 pub const RETIRED_GRACE_MS: i64 = 10 * 60 * 1000;
 
+/// One piece of exported state.
+type Exported = (Touched, Vec<u8>);
+
 /// A removed rule's exported state.
 #[derive(Debug)]
 struct Retired {
     name: Arc<str>,
     kind: &'static str,
-    saved: Vec<(Touched, Vec<u8>)>,
+    saved: Vec<Exported>,
     at: i64,
 }
 
@@ -207,7 +210,7 @@ impl Engine {
             self.rules.iter().cloned().zip(self.runtime.drain(..)).map(Some).collect();
         let mut mapping: Vec<Option<u32>> = vec![None; old.len()];
         let mut runtime = Vec::with_capacity(rules.len());
-        let mut revive: Vec<(usize, Vec<(Touched, Vec<u8>)>)> = Vec::new();
+        let mut revive: Vec<Vec<Exported>> = Vec::new();
         for (new_idx, rule) in rules.iter().enumerate() {
             let found =
                 old.iter().position(|o| o.as_ref().is_some_and(|(r, _)| r.name == rule.name && compatible(r, rule)));
@@ -224,7 +227,7 @@ impl Engine {
                 None => {
                     runtime.push(fresh_runtime(rule));
                     if let Some(pos) = self.retired.iter().position(|r| r.name == rule.name && r.kind == rule.kind()) {
-                        revive.push((new_idx, self.retired.remove(pos).saved));
+                        revive.push(self.retired.remove(pos).saved);
                     }
                 }
             }
@@ -235,7 +238,7 @@ impl Engine {
             // Export through a one-rule engine view: same code as persistence.
             self.rules = RuleSet::from_rules([rule.clone()]).0;
             self.runtime = vec![rt];
-            let saved: Vec<(Touched, Vec<u8>)> =
+            let saved: Vec<Exported> =
                 self.export_all().into_iter().filter(|(t, _)| matches!(t, Touched::Rule { .. })).collect();
             self.retired.push(Retired { name: rule.name.clone(), kind: rule.kind(), saved, at: now });
         }
@@ -243,7 +246,7 @@ impl Engine {
         self.event_timers.remap(|idx| mapping.get(idx as usize).copied().flatten());
         self.rules = rules;
         self.runtime = runtime;
-        for (_, saved) in revive {
+        for saved in revive {
             for (what, bytes) in saved {
                 if let Err(error) = self.import(&what, &bytes) {
                     tracing::warn!(%error, "Retired state not revived.");

@@ -6,6 +6,7 @@ mod bad_input;
 mod heartbeat;
 mod pipeline;
 mod reconnect;
+mod reload;
 mod simulated_fleet;
 
 /// The rule most tests run.

@@ -1,0 +1,181 @@
+//! Hot reload through the real file system, with the agent running against a real broker.
+
+use crate::config;
+use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber};
+use std::time::Duration;
+
+fn rule(emit: i64) -> String {
+    format!(
+        r#"rule("hot", #{{ on: "sensors/{{device}}/temperature", when: |e| e.value > 80.0, emit: |e| #{{ v: {emit} }} }});"#
+    )
+}
+
+/// The next status document for which `pred` holds.
+async fn status_where(
+    status: &mut Subscriber,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no status where {what}");
+        if let Some(m) = status.next_within(Duration::from_millis(500)).await {
+            let doc = m.json();
+            if pred(&doc) {
+                return doc;
+            }
+        }
+    }
+}
+
+fn rule_error(doc: &serde_json::Value) -> Option<String> {
+    doc["files"].as_array()?.iter().find_map(|f| f["error"].as_str().map(str::to_owned))
+}
+
+fn names(doc: &serde_json::Value) -> Vec<String> {
+    doc["rules"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+async fn hot(sensor: &mut Publisher, upstream: &mut Subscriber) -> serde_json::Value {
+    sensor.publish("sensors/t-1/temperature", "90").await;
+    upstream.next().await.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_edit_keeps_the_old_rule_running_and_says_where_then_the_fix_applies() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &[("hot.rhai", &rule(1))]).await;
+    let file = agent.dir.path().join("rules/hot.rhai");
+    let mut status = Subscriber::connect(addr, "ops", "edgewatch/gw-test/status/rules").await;
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+    let mut sensor = Publisher::connect(addr, "sensor").await;
+    status_where(&mut status, "hot is loaded", |d| names(d) == ["hot"]).await;
+    assert_eq!(hot(&mut sensor, &mut upstream).await["data"]["v"], 1);
+
+    std::fs::write(
+        &file,
+        "rule(\"hot\", #{\n    on: \"sensors/{device}/temperature\",\n    when: |e| e.value > ,\n});\n",
+    )
+    .expect("write");
+    let doc = status_where(&mut status, "an error is shown", |d| rule_error(d).is_some()).await;
+    let error = rule_error(&doc).unwrap_or_default();
+    assert!(error.contains("hot.rhai:3:"), "file:line:col in {error}");
+    assert_eq!(names(&doc), ["hot"], "the old version is still listed as running");
+    assert_eq!(hot(&mut sensor, &mut upstream).await["data"]["v"], 1, "the old rule keeps firing");
+
+    std::fs::write(&file, rule(2)).expect("write");
+    status_where(&mut status, "the error is gone", |d| rule_error(d).is_none()).await;
+    assert_eq!(hot(&mut sensor, &mut upstream).await["data"]["v"], 2, "the fix applies");
+    let stats = agent.stop().await;
+    assert!(stats.received >= 3, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_added_renamed_and_deleted_and_editors_save_by_rename() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &[("hot.rhai", &rule(1))]).await;
+    let dir = agent.dir.path().join("rules");
+    let mut status = Subscriber::connect(addr, "ops", "edgewatch/gw-test/status/rules").await;
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+    let mut sensor = Publisher::connect(addr, "sensor").await;
+    status_where(&mut status, "hot is loaded", |d| names(d) == ["hot"]).await;
+
+    let cold = r#"rule("cold", #{ on: "sensors/{device}/temperature", when: |e| e.value < 0.0 });"#;
+    std::fs::write(dir.join("cold.rhai"), cold).expect("add");
+    status_where(&mut status, "cold is added", |d| names(d).contains(&"cold".to_owned())).await;
+    sensor.publish("sensors/t-1/temperature", "-5").await;
+    assert_eq!(upstream.next().await.json()["type"], "edgewatch.cold");
+
+    std::fs::rename(dir.join("cold.rhai"), dir.join("freezing.rhai")).expect("rename");
+    status_where(&mut status, "cold is in its new file", |d| {
+        d["rules"].as_array().is_some_and(|a| {
+            a.iter().any(|r| r["name"] == "cold" && r["file"].as_str().is_some_and(|f| f.ends_with("freezing.rhai")))
+        })
+    })
+    .await;
+
+    // How editors save: write a temp file, rename it over the original.
+    let tmp = dir.join(".hot.rhai.swp");
+    std::fs::write(&tmp, rule(2)).expect("temp");
+    std::fs::rename(&tmp, dir.join("hot.rhai")).expect("rename over");
+    status_where(&mut status, "hot changed", |d| rule_error(d).is_none() && names(d).len() == 2).await;
+    // Wait until the new version answers.
+    let mut v = 0;
+    for _ in 0..20 {
+        v = hot(&mut sensor, &mut upstream).await["data"]["v"].as_i64().unwrap_or(0);
+        if v == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(v, 2);
+
+    std::fs::remove_file(dir.join("freezing.rhai")).expect("delete");
+    status_where(&mut status, "cold is gone", |d| names(d) == ["hot"]).await;
+    sensor.publish("sensors/t-1/temperature", "-5").await;
+    assert!(upstream.next_within(Duration::from_millis(500)).await.is_none(), "the deleted rule no longer fires");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_saves_within_100_ms_are_one_reload() {
+    let broker = Broker::embedded();
+    let agent = RunningAgent::start(&config(broker.addr(), "3.1.1"), &[("hot.rhai", &rule(1))]).await;
+    let file = agent.dir.path().join("rules/hot.rhai");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = agent.stats.reloads.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..10 {
+        std::fs::write(&file, format!("// save {i}\n{}", rule(1))).expect("save");
+        tokio::time::sleep(Duration::from_millis(9)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = agent.stats.reloads.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - before, 1, "one reload for the burst");
+    agent.stop().await;
+}
+
+const COUNT: &str = r#"
+rule("count", #{
+    on: "sensors/{device}/reading",
+    state: #{ n: 0 },
+    on_event: |e| { this.n += 1; emit(#{ n: this.n, seq: e.payload.seq }); },
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_event_and_no_state() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &[("count.rhai", COUNT)]).await;
+    let file = agent.dir.path().join("rules/count.rhai");
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+    const N: i64 = 400;
+    let publisher = tokio::spawn(async move {
+        let mut sensor = Publisher::connect(addr, "sensor").await;
+        for seq in 1..=N {
+            sensor.publish("sensors/d0/reading", format!(r#"{{"device":"d0","seq":{seq}}}"#)).await;
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+    });
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // An edit that changes the file but not what the rule does.
+        std::fs::write(&file, format!("// edit {i}\n{COUNT}")).expect("edit");
+    }
+    publisher.await.expect("published");
+    let mut ns = Vec::new();
+    while ns.last() != Some(&N) {
+        let Some(m) = upstream.next_within(Duration::from_secs(10)).await else { break };
+        ns.push(m.json()["data"]["n"].as_i64().unwrap_or(-1));
+    }
+    let reloads = agent.stats.reloads.load(std::sync::atomic::Ordering::Relaxed);
+    let stats = agent.stop().await;
+    assert!(stats.received == N as u64 && stats.processed == N as u64, "{stats}");
+    assert_eq!(ns, (1..=N).collect::<Vec<_>>(), "every message counted once, in order, across the reloads");
+    assert!(reloads >= 2, "the rules were reloaded while the messages flowed ({reloads} reloads)");
+}
