@@ -1,0 +1,101 @@
+//! Reload speed: a full scan of 1000 rule files, a rescan after one edit, and the time from
+//! saving a file to the new rule being active in a running agent with 100 rule files.
+//! `cargo bench -p edgewatch --bench reload` prints a markdown table.
+
+use edgewatch::broker::EmbeddedBroker;
+use edgewatch::reload::RuleFiles;
+use edgewatch::{Agent, Config};
+use edgewatch_engine::{Sandbox, Timestamp};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+fn rule(i: usize, v: usize) -> String {
+    format!(
+        "rule(\"r{i}\", #{{ on: \"sensors/{{device}}/t{i}\", window: #{{ size: \"60s\", filter: |e| e.value > 80.0 }}, \
+         when: |e| e.window.count >= 3, emit: |e| #{{ v: {v}, n: e.window.count }} }});\n"
+    )
+}
+
+fn write_rules(dir: &std::path::Path, n: usize) {
+    std::fs::create_dir_all(dir).expect("dir");
+    for i in 0..n {
+        std::fs::write(dir.join(format!("r{i:04}.rhai")), rule(i, 0)).expect("write");
+    }
+}
+
+fn main() {
+    let mut rows: Vec<(String, String)> = Vec::new();
+
+    // Full scan of 1000 files, then a rescan after one edit.
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_rules(dir.path(), 1000);
+    let mut files = RuleFiles::new(dir.path(), Default::default(), Arc::new(Sandbox::default()));
+    let start = Instant::now();
+    let scan = files.scan(Timestamp(0)).expect("scan");
+    let full = start.elapsed();
+    assert_eq!(scan.rules.len(), 1000);
+    rows.push((
+        "reload of 1000 rule files (first scan, all compiled)".into(),
+        format!("{:.0} ms", full.as_secs_f64() * 1e3),
+    ));
+    std::fs::write(dir.path().join("r0500.rhai"), rule(500, 1)).expect("edit");
+    let start = Instant::now();
+    let scan = files.scan(Timestamp(1)).expect("scan");
+    let one = start.elapsed();
+    assert!(scan.changed);
+    rows.push(("rescan of 1000 files after one edit".into(), format!("{:.1} ms", one.as_secs_f64() * 1e3)));
+
+    // Save -> active in a running agent with 100 files.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let broker = EmbeddedBroker::start().expect("broker");
+    let latencies = rt.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let rules = dir.path().join("rules");
+        write_rules(&rules, 100);
+        let text = format!(
+            "[agent]\nid = \"reload\"\nstate_dir = {:?}\n[rules]\ndir = {:?}\n[source]\nurl = \"{}\"\n[[subscriptions]]\ntopic = \"sensors/#\"\n",
+            dir.path().join("state").display().to_string(),
+            rules.display().to_string(),
+            broker.url()
+        );
+        let config = Config::from_toml(&text, "bench", std::iter::empty()).expect("config");
+        let agent = Agent::new(config).await.expect("agent");
+        let stats = agent.stats();
+        let mut ready = agent.readiness();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(agent.run(async move {
+            let _ = stop_rx.await;
+        }));
+        ready.wait_for(|r| r.is_ready()).await.expect("ready");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut latencies = Vec::new();
+        for k in 0..40 {
+            let before = stats.reloads.load(Relaxed);
+            let start = Instant::now();
+            std::fs::write(rules.join(format!("r{:04}.rhai", k % 100)), rule(k % 100, k + 1)).expect("save");
+            while stats.reloads.load(Relaxed) == before {
+                assert!(start.elapsed() < Duration::from_secs(10), "reload never happened");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            latencies.push(start.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = stop_tx.send(());
+        let _ = task.await;
+        latencies
+    });
+    let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() as f64 * p) as usize).min(ms.len() - 1)];
+    rows.push((
+        "save -> new rule active, 100 rule files (40 saves)".into(),
+        format!("p50 {:.0} ms, p99 {:.0} ms (includes the 200 ms debounce)", pct(0.5), pct(0.99)),
+    ));
+
+    println!("| case | result |");
+    println!("|---|---|");
+    for (c, r) in rows {
+        println!("| {c} | {r} |");
+    }
+}
