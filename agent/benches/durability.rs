@@ -71,9 +71,13 @@ async fn run(broker_name: &'static str, addr: std::net::SocketAddr, durable: boo
     for (topic, payload) in payloads {
         client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await.expect("queued");
     }
-    while stats.snapshot().processed < MESSAGES as u64 {
-        assert!(start.elapsed() < Duration::from_secs(300), "agent stalled at {}", stats.snapshot().processed);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let all_processed = async {
+        while stats.snapshot().processed < MESSAGES as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(300), all_processed).await.is_err() {
+        panic!("agent stalled at {} messages", stats.snapshot().processed);
     }
     let elapsed = start.elapsed();
     let _ = stop_tx.send(());

@@ -16,16 +16,17 @@ async fn status_where(
     what: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        assert!(tokio::time::Instant::now() < deadline, "no status where {what}");
-        if let Some(m) = status.next_within(Duration::from_millis(500)).await {
-            let doc = m.json();
-            if pred(&doc) {
-                return doc;
+    let find = async {
+        loop {
+            if let Some(m) = status.next_within(Duration::from_millis(500)).await {
+                let doc = m.json();
+                if pred(&doc) {
+                    return doc;
+                }
             }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(15), find).await.unwrap_or_else(|_| panic!("no status where {what}"))
 }
 
 fn rule_error(doc: &serde_json::Value) -> Option<String> {

@@ -233,16 +233,20 @@ impl RunningAgent {
         tokio::time::timeout(WAIT, task).await.expect("agent stops in time").expect("task").expect("agent ran")
     }
 
-    /// Waits until `cond` holds for the live counters.
+    /// Waits until `cond` holds for the live counters (fails after [`WAIT`]).
     pub async fn wait_for_stats(&self, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let s = self.stats.snapshot();
-            if cond(&s) {
-                return s;
+        let poll = async {
+            loop {
+                let s = self.stats.snapshot();
+                if cond(&s) {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; counters: {s}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match tokio::time::timeout(WAIT, poll).await {
+            Ok(s) => s,
+            Err(_) => panic!("timed out waiting for {what}; counters: {}", self.stats.snapshot()),
         }
     }
 }
