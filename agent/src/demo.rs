@@ -176,7 +176,7 @@ format = "auto"
     let _ = writeln!(
         out,
         "summary:\n  simulator published   {} messages\n  agent received        {} ({} processed, {} decode errors, {} duplicates, {} rule faults)\n  \
-         composite events      {} produced, {} acknowledged upstream\n  events received upstream: {}",
+         composite events      {} produced; {} messages acknowledged upstream (events and status)\n  events received upstream: {}",
         summary.published,
         a.received,
         a.processed,
