@@ -264,13 +264,15 @@ impl Agent {
                 manual_acks: durable,
             },
         );
+        // If the gateway dies, the broker says so: a retained `offline` on the status topic.
+        let will = serde_json::json!({ "status": "offline", "agent": config.agent_id, "reason": "connection lost" });
         let (up_client, up_conn) = mqtt::connect(
             &config.upstream.broker,
             "upstream",
             &ConnectOptions {
                 request_capacity: PUBLISH_WINDOW * 2,
                 max_packet_size: packet,
-                last_will: None,
+                last_will: Some((config.upstream.agent_status_topic(), will.to_string().into(), 1, true)),
                 persistent: true,
                 manual_acks: false,
             },
@@ -302,9 +304,10 @@ impl Agent {
             stop_rx,
         ));
         let acker = tokio::spawn(acker_task(src_client, ack_rx));
+        let (connected_tx, connected_rx) = watch::channel(0u64);
         let engine_task = tokio::spawn(engine_task(
             engine,
-            in_rx,
+            (in_rx, connected_rx),
             ack_tx,
             outbox.clone(),
             sent.clone(),
@@ -317,7 +320,7 @@ impl Agent {
         let poller = tokio::spawn(upstream_poll_task(
             up_conn,
             outbox.clone(),
-            inflight.clone(),
+            (inflight.clone(), connected_tx),
             sent.clone(),
             stats.clone(),
             ready.clone(),
@@ -471,7 +474,7 @@ impl Pending {
 #[allow(clippy::too_many_arguments)]
 async fn engine_task(
     mut engine: Engine,
-    mut in_rx: mpsc::Receiver<Input>,
+    (mut in_rx, mut connected): (mpsc::Receiver<Input>, watch::Receiver<u64>),
     ack_tx: mpsc::Sender<Vec<AckToken>>,
     outbox: Outbox,
     sent: Arc<Notify>,
@@ -493,6 +496,8 @@ async fn engine_task(
         queue(&outbox, &mut pending, agent_event(&config, &source, kind, data));
     }
     queue(&outbox, &mut pending, status_entry(&config, &initial_status));
+    let started = wall_clock();
+    let rule_count = |engine: &Engine| engine.rules().len();
     let mut next_alive = Instant::now();
     let mut next_snapshot = Instant::now() + config.state.snapshot_interval;
     loop {
@@ -505,6 +510,12 @@ async fn engine_task(
         let housekeeping = next_alive.min(next_snapshot);
         let wake = Some(wake.map_or(housekeeping, |w| w.min(housekeeping)));
         let has_pending = pending.messages > 0 || !pending.batch.is_empty() || !pending.memory.is_empty();
+        if connected.has_changed().unwrap_or(false) {
+            connected.borrow_and_update();
+            queue(&outbox, &mut pending, agent_status(&config, "online", started, rule_count(&engine)));
+            pending.messages = pending.messages.max(1);
+            continue;
+        }
         let input = if has_pending {
             match in_rx.try_recv() {
                 Ok(m) => Some(m),
@@ -540,6 +551,11 @@ async fn engine_task(
                     None => break,
                 },
                 () = sleep_until(wake) => None,
+                _ = connected.changed() => {
+                    queue(&outbox, &mut pending, agent_status(&config, "online", started, rule_count(&engine)));
+                    pending.messages = pending.messages.max(1);
+                    continue;
+                }
             }
         };
         outputs.clear();
@@ -637,6 +653,8 @@ async fn engine_task(
             }
         }
     }
+    // A clean stop says so itself (the last will is only for a lost connection).
+    queue(&outbox, &mut pending, agent_status(&config, "offline", started, rule_count(&engine)));
     if let Ok(permit) = commits.reserve().await {
         commit(&engine, &outbox, &mut pending, permit, &sent);
     }
@@ -797,6 +815,28 @@ async fn write_snapshot(store: &Store) {
     }
 }
 
+/// The agent's own status, retained on `<prefix>/status`: `online` (with version, uptime and
+/// rule count) on every connection to the upstream broker, `offline` at a clean stop; the
+/// broker publishes the last will `offline` if the connection is lost.
+fn agent_status(config: &Config, status: &str, started: Timestamp, rules: usize) -> OutboxEntry {
+    let now = wall_clock();
+    let doc = serde_json::json!({
+        "status": status,
+        "agent": config.agent_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "started": started.to_rfc3339(),
+        "uptime_s": (now.millis() - started.millis()).max(0) / 1000,
+        "rules": rules,
+        "time": now.to_rfc3339(),
+    });
+    OutboxEntry {
+        topic: config.upstream.agent_status_topic(),
+        payload: doc.to_string().into_bytes(),
+        qos: 1,
+        retain: true,
+    }
+}
+
 /// The rules' status document, retained on `<prefix>/status/rules`.
 fn status_entry(config: &Config, status: &serde_json::Value) -> OutboxEntry {
     let mut doc = status.clone();
@@ -934,7 +974,7 @@ fn dead_letter(topic: &str, payload: &[u8], time: Timestamp, reason: &str, error
 async fn upstream_poll_task(
     mut conn: mqtt::Connection,
     outbox: Outbox,
-    inflight: Arc<Mutex<VecDeque<u64>>>,
+    (inflight, connected): (Arc<Mutex<VecDeque<u64>>>, watch::Sender<u64>),
     sent: Arc<Notify>,
     stats: Arc<Stats>,
     ready: Arc<watch::Sender<Readiness>>,
@@ -949,6 +989,8 @@ async fn upstream_poll_task(
             Incoming::Connected { .. } => {
                 tracing::info!(connection = "upstream", "Connected to the upstream broker.");
                 ready.send_modify(|r| r.upstream_connected = true);
+                // The engine task publishes `online` (the last will may have said otherwise).
+                connected.send_modify(|n| *n += 1);
                 sent.notify_one();
             }
             Incoming::PubAck => {

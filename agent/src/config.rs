@@ -438,6 +438,11 @@ impl UpstreamConfig {
         format!("{}/deadletter", self.topic_prefix)
     }
 
+    /// The agent's retained `online`/`offline` status.
+    pub fn agent_status_topic(&self) -> String {
+        format!("{}/status", self.topic_prefix)
+    }
+
     /// The retained status of the rules.
     pub fn rules_status_topic(&self) -> String {
         format!("{}/status/rules", self.topic_prefix)

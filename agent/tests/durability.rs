@@ -304,3 +304,23 @@ async fn a_restart_after_a_stop_longer_than_the_timeout_raises_no_storm() {
     assert_eq!(missing.len(), expected.len(), "exactly the silent half is reported");
     assert_eq!(missing, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_is_reported_offline_by_its_last_will() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), addr, None, COUNT);
+    let mut status = Subscriber::connect(addr, "ops", "edgewatch/crash/status").await;
+    let mut agent = spawn_agent(&config);
+    let online = status.next().await.json();
+    assert_eq!(online["status"], "online", "{online}");
+    agent.kill().expect("SIGKILL");
+    let _ = agent.wait();
+    let will = status.next().await.json();
+    assert_eq!(
+        (will["status"].as_str(), will["reason"].as_str()),
+        (Some("offline"), Some("connection lost")),
+        "{will}"
+    );
+}

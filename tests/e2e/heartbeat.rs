@@ -59,3 +59,18 @@ async fn rule_failures_are_published_as_error_events() {
     assert_eq!(report["disabled"], false);
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_says_it_is_online_and_offline_on_its_status_topic() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &[("offline.rhai", OFFLINE)]).await;
+    let mut status = Subscriber::connect(addr, "ops", "edgewatch/gw-test/status").await;
+    let online = status.next().await.json();
+    assert_eq!(online["status"], "online", "{online}");
+    assert_eq!(online["rules"], 1);
+    assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
+    agent.stop().await;
+    let offline = status.next().await.json();
+    assert_eq!(offline["status"], "offline", "{offline}");
+}

@@ -60,9 +60,9 @@ async fn scenario(broker: &Broker, agent_addr: SocketAddr, protocol: &str) {
     assert_eq!(stats.events, 4, "{label}: {stats}");
     assert_eq!(
         stats.acked, stats.published,
-        "{label}: everything published (4 events, the rules status) acknowledged before stopping; {stats}"
+        "{label}: everything published (events, status) acknowledged before stopping; {stats}"
     );
-    assert_eq!(stats.published, 5, "{label}: {stats}");
+    assert!(stats.published > stats.events, "{label}: events plus the status messages; {stats}");
     assert_eq!(stats.decode_errors + stats.rule_faults, 0, "{label}: {stats}");
 }
 
