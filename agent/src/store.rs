@@ -10,6 +10,7 @@
 //! s/<rule>\0<key>     a rule's state for one key (the engine's export)
 //! d/<name>            a duplicate-detection entry
 //! h/<name>            an event held for reordering (allowed lateness)
+//! w/watermark         the event-time watermark (older input is late)
 //! o/<seq: u64 BE>     an outbox entry, in the order it must go upstream
 //! ```
 //!
@@ -134,6 +135,7 @@ fn state_key(t: &Touched) -> Vec<u8> {
         }
         Touched::Dedup(name) => [b"d/".as_slice(), name.as_bytes()].concat(),
         Touched::Held(name) => [b"h/".as_slice(), name.as_bytes()].concat(),
+        Touched::Watermark => b"w/watermark".to_vec(),
     }
 }
 
@@ -144,6 +146,9 @@ fn touched_of(k: &[u8]) -> Option<Touched> {
         let rule = std::str::from_utf8(&rest[..split]).ok()?;
         let key = std::str::from_utf8(&rest[split + 1..]).ok()?;
         return Some(Touched::Rule { rule: rule.into(), key: key.into() });
+    }
+    if k == b"w/watermark" {
+        return Some(Touched::Watermark);
     }
     if let Some(held) = k.strip_prefix(b"h/") {
         return Some(Touched::Held(std::str::from_utf8(held).ok()?.into()));
@@ -206,7 +211,7 @@ impl Store {
     /// Every saved engine state, to import at start.
     pub fn load_state(&self) -> Result<Vec<(Touched, Vec<u8>)>, StoreError> {
         let mut v = Vec::new();
-        for prefix in [b"s/".as_slice(), b"d/".as_slice(), b"h/".as_slice()] {
+        for prefix in [b"s/".as_slice(), b"d/".as_slice(), b"h/".as_slice(), b"w/".as_slice()] {
             for item in self.db.scan_prefix(prefix) {
                 let (k, val) = item.map_err(|e| self.db_err(e))?;
                 if let Some(t) = touched_of(&k) {
@@ -338,7 +343,7 @@ impl Store {
                 if let Ok(entry) = serde_json::from_slice(&v) {
                     s.outbox.push(entry);
                 }
-            } else if k.starts_with(b"s/") || k.starts_with(b"d/") || k.starts_with(b"h/") {
+            } else if k.starts_with(b"s/") || k.starts_with(b"d/") || k.starts_with(b"h/") || k.starts_with(b"w/") {
                 s.state.push((String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()));
             }
         }
@@ -374,7 +379,7 @@ pub fn inspect(store: &Store) -> Result<String, StoreError> {
     let mut dedup = 0usize;
     for (what, bytes) in store.load_state()? {
         match what {
-            Touched::Dedup(_) | Touched::Held(_) => dedup += 1,
+            Touched::Dedup(_) | Touched::Held(_) | Touched::Watermark => dedup += 1,
             Touched::Rule { rule, key } => {
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 let kind = v["kind"].as_str().unwrap_or("?").to_owned();

@@ -316,6 +316,9 @@ impl Engine {
             self.run_event(e, now, out);
         }
         self.ready = ready;
+        if upto != self.watermark {
+            out.touched.push(Touched::Watermark);
+        }
         self.watermark = upto;
         // An event at exactly the watermark is still on time, so timers at it wait.
         self.fire(Clock::Event, upto.saturating_sub(1), out);
@@ -592,6 +595,8 @@ impl Engine {
         match what {
             Touched::Dedup(name) => self.dedup.export(name),
             Touched::Held(name) => self.reorder.export(name),
+            Touched::Watermark => (self.config.time_field.is_some() && self.watermark != i64::MIN)
+                .then(|| self.watermark.to_string().into_bytes()),
             Touched::Rule { rule, key } => {
                 let idx = self.rules.iter().position(|r| r.name == *rule)?;
                 let k: &str = key;
@@ -629,6 +634,9 @@ impl Engine {
                 }
             }
         }
+        if let Some(bytes) = self.export(&Touched::Watermark) {
+            all.push((Touched::Watermark, bytes));
+        }
         for name in self.reorder.names() {
             let t = Touched::Held(name);
             if let Some(bytes) = self.export(&t) {
@@ -653,6 +661,11 @@ impl Engine {
         match what {
             Touched::Dedup(name) => self.dedup.import(name, bytes).map_err(err),
             Touched::Held(name) => self.reorder.import(name, bytes).map_err(err),
+            Touched::Watermark => {
+                let w = std::str::from_utf8(bytes).ok().and_then(|t| t.parse::<i64>().ok());
+                self.watermark = w.ok_or_else(|| err("unreadable watermark".into()))?;
+                Ok(())
+            }
             Touched::Rule { rule, key } => {
                 let idx = self.rules.iter().position(|r| r.name == *rule).ok_or_else(|| err("no such rule".into()))?;
                 let saved: Saved = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;

@@ -120,6 +120,8 @@ pub enum Touched {
     Dedup(Arc<str>),
     /// An event held for reordering (gone once released).
     Held(Arc<str>),
+    /// The event-time watermark: older input is late.
+    Watermark,
 }
 
 impl Outputs {

@@ -160,3 +160,28 @@ fn state_of_a_rule_that_changed_kind_is_refused() {
     let err = other.engine.import(&saved[0].0, &saved[0].1).expect_err("kind changed");
     assert!(err.to_string().contains("does not fit a window rule"), "{err}");
 }
+
+#[test]
+fn the_watermark_survives_a_restart_so_late_stays_late() {
+    let config = EngineConfig { time_field: Some("ts".into()), lateness_ms: 1_000, ..EngineConfig::default() };
+    let src = r#"rule("all", #{ on: "s/{device}" });"#;
+    let mut h = H::with(src, Tables::new(), config.clone());
+    h.send(1, "s/a", r#"{"ts": 10000, "value": 1}"#);
+    h.send(2, "s/a", r#"{"ts": 12000, "value": 1}"#);
+    let saved = h.engine.export_all();
+    let mut h = H::with(src, Tables::new(), config);
+    for (what, bytes) in &saved {
+        h.engine.import(what, bytes).expect("imports");
+    }
+    h.engine.process(
+        edgewatch_engine::Event::new(
+            "s/a",
+            serde_json::from_str(r#"{"ts": 5000, "value": 1}"#).expect("json"),
+            b"x",
+            Timestamp(3),
+        ),
+        Timestamp(3),
+        &mut h.out,
+    );
+    assert_eq!(h.out.late.len(), 1, "older than the watermark before the restart: still late");
+}
