@@ -3,8 +3,7 @@
 //! `cargo bench -p edgewatch --bench durability`.
 
 use edgewatch::broker::EmbeddedBroker;
-use edgewatch::{Agent, Config};
-use edgewatch_e2e::Mosquitto;
+use edgewatch_e2e::{Mosquitto, RunningAgent};
 use std::time::{Duration, Instant};
 
 const MESSAGES: usize = 40_000;
@@ -31,26 +30,12 @@ struct Row {
 }
 
 async fn run(broker_name: &'static str, addr: std::net::SocketAddr, durable: bool, round: usize) -> Row {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
-    std::fs::write(dir.path().join("rules/bench.rhai"), RULES).expect("rules");
-    let url = format!("mqtt://{addr}");
     let text = format!(
-        "[agent]\nid = \"bench{round}\"\nstate_dir = {:?}\n[rules]\ndir = {:?}\n[source]\nurl = \"{}\"\n\
-         [[subscriptions]]\ntopic = \"sensors/#\"\nqos = 1\n[state]\ndurable = {durable}\n",
-        dir.path().join("state").display().to_string(),
-        dir.path().join("rules").display().to_string(),
-        url,
+        "[agent]\nid = \"bench{round}\"\nstate_dir = {{state}}\n[rules]\ndir = {{rules}}\n[source]\nurl = \"mqtt://{addr}\"\n\
+         [[subscriptions]]\ntopic = \"sensors/#\"\nqos = 1\n[state]\ndurable = {durable}\n"
     );
-    let config = Config::from_toml(&text, "bench", std::iter::empty()).expect("config");
-    let agent = Agent::new(config).await.expect("agent");
-    let stats = agent.stats();
-    let mut ready = agent.readiness();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(agent.run(async move {
-        let _ = stop_rx.await;
-    }));
-    ready.wait_for(|r| r.is_ready()).await.expect("ready");
+    let agent = RunningAgent::start(&text, &[("bench.rhai", RULES)]).await;
+    let stats = agent.stats.clone();
 
     // Pre-encode, then publish as fast as the client allows (QoS 1, pipelined).
     let payloads: Vec<(String, Vec<u8>)> = (0..MESSAGES)
@@ -80,8 +65,7 @@ async fn run(broker_name: &'static str, addr: std::net::SocketAddr, durable: boo
         panic!("agent stalled at {} messages", stats.snapshot().processed);
     }
     let elapsed = start.elapsed();
-    let _ = stop_tx.send(());
-    let _ = task.await;
+    agent.stop().await;
     poller.abort();
     let mut samples = stats.flush_samples.lock().map(|s| s.clone()).unwrap_or_default();
     samples.sort_unstable();

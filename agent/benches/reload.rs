@@ -4,7 +4,7 @@
 
 use edgewatch::broker::EmbeddedBroker;
 use edgewatch::reload::RuleFiles;
-use edgewatch::{Agent, Config};
+use edgewatch_e2e::RunningAgent;
 use edgewatch_engine::{Sandbox, Timestamp};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -50,24 +50,15 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let broker = EmbeddedBroker::start().expect("broker");
     let latencies = rt.block_on(async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let rules = dir.path().join("rules");
-        write_rules(&rules, 100);
+        let rule_files: Vec<(String, String)> = (0..100).map(|i| (format!("r{i:04}.rhai"), rule(i, 0))).collect();
+        let rule_refs: Vec<(&str, &str)> = rule_files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
         let text = format!(
-            "[agent]\nid = \"reload\"\nstate_dir = {:?}\n[rules]\ndir = {:?}\n[source]\nurl = \"{}\"\n[[subscriptions]]\ntopic = \"sensors/#\"\n",
-            dir.path().join("state").display().to_string(),
-            rules.display().to_string(),
+            "[agent]\nid = \"reload\"\nstate_dir = {{state}}\n[rules]\ndir = {{rules}}\n[source]\nurl = \"{}\"\n[[subscriptions]]\ntopic = \"sensors/#\"\n",
             broker.url()
         );
-        let config = Config::from_toml(&text, "bench", std::iter::empty()).expect("config");
-        let agent = Agent::new(config).await.expect("agent");
-        let stats = agent.stats();
-        let mut ready = agent.readiness();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(agent.run(async move {
-            let _ = stop_rx.await;
-        }));
-        ready.wait_for(|r| r.is_ready()).await.expect("ready");
+        let agent = RunningAgent::start(&text, &rule_refs).await;
+        let stats = agent.stats.clone();
+        let rules = agent.dir.path().join("rules");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut latencies = Vec::new();
         for k in 0..40 {
@@ -83,8 +74,7 @@ fn main() {
             latencies.push(start.elapsed());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let _ = stop_tx.send(());
-        let _ = task.await;
+        agent.stop().await;
         latencies
     });
     let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
