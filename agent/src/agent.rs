@@ -20,7 +20,7 @@
 //! engine commits what it has, the publisher sends what it can for a few seconds.
 
 use crate::config::{Config, Subscription};
-use crate::decode::{Format, decode};
+use crate::decode::{Format, decode_with};
 use crate::emit::CloudEvent;
 use crate::mqtt::{self, AckToken, Client, ConnectOptions, Incoming};
 use crate::reload::{self, RuleFiles, Scan, Trigger};
@@ -594,7 +594,7 @@ async fn engine_task(
                 if let Some(ack) = ack {
                     pending.acks.push(ack);
                 }
-                match decode(format, &payload, config.max_payload_bytes) {
+                match decode_with(format, &payload, &config.decode_limits()) {
                     Err(error) => {
                         stats.decode_failed(&topic, &error);
                         let letter = dead_letter(&topic, &payload, received, error.reason(), &error.to_string());

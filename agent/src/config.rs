@@ -308,12 +308,30 @@ pub struct RawLimits {
     pub max_payload_bytes: usize,
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// Deepest nesting of JSON arrays and objects in a payload.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// Longest string in a payload (JSON string or key, plain text), in bytes.
+    #[serde(default = "default_max_string_bytes")]
+    pub max_string_bytes: usize,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
-        RawLimits { max_payload_bytes: default_max_payload(), queue_capacity: default_queue() }
+        RawLimits {
+            max_payload_bytes: default_max_payload(),
+            queue_capacity: default_queue(),
+            max_json_depth: default_max_json_depth(),
+            max_string_bytes: default_max_string_bytes(),
+        }
     }
+}
+
+fn default_max_json_depth() -> usize {
+    crate::decode::DecodeLimits::default().max_json_depth
+}
+fn default_max_string_bytes() -> usize {
+    crate::decode::DecodeLimits::default().max_string_bytes
 }
 
 fn default_max_payload() -> usize {
@@ -375,6 +393,9 @@ pub struct Config {
     /// Capacity of each internal queue: bounded so a slow stage pushes back instead of
     /// growing without limit.
     pub queue_capacity: usize,
+    /// Deepest JSON nesting and longest string a payload may have (see [`Config::decode_limits`]).
+    pub max_json_depth: usize,
+    pub max_string_bytes: usize,
     /// How the engine treats input (event time, lateness, duplicates, chaining).
     pub engine: edgewatch_engine::EngineConfig,
     /// Lookup tables named in the file: name -> path. Tables in `<rules dir>/tables/` are
@@ -455,6 +476,15 @@ impl UpstreamConfig {
 }
 
 impl Config {
+    /// What a payload may hold: `[limits]`.
+    pub fn decode_limits(&self) -> crate::decode::DecodeLimits {
+        crate::decode::DecodeLimits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_json_depth: self.max_json_depth,
+            max_string_bytes: self.max_string_bytes,
+        }
+    }
+
     /// Loads `path`, applies the environment, validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
@@ -587,6 +617,12 @@ impl RawConfig {
         if self.limits.queue_capacity == 0 {
             return Err(invalid("limits.queue_capacity", "must be at least 1"));
         }
+        if !(1..=100).contains(&self.limits.max_json_depth) {
+            return Err(invalid("limits.max_json_depth", "must be between 1 and 100"));
+        }
+        if self.limits.max_string_bytes == 0 {
+            return Err(invalid("limits.max_string_bytes", "must be at least 1"));
+        }
         if self.rules.max_operations == 0 {
             return Err(invalid("rules.max_operations", "must be at least 1"));
         }
@@ -635,6 +671,8 @@ impl RawConfig {
             upstream: UpstreamConfig { broker: upstream_broker, topic_prefix, qos },
             max_payload_bytes: self.limits.max_payload_bytes,
             queue_capacity: self.limits.queue_capacity,
+            max_json_depth: self.limits.max_json_depth,
+            max_string_bytes: self.limits.max_string_bytes,
             engine,
             tables: self.tables,
             state,
@@ -759,8 +797,23 @@ topic = "sensors/#"
         // A section left out gets the same defaults as an empty one.
         assert_eq!(c.upstream.qos, 1);
         assert_eq!(c.max_payload_bytes, 64 * 1024);
+        assert_eq!(c.decode_limits(), crate::decode::DecodeLimits::default());
         assert_eq!(c.max_operations, edgewatch_engine::Limits::default().max_operations);
         assert_eq!(c.subscriptions[0].format, Format::Auto);
+    }
+
+    #[test]
+    fn payload_limits_are_read_and_checked() {
+        let c =
+            load(&format!("{MINIMAL}\n[limits]\nmax_json_depth = 8\nmax_string_bytes = 100\n"), &[]).expect("valid");
+        let l = c.decode_limits();
+        assert_eq!((l.max_payload_bytes, l.max_json_depth, l.max_string_bytes), (64 * 1024, 8, 100));
+        let e = error(&format!("{MINIMAL}\n[limits]\nmax_json_depth = 0\n"), &[]);
+        assert!(e.contains("`limits.max_json_depth`"), "{e}");
+        let e = error(&format!("{MINIMAL}\n[limits]\nmax_json_depth = 129\n"), &[]);
+        assert!(e.contains("`limits.max_json_depth`"), "{e}");
+        let e = error(MINIMAL, &[("EDGEWATCH_LIMITS__MAX_STRING_BYTES", "0")]);
+        assert!(e.contains("`limits.max_string_bytes`"), "{e}");
     }
 
     #[test]

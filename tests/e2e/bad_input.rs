@@ -56,3 +56,50 @@ async fn malformed_oversized_unmatched_and_failing_input_is_survived() {
         agent.stop().await;
     }
 }
+
+/// Payloads over the depth and string limits, and of the wrong shape, are dead-lettered with
+/// their own reasons and counted; the next good message is processed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_deep_too_long_and_wrong_types_are_dead_lettered_with_their_reason() {
+    for broker in Broker::all() {
+        let label = broker.name();
+        let addr = broker.addr();
+        // `config` ends in the `[limits]` section: extend it.
+        let toml = format!("{}max_json_depth = 8\nmax_string_bytes = 64\n", config(addr, "3.1.1"));
+        let agent = RunningAgent::start(&toml, &[("overheat.rhai", OVERHEAT)]).await;
+        let mut dead = Subscriber::connect(addr, "dead-letter-reader", "edgewatch/gw-test/deadletter").await;
+        let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+        let mut sensor = Publisher::connect(addr, "sensor").await;
+
+        let deep = format!("{}85{}", r#"{"v":"#.repeat(9), "}".repeat(9));
+        let long = format!(r#"{{"temperature": 85, "note": "{}"}}"#, "x".repeat(65));
+        let cases: [(&str, &[u8], &str); 5] = [
+            ("sensors/t-01/temperature", deep.as_bytes(), "too_deep"),
+            ("sensors/t-01/temperature", long.as_bytes(), "string_too_long"),
+            ("strict/t-01/temperature", b"[85, 86]", "wrong_type"),
+            ("sensors/t-01/temperature", br#"{"device": 7, "temperature": 85}"#, "wrong_type"),
+            ("sensors/t-01/temperature", br#"{"seq": "1", "temperature": 85}"#, "wrong_type"),
+        ];
+        for (topic, payload, reason) in cases {
+            sensor.publish(topic, payload).await;
+            let letter = dead.next().await.json();
+            assert_eq!(letter["reason"], reason, "{label}: {letter}");
+            assert_eq!(letter["topic"], topic, "{label}: {letter}");
+            assert_eq!(letter["size"], payload.len(), "{label}: {letter}");
+        }
+        // Just inside the limits: an ordinary event.
+        let fine = format!(
+            r#"{{"temperature": 85, "note": "{}", "nested": {}1{}}}"#,
+            "x".repeat(64),
+            r#"{"v":"#.repeat(7),
+            "}".repeat(7)
+        );
+        sensor.publish("sensors/t-01/temperature", fine).await;
+        let ev = upstream.next().await.json();
+        assert_eq!((ev["subject"].as_str(), ev["data"]["celsius"].as_i64()), (Some("t-01"), Some(85)), "{label}: {ev}");
+
+        let s = agent.wait_for_stats("the event to be counted", |s| s.events == 1).await;
+        assert_eq!((s.received, s.decode_errors, s.dead_letters, s.processed), (6, 5, 5, 1), "{label}: {s}");
+        agent.stop().await;
+    }
+}
