@@ -673,6 +673,12 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
     if outputs.duplicates > 0 {
         stats.duplicates.fetch_add(outputs.duplicates as u64, Relaxed);
     }
+    stats.keys_limited(outputs.keys_refused, outputs.keys_evicted);
+    for report in &outputs.key_limits {
+        // At most one per rule per `key_report_interval_ms`: the engine rate-limits them.
+        let data = stats.key_limit(report);
+        queue(outbox, pending, agent_event(config, source, "key_limit", data));
+    }
     for late in &outputs.late {
         stats.late.fetch_add(1, Relaxed);
         let raw = serde_json::to_vec(&late.payload).unwrap_or_default();

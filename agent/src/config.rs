@@ -182,6 +182,7 @@ impl RawEngine {
             chain_prefix: self.chaining.then(|| events_prefix.to_owned()),
             max_chain_depth: self.max_chain_depth,
             max_failures: self.max_failures,
+            ..edgewatch_engine::EngineConfig::default()
         }
     }
 }
@@ -314,6 +315,9 @@ pub struct RawLimits {
     /// Longest string in a payload (JSON string or key, plain text), in bytes.
     #[serde(default = "default_max_string_bytes")]
     pub max_string_bytes: usize,
+    /// Most keys (devices) a rule tracks unless it sets `max_keys` itself.
+    #[serde(default = "default_max_keys_per_rule")]
+    pub max_keys_per_rule: usize,
 }
 
 impl Default for RawLimits {
@@ -323,8 +327,13 @@ impl Default for RawLimits {
             queue_capacity: default_queue(),
             max_json_depth: default_max_json_depth(),
             max_string_bytes: default_max_string_bytes(),
+            max_keys_per_rule: default_max_keys_per_rule(),
         }
     }
+}
+
+fn default_max_keys_per_rule() -> usize {
+    edgewatch_engine::EngineConfig::default().max_keys_per_rule
 }
 
 fn default_max_json_depth() -> usize {
@@ -623,6 +632,9 @@ impl RawConfig {
         if self.limits.max_string_bytes == 0 {
             return Err(invalid("limits.max_string_bytes", "must be at least 1"));
         }
+        if self.limits.max_keys_per_rule == 0 {
+            return Err(invalid("limits.max_keys_per_rule", "must be at least 1"));
+        }
         if self.rules.max_operations == 0 {
             return Err(invalid("rules.max_operations", "must be at least 1"));
         }
@@ -635,7 +647,8 @@ impl RawConfig {
                 return Err(invalid(&format!("tables.{name}"), "must name a .csv or .toml file"));
             }
         }
-        let engine = self.engine.to_engine_config(&format!("{topic_prefix}/events"));
+        let mut engine = self.engine.to_engine_config(&format!("{topic_prefix}/events"));
+        engine.max_keys_per_rule = self.limits.max_keys_per_rule;
         if self.state.cache_mb == 0 || self.state.cache_mb > 4096 {
             return Err(invalid("state.cache_mb", "must be between 1 and 4096"));
         }
@@ -798,6 +811,7 @@ topic = "sensors/#"
         assert_eq!(c.upstream.qos, 1);
         assert_eq!(c.max_payload_bytes, 64 * 1024);
         assert_eq!(c.decode_limits(), crate::decode::DecodeLimits::default());
+        assert_eq!(c.engine.max_keys_per_rule, edgewatch_engine::EngineConfig::default().max_keys_per_rule);
         assert_eq!(c.max_operations, edgewatch_engine::Limits::default().max_operations);
         assert_eq!(c.subscriptions[0].format, Format::Auto);
     }
@@ -814,6 +828,10 @@ topic = "sensors/#"
         assert!(e.contains("`limits.max_json_depth`"), "{e}");
         let e = error(MINIMAL, &[("EDGEWATCH_LIMITS__MAX_STRING_BYTES", "0")]);
         assert!(e.contains("`limits.max_string_bytes`"), "{e}");
+        let c = load(MINIMAL, &[("EDGEWATCH_LIMITS__MAX_KEYS_PER_RULE", "500")]).expect("valid");
+        assert_eq!(c.engine.max_keys_per_rule, 500);
+        let e = error(&format!("{MINIMAL}\n[limits]\nmax_keys_per_rule = 0\n"), &[]);
+        assert!(e.contains("`limits.max_keys_per_rule`"), "{e}");
     }
 
     #[test]

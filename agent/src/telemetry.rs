@@ -48,6 +48,10 @@ pub struct Stats {
     pub reload_errors: AtomicU64,
     /// Events dropped from a full outbox.
     pub outbox_dropped: AtomicU64,
+    /// New keys rules refused at their key limit (or too long), and old keys they evicted
+    /// to make room.
+    pub keys_refused: AtomicU64,
+    pub keys_evicted: AtomicU64,
     /// Recent flush durations (µs), for percentiles; bounded.
     pub flush_samples: std::sync::Mutex<Vec<u32>>,
 }
@@ -115,6 +119,36 @@ impl Stats {
                 s.push(u32::try_from(us).unwrap_or(u32::MAX));
             }
         }
+    }
+
+    pub(crate) fn keys_limited(&self, refused: usize, evicted: usize) {
+        if refused > 0 {
+            self.keys_refused.fetch_add(refused as u64, Relaxed);
+        }
+        if evicted > 0 {
+            self.keys_evicted.fetch_add(evicted as u64, Relaxed);
+        }
+    }
+
+    /// Logs a rule's key-limit report; returns the data of the `key_limit` agent event.
+    pub(crate) fn key_limit(&self, report: &edgewatch_engine::KeyLimitReport) -> serde_json::Value {
+        tracing::warn!(
+            rule = %report.rule,
+            max_keys = report.max_keys,
+            on_full = report.on_full.as_str(),
+            refused = report.refused,
+            evicted = report.evicted,
+            "Rule at its key limit."
+        );
+        serde_json::json!({
+            "rule": &*report.rule,
+            "max_keys": report.max_keys,
+            "on_full": report.on_full.as_str(),
+            "refused": report.refused,
+            "evicted": report.evicted,
+            "since": report.since.to_rfc3339(),
+            "message": report.to_string(),
+        })
     }
 
     pub(crate) fn unmatched(&self, topic: &str) {

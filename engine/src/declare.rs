@@ -4,12 +4,10 @@
 //! errors, so a misspelt or misplaced option never silently does nothing.
 
 use crate::func::Func;
-use crate::rule::{Extent, HeartbeatSpec, RuleKind, Step, WindowSpec};
+use crate::rule::{Extent, HeartbeatSpec, OnFull, RuleKind, Step, WindowSpec};
 use crate::topic::TopicPattern;
 use rhai::{Dynamic, FnPtr, Map, Position};
 
-/// Default bound on keys per rule.
-pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Default bound on events in one key's window.
 pub(crate) const DEFAULT_MAX_WINDOW_EVENTS: usize = 10_000;
 /// Default bound on partial sequence matches per key.
@@ -24,13 +22,14 @@ pub(crate) struct Declared {
     pub(crate) key: Option<Func>,
     pub(crate) emit: Option<Func>,
     pub(crate) kind: RuleKind,
-    pub(crate) max_keys: usize,
+    pub(crate) max_keys: Option<usize>,
+    pub(crate) on_full: Option<OnFull>,
     /// Every closure with the number of arguments it must take, checked once the AST is known.
     pub(crate) arities: Vec<(String, Func, usize)>,
 }
 
 /// Keys every rule may have.
-const COMMON: &[&str] = &["on", "key", "emit", "description", "max_keys"];
+const COMMON: &[&str] = &["on", "key", "emit", "description", "max_keys", "on_full"];
 
 /// Kind-deciding keys, and the extra keys each kind accepts.
 const KINDS: &[(&str, &[&str])] = &[
@@ -85,8 +84,17 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         Some(v) => return Err(err(format!("`description` must be a string, not {}", v.type_name()))),
     };
     let max_keys = match def.get("max_keys") {
-        None => DEFAULT_MAX_KEYS,
-        Some(v) => positive_int(v).map_err(|m| err(format!("`max_keys` {m}")))?,
+        None => None,
+        Some(v) => Some(positive_int(v).map_err(|m| err(format!("`max_keys` {m}")))?),
+    };
+    let on_full = match def.get("on_full").map(|v| (v, v.to_string())) {
+        None => None,
+        Some((v, s)) if v.is_string() && s == "refuse" => Some(OnFull::Refuse),
+        Some((v, s)) if v.is_string() && s == "evict_oldest" => Some(OnFull::EvictOldest),
+        Some((v, s)) => {
+            let shown = if v.is_string() { format!("\"{s}\"") } else { v.type_name().to_owned() };
+            return Err(err(format!("`on_full` must be \"refuse\" or \"evict_oldest\", not {shown}")));
+        }
     };
 
     let kind = match kind_name {
@@ -134,7 +142,18 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
             RuleKind::Handler { on_event, on_timer, init }
         }
     };
-    Ok(Declared { name: name.to_owned(), pos, description, patterns, key, emit, kind, max_keys, arities: d.arities })
+    Ok(Declared {
+        name: name.to_owned(),
+        pos,
+        description,
+        patterns,
+        key,
+        emit,
+        kind,
+        max_keys,
+        on_full,
+        arities: d.arities,
+    })
 }
 
 struct Decl<'a> {

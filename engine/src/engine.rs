@@ -9,8 +9,8 @@
 
 use crate::context;
 use crate::event::{Event, EventId};
-use crate::kinds::{self, Cx, Ev, KindState};
-use crate::output::{Outputs, RuleFault, Touched};
+use crate::kinds::{self, Cx, Ev, KeyLimit, KindState};
+use crate::output::{KeyLimitReport, Outputs, RuleFault, Touched};
 use crate::quality::{self, Dedup, Reorder};
 use crate::rule::{Rule, RuleKind, RuleSet};
 use crate::sandbox::Sandbox;
@@ -41,6 +41,11 @@ pub struct EngineConfig {
     pub max_chain_depth: u8,
     /// Consecutive failures after which a rule is disabled until reloaded.
     pub max_failures: u32,
+    /// Most keys a rule tracks when it does not say (`max_keys`), so every rule is bounded.
+    pub max_keys_per_rule: usize,
+    /// A rule that refused or evicted keys is reported in [`Outputs::key_limits`] at most
+    /// once per this many milliseconds of processing time (the first time at once).
+    pub key_report_interval_ms: i64,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +58,8 @@ impl Default for EngineConfig {
             chain_prefix: None,
             max_chain_depth: 4,
             max_failures: 10,
+            max_keys_per_rule: 100_000,
+            key_report_interval_ms: 60_000,
         }
     }
 }
@@ -64,6 +71,8 @@ struct Runtime {
     /// Consecutive failed evaluations.
     failures: u32,
     disabled: bool,
+    /// Processing time of the last key-limit report.
+    last_key_report: Option<i64>,
 }
 
 /// What the engine holds, for status reports and benchmarks.
@@ -105,7 +114,17 @@ pub struct Engine {
     absence_paused_since: Option<i64>,
     /// State of rules removed by a reload, kept a while in case they come back.
     retired: Vec<Retired>,
+    /// Some rule refused or evicted keys and has not reported it yet; the earliest time a
+    /// report may go.
+    key_report_due: Option<i64>,
+    /// Timer entries above which entries of keys no longer tracked (evicted, finished) are
+    /// dropped: such entries would fire as no-ops, but a stream of evicted keys must not
+    /// grow the queues meanwhile.
+    timer_purge_at: usize,
 }
+
+/// The fewest timer entries at which a purge is considered.
+const MIN_TIMER_PURGE: usize = 4096;
 
 /// How long the state of a removed rule is kept (10 minutes).
 pub const RETIRED_GRACE_MS: i64 = 10 * 60 * 1000;
@@ -143,7 +162,7 @@ impl Engine {
 
     /// An engine with lookup tables and a configuration.
     pub fn with_config(sandbox: Arc<Sandbox>, rules: RuleSet, tables: Tables, config: EngineConfig) -> Self {
-        let runtime = rules.iter().map(|r| fresh_runtime(r)).collect();
+        let runtime = rules.iter().map(|r| fresh_runtime(r, &config)).collect();
         Engine {
             sandbox,
             config,
@@ -158,7 +177,15 @@ impl Engine {
             ready: Vec::new(),
             absence_paused_since: None,
             retired: Vec::new(),
+            key_report_due: None,
+            timer_purge_at: MIN_TIMER_PURGE,
         }
+    }
+
+    /// Keys tracked per rule, in rule order (0 for rules without per-key state). Cheap: one
+    /// length per rule.
+    pub fn tracked_keys(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.rules.iter().zip(&self.runtime).map(|(r, rt)| (&*r.name, rt.state.keys()))
     }
 
     /// The rules in force.
@@ -219,13 +246,16 @@ impl Engine {
                     mapping[i] = u32::try_from(new_idx).ok();
                     rt.failures = 0;
                     rt.disabled = false;
+                    if let Some(keys) = rt.state.key_set_mut() {
+                        keys.set_limit(key_limit(rule, &self.config));
+                    }
                     if let KindState::Heartbeat(h) = &mut rt.state {
                         h.registry_loaded = false;
                     }
                     runtime.push(rt);
                 }
                 None => {
-                    runtime.push(fresh_runtime(rule));
+                    runtime.push(fresh_runtime(rule, &self.config));
                     if let Some(pos) = self.retired.iter().position(|r| r.name == rule.name && r.kind == rule.kind()) {
                         revive.push(self.retired.remove(pos).saved);
                     }
@@ -256,8 +286,12 @@ impl Engine {
     }
 
     /// Processes one input event at processing time `now`, appending what it causes to `out`.
-    pub fn process(&mut self, mut event: Event, now: Timestamp, out: &mut Outputs) {
-        let now = now.millis();
+    pub fn process(&mut self, event: Event, now: Timestamp, out: &mut Outputs) {
+        self.process_event(event, now.millis(), out);
+        self.finish_step(now.millis(), out);
+    }
+
+    fn process_event(&mut self, mut event: Event, now: i64, out: &mut Outputs) {
         self.prepare(now, out);
         self.fire(Clock::Processing, now, out);
         if self.config.dedup
@@ -304,6 +338,57 @@ impl Engine {
             self.watermark = self.watermark.max(now);
             self.fire(Clock::Event, self.watermark, out);
         }
+        self.finish_step(now, out);
+    }
+
+    /// After each step: reports of rules at their key limit that are due, and a purge of
+    /// timer entries for keys no longer tracked once they have piled up.
+    fn finish_step(&mut self, now: i64, out: &mut Outputs) {
+        if (out.keys_refused > 0 || out.keys_evicted > 0) && self.key_report_due.is_none() {
+            self.key_report_due = Some(now);
+        }
+        if self.key_report_due.is_some_and(|due| now >= due) {
+            self.report_key_limits(now, out);
+        }
+        if self.clock.len() + self.event_timers.len() > self.timer_purge_at {
+            let runtime = &self.runtime;
+            let tracked = |t: &crate::timers::Timer| {
+                runtime.get(t.rule() as usize).and_then(|rt| rt.state.key_set()).is_some_and(|keys| keys.tracks(&t.key))
+            };
+            self.clock.retain(tracked);
+            self.event_timers.retain(tracked);
+            self.timer_purge_at = (2 * (self.clock.len() + self.event_timers.len())).max(MIN_TIMER_PURGE);
+        }
+    }
+
+    /// One report per rule that refused or evicted keys, unless it reported less than
+    /// `key_report_interval_ms` ago (then it waits, and its counts add up).
+    fn report_key_limits(&mut self, now: i64, out: &mut Outputs) {
+        let interval = self.config.key_report_interval_ms;
+        let mut next: Option<i64> = None;
+        for (rule, rt) in self.rules.iter().zip(&mut self.runtime) {
+            let Some(keys) = rt.state.key_set_mut() else { continue };
+            if keys.pending().is_none() {
+                continue;
+            }
+            let due = rt.last_key_report.map_or(now, |t| t.saturating_add(interval));
+            if now < due {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            let (refused, evicted, since) = keys.take_counts();
+            let limit = keys.limit();
+            out.key_limits.push(KeyLimitReport {
+                rule: rule.name.clone(),
+                max_keys: limit.max,
+                on_full: limit.on_full,
+                refused,
+                evicted,
+                since: Timestamp(since),
+            });
+            rt.last_key_report = Some(now);
+        }
+        self.key_report_due = next;
     }
 
     /// Moves the watermark to `upto`: releases held events up to it in event-time order,
@@ -512,8 +597,17 @@ fn event_timed(rule: &Rule) -> bool {
     matches!(rule.kind, RuleKind::Window { .. } | RuleKind::Sequence { .. })
 }
 
-fn fresh_runtime(rule: &Rule) -> Runtime {
-    Runtime { state: KindState::for_rule(rule), failures: 0, disabled: false }
+fn fresh_runtime(rule: &Rule, config: &EngineConfig) -> Runtime {
+    Runtime {
+        state: KindState::for_rule(rule, key_limit(rule, config)),
+        failures: 0,
+        disabled: false,
+        last_key_report: None,
+    }
+}
+
+fn key_limit(rule: &Rule, config: &EngineConfig) -> KeyLimit {
+    KeyLimit { max: rule.max_keys(config.max_keys_per_rule).max(1), on_full: rule.on_full() }
 }
 
 fn dispatch(cx: &mut Cx<'_>, tables: &Tables, state: &mut KindState, key: &str, x: &Ev<'_>) {

@@ -41,8 +41,8 @@ pub mod topic;
 
 pub use engine::{Engine, EngineConfig, EngineStats, StateError};
 pub use event::{Event, EventId};
-pub use output::{Composite, CompositeId, Outputs, RuleFault, Touched};
-pub use rule::{Origin, Rule, RuleSet};
+pub use output::{Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
+pub use rule::{OnFull, Origin, Rule, RuleSet};
 pub use sandbox::{CompileError, Limits, Sandbox};
 pub use tables::{Table, TableError, Tables};
 pub use time::Timestamp;

@@ -88,6 +88,36 @@ impl fmt::Display for RuleFault {
     }
 }
 
+/// A rule ran into its key limit: since `since` it refused `refused` new keys and evicted
+/// `evicted` old ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLimitReport {
+    pub rule: Arc<str>,
+    /// The rule's limit.
+    pub max_keys: usize,
+    /// What it does at the limit.
+    pub on_full: crate::OnFull,
+    pub refused: u64,
+    pub evicted: u64,
+    /// Processing time of the first refusal or eviction this report covers.
+    pub since: Timestamp,
+}
+
+impl fmt::Display for KeyLimitReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rule `{}` tracks its maximum of {} keys (on_full = \"{}\"): {} new keys refused, {} evicted since {}",
+            self.rule,
+            self.max_keys,
+            self.on_full.as_str(),
+            self.refused,
+            self.evicted,
+            self.since.to_rfc3339()
+        )
+    }
+}
+
 /// Everything one call of [`crate::Engine::process`] produced. Reused between calls so the
 /// hot path does not allocate a fresh vector per event.
 #[derive(Debug, Default)]
@@ -102,8 +132,14 @@ pub struct Outputs {
     pub duplicates: usize,
     /// Inputs older than the allowed lateness: not processed, returned for dead-lettering.
     pub late: Vec<crate::Event>,
-    /// New keys refused because a rule tracks its maximum already.
+    /// New keys refused: a rule that refuses tracks its maximum already, or the key is
+    /// longer than 256 bytes.
     pub keys_refused: usize,
+    /// Keys forgotten to make room for new ones (rules with `on_full: "evict_oldest"`).
+    pub keys_evicted: usize,
+    /// Rules that refused or evicted keys, at most one report per rule per
+    /// [`crate::EngineConfig::key_report_interval_ms`]: publish these, not every refusal.
+    pub key_limits: Vec<KeyLimitReport>,
     /// Partial sequence matches dropped because a key had its maximum already.
     pub partials_dropped: usize,
     /// State that changed (or went away) and should be persisted: export each with
@@ -133,6 +169,8 @@ impl Outputs {
         self.duplicates = 0;
         self.late.clear();
         self.keys_refused = 0;
+        self.keys_evicted = 0;
+        self.key_limits.clear();
         self.partials_dropped = 0;
         self.touched.clear();
     }

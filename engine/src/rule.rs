@@ -24,6 +24,31 @@ impl fmt::Display for Origin {
     }
 }
 
+/// What a rule does with a new key when it already tracks its maximum (`on_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnFull {
+    /// The new key is not tracked (its events are ignored by this rule), and counted: the
+    /// keys already tracked are kept. The default of heartbeat rules, whose keys are the
+    /// fleet being watched: the least recently seen device is exactly the one that went
+    /// silent, so evicting it would hide the absence the rule exists to report.
+    Refuse,
+    /// The key seen least recently is forgotten to make room, and counted. The default of
+    /// every other kind: a source that invents a new id per message cycles through its
+    /// own junk keys while devices that keep reporting stay, and nothing is locked out for
+    /// good once the junk stops.
+    EvictOldest,
+}
+
+impl OnFull {
+    /// As written in a rule: `"refuse"` or `"evict_oldest"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFull::Refuse => "refuse",
+            OnFull::EvictOldest => "evict_oldest",
+        }
+    }
+}
+
 /// A window's extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Extent {
@@ -126,8 +151,10 @@ pub struct Rule {
     /// Builds the composite event's data; absent means a kind-specific default.
     pub(crate) emit: Option<Func>,
     pub(crate) kind: RuleKind,
-    /// Most keys this rule tracks; new keys beyond it are refused and counted.
-    pub(crate) max_keys: usize,
+    /// Most keys this rule tracks; absent: the engine's `max_keys_per_rule`.
+    pub(crate) max_keys: Option<usize>,
+    /// What happens to a new key when the rule is full; absent: the kind's default.
+    pub(crate) on_full: Option<OnFull>,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
 }
@@ -141,6 +168,19 @@ impl Rule {
     /// Does this rule listen to `topic`?
     pub fn listens_to(&self, topic: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(topic))
+    }
+
+    /// What happens to a new key when this rule tracks its maximum already.
+    pub fn on_full(&self) -> OnFull {
+        self.on_full.unwrap_or(match self.kind {
+            RuleKind::Heartbeat { .. } => OnFull::Refuse,
+            _ => OnFull::EvictOldest,
+        })
+    }
+
+    /// Most keys this rule tracks, given the engine-wide default.
+    pub fn max_keys(&self, default: usize) -> usize {
+        self.max_keys.unwrap_or(default)
     }
 
     /// The lookup table this rule expects its keys from, if any.

@@ -191,6 +191,7 @@ impl Sandbox {
                 emit: d.emit,
                 kind: d.kind,
                 max_keys: d.max_keys,
+                on_full: d.on_full,
                 ast: ast.clone(),
             });
         }

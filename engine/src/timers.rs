@@ -85,6 +85,11 @@ impl Timers {
         self.heap.len()
     }
 
+    /// Keeps only the entries for which `keep` holds.
+    pub(crate) fn retain(&mut self, keep: impl FnMut(&Timer) -> bool) {
+        self.heap.retain(keep);
+    }
+
     /// Renumbers rules after a reload: `map(old index)` is the new index, or `None` for a
     /// rule that went away (its timers are dropped).
     pub(crate) fn remap(&mut self, map: impl Fn(u32) -> Option<u32>) {

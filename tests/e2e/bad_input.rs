@@ -103,3 +103,49 @@ async fn too_deep_too_long_and_wrong_types_are_dead_lettered_with_their_reason()
         agent.stop().await;
     }
 }
+
+/// A sensor that invents a new device id per message: the rule stays within its key limit,
+/// evicts the least recently seen keys, and the agent reports it once (not per message) on
+/// `<prefix>/agent/events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_device_ids_is_bounded_and_reported_once() {
+    const HOT: &str = r#"
+rule("hot", #{
+    on: "sensors/{device}/temperature",
+    when: |e| e.value > 80.0,
+    clear: |e| e.value < 70.0,
+    max_keys: 3,
+});
+"#;
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &[("hot.rhai", HOT)]).await;
+    // One subscriber for everything the agent publishes: what it sends in order arrives in order.
+    let mut cloud = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/#").await;
+    let mut sensor = Publisher::connect(addr, "sensor").await;
+    for i in 0..20 {
+        sensor.publish(&format!("sensors/junk-{i}/temperature"), "20").await;
+    }
+    sensor.publish("sensors/t-01/temperature", "99").await;
+    let mut reports = Vec::new();
+    loop {
+        let m = cloud.next().await;
+        if m.topic.ends_with("/agent/events") {
+            let ev = m.json();
+            if ev["type"] == "edgewatch.agent.key_limit" {
+                reports.push(ev);
+            }
+        }
+        if m.topic.ends_with("/events/hot") {
+            assert_eq!(m.json()["subject"], "t-01", "a new device still works");
+            break;
+        }
+    }
+    assert_eq!(reports.len(), 1, "one report per rule per interval, not one per message: {reports:?}");
+    let data = &reports[0]["data"];
+    assert_eq!((data["rule"].as_str(), data["max_keys"].as_u64()), (Some("hot"), Some(3)), "{data}");
+    assert_eq!(data["on_full"], "evict_oldest", "{data}");
+    assert_eq!(data["evicted"], 1, "the first eviction is reported at once: {data}");
+    assert_eq!(agent.stats.keys_evicted.load(std::sync::atomic::Ordering::Relaxed), 18);
+    agent.stop().await;
+}

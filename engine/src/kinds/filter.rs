@@ -1,9 +1,8 @@
 //! Filters (every matching event) and thresholds (the edge, with hysteresis).
 
+use super::Keyed;
 use super::{Cx, Ev, entry};
 use crate::func::Func;
-use std::collections::HashMap;
-use std::sync::Arc;
 
 /// A filter: emit for every event where `when` holds.
 pub(crate) fn on_event_filter(cx: &mut Cx<'_>, when: Option<&Func>, key: &str, x: &Ev<'_>) {
@@ -20,7 +19,7 @@ pub(crate) fn on_event_filter(cx: &mut Cx<'_>, when: Option<&Func>, key: &str, x
 pub(crate) fn on_event_threshold(
     cx: &mut Cx<'_>,
     (when, clear, emit_clear): (&Func, Option<&Func>, Option<&Func>),
-    state: &mut HashMap<Arc<str>, bool>,
+    state: &mut Keyed<bool>,
     key: &str,
     x: &Ev<'_>,
 ) {

@@ -1,12 +1,12 @@
 //! Custom handlers: `on_event` with `this` bound to the key's own state map, `emit(...)` for
 //! output, and `after(delay, name, data)` / `cancel(name)` for timers that call `on_timer`.
 
+use super::Keyed;
 use super::{Cx, Ev, entry, timer_input};
 use crate::context::{self, TimerRequest};
 use crate::event::EventId;
 use crate::func::Func;
 use rhai::{Dynamic, ImmutableString};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Most pending timers one key may have.
@@ -61,7 +61,7 @@ fn run(cx: &mut Cx<'_>, f: &Func, key: &Arc<str>, s: &mut HandlerState, args: Ve
 pub(crate) fn on_event(
     cx: &mut Cx<'_>,
     (on_event, init): (&Func, &Dynamic),
-    state: &mut HashMap<Arc<str>, HandlerState>,
+    state: &mut Keyed<HandlerState>,
     key: &str,
     x: &Ev<'_>,
 ) {
@@ -74,7 +74,7 @@ pub(crate) fn on_event(
 pub(crate) fn on_timer(
     cx: &mut Cx<'_>,
     on_timer: Option<&Func>,
-    state: &mut HashMap<Arc<str>, HandlerState>,
+    state: &mut Keyed<HandlerState>,
     key: &Arc<str>,
     at: i64,
 ) {
@@ -98,7 +98,7 @@ pub(crate) fn on_timer(
 }
 
 /// Restores one key's state and re-arms its timers.
-pub(crate) fn restore(cx: &mut Cx<'_>, state: &mut HashMap<Arc<str>, HandlerState>, key: Arc<str>, s: HandlerState) {
+pub(crate) fn restore(cx: &mut Cx<'_>, state: &mut Keyed<HandlerState>, key: Arc<str>, s: HandlerState) {
     for (_, deadline, _) in &s.timers {
         cx.set_timer(*deadline, &key, 0);
     }

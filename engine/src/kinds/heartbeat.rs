@@ -12,7 +12,7 @@
 //! says. One timer entry per key at most; a message only moves the deadline, and the entry
 //! reschedules itself when it fires early, so a tick costs O(expired).
 
-use super::{Cx, Ev, entry, timer_input};
+use super::{Cx, Ev, KeyLimit, Keyed, entry_pinned, timer_input};
 use crate::declare::duration_ms;
 use crate::event::EventId;
 use crate::func::Func;
@@ -20,7 +20,6 @@ use crate::rule::HeartbeatSpec;
 use crate::tables::Tables;
 use crate::time::Timestamp;
 use rhai::{Dynamic, Map};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 const NONE: i64 = i64::MIN;
@@ -69,11 +68,17 @@ impl Hb {
 }
 
 /// Every key of one heartbeat rule.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct HeartbeatState {
-    pub(crate) keys: HashMap<Arc<str>, Hb>,
+    pub(crate) keys: Keyed<Hb>,
     /// The expected-devices registry has been loaded into `keys`.
     pub(crate) registry_loaded: bool,
+}
+
+impl HeartbeatState {
+    pub(crate) fn new(limit: KeyLimit) -> Self {
+        HeartbeatState { keys: Keyed::new(limit), registry_loaded: false }
+    }
 }
 
 /// Loads the registry of expected keys: each one not yet tracked gets a deadline of
@@ -89,7 +94,8 @@ pub(crate) fn load_registry(cx: &mut Cx<'_>, spec: &HeartbeatSpec, tables: &Tabl
         if state.keys.contains_key(key) {
             continue;
         }
-        if state.keys.len() >= cx.rule.max_keys {
+        if state.keys.len() >= state.keys.limit().max {
+            state.keys.count_refused(cx.now);
             cx.out.keys_refused += 1;
             continue;
         }
@@ -230,7 +236,10 @@ pub(crate) fn on_event(
         };
         from_payload.or_else(|| table_timeout(spec, tables, key)).unwrap_or(spec.timeout_ms)
     };
-    let Some((key, hb)) = entry(&mut state.keys, key, cx, || Hb::new(now, timeout)) else { return };
+    // Devices of the expected registry are never evicted to make room for others.
+    let registry = spec.expected.as_deref().and_then(|name| tables.get(name));
+    let pinned = |k: &str| registry.is_some_and(|t| t.get(k).is_some());
+    let Some((key, hb)) = entry_pinned(&mut state.keys, key, cx, || Hb::new(now, timeout), &pinned) else { return };
 
     if offline {
         if hb.missing_since == NONE {

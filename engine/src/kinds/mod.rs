@@ -4,6 +4,7 @@
 pub(crate) mod filter;
 pub(crate) mod handler;
 pub(crate) mod heartbeat;
+pub(crate) mod keys;
 pub(crate) mod sequence;
 pub(crate) mod stuck;
 pub(crate) mod window;
@@ -15,9 +16,9 @@ use crate::output::{Composite, CompositeId, Outputs, RuleFault, Touched};
 use crate::rule::Rule;
 use crate::sandbox::describe;
 use crate::timers::Timers;
+pub(crate) use keys::{KeyLimit, Keyed};
 use rhai::{Array, Dynamic, EvalAltResult, Map};
 use std::cell::OnceCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The event as rules see it, built only as far as needed: native predicates read the event
@@ -97,61 +98,134 @@ pub(crate) fn event_fields(event: &Event) -> Map {
 pub(crate) enum KindState {
     #[default]
     Stateless,
-    Threshold(HashMap<Arc<str>, bool>),
-    Window(HashMap<Arc<str>, window::WindowState>),
-    Stuck(HashMap<Arc<str>, stuck::StuckState>),
-    Sequence(HashMap<Arc<str>, sequence::SeqState>),
+    Threshold(Keyed<bool>),
+    Window(Keyed<window::WindowState>),
+    Stuck(Keyed<stuck::StuckState>),
+    Sequence(Keyed<sequence::SeqState>),
     Heartbeat(heartbeat::HeartbeatState),
-    Handler(HashMap<Arc<str>, handler::HandlerState>),
+    Handler(Keyed<handler::HandlerState>),
+}
+
+/// What the engine asks of any rule's keys, whatever their state type.
+pub(crate) trait KeySet {
+    fn len(&self) -> usize;
+    fn tracks(&self, key: &str) -> bool;
+    fn limit(&self) -> KeyLimit;
+    fn set_limit(&mut self, limit: KeyLimit);
+    /// When the first refusal or eviction not reported yet happened, if there is one.
+    fn pending(&self) -> Option<i64>;
+    /// Refused and evicted since the last call, and when the first of them happened.
+    fn take_counts(&mut self) -> (u64, u64, i64);
+}
+
+impl<S> KeySet for Keyed<S> {
+    fn len(&self) -> usize {
+        Keyed::len(self)
+    }
+    fn tracks(&self, key: &str) -> bool {
+        self.contains_key(key)
+    }
+    fn limit(&self) -> KeyLimit {
+        Keyed::limit(self)
+    }
+    fn set_limit(&mut self, limit: KeyLimit) {
+        Keyed::set_limit(self, limit);
+    }
+    fn pending(&self) -> Option<i64> {
+        self.since
+    }
+    fn take_counts(&mut self) -> (u64, u64, i64) {
+        Keyed::take_counts(self)
+    }
 }
 
 impl KindState {
-    /// Fresh state for a rule of this kind.
-    pub(crate) fn for_rule(rule: &Rule) -> KindState {
+    /// Fresh state for a rule of this kind, tracking keys within `limit`.
+    pub(crate) fn for_rule(rule: &Rule, limit: KeyLimit) -> KindState {
         use crate::rule::RuleKind as K;
         match &rule.kind {
             K::Filter { .. } => KindState::Stateless,
-            K::Threshold { .. } => KindState::Threshold(HashMap::new()),
-            K::Window { .. } => KindState::Window(HashMap::new()),
-            K::Stuck { .. } => KindState::Stuck(HashMap::new()),
-            K::Sequence { .. } => KindState::Sequence(HashMap::new()),
-            K::Heartbeat { .. } => KindState::Heartbeat(heartbeat::HeartbeatState::default()),
-            K::Handler { .. } => KindState::Handler(HashMap::new()),
+            K::Threshold { .. } => KindState::Threshold(Keyed::new(limit)),
+            K::Window { .. } => KindState::Window(Keyed::new(limit)),
+            K::Stuck { .. } => KindState::Stuck(Keyed::new(limit)),
+            K::Sequence { .. } => KindState::Sequence(Keyed::new(limit)),
+            K::Heartbeat { .. } => KindState::Heartbeat(heartbeat::HeartbeatState::new(limit)),
+            K::Handler { .. } => KindState::Handler(Keyed::new(limit)),
+        }
+    }
+
+    /// The keys, if the rule keeps per-key state.
+    pub(crate) fn key_set(&self) -> Option<&dyn KeySet> {
+        match self {
+            KindState::Stateless => None,
+            KindState::Threshold(m) => Some(m),
+            KindState::Window(m) => Some(m),
+            KindState::Stuck(m) => Some(m),
+            KindState::Sequence(m) => Some(m),
+            KindState::Heartbeat(h) => Some(&h.keys),
+            KindState::Handler(m) => Some(m),
+        }
+    }
+
+    pub(crate) fn key_set_mut(&mut self) -> Option<&mut dyn KeySet> {
+        match self {
+            KindState::Stateless => None,
+            KindState::Threshold(m) => Some(m),
+            KindState::Window(m) => Some(m),
+            KindState::Stuck(m) => Some(m),
+            KindState::Sequence(m) => Some(m),
+            KindState::Heartbeat(h) => Some(&mut h.keys),
+            KindState::Handler(m) => Some(m),
         }
     }
 
     /// Keys tracked.
     pub(crate) fn keys(&self) -> usize {
-        match self {
-            KindState::Stateless => 0,
-            KindState::Threshold(m) => m.len(),
-            KindState::Window(m) => m.len(),
-            KindState::Stuck(m) => m.len(),
-            KindState::Sequence(m) => m.len(),
-            KindState::Heartbeat(h) => h.keys.len(),
-            KindState::Handler(m) => m.len(),
-        }
+        self.key_set().map_or(0, KeySet::len)
     }
 }
 
-/// The per-key entry for `key`, created with `init` when new and the rule has room.
-/// Returns the shared key and the state, or `None` when the rule is at `max_keys`.
+/// The per-key entry for `key`, created with `init` when new; a sighting of the key.
+/// Returns the shared key and the state, or `None` when the key is refused (the rule is full
+/// and refuses, or the key is longer than [`keys::MAX_KEY_BYTES`]).
 pub(crate) fn entry<'m, S>(
-    map: &'m mut HashMap<Arc<str>, S>,
+    keyed: &'m mut Keyed<S>,
     key: &str,
     cx: &mut Cx<'_>,
     init: impl FnOnce() -> S,
 ) -> Option<(Arc<str>, &'m mut S)> {
-    if !map.contains_key(key) {
-        if map.len() >= cx.rule.max_keys {
+    entry_pinned(keyed, key, cx, init, &|_| false)
+}
+
+/// [`entry`], where keys for which `pinned` holds are never evicted to make room.
+pub(crate) fn entry_pinned<'m, S>(
+    keyed: &'m mut Keyed<S>,
+    key: &str,
+    cx: &mut Cx<'_>,
+    init: impl FnOnce() -> S,
+    pinned: &dyn Fn(&str) -> bool,
+) -> Option<(Arc<str>, &'m mut S)> {
+    if !keyed.contains_key(key) {
+        if key.len() > keys::MAX_KEY_BYTES {
+            keyed.count_refused(cx.now);
             cx.out.keys_refused += 1;
             return None;
         }
-        map.insert(Arc::from(key), init());
+        let mut evicted = Vec::new();
+        let room = keyed.make_room(pinned, &mut evicted, cx.now);
+        for gone in &evicted {
+            cx.out.keys_evicted += 1;
+            cx.touch(gone);
+        }
+        if !room {
+            cx.out.keys_refused += 1;
+            return None;
+        }
+        keyed.insert(Arc::from(key), init());
     }
-    let k = map.get_key_value(key)?.0.clone();
+    let k = keyed.saw(key)?;
     cx.touch(&k);
-    let v = map.get_mut(key)?;
+    let v = keyed.get_mut(key)?;
     Some((k, v))
 }
 

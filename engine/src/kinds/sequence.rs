@@ -8,11 +8,11 @@
 //! time is up with none of them seen ("door opened, then no badge within 10 s"). Partials
 //! that run out of time otherwise are dropped.
 
+use super::Keyed;
 use super::{Cx, Ev, entry};
 use crate::event::EventId;
 use crate::rule::Step;
 use rhai::{Dynamic, Map};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -93,7 +93,7 @@ fn expire(cx: &mut Cx<'_>, steps: &[Step], within_ms: i64, key: &str, s: &mut Se
 pub(crate) fn on_event(
     cx: &mut Cx<'_>,
     (steps, within_ms, max_partial): (&[Step], i64, usize),
-    state: &mut HashMap<Arc<str>, SeqState>,
+    state: &mut Keyed<SeqState>,
     key: &str,
     x: &Ev<'_>,
 ) {
@@ -173,7 +173,7 @@ pub(crate) fn on_event(
 pub(crate) fn on_timer(
     cx: &mut Cx<'_>,
     (steps, within_ms): (&[Step], i64),
-    state: &mut HashMap<Arc<str>, SeqState>,
+    state: &mut Keyed<SeqState>,
     key: &Arc<str>,
     deadline: i64,
 ) {
@@ -192,13 +192,7 @@ pub(crate) fn on_timer(
 }
 
 /// Restores one key's partial matches and re-arms their deadlines.
-pub(crate) fn restore(
-    cx: &mut Cx<'_>,
-    within_ms: i64,
-    state: &mut HashMap<Arc<str>, SeqState>,
-    key: Arc<str>,
-    s: SeqState,
-) {
+pub(crate) fn restore(cx: &mut Cx<'_>, within_ms: i64, state: &mut Keyed<SeqState>, key: Arc<str>, s: SeqState) {
     for p in &s.partials {
         cx.set_timer(p.start + within_ms, &key, 0);
     }

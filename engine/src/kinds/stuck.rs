@@ -3,12 +3,11 @@
 //! Judged on each reading: the reading that shows the value unchanged for `for` fires once;
 //! the first reading that moves re-arms the rule.
 
+use super::Keyed;
 use super::{Cx, Ev, entry};
 use crate::declare::number;
 use crate::func::Func;
 use rhai::{Dynamic, Map};
-use std::collections::HashMap;
-use std::sync::Arc;
 
 /// One key's reference value.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -21,7 +20,7 @@ pub(crate) struct StuckState {
 pub(crate) fn on_event(
     cx: &mut Cx<'_>,
     (for_ms, tolerance, value): (i64, f64, Option<&Func>),
-    state: &mut HashMap<Arc<str>, StuckState>,
+    state: &mut Keyed<StuckState>,
     key: &str,
     x: &Ev<'_>,
 ) {

@@ -7,13 +7,14 @@
 //! without `when` it emits its aggregates for every event that enters it. Tumbling windows
 //! are judged once each, when they close: by the next event past their end, or by a timer.
 
+use super::Keyed;
 use super::{Cx, Ev, entry, timer_input, with_field};
 use crate::declare::number;
 use crate::func::Func;
 use crate::native::{Aggregates, View};
 use crate::rule::{Extent, WindowSpec};
 use rhai::{Dynamic, Map};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// One key's window.
@@ -138,7 +139,7 @@ fn value_of(cx: &mut Cx<'_>, spec: &WindowSpec, x: &Ev<'_>) -> Option<f64> {
 pub(crate) fn on_event(
     cx: &mut Cx<'_>,
     (spec, when, clear): (&WindowSpec, Option<&Func>, Option<&Func>),
-    state: &mut HashMap<Arc<str>, WindowState>,
+    state: &mut Keyed<WindowState>,
     key: &str,
     x: &Ev<'_>,
 ) {
@@ -273,7 +274,7 @@ fn close(cx: &mut Cx<'_>, when: Option<&Func>, key: &Arc<str>, w: &mut WindowSta
 pub(crate) fn on_timer(
     cx: &mut Cx<'_>,
     (spec, when): (&WindowSpec, Option<&Func>),
-    state: &mut HashMap<Arc<str>, WindowState>,
+    state: &mut Keyed<WindowState>,
     key: &Arc<str>,
     deadline: i64,
 ) {
@@ -309,7 +310,7 @@ pub(crate) fn save(w: &WindowState) -> SavedWindow {
 pub(crate) fn restore(
     cx: &mut Cx<'_>,
     spec: &WindowSpec,
-    state: &mut HashMap<Arc<str>, WindowState>,
+    state: &mut Keyed<WindowState>,
     key: Arc<str>,
     saved: SavedWindow,
 ) {

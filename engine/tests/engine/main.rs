@@ -5,6 +5,7 @@ mod basics;
 mod chaining;
 mod handler;
 mod heartbeat;
+mod keys;
 mod persistence;
 mod properties;
 mod quality;

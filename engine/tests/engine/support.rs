@@ -1,6 +1,8 @@
 //! A harness that drives an engine under virtual time.
 
-use edgewatch_engine::{Dynamic, Engine, EngineConfig, Event, Outputs, RuleSet, Sandbox, Table, Tables, Timestamp};
+use edgewatch_engine::{
+    Dynamic, Engine, EngineConfig, Event, KeyLimitReport, Outputs, RuleSet, Sandbox, Table, Tables, Timestamp, Touched,
+};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -12,6 +14,13 @@ pub struct H {
     pub out: Outputs,
     /// Every fault seen, as text.
     pub faults: Vec<String>,
+    /// Keys refused and evicted so far, and the key-limit reports.
+    pub refused: usize,
+    pub evicted: usize,
+    pub key_limits: Vec<KeyLimitReport>,
+    /// State named as changed, when `record_touched` is set.
+    pub touched: Vec<Touched>,
+    pub record_touched: bool,
 }
 
 impl H {
@@ -20,10 +29,23 @@ impl H {
     }
 
     pub fn with(src: &str, tables: Tables, config: EngineConfig) -> H {
-        let sandbox = Arc::new(Sandbox::default());
+        H::with_sandbox(Sandbox::default(), src, tables, config)
+    }
+
+    pub fn with_sandbox(sandbox: Sandbox, src: &str, tables: Tables, config: EngineConfig) -> H {
+        let sandbox = Arc::new(sandbox);
         let (rules, errors) = RuleSet::compile(&sandbox, [("test.rhai", src)]);
         assert!(errors.is_empty(), "compile errors: {errors:?}");
-        H { engine: Engine::with_config(sandbox, rules, tables, config), out: Outputs::default(), faults: Vec::new() }
+        H {
+            engine: Engine::with_config(sandbox, rules, tables, config),
+            out: Outputs::default(),
+            faults: Vec::new(),
+            refused: 0,
+            evicted: 0,
+            key_limits: Vec::new(),
+            touched: Vec::new(),
+            record_touched: false,
+        }
     }
 
     /// The outputs so far, as (rule, key, time, data); clears them.
@@ -33,6 +55,12 @@ impl H {
 
     fn drain(&mut self) -> Vec<Out> {
         self.faults.extend(self.out.faults.iter().map(|f| f.to_string()));
+        self.refused += self.out.keys_refused;
+        self.evicted += self.out.keys_evicted;
+        self.key_limits.append(&mut self.out.key_limits);
+        if self.record_touched {
+            self.touched.append(&mut self.out.touched);
+        }
         let v = self
             .out
             .events
