@@ -55,6 +55,8 @@ pub enum AgentError {
     Store(#[from] store::StoreError),
     #[error("an agent task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ListenError),
 }
 
 /// Connection state, for readiness checks (tests, the demo, later `/healthz`).
@@ -81,6 +83,8 @@ enum Input {
         payload: Bytes,
         format: Format,
         received: Timestamp,
+        /// When it came off the socket, for the latency histogram.
+        arrived: Instant,
         ack: Option<AckToken>,
     },
     /// The sensor link went down: silence says nothing about devices meanwhile.
@@ -149,6 +153,8 @@ pub struct Agent {
     files: RuleFiles,
     /// The rules' status at start, published retained.
     initial_status: serde_json::Value,
+    /// The `/metrics` and `/healthz` listener, bound at start (a taken port refuses to start).
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Agent {
@@ -161,7 +167,7 @@ impl Agent {
         let sandbox = Arc::new(Sandbox::new(Limits { max_operations: config.max_operations, ..Limits::default() }));
         let mut files = RuleFiles::new(&config.rules_dir, config.tables.clone(), sandbox.clone());
         let scan = files.scan(wall_clock())?;
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(config.subscriptions.iter().map(|s| s.filter.clone()).collect()));
         for error in &scan.errors {
             stats.rule_file_errors.fetch_add(1, Relaxed);
             tracing::error!(%error, "Rule file or table not loaded.");
@@ -170,6 +176,7 @@ impl Agent {
         if scan.rules.is_empty() {
             tracing::warn!(dir = %config.rules_dir.display(), "No rules: events will be received but nothing will fire.");
         }
+        stats.detail.rules_loaded.store(scan.rules.len() as u64, Relaxed);
         let mut engine =
             Engine::with_config(sandbox, scan.rules, scan.tables.unwrap_or_default(), config.engine.clone());
         let mut startup_events = Vec::new();
@@ -217,7 +224,8 @@ impl Agent {
             Outbox::Memory(Arc::new(Mutex::new(VecDeque::new())), Arc::new(Mutex::new(0)))
         };
         let (ready, _) = watch::channel(Readiness::default());
-        Ok(Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status })
+        let metrics = config.metrics_listen.map(crate::metrics::bind).transpose()?;
+        Ok(Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status, metrics })
     }
 
     /// The counters, live.
@@ -237,7 +245,7 @@ impl Agent {
 
     /// Runs until `shutdown` completes, then drains and returns the final counters.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Snapshot, AgentError> {
-        let Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status } = self;
+        let Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status, metrics } = self;
         let config = Arc::new(config);
         let ready = Arc::new(ready);
         let cap = config.queue_capacity;
@@ -248,6 +256,18 @@ impl Agent {
             let _ = stop_tx.send(true);
         });
 
+        let metrics_server = metrics.map(|listener| {
+            let sources = Arc::new(metrics_sources(&outbox, stats.clone(), ready.subscribe()));
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(error) = crate::metrics::serve(listener, sources, stopped).await {
+                    tracing::error!(%error, "Metrics listener failed.");
+                }
+            })
+        });
         let (in_tx, in_rx) = mpsc::channel::<Input>(cap);
         let (ack_tx, ack_rx) = mpsc::channel::<Vec<AckToken>>(64);
         let packet = config.max_payload_bytes.saturating_add(64 * 1024);
@@ -344,10 +364,34 @@ impl Agent {
         acker.await?;
         publisher.await?;
         poller.await?;
+        if let Some(server) = metrics_server {
+            server.await?;
+        }
         let summary = stats.snapshot();
         tracing::info!(%summary, "Agent stopped.");
         Ok(summary)
     }
+}
+
+/// What `/metrics` reads from this agent.
+fn metrics_sources(outbox: &Outbox, stats: Arc<Stats>, ready: watch::Receiver<Readiness>) -> crate::metrics::Sources {
+    let (depth, disk): (crate::metrics::OutboxGauge, crate::metrics::DiskGauge) = match outbox {
+        Outbox::Durable(store) => {
+            let (a, b) = (store.clone(), store.clone());
+            (
+                Box::new(move || {
+                    let (n, bytes) = a.outbox_depth();
+                    (n as u64, bytes)
+                }),
+                Box::new(move || Some(b.size_on_disk())),
+            )
+        }
+        memory => {
+            let m = memory.clone();
+            (Box::new(move || (m.depth() as u64, 0)), Box::new(|| None))
+        }
+    };
+    crate::metrics::Sources { stats, ready, outbox: depth, disk }
 }
 
 async fn source_task(
@@ -368,6 +412,7 @@ async fn source_task(
         };
         match incoming {
             Incoming::Connected { session_present } => {
+                stats.connected(conn.name());
                 tracing::info!(connection = "source", session_present, "Connected to the source broker.");
                 subacks = 0;
                 // Subscribing goes through the request queue: never await it in this task.
@@ -403,11 +448,18 @@ async fn source_task(
             }
             Incoming::Publish { topic, payload, ack } => {
                 stats.received.fetch_add(1, Relaxed);
-                let format = subs.iter().find(|s| s.pattern.matches(&topic)).map(|s| s.format).unwrap_or_default();
+                let arrived = Instant::now();
+                let sub = subs.iter().position(|s| s.pattern.matches(&topic));
+                if let Some(counter) = sub.and_then(|i| stats.detail.received_by_subscription.get(i)) {
+                    counter.fetch_add(1, Relaxed);
+                }
+                let format = sub.and_then(|i| subs.get(i)).map(|s| s.format).unwrap_or_default();
                 let received = Timestamp::from_system_time(SystemTime::now());
-                if in_tx.send(Input::Message { topic, payload, format, received, ack }).await.is_err() {
+                if in_tx.send(Input::Message { topic, payload, format, received, arrived, ack }).await.is_err() {
                     break;
                 }
+                let depth = in_tx.max_capacity() - in_tx.capacity();
+                stats.detail.queue_depth.store(depth as u64, Relaxed);
             }
             Incoming::Unroutable { ack } => {
                 stats.decode_errors.fetch_add(1, Relaxed);
@@ -450,6 +502,8 @@ async fn acker_task(client: Client, mut acks: mpsc::Receiver<Vec<AckToken>>) {
 struct Pending {
     batch: Batch,
     acks: Vec<AckToken>,
+    /// Arrival of each message in the batch, for the commit latency.
+    arrived: Vec<Instant>,
     touched: HashSet<Touched>,
     /// Events for the in-memory outbox (durability off).
     memory: Vec<OutboxEntry>,
@@ -463,6 +517,7 @@ impl Pending {
         Pending {
             batch: Batch::default(),
             acks: Vec::new(),
+            arrived: Vec::new(),
             touched: HashSet::new(),
             memory: Vec::new(),
             messages: 0,
@@ -571,6 +626,7 @@ async fn engine_task(
             Some(Input::Reload(scan)) => {
                 let Scan { rules, tables, changed, errors, summary, status } = *scan;
                 if changed {
+                    stats.detail.rules_loaded.store(rules.len() as u64, Relaxed);
                     engine.reload(rules, wall_clock());
                     if let Some(tables) = tables {
                         engine.set_tables(tables);
@@ -586,11 +642,12 @@ async fn engine_task(
                 // Commit the status promptly even with no message in the batch.
                 pending.messages = pending.messages.max(1);
             }
-            Some(Input::Message { topic, payload, format, received, ack }) => {
+            Some(Input::Message { topic, payload, format, received, arrived, ack }) => {
                 if pending.messages == 0 {
                     pending.started = Instant::now();
                 }
                 pending.messages += 1;
+                pending.arrived.push(arrived);
                 if let Some(ack) = ack {
                     pending.acks.push(ack);
                 }
@@ -613,7 +670,9 @@ async fn engine_task(
                     Ok(value) => {
                         let event = Event::new(topic, value, &payload, received);
                         let topic = event.topic.clone();
+                        let began = std::time::Instant::now();
                         engine.process(event, wall_clock(), &mut outputs);
+                        stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
                         stats.processed.fetch_add(1, Relaxed);
                         if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
                             stats.unmatched(&topic);
@@ -710,11 +769,24 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
             },
         );
     }
+    if let (Some(first), Ok(mut by_rule)) = (outputs.events.first(), stats.detail.by_rule.lock()) {
+        // Events of one input usually come from one rule: look it up once.
+        let mut rule = first.rule.clone();
+        let mut n = 0u64;
+        for composite in &outputs.events {
+            if composite.rule != rule {
+                by_rule.entry(std::mem::replace(&mut rule, composite.rule.clone())).or_default().events += n;
+                n = 0;
+            }
+            n += 1;
+        }
+        by_rule.entry(rule).or_default().events += n;
+    }
     for composite in &outputs.events {
         stats.events.fetch_add(1, Relaxed);
         tracing::debug!(rule = %composite.rule, key = %composite.key, id = %composite.id, "Composite event.");
         let payload = CloudEvent::new(composite, source).to_json();
-        let topic = config.upstream.event_topic(&composite.rule);
+        let topic = config.upstream.event_topic(&composite.rule, &composite.key);
         queue(outbox, pending, OutboxEntry { topic, payload, qos: config.upstream.qos, retain: false });
     }
     if matches!(outbox, Outbox::Durable(_)) {
@@ -732,6 +804,7 @@ fn queue(outbox: &Outbox, pending: &mut Pending, entry: OutboxEntry) {
 /// Hands the batch to the committer (durable) or the in-memory outbox, with its acks.
 fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc::Permit<'_, CommitJob>, sent: &Notify) {
     let acks = std::mem::take(&mut pending.acks);
+    let arrived = std::mem::take(&mut pending.arrived);
     pending.messages = 0;
     match outbox {
         Outbox::Durable(store) => {
@@ -740,7 +813,7 @@ fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc:
                 store.put_state(&mut pending.batch, &what, value.as_deref());
             }
             let batch = std::mem::take(&mut pending.batch);
-            permit.send(CommitJob { batch, acks });
+            permit.send(CommitJob { batch, acks, arrived });
         }
         Outbox::Memory(q, next) => {
             if let (Ok(mut q), Ok(mut next)) = (q.lock(), next.lock()) {
@@ -749,7 +822,7 @@ fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc:
                     *next += 1;
                 }
             }
-            permit.send(CommitJob { batch: Batch::default(), acks });
+            permit.send(CommitJob { batch: Batch::default(), acks, arrived });
             sent.notify_one();
         }
     }
@@ -759,6 +832,7 @@ fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc:
 struct CommitJob {
     batch: Batch,
     acks: Vec<AckToken>,
+    arrived: Vec<Instant>,
 }
 
 /// Writes batches in order and flushes them, then releases their acks and wakes the
@@ -777,6 +851,7 @@ async fn committer_task(
             group.push(more);
         }
         let mut acks = Vec::new();
+        let arrived: Vec<Instant> = group.iter_mut().flat_map(|j| std::mem::take(&mut j.arrived)).collect();
         let mut ok = true;
         if let Some(store) = &store {
             let started = Instant::now();
@@ -798,6 +873,12 @@ async fn committer_task(
             }
         } else {
             acks.extend(group.into_iter().flat_map(|j| j.acks));
+        }
+        if ok {
+            let now = Instant::now();
+            for t in &arrived {
+                stats.detail.commit_latency_seconds.observe(now.duration_since(*t).as_secs_f64());
+            }
         }
         // Not on disk: no acks. The broker redelivers after a restart.
         if ok && !acks.is_empty() && ack_tx.send(acks).await.is_err() {
@@ -993,6 +1074,7 @@ async fn upstream_poll_task(
         };
         match incoming {
             Incoming::Connected { .. } => {
+                stats.connected(conn.name());
                 tracing::info!(connection = "upstream", "Connected to the upstream broker.");
                 ready.send_modify(|r| r.upstream_connected = true);
                 // The engine task publishes `online` (the last will may have said otherwise).

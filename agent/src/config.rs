@@ -10,6 +10,7 @@
 //! first level is not a config section (`EDGEWATCH_LOG`, ...) are not config and are ignored.
 
 use crate::decode::Format;
+pub use crate::emit::TopicTemplate;
 use edgewatch_engine::TopicPattern;
 use serde::Deserialize;
 use std::fmt;
@@ -204,11 +205,14 @@ pub struct RawAgent {
     pub id: String,
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Opt-in HTTP listener for `/metrics` (Prometheus) and `/healthz`, e.g. `127.0.0.1:9898`.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for RawAgent {
     fn default() -> Self {
-        RawAgent { id: default_agent_id(), state_dir: default_state_dir() }
+        RawAgent { id: default_agent_id(), state_dir: default_state_dir(), metrics_listen: None }
     }
 }
 
@@ -262,6 +266,13 @@ pub struct RawBroker {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// PEM CA certificates to trust for `mqtts://` (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and private key, for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     pub protocol: Option<Protocol>,
     #[serde(default, with = "humantime_serde")]
     pub keep_alive: Option<Duration>,
@@ -292,13 +303,16 @@ pub struct RawUpstream {
     pub broker: Option<RawBroker>,
     /// Topic prefix; default `edgewatch/<agent id>`.
     pub topic_prefix: Option<String>,
+    /// Where each composite event goes: a template with `{prefix}`, `{agent}`, `{rule}` and
+    /// `{key}`; default `{prefix}/events/{rule}`.
+    pub event_topic: Option<String>,
     #[serde(default = "default_qos")]
     pub qos: u8,
 }
 
 impl Default for RawUpstream {
     fn default() -> Self {
-        RawUpstream { broker: None, topic_prefix: None, qos: default_qos() }
+        RawUpstream { broker: None, topic_prefix: None, event_topic: None, qos: default_qos() }
     }
 }
 
@@ -388,6 +402,8 @@ pub struct Config {
     /// Names this gateway in event sources and topics; safe to put in a topic level.
     pub agent_id: String,
     pub state_dir: PathBuf,
+    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub rules_dir: PathBuf,
     /// Rhai operations per rule call.
     pub max_operations: u64,
@@ -436,6 +452,8 @@ pub struct BrokerConfig {
     pub keep_alive: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// `mqtts://`: TLS, never a fallback to plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// A topic filter the agent subscribes to, and how its payloads are decoded.
@@ -452,15 +470,18 @@ pub struct Subscription {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub broker: BrokerConfig,
-    /// Events go to `<topic_prefix>/events/<rule>`.
+    /// Status, dead letters and errors go under it; events by default too.
     pub topic_prefix: String,
+    /// Where each composite event goes.
+    pub event_topic: TopicTemplate,
     pub qos: u8,
 }
 
 impl UpstreamConfig {
-    /// The topic a rule's events are published on.
-    pub fn event_topic(&self, rule: &str) -> String {
-        format!("{}/events/{rule}", self.topic_prefix)
+    /// The topic an event of `rule` about `key` is published on. Rule and key can never
+    /// add a level, a wildcard or a `$` topic: see [`TopicTemplate`].
+    pub fn event_topic(&self, rule: &str, key: &str) -> String {
+        self.event_topic.render(&self.topic_prefix, rule, key)
     }
 
     /// Where malformed input is reported.
@@ -612,6 +633,12 @@ impl RawConfig {
             Some(b) => validate_broker("upstream.broker", b, &self.source, &format!("edgewatch-{}-up", self.agent.id))?,
             None => BrokerConfig { client_id: format!("{}-up", source.client_id), ..source.clone() },
         };
+        let metrics_listen = match &self.agent.metrics_listen {
+            None => None,
+            Some(addr) => Some(addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid("agent.metrics_listen", format!("`{addr}` is not an address and port like `127.0.0.1:9898`"))
+            })?),
+        };
         let topic_prefix = self.upstream.topic_prefix.unwrap_or_else(|| format!("edgewatch/{}", self.agent.id));
         if topic_prefix.is_empty() || topic_prefix.starts_with('/') || topic_prefix.ends_with('/') {
             return Err(invalid("upstream.topic_prefix", "must be non-empty and neither start nor end with `/`"));
@@ -620,6 +647,9 @@ impl RawConfig {
             check_level("upstream.topic_prefix", level)?;
         }
         let qos = check_qos("upstream.qos", self.upstream.qos)?;
+        let event_topic =
+            TopicTemplate::parse(self.upstream.event_topic.as_deref().unwrap_or("{prefix}/events/{rule}"))
+                .map_err(|m| invalid("upstream.event_topic", m))?;
         if self.limits.max_payload_bytes == 0 || self.limits.max_payload_bytes > 256 * 1024 * 1024 {
             return Err(invalid("limits.max_payload_bytes", "must be between 1 and 268435456"));
         }
@@ -673,15 +703,21 @@ impl RawConfig {
             return Err(invalid("state.flush_interval", "must be at most 1s (messages wait this long for their ack)"));
         }
         Ok(Config {
-            agent_id: self.agent.id,
+            agent_id: self.agent.id.clone(),
             state_dir: self.agent.state_dir,
+            metrics_listen,
             rules_dir: self.rules.dir,
             max_operations: self.rules.max_operations,
             watch_rules: self.rules.watch,
             control_topic: self.rules.control_topic.then(|| format!("{topic_prefix}/control/reload")),
             source,
             subscriptions,
-            upstream: UpstreamConfig { broker: upstream_broker, topic_prefix, qos },
+            upstream: UpstreamConfig {
+                broker: upstream_broker,
+                event_topic: event_topic.with_agent(&self.agent.id),
+                topic_prefix,
+                qos,
+            },
             max_payload_bytes: self.limits.max_payload_bytes,
             queue_capacity: self.limits.queue_capacity,
             max_json_depth: self.limits.max_json_depth,
@@ -703,24 +739,31 @@ fn validate_broker(
 ) -> Result<BrokerConfig, Invalid> {
     let key = |k: &str| format!("{section}.{k}");
     let url = raw.url.clone().or_else(|| inherit.url.clone()).unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
-    let (host, port) = parse_url(&url).map_err(|m| invalid(&key("url"), m))?;
+    let (host, port, tls) = parse_url(&url).map_err(|m| invalid(&key("url"), m))?;
     let client_id = raw.client_id.clone().unwrap_or_else(|| default_client_id.to_owned());
     if client_id.is_empty() || client_id.chars().any(char::is_control) {
         return Err(invalid(&key("client_id"), "must be non-empty, without control characters"));
     }
-    let own_credentials = raw.username.is_some() || raw.password.is_some() || raw.password_file.is_some();
+    let own_credentials =
+        raw.username.is_some() || raw.password.is_some() || raw.password_file.is_some() || raw.password_env.is_some();
     let creds = if own_credentials { raw } else { inherit };
-    if creds.password.is_some() && creds.password_file.is_some() {
-        return Err(invalid(&key("password_file"), "give either `password` or `password_file`, not both"));
+    let given = [creds.password.is_some(), creds.password_file.is_some(), creds.password_env.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(invalid(&key("password"), "give one of `password`, `password_file` or `password_env`"));
     }
-    let password = match (&creds.password, &creds.password_file) {
-        (Some(p), _) => Some(p.clone()),
-        (None, Some(file)) => {
+    let password = match (&creds.password, &creds.password_file, &creds.password_env) {
+        (Some(p), _, _) => Some(p.clone()),
+        (None, Some(file), _) => {
+            // The error names the file, never its content.
             let text = std::fs::read_to_string(file)
                 .map_err(|e| invalid(&key("password_file"), format!("cannot read {}: {e}", file.display())))?;
             Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()))
         }
-        (None, None) => None,
+        (None, None, Some(var)) => match std::env::var(var) {
+            Ok(p) => Some(Secret(p)),
+            Err(_) => return Err(invalid(&key("password_env"), format!("environment variable `{var}` is not set"))),
+        },
+        (None, None, None) => None,
     };
     let credentials = match (&creds.username, password) {
         (Some(u), Some(p)) => Some((u.clone(), p)),
@@ -738,6 +781,35 @@ fn validate_broker(
     if reconnect_min.is_zero() || reconnect_min > reconnect_max {
         return Err(invalid(&key("reconnect_min"), "must be above zero and at most `reconnect_max`"));
     }
+    let ca_file = raw.ca_file.clone().or_else(|| inherit.ca_file.clone());
+    let client_cert = raw.client_cert.clone().or_else(|| inherit.client_cert.clone());
+    let client_key = raw.client_key.clone().or_else(|| inherit.client_key.clone());
+    let tls = if tls {
+        let client_auth = match (client_cert, client_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid(&key("client_key"), "a client certificate needs its key")),
+            (None, Some(_)) => return Err(invalid(&key("client_cert"), "a client key needs its certificate")),
+        };
+        let files = crate::tls::TlsFiles { ca_file: ca_file.clone(), client_auth: client_auth.clone() };
+        let loaded = files.load().map_err(|e| {
+            let which = match e.file() {
+                Some(f) if client_auth.as_ref().is_some_and(|(_, k)| k.display().to_string() == f) => "client_key",
+                Some(f) if client_auth.as_ref().is_some_and(|(c, _)| c.display().to_string() == f) => "client_cert",
+                _ => "ca_file",
+            };
+            invalid(&key(which), e.to_string())
+        })?;
+        Some(loaded)
+    } else {
+        // TLS files with a plaintext URL are a mistake, not a request for plaintext.
+        for (name, set) in [("ca_file", &ca_file), ("client_cert", &client_cert), ("client_key", &client_key)] {
+            if set.is_some() {
+                return Err(invalid(&key(name), "is set but the URL is not `mqtts://`: TLS would not be used"));
+            }
+        }
+        None
+    };
     Ok(BrokerConfig {
         host,
         port,
@@ -747,17 +819,18 @@ fn validate_broker(
         keep_alive,
         reconnect_min,
         reconnect_max,
+        tls,
     })
 }
 
-/// `mqtt://host[:port]` -> (host, port).
-fn parse_url(url: &str) -> Result<(String, u16), String> {
-    let rest = match url.split_once("://") {
-        Some(("mqtt" | "tcp", rest)) => rest,
-        Some(("mqtts" | "ssl", _)) => {
-            return Err(format!("`{url}`: TLS (`mqtts://`) is not supported by this build yet"));
+/// `mqtt://host[:port]` or `mqtts://host[:port]` -> (host, port, TLS).
+fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (rest, tls) = match url.split_once("://") {
+        Some(("mqtt" | "tcp", rest)) => (rest, false),
+        Some(("mqtts" | "ssl", rest)) => (rest, true),
+        Some((scheme, _)) => {
+            return Err(format!("`{url}`: unknown scheme `{scheme}` (expected `mqtt://` or `mqtts://`)"));
         }
-        Some((scheme, _)) => return Err(format!("`{url}`: unknown scheme `{scheme}` (expected `mqtt://`)")),
         None => return Err(format!("`{url}` is not a URL: expected `mqtt://host:port`")),
     };
     let rest = rest.trim_end_matches('/');
@@ -769,13 +842,13 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
             let port: u16 = p.parse().map_err(|_| format!("`{url}`: `{p}` is not a port number"))?;
             (h, port)
         }
-        _ => (rest, 1883),
+        _ => (rest, if tls { 8883 } else { 1883 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 {
         return Err(format!("`{url}`: needs a host and a non-zero port"));
     }
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), port, tls))
 }
 
 #[cfg(test)]
@@ -805,7 +878,7 @@ topic = "sensors/#"
         assert_eq!(c.source.client_id, "edgewatch-gw-1");
         assert_eq!(c.upstream.broker.client_id, "edgewatch-gw-1-up");
         assert_eq!(c.upstream.broker.port, 1883);
-        assert_eq!(c.upstream.event_topic("overheat"), "edgewatch/gw-1/events/overheat");
+        assert_eq!(c.upstream.event_topic("overheat", "t-1"), "edgewatch/gw-1/events/overheat");
         assert_eq!(c.subscriptions[0].qos, 1);
         // A section left out gets the same defaults as an empty one.
         assert_eq!(c.upstream.qos, 1);
@@ -900,12 +973,14 @@ topic = "sensors/#"
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("mqtt://h"), Ok(("h".into(), 1883)));
-        assert_eq!(parse_url("mqtt://h:99/"), Ok(("h".into(), 99)));
-        assert_eq!(parse_url("mqtt://[::1]:99"), Ok(("::1".into(), 99)));
+        assert_eq!(parse_url("mqtt://h"), Ok(("h".into(), 1883, false)));
+        assert_eq!(parse_url("mqtt://h:99/"), Ok(("h".into(), 99, false)));
+        assert_eq!(parse_url("mqtt://[::1]:99"), Ok(("::1".into(), 99, false)));
+        assert_eq!(parse_url("mqtts://h"), Ok(("h".into(), 8883, true)));
+        assert_eq!(parse_url("ssl://h:1"), Ok(("h".into(), 1, true)));
         assert!(parse_url("mqtt://h:x").is_err());
         assert!(parse_url("mqtt://u:p@h").is_err());
-        assert!(parse_url("mqtts://h").is_err());
+        assert!(parse_url("ws://h").is_err());
         assert!(parse_url("h:1883").is_err());
     }
 }

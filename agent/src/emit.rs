@@ -2,6 +2,7 @@
 
 use edgewatch_engine::{Composite, Dynamic};
 use serde::Serialize;
+use std::fmt::Write as _;
 
 /// A CloudEvents 1.0 envelope, structured mode.
 #[derive(Debug, Serialize)]
@@ -52,10 +53,183 @@ impl<'a> CloudEvent<'a> {
     }
 }
 
+/// An upstream topic with placeholders, parsed once at start.
+///
+/// `{prefix}` is the checked topic prefix and may span levels; `{agent}`, `{rule}` and
+/// `{key}` are values from outside (a key usually comes from a device) and are always
+/// confined to the one level they stand in: `/`, `+`, `#`, `%`, NUL and control characters
+/// are percent-encoded, a `$` that would start the topic too, an empty value becomes `_`, and
+/// a value longer than [`MAX_VALUE`] bytes is cut and given a hash suffix. So a device id
+/// can never produce a wildcard, an extra level, a `$SYS` topic or another agent's topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Prefix,
+    Agent(String),
+    Rule,
+    Key,
+}
+
+/// Longest value put into one topic level, in bytes (before encoding).
+pub const MAX_VALUE: usize = 128;
+
+impl TopicTemplate {
+    /// Parses `template`; errors say what is wrong with it.
+    pub fn parse(template: &str) -> Result<TopicTemplate, String> {
+        if template.is_empty() || template.starts_with('/') || template.ends_with('/') {
+            return Err("must be non-empty and neither start nor end with `/`".into());
+        }
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let (text, after) = rest.split_at(open);
+            if !text.is_empty() {
+                parts.push(Part::Text(text.to_owned()));
+            }
+            let close = after.find('}').ok_or_else(|| format!("`{template}`: `{{` without `}}`"))?;
+            parts.push(match &after[1..close] {
+                "prefix" => Part::Prefix,
+                "agent" => Part::Agent(String::new()),
+                "rule" => Part::Rule,
+                "key" => Part::Key,
+                other => {
+                    return Err(format!(
+                        "unknown placeholder `{{{other}}}` (use {{prefix}}, {{agent}}, {{rule}}, {{key}})"
+                    ));
+                }
+            });
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        for part in &parts {
+            if let Part::Text(t) = part {
+                if let Some(c) = t.chars().find(|c| matches!(c, '+' | '#' | '}') || c.is_control()) {
+                    return Err(format!("must not contain {c:?} outside a placeholder"));
+                }
+                if t.contains("//") {
+                    return Err("must not contain an empty level (`//`)".into());
+                }
+            }
+        }
+        if matches!(parts.first(), Some(Part::Text(t)) if t.starts_with('$')) {
+            return Err("must not start with `$` (broker-internal topics)".into());
+        }
+        Ok(TopicTemplate { parts })
+    }
+
+    /// Fills in the agent id (known once the configuration is checked).
+    pub fn with_agent(mut self, agent: &str) -> TopicTemplate {
+        for part in &mut self.parts {
+            if let Part::Agent(a) = part {
+                *a = agent.to_owned();
+            }
+        }
+        self
+    }
+
+    /// The topic for one event.
+    pub fn render(&self, prefix: &str, rule: &str, key: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + rule.len() + key.len() + 16);
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Prefix => out.push_str(prefix),
+                Part::Agent(a) => push_level(&mut out, a),
+                Part::Rule => push_level(&mut out, rule),
+                Part::Key => push_level(&mut out, key),
+            }
+        }
+        out
+    }
+}
+
+/// Appends `value` so that it stays inside one topic level.
+fn push_level(out: &mut String, value: &str) {
+    if value.is_empty() {
+        out.push('_');
+        return;
+    }
+    let (value, cut) = if value.len() > MAX_VALUE {
+        let mut end = MAX_VALUE;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        (&value[..end], Some(xxhash_rust::xxh3::xxh3_64(value.as_bytes())))
+    } else {
+        (value, None)
+    };
+    for c in value.chars() {
+        let at_start = out.is_empty();
+        if matches!(c, '/' | '+' | '#' | '%') || c.is_control() || (c == '$' && at_start) {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if let Some(hash) = cut {
+        let _ = write!(out, "~{hash:016x}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use edgewatch_engine::{CompositeId, Timestamp};
+
+    fn default_template() -> TopicTemplate {
+        TopicTemplate::parse("{prefix}/events/{rule}").expect("default")
+    }
+
+    #[test]
+    fn templates_fill_in_and_reject_syntax() {
+        let t = TopicTemplate::parse("alerts/{agent}/{rule}/{key}").expect("parse").with_agent("gw-1");
+        assert_eq!(t.render("edgewatch/gw-1", "overheat", "t-01"), "alerts/gw-1/overheat/t-01");
+        assert_eq!(default_template().render("edgewatch/gw-1", "overheat", "t-01"), "edgewatch/gw-1/events/overheat");
+        for bad in
+            ["", "/a/{rule}", "a/{rule}/", "a/+/{rule}", "a/#", "a/{device}", "a/{rule", "$SYS/{rule}", "a//{key}"]
+        {
+            assert!(TopicTemplate::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn hostile_keys_stay_in_their_level() {
+        let t = TopicTemplate::parse("{key}/alerts/{rule}").expect("parse");
+        assert_eq!(t.render("p", "r", "a/b"), "a%2Fb/alerts/r");
+        assert_eq!(t.render("p", "r", "+"), "%2B/alerts/r");
+        assert_eq!(t.render("p", "r", "#"), "%23/alerts/r");
+        assert_eq!(t.render("p", "r", "$SYS"), "%24SYS/alerts/r");
+        assert_eq!(t.render("p", "r", "x\0y\n"), "x%00y%0A/alerts/r");
+        assert_eq!(t.render("p", "r", ""), "_/alerts/r");
+        assert_eq!(t.render("p", "r", "100%"), "100%25/alerts/r");
+        // Encoding is one-to-one: a key that looks encoded does not collide with the raw one.
+        assert_ne!(t.render("p", "r", "a%2Fb"), t.render("p", "r", "a/b"));
+        let long = "x".repeat(10_000);
+        let topic = t.render("p", "r", &long);
+        assert!(topic.len() < MAX_VALUE + 40, "{}", topic.len());
+        assert_ne!(topic, t.render("p", "r", &"x".repeat(9_999)), "cut values keep apart by hash");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_key_gives_exactly_the_template_levels(key in "\\PC*|[/+#$%\\x00-\\x1f]{0,20}", rule in "[a-z/+#]{0,10}") {
+            let t = TopicTemplate::parse("edgewatch/gw-1/{rule}/{key}/events").expect("parse");
+            let topic = t.render("p", &rule, &key);
+            proptest::prop_assert_eq!(topic.split('/').count(), 5, "{}", topic);
+            proptest::prop_assert!(!topic.contains(['+', '#']) && !topic.chars().any(char::is_control), "{}", topic);
+            proptest::prop_assert!(topic.starts_with("edgewatch/gw-1/"));
+        }
+    }
 
     #[test]
     fn envelope_fields() {

@@ -31,12 +31,14 @@ pub mod decode;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod emit;
+pub mod metrics;
 pub mod mqtt;
 pub mod reload;
 pub mod replay;
 pub mod rules;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use agent::{Agent, AgentError, Readiness};
 pub use config::{Config, ConfigError};

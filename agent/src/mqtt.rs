@@ -8,6 +8,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::{BrokerConfig, Protocol};
+use crate::tls::TlsConfig;
 use bytes::Bytes;
 use rumqttc::v5;
 use std::time::Duration;
@@ -127,6 +128,9 @@ pub struct Connection {
     /// Received messages carry ack tokens only when acks are manual (rumqttc acknowledges
     /// by itself otherwise, and a second ack would be a protocol error).
     manual_acks: bool,
+    /// The TLS settings in use; reread after a failure if their files changed (renewed
+    /// certificates apply at the next reconnect).
+    tls: Option<TlsConfig>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -167,6 +171,9 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
             if let Some((topic, payload, qos, retain)) = &opts.last_will {
                 o.set_last_will(rumqttc::LastWill::new(topic, payload.clone(), qos4(*qos), *retain));
             }
+            if let Some(tls) = &cfg.tls {
+                o.set_transport(transport(tls));
+            }
             let (c, e) = rumqttc::AsyncClient::new(o, cap);
             (Client::V311(c), EventLoop::V311(Box::new(e)))
         }
@@ -185,6 +192,9 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
             if let Some((topic, payload, qos, retain)) = &opts.last_will {
                 o.set_last_will(v5::mqttbytes::v5::LastWill::new(topic, payload.clone(), qos5(*qos), *retain, None));
             }
+            if let Some(tls) = &cfg.tls {
+                o.set_transport(transport(tls));
+            }
             let (c, e) = v5::AsyncClient::new(o, cap);
             (Client::V5(c), EventLoop::V5(Box::new(e)))
         }
@@ -195,8 +205,13 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
         pending_delay: None,
         name,
         manual_acks: opts.manual_acks,
+        tls: cfg.tls.clone(),
     };
     (client, conn)
+}
+
+fn transport(tls: &TlsConfig) -> rumqttc::Transport {
+    rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.rustls.clone()))
 }
 
 impl Connection {
@@ -232,7 +247,11 @@ impl Connection {
                     }
                     return incoming;
                 }
-                Some(Err(error)) => {
+                Some(Err(mut error)) => {
+                    if let Some(hint) = hint(&error, self.tls.is_some()) {
+                        error = format!("{error} ({hint})");
+                    }
+                    self.refresh_tls();
                     let retry_in = self.backoff.next_delay();
                     self.pending_delay = Some(retry_in);
                     return Incoming::Disconnected { error, retry_in };
@@ -241,10 +260,46 @@ impl Connection {
         }
     }
 
+    /// Rereads the TLS files if they changed, for the next connection attempt.
+    fn refresh_tls(&mut self) {
+        let Some(fresh) = self.tls.as_ref().and_then(TlsConfig::reloaded) else { return };
+        match &mut self.inner {
+            EventLoop::V311(e) => {
+                e.mqtt_options.set_transport(transport(&fresh));
+            }
+            EventLoop::V5(e) => {
+                e.options.set_transport(transport(&fresh));
+            }
+        }
+        self.tls = Some(fresh);
+    }
+
     /// Which connection this is, for logs.
     pub fn name(&self) -> &'static str {
         self.name
     }
+}
+
+/// What to check, for the failures people meet when setting up a broker connection.
+fn hint(error: &str, tls: bool) -> Option<&'static str> {
+    let has = |s: &str| error.contains(s);
+    Some(if has("UnknownIssuer") {
+        "the broker's certificate is not signed by a CA in `ca_file`"
+    } else if has("NotValidForName") {
+        "the broker's certificate does not name the host in `url`"
+    } else if has("CertificateExpired") || has("Expired") {
+        "a certificate has expired: check `client_cert` (or the broker's)"
+    } else if has("CertificateRequired") || has("HandshakeFailure") {
+        "the broker wants a client certificate: set `client_cert` and `client_key`"
+    } else if has("BadUserNamePassword") || has("NotAuthorized") {
+        "check `username` and the password"
+    } else if tls && (has("reset by peer") || has("InvalidContentType") || has("CorruptMessage")) {
+        "is this port a TLS listener?"
+    } else if has("Connection refused") && !has("return code") {
+        "nothing listens at `url`"
+    } else {
+        return None;
+    })
 }
 
 fn map4(p: rumqttc::Packet) -> Option<Result<Incoming, String>> {

@@ -4,7 +4,92 @@
 //! from Vector's `internal_events`). Counters are plain atomics: cheap on the hot path,
 //! readable from any task for the demo's summary and, later, for a metrics exporter.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use prometheus_client::metrics::histogram::Histogram;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Histogram buckets in seconds, 50 µs to 10 s.
+fn latency_buckets() -> Histogram {
+    Histogram::new([
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+    ])
+}
+
+/// Per-connection state (`source`, `upstream`), for metrics and `/healthz`.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    pub connects: AtomicU64,
+    pub failures: AtomicU64,
+    pub connected: AtomicBool,
+    /// The latest failure, as the client library said it (TLS, refused, unreachable).
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Counts per rule, by name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RuleCounts {
+    pub events: u64,
+    pub faults: u64,
+    pub disabled: bool,
+}
+
+/// What the metrics endpoint reads besides the plain counters. Updated off the hot path:
+/// per batch of engine outputs, or once a second.
+#[derive(Debug)]
+pub struct Detail {
+    /// Subscription filters, in configuration order; `received_by_subscription` follows it.
+    pub subscriptions: Vec<String>,
+    pub received_by_subscription: Box<[AtomicU64]>,
+    pub decode_errors_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    pub by_rule: Mutex<HashMap<Arc<str>, RuleCounts>>,
+    /// Keys (devices) tracked per rule, refreshed about once a second.
+    pub tracked_keys: Mutex<Vec<(Arc<str>, u64)>>,
+    /// Engine time per message (all rules it reaches).
+    pub engine_seconds: Histogram,
+    /// From a message's arrival to its effects being durable (state written, events in the
+    /// outbox): when it is acknowledged to the sensor broker.
+    pub commit_latency_seconds: Histogram,
+    /// One disk flush.
+    pub flush_seconds: Histogram,
+    /// Messages waiting between the source connection and the engine.
+    pub queue_depth: AtomicU64,
+    pub rules_loaded: AtomicU64,
+    /// `[source, upstream]`.
+    pub connections: [ConnectionStats; 2],
+    pub started: std::time::Instant,
+}
+
+impl Default for Detail {
+    fn default() -> Self {
+        Detail::new(Vec::new())
+    }
+}
+
+impl Detail {
+    pub fn new(subscriptions: Vec<String>) -> Self {
+        let received_by_subscription = subscriptions.iter().map(|_| AtomicU64::new(0)).collect();
+        Detail {
+            subscriptions,
+            received_by_subscription,
+            decode_errors_by_reason: Mutex::default(),
+            by_rule: Mutex::default(),
+            tracked_keys: Mutex::default(),
+            engine_seconds: latency_buckets(),
+            commit_latency_seconds: latency_buckets(),
+            flush_seconds: latency_buckets(),
+            queue_depth: AtomicU64::new(0),
+            rules_loaded: AtomicU64::new(0),
+            connections: Default::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The state of connection `name` (`source` or `upstream`).
+    pub fn connection(&self, name: &str) -> &ConnectionStats {
+        &self.connections[usize::from(name != "source")]
+    }
+}
 
 /// Counters since start.
 #[derive(Debug, Default)]
@@ -54,6 +139,8 @@ pub struct Stats {
     pub keys_evicted: AtomicU64,
     /// Recent flush durations (µs), for percentiles; bounded.
     pub flush_samples: std::sync::Mutex<Vec<u32>>,
+    /// Labelled counters, gauges and histograms for `/metrics`.
+    pub detail: Detail,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -96,8 +183,16 @@ impl Stats {
         }
     }
 
+    /// Counters for an agent with these subscription filters.
+    pub fn new(subscriptions: Vec<String>) -> Self {
+        Stats { detail: Detail::new(subscriptions), ..Stats::default() }
+    }
+
     pub(crate) fn decode_failed(&self, topic: &str, error: &crate::decode::DecodeError) {
         self.decode_errors.fetch_add(1, Relaxed);
+        if let Ok(mut m) = self.detail.decode_errors_by_reason.lock() {
+            *m.entry(error.reason()).or_default() += 1;
+        }
         if matches!(error, crate::decode::DecodeError::TooLarge { .. }) {
             self.oversized.fetch_add(1, Relaxed);
         }
@@ -106,6 +201,11 @@ impl Stats {
 
     pub(crate) fn rule_failed(&self, fault: &edgewatch_engine::RuleFault) {
         self.rule_faults.fetch_add(1, Relaxed);
+        if let Ok(mut m) = self.detail.by_rule.lock() {
+            let c = m.entry(fault.rule.clone()).or_default();
+            c.faults += 1;
+            c.disabled |= fault.disabled;
+        }
         tracing::warn!(rule = %fault.rule, location = %fault.location, error = %fault.message, "Rule failed on an event.");
     }
 
@@ -114,6 +214,7 @@ impl Stats {
         self.flushes.fetch_add(1, Relaxed);
         self.flush_micros.fetch_add(us, Relaxed);
         self.flush_max_micros.fetch_max(us, Relaxed);
+        self.detail.flush_seconds.observe(took.as_secs_f64());
         if let Ok(mut s) = self.flush_samples.lock() {
             if s.len() < 100_000 {
                 s.push(u32::try_from(us).unwrap_or(u32::MAX));
@@ -156,8 +257,20 @@ impl Stats {
         tracing::debug!(topic, "No rule listens to this topic.");
     }
 
+    pub(crate) fn connected(&self, connection: &str) {
+        let c = self.detail.connection(connection);
+        c.connects.fetch_add(1, Relaxed);
+        c.connected.store(true, Relaxed);
+    }
+
     pub(crate) fn disconnected(&self, connection: &str, error: &str, retry_in: std::time::Duration) {
         self.disconnects.fetch_add(1, Relaxed);
+        let c = self.detail.connection(connection);
+        c.failures.fetch_add(1, Relaxed);
+        c.connected.store(false, Relaxed);
+        if let Ok(mut last) = c.last_error.lock() {
+            *last = Some(error.to_owned());
+        }
         tracing::warn!(connection, error, retry_in = ?retry_in, "MQTT connection failed; will retry.");
     }
 }

@@ -214,3 +214,68 @@ fn state_export_import_and_inspect_round_trip() {
     let report = run(&["state", "inspect"], &new);
     assert!(report.contains("t-007") && report.contains("outbox: 1 events"), "{report}");
 }
+
+#[test]
+fn no_secret_reaches_the_logs_even_at_trace_level() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = edgewatch_e2e::Broker::embedded();
+    let ca = edgewatch_e2e::pki::Ca::new(dir.path(), "ca");
+    let client = ca.client("gw");
+    let key_pem = std::fs::read_to_string(&client.key).expect("key");
+    let key_body = key_pem.lines().nth(1).expect("a PEM body line").to_owned();
+    let dead = edgewatch::broker::free_port().expect("port");
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let config = dir.path().join("edgewatch.toml");
+    std::fs::create_dir_all(dir.path().join("rules")).expect("rules");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"gw\"\nstate_dir = {state}\n[rules]\ndir = {rules}\n\
+             [source]\nurl = \"mqtt://{src}\"\nusername = \"edge\"\npassword = \"hunter2-SOURCE-SECRET\"\n\
+             [[subscriptions]]\ntopic = \"sensors/#\"\n\
+             [upstream.broker]\nurl = \"mqtts://localhost:{up}\"\nusername = \"edge\"\npassword_env = \"UPSTREAM_PW\"\n\
+             ca_file = {ca}\nclient_cert = {cert}\nclient_key = {key}\nreconnect_min = \"100ms\"\nreconnect_max = \"200ms\"\n",
+            state = q(&dir.path().join("state")),
+            rules = q(&dir.path().join("rules")),
+            src = broker.addr(),
+            up = dead.port(),
+            ca = q(&ca.cert),
+            cert = q(&client.cert),
+            key = q(&client.key),
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .env("UPSTREAM_PW", "hunter2-UPSTREAM-SECRET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    // Read while it runs: trace logging fills a pipe quickly.
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut logs);
+        logs
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    for _ in 0..100 {
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = reader.join().expect("reader");
+    assert!(logs.lines().count() > 10, "trace logging produced little: {logs}");
+    assert!(logs.contains("Connected to the source broker"), "the source link worked:\n{logs}");
+    assert!(logs.contains("connection failed") || logs.contains("MQTT connection failed"), "upstream failed:\n{logs}");
+    for secret in ["hunter2-SOURCE-SECRET", "hunter2-UPSTREAM-SECRET", key_body.as_str(), "PRIVATE KEY"] {
+        assert!(!logs.contains(secret), "`{secret}` appears in the logs");
+    }
+}

@@ -4,10 +4,12 @@
 mod accuracy;
 mod bad_input;
 mod heartbeat;
+mod observability;
 mod pipeline;
 mod reconnect;
 mod reload;
 mod simulated_fleet;
+mod tls;
 
 /// The rule most tests run.
 pub const OVERHEAT: &str = r#"

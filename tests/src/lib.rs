@@ -7,6 +7,8 @@
 //! Mosquitto tests skip (saying why) when `mosquitto` is not installed, unless
 //! `EDGEWATCH_REQUIRE_MOSQUITTO=1`, in which case they fail.
 
+pub mod pki;
+
 use edgewatch::broker::{self, EmbeddedBroker};
 use edgewatch::telemetry::{Snapshot, Stats};
 use edgewatch::{Agent, Config, Readiness};
@@ -408,4 +410,28 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body). Enough for `/metrics` and `/healthz`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("metrics listener accepts");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("request sent");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("response in time").expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (exactly as written) in a Prometheus text page.
+pub fn metric(page: &str, sample: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
 }

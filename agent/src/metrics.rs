@@ -1,0 +1,302 @@
+//! `/metrics` (Prometheus text format) and `/healthz`, on an opt-in listen address.
+//!
+//! Nothing here sits on the hot path: the pipeline bumps plain atomics in [`Stats`], and
+//! this module reads them when scraped, through a collector on a registry of this agent's
+//! own (no global recorder, so several agents in one process, as in the tests, keep
+//! their numbers apart).
+//!
+//! `/healthz` answers 200 once the rules are loaded and both brokers are connected (and
+//! the sensor subscriptions acknowledged), 503 otherwise; either way the body says what
+//! is up and what is not, with the latest connection error.
+
+use crate::agent::Readiness;
+use crate::telemetry::Stats;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::watch;
+
+/// Why the metrics listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for metrics on {addr} (`agent.metrics_listen`): {source}")]
+pub struct ListenError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Reads the outbox: (events waiting, their bytes).
+pub type OutboxGauge = Box<dyn Fn() -> (u64, u64) + Send + Sync>;
+/// Reads the database size on disk, if there is one.
+pub type DiskGauge = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// Everything a scrape reads.
+pub struct Sources {
+    pub stats: Arc<Stats>,
+    pub ready: watch::Receiver<Readiness>,
+    pub outbox: OutboxGauge,
+    pub disk: DiskGauge,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").finish_non_exhaustive()
+    }
+}
+
+impl Sources {
+    /// Ready means: rules loaded, sensor subscriptions acknowledged, upstream connected.
+    pub fn health(&self) -> (bool, serde_json::Value) {
+        let r = *self.ready.borrow();
+        let d = &self.stats.detail;
+        let conn = |name: &str| {
+            let c = d.connection(name);
+            serde_json::json!({
+                "connected": c.connected.load(Relaxed),
+                "connects": c.connects.load(Relaxed),
+                "failures": c.failures.load(Relaxed),
+                "last_error": c.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+        };
+        let rules = d.rules_loaded.load(Relaxed);
+        // An empty rules directory is a deliberate setup (nothing fires, but it runs); the
+        // rules count as loaded once the first scan ran, which `Agent::new` did.
+        let ready = r.is_ready();
+        let body = serde_json::json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": d.started.elapsed().as_secs(),
+            "rules": rules,
+            "source": { "subscribed": r.source_subscribed, "connection": conn("source") },
+            "upstream": { "connected": r.upstream_connected, "connection": conn("upstream") },
+        });
+        (ready, body)
+    }
+}
+
+#[derive(Debug)]
+struct AgentCollector(Arc<Sources>);
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)
+}
+
+fn labelled<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    (name, help, ty): (&str, &str, MetricType),
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, ty)?;
+    for (value, n) in values {
+        let labels = [(label, value)];
+        let fam = m.encode_family(&labels)?;
+        match ty {
+            MetricType::Counter => ConstCounter::new(n).encode(fam)?,
+            _ => ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(fam)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.0.stats;
+        let d = &s.detail;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+        let e = &mut e;
+        labelled(
+            e,
+            ("messages_received", "Messages received, by subscription filter.", MetricType::Counter),
+            "subscription",
+            d.subscriptions.iter().map(String::as_str).zip(d.received_by_subscription.iter().map(load)),
+        )?;
+        counter(e, "messages_processed", "Messages decoded and run through the rules.", load(&s.processed))?;
+        counter(e, "messages_unmatched", "Messages no rule listens to.", load(&s.unmatched))?;
+        counter(e, "duplicates", "Redelivered or repeated messages dropped.", load(&s.duplicates))?;
+        counter(e, "late", "Messages older than the allowed lateness (dead-lettered).", load(&s.late))?;
+        if let Ok(reasons) = d.decode_errors_by_reason.lock() {
+            labelled(
+                e,
+                ("decode_errors", "Payloads that could not be decoded, by reason.", MetricType::Counter),
+                "reason",
+                reasons.iter().map(|(r, n)| (*r, *n)),
+            )?;
+        }
+        counter(e, "dead_letters", "Messages published to the dead-letter topic.", load(&s.dead_letters))?;
+        if let Ok(by_rule) = d.by_rule.lock() {
+            let mut rules: Vec<_> = by_rule.iter().map(|(r, c)| (r.clone(), *c)).collect();
+            drop(by_rule);
+            rules.sort_by(|a, b| a.0.cmp(&b.0));
+            let it = || rules.iter().map(|(r, c)| (&**r, *c));
+            labelled(
+                e,
+                ("events", "Composite events produced, by rule.", MetricType::Counter),
+                "rule",
+                it().map(|(r, c)| (r, c.events)),
+            )?;
+            labelled(
+                e,
+                ("rule_errors", "Rule calls that failed (limits, runtime errors), by rule.", MetricType::Counter),
+                "rule",
+                it().map(|(r, c)| (r, c.faults)),
+            )?;
+            labelled(
+                e,
+                ("rule_disabled", "1 if the rule was disabled after repeated failures.", MetricType::Gauge),
+                "rule",
+                it().map(|(r, c)| (r, u64::from(c.disabled))),
+            )?;
+        }
+        if let Ok(keys) = d.tracked_keys.lock() {
+            labelled(
+                e,
+                ("tracked_keys", "Keys (devices) with state, by rule.", MetricType::Gauge),
+                "rule",
+                keys.iter().map(|(r, n)| (&**r, *n)),
+            )?;
+        }
+        gauge(e, "rules_loaded", "Rules running.", None, d.rules_loaded.load(Relaxed) as i64)?;
+        counter(
+            e,
+            "rule_file_errors",
+            "Rule files or tables that failed to load at start.",
+            load(&s.rule_file_errors),
+        )?;
+        counter(e, "reloads", "Reloads that changed the rules.", load(&s.reloads))?;
+        counter(e, "reload_errors", "Rule files or tables that failed at a reload.", load(&s.reload_errors))?;
+        for (name, help, h) in [
+            ("engine", "Engine time per message, all rules it reaches.", &d.engine_seconds),
+            (
+                "commit_latency",
+                "From a message's arrival to its effects being durable and acknowledged.",
+                &d.commit_latency_seconds,
+            ),
+            ("flush", "One write of state and outbox to disk.", &d.flush_seconds),
+        ] {
+            h.encode(e.encode_descriptor(name, help, Some(&Unit::Seconds), h.metric_type())?)?;
+        }
+        gauge(
+            e,
+            "queue_depth",
+            "Messages waiting between the source connection and the engine.",
+            None,
+            load(&d.queue_depth) as i64,
+        )?;
+        let (events, bytes) = (self.0.outbox)();
+        gauge(e, "outbox_events", "Events waiting for the upstream broker.", None, events as i64)?;
+        gauge(e, "outbox", "Size of the events waiting for the upstream broker.", Some(&Unit::Bytes), bytes as i64)?;
+        counter(e, "outbox_dropped", "Events dropped because the outbox was full.", load(&s.outbox_dropped))?;
+        counter(e, "events_published", "Events handed to the upstream connection.", load(&s.published))?;
+        counter(e, "events_acked", "Events acknowledged by the upstream broker.", load(&s.acked))?;
+        if let Some(disk) = (self.0.disk)() {
+            gauge(e, "state_disk", "Size of the state database on disk.", Some(&Unit::Bytes), disk as i64)?;
+        }
+        let names = ["source", "upstream"];
+        labelled(
+            e,
+            ("connected", "1 while connected to the broker.", MetricType::Gauge),
+            "connection",
+            names.iter().map(|n| (*n, u64::from(d.connection(n).connected.load(Relaxed)))),
+        )?;
+        labelled(
+            e,
+            ("connects", "Successful connections (the first and every reconnect).", MetricType::Counter),
+            "connection",
+            names.iter().map(|n| (*n, d.connection(n).connects.load(Relaxed))),
+        )?;
+        labelled(
+            e,
+            ("connection_failures", "Connection attempts or connections that failed.", MetricType::Counter),
+            "connection",
+            names.iter().map(|n| (*n, d.connection(n).failures.load(Relaxed))),
+        )?;
+        gauge(
+            e,
+            "uptime",
+            "Time since the agent started.",
+            Some(&Unit::Seconds),
+            d.started.elapsed().as_secs() as i64,
+        )?;
+        let info = [("version", env!("CARGO_PKG_VERSION"))];
+        let mut m = e.encode_descriptor("build", "Version of the agent.", None, MetricType::Info)?;
+        m.encode_info(&info)?;
+        Ok(())
+    }
+}
+
+/// Renders the metrics text for `sources`.
+pub fn render(sources: &Arc<Sources>) -> String {
+    let mut registry = Registry::with_prefix("edgewatch");
+    registry.register_collector(Box::new(AgentCollector(sources.clone())));
+    let mut out = String::with_capacity(8 * 1024);
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::error!(%error, "Metrics not rendered.");
+    }
+    out
+}
+
+/// Binds `addr` now, so a taken port refuses to start rather than failing later.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ListenError { addr, source })?;
+    listener.set_nonblocking(true).map_err(|source| ListenError { addr, source })?;
+    Ok(listener)
+}
+
+/// Serves `/metrics` and `/healthz` until `stop` completes.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    sources: Arc<Sources>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), std::io::Error> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let metrics = sources.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let sources = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        render(&sources),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let sources = sources.clone();
+                async move {
+                    let (ready, body) = sources.health();
+                    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+                }
+            }),
+        );
+    tracing::info!(addr = ?listener.local_addr().ok(), "Serving /metrics and /healthz.");
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
+}

@@ -1,0 +1,91 @@
+//! `/metrics` and `/healthz` of a running agent, against a real broker.
+
+use crate::{OVERHEAT, config};
+use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber, http_get, metric};
+
+fn with_metrics(base: String, listen: std::net::SocketAddr) -> String {
+    base.replace("[agent]\n", &format!("[agent]\nmetrics_listen = \"{listen}\"\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened_and_health_says_ready() {
+    let broker = Broker::embedded();
+    let listen = edgewatch::broker::free_port().expect("port");
+    let agent =
+        RunningAgent::start(&with_metrics(config(broker.addr(), "3.1.1"), listen), &[("o.rhai", OVERHEAT)]).await;
+    let mut upstream = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+
+    let (code, body) = http_get(listen, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("health is JSON");
+    assert_eq!(health["status"], "ready");
+    assert_eq!(health["rules"], 1);
+    assert_eq!(health["source"]["connection"]["connected"], true);
+
+    sensor.publish("sensors/t-1/temperature", "91").await;
+    sensor.publish("sensors/t-1/temperature", "20").await;
+    sensor.publish("strict/t-1/temperature", "{not json").await;
+    upstream.next().await;
+    agent.wait_for_stats("three messages", |s| s.processed + s.decode_errors >= 3).await;
+
+    let (code, page) = http_get(listen, "/metrics").await;
+    assert_eq!(code, 200);
+    let m = |s: &str| metric(&page, s).unwrap_or_else(|| panic!("`{s}` missing from\n{page}"));
+    assert_eq!(m(r#"edgewatch_messages_received_total{subscription="sensors/#"}"#), 2.0);
+    assert_eq!(m(r#"edgewatch_messages_received_total{subscription="strict/#"}"#), 1.0);
+    assert_eq!(m(r#"edgewatch_decode_errors_total{reason="json"}"#), 1.0);
+    assert_eq!(m(r#"edgewatch_events_total{rule="overheat"}"#), 1.0);
+    assert_eq!(m(r#"edgewatch_rule_errors_total{rule="overheat"}"#), 0.0);
+    assert_eq!(m("edgewatch_engine_seconds_count"), 2.0, "one engine pass per decoded message");
+    assert!(m("edgewatch_commit_latency_seconds_count") >= 3.0, "every message committed");
+    assert!(m("edgewatch_flush_seconds_count") >= 1.0);
+    assert_eq!(m("edgewatch_rules_loaded"), 1.0);
+    assert_eq!(m(r#"edgewatch_connected{connection="source"}"#), 1.0);
+    assert_eq!(m(r#"edgewatch_connected{connection="upstream"}"#), 1.0);
+    assert!(m(r#"edgewatch_connects_total{connection="source"}"#) >= 1.0);
+    assert!(m("edgewatch_state_disk_bytes") > 0.0, "durable state on disk");
+    assert!(m("edgewatch_outbox_events") >= 0.0 && m("edgewatch_outbox_bytes") >= 0.0);
+    assert!(m("edgewatch_queue_depth") >= 0.0);
+    assert!(page.contains(r#"edgewatch_build_info{version=""#), "{page}");
+    assert!(page.trim_end().ends_with("# EOF"), "OpenMetrics pages end with # EOF");
+
+    let (code, _) = http_get(listen, "/nope").await;
+    assert_eq!(code, 404);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_unavailable_while_the_broker_is_unreachable() {
+    // Nothing listens here.
+    let dead = edgewatch::broker::free_port().expect("port");
+    let listen = edgewatch::broker::free_port().expect("port");
+    let agent = RunningAgent::spawn(&with_metrics(config(dead, "3.1.1"), listen), &[("o.rhai", OVERHEAT)]).await;
+    let failures = || agent.stats.detail.connection("source").failures.load(std::sync::atomic::Ordering::Relaxed);
+    agent.wait_for_stats("two failed connections", |_| failures() >= 2).await;
+    let (code, body) = http_get(listen, "/healthz").await;
+    assert_eq!(code, 503, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(health["status"], "not ready");
+    let error = health["source"]["connection"]["last_error"].as_str().expect("the failure is reported");
+    assert!(!error.is_empty());
+    let (_, page) = http_get(listen, "/metrics").await;
+    assert!(metric(&page, r#"edgewatch_connection_failures_total{connection="source"}"#).unwrap_or(0.0) >= 2.0);
+    assert_eq!(metric(&page, r#"edgewatch_connected{connection="source"}"#), Some(0.0));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_metrics_port_refuses_to_start_and_names_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listen = taken.local_addr().expect("addr");
+    let broker = Broker::embedded();
+    let dir = tempfile::tempdir().expect("tmp");
+    let text = with_metrics(config(broker.addr(), "3.1.1"), listen)
+        .replace("{rules}", &edgewatch_e2e::toml_path(&dir.path().join("rules")))
+        .replace("{state}", &edgewatch_e2e::toml_path(&dir.path().join("state")));
+    std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
+    let config = edgewatch::Config::from_toml(&text, "t.toml", std::iter::empty()).expect("valid");
+    let error = edgewatch::Agent::new(config).await.expect_err("port is taken").to_string();
+    assert!(error.contains("agent.metrics_listen") && error.contains(&listen.to_string()), "{error}");
+}
