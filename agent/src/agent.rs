@@ -43,6 +43,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const PUBLISH_WINDOW: usize = 64;
 /// How often the agent records that it is alive (for the downtime after a crash).
 const ALIVE_EVERY: Duration = Duration::from_secs(5);
+/// How often gauges that need the engine (keys per rule) are refreshed for `/metrics`.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the agent could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -554,6 +556,7 @@ async fn engine_task(
     let started = wall_clock();
     let rule_count = |engine: &Engine| engine.rules().len();
     let mut next_alive = Instant::now();
+    let mut next_gauges = Instant::now();
     let mut next_snapshot = Instant::now() + config.state.snapshot_interval;
     loop {
         // Sleep until the engine's next timer (a missing heartbeat, a window closing), or
@@ -562,7 +565,7 @@ async fn engine_task(
             let wait = d.millis().saturating_sub(wall_clock().millis()).max(0);
             Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
         });
-        let housekeeping = next_alive.min(next_snapshot);
+        let housekeeping = next_alive.min(next_snapshot).min(next_gauges);
         let wake = Some(wake.map_or(housekeeping, |w| w.min(housekeeping)));
         let has_pending = pending.messages > 0 || !pending.batch.is_empty() || !pending.memory.is_empty();
         if connected.has_changed().unwrap_or(false) {
@@ -682,6 +685,13 @@ async fn engine_task(
             }
         }
         collect(&outputs, &outbox, &mut pending, &config, &source, &stats);
+        if Instant::now() >= next_gauges {
+            next_gauges = Instant::now() + GAUGES_EVERY;
+            let keys = engine.tracked_keys().map(|(rule, n)| (Arc::<str>::from(rule), n as u64)).collect();
+            if let Ok(mut tracked) = stats.detail.tracked_keys.lock() {
+                *tracked = keys;
+            }
+        }
         if Instant::now() >= next_alive {
             if let Outbox::Durable(store) = &outbox {
                 store.mark_alive(&mut pending.batch, wall_clock().millis());

@@ -178,6 +178,8 @@ impl Collector for AgentCollector {
                 keys.iter().map(|(r, n)| (&**r, *n)),
             )?;
         }
+        counter(e, "keys_refused", "New keys turned away at a rule's key limit (or too long).", load(&s.keys_refused))?;
+        counter(e, "keys_evicted", "Least recently seen keys evicted at a rule's key limit.", load(&s.keys_evicted))?;
         gauge(e, "rules_loaded", "Rules running.", None, d.rules_loaded.load(Relaxed) as i64)?;
         counter(
             e,

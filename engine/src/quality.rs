@@ -21,6 +21,9 @@ const SEQ_WINDOW: u32 = 64;
 const MAX_DEVICES: usize = 100_000;
 /// Ids remembered for id-field deduplication.
 const MAX_IDS: usize = 100_000;
+/// Longest device id or message id remembered for deduplication, in bytes: so the memory
+/// the windows take is bounded (longer ones are processed, not deduplicated).
+const MAX_ID_BYTES: usize = crate::kinds::keys::MAX_KEY_BYTES;
 /// Events held for reordering at most.
 const MAX_BUFFERED: usize = 100_000;
 
@@ -67,6 +70,9 @@ impl Dedup {
         if let Some(field) = id_field {
             if let Some(id) = map.get(field) {
                 let id: Box<str> = id.to_string().into();
+                if id.len() > MAX_ID_BYTES {
+                    return false;
+                }
                 if self.ids.contains(&id) {
                     return true;
                 }
@@ -90,6 +96,9 @@ impl Dedup {
             return false;
         }
         let device = device.to_string();
+        if device.len() > MAX_ID_BYTES {
+            return false;
+        }
         let dup = match self.devices.get_mut(device.as_str()) {
             None => {
                 if self.devices.len() >= MAX_DEVICES {

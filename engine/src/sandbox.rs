@@ -13,9 +13,10 @@ use crate::context::{self, TimerRequest};
 use crate::declare::{self, Declared};
 use crate::rule::{Origin, Rule};
 use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, NativeCallContext, Position};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Limits on what one rule call may do. Every rule runs under them, so a runaway rule is
 /// stopped and reported instead of stalling the agent.
@@ -35,7 +36,15 @@ pub struct Limits {
     pub max_array_size: usize,
     /// Largest object map a rule may build.
     pub max_map_size: usize,
+    /// Wall-clock budget of one call. Operations are counted, but one operation can be
+    /// expensive (sorting a 4096-item array, replacing in a 16 KiB string), so time is
+    /// checked too, every [`CLOCK_EVERY_OPS`] operations. Only a rule that overruns it
+    /// behaves differently on a slower machine.
+    pub max_call_time: Duration,
 }
+
+/// How many operations pass between two looks at the clock in a call.
+pub const CLOCK_EVERY_OPS: u64 = 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -47,6 +56,7 @@ impl Default for Limits {
             max_string_size: 16 * 1024,
             max_array_size: 4096,
             max_map_size: 1024,
+            max_call_time: Duration::from_millis(100),
         }
     }
 }
@@ -80,6 +90,8 @@ thread_local! {
     /// Rules declared by the file being loaded on this thread; `None` outside loading, so a
     /// rule that calls `rule()` from a predicate gets an error instead of a side effect.
     static DECLARED: RefCell<Option<Vec<Declared>>> = const { RefCell::new(None) };
+    /// When the Rhai call running on this thread began (set at its first operation).
+    static CALL_STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The sandboxed script engine shared by all rules.
@@ -122,6 +134,25 @@ impl Sandbox {
             .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
             .set_strict_variables(true)
             .disable_symbol("eval");
+        let budget = limits.max_call_time;
+        engine.on_progress(move |ops| {
+            // Each call counts its operations from 1.
+            if ops == 1 {
+                CALL_STARTED.set(Some(Instant::now()));
+                return None;
+            }
+            if ops % CLOCK_EVERY_OPS != 0 {
+                return None;
+            }
+            let took = CALL_STARTED.get()?.elapsed();
+            (took > budget).then(|| {
+                Dynamic::from(format!(
+                    "Stopped after {} ms: over the time budget of {} ms",
+                    took.as_millis(),
+                    budget.as_millis()
+                ))
+            })
+        });
         engine.on_print(|text| tracing::info!(target: "edgewatch::rule", text, "Rule printed."));
         engine.on_debug(|text, source, pos| {
             tracing::debug!(target: "edgewatch::rule", text, source, %pos, "Rule debug output.");
@@ -199,12 +230,71 @@ impl Sandbox {
     }
 }
 
+/// Deepest nesting of arrays and maps in a value a rule keeps (handler state, timer data) or
+/// emits. Rhai bounds how much data a value holds but not how deep it nests.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Checks a value a rule hands back to keep or emit against the sandbox's limits, in total
+/// as Rhai counts them (array items, map entries and string bytes, nested values included),
+/// and its nesting against [`MAX_DATA_DEPTH`]. Rhai checks sizes as a script runs, but not
+/// all in-place changes (`m[k] = v` on a map argument, `this`), so what survives a call is
+/// checked here.
+pub(crate) fn check_data(engine: &rhai::Engine, value: &Dynamic) -> Result<(), String> {
+    let limit = |n: usize| if n == 0 { usize::MAX } else { n };
+    let mut left = [limit(engine.max_array_size()), limit(engine.max_map_size()), limit(engine.max_string_size())];
+    walk(value, 0, &mut left).map_err(|what| match what {
+        Over::Depth => format!("nested deeper than {MAX_DATA_DEPTH} levels"),
+        Over::Size(i) => {
+            let (what, max) = [
+                ("array items", engine.max_array_size()),
+                ("map entries", engine.max_map_size()),
+                ("string bytes", engine.max_string_size()),
+            ][i];
+            format!("holds more than {max} {what}")
+        }
+    })
+}
+
+enum Over {
+    Depth,
+    /// Index into the budget: arrays, maps, strings.
+    Size(usize),
+}
+
+fn walk(v: &Dynamic, depth: usize, left: &mut [usize; 3]) -> Result<(), Over> {
+    let mut take = |i: usize, n: usize| match left[i].checked_sub(n) {
+        Some(rest) => {
+            left[i] = rest;
+            Ok(())
+        }
+        None => Err(Over::Size(i)),
+    };
+    if let Ok(s) = v.as_immutable_string_ref() {
+        return take(2, s.len());
+    }
+    if let Some(b) = v.read_lock::<rhai::Blob>() {
+        return take(0, b.len());
+    }
+    if depth >= MAX_DATA_DEPTH && (v.is_array() || v.is_map()) {
+        return Err(Over::Depth);
+    }
+    if let Ok(a) = v.as_array_ref() {
+        take(0, a.len())?;
+        return a.iter().try_for_each(|x| walk(x, depth + 1, left));
+    }
+    if let Ok(m) = v.as_map_ref() {
+        take(1, m.len())?;
+        return m.values().try_for_each(|x| walk(x, depth + 1, left));
+    }
+    Ok(())
+}
+
 /// The innermost position and a message without Rhai's own position suffix.
 pub(crate) fn describe(err: &EvalAltResult) -> (Position, String) {
     let inner = err.unwrap_inner();
     let pos = if inner.position().is_none() { err.position() } else { inner.position() };
     let message = match inner {
-        EvalAltResult::ErrorRuntime(value, _) => value.to_string(),
+        EvalAltResult::ErrorRuntime(value, _) | EvalAltResult::ErrorTerminated(value, _) => value.to_string(),
         other => {
             let text = other.to_string();
             let suffix = format!(" ({})", other.position());

@@ -4,6 +4,7 @@
 mod accuracy;
 mod bad_input;
 mod heartbeat;
+mod misbehaving;
 mod observability;
 mod pipeline;
 mod reconnect;

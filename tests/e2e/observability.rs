@@ -11,8 +11,12 @@ fn with_metrics(base: String, listen: std::net::SocketAddr) -> String {
 async fn metrics_count_what_happened_and_health_says_ready() {
     let broker = Broker::embedded();
     let listen = edgewatch::broker::free_port().expect("port");
-    let agent =
-        RunningAgent::start(&with_metrics(config(broker.addr(), "3.1.1"), listen), &[("o.rhai", OVERHEAT)]).await;
+    let beat = r#"rule("beat", #{ on: "sensors/{device}/heartbeat", heartbeat: #{ timeout: "1h" } });"#;
+    let agent = RunningAgent::start(
+        &with_metrics(config(broker.addr(), "3.1.1"), listen),
+        &[("o.rhai", OVERHEAT), ("beat.rhai", beat)],
+    )
+    .await;
     let mut upstream = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
 
@@ -20,27 +24,46 @@ async fn metrics_count_what_happened_and_health_says_ready() {
     assert_eq!(code, 200, "{body}");
     let health: serde_json::Value = serde_json::from_str(&body).expect("health is JSON");
     assert_eq!(health["status"], "ready");
-    assert_eq!(health["rules"], 1);
+    assert_eq!(health["rules"], 2);
     assert_eq!(health["source"]["connection"]["connected"], true);
 
     sensor.publish("sensors/t-1/temperature", "91").await;
     sensor.publish("sensors/t-1/temperature", "20").await;
     sensor.publish("strict/t-1/temperature", "{not json").await;
+    for device in ["h-1", "h-2", "h-3"] {
+        sensor.publish(&format!("sensors/{device}/heartbeat"), "1").await;
+    }
     upstream.next().await;
-    agent.wait_for_stats("three messages", |s| s.processed + s.decode_errors >= 3).await;
+    agent.wait_for_stats("six messages", |s| s.processed + s.decode_errors >= 6).await;
+    // Keys per rule are refreshed once a second: wait for the three devices to show.
+    let keys = r#"edgewatch_tracked_keys{rule="beat"}"#;
+    let page = tokio::time::timeout(edgewatch_e2e::WAIT, async {
+        loop {
+            let (_, page) = http_get(listen, "/metrics").await;
+            if metric(&page, keys) == Some(3.0) {
+                return page;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("three heartbeat keys tracked");
+    assert!(page.contains(keys));
 
     let (code, page) = http_get(listen, "/metrics").await;
     assert_eq!(code, 200);
     let m = |s: &str| metric(&page, s).unwrap_or_else(|| panic!("`{s}` missing from\n{page}"));
-    assert_eq!(m(r#"edgewatch_messages_received_total{subscription="sensors/#"}"#), 2.0);
+    assert_eq!(m(r#"edgewatch_messages_received_total{subscription="sensors/#"}"#), 5.0);
     assert_eq!(m(r#"edgewatch_messages_received_total{subscription="strict/#"}"#), 1.0);
     assert_eq!(m(r#"edgewatch_decode_errors_total{reason="json"}"#), 1.0);
     assert_eq!(m(r#"edgewatch_events_total{rule="overheat"}"#), 1.0);
     assert_eq!(m(r#"edgewatch_rule_errors_total{rule="overheat"}"#), 0.0);
-    assert_eq!(m("edgewatch_engine_seconds_count"), 2.0, "one engine pass per decoded message");
-    assert!(m("edgewatch_commit_latency_seconds_count") >= 3.0, "every message committed");
+    assert_eq!(m("edgewatch_engine_seconds_count"), 5.0, "one engine pass per decoded message");
+    assert!(m("edgewatch_commit_latency_seconds_count") >= 6.0, "every message committed");
     assert!(m("edgewatch_flush_seconds_count") >= 1.0);
-    assert_eq!(m("edgewatch_rules_loaded"), 1.0);
+    assert_eq!(m("edgewatch_rules_loaded"), 2.0);
+    assert_eq!(m("edgewatch_keys_refused_total"), 0.0);
+    assert_eq!(m("edgewatch_keys_evicted_total"), 0.0);
     assert_eq!(m(r#"edgewatch_connected{connection="source"}"#), 1.0);
     assert_eq!(m(r#"edgewatch_connected{connection="upstream"}"#), 1.0);
     assert!(m(r#"edgewatch_connects_total{connection="source"}"#) >= 1.0);

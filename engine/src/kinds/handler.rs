@@ -6,6 +6,7 @@ use super::{Cx, Ev, entry, timer_input};
 use crate::context::{self, TimerRequest};
 use crate::event::EventId;
 use crate::func::Func;
+use crate::sandbox::check_data;
 use rhai::{Dynamic, ImmutableString};
 use std::sync::Arc;
 
@@ -37,6 +38,10 @@ fn run(cx: &mut Cx<'_>, f: &Func, key: &Arc<str>, s: &mut HandlerState, args: Ve
     if !s.data.is_map() {
         cx.fault(format!("`this` must stay an object map, but became {}; state reset", s.data.type_name()));
         s.data = Dynamic::from_map(rhai::Map::new());
+    } else if let Err(why) = check_data(cx.script, &s.data) {
+        // In-place changes to `this` are not all checked while the script runs.
+        cx.fault(format!("`this` {why}; state reset"));
+        s.data = Dynamic::from_map(rhai::Map::new());
     }
     for data in emitted {
         cx.emit_data(key, time, data, input);
@@ -44,6 +49,10 @@ fn run(cx: &mut Cx<'_>, f: &Func, key: &Arc<str>, s: &mut HandlerState, args: Ve
     for t in timers {
         match t {
             TimerRequest::After { delay_ms, name, data } => {
+                if let Err(why) = check_data(cx.script, &data) {
+                    cx.fault(format!("the data of timer `{name}` {why}; not set"));
+                    continue;
+                }
                 s.timers.retain(|(n, _, _)| *n != name);
                 if s.timers.len() >= MAX_TIMERS {
                     cx.fault(format!("more than {MAX_TIMERS} pending timers for key `{key}`; `{name}` not set"));

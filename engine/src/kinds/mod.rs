@@ -14,7 +14,7 @@ use crate::func::Func;
 use crate::native::View;
 use crate::output::{Composite, CompositeId, Outputs, RuleFault, Touched};
 use crate::rule::Rule;
-use crate::sandbox::describe;
+use crate::sandbox::{check_data, describe};
 use crate::timers::Timers;
 pub(crate) use keys::{KeyLimit, Keyed};
 use rhai::{Array, Dynamic, EvalAltResult, Map};
@@ -365,6 +365,10 @@ impl<'a> Cx<'a> {
     /// Emits `data` as is (`()` emits nothing).
     pub(crate) fn emit_data(&mut self, key: &str, time: i64, data: Dynamic, input: EventId) {
         if data.is_unit() {
+            return;
+        }
+        if let Err(why) = check_data(self.script, &data) {
+            self.fault(format!("the event's data {why}; not emitted"));
             return;
         }
         // Only this step (one rule, one input) can have emitted for the same rule, key and

@@ -6,6 +6,7 @@ mod chaining;
 mod handler;
 mod heartbeat;
 mod keys;
+mod misbehaving;
 mod persistence;
 mod properties;
 mod quality;

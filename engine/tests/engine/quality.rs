@@ -63,3 +63,15 @@ fn a_rule_that_keeps_failing_is_disabled_and_the_others_run() {
     assert!(h.faults[10].contains("rule disabled"));
     assert!(h.engine.stats().rules[0].3, "bad is disabled");
 }
+
+#[test]
+fn ids_longer_than_256_bytes_are_processed_but_not_remembered_for_deduplication() {
+    let mut h = H::new(r#"rule("all", #{ on: "s/#", key: |e| "k" });"#);
+    let long = "d".repeat(257);
+    for _ in 0..3 {
+        assert_eq!(h.send(0, "s/x", &format!(r#"{{"device": "{long}", "seq": 1}}"#)).len(), 1);
+    }
+    let short = "d".repeat(256);
+    assert_eq!(h.send(0, "s/x", &format!(r#"{{"device": "{short}", "seq": 1}}"#)).len(), 1);
+    assert!(h.send(0, "s/x", &format!(r#"{{"device": "{short}", "seq": 1}}"#)).is_empty(), "a duplicate");
+}

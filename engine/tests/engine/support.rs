@@ -1,7 +1,8 @@
 //! A harness that drives an engine under virtual time.
 
 use edgewatch_engine::{
-    Dynamic, Engine, EngineConfig, Event, KeyLimitReport, Outputs, RuleSet, Sandbox, Table, Tables, Timestamp, Touched,
+    Dynamic, Engine, EngineConfig, Event, KeyLimitReport, Outputs, RuleFault, RuleSet, Sandbox, Table, Tables,
+    Timestamp, Touched,
 };
 use serde_json::Value;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ pub type Out = (String, String, i64, Value);
 pub struct H {
     pub engine: Engine,
     pub out: Outputs,
-    /// Every fault seen, as text.
+    /// Every fault seen, as text, and as reported.
     pub faults: Vec<String>,
+    pub fault_list: Vec<RuleFault>,
     /// Keys refused and evicted so far, and the key-limit reports.
     pub refused: usize,
     pub evicted: usize,
@@ -40,6 +42,7 @@ impl H {
             engine: Engine::with_config(sandbox, rules, tables, config),
             out: Outputs::default(),
             faults: Vec::new(),
+            fault_list: Vec::new(),
             refused: 0,
             evicted: 0,
             key_limits: Vec::new(),
@@ -55,6 +58,7 @@ impl H {
 
     fn drain(&mut self) -> Vec<Out> {
         self.faults.extend(self.out.faults.iter().map(|f| f.to_string()));
+        self.fault_list.extend(self.out.faults.iter().cloned());
         self.refused += self.out.keys_refused;
         self.evicted += self.out.keys_evicted;
         self.key_limits.append(&mut self.out.key_limits);
