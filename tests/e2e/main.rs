@@ -11,6 +11,7 @@ mod reconnect;
 mod reload;
 mod simulated_fleet;
 mod tls;
+mod topics;
 
 /// The rule most tests run.
 pub const OVERHEAT: &str = r#"
