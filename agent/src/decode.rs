@@ -344,7 +344,9 @@ pub fn wire_to_map(msg: &wire::Message) -> Map {
     let mut m = Map::new();
     m.insert("device".into(), msg.device.as_str().into());
     m.insert("seq".into(), Dynamic::from_int(i64::from(msg.seq)));
-    m.insert("ts".into(), Dynamic::from_int(i64::try_from(msg.timestamp_ms).unwrap_or(i64::MAX)));
+    // As JSON text of the same message would decode: integers beyond i64 become floats.
+    let ts = msg.timestamp_ms;
+    m.insert("ts".into(), i64::try_from(ts).map_or_else(|_| Dynamic::from_float(ts as f64), Dynamic::from_int));
     m.insert("kind".into(), msg.kind().into());
     match &msg.body {
         wire::Body::Reading(samples) => {
@@ -485,6 +487,18 @@ mod tests {
         assert_eq!(from_wire["t"], serde_json::Value::Null);
         assert_eq!(from_wire["h"], serde_json::Value::Null);
         assert_eq!(from_wire, from_json);
+    }
+
+    /// Found by fuzzing: `ts` beyond i64 was clamped to i64::MAX from a frame, but became a
+    /// float from the frame's JSON mapping.
+    #[test]
+    fn wire_timestamps_beyond_i64_decode_as_their_json_mapping_does() {
+        let msg = wire::Message::heartbeat("t-1", 1, u64::MAX, 5).expect("fits");
+        let mut buf = [0u8; wire::MAX_FRAME_LEN];
+        let frame = wire::encode(&msg, &mut buf).expect("encodes");
+        let from_json = ok(Format::Json, &serde_json::to_vec(&msg.json()).expect("json"));
+        assert_eq!(ok(Format::Postcard, frame), from_json);
+        assert_eq!(from_json["ts"].as_f64(), Some(u64::MAX as f64));
     }
 
     /// Within the limits, the one-pass decoder builds exactly what serde_json would (or

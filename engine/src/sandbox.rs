@@ -294,7 +294,10 @@ pub(crate) fn describe(err: &EvalAltResult) -> (Position, String) {
     let inner = err.unwrap_inner();
     let pos = if inner.position().is_none() { err.position() } else { inner.position() };
     let message = match inner {
-        EvalAltResult::ErrorRuntime(value, _) | EvalAltResult::ErrorTerminated(value, _) => value.to_string(),
+        EvalAltResult::ErrorRuntime(value, _) | EvalAltResult::ErrorTerminated(value, _) => {
+            // A bare `throw` throws `()`, which prints as nothing.
+            Some(value.to_string()).filter(|t| !t.is_empty()).unwrap_or_else(|| "`throw` without a message".to_owned())
+        }
         other => {
             let text = other.to_string();
             let suffix = format!(" ({})", other.position());

@@ -36,7 +36,9 @@ async fn a_rule_stuck_in_a_loop_is_reported_and_disabled_and_the_others_keep_fir
             assert_eq!(report["rule"], "spin", "{label}: {report}");
             let location = report["location"].as_str().unwrap_or_default();
             assert!(location.ends_with("/spin.rhai:2:1"), "{label}: where the rule is declared: {report}");
-            assert_eq!(report["error"], "Too many operations", "{label}: {report}");
+            // Stopped by the operation limit, or on a loaded machine by the time budget first.
+            let error = report["error"].as_str().unwrap_or_default();
+            assert!(error == "Too many operations" || error.contains("over the time budget"), "{label}: {report}");
             assert_eq!(report["disabled"], false, "{label}: failure {n}: {report}");
         }
         let last = errors.next().await.json();

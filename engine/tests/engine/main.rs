@@ -3,6 +3,7 @@
 
 mod basics;
 mod chaining;
+mod corpus;
 mod handler;
 mod heartbeat;
 mod keys;

@@ -35,8 +35,15 @@ fn stopped_and_disabled(limits: Limits, bad: &str, line: usize, message: &str) -
     h
 }
 
+/// A low operation limit, and no practical time budget: which limit stops a rule must not
+/// depend on how loaded the machine running the tests is.
 fn quick() -> Limits {
-    Limits { max_operations: 20_000, ..Limits::default() }
+    Limits { max_operations: 20_000, ..untimed() }
+}
+
+/// The default limits without the time budget.
+fn untimed() -> Limits {
+    Limits { max_call_time: Duration::from_secs(3600), ..Limits::default() }
 }
 
 #[test]
@@ -61,7 +68,7 @@ fn a_huge_string_is_stopped_by_the_string_limit() {
 #[test]
 fn a_huge_array_is_stopped_by_the_array_limit() {
     let bad = r#"rule("bad", #{ on: "s/{device}", when: |e| { let a = []; loop { a.push(e.value); } } });"#;
-    stopped_and_disabled(Limits::default(), bad, 2, "Size of array/BLOB too large");
+    stopped_and_disabled(untimed(), bad, 2, "Size of array/BLOB too large");
     let bad = r#"rule("bad", #{ on: "s/{device}", when: |e| { let a = []; a.pad(1000000, 0); true } });"#;
     stopped_and_disabled(quick(), bad, 2, "Size of array/BLOB too large");
 }
@@ -69,7 +76,7 @@ fn a_huge_array_is_stopped_by_the_array_limit() {
 #[test]
 fn a_huge_map_is_stopped_by_the_map_limit() {
     let bad = r#"rule("bad", #{ on: "s/{device}", when: |e| { let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += m.len(); } } });"#;
-    stopped_and_disabled(Limits::default(), bad, 2, "Size of object map too large");
+    stopped_and_disabled(untimed(), bad, 2, "Size of object map too large");
 }
 
 #[test]
@@ -81,7 +88,7 @@ fn state_and_emitted_data_over_the_limits_are_refused_after_the_call() {
         r#"rule("hoard", #{ on: "s/{device}", key: |e| "all", on_event: |e| { this[e.device] = e.value; } });"#,
         r#"rule("flood", #{ on: "s/{device}", emit: |e| { let m = #{}; for i in 0..2000 { m[`k${i}`] = i; } m } });"#
     );
-    let mut h = H::with_sandbox(Sandbox::default(), &src, Tables::new(), EngineConfig::default());
+    let mut h = H::with_sandbox(Sandbox::new(untimed()), &src, Tables::new(), EngineConfig::default());
     for i in 0..1030 {
         let out = h.send(i, &format!("s/d-{i}"), "1");
         assert_eq!(out.len(), 1, "only good emits: {out:?}");
@@ -122,6 +129,15 @@ fn an_error_in_every_call_disables_the_rule_until_it_is_reloaded() {
     h.engine.reload(rules, edgewatch_engine::Timestamp(100));
     assert_eq!(h.send(101, "s/d-1", "1").len(), 1);
     assert_eq!(h.fault_list.len(), 12, "bad runs (and fails) again after the reload");
+}
+
+/// Found by fuzzing: a bare `throw` made an error with an empty message.
+#[test]
+fn a_bare_throw_still_says_what_happened() {
+    let err = Sandbox::default().compile_file("t.rhai", "throw").expect_err("fails to load");
+    assert_eq!(err.to_string(), "t.rhai:1:1: `throw` without a message");
+    let bad = r#"rule("bad", #{ on: "s/{device}", when: |e| throw });"#;
+    stopped_and_disabled(quick(), bad, 2, "`throw` without a message");
 }
 
 #[test]
