@@ -260,6 +260,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             },
             quick,
             step_seconds: step.as_secs_f64(),
+            drain_max_seconds: ctx.drain_max.as_secs_f64(),
             total_seconds: started.elapsed().as_secs_f64(),
             load_before,
             load_after: machine::load_average(),

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::json;
 
 use crate::procs::Rule;
@@ -22,6 +23,8 @@ pub struct Meta {
     pub command: String,
     pub quick: bool,
     pub step_seconds: f64,
+    /// How long the harness waits for outputs after the load.
+    pub drain_max_seconds: f64,
     pub total_seconds: f64,
     /// `/proc/loadavg` before and after the run: how busy the machine was otherwise.
     pub load_before: String,
@@ -365,33 +368,35 @@ fn method(r: &Results) -> String {
     let c = &r.criteria;
     format!(
         "\n## Method\n\n\
-- **One machine, one run.** Mosquitto, the contender, and the harness (load generator and upstream consumer, one thread each) \
-share the same cores; every contender meets the same broker, load and consumer. Each step starts a fresh Mosquitto and a fresh \
-contender process, waits until a probe message comes through it, then offers the load for the step's duration.\n\
-- **Load.** firmware-sim's `Simulation` (as a library) generates the fleet's messages; the harness publishes each when it \
-is due (QoS 1, one connection), with `\"n\"` (its number) and `\"sent\"` (µs, the harness's monotonic clock) put first in the \
-JSON. Every contender subscribes to `sensors/#` and so handles every message, readings and heartbeats.\n\
-- **Outputs.** Each contender turns every reading into one output carrying the reading's `n` and `sent`; the consumer \
-subscribes at QoS 1 to the outputs (the bare subscriber: to `sensors/#` itself, counting every message).\n\
-- **Sustained, nothing lost**: every expected output arrived (counted by `n`, duplicates apart), the last within {drain} ms of \
-the last publish (a contender slower than the offered rate falls behind linearly, so this allows about {pct:.0}% of slack \
-over a {step:.0} s step), and the load generator kept to its schedule (p99 lateness ≤ {lag} ms). The ramp walks up \
-1k, 2k, 5k, 10k, 20k, 30k, 50k, 70k, 100k, 140k, 200k msg/s until a step fails (1k, 10k and 50k always run), then bisects \
-twice between the best pass and the first failure.\n\
-- **Latency**: output received by the consumer − `sent`, every output of the step (hdrhistogram, 3 significant digits). \
-For an overloaded step it mostly measures queueing.\n\
-- **CPU**: utime + stime of the contender's process from `/proc/<pid>/stat` over the step (load start to drain end), as % of \
-one core; per message published. The bare subscriber's is its thread's. **Peak RSS**: `VmHWM` of the contender's process at \
-the end of the step (a fresh process per step).\n\
-- **Edgewatch** runs `edgewatch run` with the rules below, durable state on (the default: sled, flush before acknowledging), \
-upstream events as CloudEvents at QoS 1. **Node-RED** runs flows written by the harness (`bench/src/procs.rs`): \
-threshold: mqtt in → json → switch (`payload.temperature > 20`) → mqtt out; window: mqtt in → json → switch (readings) → \
-function (last 10 per topic in context; count, average) → mqtt out; heartbeat: mqtt in → json → switch (heartbeats) → \
-trigger (handle each `msg.topic` separately, send nothing, then the latest message after the timeout, each message extends \
-the delay) → mqtt out. One trigger node in per-topic mode is Node-RED's per-device watchdog. **Edgewatch, state in \
-memory** (when present) is the same agent with `state.durable = false`, for reference: what durability costs.\n\n\
-```rhai\n{threshold}\n{window}\n{heartbeat}```\n",
+    - **One machine, one run.** Mosquitto, the contender, and the harness (load generator and upstream consumer, one thread each) \
+    share the same cores; every contender meets the same broker, load and consumer. Each step starts a fresh Mosquitto and a fresh \
+    contender process, waits until a probe message comes through it, then offers the load for the step's duration.\n\
+    - **Load.** firmware-sim's `Simulation` (as a library) generates the fleet's messages; the harness publishes each when it \
+    is due (QoS 1, one connection), with `\"n\"` (its number) and `\"sent\"` (µs, the harness's monotonic clock) put first in the \
+    JSON. Every contender subscribes to `sensors/#` and so handles every message, readings and heartbeats.\n\
+    - **Outputs.** Each contender turns every reading into one output carrying the reading's `n` and `sent`; the consumer \
+    subscribes at QoS 1 to the outputs (the bare subscriber: to `sensors/#` itself, counting every message).\n\
+    - **Sustained, nothing lost**: every expected output arrived (counted by `n`, duplicates apart; \"missing\" means not arrived \
+    when the harness stopped waiting, {drain_max} s after the load), the last within {drain} ms of \
+    the last publish (a contender slower than the offered rate falls behind linearly, so this allows about {pct:.0}% of slack \
+    over a {step:.0} s step), and the load generator kept to its schedule (p99 lateness ≤ {lag} ms). The ramp walks up \
+    1k, 2k, 5k, 10k, 20k, 30k, 50k, 70k, 100k, 140k, 200k msg/s until a step fails (1k, 10k and 50k always run), then bisects \
+    twice between the best pass and the first failure.\n\
+    - **Latency**: output received by the consumer − `sent`, every output of the step (hdrhistogram, 3 significant digits). \
+    For an overloaded step it mostly measures queueing.\n\
+    - **CPU**: utime + stime of the contender's process from `/proc/<pid>/stat` over the step (load start to drain end), as % of \
+    one core; per message published. The bare subscriber's is its thread's. **Peak RSS**: `VmHWM` of the contender's process at \
+    the end of the step (a fresh process per step).\n\
+    - **Edgewatch** runs `edgewatch run` with the rules below, durable state on (the default: sled, flush before acknowledging), \
+    upstream events as CloudEvents at QoS 1. **Node-RED** runs flows written by the harness (`bench/src/procs.rs`): \
+    threshold: mqtt in → json → switch (`payload.temperature > 20`) → mqtt out; window: mqtt in → json → switch (readings) → \
+    function (last 10 per topic in context; count, average) → mqtt out; heartbeat: mqtt in → json → switch (heartbeats) → \
+    trigger (handle each `msg.topic` separately, send nothing, then the latest message after the timeout, each message extends \
+    the delay) → mqtt out. One trigger node in per-topic mode is Node-RED's per-device watchdog. **Edgewatch, state in \
+    memory** (when present) is the same agent with `state.durable = false`, for reference: what durability costs.\n\n\
+    ```rhai\n{threshold}\n{window}\n{heartbeat}```\n",
         drain = c.drain.as_millis(),
+        drain_max = r.meta.drain_max_seconds,
         lag = c.lag.as_millis(),
         step = r.meta.step_seconds,
         pct = 100.0 * c.drain.as_secs_f64() / r.meta.step_seconds.max(0.1),
@@ -471,11 +476,12 @@ pub fn svg(r: &Results, path: &Path) -> anyhow::Result<()> {
 }
 
 fn draw(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let base = SVGBackend::new(path, (1240, 500)).into_drawing_area();
+    base.fill(&WHITE)?;
+    let root = base.clone();
     let title = format!("Through Mosquitto on loopback, one machine ({}), {}", r.meta.machine, r.meta.date);
     let root = root.titled(&title, ("sans-serif", 18))?;
-    let (left, right) = root.split_horizontally(560);
+    let (left, right) = root.split_horizontally(620);
 
     let series: Vec<&Series> = r.series.iter().collect();
     let top = series.iter().filter_map(|s| s.max_sustained).fold(1_000.0f64, f64::max) * 1.15;
@@ -483,7 +489,7 @@ fn draw(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let mut bars = ChartBuilder::on(&left)
         .caption("max sustained, nothing lost (msg/s)", ("sans-serif", 15))
         .margin(12)
-        .x_label_area_size(40)
+        .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..n as f64, 0f64..top)?;
     bars.configure_mesh().disable_x_mesh().x_labels(0).y_label_formatter(&|v| rate(*v)).y_labels(8).draw()?;
@@ -493,7 +499,17 @@ fn draw(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         bars.draw_series(std::iter::once(Rectangle::new([(x + 0.15, 0.0), (x + 0.85, v)], color(s.setup).filled())))?;
         let label = if s.bounded || s.max_sustained.is_none() { rate(v) } else { format!("≥{}", rate(v)) };
         bars.draw_series(std::iter::once(Text::new(label, (x + 0.2, v + top * 0.02), ("sans-serif", 13))))?;
-        bars.draw_series(std::iter::once(Text::new(short(s.setup), (x + 0.1, -top * 0.04), ("sans-serif", 12))))?;
+        // Two short lines under each bar: who, and which rule.
+        let (who, what) = match s.setup.contender {
+            Contender::Bare => ("broker".to_owned(), "limit".to_owned()),
+            Contender::EdgewatchMemory => ("Edgewatch".to_owned(), format!("{} (mem)", s.setup.rule.name())),
+            c => (c.name().to_owned(), s.setup.rule.name().to_owned()),
+        };
+        // Below the axis, in pixels (chart coordinates outside the range are clamped).
+        let (px, py) = bars.backend_coord(&(x + 0.5, 0.0));
+        let style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Center, VPos::Top));
+        base.draw(&Text::new(who, (px, py + 6), style.clone()))?;
+        base.draw(&Text::new(what, (px, py + 20), style))?;
     }
 
     let points: Vec<(Setup, Vec<(f64, f64)>)> = series
@@ -666,7 +682,8 @@ mod tests {
     #[test]
     fn chart_is_an_svg_with_every_contender() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("chart.svg");
+        // BENCH_CHART_OUT=/tmp/chart.svg keeps the chart to look at.
+        let path = std::env::var_os("BENCH_CHART_OUT").map_or_else(|| dir.path().join("chart.svg"), Into::into);
         svg(&results(), &path).expect("drawn");
         let text = std::fs::read_to_string(&path).expect("written");
         assert!(text.starts_with("<svg"));

@@ -140,7 +140,7 @@ impl Step {
         }
         let mut why = Vec::new();
         if self.lost() > 0 {
-            why.push(format!("{} of {} outputs missing", self.lost(), self.expected));
+            why.push(format!("{} of {} outputs missing when the harness stopped waiting", self.lost(), self.expected));
         } else if self.drain_ms.is_some_and(|d| d > c.drain.as_secs_f64() * 1e3) {
             why.push(format!("fell behind: drained {:.1} s after the load", self.drain_ms.unwrap_or(0.0) / 1e3));
         }
