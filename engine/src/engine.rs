@@ -70,6 +70,11 @@ struct Runtime {
     state: KindState,
     /// Consecutive failed evaluations.
     failures: u32,
+    /// The key of the first failure of the current run, and whether another key has failed
+    /// since: a rule is disabled only for failures across keys, so one device's hostile
+    /// payloads cannot switch a rule off for the whole fleet.
+    failing_key: Option<Box<str>>,
+    failures_spread: bool,
     disabled: bool,
     /// Processing time of the last key-limit report.
     last_key_report: Option<i64>,
@@ -245,6 +250,8 @@ impl Engine {
                 Some((i, (_, mut rt))) => {
                     mapping[i] = u32::try_from(new_idx).ok();
                     rt.failures = 0;
+                    rt.failing_key = None;
+                    rt.failures_spread = false;
                     rt.disabled = false;
                     if let Some(keys) = rt.state.key_set_mut() {
                         keys.set_limit(key_limit(rule, &self.config));
@@ -494,7 +501,7 @@ impl Engine {
                 }
                 cx.faulted
             };
-            self.account(idx, &rule, faulted, out);
+            self.account(idx, &rule, faulted, Some(&t.key), out);
             self.chain(start, t.deadline, 1, out);
         }
     }
@@ -531,23 +538,35 @@ impl Engine {
             let x = Ev::new(event, &captures[..n], &base);
             let timers = if event_timed(&rule) { &mut self.event_timers } else { &mut self.clock };
             let mut cx = Cx::new(self.sandbox.engine(), &rule, idx as u32, timers, out, now);
-            if let Some(key) = key_of(&mut cx, &x, device) {
-                dispatch(&mut cx, &self.tables, &mut self.runtime[idx].state, &key, &x);
+            let key = key_of(&mut cx, &x, device);
+            if let Some(key) = &key {
+                dispatch(&mut cx, &self.tables, &mut self.runtime[idx].state, key, &x);
             }
             let faulted = cx.faulted;
-            self.account(idx, &rule, faulted, out);
+            // Who failed: the key, or where the key could not be computed, the device level
+            // or the topic.
+            let who = key.as_deref().or(device).unwrap_or(&event.topic);
+            self.account(idx, &rule, faulted, Some(who), out);
         }
     }
 
-    /// Counts consecutive failures; disables a rule that keeps failing.
-    fn account(&mut self, idx: usize, rule: &Rule, faulted: bool, out: &mut Outputs) {
+    /// Counts consecutive failures; disables a rule that keeps failing for more than one
+    /// key (`key` names who failed).
+    fn account(&mut self, idx: usize, rule: &Rule, faulted: bool, key: Option<&str>, out: &mut Outputs) {
         let rt = &mut self.runtime[idx];
         if !faulted {
             rt.failures = 0;
+            rt.failing_key = None;
+            rt.failures_spread = false;
             return;
         }
         rt.failures += 1;
-        if rt.failures >= self.config.max_failures && !rt.disabled {
+        let key = key.unwrap_or("");
+        match &rt.failing_key {
+            None => rt.failing_key = Some(key.into()),
+            Some(first) => rt.failures_spread |= **first != *key,
+        }
+        if rt.failures >= self.config.max_failures && rt.failures_spread && !rt.disabled {
             rt.disabled = true;
             out.faults.push(RuleFault {
                 rule: rule.name.clone(),
@@ -601,6 +620,8 @@ fn fresh_runtime(rule: &Rule, config: &EngineConfig) -> Runtime {
     Runtime {
         state: KindState::for_rule(rule, key_limit(rule, config)),
         failures: 0,
+        failing_key: None,
+        failures_spread: false,
         disabled: false,
         last_key_report: None,
     }

@@ -17,7 +17,8 @@ fn stopped_and_disabled(limits: Limits, bad: &str, line: usize, message: &str) -
     let mut h =
         H::with_sandbox(Sandbox::new(limits), &format!("{GOOD}\n{bad}"), Tables::new(), EngineConfig::default());
     for t in 0..12 {
-        let out = h.send(t, "s/d-1", "1");
+        // Two devices: a rule is disabled only for failures across keys.
+        let out = h.send(t, &format!("s/d-{}", t % 2), "1");
         let rules: Vec<&str> = out.iter().map(|o| o.0.as_str()).collect();
         assert_eq!(rules, ["good"], "the good rule fires, and only it, at {t}");
     }
@@ -183,4 +184,21 @@ fn deeply_nested_source_is_a_compile_error_not_a_crash() {
         let err = sandbox.compile_file("deep.rhai", &src).expect_err("too deep");
         assert_eq!(err.line, 1, "{err}");
     }
+}
+
+#[test]
+fn one_device_cannot_switch_a_rule_off_for_the_fleet() {
+    // A payload field the rule relies on is missing: the rule throws for this device only.
+    let bad = r#"rule("calib", #{ on: "s/{device}", when: |e| e.payload.cal.offset > 0 });"#;
+    let mut h =
+        H::with_sandbox(Sandbox::new(quick()), &format!("{GOOD}\n{bad}"), Tables::new(), EngineConfig::default());
+    for t in 0..50 {
+        h.send(t, "s/hostile", "1");
+    }
+    assert_eq!(h.fault_list.len(), 50, "every failure reported");
+    assert!(h.fault_list.iter().all(|f| !f.disabled), "one key's failures never disable the rule");
+    assert!(!h.engine.stats().rules.iter().any(|r| r.0 == "calib" && r.3), "calib still enabled");
+    // The same failure on a second device: the rule fails for the fleet, and is disabled.
+    h.send(50, "s/other", "1");
+    assert!(h.fault_list.last().is_some_and(|f| f.disabled && &*f.rule == "calib"), "{:?}", h.fault_list.last());
 }
