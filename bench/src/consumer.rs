@@ -83,6 +83,11 @@ impl Consumer {
             let live = live.clone();
             std::thread::Builder::new().name("consumer".into()).spawn(move || consume(reader, mode, origin, &live))?
         };
+        // Its thread id first: the bare subscriber's CPU is read from it right away.
+        let start = Instant::now();
+        while live.tid.load(Relaxed) == 0 && start.elapsed() < std::time::Duration::from_secs(1) {
+            std::thread::yield_now();
+        }
         Ok(Consumer { live, stream, thread })
     }
 
