@@ -94,6 +94,9 @@ enum Input {
     LinkUp,
     /// New rules (and maybe tables), swapped in between two events.
     Reload(Box<Scan>),
+    /// A message with nothing to process (the control topic, an unroutable topic) whose
+    /// acknowledgement must still go out in order, after those received before it.
+    Ack(AckToken),
 }
 
 /// Where outbound events wait: durably in sled, or (durability off) in memory.
@@ -271,7 +274,12 @@ impl Agent {
             })
         });
         let (in_tx, in_rx) = mpsc::channel::<Input>(cap);
-        let (ack_tx, ack_rx) = mpsc::channel::<Vec<AckToken>>(64);
+        // Unbounded on purpose, and still bounded: it holds acks of messages the broker has
+        // delivered and not had acknowledged, at most its in-flight window. A bounded channel
+        // here closes a cycle under overload: committer waits for the acker, the acker for the
+        // source connection's request queue, which only the source task drains, and the
+        // source task waits for room in the engine's queue, which waits for the committer.
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<AckToken>>();
         let packet = config.max_payload_bytes.saturating_add(64 * 1024);
         let durable = matches!(outbox, Outbox::Durable(_));
 
@@ -444,8 +452,11 @@ async fn source_task(
             Incoming::Publish { topic, ack, .. } if control_topic.as_deref() == Some(topic.as_str()) => {
                 tracing::info!(topic, "Reload asked for on the control topic.");
                 let _ = reload_tx.try_send(Trigger::Control);
+                // Never await the client here: this task is what drains its request queue.
                 if let Some(ack) = ack {
-                    let _ = client.ack(&ack).await;
+                    if in_tx.send(Input::Ack(ack)).await.is_err() {
+                        break;
+                    }
                 }
             }
             Incoming::Publish { topic, payload, ack } => {
@@ -466,7 +477,9 @@ async fn source_task(
             Incoming::Unroutable { ack } => {
                 stats.decode_errors.fetch_add(1, Relaxed);
                 if let Some(ack) = ack {
-                    let _ = client.ack(&ack).await;
+                    if in_tx.send(Input::Ack(ack)).await.is_err() {
+                        break;
+                    }
                 }
             }
             Incoming::Disconnected { error, retry_in } => {
@@ -490,7 +503,7 @@ async fn source_task(
 /// Acknowledges messages to the sensor broker, in the order they were received, once their
 /// effects are on disk. A task of its own: acks go through rumqttc's request queue, which
 /// the task polling the connection must never wait on.
-async fn acker_task(client: Client, mut acks: mpsc::Receiver<Vec<AckToken>>) {
+async fn acker_task(client: Client, mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>) {
     while let Some(batch) = acks.recv().await {
         for token in &batch {
             if let Err(error) = client.ack(token).await {
@@ -532,7 +545,7 @@ impl Pending {
 async fn engine_task(
     mut engine: Engine,
     (mut in_rx, mut connected): (mpsc::Receiver<Input>, watch::Receiver<u64>),
-    ack_tx: mpsc::Sender<Vec<AckToken>>,
+    ack_tx: mpsc::UnboundedSender<Vec<AckToken>>,
     outbox: Outbox,
     sent: Arc<Notify>,
     config: Arc<Config>,
@@ -625,6 +638,13 @@ async fn engine_task(
             }
             Some(Input::LinkUp) => {
                 engine.resume_absence(wall_clock(), &mut outputs);
+            }
+            Some(Input::Ack(ack)) => {
+                if pending.messages == 0 {
+                    pending.started = Instant::now();
+                }
+                pending.messages += 1;
+                pending.acks.push(ack);
             }
             Some(Input::Reload(scan)) => {
                 let Scan { rules, tables, changed, errors, summary, status } = *scan;
@@ -851,7 +871,7 @@ struct CommitJob {
 async fn committer_task(
     store: Option<Store>,
     mut jobs: mpsc::Receiver<CommitJob>,
-    ack_tx: mpsc::Sender<Vec<AckToken>>,
+    ack_tx: mpsc::UnboundedSender<Vec<AckToken>>,
     sent: Arc<Notify>,
     stats: Arc<Stats>,
 ) {
@@ -891,7 +911,7 @@ async fn committer_task(
             }
         }
         // Not on disk: no acks. The broker redelivers after a restart.
-        if ok && !acks.is_empty() && ack_tx.send(acks).await.is_err() {
+        if ok && !acks.is_empty() && ack_tx.send(acks).is_err() {
             tracing::debug!("Acker gone.");
         }
         sent.notify_one();

@@ -6,6 +6,7 @@ mod bad_input;
 mod heartbeat;
 mod misbehaving;
 mod observability;
+mod overload;
 mod pipeline;
 mod reconnect;
 mod reload;

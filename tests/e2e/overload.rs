@@ -1,0 +1,30 @@
+//! Overload must slow the agent down, never stop it: a flood far beyond tiny internal
+//! queues, through a broker with a large in-flight window, is processed to the last message.
+//! (Regression: acks waiting on the source connection's request queue, which the source task
+//! drains only while it is not itself waiting for room in the engine's queue, once closed a
+//! wait cycle that stopped the agent for good.)
+
+use crate::{OVERHEAT, config};
+use edgewatch_e2e::{Mosquitto, Publisher, RunningAgent};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_every_queue_is_processed_to_the_last_message() {
+    let Some(broker) =
+        Mosquitto::start_configured(None, None, "max_inflight_messages 1000\nmax_queued_messages 100000")
+    else {
+        return;
+    };
+    let cfg = config(broker.addr, "3.1.1")
+        .replace("max_payload_bytes = 1024", "max_payload_bytes = 1024\nqueue_capacity = 4")
+        .replace("[limits]", "[state]\nmax_batch = 2\n[limits]");
+    let agent = RunningAgent::start(&cfg, &[("overheat.rhai", OVERHEAT)]).await;
+    let mut sensor = Publisher::connect(broker.addr, "flood").await;
+    const N: u64 = 4000;
+    for i in 0..N {
+        sensor.publish_no_wait(&format!("sensors/t-{}/temperature", i % 50), format!("{}", 20 + i % 70));
+    }
+    sensor.wait_acks(N as usize).await;
+    let s = agent.wait_for_stats("every message processed", |s| s.processed >= N).await;
+    assert_eq!(s.processed, N, "{s}");
+    agent.stop().await;
+}
