@@ -514,7 +514,19 @@ mod tests {
             s.commit(b).await.expect("commits");
             s.ack_outbox(0).expect("acks");
         }
-        let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("reopens");
+        // sled's background flusher may hold the file lock a moment after the last handle
+        // is dropped (seen on a loaded machine): retry, as a restarted process would not need.
+        let mut tries = 0;
+        let s = loop {
+            match Store::open(dir.path(), 1 << 20, 1 << 20) {
+                Ok(s) => break s,
+                Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopens: {e}"),
+            }
+        };
         let state = s.load_state().expect("loads");
         assert_eq!(state.len(), 2);
         assert!(
