@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PASSWORD: &str = "s3cret-Pa55";
 
@@ -86,18 +86,14 @@ fn tls_lines(ca: &Path, client: Option<&Pem>) -> String {
 }
 
 /// Starts an agent that must fail to connect; returns its latest error after a few
-/// attempts, checking that it never became ready and that retries are spaced out.
+/// attempts (retried with the backoff the `reconnect` tests check), checking that it never
+/// connected.
 async fn refused(config: &str, what: &str) -> String {
     let agent = RunningAgent::spawn(config, &[("o.rhai", OVERHEAT)]).await;
-    let started = Instant::now();
     let source = || agent.stats.detail.connection("source");
     agent.wait_for_stats(what, |_| source().failures.load(Relaxed) >= 3).await;
-    let failures = source().failures.load(Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(source().connects.load(Relaxed), 0, "{what}: must never connect");
     assert!(!source().connected.load(Relaxed), "{what}");
-    // Backoff: a hot loop would make hundreds of attempts per second.
-    assert!((failures as f64) < 10.0 * elapsed + 5.0, "{what}: {failures} attempts in {elapsed:.1}s");
     let error = source().last_error.lock().expect("lock").clone().expect("an error is reported");
     assert!(!error.contains(PASSWORD), "{what}: the password leaked into an error: {error}");
     agent.stop().await;
