@@ -121,11 +121,7 @@ impl Outbox {
 
     fn acked(&self, seq: u64) {
         match self {
-            Outbox::Durable(s) => {
-                if let Err(error) = s.ack_outbox(seq) {
-                    tracing::error!(seq, %error, "Cannot delete an acknowledged event from the outbox.");
-                }
-            }
+            Outbox::Durable(s) => s.ack_outbox(seq),
             Outbox::Memory(q, _) => {
                 if let Ok(mut q) = q.lock() {
                     q.retain(|(s, _)| *s != seq);
@@ -308,7 +304,7 @@ impl Agent {
             },
         );
         let sent = Arc::new(Notify::new());
-        let inflight: Arc<Mutex<VecDeque<u64>>> = Arc::new(Mutex::new(VecDeque::new()));
+        let inflight: Arc<Mutex<Inflight>> = Arc::default();
 
         let (reload_tx, reload_rx) = mpsc::channel::<Trigger>(8);
         let mut subscriptions = config.subscriptions.clone();
@@ -356,10 +352,14 @@ impl Agent {
             ready.clone(),
             done_rx,
         ));
+        let store = match &outbox {
+            Outbox::Durable(s) => Some(s.clone()),
+            Outbox::Memory(..) => None,
+        };
         let publisher = tokio::spawn(publisher_task(
             up_client,
             outbox,
-            inflight,
+            (inflight, ready.subscribe()),
             sent.clone(),
             stats.clone(),
             engine_done_rx,
@@ -374,6 +374,12 @@ impl Agent {
         acker.await?;
         publisher.await?;
         poller.await?;
+        if let Some(store) = store {
+            // What was acknowledged during the drain: delete it, or the next start sends it again.
+            if let Err(error) = store.commit(Batch::default()).await {
+                tracing::error!(%error, "Acknowledged events not deleted from the outbox; they will be sent again.");
+            }
+        }
         if let Some(server) = metrics_server {
             server.await?;
         }
@@ -630,6 +636,7 @@ async fn engine_task(
             }
         };
         outputs.clear();
+        let queued = pending.batch.len();
         match input {
             None => engine.tick(wall_clock(), &mut outputs),
             Some(Input::LinkDown) => {
@@ -707,6 +714,12 @@ async fn engine_task(
         collect(&outputs, &outbox, &mut pending, &config, &source, &stats);
         if Instant::now() >= next_gauges {
             next_gauges = Instant::now() + GAUGES_EVERY;
+            if let Outbox::Durable(store) = &outbox {
+                // Acknowledged events are deleted with the next batch; when idle, make one.
+                if store.has_acked() {
+                    pending.messages = pending.messages.max(1);
+                }
+            }
             let keys = engine.tracked_keys().map(|(rule, n)| (Arc::<str>::from(rule), n as u64)).collect();
             if let Ok(mut tracked) = stats.detail.tracked_keys.lock() {
                 *tracked = keys;
@@ -728,6 +741,11 @@ async fn engine_task(
                 let data = serde_json::json!({ "dropped": dropped, "reason": "outbox full (state.max_outbox_mb)" });
                 queue(&outbox, &mut pending, agent_event(&config, &source, "dropped", data));
             }
+        }
+        if pending.batch.len() != queued {
+            // New events are readable in the outbox already: the publisher need not wait for
+            // the batch to be written.
+            sent.notify_one();
         }
         if pending.messages >= config.state.max_batch {
             match commits.reserve().await {
@@ -826,7 +844,7 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
 
 fn queue(outbox: &Outbox, pending: &mut Pending, entry: OutboxEntry) {
     match outbox {
-        Outbox::Durable(store) => store.push_outbox(&mut pending.batch, &entry),
+        Outbox::Durable(store) => store.push_outbox(&mut pending.batch, entry),
         Outbox::Memory(..) => pending.memory.push(entry),
     }
 }
@@ -885,14 +903,21 @@ async fn committer_task(
         let mut ok = true;
         if let Some(store) = &store {
             let started = Instant::now();
+            let mut wrote = false;
             for job in group {
-                if let Err(error) = store.apply(job.batch) {
-                    tracing::error!(%error, "State not written; messages stay unacknowledged.");
-                    ok = false;
+                match store.apply(job.batch) {
+                    Ok(w) => wrote |= w,
+                    Err(error) => {
+                        tracing::error!(%error, "State not written; messages stay unacknowledged.");
+                        ok = false;
+                    }
                 }
                 acks.extend(job.acks);
             }
-            if ok {
+            sent.notify_one();
+            // Nothing written (no state changed, every event already acknowledged upstream):
+            // nothing to flush.
+            if ok && wrote {
                 match store.flush().await {
                     Ok(()) => stats.record_flush(started.elapsed()),
                     Err(error) => {
@@ -1086,12 +1111,21 @@ fn dead_letter(topic: &str, payload: &[u8], time: Timestamp, reason: &str, error
     .into_bytes()
 }
 
+/// Events handed to the upstream client and not yet acknowledged.
+#[derive(Debug, Default)]
+struct Inflight {
+    /// QoS 1 events in the order they were published: each PUBACK acknowledges the oldest.
+    seqs: VecDeque<u64>,
+    /// Set on a new session: the publisher sends again from here.
+    resend_from: Option<u64>,
+}
+
 /// Polls the upstream connection. QoS 1 PUBACKs come in the order the publishes went out
 /// (MQTT 3.1.1 §4.6), so each one acknowledges the oldest event in flight.
 async fn upstream_poll_task(
     mut conn: mqtt::Connection,
     outbox: Outbox,
-    (inflight, connected): (Arc<Mutex<VecDeque<u64>>>, watch::Sender<u64>),
+    (inflight, connected): (Arc<Mutex<Inflight>>, watch::Sender<u64>),
     sent: Arc<Notify>,
     stats: Arc<Stats>,
     ready: Arc<watch::Sender<Readiness>>,
@@ -1103,7 +1137,15 @@ async fn upstream_poll_task(
             incoming = conn.poll() => incoming,
         };
         match incoming {
-            Incoming::Connected { .. } => {
+            Incoming::Connected { session_present } => {
+                if !session_present {
+                    // A new session: the client dropped what it had in flight (rumqttc clears
+                    // its pending publishes then). Send those events again, from the oldest.
+                    if let Ok(mut f) = inflight.lock() {
+                        f.resend_from = f.seqs.front().copied().or(f.resend_from);
+                        f.seqs.clear();
+                    }
+                }
                 stats.connected(conn.name());
                 tracing::info!(connection = "upstream", "Connected to the upstream broker.");
                 ready.send_modify(|r| r.upstream_connected = true);
@@ -1112,7 +1154,7 @@ async fn upstream_poll_task(
                 sent.notify_one();
             }
             Incoming::PubAck => {
-                let seq = inflight.lock().ok().and_then(|mut q| q.pop_front());
+                let seq = inflight.lock().ok().and_then(|mut f| f.seqs.pop_front());
                 if let Some(seq) = seq {
                     outbox.acked(seq);
                     stats.acked.fetch_add(1, Relaxed);
@@ -1134,7 +1176,7 @@ async fn upstream_poll_task(
 async fn publisher_task(
     client: Client,
     outbox: Outbox,
-    inflight: Arc<Mutex<VecDeque<u64>>>,
+    (inflight, mut ready): (Arc<Mutex<Inflight>>, watch::Receiver<Readiness>),
     sent: Arc<Notify>,
     stats: Arc<Stats>,
     mut engine_done: watch::Receiver<bool>,
@@ -1143,20 +1185,33 @@ async fn publisher_task(
     let mut next_seq = 0u64;
     let mut deadline: Option<Instant> = None;
     loop {
-        let room = PUBLISH_WINDOW.saturating_sub(inflight.lock().map(|q| q.len()).unwrap_or(PUBLISH_WINDOW));
-        let batch = if room > 0 { outbox.next(next_seq, room) } else { Vec::new() };
-        for (seq, entry) in &batch {
+        // Handed to the client only while connected: what it holds across a disconnect is
+        // resent by the client itself (same session) or by us (new session, below).
+        let up = ready.borrow_and_update().upstream_connected;
+        let room = match inflight.lock() {
+            Ok(mut f) => {
+                if let Some(from) = f.resend_from.take() {
+                    tracing::info!(from, "New upstream session: resending the events in flight.");
+                    next_seq = next_seq.min(from);
+                }
+                PUBLISH_WINDOW.saturating_sub(f.seqs.len())
+            }
+            Err(_) => 0,
+        };
+        let batch = if room > 0 && up { outbox.next(next_seq, room) } else { Vec::new() };
+        let published = !batch.is_empty();
+        for (seq, entry) in batch {
             next_seq = seq + 1;
             if entry.qos > 0 {
-                if let Ok(mut q) = inflight.lock() {
-                    q.push_back(*seq);
+                if let Ok(mut f) = inflight.lock() {
+                    f.seqs.push_back(seq);
                 }
             }
-            match client.publish(&entry.topic, entry.qos, entry.retain, entry.payload.clone()).await {
+            match client.publish(&entry.topic, entry.qos, entry.retain, entry.payload).await {
                 Ok(()) => {
                     stats.published.fetch_add(1, Relaxed);
                     if entry.qos == 0 {
-                        outbox.acked(*seq);
+                        outbox.acked(seq);
                     }
                 }
                 Err(error) => {
@@ -1164,7 +1219,7 @@ async fn publisher_task(
                 }
             }
         }
-        if !batch.is_empty() {
+        if published {
             continue;
         }
         if *engine_done.borrow() {
@@ -1183,6 +1238,7 @@ async fn publisher_task(
         tokio::select! {
             () = sent.notified() => {}
             _ = engine_done.changed() => {}
+            _ = ready.changed() => {}
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }

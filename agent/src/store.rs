@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Nothing is acknowledged to the sensor broker before the batch holding its effects is
-//! flushed. If the database cannot be opened (sled has open reports of unreadable files
+//! flushed. Events are handed to the publisher from memory as soon as their batch is applied
+//! (sled is read back only for what an earlier run left, or what did not fit the cache), and
+//! acknowledged events are deleted with the next batch rather than one write per PUBACK. If the database cannot be opened (sled has open reports of unreadable files
 //! after power loss), it is moved aside and the latest snapshot is restored.
 
 use edgewatch_engine::Touched;
@@ -25,6 +27,10 @@ use std::sync::Arc;
 
 /// The on-disk layout version.
 pub const SCHEMA_VERSION: u64 = 1;
+
+/// Bytes of applied outbox entries kept in memory for the publisher. Past it (a long upstream
+/// outage), entries wait on disk only and are read back from there.
+const CACHE_BYTES: u64 = 4 << 20;
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +92,11 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub struct Batch {
     inner: sled::Batch,
-    outbox: Vec<(u64, u64)>,
-    removed: Vec<(u64, u64)>,
+    /// The outbox entries it adds, encoded: written when applied, unless acknowledged upstream
+    /// by then.
+    outbox: Vec<(u64, Vec<u8>)>,
+    /// Written outbox entries it deletes (dropped for space).
+    deletes: usize,
     changes: usize,
 }
 
@@ -112,15 +121,93 @@ pub struct Store {
 }
 
 /// The outbox's bookkeeping, in memory (rebuilt from disk at open).
+///
+/// An entry is readable by the publisher as soon as it is pushed, from memory. It is written
+/// to disk when its batch is applied, unless it was acknowledged upstream by then: with a
+/// responsive upstream broker most events never touch the disk. That keeps the guarantee:
+/// the inputs behind an unwritten event are acknowledged only after their batch is flushed,
+/// so after a crash the broker redelivers them and the same event (same id) comes again.
 #[derive(Debug, Default)]
 struct Outbox {
     next_seq: u64,
-    /// (seq, bytes) of every entry, oldest first.
-    entries: std::collections::VecDeque<(u64, u64)>,
+    /// Every seq below it is in an applied batch; sled is read only below it.
+    applied: u64,
+    /// Every entry not yet acknowledged, oldest first (seqs ascending).
+    entries: std::collections::VecDeque<Live>,
     bytes: u64,
     max_bytes: u64,
     /// Entries dropped to stay within `max_bytes`, not yet reported.
     dropped: u64,
+    /// Entries with consecutive seqs, oldest first, so the publisher need not read back (and
+    /// decode) what was just written. At most `cache_cap` bytes; past it (a long upstream
+    /// outage) entries wait on disk only and are read back from there.
+    cache: std::collections::VecDeque<Cached>,
+    cache_bytes: u64,
+    /// [`CACHE_BYTES`]; smaller in tests.
+    cache_cap: u64,
+    /// Acknowledged entries that were written, deleted from disk with the next batch.
+    acked: Vec<u64>,
+}
+
+/// An outbox entry not yet acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    seq: u64,
+    len: u64,
+    /// In an applied batch: acknowledging it means deleting it from disk.
+    written: bool,
+}
+
+/// An outbox entry in memory.
+#[derive(Debug)]
+struct Cached {
+    seq: u64,
+    len: u64,
+    entry: OutboxEntry,
+    /// Acknowledged but behind an older one that is not yet (QoS 0 after QoS 1): it stays
+    /// until it reaches the front, so the seqs stay consecutive.
+    acked: bool,
+}
+
+impl Outbox {
+    fn live(&mut self, seq: u64) -> Option<&mut Live> {
+        let at = self.entries.binary_search_by_key(&seq, |l| l.seq).ok()?;
+        self.entries.get_mut(at)
+    }
+
+    fn pop_cached(&mut self) {
+        if let Some(c) = self.cache.pop_front() {
+            self.cache_bytes -= c.len;
+        }
+    }
+
+    /// Drops cached entries that are no longer live (dropped for space).
+    fn trim_cache(&mut self) {
+        let oldest = self.entries.front().map_or(self.next_seq, |l| l.seq);
+        while self.cache.front().is_some_and(|c| c.seq < oldest || c.acked) {
+            self.pop_cached();
+        }
+    }
+
+    /// Forgets an acknowledged entry; if it was written, it is deleted with the next batch.
+    fn ack(&mut self, seq: u64) {
+        let Ok(at) = self.entries.binary_search_by_key(&seq, |l| l.seq) else {
+            return; // dropped for space meanwhile, or acknowledged twice
+        };
+        if let Some(live) = self.entries.remove(at) {
+            self.bytes -= live.len;
+            if live.written {
+                self.acked.push(seq);
+            }
+        }
+        if let Some(first) = self.cache.front().map(|c| c.seq) {
+            let at = seq.checked_sub(first).and_then(|i| usize::try_from(i).ok());
+            if let Some(c) = at.and_then(|i| self.cache.get_mut(i)) {
+                c.acked = true;
+            }
+        }
+        self.trim_cache();
+    }
 }
 
 fn state_key(t: &Touched) -> Vec<u8> {
@@ -185,7 +272,7 @@ impl Store {
         if schema != SCHEMA_VERSION {
             return Err(StoreError::Schema { path: path.display().to_string(), found: schema });
         }
-        let mut outbox = Outbox { max_bytes: max_outbox_bytes, ..Outbox::default() };
+        let mut outbox = Outbox { max_bytes: max_outbox_bytes, cache_cap: CACHE_BYTES, ..Outbox::default() };
         for item in opened.scan_prefix(b"o/") {
             let (k, v) = item.map_err(|e| err(e.to_string()))?;
             let seq = k
@@ -193,10 +280,11 @@ impl Store {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
                 .ok_or_else(|| err("bad outbox key".into()))?;
-            outbox.entries.push_back((seq, v.len() as u64));
+            outbox.entries.push_back(Live { seq, len: v.len() as u64, written: true });
             outbox.bytes += v.len() as u64;
             outbox.next_seq = seq + 1;
         }
+        outbox.applied = outbox.next_seq;
         Ok(Store { db: opened, inner: Arc::new(std::sync::Mutex::new(outbox)), dir: dir.to_owned() })
     }
 
@@ -232,45 +320,81 @@ impl Store {
         batch.changes += 1;
     }
 
-    /// Adds an outbox entry to `batch`. When the outbox is over its size, the oldest entries
-    /// are dropped (and counted) in the same batch.
-    pub fn push_outbox(&self, batch: &mut Batch, entry: &OutboxEntry) {
-        let bytes = serde_json::to_vec(entry).unwrap_or_default();
+    /// Adds an outbox entry to `batch`, readable by the publisher at once. When the outbox is
+    /// over its size, the oldest entries are dropped (and counted) in the same batch.
+    pub fn push_outbox(&self, batch: &mut Batch, entry: OutboxEntry) {
+        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        let len = bytes.len() as u64;
         let mut ob = self.outbox();
         let seq = ob.next_seq;
         ob.next_seq += 1;
-        let len = bytes.len() as u64;
         ob.bytes += len;
-        ob.entries.push_back((seq, len));
+        ob.entries.push_back(Live { seq, len, written: false });
         while ob.bytes > ob.max_bytes && ob.entries.len() > 1 {
-            if let Some((old, old_len)) = ob.entries.pop_front() {
-                ob.bytes -= old_len;
+            if let Some(old) = ob.entries.pop_front() {
+                ob.bytes -= old.len;
                 ob.dropped += 1;
-                batch.inner.remove(&outbox_key(old));
-                batch.removed.push((old, old_len));
+                if old.written {
+                    batch.inner.remove(&outbox_key(old.seq));
+                    batch.deletes += 1;
+                }
             }
         }
+        ob.trim_cache();
+        let next_in_line = ob.cache.back().is_none_or(|c| c.seq + 1 == seq);
+        if next_in_line && ob.cache_bytes + len <= ob.cache_cap {
+            ob.cache.push_back(Cached { seq, len, entry, acked: false });
+            ob.cache_bytes += len;
+        }
         drop(ob);
-        batch.inner.insert(&outbox_key(seq), bytes);
-        batch.outbox.push((seq, len));
+        batch.outbox.push((seq, bytes));
         batch.changes += 1;
     }
 
     /// Writes `batch` and waits until it is on disk.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        if batch.changes == 0 {
-            return Ok(());
+        if self.apply(batch)? {
+            self.flush().await?;
         }
-        self.apply(batch)?;
-        self.flush().await
+        Ok(())
     }
 
-    /// Writes `batch` (atomically, not yet durably: see [`Store::flush`]).
-    pub fn apply(&self, batch: Batch) -> Result<(), StoreError> {
-        if batch.changes == 0 {
-            return Ok(());
+    /// Writes `batch` (atomically, not yet durably: see [`Store::flush`]): its changes, its
+    /// outbox entries not acknowledged upstream meanwhile, and the deletion of the written
+    /// entries acknowledged since the last batch. Returns whether anything was written
+    /// (nothing: no flush is needed).
+    pub fn apply(&self, mut batch: Batch) -> Result<bool, StoreError> {
+        let mut ob = self.outbox();
+        let acked = std::mem::take(&mut ob.acked);
+        let mut writes = batch.changes - batch.outbox.len() + batch.deletes + acked.len();
+        let mut applied = ob.applied;
+        for (seq, bytes) in batch.outbox.drain(..) {
+            applied = applied.max(seq + 1);
+            // Still live: written now (an acknowledgement from here on deletes it again).
+            if let Some(live) = ob.live(seq) {
+                live.written = true;
+                batch.inner.insert(&outbox_key(seq), bytes);
+                writes += 1;
+            }
         }
-        self.db.apply_batch(batch.inner).map_err(|e| self.db_err(e))
+        drop(ob);
+        for seq in &acked {
+            batch.inner.remove(&outbox_key(*seq));
+        }
+        if writes > 0 {
+            if let Err(e) = self.db.apply_batch(batch.inner) {
+                // The deletions go with a later batch; the new entries stay in memory only.
+                self.outbox().acked.extend(acked);
+                return Err(self.db_err(e));
+            }
+        }
+        self.outbox().applied = applied;
+        Ok(writes > 0)
+    }
+
+    /// Acknowledged entries are waiting to be deleted.
+    pub fn has_acked(&self) -> bool {
+        !self.outbox().acked.is_empty()
     }
 
     /// Waits until everything applied so far is on disk.
@@ -290,9 +414,23 @@ impl Store {
         v.as_ref().try_into().ok().map(i64::from_be_bytes)
     }
 
-    /// Up to `n` outbox entries from `from_seq` on, in order.
+    /// Up to `n` outbox entries from `from_seq` on, in order: from memory when they are
+    /// there, else from disk.
     pub fn outbox_from(&self, from_seq: u64, n: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-        let mut v = Vec::with_capacity(n);
+        {
+            let ob = self.outbox();
+            if let Some(first) = ob.cache.front().map(|c| c.seq) {
+                let at = from_seq.checked_sub(first).and_then(|i| usize::try_from(i).ok());
+                if let Some(at) = at.filter(|i| *i < ob.cache.len()) {
+                    return Ok(ob.cache.range(at..).take(n).map(|c| (c.seq, c.entry.clone())).collect());
+                }
+            }
+            // Not in memory: on disk once applied (a cache that overflowed, an earlier run).
+            if from_seq >= ob.applied || n == 0 {
+                return Ok(Vec::new());
+            }
+        }
+        let mut v = Vec::with_capacity(n.min(1024));
         for item in self.db.range(outbox_key(from_seq)..outbox_key(u64::MAX)).take(n) {
             let (k, val) = item.map_err(|e| self.db_err(e))?;
             let seq = k.get(2..10).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
@@ -304,18 +442,10 @@ impl Store {
         Ok(v)
     }
 
-    /// Deletes an acknowledged outbox entry.
-    pub fn ack_outbox(&self, seq: u64) -> Result<(), StoreError> {
-        let removed = self.db.remove(outbox_key(seq)).map_err(|e| self.db_err(e))?;
-        if removed.is_some() {
-            let mut ob = self.outbox();
-            if let Some(pos) = ob.entries.iter().position(|(s, _)| *s == seq) {
-                if let Some((_, len)) = ob.entries.remove(pos) {
-                    ob.bytes -= len;
-                }
-            }
-        }
-        Ok(())
+    /// Marks an outbox entry acknowledged: it no longer counts, and is deleted from disk with
+    /// the next applied batch (after a crash before that, it is sent again: same id).
+    pub fn ack_outbox(&self, seq: u64) {
+        self.outbox().ack(seq);
     }
 
     /// (entries, bytes) waiting in the outbox.
@@ -358,7 +488,7 @@ impl Store {
             batch.changes += 1;
         }
         for entry in &snap.outbox {
-            self.push_outbox(&mut batch, entry);
+            self.push_outbox(&mut batch, entry.clone());
         }
         self.commit(batch).await
     }
@@ -508,11 +638,13 @@ mod tests {
             s.put_state(&mut b, &Touched::Rule { rule: "r".into(), key: "k\u{1}x".into() }, Some(b"{\"a\":1}"));
             s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{}"));
             for i in 0..3 {
-                s.push_outbox(&mut b, &entry(i));
+                s.push_outbox(&mut b, entry(i));
             }
             s.mark_alive(&mut b, 1234);
             s.commit(b).await.expect("commits");
-            s.ack_outbox(0).expect("acks");
+            s.ack_outbox(0);
+            // The deletion goes with the next batch, even an empty one.
+            s.commit(Batch::default()).await.expect("commits");
         }
         // sled's background flusher may hold the file lock a moment after the last handle
         // is dropped (seen on a loaded machine): retry, as a restarted process would not need.
@@ -540,9 +672,92 @@ mod tests {
         assert_eq!(s.last_alive(), Some(1234));
         // New entries continue the sequence.
         let mut b = Batch::default();
-        s.push_outbox(&mut b, &entry(9));
+        s.push_outbox(&mut b, entry(9));
         s.commit(b).await.expect("commits");
         assert_eq!(s.outbox_from(0, 10).expect("reads").last().map(|x| x.0), Some(3));
+    }
+
+    /// The publisher's view (memory, or disk past the cache) against a model, through random
+    /// interleavings of batches, reads, acks in order (QoS 1) and out of order (QoS 0 behind
+    /// QoS 1), drops for space, and a reopen.
+    #[tokio::test]
+    async fn the_outbox_reads_the_same_from_memory_and_from_disk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for cap in [0u64, 400, 1 << 20] {
+            let _ = std::fs::remove_dir_all(dir.path().join("db"));
+            let s = Store::open(dir.path(), 1 << 20, 3000).expect("opens");
+            s.outbox().cache_cap = cap;
+            // The model: every entry pushed, by seq; which are acked; the publisher's cursor.
+            let mut model: Vec<OutboxEntry> = Vec::new();
+            let mut acked = std::collections::BTreeSet::new();
+            let mut cursor = 0u64;
+            let mut inflight: std::collections::VecDeque<u64> = Default::default();
+            for round in 0..300 {
+                let mut b = Batch::default();
+                for _ in 0..next(6) {
+                    let i = model.len();
+                    let mut e = entry(i);
+                    e.qos = u8::from(next(3) != 0);
+                    e.payload.resize(10 + next(60) as usize, b'x');
+                    s.push_outbox(&mut b, e.clone());
+                    model.push(e);
+                }
+                // The publisher reads (and the broker acknowledges) before or after the batch
+                // is written: entries acknowledged before it never reach the disk.
+                let before = next(2) == 0;
+                for phase in [true, false] {
+                    if phase != before {
+                        s.apply(std::mem::take(&mut b)).expect("applies");
+                        continue;
+                    }
+                    let got = s.outbox_from(cursor, 1 + next(5) as usize).expect("reads");
+                    for (seq, e) in got {
+                        assert!(seq >= cursor, "cap {cap} round {round}: {seq} before the cursor {cursor}");
+                        assert_eq!(e, model[seq as usize], "cap {cap} round {round}: seq {seq}");
+                        cursor = seq + 1;
+                        if e.qos == 0 {
+                            s.ack_outbox(seq);
+                            acked.insert(seq);
+                        } else {
+                            inflight.push_back(seq);
+                        }
+                    }
+                    for _ in 0..next(2) {
+                        if let Some(seq) = inflight.pop_front() {
+                            s.ack_outbox(seq);
+                            acked.insert(seq);
+                        }
+                    }
+                }
+            }
+            s.commit(Batch::default()).await.expect("commits");
+            let dropped = s.take_dropped();
+            let (depth, _) = s.outbox_depth();
+            assert!(dropped > 0, "cap {cap}: 3000 bytes should have overflowed");
+            // What is left on disk is exactly what was never acknowledged nor dropped.
+            let on_disk = s.outbox_from(0, usize::MAX >> 1).expect("reads");
+            assert_eq!(on_disk.len(), depth, "cap {cap}");
+            for (seq, e) in &on_disk {
+                assert!(!acked.contains(seq), "cap {cap}: acked {seq} still on disk");
+                assert_eq!(*e, model[*seq as usize]);
+            }
+            // Memory holds no more than the cap, and nothing acknowledged but what waits
+            // behind an older unacknowledged entry.
+            let ob = s.outbox();
+            assert!(ob.cache_bytes <= cap, "cap {cap}: {} bytes cached", ob.cache_bytes);
+            assert_eq!(ob.cache_bytes, ob.cache.iter().map(|c| c.len).sum::<u64>());
+            assert!(ob.cache.front().is_none_or(|c| !c.acked), "cap {cap}");
+            for c in &ob.cache {
+                assert!(c.acked || ob.entries.iter().any(|l| l.seq == c.seq), "cap {cap}: {} cached, acked", c.seq);
+            }
+        }
     }
 
     #[tokio::test]
@@ -551,7 +766,7 @@ mod tests {
         let s = Store::open(dir.path(), 1 << 20, 200).expect("opens");
         let mut b = Batch::default();
         for i in 0..10 {
-            s.push_outbox(&mut b, &entry(i));
+            s.push_outbox(&mut b, entry(i));
         }
         s.commit(b).await.expect("commits");
         let (n, bytes) = s.outbox_depth();
@@ -567,7 +782,7 @@ mod tests {
             let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
             let mut b = Batch::default();
             s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{\"max\":1,\"seen\":1}"));
-            s.push_outbox(&mut b, &entry(1));
+            s.push_outbox(&mut b, entry(1));
             s.commit(b).await.expect("commits");
             s.write_snapshot_file(&s.snapshot(42).expect("snapshot")).expect("written");
         }
