@@ -906,7 +906,10 @@ async fn committer_task(
             let mut wrote = false;
             for job in group {
                 match store.apply(job.batch) {
-                    Ok(w) => wrote |= w,
+                    Ok(applied) => {
+                        wrote |= applied.wrote;
+                        stats.outbox_written.fetch_add(applied.events, Relaxed);
+                    }
                     Err(error) => {
                         tracing::error!(%error, "State not written; messages stay unacknowledged.");
                         ok = false;

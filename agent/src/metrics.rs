@@ -211,6 +211,12 @@ impl Collector for AgentCollector {
         gauge(e, "outbox_events", "Events waiting for the upstream broker.", None, events as i64)?;
         gauge(e, "outbox", "Size of the events waiting for the upstream broker.", Some(&Unit::Bytes), bytes as i64)?;
         counter(e, "outbox_dropped", "Events dropped because the outbox was full.", load(&s.outbox_dropped))?;
+        counter(
+            e,
+            "outbox_written",
+            "Events written to disk: not acknowledged upstream by the time their batch was written.",
+            load(&s.outbox_written),
+        )?;
         counter(e, "events_published", "Events handed to the upstream connection.", load(&s.published))?;
         counter(e, "events_acked", "Events acknowledged by the upstream broker.", load(&s.acked))?;
         if let Some(disk) = (self.0.disk)() {

@@ -112,6 +112,15 @@ impl Batch {
     }
 }
 
+/// What [`Store::apply`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// Anything at all (if not, there is nothing to flush).
+    pub wrote: bool,
+    /// Outbox entries written (the others were acknowledged upstream already).
+    pub events: u64,
+}
+
 /// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -353,7 +362,7 @@ impl Store {
 
     /// Writes `batch` and waits until it is on disk.
     pub async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        if self.apply(batch)? {
+        if self.apply(batch)?.wrote {
             self.flush().await?;
         }
         Ok(())
@@ -361,12 +370,12 @@ impl Store {
 
     /// Writes `batch` (atomically, not yet durably: see [`Store::flush`]): its changes, its
     /// outbox entries not acknowledged upstream meanwhile, and the deletion of the written
-    /// entries acknowledged since the last batch. Returns whether anything was written
-    /// (nothing: no flush is needed).
-    pub fn apply(&self, mut batch: Batch) -> Result<bool, StoreError> {
+    /// entries acknowledged since the last batch.
+    pub fn apply(&self, mut batch: Batch) -> Result<Applied, StoreError> {
         let mut ob = self.outbox();
         let acked = std::mem::take(&mut ob.acked);
         let mut writes = batch.changes - batch.outbox.len() + batch.deletes + acked.len();
+        let mut events = 0;
         let mut applied = ob.applied;
         for (seq, bytes) in batch.outbox.drain(..) {
             applied = applied.max(seq + 1);
@@ -375,6 +384,7 @@ impl Store {
                 live.written = true;
                 batch.inner.insert(&outbox_key(seq), bytes);
                 writes += 1;
+                events += 1;
             }
         }
         drop(ob);
@@ -389,7 +399,7 @@ impl Store {
             }
         }
         self.outbox().applied = applied;
-        Ok(writes > 0)
+        Ok(Applied { wrote: writes > 0, events })
     }
 
     /// Acknowledged entries are waiting to be deleted.

@@ -133,6 +133,8 @@ pub struct Stats {
     pub reload_errors: AtomicU64,
     /// Events dropped from a full outbox.
     pub outbox_dropped: AtomicU64,
+    /// Events written to disk: not acknowledged upstream by the time their batch was written.
+    pub outbox_written: AtomicU64,
     /// New keys rules refused at their key limit (or too long), and old keys they evicted
     /// to make room.
     pub keys_refused: AtomicU64,
