@@ -115,8 +115,11 @@ impl Default for RawState {
     }
 }
 
+/// Long enough that one flush covers many messages, and that most events are acknowledged
+/// upstream (and so never written) before their batch is; short next to a broker's
+/// redelivery patience. Only the inputs' acks wait for it, not the events.
 fn default_flush_interval() -> Duration {
-    Duration::ZERO
+    Duration::from_millis(5)
 }
 
 fn default_cache_mb() -> u64 {
