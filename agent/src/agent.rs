@@ -690,7 +690,7 @@ async fn engine_task(
                             &mut pending,
                             OutboxEntry {
                                 topic: config.upstream.deadletter_topic(),
-                                payload: letter,
+                                payload: letter.into(),
                                 qos: 1,
                                 retain: false,
                             },
@@ -793,7 +793,7 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
         queue(
             outbox,
             pending,
-            OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter, qos: 1, retain: false },
+            OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter.into(), qos: 1, retain: false },
         );
         stats.dead_letters.fetch_add(1, Relaxed);
     }
@@ -811,7 +811,7 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
             pending,
             OutboxEntry {
                 topic: config.upstream.errors_topic(),
-                payload: report.to_string().into_bytes(),
+                payload: report.to_string().into(),
                 qos: 1,
                 retain: false,
             },
@@ -835,7 +835,7 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
         tracing::debug!(rule = %composite.rule, key = %composite.key, id = %composite.id, "Composite event.");
         let payload = CloudEvent::new(composite, source).to_json();
         let topic = config.upstream.event_topic(&composite.rule, &composite.key);
-        queue(outbox, pending, OutboxEntry { topic, payload, qos: config.upstream.qos, retain: false });
+        queue(outbox, pending, OutboxEntry { topic, payload: payload.into(), qos: config.upstream.qos, retain: false });
     }
     if matches!(outbox, Outbox::Durable(_)) {
         pending.touched.extend(outputs.touched.iter().cloned());
@@ -976,7 +976,7 @@ fn agent_status(config: &Config, status: &str, started: Timestamp, rules: usize)
     });
     OutboxEntry {
         topic: config.upstream.agent_status_topic(),
-        payload: doc.to_string().into_bytes(),
+        payload: doc.to_string().into(),
         qos: 1,
         retain: true,
     }
@@ -988,7 +988,7 @@ fn status_entry(config: &Config, status: &serde_json::Value) -> OutboxEntry {
     doc["agent"] = serde_json::json!(config.agent_id);
     OutboxEntry {
         topic: config.upstream.rules_status_topic(),
-        payload: doc.to_string().into_bytes(),
+        payload: doc.to_string().into(),
         qos: 1,
         retain: true,
     }
@@ -1080,7 +1080,7 @@ fn agent_event(config: &Config, source: &str, kind: &str, data: serde_json::Valu
     });
     OutboxEntry {
         topic: format!("{}/agent/events", config.upstream.topic_prefix),
-        payload: payload.to_string().into_bytes(),
+        payload: payload.to_string().into(),
         qos: 1,
         retain: false,
     }

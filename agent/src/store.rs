@@ -47,8 +47,9 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
     pub topic: String,
+    /// Shared, not copied, between the outbox in memory and the publish.
     #[serde(with = "serde_bytes_hex")]
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     pub qos: u8,
     /// Published with the retain flag (status documents).
     #[serde(default)]
@@ -63,14 +64,15 @@ mod serde_bytes_hex {
             Err(_) => s.serialize_str(&format!("hex:{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
         }
     }
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
         let s = String::deserialize(d)?;
         match s.strip_prefix("hex:") {
-            None => Ok(s.into_bytes()),
+            None => Ok(s.into_bytes().into()),
             Some(h) => (0..h.len())
                 .step_by(2)
                 .map(|i| h.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
                 .collect::<Option<Vec<u8>>>()
+                .map(bytes::Bytes::from)
                 .ok_or_else(|| serde::de::Error::custom("bad hex")),
         }
     }
@@ -636,7 +638,7 @@ mod tests {
     use super::*;
 
     fn entry(i: usize) -> OutboxEntry {
-        OutboxEntry { topic: format!("t/{i}"), payload: format!("payload {i}").into_bytes(), qos: 1, retain: false }
+        OutboxEntry { topic: format!("t/{i}"), payload: format!("payload {i}").into(), qos: 1, retain: false }
     }
 
     #[tokio::test]
@@ -715,7 +717,9 @@ mod tests {
                     let i = model.len();
                     let mut e = entry(i);
                     e.qos = u8::from(next(3) != 0);
-                    e.payload.resize(10 + next(60) as usize, b'x');
+                    let mut p = e.payload.to_vec();
+                    p.resize(10 + next(60) as usize, b'x');
+                    e.payload = p.into();
                     s.push_outbox(&mut b, e.clone());
                     model.push(e);
                 }
