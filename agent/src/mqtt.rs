@@ -153,6 +153,9 @@ pub struct ConnectOptions {
     pub persistent: bool,
     /// Acknowledge received messages only when [`Client::ack`] is called.
     pub manual_acks: bool,
+    /// Most QoS 1 publishes in flight on this connection (MQTT 5: at most the broker's
+    /// receive maximum).
+    pub inflight: u16,
 }
 
 /// Sets up a connection; nothing is dialled until the first poll.
@@ -165,6 +168,7 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
             o.set_max_packet_size(opts.max_packet_size, opts.max_packet_size);
             o.set_clean_session(!opts.persistent);
             o.set_manual_acks(opts.manual_acks);
+            o.set_inflight(opts.inflight.max(1));
             if let Some((u, p)) = &cfg.credentials {
                 o.set_credentials(u, p.expose());
             }
@@ -186,6 +190,7 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
                 o.set_session_expiry_interval(Some(86_400));
             }
             o.set_manual_acks(opts.manual_acks);
+            o.set_outgoing_inflight_upper_limit(opts.inflight.max(1));
             if let Some((u, p)) = &cfg.credentials {
                 o.set_credentials(u, p.expose());
             }
