@@ -530,8 +530,8 @@ struct Pending {
     /// Arrival of each message in the batch, for the commit latency.
     arrived: Vec<Instant>,
     touched: HashSet<Touched>,
-    /// Events for the in-memory outbox (durability off).
-    memory: Vec<OutboxEntry>,
+    /// Outbox entries queued so far (both outboxes), to wake the publisher when it grows.
+    queued: u64,
     messages: usize,
     /// When the first message of the batch arrived.
     started: Instant,
@@ -544,7 +544,7 @@ impl Pending {
             acks: Vec::new(),
             arrived: Vec::new(),
             touched: HashSet::new(),
-            memory: Vec::new(),
+            queued: 0,
             messages: 0,
             started: Instant::now(),
         }
@@ -590,7 +590,7 @@ async fn engine_task(
         });
         let housekeeping = next_alive.min(next_snapshot).min(next_gauges);
         let wake = Some(wake.map_or(housekeeping, |w| w.min(housekeeping)));
-        let has_pending = pending.messages > 0 || !pending.batch.is_empty() || !pending.memory.is_empty();
+        let has_pending = pending.messages > 0 || !pending.batch.is_empty();
         if connected.has_changed().unwrap_or(false) {
             connected.borrow_and_update();
             queue(&outbox, &mut pending, agent_status(&config, "online", started, rule_count(&engine)));
@@ -640,7 +640,7 @@ async fn engine_task(
             }
         };
         outputs.clear();
-        let queued = pending.batch.len();
+        let queued = pending.queued;
         match input {
             None => engine.tick(wall_clock(), &mut outputs),
             Some(Input::LinkDown) => {
@@ -746,7 +746,7 @@ async fn engine_task(
                 queue(&outbox, &mut pending, agent_event(&config, &source, "dropped", data));
             }
         }
-        if pending.batch.len() != queued {
+        if pending.queued != queued {
             // New events are readable in the outbox already: the publisher need not wait for
             // the batch to be written.
             sent.notify_one();
@@ -846,10 +846,17 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
     }
 }
 
+/// Queues an event: readable by the publisher at once, in either outbox.
 fn queue(outbox: &Outbox, pending: &mut Pending, entry: OutboxEntry) {
+    pending.queued += 1;
     match outbox {
         Outbox::Durable(store) => store.push_outbox(&mut pending.batch, entry),
-        Outbox::Memory(..) => pending.memory.push(entry),
+        Outbox::Memory(q, next) => {
+            if let (Ok(mut q), Ok(mut next)) = (q.lock(), next.lock()) {
+                q.push_back((*next, entry));
+                *next += 1;
+            }
+        }
     }
 }
 
@@ -867,13 +874,7 @@ fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc:
             let batch = std::mem::take(&mut pending.batch);
             permit.send(CommitJob { batch, acks, arrived });
         }
-        Outbox::Memory(q, next) => {
-            if let (Ok(mut q), Ok(mut next)) = (q.lock(), next.lock()) {
-                for entry in pending.memory.drain(..) {
-                    q.push_back((*next, entry));
-                    *next += 1;
-                }
-            }
+        Outbox::Memory(..) => {
             permit.send(CommitJob { batch: Batch::default(), acks, arrived });
             sent.notify_one();
         }
