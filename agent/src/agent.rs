@@ -979,24 +979,14 @@ fn agent_status(config: &Config, status: &str, started: Timestamp, rules: usize)
         "rules": rules,
         "time": now.to_rfc3339(),
     });
-    OutboxEntry {
-        topic: config.upstream.agent_status_topic(),
-        payload: doc.to_string().into(),
-        qos: 1,
-        retain: true,
-    }
+    OutboxEntry { topic: config.upstream.agent_status_topic(), payload: doc.to_string().into(), qos: 1, retain: true }
 }
 
 /// The rules' status document, retained on `<prefix>/status/rules`.
 fn status_entry(config: &Config, status: &serde_json::Value) -> OutboxEntry {
     let mut doc = status.clone();
     doc["agent"] = serde_json::json!(config.agent_id);
-    OutboxEntry {
-        topic: config.upstream.rules_status_topic(),
-        payload: doc.to_string().into(),
-        qos: 1,
-        retain: true,
-    }
+    OutboxEntry { topic: config.upstream.rules_status_topic(), payload: doc.to_string().into(), qos: 1, retain: true }
 }
 
 /// Rescans the rules on each trigger (file changes, SIGHUP, control topic) and hands the
