@@ -186,6 +186,12 @@ impl Outbox {
         self.entries.get_mut(at)
     }
 
+    /// Where entry `seq` is in the cache, if it is there.
+    fn cache_index(&self, seq: u64) -> Option<usize> {
+        let first = self.cache.front()?.seq;
+        usize::try_from(seq.checked_sub(first)?).ok().filter(|i| *i < self.cache.len())
+    }
+
     fn pop_cached(&mut self) {
         if let Some(c) = self.cache.pop_front() {
             self.cache_bytes -= c.len;
@@ -211,11 +217,8 @@ impl Outbox {
                 self.acked.push(seq);
             }
         }
-        if let Some(first) = self.cache.front().map(|c| c.seq) {
-            let at = seq.checked_sub(first).and_then(|i| usize::try_from(i).ok());
-            if let Some(c) = at.and_then(|i| self.cache.get_mut(i)) {
-                c.acked = true;
-            }
+        if let Some(c) = self.cache_index(seq).and_then(|i| self.cache.get_mut(i)) {
+            c.acked = true;
         }
         self.trim_cache();
     }
@@ -431,11 +434,8 @@ impl Store {
     pub fn outbox_from(&self, from_seq: u64, n: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         {
             let ob = self.outbox();
-            if let Some(first) = ob.cache.front().map(|c| c.seq) {
-                let at = from_seq.checked_sub(first).and_then(|i| usize::try_from(i).ok());
-                if let Some(at) = at.filter(|i| *i < ob.cache.len()) {
-                    return Ok(ob.cache.range(at..).take(n).map(|c| (c.seq, c.entry.clone())).collect());
-                }
+            if let Some(at) = ob.cache_index(from_seq) {
+                return Ok(ob.cache.range(at..).take(n).map(|c| (c.seq, c.entry.clone())).collect());
             }
             // Not in memory: on disk once applied (a cache that overflowed, an earlier run).
             if from_seq >= ob.applied || n == 0 {
