@@ -314,7 +314,13 @@ impl Agent {
         let mut subscriptions = config.subscriptions.clone();
         if let Some(topic) = &config.control_topic {
             if let Ok(pattern) = edgewatch_engine::TopicPattern::parse(topic) {
-                subscriptions.push(Subscription { filter: topic.clone(), pattern, qos: 1, format: Format::Scalar });
+                subscriptions.push(Subscription {
+                    filter: topic.clone(),
+                    pattern,
+                    qos: 1,
+                    format: Format::Scalar,
+                    strip_prefix: String::new(),
+                });
             }
         }
         let reloader = tokio::spawn(reload_task(
@@ -469,14 +475,20 @@ async fn source_task(
                     }
                 }
             }
-            Incoming::Publish { topic, payload, ack } => {
+            Incoming::Publish { mut topic, payload, ack } => {
                 stats.received.fetch_add(1, Relaxed);
                 let arrived = Instant::now();
                 let sub = subs.iter().position(|s| s.pattern.matches(&topic));
                 if let Some(counter) = sub.and_then(|i| stats.detail.received_by_subscription.get(i)) {
                     counter.fetch_add(1, Relaxed);
                 }
-                let format = sub.and_then(|i| subs.get(i)).map(|s| s.format).unwrap_or_default();
+                let sub = sub.and_then(|i| subs.get(i));
+                if let Some(prefix) = sub.map(|s| s.strip_prefix.as_str()).filter(|p| !p.is_empty()) {
+                    if topic.starts_with(prefix) {
+                        topic.drain(..prefix.len());
+                    }
+                }
+                let format = sub.map(|s| s.format).unwrap_or_default();
                 let received = Timestamp::from_system_time(SystemTime::now());
                 if in_tx.send(Input::Message { topic, payload, format, received, arrived, ack }).await.is_err() {
                     break;

@@ -293,6 +293,8 @@ pub struct RawSubscription {
     pub qos: u8,
     #[serde(default)]
     pub format: Format,
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
 }
 
 fn default_qos() -> u8 {
@@ -467,6 +469,10 @@ pub struct Subscription {
     pub pattern: TopicPattern,
     pub qos: u8,
     pub format: Format,
+    /// Taken off the front of each topic of this subscription before the rules see it
+    /// (empty: nothing), so rules written for `sensors/...` work on a broker where the
+    /// topics arrive as `site-a/sensors/...` (a bridge's prefix, or the demo's private tree).
+    pub strip_prefix: String,
 }
 
 /// Where and how composite events are published.
@@ -630,7 +636,21 @@ impl RawConfig {
             let pattern =
                 TopicPattern::parse(&s.topic).map_err(|e| invalid(&format!("{path}.topic"), e.to_string()))?;
             let qos = check_qos(&format!("{path}.qos"), s.qos)?;
-            subscriptions.push(Subscription { filter: s.topic, pattern, qos, format: s.format });
+            let strip_prefix = s.strip_prefix.unwrap_or_default();
+            if !strip_prefix.is_empty() {
+                let key = format!("{path}.strip_prefix");
+                if !strip_prefix.ends_with('/') || strip_prefix.contains(['+', '#']) {
+                    return Err(invalid(&key, "must be whole topic levels ending in `/`, without `+` or `#`"));
+                }
+                // Each level of the prefix must be matched literally by the filter, or some
+                // topics of the subscription would keep it and others lose it.
+                let filter_levels = s.topic.split('/');
+                let literal = strip_prefix.trim_end_matches('/').split('/').zip(filter_levels).all(|(p, f)| p == f);
+                if !literal || s.topic.len() <= strip_prefix.len() {
+                    return Err(invalid(&key, format!("must be how `{}` begins, level by level", s.topic)));
+                }
+            }
+            subscriptions.push(Subscription { filter: s.topic, pattern, qos, format: s.format, strip_prefix });
         }
         let upstream_broker = match &self.upstream.broker {
             Some(b) => validate_broker("upstream.broker", b, &self.source, &format!("edgewatch-{}-up", self.agent.id))?,
@@ -890,6 +910,29 @@ topic = "sensors/#"
         assert_eq!(c.engine.max_keys_per_rule, edgewatch_engine::EngineConfig::default().max_keys_per_rule);
         assert_eq!(c.max_operations, edgewatch_engine::Limits::default().max_operations);
         assert_eq!(c.subscriptions[0].format, Format::Auto);
+    }
+
+    #[test]
+    fn a_strip_prefix_must_be_whole_literal_levels_of_its_filter() {
+        let sub = |topic: &str, prefix: &str| {
+            format!("[agent]\nid = \"gw\"\n[[subscriptions]]\ntopic = \"{topic}\"\nstrip_prefix = \"{prefix}\"\n")
+        };
+        let c = load(&sub("site-a/sensors/#", "site-a/"), &[]).expect("valid");
+        assert_eq!(c.subscriptions[0].strip_prefix, "site-a/");
+        let c = load(&sub("x/y/sensors/+/t", "x/y/"), &[]).expect("valid");
+        assert_eq!(c.subscriptions[0].strip_prefix, "x/y/");
+        assert_eq!(load(MINIMAL, &[]).expect("valid").subscriptions[0].strip_prefix, "");
+        for (topic, prefix) in [
+            ("site-a/sensors/#", "site-a"),  // not a whole level
+            ("site-a/sensors/#", "site-b/"), // not how the filter begins
+            ("+/sensors/#", "site-a/"),      // a wildcard level would strip different text per topic
+            ("site-a/#", "site-a/sensors/"), // likewise, under `#`
+            ("site-a/sensors/#", "site-+/"), // a wildcard in the prefix
+            ("site-a/", "site-a/"),          // nothing left
+        ] {
+            let e = error(&sub(topic, prefix), &[]);
+            assert!(e.contains("`subscriptions[0].strip_prefix`"), "{topic} {prefix}: {e}");
+        }
     }
 
     #[test]

@@ -1,11 +1,18 @@
-//! `edgewatch demo`: the whole path on one machine with nothing installed.
+//! `edgewatch demo`: the whole path on one machine.
 //!
-//! An embedded broker, a simulated fleet (firmware-sim as a library) with one device that
-//! overheats, the agent with the shipped rules, and a subscriber that prints every
-//! composite event the agent publishes upstream. It ends with a summary.
+//! A broker, a simulated fleet (firmware-sim as a library) with one device that overheats,
+//! the agent with the shipped rules, and a subscriber that prints every composite event the
+//! agent publishes upstream. It ends with a summary.
+//!
+//! The broker is an embedded one (feature `embedded-broker`, the default of a source build:
+//! nothing to install), or the one given with `--broker` (the gateway's Mosquitto: the
+//! packages leave the embedded broker out). Either way everything happens under a private
+//! topic tree, `edgewatch-demo/<nonce>/`: the fleet publishes to `<tree>/sensors/...`, the
+//! agent strips the tree off (`strip_prefix`) so the shipped rules match, and publishes to
+//! `<tree>/events/...`. An agent in production on the same broker sees none of it, and the
+//! demo clears its retained status messages when it ends.
 
 use crate::agent::Agent;
-use crate::broker::EmbeddedBroker;
 use crate::config::Config;
 use crate::telemetry::Snapshot;
 use firmware_sim::{Fault, Fleet, FleetConfig, PublishOptions};
@@ -28,6 +35,8 @@ pub const SHIPPED_TABLES: &[(&str, &str)] = &[("devices.csv", include_str!("../.
 /// What the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// `mqtt://host:port` of a broker to use; `None` starts the embedded one.
+    pub broker: Option<String>,
     pub duration: Duration,
     pub devices: usize,
     /// Rules directory; `None` uses `./rules` when it exists, else the built-in copies.
@@ -38,14 +47,19 @@ pub struct DemoOptions {
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    #[cfg(feature = "embedded-broker")]
     #[error(transparent)]
     Broker(#[from] crate::broker::BrokerError),
+    #[error("no MQTT broker at {url} ({error}){hint}")]
+    NoBroker { url: String, error: std::io::Error, hint: &'static str },
+    #[error("--broker `{0}`: the demo needs a plain mqtt://host:port URL")]
+    BrokerUrl(String),
     #[error("demo setup: {0}")]
     Setup(String),
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
-    #[error("the agent did not connect to the embedded broker within {0:?}")]
-    NotReady(Duration),
+    #[error("the agent did not connect to the broker at {0} within {1:?}")]
+    NotReady(String, Duration),
     #[error("simulator: {0}")]
     Sim(#[from] firmware_sim::SimError),
 }
@@ -63,33 +77,38 @@ pub struct DemoSummary {
 
 /// Runs the demo, printing events and the summary to `out`.
 pub async fn run(opts: DemoOptions, out: &mut (impl Write + Send)) -> Result<DemoSummary, DemoError> {
-    let broker =
-        tokio::task::spawn_blocking(EmbeddedBroker::start).await.map_err(|e| DemoError::Setup(e.to_string()))??;
+    let broker = DemoBroker::start(opts.broker.as_deref()).await?;
+    let (host, port) = (broker.host.clone(), broker.port);
+    let url = if host.contains(':') { format!("mqtt://[{host}]:{port}") } else { format!("mqtt://{host}:{port}") };
+    let nonce = format!("{:08x}", rand::random::<u32>());
+    let tree = format!("edgewatch-demo/{nonce}");
     let scratch = tempfile::tempdir().map_err(|e| DemoError::Setup(format!("temp dir: {e}")))?;
     let rules_dir = rules_dir(opts.rules.as_deref(), scratch.path())?;
     let text = format!(
         r#"
 [agent]
-id = "demo"
+id = "demo-{nonce}"
 state_dir = {state:?}
 [rules]
 dir = {rules:?}
 [source]
 url = "{url}"
 [[subscriptions]]
-topic = "sensors/#"
+topic = "{tree}/sensors/#"
+strip_prefix = "{tree}/"
 format = "auto"
+[upstream]
+topic_prefix = "{tree}"
 "#,
         state = scratch.path().join("state").display().to_string(),
         rules = rules_dir.display().to_string(),
-        url = broker.url(),
     );
     let config = Config::from_toml(&text, "<demo>", std::iter::empty()).map_err(|e| DemoError::Setup(e.to_string()))?;
     let agent = Agent::new(config).await?;
     let _ = writeln!(
         out,
-        "edgewatch demo: broker {}, {} devices, rules from {} ({}), {:?}",
-        broker.url(),
+        "edgewatch demo: broker {url}{}, topics under {tree}/, {} devices, rules from {} ({}), {:?}",
+        if broker.embedded { " (embedded)" } else { "" },
         opts.devices,
         rules_dir.display(),
         agent.rule_names().join(", "),
@@ -102,12 +121,16 @@ format = "auto"
     }));
     let wait = Duration::from_secs(15);
     if tokio::time::timeout(wait, ready.wait_for(|r| r.is_ready())).await.is_err() {
-        return Err(DemoError::NotReady(wait));
+        let _ = stop_tx.send(());
+        return Err(DemoError::NotReady(url, wait));
     }
 
     // The upstream side: what a cloud consumer would see.
     let (events_tx, mut events_rx) = tokio::sync::mpsc::channel::<(String, serde_json::Value)>(256);
-    let watcher = tokio::spawn(watch_upstream(broker.v4.port(), "edgewatch/demo/events/#".into(), events_tx));
+    let (watcher_client, watcher_loop) = upstream_client(&host, port, &format!("edgewatch-demo-{nonce}-watcher"));
+    let filters = vec![format!("{tree}/events/#"), format!("{tree}/status/#")];
+    let watcher = tokio::spawn(watch_upstream(watcher_client.clone(), watcher_loop, filters, events_tx));
+    let is_event = |topic: &str| topic.strip_prefix(tree.as_str()).is_some_and(|t| t.starts_with("/events/"));
     // Give the watcher's subscription a moment to land before events flow.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -128,6 +151,7 @@ format = "auto"
         reading_interval: Duration::from_millis(500),
         heartbeat_interval: Some(Duration::from_secs(2)),
         start_ms: u64::try_from(start_ms).unwrap_or(0),
+        topic_prefix: format!("{tree}/sensors"),
         faults,
         ..FleetConfig::default()
     })
@@ -136,11 +160,11 @@ format = "auto"
     let sim = tokio::spawn(firmware_sim::run(
         fleet,
         PublishOptions {
-            port: broker.v4.port(),
-            client_id: "demo-fleet".into(),
+            host: host.clone(),
+            port,
+            client_id: format!("edgewatch-demo-{nonce}-fleet"),
             qos: 1,
             duration: opts.duration,
-            ..PublishOptions::default()
         },
         std::future::pending(),
     ));
@@ -150,6 +174,9 @@ format = "auto"
     let sim_stats = loop {
         tokio::select! {
             Some((topic, event)) = events_rx.recv() => {
+                if !is_event(&topic) {
+                    continue;
+                }
                 received_upstream += 1;
                 let _ = writeln!(out, "{}", format_event(started.elapsed(), &topic, &event));
             }
@@ -162,6 +189,9 @@ format = "auto"
     loop {
         tokio::select! {
             Some((topic, event)) = events_rx.recv() => {
+                if !is_event(&topic) {
+                    continue;
+                }
                 received_upstream += 1;
                 let _ = writeln!(out, "{}", format_event(started.elapsed(), &topic, &event));
             }
@@ -170,7 +200,38 @@ format = "auto"
     }
     let _ = stop_tx.send(());
     let snapshot = agent_task.await.map_err(|e| DemoError::Setup(e.to_string()))??;
-    watcher.abort();
+    // The agent left its status retained (`offline`) on the broker: take it away, so a shared
+    // broker keeps nothing of the demo. An empty retained message deletes one. A broker may
+    // still publish the agent's last will after this (rumqttd races a clean DISCONNECT
+    // against the will), so clear again until the status topics stay quiet.
+    for _ in 0..5 {
+        for topic in [format!("{tree}/status"), format!("{tree}/status/rules")] {
+            let _ = watcher_client.publish(topic, rumqttc::QoS::AtLeastOnce, true, Vec::new()).await;
+        }
+        let mut again = false;
+        let quiet = tokio::time::sleep(Duration::from_millis(300));
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                Some((topic, event)) = events_rx.recv() => {
+                    if is_event(&topic) {
+                        received_upstream += 1;
+                        let _ = writeln!(out, "{}", format_event(started.elapsed(), &topic, &event));
+                    } else if !event.is_null() {
+                        again = true;
+                    }
+                }
+                _ = &mut quiet => break,
+            }
+        }
+        if !again {
+            break;
+        }
+    }
+    drop(events_rx);
+    let _ = watcher_client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
+    drop(broker);
     let summary = DemoSummary { published: sim_stats.published, agent: snapshot, received_upstream };
     let a = &summary.agent;
     let _ = writeln!(
@@ -218,23 +279,102 @@ fn format_event(elapsed: Duration, topic: &str, event: &serde_json::Value) -> St
     format!("[{:>6.1}s] {rule:<13} {subject:<8} {}", elapsed.as_secs_f64(), event["data"])
 }
 
-/// Subscribes to `filter` and forwards every message (parsed as JSON) until the receiver goes.
-async fn watch_upstream(port: u16, filter: String, tx: tokio::sync::mpsc::Sender<(String, serde_json::Value)>) {
-    let mut o = rumqttc::MqttOptions::new("demo-upstream-watcher", "127.0.0.1", port);
+/// The broker the demo runs on: embedded (stopped when dropped) or given.
+struct DemoBroker {
+    host: String,
+    port: u16,
+    embedded: bool,
+    #[cfg(feature = "embedded-broker")]
+    _embedded: Option<crate::broker::EmbeddedBroker>,
+}
+
+/// The demo's broker in a build without the embedded one: the gateway's own.
+#[cfg(not(feature = "embedded-broker"))]
+pub const LOCAL_BROKER: &str = "mqtt://127.0.0.1:1883";
+
+impl DemoBroker {
+    async fn start(given: Option<&str>) -> Result<DemoBroker, DemoError> {
+        let url = match given {
+            Some(url) => url,
+            #[cfg(feature = "embedded-broker")]
+            None => return DemoBroker::embedded().await,
+            #[cfg(not(feature = "embedded-broker"))]
+            None => LOCAL_BROKER,
+        };
+        let bad = || DemoError::BrokerUrl(url.to_owned());
+        let rest = url.strip_prefix("mqtt://").ok_or_else(bad)?;
+        let (host, port) = rest.trim_end_matches('/').rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        // Say at once when nothing listens, rather than after the agent's readiness wait.
+        let probe = tokio::net::TcpStream::connect((host, port));
+        let error = match tokio::time::timeout(Duration::from_secs(3), probe).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 3 s")),
+        };
+        if let Some(error) = error {
+            let hint = if cfg!(feature = "embedded-broker") {
+                ""
+            } else {
+                "; this build has no embedded broker: start Mosquitto (apt install mosquitto) or give --broker"
+            };
+            return Err(DemoError::NoBroker { url: url.to_owned(), error, hint });
+        }
+        Ok(DemoBroker {
+            host: host.to_owned(),
+            port,
+            embedded: false,
+            #[cfg(feature = "embedded-broker")]
+            _embedded: None,
+        })
+    }
+
+    #[cfg(feature = "embedded-broker")]
+    async fn embedded() -> Result<DemoBroker, DemoError> {
+        let broker = tokio::task::spawn_blocking(crate::broker::EmbeddedBroker::start)
+            .await
+            .map_err(|e| DemoError::Setup(e.to_string()))??;
+        Ok(DemoBroker {
+            host: broker.v4.ip().to_string(),
+            port: broker.v4.port(),
+            embedded: true,
+            _embedded: Some(broker),
+        })
+    }
+}
+
+fn upstream_client(host: &str, port: u16, client_id: &str) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let mut o = rumqttc::MqttOptions::new(client_id, host, port);
     o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(o, 16);
+    rumqttc::AsyncClient::new(o, 16)
+}
+
+/// Subscribes to `filters` and forwards every message (parsed as JSON; an empty one as
+/// null) until the client disconnects.
+async fn watch_upstream(
+    client: rumqttc::AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    filters: Vec<String>,
+    tx: tokio::sync::mpsc::Sender<(String, serde_json::Value)>,
+) {
     let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match eventloop.poll().await {
+            Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
                 backoff.reset();
-                let _ = client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
+                for filter in &filters {
+                    let _ = client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
+                }
             }
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                 let value = serde_json::from_slice(&p.payload).unwrap_or(serde_json::Value::Null);
-                if tx.send((p.topic, value)).await.is_err() {
-                    return;
-                }
+                // Once the demo stops reading, keep polling: its last publishes go through here.
+                let _ = tx.send((p.topic, value)).await;
             }
             Ok(_) => {}
             Err(_) => tokio::time::sleep(backoff.next_delay()).await,

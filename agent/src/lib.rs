@@ -28,7 +28,6 @@ pub mod backoff;
 pub mod broker;
 pub mod config;
 pub mod decode;
-#[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod emit;
 pub mod metrics;

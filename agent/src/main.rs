@@ -44,9 +44,15 @@ enum Command {
         #[arg(long, short, env = "EDGEWATCH_CONFIG")]
         config: PathBuf,
     },
-    /// Run an embedded broker, a simulated fleet and the shipped rules, printing the events.
-    #[cfg(feature = "embedded-broker")]
+    /// Run a simulated fleet and the shipped rules on a broker, printing the events.
+    ///
+    /// Everything stays under a private topic tree (edgewatch-demo/<nonce>/), so a broker
+    /// shared with an agent in production is safe to use.
     Demo {
+        /// The broker: mqtt://host:port. Default: an embedded one (source builds), or
+        /// mqtt://127.0.0.1:1883 (the packages, which leave the embedded broker out).
+        #[arg(long)]
+        broker: Option<String>,
         /// How long to run.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
@@ -117,10 +123,9 @@ fn main() -> ExitCode {
             };
             report(runtime().and_then(|rt| rt.block_on(run(config))))
         }
-        #[cfg(feature = "embedded-broker")]
-        Command::Demo { duration, devices, rules, seed } => {
+        Command::Demo { broker, duration, devices, rules, seed } => {
             init_logging(cli.log_format, quiet_default);
-            let opts = edgewatch::demo::DemoOptions { duration, devices, rules, seed };
+            let opts = edgewatch::demo::DemoOptions { broker, duration, devices, rules, seed };
             report(runtime().and_then(|rt| {
                 rt.block_on(async {
                     let mut out = std::io::stdout();

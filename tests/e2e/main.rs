@@ -3,6 +3,7 @@
 
 mod accuracy;
 mod bad_input;
+mod demo;
 mod heartbeat;
 mod misbehaving;
 mod observability;

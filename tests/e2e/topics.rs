@@ -48,3 +48,31 @@ async fn hostile_device_ids_stay_in_their_topic_level() {
     assert_eq!(topic_of("normal"), "alerts/gw-test/normal/alarm");
     agent.stop().await;
 }
+
+/// A bridge that mounts a site's sensors under `site-a/`: with `strip_prefix` the rules
+/// written for `sensors/...` see the topic without it, and a second subscription without
+/// the option keeps its topics as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripped_prefix_lets_the_same_rules_read_a_mounted_tree() {
+    let broker = Broker::embedded();
+    let cfg = config(broker.addr(), "3.1.1").replace(
+        "[limits]\n",
+        "[[subscriptions]]\ntopic = \"site-a/sensors/#\"\nstrip_prefix = \"site-a/\"\n[limits]\n",
+    );
+    let agent = RunningAgent::start(&cfg, &[("overheat.rhai", crate::OVERHEAT)]).await;
+    let mut events = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    sensor.publish("site-a/sensors/t-1/temperature", "91.5").await;
+    sensor.publish("sensors/t-2/temperature", "92.5").await;
+    // Not stripped: no subscription with the option covers `site-b/`, and `sensors/#` does not match it.
+    sensor.publish("site-b/sensors/t-3/temperature", "93.5").await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let e = events.next().await.json();
+        seen.push((e["subject"].as_str().unwrap_or("?").to_owned(), e["data"]["celsius"].as_f64().unwrap_or(0.0)));
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(seen, vec![("t-1".to_owned(), 91.5), ("t-2".to_owned(), 92.5)]);
+    assert!(events.next_within(std::time::Duration::from_millis(500)).await.is_none());
+    agent.stop().await;
+}

@@ -1,0 +1,84 @@
+//! `edgewatch demo` on a broker shared with production (what the packages do: they have no
+//! embedded broker, and the demo runs on the gateway's Mosquitto): it shows events, keeps
+//! every message inside its private topic tree, and leaves nothing retained behind.
+
+use edgewatch::demo::{DemoOptions, run};
+use edgewatch_e2e::{Broker, Subscriber};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_on_a_shared_broker_stays_in_its_own_topic_tree() {
+    for broker in Broker::all() {
+        let addr = broker.addr();
+        // What an agent in production on the same broker would see: everything.
+        let mut spy = Subscriber::connect(addr, "spy", "#").await;
+        let opts = DemoOptions {
+            broker: Some(format!("mqtt://{addr}")),
+            duration: Duration::from_secs(4),
+            devices: 5,
+            rules: None,
+            seed: 7,
+        };
+        let mut out = Vec::new();
+        let summary = run(opts, &mut out).await.unwrap_or_else(|e| panic!("{}: demo failed: {e}", broker.name()));
+        let out = String::from_utf8_lossy(&out);
+        assert!(summary.received_upstream > 0, "{}: {out}", broker.name());
+        assert!(out.lines().any(|l| l.contains("overheat") && l.contains("t-003")), "{}: {out}", broker.name());
+
+        let mut trees = std::collections::BTreeSet::new();
+        let (mut sensors, mut events) = (0, 0);
+        while let Some(m) = spy.next_within(Duration::from_millis(300)).await {
+            let mut levels = m.topic.splitn(4, '/');
+            let (root, nonce, kind) = (levels.next(), levels.next(), levels.next());
+            assert_eq!(
+                root,
+                Some("edgewatch-demo"),
+                "{}: the demo published outside its tree: {}",
+                broker.name(),
+                m.topic
+            );
+            trees.insert(nonce.unwrap_or("").to_owned());
+            sensors += usize::from(kind == Some("sensors"));
+            events += usize::from(kind == Some("events"));
+        }
+        assert_eq!(trees.len(), 1, "{}: one tree per run: {trees:?}", broker.name());
+        assert!(
+            sensors as u64 >= summary.published,
+            "{}: {sensors} of {} readings seen",
+            broker.name(),
+            summary.published
+        );
+        assert_eq!(events as u64, summary.received_upstream, "{}", broker.name());
+
+        // A late subscriber gets nothing retained from the demo (its status was cleared).
+        let mut late = Subscriber::connect(addr, "late", "edgewatch-demo/#").await;
+        if let Some(m) = late.next_within(Duration::from_secs(1)).await {
+            panic!("{}: the demo left {} retained: {:?}", broker.name(), m.topic, String::from_utf8_lossy(&m.payload));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_says_when_no_broker_listens() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let opts = DemoOptions {
+        broker: Some(format!("mqtt://{addr}")),
+        duration: Duration::from_secs(1),
+        devices: 1,
+        rules: None,
+        seed: 1,
+    };
+    let error = run(opts, &mut Vec::new()).await.expect_err("nothing listens").to_string();
+    assert!(error.contains(&format!("no MQTT broker at mqtt://{addr}")), "{error}");
+    let opts = DemoOptions {
+        broker: Some("mqtts://x:1".into()),
+        duration: Duration::from_secs(1),
+        devices: 1,
+        rules: None,
+        seed: 1,
+    };
+    let error = run(opts, &mut Vec::new()).await.expect_err("not plain MQTT").to_string();
+    assert!(error.contains("plain mqtt://host:port"), "{error}");
+}
