@@ -6,7 +6,9 @@ use edgewatch::{Agent, Config};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Complex-event processing for IoT gateways: MQTT sensor messages in, Rhai rules,
 /// CloudEvents out.
@@ -99,12 +101,28 @@ enum Command {
     },
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` when it is set: comma-separated `target=level`
+/// directives and a bare default level (`info,edgewatch::agent=debug`). Span and field
+/// filters are not supported (tracing-subscriber's `Targets`, not its `EnvFilter`: the regex
+/// engine that one needs is a few hundred KB of the gateway binary).
 fn init_logging(format: LogFormat, default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fallback = || default.parse::<Targets>().unwrap_or_else(|_| Targets::new().with_default(LevelFilter::WARN));
+    let mut rejected = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => spec.parse::<Targets>().unwrap_or_else(|error| {
+            rejected = Some((spec, error));
+            fallback()
+        }),
+        _ => fallback(),
+    };
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+    if let Some((spec, error)) = rejected {
+        tracing::warn!(rust_log = %spec, %error, default, "RUST_LOG not understood (only `target=level` directives); logging at the default.");
     }
 }
 

@@ -279,3 +279,27 @@ fn no_secret_reaches_the_logs_even_at_trace_level() {
         assert!(!logs.contains(secret), "`{secret}` appears in the logs");
     }
 }
+
+#[test]
+fn rust_log_takes_target_directives_and_says_when_it_cannot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("ok.rhai"), "rule(\"x\", #{ on: \"a/{device}\", when: |e| true });\n")
+        .expect("write");
+    let run = |rust_log: &str| {
+        Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+            .args(["check", "."])
+            .current_dir(dir.path())
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("edgewatch runs")
+    };
+    // A span filter is EnvFilter syntax: refused with a warning, at the default level, and the command still works.
+    let out = run("[request{id=1}]=debug");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("RUST_LOG not understood") && err.contains("request"), "{err}");
+    // Target directives are taken as they are.
+    let out = run("warn,edgewatch=debug");
+    assert!(out.status.success() && !text(&out.stderr).contains("not understood"), "{}", text(&out.stderr));
+}

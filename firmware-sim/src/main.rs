@@ -22,7 +22,9 @@ use clap::{Parser, ValueEnum};
 use firmware_sim::{
     DEFAULT_START_MS, Fault, FleetConfig, PayloadFormat, RunOptions, Scenario, Signal, SimOptions, Simulation,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum SignalKind {
@@ -293,9 +295,11 @@ async fn ctrl_c() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
+    // RUST_LOG as `target=level` directives (no span or field filters).
+    let filter = std::env::var("RUST_LOG").ok().and_then(|spec| spec.parse::<Targets>().ok());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter.unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO)))
         .init();
     let args = Args::parse();
     let scenario = args.scenario()?;
