@@ -639,14 +639,15 @@ impl RawConfig {
             let strip_prefix = s.strip_prefix.unwrap_or_default();
             if !strip_prefix.is_empty() {
                 let key = format!("{path}.strip_prefix");
-                if !strip_prefix.ends_with('/') || strip_prefix.contains(['+', '#']) {
+                let Some(levels) = strip_prefix.strip_suffix('/').filter(|_| !strip_prefix.contains(['+', '#'])) else {
                     return Err(invalid(&key, "must be whole topic levels ending in `/`, without `+` or `#`"));
-                }
-                // Each level of the prefix must be matched literally by the filter, or some
-                // topics of the subscription would keep it and others lose it.
-                let filter_levels = s.topic.split('/');
-                let literal = strip_prefix.trim_end_matches('/').split('/').zip(filter_levels).all(|(p, f)| p == f);
-                if !literal || s.topic.len() <= strip_prefix.len() {
+                };
+                // Each level of the prefix must be matched literally by the filter, and the filter
+                // must go on with a level that is not `#` (which would also match the prefix's
+                // parent): else some topics of the subscription would keep it and others lose it.
+                let literal = levels.split('/').zip(s.topic.split('/')).all(|(p, f)| p == f);
+                let rest = s.topic.get(strip_prefix.len()..).unwrap_or("");
+                if !literal || !s.topic.starts_with(strip_prefix.as_str()) || rest.is_empty() || rest.starts_with('#') {
                     return Err(invalid(&key, format!("must be how `{}` begins, level by level", s.topic)));
                 }
             }
@@ -847,7 +848,7 @@ fn validate_broker(
 }
 
 /// `mqtt://host[:port]` or `mqtts://host[:port]` -> (host, port, TLS).
-fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+pub(crate) fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
     let (rest, tls) = match url.split_once("://") {
         Some(("mqtt" | "tcp", rest)) => (rest, false),
         Some(("mqtts" | "ssl", rest)) => (rest, true),
@@ -929,6 +930,8 @@ topic = "sensors/#"
             ("site-a/#", "site-a/sensors/"), // likewise, under `#`
             ("site-a/sensors/#", "site-+/"), // a wildcard in the prefix
             ("site-a/", "site-a/"),          // nothing left
+            ("site-a/#", "site-a/"),         // `#` also matches `site-a` itself, which cannot lose the prefix
+            ("a/x/#", "a//"),                // an empty level is not how the filter begins
         ] {
             let e = error(&sub(topic, prefix), &[]);
             assert!(e.contains("`subscriptions[0].strip_prefix`"), "{topic} {prefix}: {e}");

@@ -75,8 +75,14 @@ pub struct DemoSummary {
     pub received_upstream: u64,
 }
 
-/// Runs the demo, printing events and the summary to `out`.
-pub async fn run(opts: DemoOptions, out: &mut (impl Write + Send)) -> Result<DemoSummary, DemoError> {
+/// Runs the demo, printing events and the summary to `out`. When `shutdown` completes (Ctrl-C)
+/// the fleet stops early and the demo ends as it would at the end of its run: the agent
+/// stops, and its retained status is cleared from the broker.
+pub async fn run(
+    opts: DemoOptions,
+    out: &mut (impl Write + Send),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<DemoSummary, DemoError> {
     let broker = DemoBroker::start(opts.broker.as_deref()).await?;
     let (host, port) = (broker.host.clone(), broker.port);
     let url = if host.contains(':') { format!("mqtt://[{host}]:{port}") } else { format!("mqtt://{host}:{port}") };
@@ -122,6 +128,8 @@ topic_prefix = "{tree}"
     let wait = Duration::from_secs(15);
     if tokio::time::timeout(wait, ready.wait_for(|r| r.is_ready())).await.is_err() {
         let _ = stop_tx.send(());
+        // Its state lives in `scratch`: let it stop before the directory goes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
         return Err(DemoError::NotReady(url, wait));
     }
 
@@ -166,12 +174,13 @@ topic_prefix = "{tree}"
             qos: 1,
             duration: opts.duration,
         },
-        std::future::pending(),
+        shutdown,
     ));
 
     let mut received_upstream = 0u64;
     let mut sim = sim;
-    let sim_stats = loop {
+    // An error of the fleet still ends the demo the usual way (agent stopped, status cleared).
+    let sim_result = loop {
         tokio::select! {
             Some((topic, event)) = events_rx.recv() => {
                 if !is_event(&topic) {
@@ -180,7 +189,7 @@ topic_prefix = "{tree}"
                 received_upstream += 1;
                 let _ = writeln!(out, "{}", format_event(started.elapsed(), &topic, &event));
             }
-            done = &mut sim => break done.map_err(|e| DemoError::Setup(e.to_string()))??,
+            done = &mut sim => break done.map_err(|e| DemoError::Setup(e.to_string())).and_then(|r| r.map_err(DemoError::from)),
         }
     };
     // Let the last events through, then stop the agent and drain.
@@ -199,7 +208,8 @@ topic_prefix = "{tree}"
         }
     }
     let _ = stop_tx.send(());
-    let snapshot = agent_task.await.map_err(|e| DemoError::Setup(e.to_string()))??;
+    let agent_result =
+        agent_task.await.map_err(|e| DemoError::Setup(e.to_string())).and_then(|r| r.map_err(DemoError::from));
     // The agent left its status retained (`offline`) on the broker: take it away, so a shared
     // broker keeps nothing of the demo. An empty retained message deletes one. A broker may
     // still publish the agent's last will after this (rumqttd races a clean DISCONNECT
@@ -232,6 +242,7 @@ topic_prefix = "{tree}"
     let _ = watcher_client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
     drop(broker);
+    let (sim_stats, snapshot) = (sim_result?, agent_result?);
     let summary = DemoSummary { published: sim_stats.published, agent: snapshot, received_upstream };
     let a = &summary.agent;
     let _ = writeln!(
@@ -301,14 +312,12 @@ impl DemoBroker {
             #[cfg(not(feature = "embedded-broker"))]
             None => LOCAL_BROKER,
         };
-        let bad = || DemoError::BrokerUrl(url.to_owned());
-        let rest = url.strip_prefix("mqtt://").ok_or_else(bad)?;
-        let (host, port) = rest.trim_end_matches('/').rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(bad());
+        // The agent's own URL rules (default port 1883, IPv6 in brackets), TLS apart.
+        let (host, port, tls) = crate::config::parse_url(url).map_err(|_| DemoError::BrokerUrl(url.to_owned()))?;
+        if tls {
+            return Err(DemoError::BrokerUrl(url.to_owned()));
         }
+        let host = host.as_str();
         // Say at once when nothing listens, rather than after the agent's readiness wait.
         let probe = tokio::net::TcpStream::connect((host, port));
         let error = match tokio::time::timeout(Duration::from_secs(3), probe).await {

@@ -101,6 +101,16 @@ enum Command {
     },
 }
 
+/// `RUST_LOG` as `Targets`: empty directives are skipped (`info,` means `info`, not `error`),
+/// and span or field filters are refused rather than read as a target named `[span]`.
+fn rust_log(spec: &str) -> Result<Targets, String> {
+    let directives: Vec<&str> = spec.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if let Some(d) = directives.iter().find(|d| d.contains(['[', '{'])) {
+        return Err(format!("`{d}`: span and field filters are not supported"));
+    }
+    directives.join(",").parse::<Targets>().map_err(|e| e.to_string())
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` when it is set: comma-separated `target=level`
 /// directives and a bare default level (`info,edgewatch::agent=debug`). Span and field
 /// filters are not supported (tracing-subscriber's `Targets`, not its `EnvFilter`: the regex
@@ -109,7 +119,7 @@ fn init_logging(format: LogFormat, default: &str) {
     let fallback = || default.parse::<Targets>().unwrap_or_else(|_| Targets::new().with_default(LevelFilter::WARN));
     let mut rejected = None;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => spec.parse::<Targets>().unwrap_or_else(|error| {
+        Ok(spec) if !spec.trim().is_empty() => rust_log(&spec).unwrap_or_else(|error| {
             rejected = Some((spec, error));
             fallback()
         }),
@@ -128,7 +138,7 @@ fn init_logging(format: LogFormat, default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet_default = "warn,rumqttd=off";
+    let quiet_default = if cfg!(feature = "embedded-broker") { "warn,rumqttd=off" } else { "warn" };
     match cli.command {
         Command::Run { config } => {
             init_logging(cli.log_format, "info,rumqttc=warn");
@@ -147,7 +157,7 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| {
                 rt.block_on(async {
                     let mut out = std::io::stdout();
-                    edgewatch::demo::run(opts, &mut out).await.context("demo failed")?;
+                    edgewatch::demo::run(opts, &mut out, shutdown_signal()).await.context("demo failed")?;
                     Ok(())
                 })
             }))

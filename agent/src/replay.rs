@@ -268,7 +268,9 @@ fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String 
     for hunk in hook.into_inner().into_grouped_ops(3) {
         let (Some(first), Some(last)) = (hunk.first(), hunk.last()) else { continue };
         let (o, n) = (first.old_range().start..last.old_range().end, first.new_range().start..last.new_range().end);
-        let _ = writeln!(out, "@@ -{},{} +{},{} @@", o.start + 1, o.len(), n.start + 1, n.len());
+        // 1-based starts; an empty side names the line before it (0 at the top).
+        let start = |r: &std::ops::Range<usize>| if r.is_empty() { r.start } else { r.start + 1 };
+        let _ = writeln!(out, "@@ -{},{} +{},{} @@", start(&o), o.len(), start(&n), n.len());
         for op in &hunk {
             let (tag, o, n) = op.as_tag_tuple();
             let (del, ins) = match tag {
@@ -311,5 +313,8 @@ mod tests {
         assert_eq!(diff.matches("@@ ").count(), 2, "{diff}");
         assert!(diff.contains("-l2\n") && diff.contains("-l29\n+x\n"), "{diff}");
         assert_eq!(unified_diff("same\n", "same\n", "a", "b"), "--- a\n+++ b\n");
+        // A new case with no expected output yet, and a rule that now produces nothing.
+        assert_eq!(unified_diff("", "x\ny\n", "a", "b"), "--- a\n+++ b\n@@ -0,0 +1,2 @@\n+x\n+y\n");
+        assert_eq!(unified_diff("x\n", "", "a", "b"), "--- a\n+++ b\n@@ -1,1 +0,0 @@\n-x\n");
     }
 }

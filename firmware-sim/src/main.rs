@@ -296,7 +296,14 @@ async fn ctrl_c() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // RUST_LOG as `target=level` directives (no span or field filters).
-    let filter = std::env::var("RUST_LOG").ok().and_then(|spec| spec.parse::<Targets>().ok());
+    let filter = std::env::var("RUST_LOG").ok().and_then(|spec| {
+        let spec: Vec<&str> = spec.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+        let parsed = spec.join(",").parse::<Targets>().ok().filter(|_| !spec.iter().any(|d| d.contains(['[', '{'])));
+        if parsed.is_none() {
+            eprintln!("firmware-sim: RUST_LOG not understood (only `target=level` directives); logging at info");
+        }
+        parsed
+    });
     tracing_subscriber::registry()
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(filter.unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO)))

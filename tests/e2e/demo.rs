@@ -20,7 +20,9 @@ async fn the_demo_on_a_shared_broker_stays_in_its_own_topic_tree() {
             seed: 7,
         };
         let mut out = Vec::new();
-        let summary = run(opts, &mut out).await.unwrap_or_else(|e| panic!("{}: demo failed: {e}", broker.name()));
+        let summary = run(opts, &mut out, std::future::pending())
+            .await
+            .unwrap_or_else(|e| panic!("{}: demo failed: {e}", broker.name()));
         let out = String::from_utf8_lossy(&out);
         assert!(summary.received_upstream > 0, "{}: {out}", broker.name());
         assert!(out.lines().any(|l| l.contains("overheat") && l.contains("t-003")), "{}: {out}", broker.name());
@@ -70,7 +72,7 @@ async fn the_demo_says_when_no_broker_listens() {
         rules: None,
         seed: 1,
     };
-    let error = run(opts, &mut Vec::new()).await.expect_err("nothing listens").to_string();
+    let error = run(opts, &mut Vec::new(), std::future::pending()).await.expect_err("nothing listens").to_string();
     assert!(error.contains(&format!("no MQTT broker at mqtt://{addr}")), "{error}");
     let opts = DemoOptions {
         broker: Some("mqtts://x:1".into()),
@@ -79,6 +81,6 @@ async fn the_demo_says_when_no_broker_listens() {
         rules: None,
         seed: 1,
     };
-    let error = run(opts, &mut Vec::new()).await.expect_err("not plain MQTT").to_string();
+    let error = run(opts, &mut Vec::new(), std::future::pending()).await.expect_err("not plain MQTT").to_string();
     assert!(error.contains("plain mqtt://host:port"), "{error}");
 }
