@@ -6,19 +6,18 @@ use edgewatch::demo::{DemoOptions, run};
 use edgewatch_e2e::{Broker, Subscriber};
 use std::time::Duration;
 
+/// The demo on the broker at `url`, with the built-in rules.
+fn on(url: &str, duration: Duration, devices: usize) -> DemoOptions {
+    DemoOptions { broker: Some(url.to_owned()), duration, devices, rules: None, seed: 7 }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_on_a_shared_broker_stays_in_its_own_topic_tree() {
     for broker in Broker::all() {
         let addr = broker.addr();
         // What an agent in production on the same broker would see: everything.
         let mut spy = Subscriber::connect(addr, "spy", "#").await;
-        let opts = DemoOptions {
-            broker: Some(format!("mqtt://{addr}")),
-            duration: Duration::from_secs(4),
-            devices: 5,
-            rules: None,
-            seed: 7,
-        };
+        let opts = on(&format!("mqtt://{addr}"), Duration::from_secs(4), 5);
         let mut out = Vec::new();
         let summary = run(opts, &mut out, std::future::pending())
             .await
@@ -65,22 +64,10 @@ async fn the_demo_says_when_no_broker_listens() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = free.local_addr().expect("addr");
     drop(free);
-    let opts = DemoOptions {
-        broker: Some(format!("mqtt://{addr}")),
-        duration: Duration::from_secs(1),
-        devices: 1,
-        rules: None,
-        seed: 1,
-    };
+    let opts = on(&format!("mqtt://{addr}"), Duration::from_secs(1), 1);
     let error = run(opts, &mut Vec::new(), std::future::pending()).await.expect_err("nothing listens").to_string();
     assert!(error.contains(&format!("no MQTT broker at mqtt://{addr}")), "{error}");
-    let opts = DemoOptions {
-        broker: Some("mqtts://x:1".into()),
-        duration: Duration::from_secs(1),
-        devices: 1,
-        rules: None,
-        seed: 1,
-    };
+    let opts = on("mqtts://x:1", Duration::from_secs(1), 1);
     let error = run(opts, &mut Vec::new(), std::future::pending()).await.expect_err("not plain MQTT").to_string();
     assert!(error.contains("plain mqtt://host:port"), "{error}");
 }
