@@ -245,11 +245,74 @@ fn no_secret_reaches_the_logs_even_at_trace_level() {
         ),
     )
     .expect("write config");
+    let logs = agent_logs(
+        &["--log-format", "json", "run", "--config"],
+        &config,
+        &[("RUST_LOG", "trace"), ("UPSTREAM_PW", "hunter2-UPSTREAM-SECRET")],
+    );
+    assert!(logs.lines().count() > 10, "trace logging produced little: {logs}");
+    assert!(logs.contains("Connected to the source broker"), "the source link worked:\n{logs}");
+    assert!(logs.contains("connection failed") || logs.contains("MQTT connection failed"), "upstream failed:\n{logs}");
+    for secret in ["hunter2-SOURCE-SECRET", "hunter2-UPSTREAM-SECRET", key_body.as_str(), "PRIVATE KEY"] {
+        assert!(!logs.contains(secret), "`{secret}` appears in the logs");
+    }
+    // `--log-format json` means every line is one JSON object, as tracing-subscriber's json
+    // formatter writes it (with the level and the sentence where a log reader expects them).
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        let level = v["level"].as_str().unwrap_or_else(|| panic!("no level: {line}"));
+        assert!(["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&level), "level `{level}`: {line}");
+        assert!(v["timestamp"].is_string() && v["target"].is_string(), "timestamp and target: {line}");
+        assert!(v["fields"].is_object(), "fields: {line}");
+    }
+    assert!(
+        logs.lines().any(|l| l.contains(r#""message":"Connected to the source broker"#)),
+        "the sentence is in `fields.message`:\n{logs}"
+    );
+}
+
+/// Without `--log-format`, logs are lines for people: time, level, target, sentence; not JSON.
+#[test]
+fn logs_are_human_readable_by_default() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = edgewatch_e2e::Broker::embedded();
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let config = dir.path().join("edgewatch.toml");
+    std::fs::create_dir_all(dir.path().join("rules")).expect("rules");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nid = \"gw\"\nstate_dir = {state}\n[rules]\ndir = {rules}\n\
+             [source]\nurl = \"mqtt://{src}\"\n[[subscriptions]]\ntopic = \"sensors/#\"\n",
+            state = q(&dir.path().join("state")),
+            rules = q(&dir.path().join("rules")),
+            src = broker.addr(),
+        ),
+    )
+    .expect("write config");
+    let logs = agent_logs(&["run", "--config"], &config, &[("RUST_LOG", "info"), ("NO_COLOR", "1")]);
+    let line = logs
+        .lines()
+        .find(|l| l.contains("Connected to the source broker"))
+        .unwrap_or_else(|| panic!("the source link worked:\n{logs}"));
+    assert!(line.contains(" INFO ") && line.contains("edgewatch"), "level and target: {line}");
+    assert!(line.starts_with(|c: char| c.is_ascii_digit()), "starts with the time: {line}");
+    assert!(!line.contains('\u{1b}'), "no colour with NO_COLOR: {line:?}");
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(serde_json::from_str::<serde_json::Value>(line).is_err(), "a JSON line by default: {line}");
+    }
+}
+
+/// Runs `edgewatch <args> <config>` for about 3 s, stops it with SIGTERM, and returns what
+/// it wrote to stderr (the logs).
+fn agent_logs(args: &[&str], config: &Path, env: &[(&str, &str)]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_edgewatch"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .env("UPSTREAM_PW", "hunter2-UPSTREAM-SECRET")
+        .args(args)
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .env_remove("EDGEWATCH_LOG_FORMAT")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -271,13 +334,7 @@ fn no_secret_reaches_the_logs_even_at_trace_level() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let logs = reader.join().expect("reader");
-    assert!(logs.lines().count() > 10, "trace logging produced little: {logs}");
-    assert!(logs.contains("Connected to the source broker"), "the source link worked:\n{logs}");
-    assert!(logs.contains("connection failed") || logs.contains("MQTT connection failed"), "upstream failed:\n{logs}");
-    for secret in ["hunter2-SOURCE-SECRET", "hunter2-UPSTREAM-SECRET", key_body.as_str(), "PRIVATE KEY"] {
-        assert!(!logs.contains(secret), "`{secret}` appears in the logs");
-    }
+    reader.join().expect("reader")
 }
 
 #[test]

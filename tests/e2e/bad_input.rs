@@ -104,6 +104,72 @@ async fn too_deep_too_long_and_wrong_types_are_dead_lettered_with_their_reason()
     }
 }
 
+/// Bad postcard frames on a `format = "wire"` subscription (truncated, another version,
+/// bytes after the message, JSON text where a frame belongs) are dead-lettered with reason
+/// `wire` and counted by it; the next good frame is processed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_wire_frames_are_dead_lettered_with_reason_wire() {
+    const FRAMES: &str = r#"
+rule("hot_frame", #{
+    on: "frames/{device}/temperature",
+    when: |e| e.value > 80.0,
+    emit: |e| #{ device: e.device, celsius: e.value },
+});
+"#;
+    let frame = |device: &str, seq: u32, celsius: f32| {
+        let msg = edgewatch_wire::Message::reading(device, seq, 0, &[("temperature", celsius)]).expect("fits");
+        let mut buf = [0u8; edgewatch_wire::MAX_FRAME_LEN];
+        edgewatch_wire::encode(&msg, &mut buf).expect("encodes").to_vec()
+    };
+    for broker in Broker::all() {
+        let label = broker.name();
+        let addr = broker.addr();
+        // `config` ends in the `[limits]` section: add the subscription before it.
+        let toml = config(addr, "3.1.1")
+            .replace("[limits]\n", "[[subscriptions]]\ntopic = \"frames/#\"\nformat = \"wire\"\n[limits]\n");
+        let agent = RunningAgent::start(&toml, &[("frames.rhai", FRAMES)]).await;
+        let mut dead = Subscriber::connect(addr, "dead-letter-reader", "edgewatch/gw-test/deadletter").await;
+        let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+        let mut sensor = Publisher::connect(addr, "sensor").await;
+
+        let good = frame("w-1", 1, 91.0);
+        let mut other_version = good.clone();
+        other_version[0] = edgewatch_wire::VERSION + 1;
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            ("truncated", good[..good.len() - 2].to_vec(), "malformed"),
+            ("another version", other_version, "version"),
+            ("trailing bytes", trailing, "trailing"),
+            ("JSON text", br#"{"temperature": 91}"#.to_vec(), "version"),
+        ];
+        for (what, payload, error) in &cases {
+            sensor.publish("frames/w-1/temperature", payload.clone()).await;
+            let letter = dead.next().await.json();
+            assert_eq!(letter["reason"], "wire", "{label}, {what}: {letter}");
+            assert_eq!(letter["topic"], "frames/w-1/temperature", "{label}, {what}: {letter}");
+            assert_eq!(letter["size"], payload.len(), "{label}, {what}: {letter}");
+            let message = letter["error"].as_str().unwrap_or_default();
+            assert!(message.contains("wire frame") && message.contains(error), "{label}, {what}: {letter}");
+        }
+        // The device's next frame, well formed: an ordinary event.
+        sensor.publish("frames/w-1/temperature", frame("w-1", 2, 92.5)).await;
+        let ev = upstream.next().await.json();
+        assert_eq!(
+            (ev["subject"].as_str(), ev["data"]["celsius"].as_f64()),
+            (Some("w-1"), Some(92.5)),
+            "{label}: {ev}"
+        );
+
+        let s = agent.wait_for_stats("the event to be counted", |s| s.events == 1).await;
+        assert_eq!((s.received, s.decode_errors, s.dead_letters, s.processed), (5, 4, 4, 1), "{label}: {s}");
+        let by_reason = agent.stats.detail.decode_errors_by_reason.lock().expect("lock").clone();
+        assert_eq!(by_reason.get("wire"), Some(&4), "{label}: {by_reason:?}");
+        assert_eq!(by_reason.values().sum::<u64>(), 4, "{label}: only `wire`; {by_reason:?}");
+        agent.stop().await;
+    }
+}
+
 /// A sensor that invents a new device id per message: the rule stays within its key limit,
 /// evicts the least recently seen keys, and the agent reports it once (not per message) on
 /// `<prefix>/agent/events`.

@@ -70,6 +70,11 @@ async fn the_agent_says_it_is_online_and_offline_on_its_status_topic() {
     assert_eq!(online["status"], "online", "{online}");
     assert_eq!(online["rules"], 1);
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(online["agent"], "gw-test", "{online}");
+    assert!(online["uptime_s"].is_u64(), "uptime_s is a whole number of seconds: {online}");
+    let (started, time) = (online["started"].as_str().unwrap_or(""), online["time"].as_str().unwrap_or(""));
+    // Both RFC 3339 in UTC with the same precision, so they compare as strings.
+    assert!(started.len() >= 20 && started.ends_with('Z') && started <= time, "started and time: {online}");
     agent.stop().await;
     // The retained `online` can arrive twice: once as the retained copy when
     // the subscription lands, once live if the agent published at the same
@@ -79,4 +84,5 @@ async fn the_agent_says_it_is_online_and_offline_on_its_status_topic() {
         offline = status.next().await.json();
     }
     assert_eq!(offline["status"], "offline", "{offline}");
+    assert_eq!(offline["agent"], "gw-test", "{offline}");
 }

@@ -35,19 +35,26 @@ async fn metrics_count_what_happened_and_health_says_ready() {
     }
     upstream.next().await;
     agent.wait_for_stats("six messages", |s| s.processed + s.decode_errors >= 6).await;
-    // Keys per rule are refreshed once a second: wait for the three devices to show.
+    // Keys per rule are refreshed once a second: wait for the three devices to show, for
+    // the uptime (whole seconds) to tick, and for upstream to acknowledge all that was sent.
     let keys = r#"edgewatch_tracked_keys{rule="beat"}"#;
+    let settled = |page: &str| {
+        metric(page, keys) == Some(3.0)
+            && metric(page, "edgewatch_uptime_seconds").is_some_and(|s| s >= 1.0)
+            && metric(page, "edgewatch_outbox_events") == Some(0.0)
+            && metric(page, "edgewatch_events_acked_total") == metric(page, "edgewatch_events_published_total")
+    };
     let page = tokio::time::timeout(edgewatch_e2e::WAIT, async {
         loop {
             let (_, page) = http_get(listen, "/metrics").await;
-            if metric(&page, keys) == Some(3.0) {
+            if settled(&page) {
                 return page;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     })
     .await
-    .expect("three heartbeat keys tracked");
+    .expect("three heartbeat keys tracked, uptime counting, everything acknowledged");
     assert!(page.contains(keys));
 
     let (code, page) = http_get(listen, "/metrics").await;
@@ -56,8 +63,24 @@ async fn metrics_count_what_happened_and_health_says_ready() {
     assert_eq!(m(r#"edgewatch_messages_received_total{subscription="sensors/#"}"#), 5.0);
     assert_eq!(m(r#"edgewatch_messages_received_total{subscription="strict/#"}"#), 1.0);
     assert_eq!(m(r#"edgewatch_decode_errors_total{reason="json"}"#), 1.0);
+    // Five decoded (two readings, three heartbeats), one dead-lettered, nothing else.
+    assert_eq!(m("edgewatch_messages_processed_total"), 5.0);
+    assert_eq!(m("edgewatch_dead_letters_total"), 1.0);
+    assert_eq!(m("edgewatch_messages_unmatched_total"), 0.0);
+    assert_eq!(m("edgewatch_duplicates_total"), 0.0);
+    assert_eq!(m("edgewatch_late_total"), 0.0);
     assert_eq!(m(r#"edgewatch_events_total{rule="overheat"}"#), 1.0);
     assert_eq!(m(r#"edgewatch_rule_errors_total{rule="overheat"}"#), 0.0);
+    assert_eq!(m(r#"edgewatch_rule_disabled{rule="overheat"}"#), 0.0);
+    assert_eq!(m("edgewatch_rule_file_errors_total"), 0.0);
+    assert_eq!((m("edgewatch_reloads_total"), m("edgewatch_reload_errors_total")), (0.0, 0.0));
+    // The event and the status messages (online, rules) went out, and all were acknowledged.
+    let published = m("edgewatch_events_published_total");
+    assert!(published > m(r#"edgewatch_events_total{rule="overheat"}"#), "events and status: {published}");
+    assert_eq!(m("edgewatch_events_acked_total"), published);
+    assert_eq!((m("edgewatch_outbox_events"), m("edgewatch_outbox_bytes")), (0.0, 0.0));
+    assert_eq!(m("edgewatch_outbox_dropped_total"), 0.0);
+    assert!(m("edgewatch_uptime_seconds") >= 1.0);
     assert_eq!(m("edgewatch_engine_seconds_count"), 5.0, "one engine pass per decoded message");
     assert!(m("edgewatch_commit_latency_seconds_count") >= 6.0, "every message committed");
     assert!(m("edgewatch_flush_seconds_count") >= 1.0);
@@ -67,8 +90,10 @@ async fn metrics_count_what_happened_and_health_says_ready() {
     assert_eq!(m(r#"edgewatch_connected{connection="source"}"#), 1.0);
     assert_eq!(m(r#"edgewatch_connected{connection="upstream"}"#), 1.0);
     assert!(m(r#"edgewatch_connects_total{connection="source"}"#) >= 1.0);
+    assert!(m(r#"edgewatch_connects_total{connection="upstream"}"#) >= 1.0);
+    assert_eq!(m(r#"edgewatch_connection_failures_total{connection="source"}"#), 0.0);
+    assert_eq!(m(r#"edgewatch_connection_failures_total{connection="upstream"}"#), 0.0);
     assert!(m("edgewatch_state_disk_bytes") > 0.0, "durable state on disk");
-    assert!(m("edgewatch_outbox_events") >= 0.0 && m("edgewatch_outbox_bytes") >= 0.0);
     assert!(m("edgewatch_queue_depth") >= 0.0);
     assert!(page.contains(r#"edgewatch_build_info{version=""#), "{page}");
     assert!(page.trim_end().ends_with("# EOF"), "OpenMetrics pages end with # EOF");

@@ -128,6 +128,41 @@ async fn mutual_tls_with_password_connects_and_events_flow() {
     agent.stop().await;
 }
 
+/// The password from `password_env`, for a real login. The agent reads the variable from its
+/// process environment, and setting one in this test binary is `unsafe` (forbidden in the
+/// workspace; tests run in parallel), so the test runs itself again in a child process with
+/// the variable set, where it does the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_from_the_environment_logs_in() {
+    const VAR: &str = "EDGEWATCH_E2E_TLS_PASSWORD_ENV";
+    const NAME: &str = "tls::a_password_from_the_environment_logs_in";
+    if std::env::var_os(VAR).is_none() {
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = Command::new(exe).args(["--exact", NAME, "--nocapture"]).env(VAR, PASSWORD).output().expect("runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the child run failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let Some(s) = setup() else { return };
+    let url = format!("mqtts://localhost:{}", s.tls.port());
+    let placeholder = Path::new("/nonexistent/pw");
+    let config = agent_config(&url, &tls_lines(&s.ca.cert, Some(&s.client)), placeholder)
+        .replace(&format!("password_file = {}", toml_path(placeholder)), &format!("password_env = \"{VAR}\""));
+    assert!(config.contains("password_env") && !config.contains("password_file"), "{config}");
+    // Ready means connected and subscribed: Mosquitto took the password.
+    let agent = RunningAgent::start(&config, &[("o.rhai", OVERHEAT)]).await;
+    let mut upstream = Subscriber::connect(s.broker.addr, "cloud", "edgewatch/gw-tls/events/#").await;
+    let mut sensor = Publisher::connect(s.broker.addr, "sensor").await;
+    sensor.publish("sensors/t-8/temperature", "98").await;
+    assert_eq!(upstream.next().await.json()["subject"], "t-8");
+    assert!(agent.stats.detail.connection("source").connects.load(Relaxed) >= 1);
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_are_refused_clearly_and_retried() {
     let Some(s) = setup() else { return };
