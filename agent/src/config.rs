@@ -211,12 +211,24 @@ pub struct RawAgent {
     /// Opt-in HTTP listener for `/metrics` (Prometheus) and `/healthz`, e.g. `127.0.0.1:9898`.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Threads running the agent's tasks (MQTT in and out, the engine, the store).
+    #[serde(default = "default_threads")]
+    pub threads: u64,
 }
 
 impl Default for RawAgent {
     fn default() -> Self {
-        RawAgent { id: default_agent_id(), state_dir: default_state_dir(), metrics_listen: None }
+        RawAgent {
+            id: default_agent_id(),
+            state_dir: default_state_dir(),
+            metrics_listen: None,
+            threads: default_threads(),
+        }
     }
+}
+
+fn default_threads() -> u64 {
+    1
 }
 
 fn default_agent_id() -> String {
@@ -409,6 +421,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Threads for the agent's tasks: 1 runs them all on one thread, which costs the least CPU
+    /// per message (no hand-offs between threads); the engine is one task whatever this is.
+    pub threads: usize,
     pub rules_dir: PathBuf,
     /// Rhai operations per rule call.
     pub max_operations: u64,
@@ -726,10 +741,15 @@ impl RawConfig {
         if state.flush_interval > Duration::from_secs(1) {
             return Err(invalid("state.flush_interval", "must be at most 1s (messages wait this long for their ack)"));
         }
+        let threads = match usize::try_from(self.agent.threads) {
+            Ok(n @ 1..=64) => n,
+            _ => return Err(invalid("agent.threads", "must be from 1 to 64")),
+        };
         Ok(Config {
             agent_id: self.agent.id.clone(),
             state_dir: self.agent.state_dir,
             metrics_listen,
+            threads,
             rules_dir: self.rules.dir,
             max_operations: self.rules.max_operations,
             watch_rules: self.rules.watch,
@@ -935,6 +955,17 @@ topic = "sensors/#"
         ] {
             let e = error(&sub(topic, prefix), &[]);
             assert!(e.contains("`subscriptions[0].strip_prefix`"), "{topic} {prefix}: {e}");
+        }
+    }
+
+    #[test]
+    fn threads_default_to_one_and_are_bounded() {
+        assert_eq!(load(MINIMAL, &[]).expect("valid").threads, 1);
+        let with = |n: &str| format!("[agent]\nid = \"gw\"\nthreads = {n}\n[[subscriptions]]\ntopic = \"sensors/#\"\n");
+        assert_eq!(load(&with("4"), &[]).expect("valid").threads, 4);
+        for bad in ["0", "65", "-1"] {
+            let e = error(&with(bad), &[]);
+            assert!(e.contains("agent.threads"), "{bad}: {e}");
         }
     }
 

@@ -122,7 +122,7 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// The thread's id, from `/proc/thread-self` (a link to `/proc/<pid>/task/<tid>`).
-fn own_tid() -> u64 {
+pub fn own_tid() -> u64 {
     std::fs::read_link("/proc/thread-self")
         .ok()
         .and_then(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse().ok()))

@@ -25,6 +25,7 @@ mod consumer;
 mod machine;
 mod mqtt;
 mod procs;
+mod relay;
 mod report;
 mod stats;
 mod workload;
@@ -171,6 +172,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut setups = Vec::new();
     for (name, contender, rule, full_only) in [
         ("bare", Contender::Bare, Rule::Threshold, false),
+        ("relay", Contender::Relay, Rule::Threshold, false),
         ("edgewatch-threshold", Contender::Edgewatch, Rule::Threshold, false),
         ("edgewatch-window", Contender::Edgewatch, Rule::Window, true),
         ("edgewatch-memory", Contender::EdgewatchMemory, Rule::Threshold, true),
@@ -321,7 +323,7 @@ fn start_contender(
     timeout: Duration,
 ) -> anyhow::Result<Option<Proc>> {
     Ok(match setup.contender {
-        Contender::Bare => None,
+        Contender::Bare | Contender::Relay => None,
         Contender::Edgewatch => Some(procs::start_edgewatch(&ctx.edgewatch, broker, setup.rule, timeout, true)?),
         Contender::EdgewatchMemory => Some(procs::start_edgewatch(&ctx.edgewatch, broker, setup.rule, timeout, false)?),
         Contender::NodeRed => {
@@ -334,6 +336,7 @@ fn start_contender(
 fn output_filter(contender: Contender) -> &'static str {
     match contender {
         Contender::Bare => "sensors/#",
+        Contender::Relay => relay::RELAY_EVENTS,
         Contender::Edgewatch | Contender::EdgewatchMemory => procs::EDGEWATCH_EVENTS,
         Contender::NodeRed => procs::NODE_RED_EVENTS,
     }
@@ -349,11 +352,12 @@ fn wait_ready(broker: std::net::SocketAddr, proc: &mut Proc, consumer: &Consumer
     Ok(())
 }
 
-/// CPU ticks of the contender (or of the bare subscriber's thread).
-fn contender_ticks(proc: Option<&Proc>, consumer: &Consumer) -> Option<u64> {
-    match proc {
-        Some(p) => procs::cpu_ticks(p.pid()),
-        None => procs::thread_cpu_ticks(consumer.live.tid.load(Relaxed)),
+/// CPU ticks of the contender (or of the relay's or the bare subscriber's thread).
+fn contender_ticks(proc: Option<&Proc>, relay: Option<&relay::Relay>, consumer: &Consumer) -> Option<u64> {
+    match (proc, relay) {
+        (Some(p), _) => procs::cpu_ticks(p.pid()),
+        (None, Some(r)) => procs::thread_cpu_ticks(r.tid.load(Relaxed)),
+        (None, None) => procs::thread_cpu_ticks(consumer.live.tid.load(Relaxed)),
     }
 }
 
@@ -373,7 +377,17 @@ fn measure(ctx: &Ctx, setup: Setup, workload: Workload, step: &mut Step) -> anyh
     if let Some(p) = &mut proc {
         wait_ready(addr, p, &consumer)?;
     }
-    let cpu0 = contender_ticks(proc.as_ref(), &consumer);
+    let relay = if setup.contender == Contender::Relay {
+        let relay = relay::Relay::start(addr)?;
+        let live = consumer.live.clone();
+        if !workload::probe(addr, Duration::from_secs(10), || live.probes.load(Relaxed) > 0)? {
+            bail!("no probe came through the relay in 10 s");
+        }
+        Some(relay)
+    } else {
+        None
+    };
+    let cpu0 = contender_ticks(proc.as_ref(), relay.as_ref(), &consumer);
     let broker0 = procs::cpu_ticks(broker.pid());
     let t0 = Instant::now();
     let load = workload::publish(&LoadSpec { addr, rate: step.rate, duration: ctx.step, workload }, ctx.origin)?;
@@ -388,7 +402,10 @@ fn measure(ctx: &Ctx, setup: Setup, workload: Workload, step: &mut Step) -> anyh
         std::thread::sleep(Duration::from_millis(2));
     }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu1 = contender_ticks(proc.as_ref(), &consumer);
+    let cpu1 = contender_ticks(proc.as_ref(), relay.as_ref(), &consumer);
+    if let Some(r) = relay {
+        r.finish();
+    }
     let broker1 = procs::cpu_ticks(broker.pid());
     step.peak_rss_kib = proc.as_ref().and_then(|p| procs::peak_rss_kib(p.pid()));
     let consumed = consumer.finish();

@@ -64,7 +64,7 @@ impl Results {
     fn find(&self, contender: Contender, rule: Rule) -> Option<&Series> {
         self.series
             .iter()
-            .find(|s| s.setup.contender == contender && (contender == Contender::Bare || s.setup.rule == rule))
+            .find(|s| s.setup.contender == contender && (s.setup.contender.is_baseline() || s.setup.rule == rule))
     }
 }
 
@@ -124,10 +124,21 @@ pub fn targets(r: &Results) -> Vec<Target> {
     let max = |s: Option<&Series>| s.and_then(|s| s.max_sustained);
     let mut out = Vec::new();
 
+    let relay = max(r.find(Contender::Relay, Rule::Threshold));
     let t1 = match (max(ew), max(bare)) {
         (Some(e), Some(b)) => Target {
             what: "Edgewatch (threshold) sustains ≥ 90% of the bare subscriber's rate",
-            measured: format!("{} / {} msg/s = {:.0}%", rate(e), rate(b), 100.0 * e / b),
+            measured: format!(
+                "{} / {} msg/s = {:.0}%{}",
+                rate(e),
+                rate(b),
+                100.0 * e / b,
+                relay.map_or(String::new(), |l| format!(
+                    "; the bare relay (one in, one out, no work) sustains {} msg/s, so Edgewatch does {:.0}% of what the broker allows any contender",
+                    rate(l),
+                    100.0 * e / l
+                ))
+            ),
             met: Some(e >= 0.9 * b),
         },
         _ => Target {
@@ -143,13 +154,17 @@ pub fn targets(r: &Results) -> Vec<Target> {
         (Some(e), Some(n), Some(er), Some(nrss)) => Target {
             what: "≥ 10× Node-RED's sustained throughput at ≤ 1/5 of its peak RSS",
             measured: format!(
-                "{:.1}× ({} vs {} msg/s); RSS {:.2}× ({} vs {})",
+                "{:.1}× ({} vs {} msg/s); RSS {:.2}× ({} vs {}){}",
                 e / n,
                 rate(e),
                 rate(n),
                 er as f64 / nrss as f64,
                 mib(Some(er)),
-                mib(Some(nrss))
+                mib(Some(nrss)),
+                relay.map_or(String::new(), |l| format!(
+                    "; the bare relay itself sustains only {:.1}× Node-RED on this broker",
+                    l / n
+                ))
             ),
             met: Some(e >= 10.0 * n && er as f64 <= nrss as f64 / 5.0),
         },
@@ -243,10 +258,11 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(o, "## Summary\n");
     let _ = writeln!(
         o,
-        "| contender | max sustained, nothing lost | vs broker limit | latency at 10k msg/s, p50 / p99 / p99.9 | CPU at 10k msg/s | peak RSS at 10k msg/s | peak RSS at max |"
+        "| contender | max sustained, nothing lost | vs bare subscriber | vs bare relay | latency at 10k msg/s, p50 / p99 / p99.9 | CPU at 10k msg/s | peak RSS at 10k msg/s | peak RSS at max |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---:|---:|---:|---|---:|---:|---:|");
     let bare_max = r.find(Contender::Bare, Rule::Threshold).and_then(|s| s.max_sustained);
+    let relay_max = r.find(Contender::Relay, Rule::Threshold).and_then(|s| s.max_sustained);
     for s in &r.series {
         let at = s.at(REFERENCE_RATE);
         let max = match (s.max_sustained, s.bounded) {
@@ -254,16 +270,19 @@ pub fn markdown(r: &Results) -> String {
             (Some(v), false) => format!("≥ {} msg/s", rate(v)),
             (None, _) => "none".into(),
         };
-        let vs = match (s.max_sustained, bare_max) {
-            (Some(v), Some(b)) if s.setup.contender != Contender::Bare => format!("{:.0}%", 100.0 * v / b),
+        let vs = |limit: Option<f64>, of: Contender| match (s.max_sustained, limit) {
+            (Some(v), Some(b)) if s.setup.contender != of && s.setup.contender != Contender::Bare => {
+                format!("{:.0}%", 100.0 * v / b)
+            }
             _ => "–".into(),
         };
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             s.setup.label(),
             max,
-            vs,
+            vs(bare_max, Contender::Bare),
+            vs(relay_max, Contender::Relay),
             at.map_or("–".into(), |a| lat(&a.latency)),
             pct(at.and_then(|a| a.cpu_pct)),
             mib(at.and_then(|a| a.peak_rss_kib)),
@@ -376,6 +395,10 @@ fn method(r: &Results) -> String {
     JSON. Every contender subscribes to `sensors/#` and so handles every message, readings and heartbeats.\n\
     - **Outputs.** Each contender turns every reading into one output carrying the reading's `n` and `sent`; the consumer \
     subscribes at QoS 1 to the outputs (the bare subscriber: to `sensors/#` itself, counting every message).\n\
+    - **Two limits.** The **bare subscriber** only receives: what the broker can deliver to one client. The **bare relay** \
+    (`bench/src/relay.rs`, a thread of the harness) subscribes to `sensors/#` and republishes every reading unchanged at QoS 1, \
+    nothing else: the broker's limit for one message in, one out, which is the shape of every contender's work (each reading \
+    crosses the broker twice, with the acknowledgements of both legs).\n\
     - **Sustained, nothing lost**: every expected output arrived (counted by `n`, duplicates apart; \"missing\" means not arrived \
     when the harness stopped waiting, {drain_max} s after the load), the last within {drain} ms of \
     the last publish (a contender slower than the offered rate falls behind linearly, so this allows about {pct:.0}% of slack \
@@ -385,7 +408,7 @@ fn method(r: &Results) -> String {
     - **Latency**: output received by the consumer − `sent`, every output of the step (hdrhistogram, 3 significant digits). \
     For an overloaded step it mostly measures queueing.\n\
     - **CPU**: utime + stime of the contender's process from `/proc/<pid>/stat` over the step (load start to drain end), as % of \
-    one core; per message published. The bare subscriber's is its thread's. **Peak RSS**: `VmHWM` of the contender's process at \
+    one core; per message published. The bare subscriber's and the bare relay's are their threads'. **Peak RSS**: `VmHWM` of the contender's process at \
     the end of the step (a fresh process per step).\n\
     - **Edgewatch** runs `edgewatch run` with the rules below, durable state on (the default: sled, flush before acknowledging), \
     upstream events as CloudEvents at QoS 1. **Node-RED** runs flows written by the harness (`bench/src/procs.rs`): \
@@ -452,6 +475,7 @@ pub fn json(r: &Results) -> serde_json::Value {
 fn short(setup: Setup) -> String {
     match setup.contender {
         Contender::Bare => "broker limit".into(),
+        Contender::Relay => "relay limit".into(),
         Contender::Edgewatch => format!("Edgewatch {}", setup.rule.name()),
         Contender::EdgewatchMemory => format!("Edgewatch {} (memory)", setup.rule.name()),
         Contender::NodeRed => format!("Node-RED {}", setup.rule.name()),
@@ -461,6 +485,7 @@ fn short(setup: Setup) -> String {
 fn color(setup: Setup) -> RGBColor {
     match (setup.contender, setup.rule) {
         (Contender::Bare, _) => RGBColor(120, 120, 120),
+        (Contender::Relay, _) => RGBColor(170, 170, 170),
         (Contender::Edgewatch, Rule::Window) => RGBColor(90, 160, 230),
         (Contender::Edgewatch, _) => RGBColor(20, 90, 180),
         (Contender::EdgewatchMemory, _) => RGBColor(60, 170, 110),
@@ -502,6 +527,7 @@ fn draw(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         // Two short lines under each bar: who, and which rule.
         let (who, what) = match s.setup.contender {
             Contender::Bare => ("broker".to_owned(), "limit".to_owned()),
+            Contender::Relay => ("relay".to_owned(), "limit".to_owned()),
             Contender::EdgewatchMemory => ("Edgewatch".to_owned(), format!("{} (mem)", s.setup.rule.name())),
             c => (c.name().to_owned(), s.setup.rule.name().to_owned()),
         };
@@ -663,12 +689,32 @@ mod tests {
     }
 
     #[test]
+    fn contenders_are_also_compared_with_the_relay() {
+        let mut r = results();
+        r.series.insert(1, series(Contender::Relay, Rule::Threshold, vec![step(10_000.0, 600, 0, true)], 50_000.0));
+        let md = markdown(&r);
+        assert!(md.contains("| Edgewatch, threshold | 95\u{202f}000 msg/s | 95% | 190% |"), "{md}");
+        assert!(md.contains("| bare relay (broker limit, one in, one out) | 50\u{202f}000 msg/s | 50% | – |"), "{md}");
+        let t = targets(&r);
+        assert_eq!(t[0].met, Some(true));
+        assert!(
+            t[0].measured.contains("the bare relay (one in, one out, no work) sustains 50\u{202f}000 msg/s"),
+            "{}",
+            t[0].measured
+        );
+        assert!(t[1].measured.contains("the bare relay itself sustains only 10.0× Node-RED"), "{}", t[1].measured);
+    }
+
+    #[test]
     fn markdown_has_the_summary_every_step_and_the_method() {
         let md = markdown(&results());
         assert!(md.contains("cargo run --release -p bench"));
         assert!(md.contains("| date | 2026-11-21 |"));
-        assert!(md.contains("| Edgewatch, threshold | 95\u{202f}000 msg/s | 95% | 0.75 / 1.50 / 3.00 ms |"), "{md}");
-        assert!(md.contains("| Node-RED, threshold | 5\u{202f}000 msg/s | 5% |"), "{md}");
+        assert!(
+            md.contains("| Edgewatch, threshold | 95\u{202f}000 msg/s | 95% | – | 0.75 / 1.50 / 3.00 ms |"),
+            "{md}"
+        );
+        assert!(md.contains("| Node-RED, threshold | 5\u{202f}000 msg/s | 5% | – |"), "{md}");
         assert!(md.contains("10 of 100 outputs missing"), "{md}");
         assert!(md.contains("rule(\"threshold\""));
         assert!(!md.contains("rule(\"probe\""), "the probe rule is the harness's, not part of the method");

@@ -13,6 +13,9 @@ pub enum Contender {
     /// A subscriber on the sensors' own topics that only counts: what the broker can
     /// deliver, the ceiling for anyone downstream of it.
     Bare,
+    /// A client that republishes every reading unchanged and does nothing else: the broker's
+    /// limit for one message in, one out, which is the shape of every contender's work.
+    Relay,
     Edgewatch,
     /// Edgewatch with `state.durable = false`: what durability costs (for reference; not a
     /// configuration issue 9's targets are about).
@@ -21,9 +24,16 @@ pub enum Contender {
 }
 
 impl Contender {
+    /// The harness's own clients (the limits), as opposed to the contenders measured
+    /// against them: they run no rule.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Contender::Bare | Contender::Relay)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Contender::Bare => "bare subscriber",
+            Contender::Relay => "bare relay",
             Contender::Edgewatch => "Edgewatch",
             Contender::EdgewatchMemory => "Edgewatch, state in memory",
             Contender::NodeRed => "Node-RED",
@@ -42,6 +52,7 @@ impl Setup {
     pub fn label(self) -> String {
         match self.contender {
             Contender::Bare => "bare subscriber (broker limit)".to_owned(),
+            Contender::Relay => "bare relay (broker limit, one in, one out)".to_owned(),
             c => format!("{}, {}", c.name(), self.rule.name()),
         }
     }
