@@ -921,8 +921,17 @@ async fn committer_task(
         if let Some(store) = &store {
             let started = Instant::now();
             let mut wrote = false;
-            for job in group {
-                match store.apply(job.batch) {
+            // Off the runtime's thread: with `agent.threads = 1` a large batch would hold up
+            // both MQTT connections for as long as sled takes to write it.
+            let batches: Vec<Batch> = group.iter_mut().map(|j| std::mem::take(&mut j.batch)).collect();
+            let s = store.clone();
+            let results = tokio::task::spawn_blocking(move || batches.into_iter().map(|b| s.apply(b)).collect())
+                .await
+                .unwrap_or_else(|_| {
+                    vec![Err(store::StoreError::Db { path: String::new(), message: "the write task panicked".into() })]
+                });
+            for result in results {
+                match result {
                     Ok(applied) => {
                         wrote |= applied.wrote;
                         stats.outbox_written.fetch_add(applied.events, Relaxed);
@@ -932,6 +941,8 @@ async fn committer_task(
                         ok = false;
                     }
                 }
+            }
+            for job in group {
                 acks.extend(job.acks);
             }
             sent.notify_one();
