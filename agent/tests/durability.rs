@@ -166,6 +166,12 @@ async fn an_upstream_outage_loses_nothing_and_keeps_the_order() {
         got.push(upstream.next().await.json()["data"]["n"].as_i64().unwrap_or(-1));
     }
     cloud.stop();
+    // The premise of the test: the cloud broker kept our consumer's session on disk.
+    assert!(
+        persist.path().join("mosquitto.db").is_file(),
+        "mosquitto wrote no persistence file into {}",
+        persist.path().display()
+    );
     // Events produced while the cloud is gone wait in the outbox.
     for seq in 11..=30 {
         sensor.publish("sensors/d0/reading", send(seq)).await;

@@ -125,7 +125,14 @@ impl Mosquitto {
                 addr.port(),
                 addr.ip(),
                 match persist_dir {
-                    Some(d) => format!("persistence true\npersistence_location {}/\nautosave_interval 1", d.display()),
+                    // Started as root, Mosquitto drops to the `mosquitto` user unless told
+                    // otherwise, and then cannot write its file into our root-owned temp dir
+                    // ("Error: Permission denied", and the sessions are silently gone after a
+                    // restart). `user root` keeps it as it was started; ignored when not root.
+                    Some(d) => format!(
+                        "persistence true\npersistence_location {}/\nautosave_interval 1\nuser root",
+                        d.display()
+                    ),
                     None => "persistence false".to_owned(),
                 }
             ),
