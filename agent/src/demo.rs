@@ -137,10 +137,16 @@ topic_prefix = "{tree}"
     let (events_tx, mut events_rx) = tokio::sync::mpsc::channel::<(String, serde_json::Value)>(256);
     let (watcher_client, watcher_loop) = upstream_client(&host, port, &format!("edgewatch-demo-{nonce}-watcher"));
     let filters = vec![format!("{tree}/events/#"), format!("{tree}/status/#")];
-    let watcher = tokio::spawn(watch_upstream(watcher_client.clone(), watcher_loop, filters, events_tx));
+    let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(watch_upstream(watcher_client.clone(), watcher_loop, filters, events_tx, subscribed_tx));
     let is_event = |topic: &str| topic.strip_prefix(tree.as_str()).is_some_and(|t| t.starts_with("/events/"));
-    // Give the watcher's subscription a moment to land before events flow.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Events flow only once the watcher's subscriptions are acknowledged: none is missed.
+    if tokio::time::timeout(wait, subscribed_rx).await.is_err() {
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), agent_task).await;
+        watcher.abort();
+        return Err(DemoError::NotReady(url, wait));
+    }
 
     // One device overheats for half the run; another goes silent, then comes back.
     let mut faults = vec![Fault::Overheat {
@@ -369,15 +375,22 @@ async fn watch_upstream(
     mut eventloop: rumqttc::EventLoop,
     filters: Vec<String>,
     tx: tokio::sync::mpsc::Sender<(String, serde_json::Value)>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut subscribed = Some(subscribed);
     let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match eventloop.poll().await {
             Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
                 backoff.reset();
-                for filter in &filters {
-                    let _ = client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
+                // All filters in one SUBSCRIBE: its one SubAck says all of them hold.
+                let all = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), rumqttc::QoS::AtLeastOnce));
+                let _ = client.try_subscribe_many(all);
+            }
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                if let Some(s) = subscribed.take() {
+                    let _ = s.send(());
                 }
             }
             Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {

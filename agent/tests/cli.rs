@@ -249,6 +249,7 @@ fn no_secret_reaches_the_logs_even_at_trace_level() {
         &["--log-format", "json", "run", "--config"],
         &config,
         &[("RUST_LOG", "trace"), ("UPSTREAM_PW", "hunter2-UPSTREAM-SECRET")],
+        &["Connected to the source broker", "connection failed"],
     );
     assert!(logs.lines().count() > 10, "trace logging produced little: {logs}");
     assert!(logs.contains("Connected to the source broker"), "the source link worked:\n{logs}");
@@ -291,7 +292,12 @@ fn logs_are_human_readable_by_default() {
         ),
     )
     .expect("write config");
-    let logs = agent_logs(&["run", "--config"], &config, &[("RUST_LOG", "info"), ("NO_COLOR", "1")]);
+    let logs = agent_logs(
+        &["run", "--config"],
+        &config,
+        &[("RUST_LOG", "info"), ("NO_COLOR", "1")],
+        &["Connected to the source broker"],
+    );
     let line = logs
         .lines()
         .find(|l| l.contains("Connected to the source broker"))
@@ -304,9 +310,9 @@ fn logs_are_human_readable_by_default() {
     }
 }
 
-/// Runs `edgewatch <args> <config>` for about 3 s, stops it with SIGTERM, and returns what
-/// it wrote to stderr (the logs).
-fn agent_logs(args: &[&str], config: &Path, env: &[(&str, &str)]) -> String {
+/// Runs `edgewatch <args> <config>` until its logs contain every one of `until` (at most 15 s),
+/// stops it with SIGTERM, and returns what it wrote to stderr (the logs).
+fn agent_logs(args: &[&str], config: &Path, env: &[(&str, &str)], until: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_edgewatch"))
         .args(args)
         .arg(config)
@@ -318,13 +324,23 @@ fn agent_logs(args: &[&str], config: &Path, env: &[(&str, &str)]) -> String {
         .spawn()
         .expect("starts");
     // Read while it runs: trace logging fills a pipe quickly.
-    let mut stderr = child.stderr.take().expect("stderr");
+    let stderr = child.stderr.take().expect("stderr");
+    let until: Vec<String> = until.iter().map(|s| (*s).to_owned()).collect();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
         let mut logs = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut logs);
+        let mut pending = until;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            pending.retain(|s| !line.contains(s.as_str()));
+            if pending.is_empty() {
+                let _ = seen_tx.send(());
+            }
+            logs.push_str(&line);
+            logs.push('\n');
+        }
         logs
     });
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = seen_rx.recv_timeout(std::time::Duration::from_secs(15));
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     for _ in 0..100 {
         if child.try_wait().ok().flatten().is_some() {

@@ -1,9 +1,10 @@
 //! Nothing lost: the agent as a real process, killed and restarted against a real broker,
 //! with real sled files on disk.
 
-use edgewatch_e2e::{Broker, Mosquitto, Publisher, Subscriber, toml_path};
+use edgewatch_e2e::{Broker, Mosquitto, Publisher, Subscriber, WAIT, toml_path, wait_healthy, wait_metric};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,27 +18,25 @@ rule("count", #{
 rule("alive", #{ on: "sensors/{device}/reading", heartbeat: #{ timeout: "1h" } });
 "#;
 
-fn write_config(
-    dir: &Path,
-    source: std::net::SocketAddr,
-    upstream: Option<std::net::SocketAddr>,
-    rules: &str,
-) -> std::path::PathBuf {
+/// Writes the rules and the agent's configuration into `dir`: (config file, `/metrics` and
+/// `/healthz` address). Every run of the agent on this configuration serves the same address.
+fn write_config(dir: &Path, source: SocketAddr, upstream: Option<SocketAddr>, rules: &str) -> (PathBuf, SocketAddr) {
     let rules_dir = dir.join("rules");
     std::fs::create_dir_all(&rules_dir).expect("rules dir");
     std::fs::write(rules_dir.join("rules.rhai"), rules).expect("rules");
     let upstream = upstream
         .map(|u| format!("[upstream.broker]\nurl = \"mqtt://{u}\"\nreconnect_max = \"500ms\"\n"))
         .unwrap_or_default();
+    let metrics = edgewatch::broker::free_port().expect("port");
     let text = format!(
-        "[agent]\nid = \"crash\"\nstate_dir = {}\n[rules]\ndir = {}\n[source]\nurl = \"mqtt://{source}\"\nreconnect_max = \"500ms\"\n\
+        "[agent]\nid = \"crash\"\nstate_dir = {}\nmetrics_listen = \"{metrics}\"\n[rules]\ndir = {}\n[source]\nurl = \"mqtt://{source}\"\nreconnect_max = \"500ms\"\n\
          [[subscriptions]]\ntopic = \"sensors/#\"\nqos = 1\n[state]\nsnapshot_interval = \"1s\"\n[upstream]\n{upstream}",
         toml_path(&dir.join("state")),
         toml_path(&rules_dir),
     );
     let file = dir.join("edgewatch.toml");
     std::fs::write(&file, text).expect("config");
-    file
+    (file, metrics)
 }
 
 fn spawn_agent(config: &Path) -> Child {
@@ -71,12 +70,12 @@ async fn killed_ten_times_nothing_is_lost_and_nothing_counts_twice() {
     let broker = Broker::embedded();
     let addr = broker.addr();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), addr, None, COUNT);
+    let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
     let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/events/#").await;
 
     // The first run creates the persistent session, so the broker queues for it from now on.
     let mut agent = spawn_agent(&config);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_healthy(metrics).await;
 
     const DEVICES: usize = 4;
     const PER_DEVICE: i64 = 150;
@@ -149,12 +148,12 @@ async fn an_upstream_outage_loses_nothing_and_keeps_the_order() {
     let cloud = Mosquitto::start_with(Some(cloud_addr), Some(persist.path())).expect("mosquitto");
     let gateway = Broker::embedded();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), gateway.addr(), Some(cloud_addr), COUNT);
+    let (config, metrics) = write_config(dir.path(), gateway.addr(), Some(cloud_addr), COUNT);
     // Persistent: the cloud broker keeps our queue while we are away, and across its restart.
     let mut upstream =
         Subscriber::connect_with(cloud_addr, "cloud-consumer", "edgewatch/crash/events/count", true).await;
     let mut agent = spawn_agent(&config);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_healthy(metrics).await;
     let mut sensor = Publisher::connect(gateway.addr(), "sensors").await;
 
     let mut got: Vec<i64> = Vec::new();
@@ -176,7 +175,8 @@ async fn an_upstream_outage_loses_nothing_and_keeps_the_order() {
     for seq in 11..=30 {
         sensor.publish("sensors/d0/reading", send(seq)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ... all twenty of them, held while the cloud is gone (not produced after its return).
+    wait_metric(metrics, "edgewatch_outbox_events", WAIT, |n| n >= 20.0).await;
     let _cloud = Mosquitto::start_with(Some(cloud_addr), Some(persist.path())).expect("mosquitto again");
     for seq in 31..=40 {
         sensor.publish("sensors/d0/reading", send(seq)).await;
@@ -202,10 +202,10 @@ async fn a_wrecked_database_is_restored_from_the_snapshot_and_reported() {
     let broker = Broker::embedded();
     let addr = broker.addr();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), addr, None, COUNT);
+    let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
     let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
     let mut agent = spawn_agent(&config);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_healthy(metrics).await;
     let mut sensor = Publisher::connect(addr, "sensors").await;
     for seq in 1..=5 {
         sensor.publish("sensors/d0/reading", format!(r#"{{"device":"d0","seq":{seq},"value":1}}"#)).await;
@@ -215,11 +215,16 @@ async fn a_wrecked_database_is_restored_from_the_snapshot_and_reported() {
         let ev = upstream.next().await.json();
         last_n = ev["data"]["n"].as_i64().unwrap_or(last_n);
     }
-    // Let a snapshot be written (every second here), stop the agent, wreck its database.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait for a snapshot (every second here) that holds the fifth count, stop the agent,
+    // wreck its database.
+    let snapshot = dir.path().join("state/snapshot.json");
+    let deadline = Instant::now() + WAIT;
+    while !snapshot_counted(&snapshot, 5) {
+        assert!(Instant::now() < deadline, "no snapshot with n = 5 in {}", snapshot.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
-    assert!(dir.path().join("state/snapshot.json").is_file(), "a snapshot was written");
     let mut wrecked = 0;
     let mut stack = vec![dir.path().join("state/db")];
     while let Some(p) = stack.pop() {
@@ -263,16 +268,30 @@ async fn a_wrecked_database_is_restored_from_the_snapshot_and_reported() {
     let _ = agent.wait();
 }
 
+/// Whether the snapshot at `path` holds a count rule state with `n` (written atomically, so a
+/// file that is there is whole).
+fn snapshot_counted(path: &Path, n: i64) -> bool {
+    let Ok(text) = std::fs::read(path) else { return false };
+    let Ok(snap) = serde_json::from_slice::<serde_json::Value>(&text) else { return false };
+    let entries = snap["state"].as_array().map(Vec::as_slice).unwrap_or_default();
+    entries.iter().any(|e| {
+        e[0].as_str().is_some_and(|k| k.contains("count"))
+            && e[1].as_str().is_some_and(|v| v.contains(&format!("\"n\":{n},")) || v.contains(&format!("\"n\":{n}}}")))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_after_a_stop_longer_than_the_timeout_raises_no_storm() {
-    const OFFLINE: &str = r#"rule("offline", #{ on: "sensors/{device}/hb", heartbeat: #{ timeout: "2s" } });"#;
+    // Long enough that 10 000 heartbeats are in before the first deadline, and that the agent
+    // is up and has the speaking half within the grace after its restart, on a slow machine.
+    const OFFLINE: &str = r#"rule("offline", #{ on: "sensors/{device}/hb", heartbeat: #{ timeout: "5s" } });"#;
     let broker = Broker::embedded();
     let addr = broker.addr();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), addr, None, OFFLINE);
+    let (config, metrics) = write_config(dir.path(), addr, None, OFFLINE);
     let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
     let mut agent = spawn_agent(&config);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_healthy(metrics).await;
     let mut sensor = Publisher::connect(addr, "sensors").await;
     const N: usize = 10_000;
     // Everyone reports once; then the agent stops for longer than the timeout.
@@ -280,13 +299,15 @@ async fn a_restart_after_a_stop_longer_than_the_timeout_raises_no_storm() {
         sensor.publish_no_wait(&format!("sensors/d{i:05}/hb"), "1");
     }
     sensor.wait_acks(N).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Every heartbeat's effect on disk, then killed, and down for longer than the timeout.
+    let committed = "edgewatch_commit_latency_seconds_count";
+    wait_metric(metrics, committed, Duration::from_secs(30), |n| n >= N as f64).await;
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
     // Half the fleet speaks within the grace; the other half really went silent.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     for i in (0..N).step_by(2) {
         sensor.publish_no_wait(&format!("sensors/d{i:05}/hb"), "1");
     }
@@ -299,7 +320,7 @@ async fn a_restart_after_a_stop_longer_than_the_timeout_raises_no_storm() {
             let ev = m.json();
             if ev["type"] == "edgewatch.agent.restarted" {
                 restarted = true;
-                assert!(ev["data"]["downtime_ms"].as_i64().is_some_and(|d| d >= 3000), "{ev}");
+                assert!(ev["data"]["downtime_ms"].as_i64().is_some_and(|d| d >= 6000), "{ev}");
             } else if ev["data"]["status"] == "missing" {
                 missing.insert(ev["subject"].as_str().unwrap_or("?").to_owned());
             }
@@ -318,7 +339,7 @@ async fn a_killed_agent_is_reported_offline_by_its_last_will() {
     let broker = Broker::embedded();
     let addr = broker.addr();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path(), addr, None, COUNT);
+    let (config, _) = write_config(dir.path(), addr, None, COUNT);
     let mut status = Subscriber::connect(addr, "ops", "edgewatch/crash/status").await;
     let mut agent = spawn_agent(&config);
     let online = status.next().await.json();

@@ -101,7 +101,7 @@ async fn subscribe_all(port: u16) -> (Received, tokio::task::JoinHandle<()>) {
             }
         }
     });
-    tokio::time::timeout(Duration::from_secs(5), ready_rx).await.expect("SubAck in time").expect("observer runs");
+    tokio::time::timeout(Duration::from_secs(15), ready_rx).await.expect("SubAck in time").expect("observer runs");
     (received, task)
 }
 
@@ -149,7 +149,7 @@ async fn a_scenario_reaches_mosquitto_as_recorded() {
 
     let (received, observer) = subscribe_all(broker.port).await;
     let run =
-        RunOptions { port: broker.port, client_id: "sim-test".into(), qos: 1, speed: 4.0, ..RunOptions::default() };
+        RunOptions { port: broker.port, client_id: "sim-test".into(), qos: 1, speed: 2.0, ..RunOptions::default() };
     let mut record: Vec<u8> = Vec::new();
     let sim = Simulation::new(&scenario, sim_opts).expect("builds");
     let report =
@@ -162,7 +162,7 @@ async fn a_scenario_reaches_mosquitto_as_recorded() {
 
     let expected = normalized(recorded(&record));
     let total: usize = expected.values().sum();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let n = received.lock().map(|r| r.len()).unwrap_or(0);
         if n >= total || tokio::time::Instant::now() > deadline {

@@ -21,6 +21,10 @@ struct Expected {
     detected_ms: Option<i64>,
 }
 
+/// Slack on every detection deadline, for delivery through the broker and a busy machine (the
+/// times compared are wall-clock ones; the engine's own timing is exact under virtual time).
+const SLACK_MS: i64 = 2_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_injected_fault_is_detected_in_time_and_nothing_else_alarms() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -46,8 +50,8 @@ async fn every_injected_fault_is_detected_in_time_and_nothing_else_alarms() {
     }
     let report = runner.await.expect("joined").expect("scenario ran");
     let end_ms = i64::try_from(start_ms).unwrap_or(0) + 60_000;
-    // A second or two for the last events in flight.
-    while let Some(m) = upstream.next_within(Duration::from_millis(1500)).await {
+    // The last events in flight: until nothing has come for longer than the slack.
+    while let Some(m) = upstream.next_within(Duration::from_millis(SLACK_MS as u64 + 500)).await {
         received.push(m.json());
     }
     let stats = agent.stop().await;
@@ -68,15 +72,15 @@ async fn every_injected_fault_is_detected_in_time_and_nothing_else_alarms() {
             detected_ms: None,
         };
         match &t.kind {
-            // Three readings a second apart are needed; one more second of slack.
-            FaultKind::Overheat { .. } => expected.push(e("overheat", None, start, start + 3_000 + 1_000)),
+            // Three readings a second apart are needed.
+            FaultKind::Overheat { .. } => expected.push(e("overheat", None, start, start + 3_000 + SLACK_MS)),
             FaultKind::Silence { .. } => {
                 let timeout = if t.device.as_str() < "t-020" { 10_000 } else { 30_000 };
-                expected.push(e("offline", Some("missing"), start, start + timeout + 1_000));
+                expected.push(e("offline", Some("missing"), start, start + timeout + SLACK_MS));
                 // Back at its first heartbeat after the silence (every 2 s).
-                expected.push(e("offline", Some("recovered"), end, end + 2_000 + 1_000));
+                expected.push(e("offline", Some("recovered"), end, end + 2_000 + SLACK_MS));
             }
-            FaultKind::ForcedDoor { .. } => expected.push(e("door-forced", None, start, start + 10_000 + 1_000)),
+            FaultKind::ForcedDoor { .. } => expected.push(e("door-forced", None, start, start + 10_000 + SLACK_MS)),
             other => noise.push(format!("{other:?} on {}", t.device)),
         }
     }

@@ -20,8 +20,9 @@ async fn a_silent_device_is_reported_missing_then_recovered() {
     let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
     let mut sensor = Publisher::connect(addr, "sensor").await;
 
-    sensor.publish("sensors/hb-1/heartbeat", "1").await;
+    // Before the publish: the agent may have the heartbeat before our PUBACK is back.
     let last_beat = Instant::now();
+    sensor.publish("sensors/hb-1/heartbeat", "1").await;
     let ev = upstream.next().await.json();
     let waited = last_beat.elapsed();
     assert_eq!(ev["subject"], "hb-1");

@@ -5,7 +5,7 @@
 //! wait cycle that stopped the agent for good.)
 
 use crate::{OVERHEAT, config};
-use edgewatch_e2e::{Mosquitto, Publisher, RunningAgent};
+use edgewatch_e2e::{Mosquitto, Publisher, RunningAgent, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_beyond_every_queue_is_processed_to_the_last_message() {
@@ -24,7 +24,20 @@ async fn a_flood_beyond_every_queue_is_processed_to_the_last_message() {
         sensor.publish_no_wait(&format!("sensors/t-{}/temperature", i % 50), format!("{}", 20 + i % 70));
     }
     sensor.wait_acks(N as usize).await;
-    let s = agent.wait_for_stats("every message processed", |s| s.processed >= N).await;
-    assert_eq!(s.processed, N, "{s}");
+    // Slow is allowed (two messages per disk flush here, on whatever disk CI has); stopping is
+    // not: fail only when nothing moves for the usual wait.
+    let mut last = (0, tokio::time::Instant::now());
+    loop {
+        let s = agent.stats.snapshot();
+        if s.processed >= N {
+            assert_eq!(s.processed, N, "{s}");
+            break;
+        }
+        if s.processed > last.0 {
+            last = (s.processed, tokio::time::Instant::now());
+        }
+        assert!(last.1.elapsed() < WAIT, "stuck at {} of {N} messages: {s}", s.processed);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     agent.stop().await;
 }

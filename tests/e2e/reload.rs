@@ -1,7 +1,7 @@
 //! Hot reload through the real file system, with the agent running against a real broker.
 
 use crate::config;
-use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber};
+use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber, WAIT};
 use std::time::Duration;
 
 fn rule(emit: i64) -> String {
@@ -106,13 +106,13 @@ async fn files_are_added_renamed_and_deleted_and_editors_save_by_rename() {
     std::fs::rename(&tmp, dir.join("hot.rhai")).expect("rename over");
     status_where(&mut status, "hot changed", |d| rule_error(d).is_none() && names(d).len() == 2).await;
     // Wait until the new version answers.
+    let deadline = tokio::time::Instant::now() + WAIT;
     let mut v = 0;
-    for _ in 0..20 {
+    while v != 2 && tokio::time::Instant::now() < deadline {
         v = hot(&mut sensor, &mut upstream).await["data"]["v"].as_i64().unwrap_or(0);
-        if v == 2 {
-            break;
+        if v != 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(v, 2);
 
@@ -129,15 +129,32 @@ async fn ten_saves_within_100_ms_are_one_reload() {
     let agent = RunningAgent::start(&config(broker.addr(), "3.1.1"), &[("hot.rhai", &rule(1))]).await;
     let file = agent.dir.path().join("rules/hot.rhai");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = agent.stats.reloads.load(std::sync::atomic::Ordering::Relaxed);
-    for i in 0..10 {
-        std::fs::write(&file, format!("// save {i}\n{}", rule(1))).expect("save");
-        tokio::time::sleep(Duration::from_millis(9)).await;
+    let reloads = || agent.stats.reloads.load(std::sync::atomic::Ordering::Relaxed);
+    // A burst is ten saves 9 ms apart, well inside the watcher's 200 ms debounce. A machine
+    // too busy to keep it inside (a pause of 150 ms somewhere) did not make a burst: try again.
+    for attempt in 0..5 {
+        let before = reloads();
+        let started = std::time::Instant::now();
+        for i in 0..10 {
+            std::fs::write(&file, format!("// attempt {attempt}, save {i}\n{}", rule(1))).expect("save");
+            tokio::time::sleep(Duration::from_millis(9)).await;
+        }
+        let burst = started.elapsed();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while reloads() == before {
+            assert!(tokio::time::Instant::now() < deadline, "the burst was never reloaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Anything more would come within the debounce; wait well past it.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        if burst < Duration::from_millis(150) {
+            assert_eq!(reloads() - before, 1, "one reload for the burst");
+            agent.stop().await;
+            return;
+        }
+        eprintln!("the burst took {burst:?} on this busy machine; trying again");
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = agent.stats.reloads.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(after - before, 1, "one reload for the burst");
-    agent.stop().await;
+    panic!("no burst of ten saves within 150 ms in five attempts");
 }
 
 const COUNT: &str = r#"

@@ -421,21 +421,52 @@ impl Drop for Publisher {
 
 /// A plain HTTP/1.0 GET on loopback: (status code, body). Enough for `/metrics` and `/healthz`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    try_http_get(addr, path).await.unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// The same, with an error instead of a panic (nothing listening yet, say).
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("metrics listener accepts");
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .expect("request sent");
+    let timed_out = |_| std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await.map_err(timed_out)??;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.expect("response in time").expect("read");
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.map_err(timed_out)??;
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, body.to_owned())
+    Ok((status, body.to_owned()))
+}
+
+/// Waits until the agent serving `/healthz` on `addr` (a separate process, say) is ready:
+/// connected on both sides, every subscription acknowledged. Panics after [`WAIT`].
+pub async fn wait_healthy(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let last = try_http_get(addr, "/healthz").await;
+        if matches!(last, Ok((200, _))) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "agent at {addr} not healthy in time; last answer: {last:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the sample `sample` on the agent's `/metrics` at `addr` satisfies `cond`, and
+/// returns its value. Panics after `within`.
+pub async fn wait_metric(addr: SocketAddr, sample: &str, within: Duration, cond: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let value = match try_http_get(addr, "/metrics").await {
+            Ok((200, page)) => metric(&page, sample),
+            _ => None,
+        };
+        if let Some(v) = value.filter(|v| cond(*v)) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "`{sample}` at {addr} never got there; last value {value:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// The value of the sample `name{labels}` (exactly as written) in a Prometheus text page.
