@@ -218,11 +218,14 @@ async fn a_wrecked_database_is_restored_from_the_snapshot_and_reported() {
     // Wait for a snapshot (every second here) that holds the fifth count, stop the agent,
     // wreck its database.
     let snapshot = dir.path().join("state/snapshot.json");
-    let deadline = Instant::now() + WAIT;
-    while !snapshot_counted(&snapshot, 5) {
-        assert!(Instant::now() < deadline, "no snapshot with n = 5 in {}", snapshot.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let written = async {
+        while !snapshot_counted(&snapshot, 5) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, written)
+        .await
+        .unwrap_or_else(|_| panic!("no snapshot with n = 5 in {}", snapshot.display()));
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
     let mut wrecked = 0;

@@ -441,31 +441,42 @@ pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16,
 /// Waits until the agent serving `/healthz` on `addr` (a separate process, say) is ready:
 /// connected on both sides, every subscription acknowledged. Panics after [`WAIT`].
 pub async fn wait_healthy(addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let last = try_http_get(addr, "/healthz").await;
-        if matches!(last, Ok((200, _))) {
-            return;
+    let mut last = None;
+    let poll = async {
+        loop {
+            let answer = try_http_get(addr, "/healthz").await;
+            if matches!(answer, Ok((200, _))) {
+                return;
+            }
+            last = Some(answer);
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "agent at {addr} not healthy in time; last answer: {last:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    if tokio::time::timeout(WAIT, poll).await.is_err() {
+        panic!("agent at {addr} not healthy in time; last answer: {last:?}");
     }
 }
 
 /// Waits until the sample `sample` on the agent's `/metrics` at `addr` satisfies `cond`, and
 /// returns its value. Panics after `within`.
 pub async fn wait_metric(addr: SocketAddr, sample: &str, within: Duration, cond: impl Fn(f64) -> bool) -> f64 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let value = match try_http_get(addr, "/metrics").await {
-            Ok((200, page)) => metric(&page, sample),
-            _ => None,
-        };
-        if let Some(v) = value.filter(|v| cond(*v)) {
-            return v;
+    let mut last = None;
+    let poll = async {
+        loop {
+            let value = match try_http_get(addr, "/metrics").await {
+                Ok((200, page)) => metric(&page, sample),
+                _ => None,
+            };
+            if let Some(v) = value.filter(|v| cond(*v)) {
+                return v;
+            }
+            last = value;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "`{sample}` at {addr} never got there; last value {value:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    match tokio::time::timeout(within, poll).await {
+        Ok(v) => v,
+        Err(_) => panic!("`{sample}` at {addr} never got there; last value {last:?}"),
     }
 }
 
