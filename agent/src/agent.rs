@@ -20,7 +20,7 @@
 //! engine commits what it has, the publisher sends what it can for a few seconds.
 
 use crate::config::{Config, Subscription};
-use crate::decode::{Format, decode_with};
+use crate::decode::{DecodeError, Format, decode_with};
 use crate::emit::CloudEvent;
 use crate::mqtt::{self, AckToken, Client, ConnectOptions, Incoming};
 use crate::reload::{self, RuleFiles, Scan, Trigger};
@@ -88,6 +88,15 @@ enum Input {
         format: Format,
         received: Timestamp,
         /// When it came off the socket, for the latency histogram.
+        arrived: Instant,
+        ack: Option<AckToken>,
+    },
+    /// A message over the size limit, read past by the connection: dead-lettered, never
+    /// decoded. Only its size is known; the payload was never kept.
+    TooLarge {
+        topic: String,
+        size: usize,
+        received: Timestamp,
         arrived: Instant,
         ack: Option<AckToken>,
     },
@@ -330,6 +339,7 @@ impl Agent {
             config.clone(),
             stop_rx.clone(),
         ));
+        let (acks_done_tx, acks_done_rx) = watch::channel(false);
         let source = tokio::spawn(source_task(
             src_conn,
             src_client.clone(),
@@ -337,9 +347,9 @@ impl Agent {
             (in_tx, reload_tx, config.control_topic.clone()),
             stats.clone(),
             ready.clone(),
-            stop_rx,
+            (stop_rx, acks_done_rx),
         ));
-        let acker = tokio::spawn(acker_task(src_client, ack_rx));
+        let acker = tokio::spawn(acker_task(src_client, ack_rx, acks_done_tx));
         let (connected_tx, connected_rx) = watch::channel(0u64);
         let engine_task = tokio::spawn(engine_task(
             engine,
@@ -427,15 +437,28 @@ async fn source_task(
     (in_tx, reload_tx, control_topic): (mpsc::Sender<Input>, mpsc::Sender<Trigger>, Option<String>),
     stats: Arc<Stats>,
     ready: Arc<watch::Sender<Readiness>>,
-    mut stop: watch::Receiver<bool>,
+    (mut stop, mut acks_done): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
     let mut subacks = 0usize;
     let mut link_up = false;
+    // At a stop, the engine is let go (its input closes) and this task keeps polling the
+    // connection until the acknowledgements of what the engine committed have gone out, or
+    // DRAIN_TIMEOUT: a message whose effects are on disk must not be redelivered.
+    let mut in_tx = Some(in_tx);
+    let mut drain_until: Option<Instant> = None;
     loop {
         let incoming = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s), if drain_until.is_none() => {
+                in_tx = None;
+                drain_until = Some(Instant::now() + DRAIN_TIMEOUT);
+                continue;
+            }
+            _ = acks_done.wait_for(|d| *d), if drain_until.is_some() => break,
+            () = sleep_until(drain_until) => break,
             incoming = conn.poll() => incoming,
         };
+        // Draining: what arrives now stays unacknowledged, for the next run.
+        let Some(in_tx) = &in_tx else { continue };
         match incoming {
             Incoming::Connected { session_present } => {
                 stats.connected(conn.name());
@@ -476,25 +499,22 @@ async fn source_task(
                 }
             }
             Incoming::Publish { mut topic, payload, ack } => {
-                stats.received.fetch_add(1, Relaxed);
                 let arrived = Instant::now();
-                let sub = subs.iter().position(|s| s.pattern.matches(&topic));
-                if let Some(counter) = sub.and_then(|i| stats.detail.received_by_subscription.get(i)) {
-                    counter.fetch_add(1, Relaxed);
-                }
-                let sub = sub.and_then(|i| subs.get(i));
-                if let Some(prefix) = sub.map(|s| s.strip_prefix.as_str()).filter(|p| !p.is_empty()) {
-                    if topic.starts_with(prefix) {
-                        topic.drain(..prefix.len());
-                    }
-                }
-                let format = sub.map(|s| s.format).unwrap_or_default();
+                let format = route(&subs, &stats, &mut topic);
                 let received = Timestamp::from_system_time(SystemTime::now());
                 if in_tx.send(Input::Message { topic, payload, format, received, arrived, ack }).await.is_err() {
                     break;
                 }
                 let depth = in_tx.max_capacity() - in_tx.capacity();
                 stats.detail.queue_depth.store(depth as u64, Relaxed);
+            }
+            Incoming::TooLarge { mut topic, size, ack } => {
+                let arrived = Instant::now();
+                route(&subs, &stats, &mut topic);
+                let received = Timestamp::from_system_time(SystemTime::now());
+                if in_tx.send(Input::TooLarge { topic, size, received, arrived, ack }).await.is_err() {
+                    break;
+                }
             }
             Incoming::Unroutable { ack } => {
                 stats.decode_errors.fetch_add(1, Relaxed);
@@ -517,15 +537,30 @@ async fn source_task(
             Incoming::PubAck => {}
         }
     }
-    if tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await.is_err() {
-        tracing::debug!("Source DISCONNECT not sent in time.");
+    conn.close(&client, Duration::from_millis(500)).await;
+}
+
+/// Counts a received message against its subscription, strips the subscription's prefix
+/// from its topic, and says how its payload is decoded.
+fn route(subs: &[Subscription], stats: &Stats, topic: &mut String) -> Format {
+    stats.received.fetch_add(1, Relaxed);
+    let sub = subs.iter().position(|s| s.pattern.matches(topic));
+    if let Some(counter) = sub.and_then(|i| stats.detail.received_by_subscription.get(i)) {
+        counter.fetch_add(1, Relaxed);
     }
+    let sub = sub.and_then(|i| subs.get(i));
+    if let Some(prefix) = sub.map(|s| s.strip_prefix.as_str()).filter(|p| !p.is_empty()) {
+        if topic.starts_with(prefix) {
+            topic.drain(..prefix.len());
+        }
+    }
+    sub.map(|s| s.format).unwrap_or_default()
 }
 
 /// Acknowledges messages to the sensor broker, in the order they were received, once their
 /// effects are on disk. A task of its own: acks go through rumqttc's request queue, which
 /// the task polling the connection must never wait on.
-async fn acker_task(client: Client, mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>) {
+async fn acker_task(client: Client, mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>, done: watch::Sender<bool>) {
     while let Some(batch) = acks.recv().await {
         for token in &batch {
             if let Err(error) = client.ack(token).await {
@@ -533,6 +568,7 @@ async fn acker_task(client: Client, mut acks: mpsc::UnboundedReceiver<Vec<AckTok
             }
         }
     }
+    let _ = done.send(true);
 }
 
 /// The engine task's batch: effects of messages not yet on disk, and their acks.
@@ -688,6 +724,18 @@ async fn engine_task(
                 // Commit the status promptly even with no message in the batch.
                 pending.messages = pending.messages.max(1);
             }
+            Some(Input::TooLarge { topic, size, received, arrived, ack }) => {
+                if pending.messages == 0 {
+                    pending.started = Instant::now();
+                }
+                pending.messages += 1;
+                pending.arrived.push(arrived);
+                if let Some(ack) = ack {
+                    pending.acks.push(ack);
+                }
+                let error = DecodeError::TooLarge { size, max: config.max_payload_bytes };
+                undecodable(&config, &stats, (&outbox, &mut pending), (&topic, &[], size), received, &error);
+            }
             Some(Input::Message { topic, payload, format, received, arrived, ack }) => {
                 if pending.messages == 0 {
                     pending.started = Instant::now();
@@ -699,19 +747,14 @@ async fn engine_task(
                 }
                 match decode_with(format, &payload, &config.decode_limits()) {
                     Err(error) => {
-                        stats.decode_failed(&topic, &error);
-                        let letter = dead_letter(&topic, &payload, received, error.reason(), &error.to_string());
-                        queue(
-                            &outbox,
-                            &mut pending,
-                            OutboxEntry {
-                                topic: config.upstream.deadletter_topic(),
-                                payload: letter.into(),
-                                qos: 1,
-                                retain: false,
-                            },
+                        undecodable(
+                            &config,
+                            &stats,
+                            (&outbox, &mut pending),
+                            (&topic, &payload, payload.len()),
+                            received,
+                            &error,
                         );
-                        stats.dead_letters.fetch_add(1, Relaxed);
                     }
                     Ok(value) => {
                         let event = Event::new(topic, value, &payload, received);
@@ -791,6 +834,25 @@ async fn engine_task(
     }
 }
 
+/// A payload that cannot be decoded: counted and dead-lettered (with at most a prefix of it).
+fn undecodable(
+    config: &Config,
+    stats: &Stats,
+    (outbox, pending): (&Outbox, &mut Pending),
+    (topic, payload, size): (&str, &[u8], usize),
+    received: Timestamp,
+    error: &DecodeError,
+) {
+    stats.decode_failed(topic, error);
+    let letter = dead_letter(topic, payload, size, received, error.reason(), &error.to_string());
+    queue(
+        outbox,
+        pending,
+        OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter.into(), qos: 1, retain: false },
+    );
+    stats.dead_letters.fetch_add(1, Relaxed);
+}
+
 /// Turns what the engine produced into outbox entries and state to persist.
 fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &Config, source: &str, stats: &Stats) {
     if outputs.duplicates > 0 {
@@ -805,7 +867,7 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
     for late in &outputs.late {
         stats.late.fetch_add(1, Relaxed);
         let raw = serde_json::to_vec(&late.payload).unwrap_or_default();
-        let letter = dead_letter(&late.topic, &raw, late.time, "late", "older than the allowed lateness");
+        let letter = dead_letter(&late.topic, &raw, raw.len(), late.time, "late", "older than the allowed lateness");
         queue(
             outbox,
             pending,
@@ -1116,15 +1178,16 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// The dead letter for a payload that could not be processed: where it came from, why, and
-/// (a bounded prefix of) what it was.
-fn dead_letter(topic: &str, payload: &[u8], time: Timestamp, reason: &str, error: &str) -> Vec<u8> {
+/// (a bounded prefix of) what it was. `size` is the whole payload's: `payload` may be less
+/// (nothing, for a message too large to have been kept).
+fn dead_letter(topic: &str, payload: &[u8], size: usize, time: Timestamp, reason: &str, error: &str) -> Vec<u8> {
     const SHOWN: usize = 256;
     let shown = &payload[..payload.len().min(SHOWN)];
     serde_json::json!({
         "topic": topic,
         "reason": reason,
         "error": error,
-        "size": payload.len(),
+        "size": size,
         "received": time.to_rfc3339(),
         "payload_prefix": String::from_utf8_lossy(shown),
     })
@@ -1186,7 +1249,7 @@ async fn upstream_poll_task(
                 ready.send_modify(|r| r.upstream_connected = false);
                 stats.disconnected(conn.name(), &error, retry_in);
             }
-            Incoming::Publish { .. } | Incoming::Unroutable { .. } | Incoming::SubAck => {}
+            Incoming::Publish { .. } | Incoming::TooLarge { .. } | Incoming::Unroutable { .. } | Incoming::SubAck => {}
         }
     }
 }

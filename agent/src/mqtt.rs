@@ -21,6 +21,9 @@ pub enum Incoming {
     /// A message on a subscribed topic. With manual acks, `ack` must be passed to
     /// [`Client::ack`] once the message's effects are durable (QoS 1 and 2 only).
     Publish { topic: String, payload: Bytes, ack: Option<AckToken> },
+    /// A message over the size limit: its payload was discarded as it was read (the
+    /// connection stays up); count it, dead-letter it and acknowledge it.
+    TooLarge { topic: String, size: usize, ack: Option<AckToken> },
     /// A message that cannot be processed at all; acknowledge it.
     Unroutable { ack: Option<AckToken> },
     /// The broker acknowledged a subscription.
@@ -184,7 +187,9 @@ pub fn connect(cfg: &BrokerConfig, name: &'static str, opts: &ConnectOptions) ->
         Protocol::V5 => {
             let mut o = v5::MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
             o.set_keep_alive(cfg.keep_alive);
-            o.set_max_packet_size(u32::try_from(opts.max_packet_size).ok());
+            // Not announced in CONNECT: an MQTT 5 broker would then drop larger messages
+            // silently (§3.1.2.11.4). They arrive, are read past and reported as `TooLarge`.
+            o.set_max_incoming_size(u32::try_from(opts.max_packet_size).unwrap_or(u32::MAX));
             o.set_clean_start(!opts.persistent);
             if opts.persistent {
                 o.set_session_expiry_interval(Some(86_400));
@@ -245,7 +250,11 @@ impl Connection {
                 Some(Ok(mut incoming)) => {
                     match &mut incoming {
                         Incoming::Connected { .. } => self.backoff.reset(),
-                        Incoming::Publish { ack, .. } | Incoming::Unroutable { ack } if !self.manual_acks => {
+                        Incoming::Publish { ack, .. }
+                        | Incoming::TooLarge { ack, .. }
+                        | Incoming::Unroutable { ack }
+                            if !self.manual_acks =>
+                        {
                             *ack = None
                         }
                         _ => {}
@@ -277,6 +286,37 @@ impl Connection {
             }
         }
         self.tls = Some(fresh);
+    }
+
+    /// Sends DISCONNECT after everything already queued on `client` (acknowledgements
+    /// included), and polls until it is written or `within` has passed. Dropping a connection
+    /// without this leaves what is still queued unsent: the broker would redeliver messages
+    /// whose effects are already on disk.
+    pub async fn close(&mut self, client: &Client, within: Duration) {
+        let queued = match client {
+            Client::V311(c) => c.try_disconnect().is_ok(),
+            Client::V5(c) => c.try_disconnect().is_ok(),
+        };
+        if !queued {
+            return;
+        }
+        let sent = async {
+            loop {
+                match &mut self.inner {
+                    EventLoop::V311(e) => match e.poll().await {
+                        Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    EventLoop::V5(e) => match e.poll().await {
+                        Ok(v5::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                }
+            }
+        };
+        if tokio::time::timeout(within, sent).await.is_err() {
+            tracing::debug!(connection = self.name, "DISCONNECT not sent in time.");
+        }
     }
 
     /// Which connection this is, for logs.
@@ -320,6 +360,10 @@ fn map4(p: rumqttc::Packet) -> Option<Result<Incoming, String>> {
             let ack = (p.qos != rumqttc::QoS::AtMostOnce).then(|| AckToken::V311(Box::new(p.clone())));
             Incoming::Publish { topic: p.topic, payload: p.payload, ack }
         }
+        Packet::PublishTooLarge(p, size) => {
+            let ack = (p.qos != rumqttc::QoS::AtMostOnce).then(|| AckToken::V311(Box::new(p.clone())));
+            Incoming::TooLarge { topic: p.topic, size, ack }
+        }
         Packet::SubAck(_) => Incoming::SubAck,
         Packet::PubAck(_) => Incoming::PubAck,
         _ => return None,
@@ -343,8 +387,95 @@ fn map5(p: v5::mqttbytes::v5::Packet) -> Option<Result<Incoming, String>> {
                 Err(_) => Incoming::Unroutable { ack },
             }
         }
+        Packet::PublishTooLarge(p, size) => {
+            let ack = (p.qos != v5::mqttbytes::QoS::AtMostOnce).then(|| AckToken::V5(Box::new(p.clone())));
+            match String::from_utf8(p.topic.to_vec()) {
+                Ok(topic) => Incoming::TooLarge { topic, size, ack },
+                Err(_) => Incoming::Unroutable { ack },
+            }
+        }
         Packet::SubAck(_) => Incoming::SubAck,
         Packet::PubAck(_) => Incoming::PubAck,
         _ => return None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    // The patch in vendor/rumqttc (its own tests need dev-dependencies not vendored).
+    /// The vendored rumqttc reads past an oversized publish, fed in small pieces, and decode the
+    /// packet after it.
+    #[test]
+    fn oversized_publish_is_read_past_v311() {
+        use bytes::BytesMut;
+        use rumqttc::mqttbytes::QoS;
+        use rumqttc::mqttbytes::v4::{Codec, Packet, Publish};
+        use tokio_util::codec::Decoder;
+        let mut wire = BytesMut::new();
+        let mut big = Publish::new("sensors/big/t", QoS::AtLeastOnce, vec![7; 5000]);
+        big.pkid = 9;
+        Packet::Publish(big).write(&mut wire, usize::MAX).unwrap();
+        let mut small = Publish::new("sensors/a/t", QoS::ExactlyOnce, vec![1; 10]);
+        small.pkid = 10;
+        Packet::Publish(small.clone()).write(&mut wire, usize::MAX).unwrap();
+        let mut codec = Codec { max_incoming_size: 100, max_outgoing_size: 200, skipping: 0 };
+        let mut src = BytesMut::new();
+        let mut out = Vec::new();
+        let mut peak = 0;
+        for piece in wire.chunks(7) {
+            src.extend_from_slice(piece);
+            while let Some(p) = codec.decode(&mut src).unwrap() {
+                out.push(p);
+            }
+            peak = peak.max(src.len());
+        }
+        assert!(peak < 100, "the payload was buffered: {peak}");
+        match &out[..] {
+            [Packet::PublishTooLarge(p, size), Packet::Publish(s)] => {
+                assert_eq!((p.topic.as_str(), p.pkid, p.qos, *size), ("sensors/big/t", 9, QoS::AtLeastOnce, 5000));
+                assert!(p.payload.is_empty());
+                assert_eq!(s, &small);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The vendored rumqttc reads past an oversized publish, fed in small pieces, and decode the
+    /// packet after it; the topic alias in its properties is kept.
+    #[test]
+    fn oversized_publish_is_read_past_v5() {
+        use bytes::BytesMut;
+        use rumqttc::v5::mqttbytes::QoS;
+        use rumqttc::v5::mqttbytes::v5::{Codec, Packet, Publish, PublishProperties};
+        use tokio_util::codec::Decoder;
+        let mut wire = BytesMut::new();
+        let props = PublishProperties { topic_alias: Some(3), ..Default::default() };
+        let mut big = Publish::new("sensors/big/t", QoS::ExactlyOnce, vec![7; 5000], Some(props));
+        big.pkid = 9;
+        Packet::Publish(big).write(&mut wire, None).unwrap();
+        let mut small = Publish::new("sensors/a/t", QoS::AtMostOnce, vec![1; 10], None);
+        small.pkid = 0;
+        Packet::Publish(small.clone()).write(&mut wire, None).unwrap();
+        let mut codec = Codec { max_incoming_size: Some(100), max_outgoing_size: None, skipping: 0 };
+        let mut src = BytesMut::new();
+        let mut out = Vec::new();
+        let mut peak = 0;
+        for piece in wire.chunks(5) {
+            src.extend_from_slice(piece);
+            while let Some(p) = codec.decode(&mut src).unwrap() {
+                out.push(p);
+            }
+            peak = peak.max(src.len());
+        }
+        assert!(peak < 100, "the payload was buffered: {peak}");
+        match &out[..] {
+            [Packet::PublishTooLarge(p, size), Packet::Publish(s)] => {
+                assert_eq!((&p.topic[..], p.pkid, p.qos, *size), (&b"sensors/big/t"[..], 9, QoS::ExactlyOnce, 5000));
+                assert_eq!(p.properties.as_ref().and_then(|p| p.topic_alias), Some(3));
+                assert!(p.payload.is_empty());
+                assert_eq!(s, &small);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -177,6 +177,8 @@ pub struct RunningAgent {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<Snapshot, edgewatch::AgentError>>>,
     pub dir: tempfile::TempDir,
+    /// The completed configuration, for [`RunningAgent::restart`].
+    config: String,
 }
 
 impl RunningAgent {
@@ -213,6 +215,10 @@ impl RunningAgent {
         let text = config_toml
             .replace("{rules}", &toml_path(&rules_dir))
             .replace("{state}", &toml_path(&dir.path().join("state")));
+        RunningAgent::launch(text, dir).await
+    }
+
+    async fn launch(text: String, dir: tempfile::TempDir) -> RunningAgent {
         let config = Config::from_toml(&text, "test.toml", std::iter::empty()).expect("test config is valid");
         let agent = Agent::new(config).await.expect("agent starts");
         let stats = agent.stats();
@@ -221,16 +227,28 @@ impl RunningAgent {
         let task = tokio::spawn(agent.run(async move {
             let _ = stop_rx.await;
         }));
-        RunningAgent { stats, ready, stop: Some(stop_tx), task: Some(task), dir }
+        RunningAgent { stats, ready, stop: Some(stop_tx), task: Some(task), dir, config: text }
+    }
+
+    /// Stops the agent cleanly and starts a new one on the same configuration, rules and
+    /// state (and so the same broker sessions), waiting until it is ready.
+    pub async fn restart(mut self) -> RunningAgent {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(WAIT, task).await.expect("agent stops in time").expect("task").expect("agent ran");
+        let agent = RunningAgent::launch(self.config, self.dir).await;
+        agent.wait_ready().await;
+        agent
     }
 
     /// Waits until the agent is connected on both sides and subscribed.
     pub async fn wait_ready(&self) {
         let mut ready = self.ready.clone();
-        tokio::time::timeout(WAIT, ready.wait_for(|r| r.is_ready()))
-            .await
-            .expect("agent becomes ready in time")
-            .expect("agent still running");
+        let waited = tokio::time::timeout(WAIT, ready.wait_for(|r| r.is_ready())).await;
+        let state = *self.ready.borrow();
+        waited.unwrap_or_else(|_| panic!("agent not ready in time: {state:?}")).expect("agent still running");
     }
 
     /// Stops the agent and returns its final counters.
@@ -372,7 +390,7 @@ impl Publisher {
                             let _ = c.send(());
                         }
                     }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_) | rumqttc::Packet::PubComp(_))) => {
                         let _ = ack_tx.send(());
                     }
                     Ok(_) => {}
@@ -408,8 +426,21 @@ impl Publisher {
 
     /// Publishes at QoS 1 and waits for the broker's PUBACK.
     pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into()).await.expect("publish queued");
-        tokio::time::timeout(WAIT, self.acks.recv()).await.expect("PUBACK in time").expect("publisher alive");
+        self.publish_qos(topic, payload, 1).await;
+    }
+
+    /// Publishes at `qos` and waits for the broker's PUBACK (QoS 1) or PUBCOMP (QoS 2); at
+    /// QoS 0, only until the client has taken it.
+    pub async fn publish_qos(&mut self, topic: &str, payload: impl Into<Vec<u8>>, qos: u8) {
+        let q = match qos {
+            0 => rumqttc::QoS::AtMostOnce,
+            1 => rumqttc::QoS::AtLeastOnce,
+            _ => rumqttc::QoS::ExactlyOnce,
+        };
+        self.client.publish(topic, q, false, payload.into()).await.expect("publish queued");
+        if qos > 0 {
+            tokio::time::timeout(WAIT, self.acks.recv()).await.expect("acknowledged in time").expect("publisher alive");
+        }
     }
 }
 

@@ -167,7 +167,10 @@ impl MqttState {
 
         let outgoing = match &packet {
             Incoming::PingResp => self.handle_incoming_pingresp()?,
-            Incoming::Publish(publish) => self.handle_incoming_publish(publish)?,
+            // Edgewatch patch (oversized publish): acknowledged like any other publish.
+            Incoming::Publish(publish) | Incoming::PublishTooLarge(publish, _) => {
+                self.handle_incoming_publish(publish)?
+            }
             Incoming::SubAck(_suback) => self.handle_incoming_suback()?,
             Incoming::UnsubAck(_unsuback) => self.handle_incoming_unsuback()?,
             Incoming::PubAck(puback) => self.handle_incoming_puback(puback)?,
@@ -268,9 +271,12 @@ impl MqttState {
     }
 
     fn handle_incoming_pubrel(&mut self, pubrel: &PubRel) -> Result<Option<Packet>, StateError> {
+        // Edgewatch patch (unknown PUBREL): a PUBREL for a packet id this process never saw
+        // is what a persistent session resends after a restart of the client (the PUBREC
+        // went out from the previous process). MQTT 3.1.1 §4.3.3: answer with PUBCOMP.
+        // Upstream fails the connection, and the broker resends it on every reconnect.
         if !self.incoming_pub.contains(pubrel.pkid as usize) {
-            error!("Unsolicited pubrel packet: {:?}", pubrel.pkid);
-            return Err(StateError::Unsolicited(pubrel.pkid));
+            warn!("PUBREL for an unknown packet id {:?}; completing it", pubrel.pkid);
         }
 
         self.incoming_pub.set(pubrel.pkid as usize, false);

@@ -367,6 +367,15 @@ impl MqttOptions {
         }
     }
 
+    /// Edgewatch patch (oversized publish): the largest packet read whole, without telling the
+    /// broker. A Maximum Packet Size in CONNECT makes an MQTT 5 broker drop larger messages
+    /// silently (MQTT 5 §3.1.2.11.4); unannounced, they arrive and are read past as
+    /// [`mqttbytes::v5::Packet::PublishTooLarge`], so the application sees and counts them.
+    pub fn set_max_incoming_size(&mut self, max_size: u32) -> &mut Self {
+        self.default_max_incoming_size = max_size;
+        self
+    }
+
     /// set max packet size on connection properties
     pub fn set_max_packet_size(&mut self, max_size: Option<u32>) -> &mut Self {
         if let Some(conn_props) = &mut self.connect_properties {

@@ -207,7 +207,10 @@ impl MqttState {
 
         let outgoing = match &mut packet {
             Incoming::PingResp(_) => self.handle_incoming_pingresp()?,
-            Incoming::Publish(publish) => self.handle_incoming_publish(publish)?,
+            // Edgewatch patch (oversized publish): acknowledged like any other publish.
+            Incoming::Publish(publish) | Incoming::PublishTooLarge(publish, _) => {
+                self.handle_incoming_publish(publish)?
+            }
             Incoming::SubAck(suback) => self.handle_incoming_suback(suback)?,
             Incoming::UnsubAck(unsuback) => self.handle_incoming_unsuback(unsuback)?,
             Incoming::PubAck(puback) => self.handle_incoming_puback(puback)?,
@@ -416,9 +419,18 @@ impl MqttState {
     }
 
     fn handle_incoming_pubrel(&mut self, pubrel: &PubRel) -> Result<Option<Packet>, StateError> {
+        // Edgewatch patch (unknown PUBREL): a PUBREL for a packet id this process never saw
+        // is what a persistent session resends after a restart of the client (the PUBREC
+        // went out from the previous process). MQTT 5 §4.3.3: answer with PUBCOMP, reason
+        // "Packet Identifier not found". Upstream fails the connection, and the broker
+        // resends it on every reconnect.
         if !self.incoming_pub.contains(pubrel.pkid as usize) {
-            error!("Unsolicited pubrel packet: {:?}", pubrel.pkid);
-            return Err(StateError::Unsolicited(pubrel.pkid));
+            warn!("PUBREL for an unknown packet id {:?}; completing it", pubrel.pkid);
+            let event = Event::Outgoing(Outgoing::PubComp(pubrel.pkid));
+            self.events.push_back(event);
+            let mut pubcomp = PubComp::new(pubrel.pkid, None);
+            pubcomp.reason = PubCompReason::PacketIdentifierNotFound;
+            return Ok(Some(Packet::PubComp(pubcomp)));
         }
         self.incoming_pub.set(pubrel.pkid as usize, false);
 

@@ -47,12 +47,15 @@ pub enum Packet {
     PingReq,
     PingResp,
     Disconnect,
+    /// Edgewatch patch (oversized publish): a received PUBLISH over the incoming size limit,
+    /// with its payload left out, and the size of that payload.
+    PublishTooLarge(Publish, usize),
 }
 
 impl Packet {
     pub fn size(&self) -> usize {
         match self {
-            Self::Publish(publish) => publish.size(),
+            Self::Publish(publish) | Self::PublishTooLarge(publish, _) => publish.size(),
             Self::Subscribe(subscription) => subscription.size(),
             Self::Unsubscribe(unsubscribe) => unsubscribe.size(),
             Self::ConnAck(ack) => ack.size(),
@@ -122,7 +125,7 @@ impl Packet {
         match self {
             Packet::Connect(c) => c.write(stream),
             Packet::ConnAck(c) => c.write(stream),
-            Packet::Publish(p) => p.write(stream),
+            Packet::Publish(p) | Packet::PublishTooLarge(p, _) => p.write(stream),
             Packet::PubAck(p) => p.write(stream),
             Packet::PubRec(p) => p.write(stream),
             Packet::PubRel(p) => p.write(stream),

@@ -54,6 +54,9 @@ pub enum Packet {
     Unsubscribe(Unsubscribe),
     UnsubAck(UnsubAck),
     Disconnect(Disconnect),
+    /// Edgewatch patch (oversized publish): a received PUBLISH over the incoming size limit,
+    /// with its payload left out, and the size of that payload.
+    PublishTooLarge(Publish, usize),
 }
 
 impl Packet {
@@ -143,7 +146,7 @@ impl Packet {
 
         match self {
             Self::Auth(auth) => auth.write(write),
-            Self::Publish(publish) => publish.write(write),
+            Self::Publish(publish) | Self::PublishTooLarge(publish, _) => publish.write(write),
             Self::Subscribe(subscription) => subscription.write(write),
             Self::Unsubscribe(unsubscribe) => unsubscribe.write(write),
             Self::ConnAck(ack) => ack.write(write),
@@ -163,7 +166,7 @@ impl Packet {
     pub fn size(&self) -> usize {
         match self {
             Self::Auth(auth) => auth.size(),
-            Self::Publish(publish) => publish.size(),
+            Self::Publish(publish) | Self::PublishTooLarge(publish, _) => publish.size(),
             Self::Subscribe(subscription) => subscription.size(),
             Self::Unsubscribe(unsubscribe) => unsubscribe.size(),
             Self::ConnAck(ack) => ack.size(),
