@@ -3,19 +3,29 @@
 //! rumqttc's `poll()` retries at once after an error, so without this a dead broker is a
 //! hot loop. Jitter keeps a fleet of gateways from reconnecting in lockstep after an outage
 //! ("equal jitter": half the delay fixed, half random, so the delay still grows).
+//!
+//! A broker that accepts a connection and then drops it (a session it cannot restore, a
+//! message it chokes on, a proxy in between) must not reset the delay: it only resets once
+//! a connection has stayed up for [`STABLE_AFTER`]. Time is passed in, so tests run in
+//! virtual time.
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a connection must stay up before the delay starts again from the minimum.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Delays between reconnection attempts.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
     max: Duration,
-    /// Attempts since the last success; the delay doubles with each.
+    /// Attempts since the last stable connection; the delay doubles with each.
     attempt: u32,
     rng: SmallRng,
+    /// When the current connection came up, if it is up.
+    up_since: Option<Instant>,
 }
 
 impl Backoff {
@@ -26,7 +36,24 @@ impl Backoff {
 
     /// The same, with a fixed seed, for tests.
     pub fn with_seed(min: Duration, max: Duration, seed: u64) -> Self {
-        Backoff { min, max: max.max(min), attempt: 0, rng: SmallRng::seed_from_u64(seed) }
+        Backoff { min, max: max.max(min), attempt: 0, rng: SmallRng::seed_from_u64(seed), up_since: None }
+    }
+
+    /// A connection came up at `now`.
+    pub fn connected(&mut self, now: Instant) {
+        self.up_since = Some(now);
+    }
+
+    /// A connection, or an attempt at one, failed at `now`: the delay before the next
+    /// attempt. Only a connection that stayed up for [`STABLE_AFTER`] starts it again from
+    /// the minimum.
+    pub fn failed(&mut self, now: Instant) -> Duration {
+        if let Some(since) = self.up_since.take() {
+            if now.saturating_duration_since(since) >= STABLE_AFTER {
+                self.reset();
+            }
+        }
+        self.next_delay()
     }
 
     /// The delay before the next attempt.
@@ -68,6 +95,33 @@ mod tests {
         assert!(delays[11] >= max / 2, "reaches the cap");
         b.reset();
         assert!(b.next_delay() <= min);
+    }
+
+    /// Issue 14: a broker that accepts and then drops each connection got a reconnect every
+    /// ~100 ms, because each CONNACK reset the delay.
+    #[test]
+    fn a_connection_that_drops_at_once_does_not_reset_the_delay() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        let mut b = Backoff::with_seed(min, max, 3);
+        let mut now = Instant::now();
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            b.connected(now);
+            now += Duration::from_millis(50);
+            let d = b.failed(now);
+            delays.push(d);
+            now += d;
+        }
+        for (i, d) in delays.iter().enumerate() {
+            let cap = (min * 2u32.pow(i as u32)).min(max);
+            assert!(*d >= cap / 2, "attempt {i}: {d:?} is below {:?}: the delay was reset", cap / 2);
+        }
+        assert!(delays[9] >= max / 2, "reaches the cap: {delays:?}");
+        // Up for longer than STABLE_AFTER: the next failure starts again from the minimum.
+        b.connected(now);
+        now += STABLE_AFTER;
+        assert!(b.failed(now) <= min);
     }
 
     #[test]

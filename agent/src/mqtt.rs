@@ -249,7 +249,7 @@ impl Connection {
                 None => continue,
                 Some(Ok(mut incoming)) => {
                     match &mut incoming {
-                        Incoming::Connected { .. } => self.backoff.reset(),
+                        Incoming::Connected { .. } => self.backoff.connected(std::time::Instant::now()),
                         Incoming::Publish { ack, .. }
                         | Incoming::TooLarge { ack, .. }
                         | Incoming::Unroutable { ack }
@@ -266,7 +266,7 @@ impl Connection {
                         error = format!("{error} ({hint})");
                     }
                     self.refresh_tls();
-                    let retry_in = self.backoff.next_delay();
+                    let retry_in = self.backoff.failed(std::time::Instant::now());
                     self.pending_delay = Some(retry_in);
                     return Incoming::Disconnected { error, retry_in };
                 }
