@@ -18,7 +18,8 @@
 //! flushed. Events are handed to the publisher from memory as soon as their batch is applied
 //! (sled is read back only for what an earlier run left, or what did not fit the cache), and
 //! acknowledged events are deleted with the next batch rather than one write per PUBACK. If the database cannot be opened (sled has open reports of unreadable files
-//! after power loss), it is moved aside and the latest snapshot is restored.
+//! after power loss), it is moved aside and the latest snapshot is restored, "alive" mark
+//! included: the agent sees a restart. One another process holds is never moved aside.
 
 use edgewatch_engine::Touched;
 use serde::{Deserialize, Serialize};
@@ -880,6 +881,67 @@ mod tests {
         }
         assert_eq!(s.load_state().expect("loads").len(), 1);
         assert_eq!(s.outbox_depth().0, 1);
+        // A restore is a restart: the snapshot's alive mark (its time, in older files) is the
+        // new database's.
+        assert_eq!(s.last_alive(), Some(42));
+    }
+
+    #[tokio::test]
+    async fn a_restored_snapshot_brings_its_alive_mark_unless_the_store_has_a_later_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+        let snap = |alive_ms| Snapshot { schema: SCHEMA_VERSION, taken_ms: 900, alive_ms, ..Snapshot::default() };
+        s.restore(&snap(Some(500))).await.expect("restores");
+        assert_eq!(s.last_alive(), Some(500));
+        s.restore(&snap(None)).await.expect("restores");
+        assert_eq!(s.last_alive(), Some(900));
+        s.restore(&snap(Some(700))).await.expect("restores");
+        assert_eq!(s.last_alive(), Some(900));
+    }
+
+    /// Issue 14 C: the alive mark goes with commits that write anyway, never on its own.
+    #[tokio::test]
+    async fn an_alive_mark_rides_only_with_a_batch_that_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+        let mut b = Batch::default();
+        b.alive_at(100);
+        assert!(!s.apply(b).expect("applies").wrote, "an alive mark alone is no write");
+        assert_eq!(s.last_alive(), None);
+        let mut b = Batch::default();
+        s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{}"));
+        b.alive_at(200);
+        assert!(s.apply(b).expect("applies").wrote);
+        assert_eq!(s.last_alive(), Some(200));
+        // An event acknowledged upstream before its batch is applied is never written: nor is
+        // the mark.
+        let mut b = Batch::default();
+        s.push_outbox(&mut b, entry(1));
+        let (seq, _) = s.outbox_from(0, 1).expect("reads")[0].clone();
+        s.ack_outbox(seq);
+        b.alive_at(300);
+        assert!(!s.apply(b).expect("applies").wrote);
+        assert_eq!(s.last_alive(), Some(200));
+    }
+
+    /// Found with issue 14: a database another process held (a second agent on the same state
+    /// directory) was taken for damaged, moved aside under the running agent, and replaced by
+    /// the snapshot.
+    #[tokio::test]
+    async fn a_database_another_process_holds_is_not_moved_aside() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _running = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+        match open_or_recover(dir.path(), 1 << 20, 1 << 20).await {
+            Err(StoreError::Locked { .. }) => {}
+            Err(e) => panic!("another error: {e}"),
+            Ok((_, opened)) => panic!("opened a held database: {opened:?}"),
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("state dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["db"], "nothing moved aside");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
