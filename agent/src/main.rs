@@ -323,18 +323,17 @@ fn replay(rules: &std::path::Path, events: &std::path::Path) -> anyhow::Result<(
 /// `edgewatch state ...`.
 async fn state_command(action: StateAction, config: Config) -> anyhow::Result<()> {
     use edgewatch::store::{self, Store, StoreError};
-    let open = || {
-        match Store::open(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes) {
+    let dir = config.state_dir.display();
+    let snapshot = config.state_dir.join("snapshot.json");
+    let open = || match Store::open(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes) {
         Ok(s) => Ok(s),
         // Says itself that the agent may be running.
         Err(e @ StoreError::Locked { .. }) => Err(anyhow::Error::new(e)),
         Err(e @ StoreError::Damaged { .. }) => Err(anyhow::Error::new(e).context(format!(
-            "the state in {} is damaged; the agent moves the database aside and restores the latest snapshot ({}) when it starts",
-            config.state_dir.display(),
-            config.state_dir.join("snapshot.json").display()
+            "the state in {dir} is damaged; when the agent starts, it moves the database aside and restores {}",
+            snapshot.display()
         ))),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open the state in {}", config.state_dir.display()))),
-    }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open the state in {dir}"))),
     };
     let now = || edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
     match action {
