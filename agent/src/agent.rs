@@ -45,6 +45,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const PUBLISH_WINDOW: usize = 1024;
 /// How often the agent records that it is alive (for the downtime after a crash).
 const ALIVE_EVERY: Duration = Duration::from_secs(5);
+/// When the first snapshot is taken after a start (or `state.snapshot_interval`, if shorter).
+const FIRST_SNAPSHOT_AFTER: Duration = Duration::from_secs(10);
 /// How often gauges that need the engine (keys per rule) are refreshed for `/metrics`.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
@@ -197,17 +199,6 @@ impl Agent {
             let (store, opened) =
                 store::open_or_recover(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes)
                     .await?;
-            if let Opened::Recovered { error, quarantined, snapshot_ms } = &opened {
-                startup_events.push((
-                    "restored",
-                    serde_json::json!({
-                        "reason": error,
-                        "quarantined": quarantined.display().to_string(),
-                        "snapshot_time": snapshot_ms.map(|t| Timestamp(t).to_rfc3339()),
-                        "lost": "changes since the snapshot",
-                    }),
-                ));
-            }
             let saved = store.load_state()?;
             let mut refused = 0usize;
             for (what, bytes) in &saved {
@@ -216,21 +207,8 @@ impl Agent {
                     tracing::warn!(%error, "Saved state dropped.");
                 }
             }
-            if let Some(last) = store.last_alive() {
-                let now = wall_clock();
-                let mut out = Outputs::default();
-                engine.grace_after_restart(now, &mut out);
-                let downtime = (now.millis() - last).max(0);
-                tracing::info!(keys = saved.len(), refused, downtime_ms = downtime, "State restored after a restart.");
-                startup_events.push((
-                    "restarted",
-                    serde_json::json!({
-                        "down_since": Timestamp(last).to_rfc3339(),
-                        "downtime_ms": downtime,
-                        "restored_keys": saved.len() - refused,
-                    }),
-                ));
-            }
+            let restored_keys = saved.len() - refused;
+            startup_events.extend(restart_events(&mut engine, &opened, store.last_alive(), restored_keys));
             Outbox::Durable(store)
         } else {
             Outbox::Memory(Arc::new(Mutex::new(VecDeque::new())), Arc::new(Mutex::new(0)))
@@ -407,6 +385,59 @@ impl Agent {
         tracing::info!(%summary, "Agent stopped.");
         Ok(summary)
     }
+}
+
+/// After a restart, whether from the database or from the snapshot after a restore: gives
+/// every tracked device a full timeout from now (no storm of `missing`), and returns the
+/// events that say so: `restored` (what opening the store had to do) and `restarted`.
+/// `last_alive` is the store's "alive" mark (a restored snapshot's, after a restore); none
+/// and a clean open means a first start.
+fn restart_events(
+    engine: &mut Engine,
+    opened: &Opened,
+    last_alive: Option<i64>,
+    restored_keys: usize,
+) -> Vec<(&'static str, serde_json::Value)> {
+    let mut events = Vec::new();
+    let (restored_from, snapshot_time) = match opened {
+        Opened::Clean => ("database", None),
+        Opened::Recovered { reason, quarantined, snapshot } => {
+            let snapshot_time = snapshot.as_ref().ok().map(|t| Timestamp(*t).to_rfc3339());
+            let lost = match snapshot {
+                Ok(_) => "changes since the snapshot".to_owned(),
+                Err(why) => format!("all state and waiting events: {why}"),
+            };
+            events.push((
+                "restored",
+                serde_json::json!({
+                    "reason": reason,
+                    "quarantined": quarantined.display().to_string(),
+                    "restored": snapshot.is_ok(),
+                    "snapshot_time": snapshot_time,
+                    "lost": lost,
+                }),
+            ));
+            (if snapshot.is_ok() { "snapshot" } else { "nothing" }, snapshot_time)
+        }
+    };
+    if last_alive.is_none() && matches!(opened, Opened::Clean) {
+        return events;
+    }
+    let now = wall_clock();
+    engine.grace_after_restart(now, &mut Outputs::default());
+    let downtime = last_alive.map(|last| (now.millis() - last).max(0));
+    tracing::info!(restored_keys, restored_from, downtime_ms = downtime, "State restored after a restart.");
+    let mut data = serde_json::json!({
+        "down_since": last_alive.map(|t| Timestamp(t).to_rfc3339()),
+        "downtime_ms": downtime,
+        "restored_keys": restored_keys,
+        "restored_from": restored_from,
+    });
+    if let Some(t) = snapshot_time {
+        data["snapshot_time"] = serde_json::json!(t);
+    }
+    events.push(("restarted", data));
+    events
 }
 
 /// What `/metrics` reads from this agent.
@@ -628,7 +659,9 @@ async fn engine_task(
     let rule_count = |engine: &Engine| engine.rules().len();
     let mut next_alive = Instant::now();
     let mut next_gauges = Instant::now();
-    let mut next_snapshot = Instant::now() + config.state.snapshot_interval;
+    // The first snapshot soon after the start, not one interval later: until then a damaged
+    // database could lose everything since the last one (or all, on a first start).
+    let mut next_snapshot = Instant::now() + config.state.snapshot_interval.min(FIRST_SNAPSHOT_AFTER);
     loop {
         // Sleep until the engine's next timer (a missing heartbeat, a window closing), or
         // until input arrives, whichever is first.
@@ -945,6 +978,7 @@ fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc:
                 let value = engine.export(&what);
                 store.put_state(&mut pending.batch, &what, value.as_deref());
             }
+            pending.batch.alive_at(wall_clock().millis());
             let batch = std::mem::take(&mut pending.batch);
             permit.send(CommitJob { batch, acks, arrived });
         }
@@ -1039,7 +1073,9 @@ async fn committer_task(
 async fn write_snapshot(store: &Store) {
     let store = store.clone();
     let written = tokio::task::spawn_blocking(move || {
-        let snap = store.snapshot(wall_clock().millis())?;
+        let now = wall_clock().millis();
+        // Taken by the running agent: it is alive now.
+        let snap = store::Snapshot { alive_ms: Some(now), ..store.snapshot(now)? };
         store.write_snapshot_file(&snap)
     })
     .await;

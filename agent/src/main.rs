@@ -322,12 +322,20 @@ fn replay(rules: &std::path::Path, events: &std::path::Path) -> anyhow::Result<(
 
 /// `edgewatch state ...`.
 async fn state_command(action: StateAction, config: Config) -> anyhow::Result<()> {
-    use edgewatch::store::{self, Store};
-    let open = || {
-        Store::open(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes).with_context(|| {
-            format!("cannot open the state in {} (is the agent running? stop it first)", config.state_dir.display())
-        })
+    use edgewatch::store::{self, Store, StoreError};
+    let dir = config.state_dir.display();
+    let snapshot = config.state_dir.join("snapshot.json");
+    let open = || match Store::open(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes) {
+        Ok(s) => Ok(s),
+        // Says itself that the agent may be running.
+        Err(e @ StoreError::Locked { .. }) => Err(anyhow::Error::new(e)),
+        Err(e @ StoreError::Damaged { .. }) => Err(anyhow::Error::new(e).context(format!(
+            "the state in {dir} is damaged; when the agent starts, it moves the database aside and restores {}",
+            snapshot.display()
+        ))),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open the state in {dir}"))),
     };
+    let now = || edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
     match action {
         StateAction::Inspect => {
             let s = open()?;
@@ -336,8 +344,7 @@ async fn state_command(action: StateAction, config: Config) -> anyhow::Result<()
         }
         StateAction::Export { file } => {
             let s = open()?;
-            let snap =
-                s.snapshot(edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis())?;
+            let snap = s.snapshot(now())?;
             store::write_snapshot(&file, &snap)?;
             println!(
                 "exported {} state entries and {} outbox events to {}",
@@ -356,6 +363,9 @@ async fn state_command(action: StateAction, config: Config) -> anyhow::Result<()
                 snap.outbox.len(),
                 file.display()
             );
+            // Protected from now on, not only from the agent's first snapshot.
+            let written = s.write_snapshot_file(&s.snapshot(now())?)?;
+            println!("snapshot written to {}", written.display());
         }
     }
     Ok(())

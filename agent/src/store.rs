@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! m/schema            schema version
-//! m/alive             last time (ms) the agent was known running: downtime after a crash
+//! m/alive             last time (ms) the agent was known running: downtime after a stop or crash
 //! s/<rule>\0<key>     a rule's state for one key (the engine's export)
 //! d/<name>            a duplicate-detection entry
 //! h/<name>            an event held for reordering (allowed lateness)
@@ -18,7 +18,8 @@
 //! flushed. Events are handed to the publisher from memory as soon as their batch is applied
 //! (sled is read back only for what an earlier run left, or what did not fit the cache), and
 //! acknowledged events are deleted with the next batch rather than one write per PUBACK. If the database cannot be opened (sled has open reports of unreadable files
-//! after power loss), it is moved aside and the latest snapshot is restored.
+//! after power loss), it is moved aside and the latest snapshot is restored, "alive" mark
+//! included: the agent sees a restart. One another process holds is never moved aside.
 
 use edgewatch_engine::Touched;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,13 @@ const CACHE_BYTES: u64 = 4 << 20;
 pub enum StoreError {
     #[error("state database {path}: {message}")]
     Db { path: String, message: String },
+    /// sled found the files damaged (or failed reading them): the agent moves the database
+    /// aside and restores the snapshot.
+    #[error("state database {path} is damaged: {detail}")]
+    Damaged { path: String, detail: String },
+    /// Another process has it open (sled allows one at a time): never moved aside.
+    #[error("state database {path} is in use by another process (is the agent running? stop it first)")]
+    Locked { path: String },
     #[error("snapshot {path}: {message}")]
     Snapshot { path: String, message: String },
     #[error("state database {path} has schema {found}, this agent knows {SCHEMA_VERSION}")]
@@ -85,6 +93,11 @@ pub struct Snapshot {
     pub schema: u64,
     /// When it was taken (ms since the epoch).
     pub taken_ms: i64,
+    /// When the agent was last known running, as of the snapshot (its `taken_ms` when the
+    /// running agent took it): a restore from it is a restart, and the downtime counts from
+    /// here. Absent in files of older versions: `taken_ms` stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alive_ms: Option<i64>,
     /// (key in the store, value as JSON text).
     pub state: Vec<(String, String)>,
     pub outbox: Vec<OutboxEntry>,
@@ -100,6 +113,9 @@ pub struct Batch {
     /// Written outbox entries it deletes (dropped for space).
     deletes: usize,
     changes: usize,
+    /// When the agent was running with this batch's state: recorded as the "alive" mark if
+    /// the batch writes anyway (never a write of its own).
+    alive_ms: Option<i64>,
 }
 
 impl Batch {
@@ -111,6 +127,30 @@ impl Batch {
     /// Nothing to write?
     pub fn is_empty(&self) -> bool {
         self.changes == 0
+    }
+
+    /// Records `now_ms` as the agent's "alive" mark along with this batch, if it writes
+    /// anything: one more key in a write that happens anyway, so the downtime after a crash
+    /// counts from the last commit rather than the last periodic mark.
+    pub fn alive_at(&mut self, now_ms: i64) {
+        self.alive_ms = Some(now_ms);
+    }
+}
+
+/// Describes a failure of sled to open (or first read) a database: damaged, locked by
+/// another process, or another error.
+fn open_error(path: &Path, e: &sled::Error) -> StoreError {
+    let path = path.display().to_string();
+    match e {
+        sled::Error::Corruption { .. } => {
+            StoreError::Damaged { path, detail: "sled found corrupt data in its files".into() }
+        }
+        sled::Error::ReportableBug(what) => {
+            StoreError::Damaged { path, detail: format!("sled found its files inconsistent ({what})") }
+        }
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => StoreError::Locked { path },
+        sled::Error::Io(io) => StoreError::Db { path, message: format!("cannot read its files: {io}") },
+        other => StoreError::Db { path, message: other.to_string() },
     }
 }
 
@@ -269,18 +309,18 @@ impl Store {
     /// Opens (or creates) the database in `dir`/db.
     pub fn open(dir: &Path, cache_bytes: u64, max_outbox_bytes: u64) -> Result<Store, StoreError> {
         let path = dir.join("db");
-        let err = |e: String| StoreError::Db { path: path.display().to_string(), message: e };
+        let damaged = |detail: &str| StoreError::Damaged { path: path.display().to_string(), detail: detail.into() };
         // A damaged file can make sled panic instead of returning an error: contain both.
         let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).cache_capacity(cache_bytes).open())
-            .map_err(|_| err("sled panicked while opening it".into()))?
-            .map_err(|e| err(e.to_string()))?;
-        let schema = match opened.get(b"m/schema").map_err(|e| err(e.to_string()))? {
+            .map_err(|_| damaged("sled failed while reading its files"))?
+            .map_err(|e| open_error(&path, &e))?;
+        let schema = match opened.get(b"m/schema").map_err(|e| open_error(&path, &e))? {
             None => {
-                opened.insert(b"m/schema", &SCHEMA_VERSION.to_be_bytes()).map_err(|e| err(e.to_string()))?;
+                opened.insert(b"m/schema", &SCHEMA_VERSION.to_be_bytes()).map_err(|e| open_error(&path, &e))?;
                 SCHEMA_VERSION
             }
             Some(v) => {
-                v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| err("unreadable schema version".into()))?
+                v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| damaged("unreadable schema version"))?
             }
         };
         if schema != SCHEMA_VERSION {
@@ -288,12 +328,12 @@ impl Store {
         }
         let mut outbox = Outbox { max_bytes: max_outbox_bytes, cache_cap: CACHE_BYTES, ..Outbox::default() };
         for item in opened.scan_prefix(b"o/") {
-            let (k, v) = item.map_err(|e| err(e.to_string()))?;
+            let (k, v) = item.map_err(|e| open_error(&path, &e))?;
             let seq = k
                 .get(2..10)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
-                .ok_or_else(|| err("bad outbox key".into()))?;
+                .ok_or_else(|| damaged("unreadable outbox key"))?;
             outbox.entries.push_back(Live { seq, len: v.len() as u64, written: true });
             outbox.bytes += v.len() as u64;
             outbox.next_seq = seq + 1;
@@ -396,6 +436,9 @@ impl Store {
         for seq in &acked {
             batch.inner.remove(&outbox_key(*seq));
         }
+        if let Some(now_ms) = batch.alive_ms.filter(|_| writes > 0) {
+            batch.inner.insert(b"m/alive".as_slice(), &now_ms.to_be_bytes());
+        }
         if writes > 0 {
             if let Err(e) = self.db.apply_batch(batch.inner) {
                 // The deletions go with a later batch; the new entries stay in memory only.
@@ -476,9 +519,11 @@ impl Store {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Everything, as a snapshot document.
+    /// Everything, as a snapshot document. Its "alive" mark is the store's; the running agent
+    /// sets it to `now_ms`.
     pub fn snapshot(&self, now_ms: i64) -> Result<Snapshot, StoreError> {
-        let mut s = Snapshot { schema: SCHEMA_VERSION, taken_ms: now_ms, ..Snapshot::default() };
+        let mut s =
+            Snapshot { schema: SCHEMA_VERSION, taken_ms: now_ms, alive_ms: self.last_alive(), ..Snapshot::default() };
         for item in self.db.iter() {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             if k.starts_with(b"o/") {
@@ -492,13 +537,17 @@ impl Store {
         Ok(s)
     }
 
-    /// Loads a snapshot into this (empty) store.
+    /// Loads a snapshot into this (empty) store, with its "alive" mark (unless this store's
+    /// is later): the agent that starts on it sees a restart, and gives every device a full
+    /// timeout from then.
     pub async fn restore(&self, snap: &Snapshot) -> Result<(), StoreError> {
         let mut batch = Batch::default();
         for (k, v) in &snap.state {
             batch.inner.insert(k.as_bytes(), v.as_bytes());
             batch.changes += 1;
         }
+        let alive = snap.alive_ms.unwrap_or(snap.taken_ms).max(self.last_alive().unwrap_or(i64::MIN));
+        self.mark_alive(&mut batch, alive);
         for entry in &snap.outbox {
             self.push_outbox(&mut batch, entry.clone());
         }
@@ -592,45 +641,63 @@ pub fn read_snapshot(path: &Path) -> Result<Snapshot, StoreError> {
 pub enum Opened {
     /// The database opened as it was.
     Clean,
-    /// The database could not be opened: it was moved to `quarantined`, and the state of
-    /// the snapshot taken at `snapshot_ms` (if any) was restored.
-    Recovered { error: String, quarantined: PathBuf, snapshot_ms: Option<i64> },
+    /// The database could not be opened: it was moved to `quarantined`, and the latest
+    /// snapshot restored if there was a usable one.
+    Recovered {
+        /// Why the database could not be opened, as a sentence for people.
+        reason: String,
+        quarantined: PathBuf,
+        /// When the restored snapshot was taken, or why none could be restored (a sentence).
+        snapshot: Result<i64, String>,
+    },
 }
 
 /// Opens the store; if the database is unreadable, moves it aside and restores the latest
-/// snapshot, so the agent still starts.
+/// snapshot, so the agent still starts. A database another process holds is an error, never
+/// moved aside.
 pub async fn open_or_recover(
     dir: &Path,
     cache_bytes: u64,
     max_outbox_bytes: u64,
 ) -> Result<(Store, Opened), StoreError> {
-    match Store::open(dir, cache_bytes, max_outbox_bytes) {
-        Ok(s) => Ok((s, Opened::Clean)),
-        Err(StoreError::Db { message, .. }) => {
-            let stamp =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let quarantined = dir.join(format!("db.corrupt-{stamp}"));
-            std::fs::rename(dir.join("db"), &quarantined).map_err(|e| StoreError::Db {
-                path: dir.join("db").display().to_string(),
-                message: format!("unreadable ({message}) and cannot be moved aside: {e}"),
-            })?;
-            tracing::error!(error = %message, quarantined = %quarantined.display(), "State database unreadable; moved aside.");
-            let store = Store::open(dir, cache_bytes, max_outbox_bytes)?;
-            let snapshot_path = dir.join("snapshot.json");
-            let snapshot_ms = match read_snapshot(&snapshot_path) {
-                Ok(snap) => {
-                    store.restore(&snap).await?;
-                    Some(snap.taken_ms)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "No usable snapshot: starting with empty state.");
-                    None
-                }
-            };
-            Ok((store, Opened::Recovered { error: message, quarantined, snapshot_ms }))
+    let detail = match Store::open(dir, cache_bytes, max_outbox_bytes) {
+        Ok(s) => return Ok((s, Opened::Clean)),
+        Err(StoreError::Damaged { detail, .. }) => format!("its files are damaged: {detail}"),
+        Err(StoreError::Db { message, .. }) => message,
+        Err(e) => return Err(e),
+    };
+    let reason = format!("The state database could not be opened: {detail}.");
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let quarantined = dir.join(format!("db.corrupt-{stamp}"));
+    std::fs::rename(dir.join("db"), &quarantined).map_err(|e| StoreError::Db {
+        path: dir.join("db").display().to_string(),
+        message: format!("unreadable ({detail}) and cannot be moved aside: {e}"),
+    })?;
+    tracing::error!(%reason, quarantined = %quarantined.display(), "State database unreadable; moved aside.");
+    let store = Store::open(dir, cache_bytes, max_outbox_bytes)?;
+    let snapshot_path = dir.join("snapshot.json");
+    let snapshot = match read_snapshot(&snapshot_path) {
+        Ok(snap) => {
+            store.restore(&snap).await?;
+            tracing::warn!(
+                snapshot = %snapshot_path.display(),
+                taken = %edgewatch_engine::Timestamp(snap.taken_ms).to_rfc3339(),
+                "State restored from the snapshot."
+            );
+            Ok(snap.taken_ms)
         }
-        Err(e) => Err(e),
-    }
+        Err(e) => {
+            let why = match std::fs::metadata(&snapshot_path) {
+                Err(m) if m.kind() == std::io::ErrorKind::NotFound => {
+                    format!("there is no snapshot ({} does not exist)", snapshot_path.display())
+                }
+                _ => format!("the snapshot is unreadable ({e})"),
+            };
+            tracing::error!(%why, "No usable snapshot: starting with empty state.");
+            Err(why)
+        }
+    };
+    Ok((store, Opened::Recovered { reason, quarantined, snapshot }))
 }
 
 #[cfg(test)]
@@ -806,14 +873,75 @@ mod tests {
         }
         let (s, opened) = open_or_recover(dir.path(), 1 << 20, 1 << 20).await.expect("still opens");
         match opened {
-            Opened::Recovered { snapshot_ms, quarantined, .. } => {
-                assert_eq!(snapshot_ms, Some(42));
+            Opened::Recovered { snapshot, quarantined, .. } => {
+                assert_eq!(snapshot, Ok(42));
                 assert!(quarantined.exists());
             }
             Opened::Clean => panic!("the wrecked database opened as if clean"),
         }
         assert_eq!(s.load_state().expect("loads").len(), 1);
         assert_eq!(s.outbox_depth().0, 1);
+        // A restore is a restart: the snapshot's alive mark (its time, in older files) is the
+        // new database's.
+        assert_eq!(s.last_alive(), Some(42));
+    }
+
+    #[tokio::test]
+    async fn a_restored_snapshot_brings_its_alive_mark_unless_the_store_has_a_later_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+        let snap = |alive_ms| Snapshot { schema: SCHEMA_VERSION, taken_ms: 900, alive_ms, ..Snapshot::default() };
+        s.restore(&snap(Some(500))).await.expect("restores");
+        assert_eq!(s.last_alive(), Some(500));
+        s.restore(&snap(None)).await.expect("restores");
+        assert_eq!(s.last_alive(), Some(900));
+        s.restore(&snap(Some(700))).await.expect("restores");
+        assert_eq!(s.last_alive(), Some(900));
+    }
+
+    /// Issue 14 C: the alive mark goes with commits that write anyway, never on its own.
+    #[tokio::test]
+    async fn an_alive_mark_rides_only_with_a_batch_that_writes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+        let mut b = Batch::default();
+        b.alive_at(100);
+        assert!(!s.apply(b).expect("applies").wrote, "an alive mark alone is no write");
+        assert_eq!(s.last_alive(), None);
+        let mut b = Batch::default();
+        s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{}"));
+        b.alive_at(200);
+        assert!(s.apply(b).expect("applies").wrote);
+        assert_eq!(s.last_alive(), Some(200));
+        // An event acknowledged upstream before its batch is applied is never written: nor is
+        // the mark.
+        let mut b = Batch::default();
+        s.push_outbox(&mut b, entry(1));
+        let (seq, _) = s.outbox_from(0, 1).expect("reads")[0].clone();
+        s.ack_outbox(seq);
+        b.alive_at(300);
+        assert!(!s.apply(b).expect("applies").wrote);
+        assert_eq!(s.last_alive(), Some(200));
+    }
+
+    /// Found with issue 14: a database another process held (a second agent on the same state
+    /// directory) was taken for damaged, moved aside under the running agent, and replaced by
+    /// the snapshot.
+    #[tokio::test]
+    async fn a_database_another_process_holds_is_not_moved_aside() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _running = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+        match open_or_recover(dir.path(), 1 << 20, 1 << 20).await {
+            Err(StoreError::Locked { .. }) => {}
+            Err(e) => panic!("another error: {e}"),
+            Ok((_, opened)) => panic!("opened a held database: {opened:?}"),
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("state dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["db"], "nothing moved aside");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -215,6 +215,56 @@ fn state_export_import_and_inspect_round_trip() {
     assert!(report.contains("t-007") && report.contains("outbox: 1 events"), "{report}");
 }
 
+/// A state directory with one heartbeat key imported: (config file, state directory).
+fn imported_state(dir: &Path) -> (PathBuf, PathBuf) {
+    let state = dir.join("state");
+    let config = dir.join("edgewatch.toml");
+    let toml = format!(
+        "[agent]\nid = \"x\"\nstate_dir = {:?}\n[[subscriptions]]\ntopic = \"a/#\"\n",
+        state.display().to_string()
+    );
+    std::fs::write(&config, toml).expect("config");
+    let snapshot = serde_json::json!({
+        "schema": 1,
+        "taken_ms": 1000,
+        "state": [["s/offline\u{0}t-007", "{\"kind\":\"heartbeat\",\"last_seen\":5000,\"deadline\":15000,\"timer_at\":15000,\"missing_since\":-9223372036854775808,\"timeout_ms\":10000,\"never_seen\":false,\"flap\":null}"]],
+        "outbox": [],
+    });
+    let file = dir.join("backup.json");
+    std::fs::write(&file, snapshot.to_string()).expect("snapshot");
+    let out = edgewatch(
+        &["state", "import", file.to_str().expect("utf-8"), "--config", config.to_str().expect("utf-8")],
+        dir,
+    );
+    assert!(out.status.success(), "import: {}", text(&out.stderr));
+    (config, state)
+}
+
+/// Issue 14 B: an imported state had no snapshot until the agent took its first one, so a
+/// database damaged before then lost it.
+#[test]
+fn state_import_writes_a_snapshot_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, state) = imported_state(dir.path());
+    let snapshot = std::fs::read_to_string(state.join("snapshot.json")).expect("a snapshot after the import");
+    assert!(snapshot.contains("t-007"), "{snapshot}");
+}
+
+/// Issue 14 B: `state inspect` on a damaged database asked "is the agent running?".
+#[test]
+fn state_inspect_on_a_damaged_database_says_it_is_damaged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, state) = imported_state(dir.path());
+    // Garbage in every file of the database (sled then finds it corrupt).
+    for f in std::fs::read_dir(state.join("db")).expect("db dir").flatten().filter(|f| f.path().is_file()) {
+        std::fs::write(f.path(), b"not a database").expect("wreck");
+    }
+    let out = edgewatch(&["state", "inspect", "--config", config.to_str().expect("utf-8")], dir.path());
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(err.contains("damaged") && !err.contains("is the agent running"), "{err}");
+}
+
 #[test]
 fn no_secret_reaches_the_logs_even_at_trace_level() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -20,7 +20,19 @@ rule("alive", #{ on: "sensors/{device}/reading", heartbeat: #{ timeout: "1h" } }
 
 /// Writes the rules and the agent's configuration into `dir`: (config file, `/metrics` and
 /// `/healthz` address). Every run of the agent on this configuration serves the same address.
+/// A snapshot every second.
 fn write_config(dir: &Path, source: SocketAddr, upstream: Option<SocketAddr>, rules: &str) -> (PathBuf, SocketAddr) {
+    write_config_with(dir, source, upstream, rules, "1s")
+}
+
+/// [`write_config`] with a `state.snapshot_interval` of `snapshot_interval`.
+fn write_config_with(
+    dir: &Path,
+    source: SocketAddr,
+    upstream: Option<SocketAddr>,
+    rules: &str,
+    snapshot_interval: &str,
+) -> (PathBuf, SocketAddr) {
     let rules_dir = dir.join("rules");
     std::fs::create_dir_all(&rules_dir).expect("rules dir");
     std::fs::write(rules_dir.join("rules.rhai"), rules).expect("rules");
@@ -30,7 +42,7 @@ fn write_config(dir: &Path, source: SocketAddr, upstream: Option<SocketAddr>, ru
     let metrics = edgewatch::broker::free_port().expect("port");
     let text = format!(
         "[agent]\nid = \"crash\"\nstate_dir = {}\nmetrics_listen = \"{metrics}\"\n[rules]\ndir = {}\n[source]\nurl = \"mqtt://{source}\"\nreconnect_max = \"500ms\"\n\
-         [[subscriptions]]\ntopic = \"sensors/#\"\nqos = 1\n[state]\nsnapshot_interval = \"1s\"\n[upstream]\n{upstream}",
+         [[subscriptions]]\ntopic = \"sensors/#\"\nqos = 1\n[state]\nsnapshot_interval = \"{snapshot_interval}\"\n[upstream]\n{upstream}",
         toml_path(&dir.join("state")),
         toml_path(&rules_dir),
     );
@@ -199,10 +211,23 @@ async fn an_upstream_outage_loses_nothing_and_keeps_the_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrecked_database_is_restored_from_the_snapshot_and_reported() {
+    wrecked_and_restored("1s").await;
+}
+
+/// Issue 14 B: the first snapshot came only after `snapshot_interval` (10 minutes by default),
+/// so a database wrecked before then lost everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_wrecked_before_the_first_periodic_snapshot_is_restored() {
+    wrecked_and_restored("1h").await;
+}
+
+/// Counts five readings, waits for a snapshot that holds them, kills the agent, wrecks its
+/// database and checks that the restarted agent reports the restore and counts on.
+async fn wrecked_and_restored(snapshot_interval: &str) {
     let broker = Broker::embedded();
     let addr = broker.addr();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
+    let (config, metrics) = write_config_with(dir.path(), addr, None, COUNT, snapshot_interval);
     let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
     let mut agent = spawn_agent(&config);
     wait_healthy(metrics).await;
@@ -215,44 +240,23 @@ async fn a_wrecked_database_is_restored_from_the_snapshot_and_reported() {
         let ev = upstream.next().await.json();
         last_n = ev["data"]["n"].as_i64().unwrap_or(last_n);
     }
-    // Wait for a snapshot (every second here) that holds the fifth count, stop the agent,
-    // wreck its database.
+    // Wait for a snapshot that holds the fifth count, stop the agent, wreck its database.
     let snapshot = dir.path().join("state/snapshot.json");
     let written = async {
         while !snapshot_counted(&snapshot, 5) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(WAIT, written)
+    tokio::time::timeout(Duration::from_secs(60), written)
         .await
         .unwrap_or_else(|_| panic!("no snapshot with n = 5 in {}", snapshot.display()));
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
-    let mut wrecked = 0;
-    let mut stack = vec![dir.path().join("state/db")];
-    while let Some(p) = stack.pop() {
-        for e in std::fs::read_dir(&p).expect("db dir").flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                std::fs::write(e.path(), b"not a database").expect("wreck");
-                wrecked += 1;
-            }
-        }
-    }
-    assert!(wrecked > 0);
+    wreck_database(dir.path());
 
     let mut agent = spawn_agent(&config);
-    let mut restored = None;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while restored.is_none() && Instant::now() < deadline {
-        if let Some(m) = upstream.next_within(Duration::from_millis(200)).await {
-            let ev = m.json();
-            if ev["type"] == "edgewatch.agent.restored" {
-                restored = Some(ev);
-            }
-        }
-    }
+    let restored = next_of_type(&mut upstream, "edgewatch.agent.restored", deadline).await;
     let restored = restored.expect("the agent reports the restore");
     assert!(restored["data"]["snapshot_time"].is_string(), "{restored}");
     // It keeps running, and counting from the snapshot's state.
@@ -269,6 +273,44 @@ async fn a_wrecked_database_is_restored_from_the_snapshot_and_reported() {
     assert_eq!(n, Some(6), "the count continued from the restored state");
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
+}
+
+/// Overwrites every file of the database in `dir`/state/db with garbage.
+fn wreck_database(dir: &Path) {
+    let mut wrecked = 0;
+    let mut stack = vec![dir.join("state/db")];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).expect("db dir").flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                std::fs::write(e.path(), b"not a database").expect("wreck");
+                wrecked += 1;
+            }
+        }
+    }
+    assert!(wrecked > 0);
+}
+
+/// Stops the agent as systemd would (SIGTERM) and waits for it to exit.
+fn stop_cleanly(agent: &mut Child) {
+    let status = Command::new("kill").arg("-TERM").arg(agent.id().to_string()).status().expect("kill runs");
+    assert!(status.success(), "kill -TERM failed");
+    let exit = agent.wait().expect("reaped");
+    assert!(exit.success(), "the agent did not stop cleanly: {exit}");
+}
+
+/// The next event of CloudEvent type `kind` received before `deadline`.
+async fn next_of_type(upstream: &mut Subscriber, kind: &str, deadline: Instant) -> Option<serde_json::Value> {
+    while Instant::now() < deadline {
+        if let Some(m) = upstream.next_within(Duration::from_millis(200)).await {
+            let ev = m.json();
+            if ev["type"] == kind {
+                return Some(ev);
+            }
+        }
+    }
+    None
 }
 
 /// Whether the snapshot at `path` holds a count rule state with `n` (written atomically, so a
@@ -355,4 +397,145 @@ async fn a_killed_agent_is_reported_offline_by_its_last_will() {
         (Some("offline"), Some("connection lost")),
         "{will}"
     );
+}
+
+const OFFLINE: &str = r#"rule("offline", #{ on: "sensors/{device}/hb", heartbeat: #{ timeout: "5s" } });"#;
+
+/// Issue 14 A: after a restore from the snapshot every device was reported missing at once
+/// (deadlines from the old last_seen + timeout), and no `restarted` event was sent. A restore
+/// is a restart: every device gets a full timeout from it, and only the silent ones are
+/// reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_is_a_restart_every_device_gets_a_full_timeout() {
+    const N: usize = 10;
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, metrics) = write_config(dir.path(), addr, None, OFFLINE);
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
+    let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    let mut sensor = Publisher::connect(addr, "sensors").await;
+    for i in 0..N {
+        sensor.publish(&format!("sensors/d{i}/hb"), "1").await;
+    }
+    wait_metric(metrics, "edgewatch_commit_latency_seconds_count", WAIT, |n| n >= N as f64).await;
+    stop_cleanly(&mut agent);
+    // The premise: the snapshot written at the stop holds every device.
+    let snapshot = dir.path().join("state/snapshot.json");
+    let text = std::fs::read(&snapshot).expect("a snapshot at the stop");
+    let snap: serde_json::Value = serde_json::from_slice(&text).expect("snapshot JSON");
+    let devices = snap["state"]
+        .as_array()
+        .map_or(0, |s| s.iter().filter(|e| e[0].as_str().is_some_and(|k| k.starts_with("s/offline"))).count());
+    assert_eq!(devices, N, "{snap}");
+    // Down for longer than the timeout, and the database damaged meanwhile.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    wreck_database(dir.path());
+
+    let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    // Half the fleet speaks within the grace; the other half really went silent.
+    for i in (0..N).step_by(2) {
+        sensor.publish(&format!("sensors/d{i}/hb"), "1").await;
+    }
+    let (mut restored, mut restarted) = (None, None);
+    let mut missing = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (missing.len() < N / 2 || restarted.is_none() || restored.is_none()) && Instant::now() < deadline {
+        if let Some(m) = upstream.next_within(Duration::from_millis(200)).await {
+            let ev = m.json();
+            if ev["type"] == "edgewatch.agent.restored" {
+                restored = Some(ev);
+            } else if ev["type"] == "edgewatch.agent.restarted" {
+                restarted = Some(ev);
+            } else if ev["data"]["status"] == "missing" {
+                missing.insert(ev["subject"].as_str().unwrap_or("?").to_owned());
+            }
+        }
+    }
+    agent.kill().expect("SIGKILL");
+    let _ = agent.wait();
+    let expected: BTreeSet<String> = (1..N).step_by(2).map(|i| format!("d{i}")).collect();
+    assert_eq!(missing, expected, "exactly the silent half is reported missing");
+    let restored = restored.expect("the agent reports the restore");
+    let restarted = restarted.expect("a restore is a restart: the agent reports it");
+    assert_eq!(restarted["data"]["restored_from"], "snapshot", "{restarted}");
+    assert_eq!(restarted["data"]["snapshot_time"], restored["data"]["snapshot_time"], "{restarted}\n{restored}");
+    assert_eq!(restarted["data"]["restored_keys"], N, "{restarted}");
+    assert!(restarted["data"]["downtime_ms"].as_i64().is_some_and(|d| d >= 6000), "{restarted}");
+}
+
+/// Issue 14 B: with no snapshot to restore, the `restored` event still said "lost": "changes
+/// since the snapshot", and its reason was sled's debug text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_with_no_snapshot_says_nothing_was_restored() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, metrics) = write_config_with(dir.path(), addr, None, COUNT, "1h");
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
+    let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    let mut sensor = Publisher::connect(addr, "sensors").await;
+    sensor.publish("sensors/d0/reading", r#"{"device":"d0","seq":1,"value":1}"#).await;
+    wait_metric(metrics, "edgewatch_commit_latency_seconds_count", WAIT, |n| n >= 1.0).await;
+    agent.kill().expect("SIGKILL");
+    let _ = agent.wait();
+    let _ = std::fs::remove_file(dir.path().join("state/snapshot.json"));
+    wreck_database(dir.path());
+
+    let mut agent = spawn_agent(&config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let restored = next_of_type(&mut upstream, "edgewatch.agent.restored", deadline).await;
+    let restarted = next_of_type(&mut upstream, "edgewatch.agent.restarted", deadline).await;
+    agent.kill().expect("SIGKILL");
+    let _ = agent.wait();
+    let restored = restored.expect("the agent reports the restore");
+    let data = &restored["data"];
+    assert_eq!(data["restored"], false, "{restored}");
+    assert!(data["snapshot_time"].is_null(), "{restored}");
+    assert!(data["lost"].as_str().is_some_and(|l| l.starts_with("all state")), "{restored}");
+    // A sentence for people, not a Rust error's debug text.
+    let reason = data["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("damaged") && reason.ends_with('.'), "{restored}");
+    assert!(!reason.contains("backtrace") && !reason.contains("None"), "{restored}");
+    let restarted = restarted.expect("a restore is a restart: the agent reports it");
+    assert_eq!(restarted["data"]["restored_from"], "nothing", "{restarted}");
+}
+
+/// Issue 14 C: `downtime_ms` counted from the last 5 s "alive" mark, not from the last time
+/// the agent wrote anything: a crash right after a commit looked up to 5 s longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downtime_counts_from_the_last_commit_not_the_last_alive_mark() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
+    let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    let mut sensor = Publisher::connect(addr, "sensors").await;
+    let since_epoch =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).expect("after 1970");
+    let sent = since_epoch(std::time::SystemTime::now());
+    sensor.publish("sensors/d0/reading", r#"{"device":"d0","seq":1,"value":1}"#).await;
+    // Its effects on disk, then killed.
+    wait_metric(metrics, "edgewatch_commit_latency_seconds_count", WAIT, |n| n >= 1.0).await;
+    agent.kill().expect("SIGKILL");
+    let _ = agent.wait();
+
+    let mut agent = spawn_agent(&config);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let restarted = next_of_type(&mut upstream, "edgewatch.agent.restarted", deadline).await;
+    agent.kill().expect("SIGKILL");
+    let _ = agent.wait();
+    let restarted = restarted.expect("the agent reports its restart");
+    let down_since = restarted["data"]["down_since"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok());
+    let down_since = down_since.map(since_epoch).unwrap_or_else(|| panic!("no down_since: {restarted}"));
+    assert!(
+        down_since >= sent,
+        "down since {down_since} ms, but the agent committed a reading sent at {sent} ms: {restarted}"
+    );
+    assert_eq!(restarted["data"]["restored_from"], "database", "{restarted}");
 }
