@@ -34,7 +34,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// How long the publisher keeps sending after shutdown is asked for.
@@ -47,6 +47,11 @@ const PUBLISH_WINDOW: usize = 1024;
 const ALIVE_EVERY: Duration = Duration::from_secs(5);
 /// When the first snapshot is taken after a start (or `state.snapshot_interval`, if shorter).
 const FIRST_SNAPSHOT_AFTER: Duration = Duration::from_secs(10);
+/// After a crash, how many of the first messages on the resumed session may be redeliveries
+/// of the one that crashed it. A broker resends unacknowledged messages first, at most its
+/// in-flight window (Mosquitto's default is 20; rumqttd's is configured). Each of these
+/// costs a flush before it is processed, only after a crash.
+const REDELIVERY_WINDOW: usize = 100;
 /// How often gauges that need the engine (keys per rule) are refreshed for `/metrics`.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
@@ -92,6 +97,8 @@ enum Input {
         /// When it came off the socket, for the latency histogram.
         arrived: Instant,
         ack: Option<AckToken>,
+        /// Maybe a redelivery of the message the last run crashed on.
+        suspect: bool,
     },
     /// A message over the size limit, read past by the connection: dead-lettered, never
     /// decoded. Only its size is known; the payload was never kept.
@@ -169,6 +176,9 @@ pub struct Agent {
     initial_status: serde_json::Value,
     /// The `/metrics` and `/healthz` listener, bound at start (a taken port refuses to start).
     metrics: Option<std::net::TcpListener>,
+    /// The last run did not stop cleanly: the first redeliveries may include the message it
+    /// crashed on, and are counted before they are processed (poison-message quarantine).
+    after_crash: bool,
 }
 
 impl Agent {
@@ -194,6 +204,7 @@ impl Agent {
         let mut engine =
             Engine::with_config(sandbox, scan.rules, scan.tables.unwrap_or_default(), config.engine.clone());
         let mut startup_events = Vec::new();
+        let mut after_crash = false;
         let initial_status = scan.status;
         let outbox = if config.state.durable {
             let (store, opened) =
@@ -209,13 +220,16 @@ impl Agent {
             }
             let restored_keys = saved.len() - refused;
             startup_events.extend(restart_events(&mut engine, &opened, store.last_alive(), restored_keys));
+            after_crash = !store.take_clean_stop()?;
+            // On disk before anything else happens: a crash of this run must be seen as one.
+            store.flush().await?;
             Outbox::Durable(store)
         } else {
             Outbox::Memory(Arc::new(Mutex::new(VecDeque::new())), Arc::new(Mutex::new(0)))
         };
         let (ready, _) = watch::channel(Readiness::default());
         let metrics = config.metrics_listen.map(crate::metrics::bind).transpose()?;
-        Ok(Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status, metrics })
+        Ok(Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status, metrics, after_crash })
     }
 
     /// The counters, live.
@@ -235,7 +249,8 @@ impl Agent {
 
     /// Runs until `shutdown` completes, then drains and returns the final counters.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Snapshot, AgentError> {
-        let Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status, metrics } = self;
+        let Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status, metrics, after_crash } =
+            self;
         let config = Arc::new(config);
         let ready = Arc::new(ready);
         let cap = config.queue_capacity;
@@ -319,10 +334,10 @@ impl Agent {
         ));
         let (acks_done_tx, acks_done_rx) = watch::channel(false);
         let source = tokio::spawn(source_task(
-            src_conn,
-            src_client.clone(),
+            (src_conn, src_client.clone()),
             subscriptions,
             (in_tx, reload_tx, config.control_topic.clone()),
+            if after_crash { REDELIVERY_WINDOW } else { 0 },
             stats.clone(),
             ready.clone(),
             (stop_rx, acks_done_rx),
@@ -462,15 +477,17 @@ fn metrics_sources(outbox: &Outbox, stats: Arc<Stats>, ready: watch::Receiver<Re
 }
 
 async fn source_task(
-    mut conn: mqtt::Connection,
-    client: Client,
+    (mut conn, client): (mqtt::Connection, Client),
     subs: Vec<Subscription>,
     (in_tx, reload_tx, control_topic): (mpsc::Sender<Input>, mpsc::Sender<Trigger>, Option<String>),
+    // Of the first messages on a session resumed after a crash, how many are suspects.
+    mut suspects: usize,
     stats: Arc<Stats>,
     ready: Arc<watch::Sender<Readiness>>,
     (mut stop, mut acks_done): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
     let mut subacks = 0usize;
+    let mut first_connection = true;
     let mut link_up = false;
     // At a stop, the engine is let go (its input closes) and this task keeps polling the
     // connection until the acknowledgements of what the engine committed have gone out, or
@@ -492,6 +509,11 @@ async fn source_task(
         let Some(in_tx) = &in_tx else { continue };
         match incoming {
             Incoming::Connected { session_present } => {
+                // Only the session this process resumes first holds redeliveries from before a
+                // crash; later reconnects of this process follow no crash.
+                if !std::mem::take(&mut first_connection) || !session_present {
+                    suspects = 0;
+                }
                 stats.connected(conn.name());
                 tracing::info!(connection = "source", session_present, "Connected to the source broker.");
                 subacks = 0;
@@ -533,7 +555,11 @@ async fn source_task(
                 let arrived = Instant::now();
                 let format = route(&subs, &stats, &mut topic);
                 let received = Timestamp::from_system_time(SystemTime::now());
-                if in_tx.send(Input::Message { topic, payload, format, received, arrived, ack }).await.is_err() {
+                // Only a message that will be redelivered if unacknowledged can be poison.
+                let suspect = ack.is_some() && suspects > 0;
+                suspects = suspects.saturating_sub(usize::from(ack.is_some()));
+                let message = Input::Message { topic, payload, format, received, arrived, ack, suspect };
+                if in_tx.send(message).await.is_err() {
                     break;
                 }
                 let depth = in_tx.max_capacity() - in_tx.capacity();
@@ -694,7 +720,7 @@ async fn engine_task(
                             commits.reserve().await
                         } => {
                             match permit {
-                                Ok(permit) => commit(&engine, &outbox, &mut pending, permit, &sent),
+                                Ok(permit) => commit(&engine, &outbox, &mut pending, (permit, None), &sent),
                                 Err(_) => break,
                             }
                             continue;
@@ -769,35 +795,54 @@ async fn engine_task(
                 let error = DecodeError::TooLarge { size, max: config.max_payload_bytes };
                 undecodable(&config, &stats, (&outbox, &mut pending), (&topic, &[], size), received, &error);
             }
-            Some(Input::Message { topic, payload, format, received, arrived, ack }) => {
+            Some(Input::Message { topic, payload, format, received, arrived, ack, suspect }) => {
+                // A possible redelivery of what the last run crashed on: its delivery is on disk
+                // before it is processed.
+                let delivery = match (&outbox, suspect) {
+                    (Outbox::Durable(store), true) => {
+                        let parts = (&engine, store, &outbox);
+                        let committer = (&commits, sent.as_ref());
+                        match count_delivery(parts, &config, &mut pending, committer, &topic, &payload).await {
+                            Some(delivery) => delivery,
+                            None => break,
+                        }
+                    }
+                    _ => Delivery::Process(None),
+                };
                 if pending.messages == 0 {
                     pending.started = Instant::now();
                 }
                 pending.messages += 1;
                 pending.arrived.push(arrived);
-                if let Some(ack) = ack {
-                    pending.acks.push(ack);
-                }
-                match decode_with(format, &payload, &config.decode_limits()) {
-                    Err(error) => {
-                        undecodable(
-                            &config,
-                            &stats,
-                            (&outbox, &mut pending),
-                            (&topic, &payload, payload.len()),
-                            received,
-                            &error,
-                        );
+                pending.acks.extend(ack);
+                match delivery {
+                    Delivery::Quarantine => {
+                        quarantine(&config, &stats, (&outbox, &mut pending), (&topic, &payload), received);
                     }
-                    Ok(value) => {
-                        let event = Event::new(topic, value, &payload, received);
-                        let topic = event.topic.clone();
-                        let began = std::time::Instant::now();
-                        engine.process(event, wall_clock(), &mut outputs);
-                        stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
-                        stats.processed.fetch_add(1, Relaxed);
-                        if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
-                            stats.unmatched(&topic);
+                    Delivery::Process(hash) => {
+                        if let (Some(hash), Outbox::Durable(store)) = (hash, &outbox) {
+                            // Gone with the message's effects: only a delivery that never completes
+                            // stays counted.
+                            store.forget_delivery(&mut pending.batch, hash);
+                        }
+                        #[cfg(feature = "failpoints")]
+                        failpoint::crash_on(&payload);
+                        match decode_with(format, &payload, &config.decode_limits()) {
+                            Err(error) => {
+                                let what = (topic.as_str(), payload.as_ref(), payload.len());
+                                undecodable(&config, &stats, (&outbox, &mut pending), what, received, &error);
+                            }
+                            Ok(value) => {
+                                let event = Event::new(topic, value, &payload, received);
+                                let topic = event.topic.clone();
+                                let began = std::time::Instant::now();
+                                engine.process(event, wall_clock(), &mut outputs);
+                                stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
+                                stats.processed.fetch_add(1, Relaxed);
+                                if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
+                                    stats.unmatched(&topic);
+                                }
+                            }
                         }
                     }
                 }
@@ -841,7 +886,7 @@ async fn engine_task(
         }
         if pending.messages >= config.state.max_batch {
             match commits.reserve().await {
-                Ok(permit) => commit(&engine, &outbox, &mut pending, permit, &sent),
+                Ok(permit) => commit(&engine, &outbox, &mut pending, (permit, None), &sent),
                 Err(_) => break,
             }
         }
@@ -855,16 +900,83 @@ async fn engine_task(
     // A clean stop says so itself (the last will is only for a lost connection).
     queue(&outbox, &mut pending, agent_status(&config, "offline", started, rule_count(&engine)));
     if let Ok(permit) = commits.reserve().await {
-        commit(&engine, &outbox, &mut pending, permit, &sent);
+        commit(&engine, &outbox, &mut pending, (permit, None), &sent);
     }
     drop(commits);
     let _ = committer.await;
     if let Outbox::Durable(store) = &outbox {
         let mut b = Batch::default();
         store.mark_alive(&mut b, wall_clock().millis());
+        store.mark_clean_stop(&mut b);
         let _ = store.commit(b).await;
         write_snapshot(store).await;
     }
+}
+
+/// What to do with a message that may be a redelivery of the one the last run crashed on.
+enum Delivery {
+    /// Process it; forget its delivery count (by this hash) with its effects.
+    Process(Option<u64>),
+    /// It crashed the agent on its earlier deliveries: dead-letter it unprocessed.
+    Quarantine,
+}
+
+/// Counts a delivery of a message that may have crashed the last run, and makes the count
+/// durable (with everything before it) before the message is processed: if it crashes this
+/// run too, the next one knows. After `max_deliveries` (the first, uncounted, included), it
+/// is quarantined. `None`: the committer is gone (stopping).
+///
+/// A delivery is recognised by a hash of topic and payload: rumqttd gives redeliveries new
+/// packet ids, and Mosquitto's `dup` flag is not sent by every broker.
+async fn count_delivery(
+    (engine, store, outbox): (&Engine, &Store, &Outbox),
+    config: &Config,
+    pending: &mut Pending,
+    (commits, sent): (&mpsc::Sender<CommitJob>, &Notify),
+    topic: &str,
+    payload: &[u8],
+) -> Option<Delivery> {
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(payload, xxhash_rust::xxh3::xxh3_64(topic.as_bytes()));
+    // The first delivery, before the crash, was not counted (the normal path writes nothing).
+    let failed = store.deliveries(hash).saturating_add(1);
+    if failed >= config.max_deliveries {
+        store.forget_delivery(&mut pending.batch, hash);
+        return Some(Delivery::Quarantine);
+    }
+    store.count_delivery(&mut pending.batch, hash, failed);
+    let permit = commits.reserve().await.ok()?;
+    let (done_tx, done_rx) = oneshot::channel();
+    commit(engine, outbox, pending, (permit, Some(done_tx)), sent);
+    // Not written (a disk error): process it anyway, as any message whose state cannot be
+    // written; it stays unacknowledged.
+    if !done_rx.await.unwrap_or(false) {
+        tracing::warn!(topic, "Delivery count not written; processing the message anyway.");
+    }
+    Some(Delivery::Process(Some(hash)))
+}
+
+/// A message the agent crashed on each time it was delivered: dead-lettered unprocessed and
+/// acknowledged, so the session moves on.
+fn quarantine(
+    config: &Config,
+    stats: &Stats,
+    (outbox, pending): (&Outbox, &mut Pending),
+    (topic, payload): (&str, &[u8]),
+    received: Timestamp,
+) {
+    let error = format!(
+        "the agent stopped without finishing it on {} deliveries; quarantined unprocessed",
+        config.max_deliveries
+    );
+    tracing::error!(topic, size = payload.len(), "Poison message quarantined unprocessed.");
+    let letter = dead_letter(topic, payload, payload.len(), received, "poison", &error);
+    queue(
+        outbox,
+        pending,
+        OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter.into(), qos: 1, retain: false },
+    );
+    stats.dead_letters.fetch_add(1, Relaxed);
+    stats.quarantined.fetch_add(1, Relaxed);
 }
 
 /// A payload that cannot be decoded: counted and dead-lettered (with at most a prefix of it).
@@ -968,7 +1080,14 @@ fn queue(outbox: &Outbox, pending: &mut Pending, entry: OutboxEntry) {
 }
 
 /// Hands the batch to the committer (durable) or the in-memory outbox, with its acks.
-fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc::Permit<'_, CommitJob>, sent: &Notify) {
+/// `done` hears whether the batch is on disk (always `true` in memory).
+fn commit(
+    engine: &Engine,
+    outbox: &Outbox,
+    pending: &mut Pending,
+    (permit, done): (mpsc::Permit<'_, CommitJob>, Option<oneshot::Sender<bool>>),
+    sent: &Notify,
+) {
     let acks = std::mem::take(&mut pending.acks);
     let arrived = std::mem::take(&mut pending.arrived);
     pending.messages = 0;
@@ -980,10 +1099,10 @@ fn commit(engine: &Engine, outbox: &Outbox, pending: &mut Pending, permit: mpsc:
             }
             pending.batch.alive_at(wall_clock().millis());
             let batch = std::mem::take(&mut pending.batch);
-            permit.send(CommitJob { batch, acks, arrived });
+            permit.send(CommitJob { batch, acks, arrived, done });
         }
         Outbox::Memory(..) => {
-            permit.send(CommitJob { batch: Batch::default(), acks, arrived });
+            permit.send(CommitJob { batch: Batch::default(), acks, arrived, done });
             sent.notify_one();
         }
     }
@@ -994,6 +1113,8 @@ struct CommitJob {
     batch: Batch,
     acks: Vec<AckToken>,
     arrived: Vec<Instant>,
+    /// Told whether the batch is on disk, for a caller that must wait for it.
+    done: Option<oneshot::Sender<bool>>,
 }
 
 /// Writes batches in order and flushes them, then releases their acks and wakes the
@@ -1013,6 +1134,7 @@ async fn committer_task(
         }
         let mut acks = Vec::new();
         let arrived: Vec<Instant> = group.iter_mut().flat_map(|j| std::mem::take(&mut j.arrived)).collect();
+        let waiting: Vec<oneshot::Sender<bool>> = group.iter_mut().filter_map(|j| j.done.take()).collect();
         let mut ok = true;
         if let Some(store) = &store {
             let started = Instant::now();
@@ -1061,6 +1183,9 @@ async fn committer_task(
             for t in &arrived {
                 stats.detail.commit_latency_seconds.observe(now.duration_since(*t).as_secs_f64());
             }
+        }
+        for done in waiting {
+            let _ = done.send(ok);
         }
         // Not on disk: no acks. The broker redelivers after a restart.
         if ok && !acks.is_empty() && ack_tx.send(acks).is_err() {
@@ -1364,4 +1489,25 @@ async fn publisher_task(
     }
     let _ = tokio::time::timeout(Duration::from_millis(500), client.disconnect()).await;
     let _ = done.send(true);
+}
+
+/// Fault injection for tests (feature `failpoints`, which the packages never have): the
+/// process aborts, as in a crash or a power cut, just before it processes a payload that
+/// contains the text in `EDGEWATCH_FAILPOINT_CRASH_ON`.
+#[cfg(feature = "failpoints")]
+mod failpoint {
+    use std::sync::OnceLock;
+
+    pub(super) fn crash_on(payload: &[u8]) {
+        static NEEDLE: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+        let needle = NEEDLE.get_or_init(|| {
+            std::env::var("EDGEWATCH_FAILPOINT_CRASH_ON").ok().filter(|n| !n.is_empty()).map(String::into_bytes)
+        });
+        if let Some(n) = needle {
+            if payload.windows(n.len()).any(|w| w == n.as_slice()) {
+                eprintln!("failpoint: crashing on a payload with {:?}", String::from_utf8_lossy(n));
+                std::process::abort();
+            }
+        }
+    }
 }

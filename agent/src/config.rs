@@ -349,6 +349,10 @@ pub struct RawLimits {
     /// Most keys (devices) a rule tracks unless it sets `max_keys` itself.
     #[serde(default = "default_max_keys_per_rule")]
     pub max_keys_per_rule: usize,
+    /// Most deliveries of a message that the agent never got through (it crashed while
+    /// processing it) before it is quarantined: dead-lettered and acknowledged unprocessed.
+    #[serde(default = "default_max_deliveries")]
+    pub max_deliveries: u32,
 }
 
 impl Default for RawLimits {
@@ -359,8 +363,13 @@ impl Default for RawLimits {
             max_json_depth: default_max_json_depth(),
             max_string_bytes: default_max_string_bytes(),
             max_keys_per_rule: default_max_keys_per_rule(),
+            max_deliveries: default_max_deliveries(),
         }
     }
+}
+
+fn default_max_deliveries() -> u32 {
+    3
 }
 
 fn default_max_keys_per_rule() -> usize {
@@ -441,6 +450,8 @@ pub struct Config {
     /// Deepest JSON nesting and longest string a payload may have (see [`Config::decode_limits`]).
     pub max_json_depth: usize,
     pub max_string_bytes: usize,
+    /// Deliveries of a message that crashed the agent before it is quarantined.
+    pub max_deliveries: u32,
     /// How the engine treats input (event time, lateness, duplicates, chaining).
     pub engine: edgewatch_engine::EngineConfig,
     /// Lookup tables named in the file: name -> path. Tables in `<rules dir>/tables/` are
@@ -695,6 +706,9 @@ impl RawConfig {
         if self.limits.queue_capacity == 0 {
             return Err(invalid("limits.queue_capacity", "must be at least 1"));
         }
+        if !(2..=100).contains(&self.limits.max_deliveries) {
+            return Err(invalid("limits.max_deliveries", "must be between 2 and 100"));
+        }
         if !(1..=100).contains(&self.limits.max_json_depth) {
             return Err(invalid("limits.max_json_depth", "must be between 1 and 100"));
         }
@@ -766,6 +780,7 @@ impl RawConfig {
             queue_capacity: self.limits.queue_capacity,
             max_json_depth: self.limits.max_json_depth,
             max_string_bytes: self.limits.max_string_bytes,
+            max_deliveries: self.limits.max_deliveries,
             engine,
             tables: self.tables,
             state,

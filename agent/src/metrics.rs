@@ -146,6 +146,12 @@ impl Collector for AgentCollector {
             )?;
         }
         counter(e, "dead_letters", "Messages published to the dead-letter topic.", load(&s.dead_letters))?;
+        counter(
+            e,
+            "messages_quarantined",
+            "Messages dead-lettered unprocessed after the agent crashed on their earlier deliveries.",
+            load(&s.quarantined),
+        )?;
         if let Ok(by_rule) = d.by_rule.lock() {
             let mut rules: Vec<_> = by_rule.iter().map(|(r, c)| (r.clone(), *c)).collect();
             drop(by_rule);

@@ -414,17 +414,17 @@ mod tests {
         let mut wire = BytesMut::new();
         let mut big = Publish::new("sensors/big/t", QoS::AtLeastOnce, vec![7; 5000]);
         big.pkid = 9;
-        Packet::Publish(big).write(&mut wire, usize::MAX).unwrap();
+        Packet::Publish(big).write(&mut wire, usize::MAX).expect("encodes");
         let mut small = Publish::new("sensors/a/t", QoS::ExactlyOnce, vec![1; 10]);
         small.pkid = 10;
-        Packet::Publish(small.clone()).write(&mut wire, usize::MAX).unwrap();
+        Packet::Publish(small.clone()).write(&mut wire, usize::MAX).expect("encodes");
         let mut codec = Codec { max_incoming_size: 100, max_outgoing_size: 200, skipping: 0 };
         let mut src = BytesMut::new();
         let mut out = Vec::new();
         let mut peak = 0;
         for piece in wire.chunks(7) {
             src.extend_from_slice(piece);
-            while let Some(p) = codec.decode(&mut src).unwrap() {
+            while let Some(p) = codec.decode(&mut src).expect("decodes") {
                 out.push(p);
             }
             peak = peak.max(src.len());
@@ -452,17 +452,17 @@ mod tests {
         let props = PublishProperties { topic_alias: Some(3), ..Default::default() };
         let mut big = Publish::new("sensors/big/t", QoS::ExactlyOnce, vec![7; 5000], Some(props));
         big.pkid = 9;
-        Packet::Publish(big).write(&mut wire, None).unwrap();
+        Packet::Publish(big).write(&mut wire, None).expect("encodes");
         let mut small = Publish::new("sensors/a/t", QoS::AtMostOnce, vec![1; 10], None);
         small.pkid = 0;
-        Packet::Publish(small.clone()).write(&mut wire, None).unwrap();
+        Packet::Publish(small.clone()).write(&mut wire, None).expect("encodes");
         let mut codec = Codec { max_incoming_size: Some(100), max_outgoing_size: None, skipping: 0 };
         let mut src = BytesMut::new();
         let mut out = Vec::new();
         let mut peak = 0;
         for piece in wire.chunks(5) {
             src.extend_from_slice(piece);
-            while let Some(p) = codec.decode(&mut src).unwrap() {
+            while let Some(p) = codec.decode(&mut src).expect("decodes") {
                 out.push(p);
             }
             peak = peak.max(src.len());

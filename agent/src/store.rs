@@ -7,6 +7,9 @@
 //! ```text
 //! m/schema            schema version
 //! m/alive             last time (ms) the agent was known running: downtime after a stop or crash
+//! m/clean             present after a clean stop, removed at start: a start without it
+//!                     follows a crash, and the first redeliveries may be what crashed it
+//! p/<hash: u64 BE>    deliveries of a possibly poisonous message that did not complete
 //! s/<rule>\0<key>     a rule's state for one key (the engine's export)
 //! d/<name>            a duplicate-detection entry
 //! h/<name>            an event held for reordering (allowed lateness)
@@ -298,11 +301,21 @@ fn touched_of(k: &[u8]) -> Option<Touched> {
     Some(Touched::Dedup(name.into()))
 }
 
-fn outbox_key(seq: u64) -> [u8; 10] {
+/// The key of a message's delivery count.
+fn delivery_key(hash: u64) -> [u8; 10] {
+    u64_key(b"p/", hash)
+}
+
+/// A two-byte prefix and a big-endian number: keys that scan in numeric order.
+fn u64_key(prefix: &[u8; 2], n: u64) -> [u8; 10] {
     let mut k = [0u8; 10];
-    k[..2].copy_from_slice(b"o/");
-    k[2..].copy_from_slice(&seq.to_be_bytes());
+    k[..2].copy_from_slice(prefix);
+    k[2..].copy_from_slice(&n.to_be_bytes());
     k
+}
+
+fn outbox_key(seq: u64) -> [u8; 10] {
+    u64_key(b"o/", seq)
 }
 
 impl Store {
@@ -463,6 +476,41 @@ impl Store {
     /// Records that the agent is running now (for downtime after a crash).
     pub fn mark_alive(&self, batch: &mut Batch, now_ms: i64) {
         batch.inner.insert(b"m/alive".as_slice(), &now_ms.to_be_bytes());
+        batch.changes += 1;
+    }
+
+    /// Records a clean stop: the next start follows no crash.
+    pub fn mark_clean_stop(&self, batch: &mut Batch) {
+        batch.inner.insert(b"m/clean".as_slice(), b"1".as_slice());
+        batch.changes += 1;
+    }
+
+    /// Did the last run stop cleanly? Asked once at start: the mark is removed, so that a
+    /// crash of this run is seen by the next. A store that never ran counts as clean.
+    pub fn take_clean_stop(&self) -> Result<bool, StoreError> {
+        let clean = self.db.remove(b"m/clean").map_err(|e| self.db_err(e))?.is_some();
+        Ok(clean || self.last_alive().is_none())
+    }
+
+    /// How many deliveries of the message with this hash were recorded as started and never
+    /// completed (see [`Store::count_delivery`]).
+    pub fn deliveries(&self, hash: u64) -> u32 {
+        match self.db.get(delivery_key(hash)) {
+            Ok(Some(v)) => v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Records in `batch` that a delivery of the message with this hash starts; written
+    /// before it is processed, and removed ([`Store::forget_delivery`]) with its effects.
+    pub fn count_delivery(&self, batch: &mut Batch, hash: u64, deliveries: u32) {
+        batch.inner.insert(&delivery_key(hash), &deliveries.to_be_bytes());
+        batch.changes += 1;
+    }
+
+    /// Removes the delivery count of this message, in `batch`.
+    pub fn forget_delivery(&self, batch: &mut Batch, hash: u64) {
+        batch.inner.remove(&delivery_key(hash));
         batch.changes += 1;
     }
 
@@ -706,6 +754,35 @@ mod tests {
 
     fn entry(i: usize) -> OutboxEntry {
         OutboxEntry { topic: format!("t/{i}"), payload: format!("payload {i}").into(), qos: 1, retain: false }
+    }
+
+    /// The poison-message bookkeeping: a start after a crash is told apart from one after a
+    /// clean stop, and delivery counts come and go with batches.
+    #[tokio::test]
+    async fn a_clean_stop_is_told_apart_from_a_crash_and_delivery_counts_come_and_go() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+        assert!(s.take_clean_stop().expect("reads"), "a store that never ran follows no crash");
+        let mut b = Batch::default();
+        s.mark_alive(&mut b, 1000);
+        s.commit(b).await.expect("commits");
+        assert!(!s.take_clean_stop().expect("reads"), "ran, and never stopped cleanly: a crash");
+        let mut b = Batch::default();
+        s.mark_clean_stop(&mut b);
+        s.commit(b).await.expect("commits");
+        assert!(s.take_clean_stop().expect("reads"), "a clean stop");
+        assert!(!s.take_clean_stop().expect("reads"), "the mark is taken: a crash of this run is seen by the next");
+
+        assert_eq!(s.deliveries(7), 0);
+        let mut b = Batch::default();
+        s.count_delivery(&mut b, 7, 2);
+        s.commit(b).await.expect("commits");
+        assert_eq!((s.deliveries(7), s.deliveries(8)), (2, 0));
+        let mut b = Batch::default();
+        s.forget_delivery(&mut b, 7);
+        s.commit(b).await.expect("commits");
+        assert_eq!(s.deliveries(7), 0);
+        assert!(s.load_state().expect("loads").is_empty(), "delivery counts are not rule state");
     }
 
     #[tokio::test]

@@ -114,6 +114,8 @@ pub struct Stats {
     pub acked: AtomicU64,
     /// Dead letters published.
     pub dead_letters: AtomicU64,
+    /// Messages quarantined unprocessed: the agent crashed on each of their last deliveries.
+    pub quarantined: AtomicU64,
     /// Connection failures, both brokers.
     pub disconnects: AtomicU64,
     /// Rule files (and lookup tables) that failed to load.
@@ -158,6 +160,7 @@ pub struct Snapshot {
     pub published: u64,
     pub acked: u64,
     pub dead_letters: u64,
+    pub quarantined: u64,
     pub disconnects: u64,
     pub rule_file_errors: u64,
     pub duplicates: u64,
@@ -178,6 +181,7 @@ impl Stats {
             published: self.published.load(Relaxed),
             acked: self.acked.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
+            quarantined: self.quarantined.load(Relaxed),
             disconnects: self.disconnects.load(Relaxed),
             rule_file_errors: self.rule_file_errors.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),

@@ -52,10 +52,16 @@ fn write_config_with(
 }
 
 fn spawn_agent(config: &Path) -> Child {
+    spawn_agent_with(config, &[])
+}
+
+/// [`spawn_agent`] with more environment variables (the crash failpoint).
+fn spawn_agent_with(config: &Path, env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_edgewatch"))
         .arg("run")
         .arg("--config")
         .arg(config)
+        .envs(env.iter().copied())
         .env("RUST_LOG", std::env::var("AGENT_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -538,4 +544,76 @@ async fn downtime_counts_from_the_last_commit_not_the_last_alive_mark() {
         "down since {down_since} ms, but the agent committed a reading sent at {sent} ms: {restarted}"
     );
     assert_eq!(restarted["data"]["restored_from"], "database", "{restarted}");
+}
+
+/// Issue 14: a message the agent crashes on (a bug, memory, anything) was redelivered after
+/// each restart and crashed it again, for ever. After `limits.max_deliveries` (3) deliveries
+/// it is quarantined: dead-lettered with reason `poison`, acknowledged unprocessed, and the
+/// readings behind it are processed. The crash is a real abort of the agent's process (the
+/// `failpoints` feature of the test build), on both brokers: rumqttd redelivers with new
+/// packet ids, Mosquitto with the same ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_crashes_the_agent_is_quarantined_after_three_deliveries() {
+    for broker in Broker::all() {
+        let label = broker.name();
+        let addr = broker.addr();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
+        let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/events/#").await;
+        let mut dead = Subscriber::connect(addr, "dead-letters", "edgewatch/crash/deadletter").await;
+        let crash_on = [("EDGEWATCH_FAILPOINT_CRASH_ON", "crash-me")];
+        let mut agent = spawn_agent_with(&config, &crash_on);
+        wait_healthy(metrics).await;
+
+        let mut sensor = Publisher::connect(addr, "sensor").await;
+        sensor.publish("sensors/d1/reading", r#"{"device":"d1","seq":1,"value":1}"#).await;
+        sensor.publish("sensors/d1/reading", r#"{"device":"d1","seq":2,"value":1,"note":"crash-me"}"#).await;
+        sensor.publish("sensors/d1/reading", r#"{"device":"d1","seq":3,"value":1}"#).await;
+
+        // Each run that crashes is followed by another, until one gets past the message.
+        let mut crashes = 0;
+        let letter = loop {
+            // Either this run crashes, or the dead letter comes.
+            let outcome = tokio::time::timeout(WAIT, async {
+                loop {
+                    if let Some(status) = agent.try_wait().expect("agent status") {
+                        return Err(status);
+                    }
+                    if let Some(m) = dead.next_within(Duration::from_millis(50)).await {
+                        return Ok(m.json());
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{label}: neither a crash nor a dead letter after {crashes} crashes"));
+            match outcome {
+                Ok(letter) => break letter,
+                Err(status) => {
+                    assert!(!status.success(), "{label}: the agent stopped by itself without crashing");
+                    crashes += 1;
+                    assert!(crashes <= 3, "{label}: the agent crashed {crashes} times on one message");
+                    agent = spawn_agent_with(&config, &crash_on);
+                }
+            }
+        };
+        assert_eq!(crashes, 3, "{label}: quarantined after three deliveries, each of which crashed the agent");
+        assert_eq!(letter["reason"], "poison", "{label}: {letter}");
+        assert_eq!(letter["topic"], "sensors/d1/reading", "{label}");
+        assert!(letter["payload_prefix"].as_str().is_some_and(|p| p.contains("crash-me")), "{label}: {letter}");
+
+        // The readings on each side of it count once each; the poison one never.
+        let mut seen = Seen::new();
+        let deadline = Instant::now() + WAIT;
+        while !seen.contains_key(&("d1".to_owned(), 2)) && Instant::now() < deadline {
+            if let Some(m) = upstream.next_within(Duration::from_millis(100)).await {
+                record(&mut seen, &m.json());
+            }
+        }
+        let seqs = |n: i64| seen.get(&("d1".to_owned(), n)).map(|c| c.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        assert_eq!((seqs(1), seqs(2)), (Some(vec![1]), Some(vec![3])), "{label}: {seen:?}");
+        let quarantined = wait_metric(metrics, "edgewatch_messages_quarantined_total", WAIT, |v| v >= 1.0).await;
+        assert_eq!(quarantined, 1.0, "{label}");
+        assert!(agent.try_wait().expect("agent status").is_none(), "{label}: the agent keeps running");
+        stop_cleanly(&mut agent);
+    }
 }
