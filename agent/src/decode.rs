@@ -107,7 +107,7 @@ pub fn decode(format: Format, bytes: &[u8], max_len: usize) -> Result<Dynamic, D
 ///
 /// Besides syntax, a payload must have the shape rules and the engine rely on (reason
 /// `wrong_type`): the top level is an object or a single value (not an array, not `null`),
-/// and the envelope fields, when present, have their types: `device` a non-empty string (it
+/// (a plain `null` too, whatever the format), and the envelope fields, when present, have their types: `device` a non-empty string (it
 /// is the default key and the duplicate-detection id), `seq` an integer from 0 to 2^32 - 1.
 /// Wire frames have those by construction; their non-finite samples become `()`, as the
 /// wire crate's JSON mapping makes them `null`.
@@ -148,7 +148,7 @@ fn json(bytes: &[u8], limits: &DecodeLimits) -> Result<Dynamic, DecodeError> {
 /// The top level and the envelope fields (see [`decode_with`]).
 fn check_shape(v: &Dynamic) -> Result<(), DecodeError> {
     if v.is_unit() {
-        return Err(DecodeError::WrongType("the payload is `null`; expected an object or a single value".into()));
+        return Err(null_payload());
     }
     if v.is_array() {
         return Err(DecodeError::WrongType("the payload is an array; expected an object or a single value".into()));
@@ -167,6 +167,11 @@ fn check_shape(v: &Dynamic) -> Result<(), DecodeError> {
         }
     }
     Ok(())
+}
+
+/// A `null` payload (JSON or plain): no reading at all, so not an event.
+fn null_payload() -> DecodeError {
+    DecodeError::WrongType("the payload is `null`; expected an object or a single value".into())
 }
 
 /// A JSON-ish name for a value's type, for messages.
@@ -317,6 +322,8 @@ fn scalar(bytes: &[u8], limits: &DecodeLimits) -> Result<Dynamic, DecodeError> {
         return Err(DecodeError::Empty);
     }
     Ok(match text {
+        // As in JSON: the wrong shape, not the text "null" (see `decode_with`).
+        "null" => return Err(null_payload()),
         "true" | "on" | "ON" | "On" | "TRUE" | "True" => Dynamic::TRUE,
         "false" | "off" | "OFF" | "Off" | "FALSE" | "False" => Dynamic::FALSE,
         _ => {
@@ -474,6 +481,22 @@ mod tests {
         assert!(reason(br#"{"device": "t-1", "seq": 4294967295}"#).is_ok());
         assert!(reason(br#"{"value": null, "list": [1], "x": {"seq": "n"}}"#).is_ok());
         assert!(reason(br#""text""#).is_ok());
+    }
+
+    /// Issue 14: a plain `null` payload became the text "null", so a rule reading
+    /// `e.payload.temp` faulted ("Unknown property 'temp' ... type 'string'"). `null` is the
+    /// wrong shape whatever the subscription's format: dead-lettered as `wrong_type`.
+    #[test]
+    fn a_null_payload_is_dead_lettered_in_every_text_format() {
+        for format in [Format::Auto, Format::Json, Format::Scalar] {
+            for payload in [&b"null"[..], b" null\n"] {
+                let err = decode(format, payload, 1024).expect_err("null is refused");
+                assert_eq!(err.reason(), "wrong_type", "{format:?} {payload:?}: {err}");
+                assert!(err.to_string().contains("`null`"), "{err}");
+            }
+        }
+        // Text that merely contains it is still text.
+        assert_eq!(ok(Format::Scalar, b"nullable"), serde_json::json!("nullable"));
     }
 
     #[test]
