@@ -173,7 +173,7 @@ impl Agent {
         let stats = Arc::new(Stats::new(config.subscriptions.iter().map(|s| s.filter.clone()).collect()));
         for error in &scan.errors {
             stats.rule_file_errors.fetch_add(1, Relaxed);
-            tracing::error!(%error, "Rule file or table not loaded.");
+            error.log();
         }
         tracing::info!(dir = %config.rules_dir.display(), rules = scan.rules.len(), "Rules loaded.");
         if scan.rules.is_empty() {
@@ -680,9 +680,10 @@ async fn engine_task(
                     stats.reloads.fetch_add(1, Relaxed);
                     tracing::info!(%summary, "Rules reloaded.");
                 }
+                // New errors only: a broken file is reported once, not at every reload.
                 for error in &errors {
                     stats.reload_errors.fetch_add(1, Relaxed);
-                    tracing::error!(%error, "Not reloaded; the previous version keeps running.");
+                    error.log();
                 }
                 queue(&outbox, &mut pending, status_entry(&config, &status));
                 // Commit the status promptly even with no message in the batch.
