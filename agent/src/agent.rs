@@ -53,8 +53,9 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 pub enum AgentError {
     #[error(transparent)]
     RulesDir(#[from] rules::RulesDirError),
-    #[error("cannot create the state directory {dir}: {source}")]
-    StateDir { dir: String, source: std::io::Error },
+    /// The I/O error is part of the message (not a `source`), so a chain says it once.
+    #[error("cannot create the state directory {dir}: {error}")]
+    StateDir { dir: String, error: std::io::Error },
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("an agent task failed: {0}")]
@@ -166,7 +167,7 @@ impl Agent {
     /// others. An unreadable database is moved aside and the latest snapshot restored.
     pub async fn new(config: Config) -> Result<Agent, AgentError> {
         std::fs::create_dir_all(&config.state_dir)
-            .map_err(|source| AgentError::StateDir { dir: config.state_dir.display().to_string(), source })?;
+            .map_err(|error| AgentError::StateDir { dir: config.state_dir.display().to_string(), error })?;
         let sandbox = Arc::new(Sandbox::new(Limits { max_operations: config.max_operations, ..Limits::default() }));
         let mut files = RuleFiles::new(&config.rules_dir, config.tables.clone(), sandbox.clone());
         let scan = files.scan(wall_clock())?;

@@ -376,3 +376,25 @@ fn rust_log_takes_target_directives_and_says_when_it_cannot() {
     let out = run("warn,edgewatch=debug");
     assert!(out.status.success() && !text(&out.stderr).contains("not understood"), "{}", text(&out.stderr));
 }
+
+/// Issue 14: a missing rules directory exited 1 (a run-time failure) with "No such file or
+/// directory" twice; it is a configuration error: exit 2, one message naming the key.
+#[test]
+fn a_missing_rules_directory_exits_2_and_names_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("edgewatch.toml");
+    let state = dir.path().join("state");
+    let rules = dir.path().join("no-such-rules");
+    let config = format!(
+        "[agent]\nid = \"x\"\nstate_dir = {:?}\n[rules]\ndir = {:?}\n[source]\nurl = \"mqtt://127.0.0.1:9\"\n[[subscriptions]]\ntopic = \"a/#\"\n",
+        state.to_str().expect("utf-8 path"),
+        rules.to_str().expect("utf-8 path"),
+    );
+    std::fs::write(&file, config).expect("write");
+    let out = edgewatch(&["run", "--config", file.to_str().expect("utf-8 path")], dir.path());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("`rules.dir`") && err.contains("no-such-rules"), "{err}");
+    assert!(err.contains("edgewatch.toml"), "names the file: {err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "the cause once: {err}");
+}
