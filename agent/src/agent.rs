@@ -721,6 +721,9 @@ async fn engine_task(
                         let began = std::time::Instant::now();
                         engine.process(event, wall_clock(), &mut outputs);
                         stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
+                        for rule in &outputs.value_missing {
+                            stats.value_missing(rule, &topic);
+                        }
                         stats.processed.fetch_add(1, Relaxed);
                         if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
                             stats.unmatched(&topic);

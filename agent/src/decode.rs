@@ -499,6 +499,62 @@ mod tests {
         assert_eq!(ok(Format::Scalar, b"nullable"), serde_json::json!("nullable"));
     }
 
+    /// The backticked pieces of a line of Markdown.
+    fn backticked(s: &str) -> Vec<&str> {
+        s.split('`').skip(1).step_by(2).collect()
+    }
+
+    /// Issue 14: a plain `on` became `true`, so `e.value == "on"` silently never matched.
+    /// The mapping stays (JSON booleans and switch words test alike) and is documented in
+    /// docs/rules.md; this checks every row of that table, and its example rule, against
+    /// what decoding and the engine do.
+    #[test]
+    fn the_plain_payload_table_in_the_rule_docs_is_what_decoding_does() {
+        let doc = include_str!("../../docs/rules.md");
+        let (_, rest) = doc.split_once("<!-- plain-payloads: begin -->").expect("the table's begin marker");
+        let (table, after) = rest.split_once("<!-- plain-payloads: end -->").expect("the table's end marker");
+        let mut rows = 0;
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let (payloads, values) = (backticked(cells[0]), backticked(cells[1]));
+            assert!(!payloads.is_empty(), "{line}");
+            for (i, payload) in payloads.iter().enumerate() {
+                let decoded = decode(Format::Auto, payload.as_bytes(), 1024);
+                if cells[1].contains("dead-lettered") {
+                    assert_eq!(decoded.err().map(|e| e.reason()), Some("wrong_type"), "{line}");
+                    continue;
+                }
+                let want = values.get(i).or(values.first()).expect("a value in the row");
+                let want: serde_json::Value = serde_json::from_str(want).expect("the value column is JSON");
+                let got = serde_json::to_value(decoded.expect("decodes")).expect("serializable");
+                assert_eq!(got, want, "{payload:?} in {line}");
+            }
+            rows += 1;
+        }
+        assert_eq!(rows, 6, "every row checked");
+
+        // The example rule after the table: a plain `ON` fires it, `off` does not.
+        let (_, code) = after.split_once("```rhai\n").expect("an example rule after the table");
+        let (code, _) = code.split_once("```").expect("the example's end");
+        let sandbox = std::sync::Arc::new(edgewatch_engine::Sandbox::default());
+        let (rules, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("docs.rhai", code)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut engine = edgewatch_engine::Engine::new(sandbox, rules);
+        let mut fired = Vec::new();
+        for (t, payload) in [(1, "ON"), (2, "off"), (3, "true"), (4, "\"on\"")] {
+            let value = decode(Format::Auto, payload.as_bytes(), 1024).expect("decodes");
+            let now = edgewatch_engine::Timestamp(t);
+            let mut out = edgewatch_engine::Outputs::default();
+            engine.process(
+                edgewatch_engine::Event::new("pumps/p-1/state", value, payload.as_bytes(), now),
+                now,
+                &mut out,
+            );
+            fired.extend(out.events.iter().map(|_| payload));
+        }
+        assert_eq!(fired, ["ON", "true"]);
+    }
+
     #[test]
     fn non_finite_wire_samples_are_unit_as_in_the_json_mapping() {
         let msg =

@@ -169,6 +169,16 @@ impl Collector for AgentCollector {
                 "rule",
                 it().map(|(r, c)| (r, u64::from(c.disabled))),
             )?;
+            labelled(
+                e,
+                (
+                    "rule_value_missing",
+                    "Messages whose e.value a rule read and found missing (it cannot fire on them), by rule.",
+                    MetricType::Counter,
+                ),
+                "rule",
+                it().map(|(r, c)| (r, c.value_missing)),
+            )?;
         }
         if let Ok(keys) = d.tracked_keys.lock() {
             labelled(

@@ -32,6 +32,8 @@ pub struct RuleCounts {
     pub events: u64,
     pub faults: u64,
     pub disabled: bool,
+    /// Messages whose `e.value` the rule read and found `()`: it cannot fire on them.
+    pub value_missing: u64,
 }
 
 /// What the metrics endpoint reads besides the plain counters. Updated off the hot path:
@@ -209,6 +211,26 @@ impl Stats {
             c.disabled |= fault.disabled;
         }
         tracing::warn!(rule = %fault.rule, location = %fault.location, error = %fault.message, "Rule failed on an event.");
+    }
+
+    /// `rule` read `e.value` of a message on `topic` that has none. Counted every time,
+    /// logged the first time for the rule: a rule that never fires then says why.
+    pub(crate) fn value_missing(&self, rule: &Arc<str>, topic: &str) {
+        let first = match self.detail.by_rule.lock() {
+            Ok(mut m) => {
+                let c = m.entry(rule.clone()).or_default();
+                c.value_missing += 1;
+                c.value_missing == 1
+            }
+            Err(_) => false,
+        };
+        if first {
+            tracing::warn!(
+                rule = %rule,
+                topic,
+                "Rule read e.value of a message that has none; counted in edgewatch_rule_value_missing_total, logged once per rule."
+            );
+        }
     }
 
     pub(crate) fn record_flush(&self, took: std::time::Duration) {

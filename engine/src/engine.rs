@@ -557,6 +557,9 @@ impl Engine {
             if let Some(key) = &key {
                 dispatch(&mut cx, &self.tables, &mut self.runtime[idx].state, key, &x);
             }
+            if cx.value_missing {
+                cx.out.value_missing.push(rule.name.clone());
+            }
             let faulted = cx.faulted;
             // Who failed: the key, or where the key could not be computed, the device level
             // or the topic.

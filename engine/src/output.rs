@@ -158,6 +158,12 @@ pub struct Outputs {
     /// State that changed (or went away) and should be persisted: export each with
     /// [`crate::Engine::export`]. May name the same state more than once.
     pub touched: Vec<Touched>,
+    /// Rules that read `e.value` of this input and found none (`()`: a plain payload that is
+    /// not there, no `value` field, no field named like the topic's last level), once per
+    /// rule and input. Such a rule cannot fire on the input, and would otherwise say nothing.
+    /// Read in predicates (`when`, `clear`, ...) that did not hold, and as the default value
+    /// of stuck-sensor rules.
+    pub value_missing: Vec<Arc<str>>,
 }
 
 /// A piece of engine state that changed.
@@ -186,6 +192,7 @@ impl Outputs {
         self.key_limits.clear();
         self.partials_dropped = 0;
         self.touched.clear();
+        self.value_missing.clear();
     }
 }
 
