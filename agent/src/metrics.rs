@@ -65,6 +65,7 @@ impl Sources {
                 "connected": c.connected.load(Relaxed),
                 "connects": c.connects.load(Relaxed),
                 "failures": c.failures.load(Relaxed),
+                "disconnects": c.disconnects.load(Relaxed),
                 "last_error": c.last_error.lock().ok().and_then(|e| e.clone()),
             })
         };
@@ -250,6 +251,12 @@ impl Collector for AgentCollector {
             ("connection_failures", "Connection attempts or connections that failed.", MetricType::Counter),
             "connection",
             names.iter().map(|n| (*n, d.connection(n).failures.load(Relaxed))),
+        )?;
+        labelled(
+            e,
+            ("disconnects", "Connections that were up and went down (one per outage).", MetricType::Counter),
+            "connection",
+            names.iter().map(|n| (*n, d.connection(n).disconnects.load(Relaxed))),
         )?;
         gauge(
             e,
