@@ -60,8 +60,9 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 pub enum AgentError {
     #[error(transparent)]
     RulesDir(#[from] rules::RulesDirError),
-    #[error("cannot create the state directory {dir}: {source}")]
-    StateDir { dir: String, source: std::io::Error },
+    /// The I/O error is part of the message (not a `source`), so a chain says it once.
+    #[error("cannot create the state directory {dir}: {error}")]
+    StateDir { dir: String, error: std::io::Error },
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("an agent task failed: {0}")]
@@ -187,14 +188,14 @@ impl Agent {
     /// others. An unreadable database is moved aside and the latest snapshot restored.
     pub async fn new(config: Config) -> Result<Agent, AgentError> {
         std::fs::create_dir_all(&config.state_dir)
-            .map_err(|source| AgentError::StateDir { dir: config.state_dir.display().to_string(), source })?;
+            .map_err(|error| AgentError::StateDir { dir: config.state_dir.display().to_string(), error })?;
         let sandbox = Arc::new(Sandbox::new(Limits { max_operations: config.max_operations, ..Limits::default() }));
         let mut files = RuleFiles::new(&config.rules_dir, config.tables.clone(), sandbox.clone());
         let scan = files.scan(wall_clock())?;
         let stats = Arc::new(Stats::new(config.subscriptions.iter().map(|s| s.filter.clone()).collect()));
         for error in &scan.errors {
             stats.rule_file_errors.fetch_add(1, Relaxed);
-            tracing::error!(%error, "Rule file or table not loaded.");
+            error.log();
         }
         tracing::info!(dir = %config.rules_dir.display(), rules = scan.rules.len(), "Rules loaded.");
         if scan.rules.is_empty() {
@@ -775,9 +776,10 @@ async fn engine_task(
                     stats.reloads.fetch_add(1, Relaxed);
                     tracing::info!(%summary, "Rules reloaded.");
                 }
+                // New errors only: a broken file is reported once, not at every reload.
                 for error in &errors {
                     stats.reload_errors.fetch_add(1, Relaxed);
-                    tracing::error!(%error, "Not reloaded; the previous version keeps running.");
+                    error.log();
                 }
                 queue(&outbox, &mut pending, status_entry(&config, &status));
                 // Commit the status promptly even with no message in the batch.
@@ -838,6 +840,9 @@ async fn engine_task(
                                 let began = std::time::Instant::now();
                                 engine.process(event, wall_clock(), &mut outputs);
                                 stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
+                                for rule in &outputs.value_missing {
+                                    stats.value_missing(rule, &topic);
+                                }
                                 stats.processed.fetch_add(1, Relaxed);
                                 if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
                                     stats.unmatched(&topic);

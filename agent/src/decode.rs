@@ -107,7 +107,7 @@ pub fn decode(format: Format, bytes: &[u8], max_len: usize) -> Result<Dynamic, D
 ///
 /// Besides syntax, a payload must have the shape rules and the engine rely on (reason
 /// `wrong_type`): the top level is an object or a single value (not an array, not `null`),
-/// and the envelope fields, when present, have their types: `device` a non-empty string (it
+/// (a plain `null` too, whatever the format), and the envelope fields, when present, have their types: `device` a non-empty string (it
 /// is the default key and the duplicate-detection id), `seq` an integer from 0 to 2^32 - 1.
 /// Wire frames have those by construction; their non-finite samples become `()`, as the
 /// wire crate's JSON mapping makes them `null`.
@@ -148,7 +148,7 @@ fn json(bytes: &[u8], limits: &DecodeLimits) -> Result<Dynamic, DecodeError> {
 /// The top level and the envelope fields (see [`decode_with`]).
 fn check_shape(v: &Dynamic) -> Result<(), DecodeError> {
     if v.is_unit() {
-        return Err(DecodeError::WrongType("the payload is `null`; expected an object or a single value".into()));
+        return Err(null_payload());
     }
     if v.is_array() {
         return Err(DecodeError::WrongType("the payload is an array; expected an object or a single value".into()));
@@ -167,6 +167,11 @@ fn check_shape(v: &Dynamic) -> Result<(), DecodeError> {
         }
     }
     Ok(())
+}
+
+/// A `null` payload (JSON or plain): no reading at all, so not an event.
+fn null_payload() -> DecodeError {
+    DecodeError::WrongType("the payload is `null`; expected an object or a single value".into())
 }
 
 /// A JSON-ish name for a value's type, for messages.
@@ -317,6 +322,8 @@ fn scalar(bytes: &[u8], limits: &DecodeLimits) -> Result<Dynamic, DecodeError> {
         return Err(DecodeError::Empty);
     }
     Ok(match text {
+        // As in JSON: the wrong shape, not the text "null" (see `decode_with`).
+        "null" => return Err(null_payload()),
         "true" | "on" | "ON" | "On" | "TRUE" | "True" => Dynamic::TRUE,
         "false" | "off" | "OFF" | "Off" | "FALSE" | "False" => Dynamic::FALSE,
         _ => {
@@ -474,6 +481,78 @@ mod tests {
         assert!(reason(br#"{"device": "t-1", "seq": 4294967295}"#).is_ok());
         assert!(reason(br#"{"value": null, "list": [1], "x": {"seq": "n"}}"#).is_ok());
         assert!(reason(br#""text""#).is_ok());
+    }
+
+    /// Issue 14: a plain `null` payload became the text "null", so a rule reading
+    /// `e.payload.temp` faulted ("Unknown property 'temp' ... type 'string'"). `null` is the
+    /// wrong shape whatever the subscription's format: dead-lettered as `wrong_type`.
+    #[test]
+    fn a_null_payload_is_dead_lettered_in_every_text_format() {
+        for format in [Format::Auto, Format::Json, Format::Scalar] {
+            for payload in [&b"null"[..], b" null\n"] {
+                let err = decode(format, payload, 1024).expect_err("null is refused");
+                assert_eq!(err.reason(), "wrong_type", "{format:?} {payload:?}: {err}");
+                assert!(err.to_string().contains("`null`"), "{err}");
+            }
+        }
+        // Text that merely contains it is still text.
+        assert_eq!(ok(Format::Scalar, b"nullable"), serde_json::json!("nullable"));
+    }
+
+    /// The backticked pieces of a line of Markdown.
+    fn backticked(s: &str) -> Vec<&str> {
+        s.split('`').skip(1).step_by(2).collect()
+    }
+
+    /// Issue 14: a plain `on` became `true`, so `e.value == "on"` silently never matched.
+    /// The mapping stays (JSON booleans and switch words test alike) and is documented in
+    /// docs/rules.md; this checks every row of that table, and its example rule, against
+    /// what decoding and the engine do.
+    #[test]
+    fn the_plain_payload_table_in_the_rule_docs_is_what_decoding_does() {
+        let doc = include_str!("../../docs/rules.md");
+        let (_, rest) = doc.split_once("<!-- plain-payloads: begin -->").expect("the table's begin marker");
+        let (table, after) = rest.split_once("<!-- plain-payloads: end -->").expect("the table's end marker");
+        let mut rows = 0;
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let (payloads, values) = (backticked(cells[0]), backticked(cells[1]));
+            assert!(!payloads.is_empty(), "{line}");
+            for (i, payload) in payloads.iter().enumerate() {
+                let decoded = decode(Format::Auto, payload.as_bytes(), 1024);
+                if cells[1].contains("dead-lettered") {
+                    assert_eq!(decoded.err().map(|e| e.reason()), Some("wrong_type"), "{line}");
+                    continue;
+                }
+                let want = values.get(i).or(values.first()).expect("a value in the row");
+                let want: serde_json::Value = serde_json::from_str(want).expect("the value column is JSON");
+                let got = serde_json::to_value(decoded.expect("decodes")).expect("serializable");
+                assert_eq!(got, want, "{payload:?} in {line}");
+            }
+            rows += 1;
+        }
+        assert_eq!(rows, 6, "every row checked");
+
+        // The example rule after the table: a plain `ON` fires it, `off` does not.
+        let (_, code) = after.split_once("```rhai\n").expect("an example rule after the table");
+        let (code, _) = code.split_once("```").expect("the example's end");
+        let sandbox = std::sync::Arc::new(edgewatch_engine::Sandbox::default());
+        let (rules, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("docs.rhai", code)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut engine = edgewatch_engine::Engine::new(sandbox, rules);
+        let mut fired = Vec::new();
+        for (t, payload) in [(1, "ON"), (2, "off"), (3, "true"), (4, "\"on\"")] {
+            let value = decode(Format::Auto, payload.as_bytes(), 1024).expect("decodes");
+            let now = edgewatch_engine::Timestamp(t);
+            let mut out = edgewatch_engine::Outputs::default();
+            engine.process(
+                edgewatch_engine::Event::new("pumps/p-1/state", value, payload.as_bytes(), now),
+                now,
+                &mut out,
+            );
+            fired.extend(out.events.iter().map(|_| payload));
+        }
+        assert_eq!(fired, ["ON", "true"]);
     }
 
     #[test]

@@ -236,7 +236,7 @@ mod tests {
         let mut data = edgewatch_engine::Map::new();
         data.insert("celsius".into(), Dynamic::from_float(85.5));
         let c = Composite {
-            id: CompositeId(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            id: CompositeId(0x0123_4567_89ab_8def_9011_2233_4455_6677),
             input: edgewatch_engine::EventId(1),
             rule: "overheat".into(),
             key: "t-01".into(),
@@ -249,7 +249,7 @@ mod tests {
             json,
             serde_json::json!({
                 "specversion": "1.0",
-                "id": "01234567-89ab-cdef-0011-223344556677",
+                "id": "01234567-89ab-8def-9011-223344556677",
                 "source": "edgewatch/gw-1",
                 "type": "edgewatch.overheat",
                 "subject": "t-01",

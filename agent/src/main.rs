@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use edgewatch::{Agent, Config};
+use edgewatch::{Agent, AgentError, Config};
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -125,7 +126,11 @@ fn init_logging(format: LogFormat, default: &str) {
         }),
         _ => fallback(),
     };
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only on a terminal, and never with `NO_COLOR` set (to anything but empty,
+    // https://no-color.org): a file, a pipe or the journal gets plain text.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = !no_color && std::io::stderr().is_terminal();
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(layer).init(),
@@ -140,16 +145,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet_default = if cfg!(feature = "embedded-broker") { "warn,rumqttd=off" } else { "warn" };
     match cli.command {
-        Command::Run { config } => {
+        Command::Run { config: path } => {
             init_logging(cli.log_format, "info,rumqttc=warn");
-            let config = match Config::load(&config) {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(error) => {
                     eprintln!("edgewatch: configuration rejected: {error}");
                     return ExitCode::from(2);
                 }
             };
-            report(agent_runtime(config.threads).and_then(|rt| rt.block_on(run(config))))
+            let result = agent_runtime(config.threads).and_then(|rt| rt.block_on(run(config)));
+            // A rules directory that cannot be read is the configuration's fault: exit 2.
+            if let Some(AgentError::RulesDir(error)) = result.as_ref().err().and_then(|e| e.downcast_ref()) {
+                eprintln!("edgewatch: configuration rejected: {}: `rules.dir`: {error}", origin(&path, "rules.dir"));
+                return ExitCode::from(2);
+            }
+            report(result)
         }
         Command::Demo { broker, duration, devices, rules, seed } => {
             init_logging(cli.log_format, quiet_default);
@@ -198,6 +209,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Where the key `key` (`rules.dir`) of the configuration came from, as configuration errors
+/// name it: its environment variable when that is set, else the file.
+fn origin(file: &std::path::Path, key: &str) -> String {
+    let var = format!("{}{}", edgewatch::config::ENV_PREFIX, key.replace('.', "__").to_ascii_uppercase());
+    if std::env::var_os(&var).is_some() { format!("environment variable {var}") } else { file.display().to_string() }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

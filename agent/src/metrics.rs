@@ -65,6 +65,7 @@ impl Sources {
                 "connected": c.connected.load(Relaxed),
                 "connects": c.connects.load(Relaxed),
                 "failures": c.failures.load(Relaxed),
+                "disconnects": c.disconnects.load(Relaxed),
                 "last_error": c.last_error.lock().ok().and_then(|e| e.clone()),
             })
         };
@@ -175,6 +176,16 @@ impl Collector for AgentCollector {
                 "rule",
                 it().map(|(r, c)| (r, u64::from(c.disabled))),
             )?;
+            labelled(
+                e,
+                (
+                    "rule_value_missing",
+                    "Messages whose e.value a rule read and found missing (it cannot fire on them), by rule.",
+                    MetricType::Counter,
+                ),
+                "rule",
+                it().map(|(r, c)| (r, c.value_missing)),
+            )?;
         }
         if let Ok(keys) = d.tracked_keys.lock() {
             labelled(
@@ -246,6 +257,12 @@ impl Collector for AgentCollector {
             ("connection_failures", "Connection attempts or connections that failed.", MetricType::Counter),
             "connection",
             names.iter().map(|n| (*n, d.connection(n).failures.load(Relaxed))),
+        )?;
+        labelled(
+            e,
+            ("disconnects", "Connections that were up and went down (one per outage).", MetricType::Counter),
+            "connection",
+            names.iter().map(|n| (*n, d.connection(n).disconnects.load(Relaxed))),
         )?;
         gauge(
             e,

@@ -54,12 +54,13 @@ pub fn load_tables(rules_dir: &Path, extra: &BTreeMap<String, PathBuf>) -> (Tabl
     (tables, errors)
 }
 
-/// The rules directory could not be read at all.
+/// The rules directory could not be read at all. The I/O error is part of the message, not
+/// a separate `source`, so a printed chain does not say it twice.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the rules directory {dir}: {source}")]
+#[error("cannot read the rules directory {dir}: {error}")]
 pub struct RulesDirError {
     pub dir: PathBuf,
-    pub source: std::io::Error,
+    pub error: std::io::Error,
 }
 
 /// The result of loading a directory.
@@ -74,7 +75,7 @@ pub struct Loaded {
 
 /// The `.rhai` files in `dir`, sorted by name.
 pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RulesDirError> {
-    let err = |source| RulesDirError { dir: dir.to_owned(), source };
+    let err = |error| RulesDirError { dir: dir.to_owned(), error };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(err)?
         .filter_map(Result::ok)

@@ -20,7 +20,10 @@ fn latency_buckets() -> Histogram {
 #[derive(Debug, Default)]
 pub struct ConnectionStats {
     pub connects: AtomicU64,
+    /// Attempts that failed plus connections that dropped: every `Disconnected`.
     pub failures: AtomicU64,
+    /// Connections that were up and went down (the first failure of an outage).
+    pub disconnects: AtomicU64,
     pub connected: AtomicBool,
     /// The latest failure, as the client library said it (TLS, refused, unreachable).
     pub last_error: Mutex<Option<String>>,
@@ -32,6 +35,8 @@ pub struct RuleCounts {
     pub events: u64,
     pub faults: u64,
     pub disabled: bool,
+    /// Messages whose `e.value` the rule read and found `()`: it cannot fire on them.
+    pub value_missing: u64,
 }
 
 /// What the metrics endpoint reads besides the plain counters. Updated off the hot path:
@@ -116,8 +121,11 @@ pub struct Stats {
     pub dead_letters: AtomicU64,
     /// Messages quarantined unprocessed: the agent crashed on each of their last deliveries.
     pub quarantined: AtomicU64,
-    /// Connection failures, both brokers.
+    /// Connections that were up and went down, both brokers: one per outage.
     pub disconnects: AtomicU64,
+    /// Connection attempts that failed, both brokers (the retries during an outage, and
+    /// those before the first connection).
+    pub failed_attempts: AtomicU64,
     /// Rule files (and lookup tables) that failed to load.
     pub rule_file_errors: AtomicU64,
     /// Duplicate messages dropped.
@@ -162,6 +170,7 @@ pub struct Snapshot {
     pub dead_letters: u64,
     pub quarantined: u64,
     pub disconnects: u64,
+    pub failed_attempts: u64,
     pub rule_file_errors: u64,
     pub duplicates: u64,
     pub late: u64,
@@ -183,6 +192,7 @@ impl Stats {
             dead_letters: self.dead_letters.load(Relaxed),
             quarantined: self.quarantined.load(Relaxed),
             disconnects: self.disconnects.load(Relaxed),
+            failed_attempts: self.failed_attempts.load(Relaxed),
             rule_file_errors: self.rule_file_errors.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
             late: self.late.load(Relaxed),
@@ -213,6 +223,26 @@ impl Stats {
             c.disabled |= fault.disabled;
         }
         tracing::warn!(rule = %fault.rule, location = %fault.location, error = %fault.message, "Rule failed on an event.");
+    }
+
+    /// `rule` read `e.value` of a message on `topic` that has none. Counted every time,
+    /// logged the first time for the rule: a rule that never fires then says why.
+    pub(crate) fn value_missing(&self, rule: &Arc<str>, topic: &str) {
+        let first = match self.detail.by_rule.lock() {
+            Ok(mut m) => {
+                let c = m.entry(rule.clone()).or_default();
+                c.value_missing += 1;
+                c.value_missing == 1
+            }
+            Err(_) => false,
+        };
+        if first {
+            tracing::warn!(
+                rule = %rule,
+                topic,
+                "Rule read e.value of a message that has none; counted in edgewatch_rule_value_missing_total, logged once per rule."
+            );
+        }
     }
 
     pub(crate) fn record_flush(&self, took: std::time::Duration) {
@@ -269,15 +299,25 @@ impl Stats {
         c.connected.store(true, Relaxed);
     }
 
+    /// The connection failed: a disconnect if it was up, else a failed attempt.
     pub(crate) fn disconnected(&self, connection: &str, error: &str, retry_in: std::time::Duration) {
-        self.disconnects.fetch_add(1, Relaxed);
         let c = self.detail.connection(connection);
         c.failures.fetch_add(1, Relaxed);
-        c.connected.store(false, Relaxed);
+        let was_up = c.connected.swap(false, Relaxed);
+        if was_up {
+            self.disconnects.fetch_add(1, Relaxed);
+            c.disconnects.fetch_add(1, Relaxed);
+        } else {
+            self.failed_attempts.fetch_add(1, Relaxed);
+        }
         if let Ok(mut last) = c.last_error.lock() {
             *last = Some(error.to_owned());
         }
-        tracing::warn!(connection, error, retry_in = ?retry_in, "MQTT connection failed; will retry.");
+        if was_up {
+            tracing::warn!(connection, error, retry_in = ?retry_in, "MQTT connection lost; will reconnect.");
+        } else {
+            tracing::warn!(connection, error, retry_in = ?retry_in, "MQTT connection attempt failed; will retry.");
+        }
     }
 }
 
@@ -287,7 +327,7 @@ impl std::fmt::Display for Snapshot {
             f,
             "messages in: {}, processed: {}, decode errors: {} ({} oversized), unmatched: {}, \
              duplicates: {}, late: {}, events out: {}, published: {}, acked: {}, rule faults: {}, dead letters: {}, \
-             disconnects: {}",
+             disconnects: {}, failed connection attempts: {}",
             self.received,
             self.processed,
             self.decode_errors,
@@ -300,7 +340,42 @@ impl std::fmt::Display for Snapshot {
             self.acked,
             self.rule_faults,
             self.dead_letters,
-            self.disconnects
+            self.disconnects,
+            self.failed_attempts
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Issue 14: the summary said "disconnects: 16" for one upstream outage, counting every
+    /// failed retry. A disconnect is a connection that was up going down; attempts that
+    /// fail are counted apart.
+    #[test]
+    fn an_outage_is_one_disconnect_and_its_failed_retries_are_counted_apart() {
+        let stats = Stats::new(Vec::new());
+        // The source broker is down at start: failed attempts, no disconnect.
+        stats.disconnected("source", "refused", Duration::from_millis(200));
+        stats.connected("source");
+        stats.connected("upstream");
+        // One upstream outage: the connection drops, then 15 retries fail, then it is back.
+        stats.disconnected("upstream", "reset", Duration::from_millis(200));
+        for _ in 0..15 {
+            stats.disconnected("upstream", "refused", Duration::from_secs(1));
+        }
+        stats.connected("upstream");
+        // A second, short one.
+        stats.disconnected("upstream", "reset", Duration::from_millis(200));
+        stats.connected("upstream");
+        let s = stats.snapshot();
+        assert_eq!((s.disconnects, s.failed_attempts), (2, 16));
+        let summary = s.to_string();
+        assert!(summary.contains("disconnects: 2, failed connection attempts: 16"), "{summary}");
+        let upstream = stats.detail.connection("upstream");
+        assert_eq!((upstream.disconnects.load(Relaxed), upstream.failures.load(Relaxed)), (2, 17));
+        assert_eq!(stats.detail.connection("source").disconnects.load(Relaxed), 0);
     }
 }

@@ -417,8 +417,13 @@ impl Engine {
     }
 
     /// When `tick` next has work: the earliest timer (a caller that sleeps until then detects
-    /// absences on time).
+    /// absences on time). A heartbeat registry not loaded yet (at start, after new tables or
+    /// a reload) is work due at once: [`Timestamp::MIN`], so the grace of expected devices
+    /// runs from then, not from whatever step comes next.
     pub fn next_deadline(&self) -> Option<Timestamp> {
+        if self.registry_pending() {
+            return Some(Timestamp::MIN);
+        }
         let event = self
             .event_timers
             .next_deadline()
@@ -427,6 +432,16 @@ impl Engine {
             (Some(a), Some(b)) => Some(Timestamp(a.min(b))),
             (a, b) => a.or(b).map(Timestamp),
         }
+    }
+
+    /// Some heartbeat rule has an `expected` registry that the next step loads.
+    fn registry_pending(&self) -> bool {
+        self.rules.iter().zip(&self.runtime).any(|(rule, rt)| match (&rule.kind, &rt.state) {
+            (RuleKind::Heartbeat { spec, .. }, KindState::Heartbeat(h)) => {
+                !h.registry_loaded && spec.expected.is_some()
+            }
+            _ => false,
+        })
     }
 
     /// What the engine holds.
@@ -541,6 +556,9 @@ impl Engine {
             let key = key_of(&mut cx, &x, device);
             if let Some(key) = &key {
                 dispatch(&mut cx, &self.tables, &mut self.runtime[idx].state, key, &x);
+            }
+            if cx.value_missing {
+                cx.out.value_missing.push(rule.name.clone());
             }
             let faulted = cx.faulted;
             // Who failed: the key, or where the key could not be computed, the device level

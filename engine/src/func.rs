@@ -14,11 +14,37 @@ pub(crate) struct Func {
     ptr: FnPtr,
     /// The closure as a native predicate, if it is one; worked out on first use.
     native: Arc<OnceLock<Option<Pred>>>,
+    /// The closure reads a property named `value` (`e.value`); worked out on first use.
+    reads_value: Arc<OnceLock<bool>>,
 }
 
 impl Func {
     pub(crate) fn new(ptr: FnPtr) -> Self {
-        Func { ptr, native: Arc::new(OnceLock::new()) }
+        Func { ptr, native: Arc::new(OnceLock::new()), reads_value: Arc::new(OnceLock::new()) }
+    }
+
+    /// Does the closure's own body read a property named `value` (`e.value`)? Functions it
+    /// calls are not looked into.
+    pub(crate) fn reads_value(&self, ast: &AST) -> bool {
+        *self.reads_value.get_or_init(|| {
+            let Some(def) = self
+                .arity_in(ast)
+                .and_then(|n| ast.shared_lib().get_script_fn(self.ptr.fn_name(), self.ptr.curry().len() + n))
+            else {
+                return false;
+            };
+            // Walk an AST holding just this function, as `Pred::compile` does.
+            let mut module = rhai::Module::new();
+            module.set_script_fn(def.clone());
+            let mut found = false;
+            AST::new_from_module(module).walk(&mut |path: &[rhai::ASTNode<'_>]| {
+                if let Some(rhai::ASTNode::Expr(rhai::Expr::Property(p, _))) = path.last() {
+                    found |= p.2 == "value";
+                }
+                !found
+            });
+            found
+        })
     }
 
     /// The native form of this predicate, if it has one.

@@ -31,7 +31,12 @@ impl Composite {
     }
 }
 
-/// A composite event's id, printed as a UUID-shaped hex string.
+/// A composite event's id: an RFC 9562 version 8 UUID, printed in the usual hyphenated form.
+///
+/// Version 8 is the "custom" UUID: 122 bits are ours, and ours are a hash (see
+/// [`CompositeId::derive`]), so the same rule, key and input always give the same id, which
+/// is what lets a consumer drop a redelivered event. (Version 5 would also be deterministic,
+/// but means SHA-1 of a namespace and a name; we hash with xxh3 and say so with version 8.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CompositeId(pub u128);
 
@@ -46,7 +51,15 @@ impl CompositeId {
         h.update(&[0]);
         h.update(&input.0.to_le_bytes());
         h.update(&index.to_le_bytes());
-        CompositeId(h.digest128())
+        CompositeId::uuid_v8(h.digest128())
+    }
+
+    /// `bits` with the version (8) and variant (`10`) fields of RFC 9562 set: the 13th hex
+    /// digit is `8`, the 17th one of `89ab`; the other 122 bits are kept.
+    pub const fn uuid_v8(bits: u128) -> Self {
+        const VERSION: u128 = 0xf << 76;
+        const VARIANT: u128 = 0b11 << 62;
+        CompositeId((bits & !VERSION & !VARIANT) | (0x8 << 76) | (0b10 << 62))
     }
 }
 
@@ -145,6 +158,12 @@ pub struct Outputs {
     /// State that changed (or went away) and should be persisted: export each with
     /// [`crate::Engine::export`]. May name the same state more than once.
     pub touched: Vec<Touched>,
+    /// Rules that read `e.value` of this input and found none (`()`: a plain payload that is
+    /// not there, no `value` field, no field named like the topic's last level), once per
+    /// rule and input. Such a rule cannot fire on the input, and would otherwise say nothing.
+    /// Read in predicates (`when`, `clear`, ...) that did not hold, and as the default value
+    /// of stuck-sensor rules.
+    pub value_missing: Vec<Arc<str>>,
 }
 
 /// A piece of engine state that changed.
@@ -173,6 +192,7 @@ impl Outputs {
         self.key_limits.clear();
         self.partials_dropped = 0;
         self.touched.clear();
+        self.value_missing.clear();
     }
 }
 
@@ -192,5 +212,22 @@ mod tests {
         let s = a.to_string();
         assert_eq!(s.len(), 36);
         assert_eq!(s.matches('-').count(), 4);
+    }
+
+    /// Issue 14: ids looked like UUIDs but had arbitrary version and variant nibbles
+    /// (`...-424c-7589-...`), which strict parsers reject. They are RFC 9562 version 8
+    /// (custom) UUIDs: `xxxxxxxx-xxxx-8xxx-[89ab]xxx-xxxxxxxxxxxx`.
+    #[test]
+    fn ids_are_rfc9562_version_8_uuids() {
+        for i in 0..2_000u32 {
+            let id = CompositeId::derive("overheat", &format!("t-{i}"), EventId(u128::from(i) << 64 | 7), i % 3);
+            let s = id.to_string();
+            let groups: Vec<&str> = s.split('-').collect();
+            assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{s}");
+            assert!(s.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{s}");
+            assert!(groups[2].starts_with('8'), "version 8: {s}");
+            assert!(groups[3].starts_with(['8', '9', 'a', 'b']), "variant 10xx: {s}");
+            assert_eq!((id.0 >> 76) & 0xf, 8, "the bits agree with the text: {s}");
+        }
     }
 }

@@ -11,6 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// The earliest time there is: "due at once", whatever the caller's clock says.
+    pub const MIN: Timestamp = Timestamp(i64::MIN);
+
     /// Milliseconds since the Unix epoch.
     pub const fn millis(self) -> i64 {
         self.0

@@ -87,3 +87,41 @@ async fn the_agent_says_it_is_online_and_offline_on_its_status_topic() {
     assert_eq!(offline["status"], "offline", "{offline}");
     assert_eq!(offline["agent"], "gw-test", "{offline}");
 }
+
+/// Issue 14: an expected device that never reports was reported a second late (grace +
+/// 1.02 s): the registry waited for the agent's one-second housekeeping tick. The event's
+/// own time says when the deadline was, and the agent's status says when it started: the
+/// two must be a grace apart, give or take scheduling (the defect added a whole second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expected_device_that_never_reports_is_missing_when_the_grace_ends() {
+    const GRACE_MS: i64 = 3_000;
+    let rule = r#"
+        rule("offline", #{
+            on: "sensors/{device}/heartbeat",
+            heartbeat: #{ timeout: "1s", expected: "devices", grace: "3s" },
+        });
+    "#;
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+    let mut status = Subscriber::connect(addr, "ops", "edgewatch/gw-test/status").await;
+    let files = [("offline.rhai", rule), ("tables/devices.csv", "device\nghost-1\n")];
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &files).await;
+    let ev = upstream.next().await.json();
+    assert_eq!(ev["subject"], "ghost-1", "{ev}");
+    assert_eq!(ev["data"]["status"], "missing", "{ev}");
+    assert_eq!(ev["data"]["never_seen"], true, "{ev}");
+    assert_eq!(ev["data"]["timeout_ms"], 1_000, "{ev}");
+    let online = status.next().await.json();
+    let ms = |v: &serde_json::Value| {
+        let text = v.as_str().unwrap_or_default();
+        let t = humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("RFC 3339 time {text:?}: {e}"));
+        t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    };
+    let after_start = ms(&ev["time"]) - ms(&online["started"]);
+    assert!(
+        (GRACE_MS..GRACE_MS + 700).contains(&after_start),
+        "missing {after_start} ms after the start, for a grace of {GRACE_MS} ms: {ev} {online}"
+    );
+    agent.stop().await;
+}

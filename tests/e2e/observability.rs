@@ -137,3 +137,24 @@ async fn a_taken_metrics_port_refuses_to_start_and_names_the_key() {
     let error = edgewatch::Agent::new(config).await.expect_err("port is taken").to_string();
     assert!(error.contains("agent.metrics_listen") && error.contains(&listen.to_string()), "{error}");
 }
+
+/// Issue 14: a rule whose `e.value` is `()` for every message (`{"temp": 90}` on
+/// `.../temperature`: no `value` field, none named `temperature`) never fired and showed
+/// nothing. Each such message is counted for the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_reading_a_value_the_messages_do_not_have_is_counted() {
+    let broker = Broker::embedded();
+    let listen = edgewatch::broker::free_port().expect("port");
+    let agent =
+        RunningAgent::start(&with_metrics(config(broker.addr(), "3.1.1"), listen), &[("o.rhai", OVERHEAT)]).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    sensor.publish("sensors/t-1/temperature", r#"{"temp": 90}"#).await;
+    sensor.publish("sensors/t-2/temperature", r#"{"temp": 95}"#).await;
+    sensor.publish("sensors/t-3/temperature", r#"{"temperature": 20}"#).await;
+    agent.wait_for_stats("three messages", |s| s.processed >= 3).await;
+    let sample = r#"edgewatch_rule_value_missing_total{rule="overheat"}"#;
+    let n = edgewatch_e2e::wait_metric(listen, sample, edgewatch_e2e::WAIT, |v| v >= 2.0).await;
+    assert_eq!(n, 2.0, "the two messages without a value, not the one with");
+    let stats = agent.stop().await;
+    assert_eq!(stats.events, 0, "{stats}");
+}

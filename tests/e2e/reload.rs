@@ -198,3 +198,35 @@ async fn reloads_under_load_lose_no_event_and_no_state() {
     assert_eq!(ns, (1..=N).collect::<Vec<_>>(), "every message counted once, in order, across the reloads");
     assert!(reloads >= 2, "the rules were reloaded while the messages flowed ({reloads} reloads)");
 }
+
+/// Issue 14: three broken edits counted nine reload errors, because every reload counted
+/// again the files still broken. Reloads that a broken file sits through, unchanged, count
+/// nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_is_counted_once_however_many_reloads_it_sits_through() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let agent = RunningAgent::start(&config(addr, "3.1.1"), &[("hot.rhai", &rule(1))]).await;
+    let dir = agent.dir.path().join("rules");
+    let mut status = Subscriber::connect(addr, "ops", "edgewatch/gw-test/status/rules").await;
+    status_where(&mut status, "hot is loaded", |d| names(d) == ["hot"]).await;
+    let reload_errors = || agent.stats.reload_errors.load(std::sync::atomic::Ordering::Relaxed);
+
+    std::fs::write(dir.join("broken.rhai"), "rule(\"broken\", #{ on: ").expect("write");
+    status_where(&mut status, "the broken file is shown", |d| rule_error(d).is_some()).await;
+    assert_eq!(reload_errors(), 1);
+    // Two more reloads, by edits of the good file; the broken one sits through them.
+    let reloads = || agent.stats.reloads.load(std::sync::atomic::Ordering::Relaxed);
+    for v in [2, 3] {
+        let before = reloads();
+        std::fs::write(dir.join("hot.rhai"), rule(v)).expect("write");
+        let reloaded = async {
+            while reloads() == before {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, reloaded).await.expect("the edit is reloaded");
+    }
+    assert_eq!(reload_errors(), 1, "the broken file was counted again at a later reload");
+    agent.stop().await;
+}

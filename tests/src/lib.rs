@@ -209,7 +209,12 @@ impl RunningAgent {
         if let Some(rules) = rules {
             std::fs::create_dir_all(&rules_dir).expect("rules dir");
             for (name, text) in rules {
-                std::fs::write(rules_dir.join(name), text).expect("write rule");
+                let path = rules_dir.join(name);
+                // `tables/devices.csv` and the like: the folder first.
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).expect("rules subdir");
+                }
+                std::fs::write(path, text).expect("write rule");
             }
         }
         let text = config_toml

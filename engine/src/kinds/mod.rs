@@ -53,6 +53,17 @@ impl<'a> Ev<'a> {
         derived_value(self.event)
     }
 
+    /// `e.value` is `()`: checked without cloning it.
+    pub(crate) fn value_missing(&self) -> bool {
+        match self.event.payload.as_map_ref() {
+            Ok(map) => {
+                let last = self.event.topic.rsplit('/').next().unwrap_or("");
+                map.get("value").or_else(|| map.get(last)).is_none_or(Dynamic::is_unit)
+            }
+            Err(_) => self.event.payload.is_unit(),
+        }
+    }
+
     pub(crate) fn time(&self) -> i64 {
         self.event.time.millis()
     }
@@ -244,6 +255,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) start: usize,
     /// Absence detection is paused (the sensor link is down): heartbeat deadlines wait.
     pub(crate) absence_paused: bool,
+    /// The rule read `e.value` of this event and found `()` (see [`Outputs::value_missing`]).
+    pub(crate) value_missing: bool,
 }
 
 impl<'a> Cx<'a> {
@@ -256,7 +269,18 @@ impl<'a> Cx<'a> {
         now: i64,
     ) -> Self {
         let start = out.events.len();
-        Cx { script, rule, rule_idx, timers, out, now, faulted: false, start, absence_paused: false }
+        Cx {
+            script,
+            rule,
+            rule_idx,
+            timers,
+            out,
+            now,
+            faulted: false,
+            start,
+            absence_paused: false,
+            value_missing: false,
+        }
     }
 
     /// Calls `f(args)`; a failure becomes a fault of the rule and `None`.
@@ -289,10 +313,22 @@ impl<'a> Cx<'a> {
     /// Evaluates predicate `f` on the event: natively when it is a simple comparison, else
     /// through Rhai.
     pub(crate) fn test(&mut self, what: &str, f: &Func, x: &Ev<'_>) -> Option<bool> {
-        if let Some(b) = f.native(&self.rule.ast).and_then(|p| p.eval(&x.view())) {
-            return Some(b);
+        let held = match f.native(&self.rule.ast).and_then(|p| p.eval(&x.view())) {
+            Some(b) => Some(b),
+            None => self.test_dyn(what, f, x.dynamic()),
+        };
+        // Only when it did not hold, so a rule that matches pays nothing.
+        if held != Some(true) && !self.value_missing && f.reads_value(&self.rule.ast) && x.value_missing() {
+            self.value_missing = true;
         }
-        self.test_dyn(what, f, x.dynamic())
+        held
+    }
+
+    /// `e.value` for a kind's default value (the stuck-sensor reading), noting when it is `()`.
+    pub(crate) fn value(&mut self, x: &Ev<'_>) -> Dynamic {
+        let v = x.value();
+        self.value_missing |= v.is_unit();
+        v
     }
 
     /// Evaluates `f` natively on `view` if it can, else calls it with `ctx()`.

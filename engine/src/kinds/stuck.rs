@@ -29,7 +29,7 @@ pub(crate) fn on_event(
             Some(v) => v,
             None => return,
         },
-        None => x.value(),
+        None => cx.value(x),
     };
     let Some(v) = number(&v).filter(|v| v.is_finite()) else {
         // Not a reading (a status message on the same topic, say): nothing to judge.

@@ -266,3 +266,27 @@ fn the_engine_crate_does_no_io() {
         assert!(!deps.lines().any(|l| l.trim_start().starts_with(forbidden)), "engine depends on {forbidden}");
     }
 }
+
+/// Issue 14: a rule whose `e.value` is `()` for every message (`{"temp": 90}` on
+/// `.../telemetry`: no `value` field, none named like the last level) never fired and said
+/// nothing. Each event a rule's predicate read `e.value` of, and found none, is reported.
+#[test]
+fn reading_a_missing_value_is_reported_per_rule_and_event() {
+    use crate::support::{H, keys};
+    let src = r#"
+        rule("hot", #{ on: "sensors/{device}/+", when: |e| e.value > 80 });
+        rule("hot-script", #{ on: "sensors/{device}/+", when: |e| { let v = e.value; v == 90 } });
+        rule("by-field", #{ on: "sensors/{device}/telemetry", when: |e| e.payload.temp > 80 });
+        rule("stuck", #{ on: "sensors/{device}/+", stuck: #{ unchanged: "1m" } });
+    "#;
+    let mut h = H::new(src);
+    assert_eq!(keys(&h.send(0, "sensors/t-1/telemetry", r#"{"temp": 90}"#)), ["t-1"], "by-field fires");
+    assert_eq!(h.value_missing, ["hot", "hot-script", "stuck"], "rules reading e.value, once each");
+    h.value_missing.clear();
+    // With a value: nothing to report, whether the rule fires or not.
+    h.send(1_000, "sensors/t-1/temperature", r#"{"temperature": 90}"#);
+    h.send(2_000, "sensors/t-1/telemetry", r#"{"value": 20}"#);
+    h.send(3_000, "sensors/t-1/temperature", "20");
+    assert_eq!(h.value_missing, Vec::<String>::new());
+    assert!(h.faults.is_empty(), "{:?}", h.faults);
+}

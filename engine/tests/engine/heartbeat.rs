@@ -124,3 +124,61 @@ fn timers_cost_the_expired_not_the_tracked() {
     // ...and at 40 s all but d0 are missing.
     assert_eq!(h.tick(40_000).len(), 9_999);
 }
+
+/// Drives `h` as the agent does: sleeps until `next_deadline` (from `now` on), ticks, and
+/// stops at the first composite event or when nothing is scheduled; at most `steps` ticks.
+fn run_until_event(h: &mut H, mut now: i64, steps: usize) -> Vec<crate::support::Out> {
+    for _ in 0..steps {
+        let Some(due) = h.engine.next_deadline() else { return Vec::new() };
+        now = now.max(due.millis());
+        let o = h.tick(now);
+        if !o.is_empty() {
+            return o;
+        }
+    }
+    Vec::new()
+}
+
+const EXPECTED_15S: &str = r#"
+    rule("offline", #{
+        on: "sensors/{device}/heartbeat",
+        heartbeat: #{ timeout: "5s", expected: "devices", grace: "15s" },
+    });
+"#;
+
+/// Issue 14: an expected device that never reported was reported one second late (16.018 s
+/// for a 15 s grace): the registry waited for the agent's next one-second tick, because
+/// `next_deadline` did not know about it. A caller that sleeps until `next_deadline` must
+/// load the registry at once, so the grace runs from the start.
+#[test]
+fn a_never_seen_device_is_missing_exactly_at_the_grace_for_a_caller_sleeping_until_next_deadline() {
+    let tables = table_csv("devices", "device\nghost\n");
+    let mut h = H::with(EXPECTED_15S, tables, EngineConfig::default());
+    let start = 1_000_000;
+    let due = h.engine.next_deadline().expect("loading the registry is work due at once");
+    assert!(due.millis() <= start, "due at once, not later: {due:?}");
+    let o = run_until_event(&mut h, start, 10);
+    assert_eq!(keys(&o), ["ghost"]);
+    assert_eq!(o[0].2, start + 15_000, "at the end of the grace, not a tick later");
+    assert_eq!(o[0].3["never_seen"], true);
+    assert_eq!(o[0].3["timeout_ms"], 5_000);
+}
+
+/// New tables (a reload) bring new expected devices: their grace starts when the tables
+/// are set, not at whatever step comes next.
+#[test]
+fn devices_added_by_new_tables_are_missing_exactly_a_grace_after_the_tables_changed() {
+    let tables = table_csv("devices", "device\nold\n");
+    let mut h = H::with(EXPECTED_15S, tables, EngineConfig::default());
+    h.send(0, "sensors/old/heartbeat", "1");
+    assert_eq!(h.engine.next_deadline().map(|d| d.millis()), Some(5_000), "old's timeout, nothing pending");
+    let reloaded = 3_000;
+    h.engine.set_tables(table_csv("devices", "device\nold\nnew\n"));
+    assert!(h.engine.next_deadline().is_some_and(|d| d.millis() <= reloaded), "due at once");
+    let o = run_until_event(&mut h, reloaded, 10);
+    assert_eq!(keys(&o), ["old"], "old keeps its own deadline");
+    assert_eq!(o[0].2, 5_000);
+    let o = run_until_event(&mut h, 5_000, 10);
+    assert_eq!(keys(&o), ["new"]);
+    assert_eq!(o[0].2, reloaded + 15_000);
+}

@@ -23,6 +23,8 @@ pub struct H {
     /// State named as changed, when `record_touched` is set.
     pub touched: Vec<Touched>,
     pub record_touched: bool,
+    /// Rules that read `e.value` of an event that has none, once per (rule, event).
+    pub value_missing: Vec<String>,
 }
 
 impl H {
@@ -48,6 +50,7 @@ impl H {
             key_limits: Vec::new(),
             touched: Vec::new(),
             record_touched: false,
+            value_missing: Vec::new(),
         }
     }
 
@@ -62,6 +65,7 @@ impl H {
         self.refused += self.out.keys_refused;
         self.evicted += self.out.keys_evicted;
         self.key_limits.append(&mut self.out.key_limits);
+        self.value_missing.extend(self.out.value_missing.iter().map(|r| r.to_string()));
         if self.record_touched {
             self.touched.append(&mut self.out.touched);
         }
