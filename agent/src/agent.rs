@@ -681,7 +681,10 @@ async fn engine_task(
         tracing::warn!(kind, %data, "Agent event.");
         queue(&outbox, &mut pending, agent_event(&config, &source, kind, data));
     }
-    queue(&outbox, &mut pending, status_entry(&config, &initial_status));
+    // The rules' status as last published: published again, with live counts, when a rule
+    // first meets a message without the value it reads.
+    let mut rules_status = initial_status;
+    queue(&outbox, &mut pending, status_entry(&config, &rules_status, &stats));
     let started = wall_clock();
     let rule_count = |engine: &Engine| engine.rules().len();
     let mut next_alive = Instant::now();
@@ -781,7 +784,8 @@ async fn engine_task(
                     stats.reload_errors.fetch_add(1, Relaxed);
                     error.log();
                 }
-                queue(&outbox, &mut pending, status_entry(&config, &status));
+                rules_status = status;
+                queue(&outbox, &mut pending, status_entry(&config, &rules_status, &stats));
                 // Commit the status promptly even with no message in the batch.
                 pending.messages = pending.messages.max(1);
             }
@@ -840,8 +844,12 @@ async fn engine_task(
                                 let began = std::time::Instant::now();
                                 engine.process(event, wall_clock(), &mut outputs);
                                 stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
+                                let mut first = false;
                                 for rule in &outputs.value_missing {
-                                    stats.value_missing(rule, &topic);
+                                    first |= stats.value_missing(rule, &topic);
+                                }
+                                if first {
+                                    queue(&outbox, &mut pending, status_entry(&config, &rules_status, &stats));
                                 }
                                 stats.processed.fetch_add(1, Relaxed);
                                 if outputs.matched == 0 && outputs.duplicates == 0 && outputs.late.is_empty() {
@@ -1233,10 +1241,17 @@ fn agent_status(config: &Config, status: &str, started: Timestamp, rules: usize)
     OutboxEntry { topic: config.upstream.agent_status_topic(), payload: doc.to_string().into(), qos: 1, retain: true }
 }
 
-/// The rules' status document, retained on `<prefix>/status/rules`.
-fn status_entry(config: &Config, status: &serde_json::Value) -> OutboxEntry {
+/// The rules' status document, retained on `<prefix>/status/rules`, with each rule's count of
+/// messages whose `e.value` it read and found missing (why a rule may never fire).
+fn status_entry(config: &Config, status: &serde_json::Value, stats: &Stats) -> OutboxEntry {
     let mut doc = status.clone();
     doc["agent"] = serde_json::json!(config.agent_id);
+    if let (Some(rules), Ok(counts)) = (doc["rules"].as_array_mut(), stats.detail.by_rule.lock()) {
+        for rule in rules {
+            let missing = rule["name"].as_str().and_then(|n| counts.get(n)).map_or(0, |c| c.value_missing);
+            rule["value_missing"] = serde_json::json!(missing);
+        }
+    }
     OutboxEntry { topic: config.upstream.rules_status_topic(), payload: doc.to_string().into(), qos: 1, retain: true }
 }
 

@@ -227,7 +227,9 @@ impl Stats {
 
     /// `rule` read `e.value` of a message on `topic` that has none. Counted every time,
     /// logged the first time for the rule: a rule that never fires then says why.
-    pub(crate) fn value_missing(&self, rule: &Arc<str>, topic: &str) {
+    /// Counts a message whose `e.value` `rule` read and found missing; `true` the first time
+    /// for that rule.
+    pub(crate) fn value_missing(&self, rule: &Arc<str>, topic: &str) -> bool {
         let first = match self.detail.by_rule.lock() {
             Ok(mut m) => {
                 let c = m.entry(rule.clone()).or_default();
@@ -243,6 +245,7 @@ impl Stats {
                 "Rule read e.value of a message that has none; counted in edgewatch_rule_value_missing_total, logged once per rule."
             );
         }
+        first
     }
 
     pub(crate) fn record_flush(&self, took: std::time::Duration) {

@@ -147,6 +147,7 @@ async fn a_rule_reading_a_value_the_messages_do_not_have_is_counted() {
     let listen = edgewatch::broker::free_port().expect("port");
     let agent =
         RunningAgent::start(&with_metrics(config(broker.addr(), "3.1.1"), listen), &[("o.rhai", OVERHEAT)]).await;
+    let mut status = Subscriber::connect(broker.addr(), "status-reader", "edgewatch/gw-test/status/rules").await;
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
     sensor.publish("sensors/t-1/temperature", r#"{"temp": 90}"#).await;
     sensor.publish("sensors/t-2/temperature", r#"{"temp": 95}"#).await;
@@ -155,6 +156,19 @@ async fn a_rule_reading_a_value_the_messages_do_not_have_is_counted() {
     let sample = r#"edgewatch_rule_value_missing_total{rule="overheat"}"#;
     let n = edgewatch_e2e::wait_metric(listen, sample, edgewatch_e2e::WAIT, |v| v >= 2.0).await;
     assert_eq!(n, 2.0, "the two messages without a value, not the one with");
+    // The retained rules status says so too, published again when it first happens.
+    let missing = |doc: &serde_json::Value| {
+        doc["rules"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "overheat"))
+            .map(|r| r["value_missing"].clone())
+    };
+    loop {
+        let doc = status.next().await.json();
+        if missing(&doc).and_then(|m| m.as_u64()).is_some_and(|m| m >= 1) {
+            break;
+        }
+    }
     let stats = agent.stop().await;
     assert_eq!(stats.events, 0, "{stats}");
 }
