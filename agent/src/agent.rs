@@ -22,6 +22,7 @@
 use crate::config::{Config, Subscription};
 use crate::decode::{DecodeError, Format, decode_with};
 use crate::emit::CloudEvent;
+use crate::memory_outbox::MemoryOutbox;
 use crate::mqtt::{self, AckToken, Client, ConnectOptions, Incoming};
 use crate::reload::{self, RuleFiles, Scan, Trigger};
 use crate::rules;
@@ -120,11 +121,12 @@ enum Input {
     Ack(AckToken),
 }
 
-/// Where outbound events wait: durably in sled, or (durability off) in memory.
+/// Where outbound events wait: durably in sled, or (durability off) in memory; bounded by
+/// `state.max_outbox_mb` either way.
 #[derive(Debug, Clone)]
 enum Outbox {
     Durable(Store),
-    Memory(Arc<Mutex<VecDeque<(u64, OutboxEntry)>>>, Arc<Mutex<u64>>),
+    Memory(Arc<MemoryOutbox>),
 }
 
 impl Outbox {
@@ -134,27 +136,29 @@ impl Outbox {
                 tracing::error!(%error, "Cannot read the outbox.");
                 Vec::new()
             }),
-            Outbox::Memory(q, _) => {
-                q.lock().map(|q| q.iter().filter(|(s, _)| *s >= from).take(n).cloned().collect()).unwrap_or_default()
-            }
+            Outbox::Memory(m) => m.from(from, n),
         }
     }
 
     fn acked(&self, seq: u64) {
         match self {
             Outbox::Durable(s) => s.ack_outbox(seq),
-            Outbox::Memory(q, _) => {
-                if let Ok(mut q) = q.lock() {
-                    q.retain(|(s, _)| *s != seq);
-                }
-            }
+            Outbox::Memory(m) => m.ack(seq),
         }
     }
 
     fn depth(&self) -> usize {
         match self {
             Outbox::Durable(s) => s.outbox_depth().0,
-            Outbox::Memory(q, _) => q.lock().map(|q| q.len()).unwrap_or(0),
+            Outbox::Memory(m) => m.depth().0,
+        }
+    }
+
+    /// Events dropped for space (the outbox was full) since the last call.
+    fn take_dropped(&self) -> u64 {
+        match self {
+            Outbox::Durable(s) => s.take_dropped(),
+            Outbox::Memory(m) => m.take_dropped(),
         }
     }
 }
@@ -226,7 +230,7 @@ impl Agent {
             store.flush().await?;
             Outbox::Durable(store)
         } else {
-            Outbox::Memory(Arc::new(Mutex::new(VecDeque::new())), Arc::new(Mutex::new(0)))
+            Outbox::Memory(Arc::new(MemoryOutbox::new(config.state.max_outbox_bytes)))
         };
         let (ready, _) = watch::channel(Readiness::default());
         let metrics = config.metrics_listen.map(crate::metrics::bind).transpose()?;
@@ -469,9 +473,15 @@ fn metrics_sources(outbox: &Outbox, stats: Arc<Stats>, ready: watch::Receiver<Re
                 Box::new(move || Some(b.size_on_disk())),
             )
         }
-        memory => {
-            let m = memory.clone();
-            (Box::new(move || (m.depth() as u64, 0)), Box::new(|| None))
+        Outbox::Memory(m) => {
+            let m = m.clone();
+            (
+                Box::new(move || {
+                    let (n, bytes) = m.depth();
+                    (n as u64, bytes)
+                }),
+                Box::new(|| None),
+            )
         }
     };
     crate::metrics::Sources { stats, ready, outbox: depth, disk }
@@ -692,6 +702,9 @@ async fn engine_task(
     // The first snapshot soon after the start, not one interval later: until then a damaged
     // database could lose everything since the last one (or all, on a first start).
     let mut next_snapshot = Instant::now() + config.state.snapshot_interval.min(FIRST_SNAPSHOT_AFTER);
+    // Events dropped for space and not yet reported upstream, and when the next report may go.
+    let mut unreported_drops = 0u64;
+    let mut next_drop_report = Instant::now();
     loop {
         // Sleep until the engine's next timer (a missing heartbeat, a window closing), or
         // until input arrives, whichever is first.
@@ -881,16 +894,22 @@ async fn engine_task(
             }
             next_alive = Instant::now() + ALIVE_EVERY;
         }
-        if let Outbox::Durable(store) = &outbox {
-            // The outbox overflowed (a long upstream outage): say so, in order, when the
-            // link returns.
-            let dropped = store.take_dropped();
-            if dropped > 0 {
+        // The outbox overflowed (a long upstream outage): say so, in order, once the link is
+        // up, at most once a second. A report queued into the full outbox during the outage
+        // would push out an older event, and be pushed out itself, count and all.
+        let dropped = outbox.take_dropped();
+        if dropped > 0 {
+            if unreported_drops == 0 {
                 tracing::warn!(dropped, "Outbox full: oldest events dropped.");
-                stats.outbox_dropped.fetch_add(dropped, Relaxed);
-                let data = serde_json::json!({ "dropped": dropped, "reason": "outbox full (state.max_outbox_mb)" });
-                queue(&outbox, &mut pending, agent_event(&config, &source, "dropped", data));
             }
+            stats.outbox_dropped.fetch_add(dropped, Relaxed);
+            unreported_drops += dropped;
+        }
+        let upstream_up = stats.detail.connection("upstream").connected.load(Relaxed);
+        if unreported_drops > 0 && upstream_up && Instant::now() >= next_drop_report {
+            let data = drop_report(std::mem::take(&mut unreported_drops));
+            queue(&outbox, &mut pending, agent_event(&config, &source, "dropped", data));
+            next_drop_report = Instant::now() + Duration::from_secs(1);
         }
         if pending.queued != queued {
             // New events are readable in the outbox already: the publisher need not wait for
@@ -909,6 +928,10 @@ async fn engine_task(
                 write_snapshot(store).await;
             }
         }
+    }
+    if unreported_drops > 0 {
+        // Sent by the next run if the link is down now.
+        queue(&outbox, &mut pending, agent_event(&config, &source, "dropped", drop_report(unreported_drops)));
     }
     // A clean stop says so itself (the last will is only for a lost connection).
     queue(&outbox, &mut pending, agent_status(&config, "offline", started, rule_count(&engine)));
@@ -1011,6 +1034,11 @@ fn undecodable(
     stats.dead_letters.fetch_add(1, Relaxed);
 }
 
+/// The data of an `edgewatch.agent.dropped` event.
+fn drop_report(dropped: u64) -> serde_json::Value {
+    serde_json::json!({ "dropped": dropped, "reason": "outbox full (state.max_outbox_mb)" })
+}
+
 /// Turns what the engine produced into outbox entries and state to persist.
 fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &Config, source: &str, stats: &Stats) {
     if outputs.duplicates > 0 {
@@ -1083,11 +1111,8 @@ fn queue(outbox: &Outbox, pending: &mut Pending, entry: OutboxEntry) {
     pending.queued += 1;
     match outbox {
         Outbox::Durable(store) => store.push_outbox(&mut pending.batch, entry),
-        Outbox::Memory(q, next) => {
-            if let (Ok(mut q), Ok(mut next)) = (q.lock(), next.lock()) {
-                q.push_back((*next, entry));
-                *next += 1;
-            }
+        Outbox::Memory(m) => {
+            m.push(entry);
         }
     }
 }

@@ -15,6 +15,8 @@
 //! - [`rules`]: the rules directory -> a compiled rule set.
 //! - [`agent`]: the running pipeline: tasks, bounded queues, shutdown.
 //! - [`emit`]: composite events -> CloudEvents JSON.
+//! - [`store`]: durable state and the outbox in sled; [`memory_outbox`]: the outbox when
+//!   durability is off, bounded the same way.
 //! - [`telemetry`]: counters and the log lines that go with them.
 //! - [`broker`]: an embedded rumqttd (feature `embedded-broker`) for the demo and tests.
 //! - [`demo`]: `edgewatch demo`.
@@ -30,6 +32,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod emit;
+pub mod memory_outbox;
 pub mod metrics;
 pub mod mqtt;
 pub mod reload;

@@ -67,3 +67,53 @@ async fn a_broker_that_accepts_then_drops_each_connection_is_not_hammered() {
     agent.stop().await;
     broker.abort();
 }
+
+/// Durability off (`state.durable = false`): events flow as with the durable outbox, and
+/// through an upstream outage the in-memory outbox holds at most `state.max_outbox_mb`,
+/// dropping the oldest events and saying so upstream when the link returns (issue 15: it
+/// used to grow without bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_outbox_is_bounded_through_an_upstream_outage() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const READINGS: usize = 4000;
+    let source = edgewatch_e2e::Broker::embedded();
+    let (up_v4, up_v5) = (free_port().expect("port"), free_port().expect("port"));
+    let toml = format!(
+        "{}[state]\ndurable = false\nmax_outbox_mb = 1\n[upstream.broker]\nurl = \"mqtt://{up_v4}\"\n\
+         reconnect_min = \"2s\"\nreconnect_max = \"2s\"\n",
+        config(source.addr(), "3.1.1")
+    );
+    let agent = RunningAgent::spawn(&toml, &[("overheat.rhai", OVERHEAT)]).await;
+    let mut sensor = Publisher::connect(source.addr(), "sensor").await;
+    // Subscribed to the sensors before the readings: the source side is up on its own.
+    agent.wait_source_subscribed().await;
+    for i in 0..READINGS {
+        sensor.publish_no_wait(&format!("sensors/t-{:04}/temperature", i % 500), "99");
+    }
+    sensor.wait_acks(READINGS).await;
+    let s = agent.wait_for_stats("every reading processed", |s| s.events as usize == READINGS).await;
+    // About 450 bytes an event: 1 MiB holds some 2 300 of the 4 000.
+    let dropped = agent.stats.outbox_dropped.load(Relaxed);
+    assert!(dropped > 0 && (dropped as usize) < READINGS, "{dropped} dropped of {READINGS}; {s}");
+
+    let upstream =
+        tokio::task::spawn_blocking(move || EmbeddedBroker::start_on(up_v4, up_v5)).await.expect("join").expect("up");
+    let mut cloud = Subscriber::connect(upstream.v4, "cloud", "edgewatch/gw-test/#").await;
+    let mut events = 0usize;
+    let report = loop {
+        let m = cloud.next().await;
+        if m.topic.ends_with("/agent/events") {
+            let ev = m.json();
+            if ev["type"] == "edgewatch.agent.dropped" {
+                break ev;
+            }
+        } else if m.topic.contains("/events/") {
+            events += 1;
+        }
+    };
+    // Every drop in one report: those of the outage, and any the `online` status (queued on
+    // reconnecting, into the full outbox) caused.
+    assert_eq!(report["data"]["dropped"], agent.stats.outbox_dropped.load(Relaxed), "{report}");
+    assert!(events <= READINGS - dropped as usize, "{events} events arrived, {dropped} were dropped");
+    agent.stop().await;
+}

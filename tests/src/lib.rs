@@ -256,6 +256,13 @@ impl RunningAgent {
         waited.unwrap_or_else(|_| panic!("agent not ready in time: {state:?}")).expect("agent still running");
     }
 
+    /// Waits until the agent is subscribed to the sensor topics (its upstream may be down).
+    pub async fn wait_source_subscribed(&self) {
+        let mut ready = self.ready.clone();
+        let waited = tokio::time::timeout(WAIT, ready.wait_for(|r| r.source_subscribed)).await;
+        waited.unwrap_or_else(|_| panic!("agent not subscribed in time")).expect("agent still running");
+    }
+
     /// Stops the agent and returns its final counters.
     pub async fn stop(mut self) -> Snapshot {
         if let Some(stop) = self.stop.take() {
