@@ -252,8 +252,14 @@ impl Agent {
         self.engine.rules().iter().map(|r| r.name.to_string()).collect()
     }
 
-    /// Runs until `shutdown` completes, then drains and returns the final counters.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Snapshot, AgentError> {
+    /// Runs until `shutdown` completes, then drains and returns the final counters. Each
+    /// trigger received on `reloads` rescans the rules (the binary sends one per SIGHUP; the
+    /// library installs no signal handler). A closed `reloads` only ends those requests.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        reloads: mpsc::Receiver<Trigger>,
+    ) -> Result<Snapshot, AgentError> {
         let Agent { config, engine, stats, ready, outbox, startup_events, files, initial_status, metrics, after_crash } =
             self;
         let config = Arc::new(config);
@@ -332,7 +338,7 @@ impl Agent {
         }
         let reloader = tokio::spawn(reload_task(
             files,
-            (reload_tx.clone(), reload_rx),
+            (reload_tx.clone(), reload_rx, reloads),
             in_tx.clone(),
             config.clone(),
             stop_rx.clone(),
@@ -1280,11 +1286,11 @@ fn status_entry(config: &Config, status: &serde_json::Value, stats: &Stats) -> O
     OutboxEntry { topic: config.upstream.rules_status_topic(), payload: doc.to_string().into(), qos: 1, retain: true }
 }
 
-/// Rescans the rules on each trigger (file changes, SIGHUP, control topic) and hands the
-/// result to the engine task.
+/// Rescans the rules on each trigger (file changes, the control topic, and requests from
+/// outside: SIGHUP in the binary) and hands the result to the engine task.
 async fn reload_task(
     files: RuleFiles,
-    (watch_tx, mut triggers): (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>),
+    (watch_tx, mut triggers, external): (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>, mpsc::Receiver<Trigger>),
     in_tx: mpsc::Sender<Input>,
     config: Arc<Config>,
     mut stop: watch::Receiver<bool>,
@@ -1302,27 +1308,28 @@ async fn reload_task(
         None
     };
     let mut files = Some(files);
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut external = Some(external);
     loop {
-        #[cfg(unix)]
-        let sighup = async {
-            match hup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
+        let requested = async {
+            match external.as_mut() {
+                Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             }
         };
-        #[cfg(not(unix))]
-        let sighup = std::future::pending::<()>();
         let trigger = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             t = triggers.recv() => match t {
                 Some(t) => t,
                 None => break,
             },
-            () = sighup => Trigger::Signal,
+            t = requested => match t {
+                Some(t) => t,
+                None => {
+                    // Whoever asked for reloads is gone; the other triggers still work.
+                    external = None;
+                    continue;
+                }
+            },
         };
         while triggers.try_recv().is_ok() {}
         let Some(mut f) = files.take() else { break };

@@ -122,9 +122,14 @@ topic_prefix = "{tree}"
     );
     let mut ready = agent.readiness();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let agent_task = tokio::spawn(agent.run(async move {
-        let _ = stop_rx.await;
-    }));
+    // No reloads asked for from outside: the demo's rules only change by file.
+    let (_no_reloads, reloads) = tokio::sync::mpsc::channel(1);
+    let agent_task = tokio::spawn(agent.run(
+        async move {
+            let _ = stop_rx.await;
+        },
+        reloads,
+    ));
     let wait = Duration::from_secs(15);
     if tokio::time::timeout(wait, ready.wait_for(|r| r.is_ready())).await.is_err() {
         let _ = stop_tx.send(());

@@ -249,8 +249,29 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let agent = Agent::new(config).await.context("cannot start the agent")?;
-    agent.run(shutdown_signal()).await.context("agent failed")?;
+    agent.run(shutdown_signal(), reload_signals()).await.context("agent failed")?;
     Ok(())
+}
+
+/// A reload request per SIGHUP. Installed here, by the binary: the library catches no signal
+/// (a test or an embedding program keeps its own).
+fn reload_signals() -> tokio::sync::mpsc::Receiver<edgewatch::reload::Trigger> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // A reload already waiting covers this one too.
+                    let _ = tx.try_send(edgewatch::reload::Trigger::Signal);
+                }
+            });
+        }
+        Err(error) => tracing::error!(%error, "Cannot listen for SIGHUP; reload by saving a rule file."),
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 /// Completes on Ctrl-C or SIGTERM (what systemd sends).

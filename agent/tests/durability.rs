@@ -617,3 +617,29 @@ async fn a_message_that_crashes_the_agent_is_quarantined_after_three_deliveries(
         stop_cleanly(&mut agent);
     }
 }
+
+/// Issue 15: SIGHUP reloads the rules. The binary installs the handler and passes requests
+/// to the agent as values; the library installs none (a test or an embedding program would
+/// have its SIGHUP taken). File watching is off here, so only the signal can reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_to_the_binary_reloads_the_rules() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
+    let text = std::fs::read_to_string(&config).expect("config").replace("[rules]\n", "[rules]\nwatch = false\n");
+    std::fs::write(&config, text).expect("config");
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/events/#").await;
+    let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    let hot = r#"rule("hot", #{ on: "sensors/{device}/temperature", when: |e| e.value > 80.0 });"#;
+    std::fs::write(dir.path().join("rules").join("hot.rhai"), hot).expect("new rule");
+    let status = Command::new("kill").arg("-HUP").arg(agent.id().to_string()).status().expect("kill runs");
+    assert!(status.success(), "kill -HUP failed");
+    wait_metric(metrics, "edgewatch_reloads_total", WAIT, |n| n >= 1.0).await;
+    let mut sensor = Publisher::connect(addr, "sensor").await;
+    sensor.publish("sensors/t-1/temperature", "90").await;
+    let ev = upstream.next().await.json();
+    assert_eq!(ev["type"], "edgewatch.hot", "{ev}");
+    stop_cleanly(&mut agent);
+}

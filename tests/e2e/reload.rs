@@ -230,3 +230,25 @@ async fn a_broken_file_is_counted_once_however_many_reloads_it_sits_through() {
     assert_eq!(reload_errors(), 1, "the broken file was counted again at a later reload");
     agent.stop().await;
 }
+
+/// Issue 15: a reload is asked for with a value passed to `Agent::run` (the binary sends one
+/// per SIGHUP), with file watching off: the new rule runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_request_passed_to_the_agent_rescans_the_rules() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let broker = Broker::embedded();
+    let toml = config(broker.addr(), "3.1.1").replace("[rules]\n", "[rules]\nwatch = false\n");
+    let agent = RunningAgent::start(&toml, &[("hot.rhai", &rule(1))]).await;
+    let mut upstream = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
+    std::fs::write(agent.dir.path().join("rules").join("hot.rhai"), rule(2)).expect("edit");
+    agent.request_reload().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while agent.stats.reloads.load(Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no reload after the request");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    sensor.publish("sensors/t-1/temperature", "90").await;
+    assert_eq!(upstream.next().await.json()["data"]["v"], 2, "the edited rule runs");
+    agent.stop().await;
+}

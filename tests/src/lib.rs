@@ -179,6 +179,8 @@ pub struct RunningAgent {
     pub dir: tempfile::TempDir,
     /// The completed configuration, for [`RunningAgent::restart`].
     config: String,
+    /// Asks the agent to reload its rules, as SIGHUP does for the binary.
+    reload: mpsc::Sender<edgewatch::reload::Trigger>,
 }
 
 impl RunningAgent {
@@ -229,10 +231,14 @@ impl RunningAgent {
         let stats = agent.stats();
         let ready = agent.readiness();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(agent.run(async move {
-            let _ = stop_rx.await;
-        }));
-        RunningAgent { stats, ready, stop: Some(stop_tx), task: Some(task), dir, config: text }
+        let (reload, reloads) = mpsc::channel(1);
+        let task = tokio::spawn(agent.run(
+            async move {
+                let _ = stop_rx.await;
+            },
+            reloads,
+        ));
+        RunningAgent { stats, ready, stop: Some(stop_tx), task: Some(task), dir, config: text, reload }
     }
 
     /// Stops the agent cleanly and starts a new one on the same configuration, rules and
@@ -254,6 +260,11 @@ impl RunningAgent {
         let waited = tokio::time::timeout(WAIT, ready.wait_for(|r| r.is_ready())).await;
         let state = *self.ready.borrow();
         waited.unwrap_or_else(|_| panic!("agent not ready in time: {state:?}")).expect("agent still running");
+    }
+
+    /// Asks the agent to rescan its rules, as SIGHUP does for the binary.
+    pub async fn request_reload(&self) {
+        self.reload.send(edgewatch::reload::Trigger::Signal).await.expect("agent takes reload requests");
     }
 
     /// Waits until the agent is subscribed to the sensor topics (its upstream may be down).
