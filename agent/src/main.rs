@@ -304,8 +304,8 @@ async fn shutdown_signal() {
 
 /// Compiles every rule file under `path`; prints `file:line:col: message` per error.
 fn check(path: &std::path::Path) -> anyhow::Result<bool> {
-    let sandbox = edgewatch_engine::Sandbox::default();
-    let loaded = edgewatch::rules::load(&sandbox, path)?;
+    let sandbox = std::sync::Arc::new(edgewatch_engine::Sandbox::default());
+    let loaded = edgewatch::reload::load(sandbox, path)?;
     for error in &loaded.errors {
         println!("{error}");
     }

@@ -1,8 +1,11 @@
 //! Hot reload: rule files and lookup tables, recompiled file by file, swapped in whole.
 //!
-//! Each file is compiled on its own and only when its content changed. A file that fails
-//! keeps its previous version running, if it has one, and says where it is broken; the other
-//! files' changes still apply. A scan returns only the errors no earlier scan returned, so
+//! Each file is compiled on its own and only when its content changed. A file is the unit of
+//! failure: one that does not compile, or that declares a rule name an earlier file (in
+//! name order) already declares, keeps its previous version running, if it has one, and
+//! says where it is broken; the other files' changes still apply. The same loader serves
+//! `edgewatch check`, `test` and `replay` ([`load`]), so they judge a directory as the
+//! running agent does. A scan returns only the errors no earlier scan returned, so
 //! each broken version is logged and counted once, however many reloads it sits through;
 //! the status document lists every current error. The new rule set goes to the engine task as one input, so it is
 //! swapped in between two events: no event sees half the old and half the new rules, and
@@ -20,15 +23,19 @@ use xxhash_rust::xxh3::xxh3_64;
 /// One rule file as last seen.
 #[derive(Debug)]
 struct FileState {
+    /// Hash of the latest version read.
     hash: u64,
-    /// When its current rules were loaded.
-    loaded_at: Timestamp,
-    /// The last version that compiled.
+    /// The latest version, compiled, or why it does not compile. Kept when a clash with
+    /// another file's names holds it back, so it is tried again when the clash goes.
+    latest: Result<Vec<Arc<Rule>>, CompileError>,
+    /// The rules running from this file: the latest version, or an earlier one that was
+    /// running when the latest was refused (nothing if it never ran).
     rules: Vec<Arc<Rule>>,
-    /// Why the latest version did not compile, if it did not.
+    /// When `rules` were loaded, and the hash of their version.
+    loaded_at: Timestamp,
+    loaded_hash: Option<u64>,
+    /// Why the latest version is not the one running, if it is not.
     error: Option<CompileError>,
-    /// Some version compiled: when the latest does not, `rules` are that version's.
-    compiled_once: bool,
 }
 
 /// The rules directory, file by file.
@@ -128,47 +135,28 @@ impl RuleFiles {
                 continue;
             }
             changed = true;
-            match self.sandbox.compile_file(&name, &text) {
-                Ok(rules) => {
-                    self.files.insert(
-                        path.clone(),
-                        FileState {
-                            hash,
-                            loaded_at: now,
-                            rules: rules.into_iter().map(Arc::new).collect(),
-                            error: None,
-                            compiled_once: true,
-                        },
-                    );
+            let latest = self.sandbox.compile_file(&name, &text).map(|r| r.into_iter().map(Arc::new).collect());
+            match self.files.get_mut(path) {
+                Some(f) => {
+                    f.hash = hash;
+                    f.latest = latest;
                 }
-                Err(error) => {
-                    let entry = self.files.entry(path.clone()).or_insert(FileState {
-                        hash,
-                        loaded_at: now,
-                        rules: Vec::new(),
-                        error: None,
-                        compiled_once: false,
-                    });
-                    entry.hash = hash;
-                    entry.error = Some(error);
+                None => {
+                    let f =
+                        FileState { hash, latest, rules: Vec::new(), loaded_at: now, loaded_hash: None, error: None };
+                    self.files.insert(path.clone(), f);
                 }
             }
         }
-        // Assemble in file order; a name already taken by an earlier file loses.
-        let (rules, dropped) = RuleSet::from_rules(self.files.values().flat_map(|f| f.rules.iter().cloned()));
+        let rules = self.assemble(now);
         // Every current error with its identity: a new version of a file is a new error even
         // if the message is the same.
         let mut current: Vec<(String, ScanError)> = Vec::new();
         for (path, f) in &self.files {
             if let Some(e) = &f.error {
-                let error = ScanError { message: e.to_string(), previous_kept: f.compiled_once };
+                let error = ScanError { message: e.to_string(), previous_kept: f.loaded_hash.is_some() };
                 current.push((format!("{}#{:016x}", path.display(), f.hash), error));
             }
-        }
-        for d in &dropped {
-            let first = rules.get(&d.name).map(|r| r.origin.to_string()).unwrap_or_default();
-            let message = format!("{}: rule `{}` is already declared at {first}; not loaded", d.origin, d.name);
-            current.push((message.clone(), ScanError { message, previous_kept: false }));
         }
         // Tables: reloaded whole when any file changed; a table that fails is left out.
         let (tables, table_errors, hash) = self.read_tables();
@@ -188,8 +176,47 @@ impl RuleFiles {
         let added: Vec<&String> = after.iter().filter(|n| !before.contains(n)).collect();
         let removed: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
         let summary = format!("{} rules; added {added:?}; removed {removed:?}", after.len());
-        let status = self.status(now, &dropped);
+        let status = self.status(now);
         Ok(Scan { rules, tables, changed, errors, summary, status })
+    }
+
+    /// Puts the rule set together in file order. Each file runs its latest version if it
+    /// compiled and declares no name an earlier file runs; otherwise the version it was
+    /// running, if that clashes with nothing (else none of it), and the file has an error.
+    fn assemble(&mut self, now: Timestamp) -> RuleSet {
+        let mut running: Vec<Arc<Rule>> = Vec::new();
+        let clash = |running: &[Arc<Rule>], rules: &[Arc<Rule>]| {
+            rules.iter().find_map(|r| running.iter().find(|o| o.name == r.name).map(|o| (r.clone(), o.clone())))
+        };
+        for (path, f) in &mut self.files {
+            let refused = match &f.latest {
+                Err(e) => Some(e.clone()),
+                Ok(latest) => match clash(&running, latest) {
+                    None => {
+                        if f.loaded_hash != Some(f.hash) {
+                            f.loaded_hash = Some(f.hash);
+                            f.loaded_at = now;
+                        }
+                        f.rules = latest.clone();
+                        None
+                    }
+                    Some((dup, first)) => Some(CompileError {
+                        file: path.display().to_string(),
+                        line: dup.origin.line,
+                        col: dup.origin.col,
+                        message: format!("rule `{}` is already declared at {}", dup.name, first.origin),
+                    }),
+                },
+            };
+            if refused.is_some() && clash(&running, &f.rules).is_some() {
+                // What it ran before clashes too (an earlier file took one of its names).
+                f.rules.clear();
+                f.loaded_hash = None;
+            }
+            f.error = refused;
+            running.extend(f.rules.iter().cloned());
+        }
+        RuleSet::from_rules(running).0
     }
 
     fn read_tables(&self) -> (Tables, Vec<String>, u64) {
@@ -215,18 +242,15 @@ impl RuleFiles {
     }
 
     /// Every rule with its file, content hash, load time and current error.
-    fn status(&self, now: Timestamp, dropped: &[Arc<Rule>]) -> serde_json::Value {
+    fn status(&self, now: Timestamp) -> serde_json::Value {
         let mut rules = Vec::new();
         for (path, f) in &self.files {
             for r in &f.rules {
-                if dropped.iter().any(|d| Arc::ptr_eq(d, r)) {
-                    continue;
-                }
                 rules.push(serde_json::json!({
                     "name": &*r.name,
                     "kind": r.kind(),
                     "file": path.display().to_string(),
-                    "hash": format!("{:016x}", f.hash),
+                    "hash": format!("{:016x}", f.loaded_hash.unwrap_or(f.hash)),
                     "loaded_at": f.loaded_at.to_rfc3339(),
                     "error": f.error.as_ref().map(|e| e.to_string()),
                 }));
@@ -246,6 +270,24 @@ impl RuleFiles {
             .collect();
         serde_json::json!({ "updated": now.to_rfc3339(), "rules": rules, "files": files })
     }
+}
+
+/// Loads `path` (a rules directory or one file) once, exactly as the running agent does:
+/// for `edgewatch check`, `test` and `replay`, so that they judge a directory as the agent
+/// would. Tables are read by the caller ([`rules::load_tables`]).
+pub fn load(sandbox: Arc<Sandbox>, path: &Path) -> Result<rules::Loaded, RulesDirError> {
+    let listed = if path.is_file() { vec![path.to_owned()] } else { rules::rule_files(path)? };
+    let mut files = RuleFiles::new(path, BTreeMap::new(), sandbox);
+    let scan = files.scan(Timestamp(0))?;
+    let mut errors: Vec<CompileError> = files.files.values().filter_map(|f| f.error.clone()).collect();
+    for p in listed.iter().filter(|p| !files.files.contains_key(*p)) {
+        let message = match std::fs::read_to_string(p) {
+            Err(e) => format!("cannot read: {e}"),
+            Ok(_) => "cannot read it steadily (it changed while being read)".to_owned(),
+        };
+        errors.push(CompileError { file: p.display().to_string(), line: 0, col: 0, message });
+    }
+    Ok(rules::Loaded { rules: scan.rules, errors, files: listed.len() })
 }
 
 /// Why a reload was asked for.
@@ -339,5 +381,53 @@ mod tests {
         let scan = files.scan(Timestamp(0)).expect("readable");
         let status = scan.status.to_string();
         assert!(status.contains("a.rhai:") && status.contains("b.rhai:"), "{status}");
+    }
+
+    fn names(scan: &Scan) -> Vec<String> {
+        let mut v: Vec<String> = scan.rules.iter().map(|r| r.name.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Issue 15: `check` dropped the whole later file on a duplicate rule name, the agent
+    /// only the clashing rule, so `check` could pass a directory the agent loaded otherwise.
+    /// A file is the unit of failure everywhere: the later file is an error, whole, with
+    /// `file:line:col`, and keeps its previous version when that clashes with nothing.
+    #[test]
+    fn a_name_declared_twice_fails_the_later_file_whole_and_check_agrees() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("a.rhai"), GOOD).expect("write");
+        std::fs::write(path("b.rhai"), r#"rule("b", #{ on: "x/#", when: |e| true });"#).expect("write");
+        let mut files = files(dir.path());
+        assert_eq!(names(&files.scan(Timestamp(0)).expect("scan")), ["a", "b"]);
+
+        // b now declares `a` too: b is refused whole and its previous version runs.
+        let clashing = "rule(\"b\", #{ on: \"x/#\", when: |e| true });\nrule(\"c\", #{ on: \"y/#\", when: |e| true });\nrule(\"a\", #{ on: \"z/#\", when: |e| true });";
+        std::fs::write(path("b.rhai"), clashing).expect("write");
+        let scan = files.scan(Timestamp(1)).expect("scan");
+        assert_eq!(names(&scan), ["a", "b"], "not c: the later file fails whole");
+        let errors: Vec<&ScanError> = scan.errors.iter().collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.contains("b.rhai:3:1") && errors[0].message.contains("already declared"),
+            "{errors:?}"
+        );
+        assert!(errors[0].previous_kept, "{errors:?}");
+
+        // `check` (the tools' loader) says the same of the same directory from scratch: the
+        // later file is an error with its position, and none of it loads.
+        let loaded = load(Arc::new(Sandbox::new(Limits::default())), dir.path()).expect("loads");
+        let loaded_names: Vec<&str> = loaded.rules.iter().map(|r| &*r.name).collect();
+        assert_eq!(loaded_names, ["a"], "at first load the later file has no previous version");
+        assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+        assert_eq!((loaded.errors[0].line, loaded.errors[0].col), (3, 1));
+        assert!(loaded.errors[0].file.ends_with("b.rhai"));
+
+        // The clash goes (a renames its rule): b's latest version, unchanged on disk, runs.
+        std::fs::write(path("a.rhai"), GOOD.replace("\"a\"", "\"a2\"")).expect("write");
+        let scan = files.scan(Timestamp(2)).expect("scan");
+        assert_eq!(names(&scan), ["a", "a2", "b", "c"]);
+        assert!(scan.status.to_string().contains("b.rhai"), "{}", scan.status);
     }
 }

@@ -162,7 +162,7 @@ pub fn engine_for(rules: &Path, config: EngineConfig) -> Result<Engine, ReplayEr
 
 fn engine_only(rules: &Path, config: EngineConfig, only: Option<&[String]>) -> Result<Engine, ReplayError> {
     let sandbox = Arc::new(Sandbox::default());
-    let loaded = crate::rules::load(&sandbox, rules)
+    let loaded = crate::reload::load(sandbox.clone(), rules)
         .map_err(|e| ReplayError::Config { file: rules.display().to_string(), message: e.to_string() })?;
     if let Some(first) = loaded.errors.first() {
         return Err(ReplayError::Config { file: first.file.clone(), message: first.to_string() });

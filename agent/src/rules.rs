@@ -1,11 +1,12 @@
 //! Rule files and lookup tables on disk -> a compiled rule set and tables.
 //!
-//! Every `*.rhai` file directly in the rules directory is loaded, in file-name order. A file
-//! that fails to compile is left out and reported with `file:line:col`; the others load.
+//! Every `*.rhai` file directly in the rules directory is loaded, in file-name order, by
+//! [`crate::reload`]: one loader for the agent and the tools. A file that fails to compile
+//! is left out and reported with `file:line:col`; the others load.
 //! Lookup tables are the `*.csv` and `*.toml` files of `<rules dir>/tables/` (named by file
 //! stem) plus those the configuration names.
 
-use edgewatch_engine::{CompileError, RuleSet, Sandbox, Table, Tables};
+use edgewatch_engine::{CompileError, RuleSet, Table, Tables};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,21 +85,4 @@ pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RulesDirError> {
         .collect();
     files.sort();
     Ok(files)
-}
-
-/// Loads and compiles every rule file in `dir` (or the single file `dir` names).
-pub fn load(sandbox: &Sandbox, path: &Path) -> Result<Loaded, RulesDirError> {
-    let files = if path.is_file() { vec![path.to_owned()] } else { rule_files(path)? };
-    let mut sources: Vec<(String, String)> = Vec::with_capacity(files.len());
-    let mut errors = Vec::new();
-    for file in &files {
-        let name = file.display().to_string();
-        match std::fs::read_to_string(file) {
-            Ok(text) => sources.push((name, text)),
-            Err(e) => errors.push(CompileError { file: name, line: 0, col: 0, message: format!("cannot read: {e}") }),
-        }
-    }
-    let (rules, mut compile_errors) = RuleSet::compile(sandbox, sources.iter().map(|(n, s)| (n.as_str(), s.as_str())));
-    errors.append(&mut compile_errors);
-    Ok(Loaded { rules, errors, files: files.len() })
 }
