@@ -22,6 +22,7 @@
 use crate::config::{Config, Subscription};
 use crate::decode::{DecodeError, Format, decode_with};
 use crate::emit::CloudEvent;
+use crate::health::Readiness;
 use crate::memory_outbox::MemoryOutbox;
 use crate::mqtt::{self, AckToken, Client, ConnectOptions, Incoming};
 use crate::reload::{self, RuleFiles, Scan, Trigger};
@@ -70,22 +71,6 @@ pub enum AgentError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::ListenError),
-}
-
-/// Connection state, for readiness checks (tests, the demo, later `/healthz`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Readiness {
-    /// Connected to the source broker and every subscription acknowledged.
-    pub source_subscribed: bool,
-    /// Connected to the upstream broker.
-    pub upstream_connected: bool,
-}
-
-impl Readiness {
-    /// Both sides are up.
-    pub fn is_ready(&self) -> bool {
-        self.source_subscribed && self.upstream_connected
-    }
 }
 
 /// What the source task hands the engine task.

@@ -17,7 +17,9 @@
 //! - [`emit`]: composite events -> CloudEvents JSON.
 //! - [`store`]: durable state and the outbox in sled; [`memory_outbox`]: the outbox when
 //!   durability is off, bounded the same way.
-//! - [`telemetry`]: counters and the log lines that go with them.
+//! - [`telemetry`]: counters and the log lines that go with them; [`health`]: the
+//!   connection state `/healthz` and readiness waits read; [`metrics`]: `/metrics` and
+//!   `/healthz`.
 //! - [`broker`]: an embedded rumqttd (feature `embedded-broker`) for the demo and tests.
 //! - [`demo`]: `edgewatch demo`.
 //! - [`replay`]: recorded events under virtual time: `edgewatch replay` and `edgewatch test`.
@@ -32,6 +34,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod emit;
+pub mod health;
 pub mod memory_outbox;
 pub mod metrics;
 pub mod mqtt;
@@ -42,5 +45,6 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 
-pub use agent::{Agent, AgentError, Readiness};
+pub use agent::{Agent, AgentError};
 pub use config::{Config, ConfigError};
+pub use health::Readiness;

@@ -9,7 +9,7 @@
 //! the sensor subscriptions acknowledged), 503 otherwise; either way the body says what
 //! is up and what is not, with the latest connection error.
 
-use crate::agent::Readiness;
+use crate::health::Readiness;
 use crate::telemetry::Stats;
 use axum::Router;
 use axum::http::{StatusCode, header};

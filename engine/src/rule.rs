@@ -1,7 +1,6 @@
 //! Compiled rules and the rule set the engine runs.
 
 use crate::func::Func;
-use crate::sandbox::{CompileError, Sandbox};
 use crate::topic::TopicPattern;
 use rhai::{AST, Dynamic};
 use std::fmt;
@@ -199,36 +198,6 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// Compiles every `(file name, source)` pair. A file that fails is left out whole and
-    /// reported; the others still load. A rule name used by an earlier file is an error in
-    /// the later one.
-    pub fn compile<'a>(
-        sandbox: &Sandbox,
-        files: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> (RuleSet, Vec<CompileError>) {
-        let mut set = RuleSet::default();
-        let mut errors = Vec::new();
-        for (file, source) in files {
-            match sandbox.compile_file(file, source) {
-                Ok(rules) => {
-                    if let Some(dup) = rules.iter().find(|r| set.get(&r.name).is_some()) {
-                        let first = set.get(&dup.name).map(|r| r.origin.to_string()).unwrap_or_default();
-                        errors.push(CompileError {
-                            file: file.to_owned(),
-                            line: dup.origin.line,
-                            col: dup.origin.col,
-                            message: format!("rule `{}` is already declared at {first}", dup.name),
-                        });
-                        continue;
-                    }
-                    set.rules.extend(rules.into_iter().map(Arc::new));
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        (set, errors)
-    }
-
     /// A rule set of already compiled rules (the reloader keeps each file's last good
     /// version and assembles them). Names must be unique; later duplicates are dropped and
     /// returned.

@@ -11,7 +11,7 @@
 
 use crate::context::{self, TimerRequest};
 use crate::declare::{self, Declared};
-use crate::rule::{Origin, Rule};
+use crate::rule::{Origin, Rule, RuleSet};
 use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, NativeCallContext, Position};
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -391,4 +391,38 @@ fn register_functions(engine: &mut rhai::Engine) {
         context::with(|c| c.timers.push(TimerRequest::Cancel { name }));
         Ok::<_, Box<EvalAltResult>>(())
     });
+}
+
+// Compiling files into a rule set lives here, with the compiler: `rule` is plain data and
+// imports nothing that imports it back.
+impl RuleSet {
+    /// Compiles every `(file name, source)` pair. A file that fails is left out whole and
+    /// reported; the others still load. A rule name used by an earlier file is an error in
+    /// the later one.
+    pub fn compile<'a>(
+        sandbox: &Sandbox,
+        files: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> (RuleSet, Vec<CompileError>) {
+        let mut rules: Vec<Arc<Rule>> = Vec::new();
+        let mut errors = Vec::new();
+        for (file, source) in files {
+            match sandbox.compile_file(file, source) {
+                Ok(compiled) => {
+                    let first = |name: &str| rules.iter().find(|r| &*r.name == name).map(|r| r.origin.to_string());
+                    if let Some((dup, first)) = compiled.iter().find_map(|r| first(&r.name).map(|f| (r, f))) {
+                        errors.push(CompileError {
+                            file: file.to_owned(),
+                            line: dup.origin.line,
+                            col: dup.origin.col,
+                            message: format!("rule `{}` is already declared at {first}", dup.name),
+                        });
+                        continue;
+                    }
+                    rules.extend(compiled.into_iter().map(Arc::new));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        (RuleSet::from_rules(rules).0, errors)
+    }
 }
