@@ -1346,19 +1346,10 @@ fn agent_event(config: &Config, source: &str, kind: &str, data: serde_json::Valu
         edgewatch_engine::EventId::from_content(kind, &now.millis().to_le_bytes()),
         0,
     );
-    let payload = serde_json::json!({
-        "specversion": "1.0",
-        "id": id.to_string(),
-        "source": source,
-        "type": format!("edgewatch.agent.{kind}"),
-        "subject": config.agent_id,
-        "time": now.to_rfc3339(),
-        "datacontenttype": "application/json",
-        "data": data,
-    });
+    let event = CloudEvent::about_agent(kind, id.to_string(), (source, &config.agent_id), now.to_rfc3339(), &data);
     OutboxEntry {
         topic: format!("{}/agent/events", config.upstream.topic_prefix),
-        payload: payload.to_string().into(),
+        payload: event.to_json().into(),
         qos: 1,
         retain: false,
     }

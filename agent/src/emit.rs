@@ -4,9 +4,10 @@ use edgewatch_engine::{Composite, Dynamic};
 use serde::Serialize;
 use std::fmt::Write as _;
 
-/// A CloudEvents 1.0 envelope, structured mode.
+/// A CloudEvents 1.0 envelope, structured mode: of a composite event (data from a rule, a
+/// `Dynamic`) or of an event about the agent itself (data built as JSON).
 #[derive(Debug, Serialize)]
-pub struct CloudEvent<'a> {
+pub struct CloudEvent<'a, D: Serialize + ?Sized = Dynamic> {
     pub specversion: &'static str,
     /// Deterministic: the same rule, key and input give the same id, so consumers can
     /// deduplicate redeliveries.
@@ -21,7 +22,7 @@ pub struct CloudEvent<'a> {
     /// RFC 3339, from the triggering input's event time.
     pub time: String,
     pub datacontenttype: &'static str,
-    pub data: &'a Dynamic,
+    pub data: &'a D,
 }
 
 impl<'a> CloudEvent<'a> {
@@ -38,16 +39,47 @@ impl<'a> CloudEvent<'a> {
             data: &event.data,
         }
     }
+}
 
+impl<'a> CloudEvent<'a, serde_json::Value> {
+    /// An event about the agent itself (`edgewatch.agent.<kind>`, subject the agent's id).
+    pub fn about_agent(
+        kind: &str,
+        id: String,
+        (source, agent): (&'a str, &'a str),
+        time: String,
+        data: &'a serde_json::Value,
+    ) -> Self {
+        CloudEvent {
+            specversion: "1.0",
+            id,
+            source,
+            ty: format!("edgewatch.agent.{kind}"),
+            subject: agent,
+            time,
+            datacontenttype: "application/json",
+            data,
+        }
+    }
+}
+
+impl<D: Serialize + ?Sized> CloudEvent<'_, D> {
     /// The JSON bytes to publish.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising a Dynamic cannot fail for values rules can build; fall back to an
         // envelope without data rather than lose the event.
         serde_json::to_vec(self).unwrap_or_else(|error| {
             tracing::error!(%error, id = %self.id, "Event data is not serialisable; sending it without data.");
-            let empty = Dynamic::UNIT;
-            let bare =
-                CloudEvent { data: &empty, id: self.id.clone(), ty: self.ty.clone(), time: self.time.clone(), ..*self };
+            let bare = CloudEvent {
+                specversion: self.specversion,
+                id: self.id.clone(),
+                source: self.source,
+                ty: self.ty.clone(),
+                subject: self.subject,
+                time: self.time.clone(),
+                datacontenttype: self.datacontenttype,
+                data: &(),
+            };
             serde_json::to_vec(&bare).unwrap_or_default()
         })
     }
