@@ -16,8 +16,15 @@
 //! after a crash produces the same ids. Batches form by themselves under load (everything
 //! already queued is written together) and stay one message when idle.
 //!
-//! Every queue is bounded. Shutdown is a future passed in: the source stops reading, the
-//! engine commits what it has, the publisher sends what it can for a few seconds.
+//! One bad message never stops it: an oversized one is read past by the connection and
+//! dead-lettered, and after a crash the first redeliveries are counted before they are
+//! processed, so one that crashes the agent again and again is quarantined (`poison`).
+//!
+//! Every queue is bounded (the outbox by `state.max_outbox_mb`, on disk or in memory).
+//! Shutdown and reload requests are values passed to [`Agent::run`]; the library installs
+//! no signal handler. At shutdown the source stops handing messages on but keeps its
+//! connection until the acknowledgements of what the engine committed have gone out, the
+//! engine commits what it has, and the publisher sends what it can for a few seconds.
 
 use crate::config::{Config, Subscription};
 use crate::decode::{DecodeError, Format, decode_with};
