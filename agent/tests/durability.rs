@@ -51,6 +51,31 @@ fn write_config_with(
     (file, metrics)
 }
 
+/// An agent process on an embedded broker, healthy, with a consumer of everything it
+/// publishes and a sensor: what most tests here start from.
+struct Rig {
+    broker: Broker,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    metrics: SocketAddr,
+    upstream: Subscriber,
+    agent: Child,
+    sensor: Publisher,
+}
+
+async fn rig(rules: &str, snapshot_interval: &str) -> Rig {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, metrics) = write_config_with(dir.path(), addr, None, rules, snapshot_interval);
+    let upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
+    let agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    let sensor = Publisher::connect(addr, "sensors").await;
+    Rig { broker, addr, dir, config, metrics, upstream, agent, sensor }
+}
+
 fn spawn_agent(config: &Path) -> Child {
     spawn_agent_with(config, &[])
 }
@@ -230,14 +255,8 @@ async fn a_database_wrecked_before_the_first_periodic_snapshot_is_restored() {
 /// Counts five readings, waits for a snapshot that holds them, kills the agent, wrecks its
 /// database and checks that the restarted agent reports the restore and counts on.
 async fn wrecked_and_restored(snapshot_interval: &str) {
-    let broker = Broker::embedded();
-    let addr = broker.addr();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config_with(dir.path(), addr, None, COUNT, snapshot_interval);
-    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
-    let mut agent = spawn_agent(&config);
-    wait_healthy(metrics).await;
-    let mut sensor = Publisher::connect(addr, "sensors").await;
+    let Rig { broker: _broker, addr: _addr, dir, config, metrics: _metrics, mut upstream, mut agent, mut sensor } =
+        rig(COUNT, snapshot_interval).await;
     for seq in 1..=5 {
         sensor.publish("sensors/d0/reading", format!(r#"{{"device":"d0","seq":{seq},"value":1}}"#)).await;
     }
@@ -336,14 +355,8 @@ async fn a_restart_after_a_stop_longer_than_the_timeout_raises_no_storm() {
     // Long enough that 10 000 heartbeats are in before the first deadline, and that the agent
     // is up and has the speaking half within the grace after its restart, on a slow machine.
     const OFFLINE: &str = r#"rule("offline", #{ on: "sensors/{device}/hb", heartbeat: #{ timeout: "5s" } });"#;
-    let broker = Broker::embedded();
-    let addr = broker.addr();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config(dir.path(), addr, None, OFFLINE);
-    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
-    let mut agent = spawn_agent(&config);
-    wait_healthy(metrics).await;
-    let mut sensor = Publisher::connect(addr, "sensors").await;
+    let Rig { broker: _broker, addr: _addr, dir: _dir, config, metrics, mut upstream, mut agent, mut sensor } =
+        rig(OFFLINE, "1s").await;
     const N: usize = 10_000;
     // Everyone reports once; then the agent stops for longer than the timeout.
     for i in 0..N {
@@ -414,14 +427,8 @@ const OFFLINE: &str = r#"rule("offline", #{ on: "sensors/{device}/hb", heartbeat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_is_a_restart_every_device_gets_a_full_timeout() {
     const N: usize = 10;
-    let broker = Broker::embedded();
-    let addr = broker.addr();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config(dir.path(), addr, None, OFFLINE);
-    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
-    let mut agent = spawn_agent(&config);
-    wait_healthy(metrics).await;
-    let mut sensor = Publisher::connect(addr, "sensors").await;
+    let Rig { broker: _broker, addr: _addr, dir, config, metrics, mut upstream, mut agent, mut sensor } =
+        rig(OFFLINE, "1s").await;
     for i in 0..N {
         sensor.publish(&format!("sensors/d{i}/hb"), "1").await;
     }
@@ -476,14 +483,8 @@ async fn a_restore_is_a_restart_every_device_gets_a_full_timeout() {
 /// since the snapshot", and its reason was sled's debug text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_with_no_snapshot_says_nothing_was_restored() {
-    let broker = Broker::embedded();
-    let addr = broker.addr();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config_with(dir.path(), addr, None, COUNT, "1h");
-    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
-    let mut agent = spawn_agent(&config);
-    wait_healthy(metrics).await;
-    let mut sensor = Publisher::connect(addr, "sensors").await;
+    let Rig { broker: _broker, addr: _addr, dir, config, metrics, mut upstream, mut agent, mut sensor } =
+        rig(COUNT, "1h").await;
     sensor.publish("sensors/d0/reading", r#"{"device":"d0","seq":1,"value":1}"#).await;
     wait_metric(metrics, "edgewatch_commit_latency_seconds_count", WAIT, |n| n >= 1.0).await;
     agent.kill().expect("SIGKILL");
@@ -514,14 +515,8 @@ async fn a_restore_with_no_snapshot_says_nothing_was_restored() {
 /// the agent wrote anything: a crash right after a commit looked up to 5 s longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downtime_counts_from_the_last_commit_not_the_last_alive_mark() {
-    let broker = Broker::embedded();
-    let addr = broker.addr();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
-    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
-    let mut agent = spawn_agent(&config);
-    wait_healthy(metrics).await;
-    let mut sensor = Publisher::connect(addr, "sensors").await;
+    let Rig { broker: _broker, addr: _addr, dir: _dir, config, metrics, mut upstream, mut agent, mut sensor } =
+        rig(COUNT, "1s").await;
     let since_epoch =
         |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).expect("after 1970");
     let sent = since_epoch(std::time::SystemTime::now());
