@@ -30,7 +30,7 @@ use crate::config::{Config, Subscription};
 use crate::decode::{DecodeError, Format, decode_with};
 use crate::emit::CloudEvent;
 use crate::health::Readiness;
-use crate::memory_outbox::MemoryOutbox;
+use crate::outbox::Outbox;
 use crate::mqtt::{self, AckToken, Client, ConnectOptions, Incoming};
 use crate::reload::{self, RuleFiles, Scan, Trigger};
 use crate::rules;
@@ -113,48 +113,6 @@ enum Input {
     Ack(AckToken),
 }
 
-/// Where outbound events wait: durably in sled, or (durability off) in memory; bounded by
-/// `state.max_outbox_mb` either way.
-#[derive(Debug, Clone)]
-enum Outbox {
-    Durable(Store),
-    Memory(Arc<MemoryOutbox>),
-}
-
-impl Outbox {
-    fn next(&self, from: u64, n: usize) -> Vec<(u64, OutboxEntry)> {
-        match self {
-            Outbox::Durable(s) => s.outbox_from(from, n).unwrap_or_else(|error| {
-                tracing::error!(%error, "Cannot read the outbox.");
-                Vec::new()
-            }),
-            Outbox::Memory(m) => m.from(from, n),
-        }
-    }
-
-    fn acked(&self, seq: u64) {
-        match self {
-            Outbox::Durable(s) => s.ack_outbox(seq),
-            Outbox::Memory(m) => m.ack(seq),
-        }
-    }
-
-    fn depth(&self) -> usize {
-        match self {
-            Outbox::Durable(s) => s.outbox_depth().0,
-            Outbox::Memory(m) => m.depth().0,
-        }
-    }
-
-    /// Events dropped for space (the outbox was full) since the last call.
-    fn take_dropped(&self) -> u64 {
-        match self {
-            Outbox::Durable(s) => s.take_dropped(),
-            Outbox::Memory(m) => m.take_dropped(),
-        }
-    }
-}
-
 /// A configured agent, ready to run.
 #[derive(Debug)]
 pub struct Agent {
@@ -220,9 +178,9 @@ impl Agent {
             after_crash = !store.take_clean_stop()?;
             // On disk before anything else happens: a crash of this run must be seen as one.
             store.flush().await?;
-            Outbox::Durable(store)
+            Outbox::durable(store)
         } else {
-            Outbox::Memory(Arc::new(MemoryOutbox::new(config.state.max_outbox_bytes)))
+            Outbox::memory(config.state.max_outbox_bytes)
         };
         let (ready, _) = watch::channel(Readiness::default());
         let metrics = config.metrics_listen.map(crate::metrics::bind).transpose()?;
@@ -284,7 +242,7 @@ impl Agent {
         // source task waits for room in the engine's queue, which waits for the committer.
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Vec<AckToken>>();
         let packet = config.max_payload_bytes.saturating_add(64 * 1024);
-        let durable = matches!(outbox, Outbox::Durable(_));
+        let durable = outbox.store().is_some();
 
         let (src_client, src_conn) = mqtt::connect(
             &config.source,
@@ -368,10 +326,7 @@ impl Agent {
             ready.clone(),
             done_rx,
         ));
-        let store = match &outbox {
-            Outbox::Durable(s) => Some(s.clone()),
-            Outbox::Memory(..) => None,
-        };
+        let store = outbox.store().cloned();
         let publisher = tokio::spawn(publisher_task(
             up_client,
             outbox,
@@ -460,28 +415,12 @@ fn restart_events(
 
 /// What `/metrics` reads from this agent.
 fn metrics_sources(outbox: &Outbox, stats: Arc<Stats>, ready: watch::Receiver<Readiness>) -> crate::metrics::Sources {
-    let (depth, disk): (crate::metrics::OutboxGauge, crate::metrics::DiskGauge) = match outbox {
-        Outbox::Durable(store) => {
-            let (a, b) = (store.clone(), store.clone());
-            (
-                Box::new(move || {
-                    let (n, bytes) = a.outbox_depth();
-                    (n as u64, bytes)
-                }),
-                Box::new(move || Some(b.size_on_disk())),
-            )
-        }
-        Outbox::Memory(m) => {
-            let m = m.clone();
-            (
-                Box::new(move || {
-                    let (n, bytes) = m.depth();
-                    (n as u64, bytes)
-                }),
-                Box::new(|| None),
-            )
-        }
-    };
+    let (a, b) = (outbox.clone(), outbox.clone());
+    let depth: crate::metrics::OutboxGauge = Box::new(move || {
+        let (n, bytes) = a.depth();
+        (n as u64, bytes)
+    });
+    let disk: crate::metrics::DiskGauge = Box::new(move || b.size_on_disk());
     crate::metrics::Sources { stats, ready, outbox: depth, disk }
 }
 
@@ -680,10 +619,7 @@ async fn engine_task(
     let mut outputs = Outputs::default();
     let mut pending = Pending::new();
     let (commits, commit_rx) = mpsc::channel::<CommitJob>(1);
-    let store = match &outbox {
-        Outbox::Durable(s) => Some(s.clone()),
-        Outbox::Memory(..) => None,
-    };
+    let store = outbox.store().cloned();
     let committer = tokio::spawn(committer_task(store, commit_rx, ack_tx, sent.clone(), stats.clone()));
     for (kind, data) in startup_events {
         tracing::warn!(kind, %data, "Agent event.");
@@ -815,8 +751,8 @@ async fn engine_task(
             Some(Input::Message { topic, payload, format, received, arrived, ack, suspect }) => {
                 // A possible redelivery of what the last run crashed on: its delivery is on disk
                 // before it is processed.
-                let delivery = match (&outbox, suspect) {
-                    (Outbox::Durable(store), true) => {
+                let delivery = match (outbox.store(), suspect) {
+                    (Some(store), true) => {
                         let parts = (&engine, store, &outbox);
                         let committer = (&commits, sent.as_ref());
                         match count_delivery(parts, &config, &mut pending, committer, &topic, &payload).await {
@@ -837,7 +773,7 @@ async fn engine_task(
                         quarantine(&config, &stats, (&outbox, &mut pending), (&topic, &payload), received);
                     }
                     Delivery::Process(hash) => {
-                        if let (Some(hash), Outbox::Durable(store)) = (hash, &outbox) {
+                        if let (Some(hash), Some(store)) = (hash, outbox.store()) {
                             // Gone with the message's effects: only a delivery that never completes
                             // stays counted.
                             store.forget_delivery(&mut pending.batch, hash);
@@ -875,11 +811,9 @@ async fn engine_task(
         collect(&outputs, &outbox, &mut pending, &config, &source, &stats);
         if Instant::now() >= next_gauges {
             next_gauges = Instant::now() + GAUGES_EVERY;
-            if let Outbox::Durable(store) = &outbox {
-                // Acknowledged events are deleted with the next batch; when idle, make one.
-                if store.has_acked() {
-                    pending.messages = pending.messages.max(1);
-                }
+            // Acknowledged events are deleted with the next batch; when idle, make one.
+            if outbox.has_acked() {
+                pending.messages = pending.messages.max(1);
             }
             let keys = engine.tracked_keys().map(|(rule, n)| (Arc::<str>::from(rule), n as u64)).collect();
             if let Ok(mut tracked) = stats.detail.tracked_keys.lock() {
@@ -887,7 +821,7 @@ async fn engine_task(
             }
         }
         if Instant::now() >= next_alive {
-            if let Outbox::Durable(store) = &outbox {
+            if let Some(store) = outbox.store() {
                 store.mark_alive(&mut pending.batch, wall_clock().millis());
             }
             next_alive = Instant::now() + ALIVE_EVERY;
@@ -922,7 +856,7 @@ async fn engine_task(
         }
         if Instant::now() >= next_snapshot {
             next_snapshot = Instant::now() + config.state.snapshot_interval;
-            if let Outbox::Durable(store) = &outbox {
+            if let Some(store) = outbox.store() {
                 write_snapshot(store).await;
             }
         }
@@ -938,7 +872,7 @@ async fn engine_task(
     }
     drop(commits);
     let _ = committer.await;
-    if let Outbox::Durable(store) = &outbox {
+    if let Some(store) = outbox.store() {
         let mut b = Batch::default();
         store.mark_alive(&mut b, wall_clock().millis());
         store.mark_clean_stop(&mut b);
@@ -1099,7 +1033,7 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
         let topic = config.upstream.event_topic(&composite.rule, &composite.key);
         queue(outbox, pending, OutboxEntry { topic, payload: payload.into(), qos: config.upstream.qos, retain: false });
     }
-    if matches!(outbox, Outbox::Durable(_)) {
+    if outbox.store().is_some() {
         pending.touched.extend(outputs.touched.iter().cloned());
     }
 }
@@ -1107,12 +1041,7 @@ fn collect(outputs: &Outputs, outbox: &Outbox, pending: &mut Pending, config: &C
 /// Queues an event: readable by the publisher at once, in either outbox.
 fn queue(outbox: &Outbox, pending: &mut Pending, entry: OutboxEntry) {
     pending.queued += 1;
-    match outbox {
-        Outbox::Durable(store) => store.push_outbox(&mut pending.batch, entry),
-        Outbox::Memory(m) => {
-            m.push(entry);
-        }
-    }
+    outbox.push(&mut pending.batch, entry);
 }
 
 /// Hands the batch to the committer (durable) or the in-memory outbox, with its acks.
@@ -1127,8 +1056,8 @@ fn commit(
     let acks = std::mem::take(&mut pending.acks);
     let arrived = std::mem::take(&mut pending.arrived);
     pending.messages = 0;
-    match outbox {
-        Outbox::Durable(store) => {
+    match outbox.store() {
+        Some(store) => {
             for what in pending.touched.drain() {
                 let value = engine.export(&what);
                 store.put_state(&mut pending.batch, &what, value.as_deref());
@@ -1137,7 +1066,7 @@ fn commit(
             let batch = std::mem::take(&mut pending.batch);
             permit.send(CommitJob { batch, acks, arrived, done });
         }
-        Outbox::Memory(..) => {
+        None => {
             permit.send(CommitJob { batch: Batch::default(), acks, arrived, done });
             sent.notify_one();
         }
@@ -1503,12 +1432,12 @@ async fn publisher_task(
             continue;
         }
         if *engine_done.borrow() {
-            let empty = outbox.depth() == 0;
+            let empty = outbox.depth().0 == 0;
             let at = *deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
             if empty || Instant::now() >= at {
                 if !empty {
                     tracing::warn!(
-                        waiting = outbox.depth(),
+                        waiting = outbox.depth().0,
                         "Stopping with events not yet acknowledged upstream; they stay in the outbox."
                     );
                 }

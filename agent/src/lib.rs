@@ -37,6 +37,7 @@ pub mod emit;
 pub mod health;
 pub mod memory_outbox;
 pub mod metrics;
+pub mod outbox;
 pub mod mqtt;
 pub mod reload;
 pub mod replay;
