@@ -124,12 +124,13 @@ topic_prefix = "{tree}"
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // No reloads asked for from outside: the demo's rules only change by file.
     let (_no_reloads, reloads) = tokio::sync::mpsc::channel(1);
-    let agent_task = tokio::spawn(agent.run(
-        async move {
-            let _ = stop_rx.await;
-        },
-        reloads,
-    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        let _ = stop_rx.await;
+        cancel.cancel();
+    });
+    let agent_task = tokio::spawn(agent.run(stop, reloads));
     let wait = Duration::from_secs(15);
     if tokio::time::timeout(wait, ready.wait_for(|r| r.is_ready())).await.is_err() {
         let _ = stop_tx.send(());

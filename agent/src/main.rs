@@ -249,7 +249,13 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let agent = Agent::new(config).await.context("cannot start the agent")?;
-    agent.run(shutdown_signal(), reload_signals()).await.context("agent failed")?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.cancel();
+    });
+    agent.run(shutdown, reload_signals()).await.context("agent failed")?;
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 //! the sensor subscriptions acknowledged), 503 otherwise; either way the body says what
 //! is up and what is not, with the latest connection error.
 
-use crate::health::Readiness;
+use crate::health::{Link, Readiness};
 use crate::telemetry::Stats;
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -59,10 +59,10 @@ impl Sources {
     pub fn health(&self) -> (bool, serde_json::Value) {
         let r = *self.ready.borrow();
         let d = &self.stats.detail;
-        let conn = |name: &str| {
-            let c = d.connection(name);
+        let conn = |link: Link| {
+            let c = d.connection(link.name());
             serde_json::json!({
-                "connected": c.connected.load(Relaxed),
+                "connected": r.connected(link),
                 "connects": c.connects.load(Relaxed),
                 "failures": c.failures.load(Relaxed),
                 "disconnects": c.disconnects.load(Relaxed),
@@ -78,8 +78,8 @@ impl Sources {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": d.started.elapsed().as_secs(),
             "rules": rules,
-            "source": { "subscribed": r.source_subscribed, "connection": conn("source") },
-            "upstream": { "connected": r.upstream_connected, "connection": conn("upstream") },
+            "source": { "subscribed": r.source_subscribed, "connection": conn(Link::Source) },
+            "upstream": { "connected": r.upstream_connected, "connection": conn(Link::Upstream) },
         });
         (ready, body)
     }
@@ -240,11 +240,12 @@ impl Collector for AgentCollector {
             gauge(e, "state_disk", "Size of the state database on disk.", Some(&Unit::Bytes), disk as i64)?;
         }
         let names = ["source", "upstream"];
+        let ready = *self.0.ready.borrow();
         labelled(
             e,
             ("connected", "1 while connected to the broker.", MetricType::Gauge),
             "connection",
-            names.iter().map(|n| (*n, u64::from(d.connection(n).connected.load(Relaxed)))),
+            [Link::Source, Link::Upstream].map(|l| (l.name(), u64::from(ready.connected(l)))),
         )?;
         labelled(
             e,

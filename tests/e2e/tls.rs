@@ -93,7 +93,7 @@ async fn refused(config: &str, what: &str) -> String {
     let source = || agent.stats.detail.connection("source");
     agent.wait_for_stats(what, |_| source().failures.load(Relaxed) >= 3).await;
     assert_eq!(source().connects.load(Relaxed), 0, "{what}: must never connect");
-    assert!(!source().connected.load(Relaxed), "{what}");
+    assert!(!agent.readiness().source_connected, "{what}");
     let error = source().last_error.lock().expect("lock").clone().expect("an error is reported");
     assert!(!error.contains(PASSWORD), "{what}: the password leaked into an error: {error}");
     agent.stop().await;

@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 /// How long any one wait in a test may take before it is a failure.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -174,7 +175,7 @@ impl Drop for Mosquitto {
 pub struct RunningAgent {
     pub stats: Arc<Stats>,
     ready: watch::Receiver<Readiness>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<Result<Snapshot, edgewatch::AgentError>>>,
     pub dir: tempfile::TempDir,
     /// The completed configuration, for [`RunningAgent::restart`].
@@ -230,28 +231,26 @@ impl RunningAgent {
         let agent = Agent::new(config).await.expect("agent starts");
         let stats = agent.stats();
         let ready = agent.readiness();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (reload, reloads) = mpsc::channel(1);
-        let task = tokio::spawn(agent.run(
-            async move {
-                let _ = stop_rx.await;
-            },
-            reloads,
-        ));
-        RunningAgent { stats, ready, stop: Some(stop_tx), task: Some(task), dir, config: text, reload }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(agent.run(stop.clone(), reloads));
+        RunningAgent { stats, ready, stop, task: Some(task), dir, config: text, reload }
     }
 
     /// Stops the agent cleanly and starts a new one on the same configuration, rules and
     /// state (and so the same broker sessions), waiting until it is ready.
     pub async fn restart(mut self) -> RunningAgent {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
         let task = self.task.take().expect("running");
         tokio::time::timeout(WAIT, task).await.expect("agent stops in time").expect("task").expect("agent ran");
         let agent = RunningAgent::launch(self.config, self.dir).await;
         agent.wait_ready().await;
         agent
+    }
+
+    /// Its connection state now.
+    pub fn readiness(&self) -> Readiness {
+        *self.ready.borrow()
     }
 
     /// Waits until the agent is connected on both sides and subscribed.
@@ -276,9 +275,7 @@ impl RunningAgent {
 
     /// Stops the agent and returns its final counters.
     pub async fn stop(mut self) -> Snapshot {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
         let task = self.task.take().expect("running");
         tokio::time::timeout(WAIT, task).await.expect("agent stops in time").expect("task").expect("agent ran")
     }

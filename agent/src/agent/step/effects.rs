@@ -1,0 +1,93 @@
+//! What the engine produced, turned into outbox entries and state to persist.
+
+use super::Step;
+use crate::agent::reports;
+use crate::decode::DecodeError;
+use crate::emit::CloudEvent;
+use crate::store::OutboxEntry;
+use edgewatch_engine::Timestamp;
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Step {
+    /// Queues an event: readable by the upstream side at once, on disk with the batch.
+    pub(super) fn queue(&mut self, entry: OutboxEntry) {
+        self.pending.queued += 1;
+        self.outbox.push(&mut self.pending.batch, entry);
+    }
+
+    /// Turns the engine's outputs for the last input into outbox entries and state to persist.
+    pub(super) fn collect(&mut self) {
+        let outputs = std::mem::take(&mut self.outputs);
+        if outputs.duplicates > 0 {
+            self.stats.duplicates.fetch_add(outputs.duplicates as u64, Relaxed);
+        }
+        self.stats.keys_limited(outputs.keys_refused, outputs.keys_evicted);
+        for report in &outputs.key_limits {
+            // At most one per rule per `key_report_interval_ms`: the engine rate-limits them.
+            let data = self.stats.key_limit(report);
+            self.queue(reports::agent_event(&self.config, &self.source, "key_limit", data));
+        }
+        for late in &outputs.late {
+            self.stats.late.fetch_add(1, Relaxed);
+            let raw = serde_json::to_vec(&late.payload).unwrap_or_default();
+            let error = "older than the allowed lateness";
+            let letter = reports::dead_letter(&late.topic, &raw, raw.len(), late.time, "late", error);
+            self.queue(reports::dead_letter_entry(&self.config, letter));
+            self.stats.dead_letters.fetch_add(1, Relaxed);
+        }
+        for fault in &outputs.faults {
+            self.stats.rule_failed(fault);
+            self.queue(reports::fault_entry(&self.config, fault));
+        }
+        if let (Some(first), Ok(mut by_rule)) = (outputs.events.first(), self.stats.detail.by_rule.lock()) {
+            // Events of one input usually come from one rule: look it up once.
+            let mut rule = first.rule.clone();
+            let mut n = 0u64;
+            for composite in &outputs.events {
+                if composite.rule != rule {
+                    by_rule.entry(std::mem::replace(&mut rule, composite.rule.clone())).or_default().events += n;
+                    n = 0;
+                }
+                n += 1;
+            }
+            by_rule.entry(rule).or_default().events += n;
+        }
+        for composite in &outputs.events {
+            self.stats.events.fetch_add(1, Relaxed);
+            tracing::debug!(rule = %composite.rule, key = %composite.key, id = %composite.id, "Composite event.");
+            let payload = CloudEvent::new(composite, &self.source).to_json();
+            let topic = self.config.upstream.event_topic(&composite.rule, &composite.key);
+            let qos = self.config.upstream.qos;
+            self.queue(OutboxEntry { topic, payload: payload.into(), qos, retain: false });
+        }
+        if matches!(self.sink, super::Sink::Disk { .. }) {
+            self.pending.touched.extend(outputs.touched.iter().cloned());
+        }
+        // Given back, so its vectors keep their capacity for the next input.
+        self.outputs = outputs;
+    }
+
+    /// A payload that cannot be decoded: counted and dead-lettered (with at most a prefix of it).
+    pub(super) fn undecodable(
+        &mut self,
+        (topic, payload, size): (&str, &[u8], usize),
+        received: Timestamp,
+        error: &DecodeError,
+    ) {
+        self.stats.decode_failed(topic, error);
+        let letter = reports::dead_letter(topic, payload, size, received, error.reason(), &error.to_string());
+        self.queue(reports::dead_letter_entry(&self.config, letter));
+        self.stats.dead_letters.fetch_add(1, Relaxed);
+    }
+
+    /// A message the agent crashed on each time it was delivered: dead-lettered unprocessed
+    /// and acknowledged, so the session moves on.
+    pub(super) fn quarantine(&mut self, topic: &str, payload: &[u8], received: Timestamp) {
+        let error = crate::agent::poison::quarantine_reason(self.config.max_deliveries);
+        tracing::error!(topic, size = payload.len(), "Poison message quarantined unprocessed.");
+        let letter = reports::dead_letter(topic, payload, payload.len(), received, "poison", &error);
+        self.queue(reports::dead_letter_entry(&self.config, letter));
+        self.stats.dead_letters.fetch_add(1, Relaxed);
+        self.stats.quarantined.fetch_add(1, Relaxed);
+    }
+}
