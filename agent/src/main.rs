@@ -1,5 +1,7 @@
 //! The `edgewatch` command.
 
+mod signals;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use edgewatch::{Agent, AgentError, Config};
@@ -168,7 +170,9 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| {
                 rt.block_on(async {
                     let mut out = std::io::stdout();
-                    edgewatch::demo::run(opts, &mut out, shutdown_signal()).await.context("demo failed")?;
+                    edgewatch::demo::run(opts, &mut out, signals::shutdown().cancelled_owned())
+                        .await
+                        .context("demo failed")?;
                     Ok(())
                 })
             }))
@@ -249,63 +253,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let agent = Agent::new(config).await.context("cannot start the agent")?;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stop.cancel();
-    });
-    agent.run(shutdown, reload_signals()).await.context("agent failed")?;
+    agent.run(signals::shutdown(), signals::reloads()).await.context("agent failed")?;
     Ok(())
-}
-
-/// A reload request per SIGHUP. Installed here, by the binary: the library catches no signal
-/// (a test or an embedding program keeps its own).
-fn reload_signals() -> tokio::sync::mpsc::Receiver<edgewatch::reload::Trigger> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    #[cfg(unix)]
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(mut hup) => {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    // A reload already waiting covers this one too.
-                    let _ = tx.try_send(edgewatch::reload::Trigger::Signal);
-                }
-            });
-        }
-        Err(error) => tracing::error!(%error, "Cannot listen for SIGHUP; reload by saving a rule file."),
-    }
-    #[cfg(not(unix))]
-    drop(tx);
-    rx
-}
-
-/// Completes on Ctrl-C or SIGTERM (what systemd sends).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "Cannot listen for Ctrl-C.");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "Cannot listen for SIGTERM.");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C: shutting down."),
-        _ = term => tracing::info!("SIGTERM: shutting down."),
-    }
 }
 
 /// Compiles every rule file under `path`; prints `file:line:col: message` per error.
