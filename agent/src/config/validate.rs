@@ -15,15 +15,10 @@ fn invalid(path: &str, message: impl Into<String>) -> Invalid {
     (path.to_owned(), message.into())
 }
 
-/// A topic level (agent id, ...) must not contain what MQTT treats as syntax.
+/// A topic level (agent id, ...) must not contain what MQTT treats as syntax: the wire crate's
+/// check, the one the simulator uses for device ids and channels too.
 fn check_level(path: &str, s: &str) -> Result<(), Invalid> {
-    if s.is_empty() {
-        return Err(invalid(path, "must not be empty"));
-    }
-    if let Some(c) = s.chars().find(|c| matches!(c, '/' | '+' | '#') || c.is_control()) {
-        return Err(invalid(path, format!("must not contain {c:?}: it is used as one MQTT topic level")));
-    }
-    Ok(())
+    edgewatch_wire::check_topic_level(s).map_err(|e| invalid(path, e.to_string()))
 }
 
 fn check_qos(path: &str, qos: u8) -> Result<u8, Invalid> {
