@@ -3,7 +3,7 @@
 //! `cargo bench -p edgewatch --bench durability`.
 
 use edgewatch::broker::EmbeddedBroker;
-use edgewatch_e2e::{Mosquitto, RunningAgent};
+use edgewatch_e2e::{AgentToml, Mosquitto, RunningAgent};
 use std::time::{Duration, Instant};
 
 const MESSAGES: usize = 40_000;
@@ -30,10 +30,12 @@ struct Row {
 }
 
 async fn run(broker_name: &'static str, addr: std::net::SocketAddr, durable: bool, round: usize) -> Row {
-    let text = format!(
-        "[agent]\nid = \"bench{round}\"\nstate_dir = {{state}}\n[rules]\ndir = {{rules}}\n[source]\nurl = \"mqtt://{addr}\"\n\
-         [[subscriptions]]\ntopic = \"sensors/#\"\nqos = 1\n[state]\ndurable = {durable}\n"
-    );
+    let text = AgentToml::new()
+        .id(&format!("bench{round}"))
+        .source(addr)
+        .subscribe_with("sensors/#", &[("qos", 1.into())])
+        .set("state.durable", durable)
+        .to_string();
     let agent = RunningAgent::start(&text, &[("bench.rhai", RULES)]).await;
     let stats = agent.stats.clone();
 

@@ -4,7 +4,7 @@
 
 use edgewatch::broker::EmbeddedBroker;
 use edgewatch::reload::RuleFiles;
-use edgewatch_e2e::RunningAgent;
+use edgewatch_e2e::{AgentToml, RunningAgent};
 use edgewatch_engine::{Sandbox, Timestamp};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -52,10 +52,7 @@ fn main() {
     let latencies = rt.block_on(async {
         let rule_files: Vec<(String, String)> = (0..100).map(|i| (format!("r{i:04}.rhai"), rule(i, 0))).collect();
         let rule_refs: Vec<(&str, &str)> = rule_files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
-        let text = format!(
-            "[agent]\nid = \"reload\"\nstate_dir = {{state}}\n[rules]\ndir = {{rules}}\n[source]\nurl = \"{}\"\n[[subscriptions]]\ntopic = \"sensors/#\"\n",
-            broker.url()
-        );
+        let text = AgentToml::new().id("reload").set("source.url", broker.url()).subscribe("sensors/#").to_string();
         let agent = RunningAgent::start(&text, &rule_refs).await;
         let stats = agent.stats.clone();
         let rules = agent.dir.path().join("rules");

@@ -2,8 +2,9 @@
 //!
 //! Three formats, chosen per subscription: JSON, plain scalars (`23.5`, `true`, `on`,
 //! `offline`), and the postcard frames of the `wire` crate. `auto` tells them apart by the
-//! first byte: wire frames start with a non-text version byte. A wire frame decodes to the
-//! same object a JSON sensor would send (see `wire/README.md`), so one rule serves both.
+//! first byte: wire frames start with a non-text version byte. A wire frame decodes through
+//! the wire crate's own JSON mapping (`wire::JsonView`, the one copy of it) to the same object
+//! a JSON sensor would send (see `wire/README.md`), so one rule serves both.
 
 use edgewatch_engine::{Dynamic, Map};
 use edgewatch_wire as wire;
@@ -340,37 +341,14 @@ fn scalar(bytes: &[u8], limits: &DecodeLimits) -> Result<Dynamic, DecodeError> {
     })
 }
 
+/// A frame through the wire crate's JSON mapping ([`wire::JsonView`]), serialized straight
+/// into a rule value: the same object the frame's JSON text would decode to (integers beyond
+/// `i64` become floats, non-finite samples `()`), with no second copy of the mapping here.
 fn postcard(bytes: &[u8]) -> Result<Dynamic, DecodeError> {
     let msg = wire::decode(bytes).map_err(DecodeError::Wire)?;
-    Ok(wire_to_map(&msg).into())
-}
-
-/// The JSON-shaped view of a wire message: `device`, `seq`, `ts`, `kind`, then one field per
-/// sample channel (readings), `uptime_s` (heartbeats) or `code` (events).
-pub fn wire_to_map(msg: &wire::Message) -> Map {
-    let mut m = Map::new();
-    m.insert("device".into(), msg.device.as_str().into());
-    m.insert("seq".into(), Dynamic::from_int(i64::from(msg.seq)));
-    // As JSON text of the same message would decode: integers beyond i64 become floats.
-    let ts = msg.timestamp_ms;
-    m.insert("ts".into(), i64::try_from(ts).map_or_else(|_| Dynamic::from_float(ts as f64), Dynamic::from_int));
-    m.insert("kind".into(), msg.kind().into());
-    match &msg.body {
-        wire::Body::Reading(samples) => {
-            for s in samples {
-                // Non-finite samples are `null` in the JSON mapping: `()` here, the same.
-                let v = s.value_f64();
-                m.insert(s.channel.as_str().into(), if v.is_finite() { Dynamic::from_float(v) } else { Dynamic::UNIT });
-            }
-        }
-        wire::Body::Heartbeat { uptime_s } => {
-            m.insert("uptime_s".into(), Dynamic::from_int(i64::from(*uptime_s)));
-        }
-        wire::Body::Event { code } => {
-            m.insert("code".into(), Dynamic::from_int(i64::from(*code)));
-        }
-    }
-    m
+    // The view holds only strings, integers, floats and `None`, which rhai's serializer always
+    // takes; a failure would be a malformed message, not a panic.
+    rhai::serde::to_dynamic(msg.json()).map_err(|_| DecodeError::Wire(wire::Error::Malformed))
 }
 
 #[cfg(test)]
@@ -566,6 +544,40 @@ mod tests {
         assert_eq!(from_wire["t"], serde_json::Value::Null);
         assert_eq!(from_wire["h"], serde_json::Value::Null);
         assert_eq!(from_wire, from_json);
+    }
+
+    /// Every kind of frame, and the edges of its numbers, decodes to the value its JSON text
+    /// (the wire crate's `JsonView`, as the simulator sends it) decodes to: same keys, same
+    /// values, and the same rhai type for each (an integer stays an integer).
+    #[test]
+    fn wire_frames_decode_exactly_as_their_json_text() {
+        let messages = [
+            wire::Message::reading("t-001", 17, 1_732_170_000_000, &[("temperature", 23.5), ("humidity", 41.2)]),
+            wire::Message::reading("t-1", u32::MAX, 0, &[("t", f32::NAN), ("h", f32::NEG_INFINITY), ("p", -0.0)]),
+            wire::Message::reading("t-1", 0, u64::MAX, &[("x", f32::MAX), ("y", -1.5e-7), ("z", 22.1)]),
+            wire::Message::heartbeat("t-2", 18, i64::MAX as u64, u32::MAX),
+            wire::Message::heartbeat("t-2", 18, i64::MAX as u64 + 1, 0),
+            wire::Message::event("dev/ice+#", 19, 1, u16::MAX),
+        ];
+        for msg in messages {
+            let msg = msg.expect("fits");
+            let mut buf = [0u8; wire::MAX_FRAME_LEN];
+            let frame = wire::encode(&msg, &mut buf).expect("encodes");
+            let text = serde_json::to_vec(&msg.json()).expect("json");
+            let limits = DecodeLimits::default();
+            let from_wire = decode_with(Format::Postcard, frame, &limits).expect("frame decodes");
+            let from_json = decode_with(Format::Json, &text, &limits).expect("text decodes");
+            let types = |v: &Dynamic| -> Vec<(String, String)> {
+                let map = v.read_lock::<Map>().expect("an object");
+                map.iter().map(|(k, v)| (k.to_string(), v.type_name().to_owned())).collect()
+            };
+            assert_eq!(types(&from_wire), types(&from_json), "{msg:?}");
+            assert_eq!(
+                serde_json::to_value(&from_wire).expect("ok"),
+                serde_json::to_value(&from_json).expect("ok"),
+                "{msg:?}"
+            );
+        }
     }
 
     /// Found by fuzzing: `ts` beyond i64 was clamped to i64::MAX from a frame, but became a

@@ -1,7 +1,9 @@
 //! The `edgewatch` binary as a user runs it: exit codes and messages.
 
+use edgewatch_e2e::AgentToml;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn edgewatch(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_edgewatch"))
@@ -173,11 +175,7 @@ fn state_export_import_and_inspect_round_trip() {
     let dir = tempfile::tempdir().expect("temp dir");
     let write_config = |name: &str, state: &std::path::Path| {
         let file = dir.path().join(name);
-        let text = format!(
-            "[agent]\nid = \"x\"\nstate_dir = {:?}\n[[subscriptions]]\ntopic = \"a/#\"\n",
-            state.display().to_string()
-        );
-        std::fs::write(&file, text).expect("config");
+        state_only_config(state).write(&file);
         file
     };
     let old = write_config("old.toml", &dir.path().join("old-state"));
@@ -215,15 +213,17 @@ fn state_export_import_and_inspect_round_trip() {
     assert!(report.contains("t-007") && report.contains("outbox: 1 events"), "{report}");
 }
 
+/// An agent `x` with its state in `state` and every other key at its default (the rules
+/// directory too): enough for the `state` commands.
+fn state_only_config(state: &Path) -> AgentToml {
+    AgentToml::new().id("x").set("agent.state_dir", state).unset("rules.dir").subscribe("a/#")
+}
+
 /// A state directory with one heartbeat key imported: (config file, state directory).
 fn imported_state(dir: &Path) -> (PathBuf, PathBuf) {
     let state = dir.join("state");
     let config = dir.join("edgewatch.toml");
-    let toml = format!(
-        "[agent]\nid = \"x\"\nstate_dir = {:?}\n[[subscriptions]]\ntopic = \"a/#\"\n",
-        state.display().to_string()
-    );
-    std::fs::write(&config, toml).expect("config");
+    state_only_config(&state).write(&config);
     let snapshot = serde_json::json!({
         "schema": 1,
         "taken_ms": 1000,
@@ -274,27 +274,24 @@ fn no_secret_reaches_the_logs_even_at_trace_level() {
     let key_pem = std::fs::read_to_string(&client.key).expect("key");
     let key_body = key_pem.lines().nth(1).expect("a PEM body line").to_owned();
     let dead = edgewatch::broker::free_port().expect("port");
-    let q = |p: &Path| format!("{:?}", p.display().to_string());
     let config = dir.path().join("edgewatch.toml");
     std::fs::create_dir_all(dir.path().join("rules")).expect("rules");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nid = \"gw\"\nstate_dir = {state}\n[rules]\ndir = {rules}\n\
-             [source]\nurl = \"mqtt://{src}\"\nusername = \"edge\"\npassword = \"hunter2-SOURCE-SECRET\"\n\
-             [[subscriptions]]\ntopic = \"sensors/#\"\n\
-             [upstream.broker]\nurl = \"mqtts://localhost:{up}\"\nusername = \"edge\"\npassword_env = \"UPSTREAM_PW\"\n\
-             ca_file = {ca}\nclient_cert = {cert}\nclient_key = {key}\nreconnect_min = \"100ms\"\nreconnect_max = \"200ms\"\n",
-            state = q(&dir.path().join("state")),
-            rules = q(&dir.path().join("rules")),
-            src = broker.addr(),
-            up = dead.port(),
-            ca = q(&ca.cert),
-            cert = q(&client.cert),
-            key = q(&client.key),
-        ),
-    )
-    .expect("write config");
+    AgentToml::new()
+        .id("gw")
+        .dirs_in(dir.path())
+        .source(broker.addr())
+        .set("source.username", "edge")
+        .set("source.password", "hunter2-SOURCE-SECRET")
+        .subscribe("sensors/#")
+        .set("upstream.broker.url", format!("mqtts://localhost:{}", dead.port()))
+        .set("upstream.broker.username", "edge")
+        .set("upstream.broker.password_env", "UPSTREAM_PW")
+        .set("upstream.broker.ca_file", &ca.cert)
+        .set("upstream.broker.client_cert", &client.cert)
+        .set("upstream.broker.client_key", &client.key)
+        .set("upstream.broker.reconnect_min", Duration::from_millis(100))
+        .set("upstream.broker.reconnect_max", Duration::from_millis(200))
+        .write(&config);
     let logs = agent_logs(
         &["--log-format", "json", "run", "--config"],
         &config,
@@ -328,20 +325,9 @@ fn no_secret_reaches_the_logs_even_at_trace_level() {
 fn logs_are_human_readable_by_default() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = edgewatch_e2e::Broker::embedded();
-    let q = |p: &Path| format!("{:?}", p.display().to_string());
     let config = dir.path().join("edgewatch.toml");
     std::fs::create_dir_all(dir.path().join("rules")).expect("rules");
-    std::fs::write(
-        &config,
-        format!(
-            "[agent]\nid = \"gw\"\nstate_dir = {state}\n[rules]\ndir = {rules}\n\
-             [source]\nurl = \"mqtt://{src}\"\n[[subscriptions]]\ntopic = \"sensors/#\"\n",
-            state = q(&dir.path().join("state")),
-            rules = q(&dir.path().join("rules")),
-            src = broker.addr(),
-        ),
-    )
-    .expect("write config");
+    AgentToml::new().id("gw").dirs_in(dir.path()).source(broker.addr()).subscribe("sensors/#").write(&config);
     let logs = agent_logs(
         &["run", "--config"],
         &config,
@@ -433,14 +419,13 @@ fn rust_log_takes_target_directives_and_says_when_it_cannot() {
 fn a_missing_rules_directory_exits_2_and_names_the_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("edgewatch.toml");
-    let state = dir.path().join("state");
-    let rules = dir.path().join("no-such-rules");
-    let config = format!(
-        "[agent]\nid = \"x\"\nstate_dir = {:?}\n[rules]\ndir = {:?}\n[source]\nurl = \"mqtt://127.0.0.1:9\"\n[[subscriptions]]\ntopic = \"a/#\"\n",
-        state.to_str().expect("utf-8 path"),
-        rules.to_str().expect("utf-8 path"),
-    );
-    std::fs::write(&file, config).expect("write");
+    AgentToml::new()
+        .id("x")
+        .set("agent.state_dir", dir.path().join("state"))
+        .set("rules.dir", dir.path().join("no-such-rules"))
+        .set("source.url", "mqtt://127.0.0.1:9")
+        .subscribe("a/#")
+        .write(&file);
     let out = edgewatch(&["run", "--config", file.to_str().expect("utf-8 path")], dir.path());
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {err}");

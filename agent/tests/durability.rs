@@ -1,7 +1,7 @@
 //! Nothing lost: the agent as a real process, killed and restarted against a real broker,
 //! with real sled files on disk.
 
-use edgewatch_e2e::{Broker, Mosquitto, Publisher, Subscriber, WAIT, toml_path, wait_healthy, wait_metric};
+use edgewatch_e2e::{AgentToml, Broker, Mosquitto, Publisher, Subscriber, WAIT, wait_healthy, wait_metric};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,21 +33,36 @@ fn write_config_with(
     rules: &str,
     snapshot_interval: &str,
 ) -> (PathBuf, SocketAddr) {
+    write_config_edited(dir, source, upstream, rules, |c| c.set("state.snapshot_interval", snapshot_interval))
+}
+
+/// [`write_config`] with `edit` applied to the configuration before it is written.
+fn write_config_edited(
+    dir: &Path,
+    source: SocketAddr,
+    upstream: Option<SocketAddr>,
+    rules: &str,
+    edit: impl FnOnce(AgentToml) -> AgentToml,
+) -> (PathBuf, SocketAddr) {
     let rules_dir = dir.join("rules");
     std::fs::create_dir_all(&rules_dir).expect("rules dir");
     std::fs::write(rules_dir.join("rules.rhai"), rules).expect("rules");
-    let upstream = upstream
-        .map(|u| format!("[upstream.broker]\nurl = \"mqtt://{u}\"\nreconnect_max = \"500ms\"\n"))
-        .unwrap_or_default();
     let metrics = edgewatch::broker::free_port().expect("port");
-    let text = format!(
-        "[agent]\nid = \"crash\"\nstate_dir = {}\nmetrics_listen = \"{metrics}\"\n[rules]\ndir = {}\n[source]\nurl = \"mqtt://{source}\"\nreconnect_max = \"500ms\"\n\
-         [[subscriptions]]\ntopic = \"sensors/#\"\nqos = 1\n[state]\nsnapshot_interval = \"{snapshot_interval}\"\n[upstream]\n{upstream}",
-        toml_path(&dir.join("state")),
-        toml_path(&rules_dir),
-    );
+    let mut config = AgentToml::new()
+        .id("crash")
+        .dirs_in(dir)
+        .set("agent.metrics_listen", metrics)
+        .source(source)
+        .set("source.reconnect_max", Duration::from_millis(500))
+        .subscribe_with("sensors/#", &[("qos", 1.into())])
+        .set("state.snapshot_interval", "1s");
+    if let Some(u) = upstream {
+        config = config
+            .set("upstream.broker.url", format!("mqtt://{u}"))
+            .set("upstream.broker.reconnect_max", Duration::from_millis(500));
+    }
     let file = dir.join("edgewatch.toml");
-    std::fs::write(&file, text).expect("config");
+    edit(config).write(&file);
     (file, metrics)
 }
 
@@ -621,9 +636,7 @@ async fn sighup_to_the_binary_reloads_the_rules() {
     let broker = Broker::embedded();
     let addr = broker.addr();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
-    let text = std::fs::read_to_string(&config).expect("config").replace("[rules]\n", "[rules]\nwatch = false\n");
-    std::fs::write(&config, text).expect("config");
+    let (config, metrics) = write_config_edited(dir.path(), addr, None, COUNT, |c| c.set("rules.watch", false));
     let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/events/#").await;
     let mut agent = spawn_agent(&config);
     wait_healthy(metrics).await;

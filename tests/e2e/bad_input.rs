@@ -1,6 +1,6 @@
 //! Bad input is counted, dead-lettered with its reason, and never stops the agent.
 
-use crate::{OVERHEAT, config};
+use crate::{OVERHEAT, agent, config};
 use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber};
 
 const FRAGILE: &str = r#"
@@ -64,8 +64,7 @@ async fn too_deep_too_long_and_wrong_types_are_dead_lettered_with_their_reason()
     for broker in Broker::all() {
         let label = broker.name();
         let addr = broker.addr();
-        // `config` ends in the `[limits]` section: extend it.
-        let toml = format!("{}max_json_depth = 8\nmax_string_bytes = 64\n", config(addr, "3.1.1"));
+        let toml = agent(addr, "3.1.1").set("limits.max_json_depth", 8).set("limits.max_string_bytes", 64).to_string();
         let agent = RunningAgent::start(&toml, &[("overheat.rhai", OVERHEAT)]).await;
         let mut dead = Subscriber::connect(addr, "dead-letter-reader", "edgewatch/gw-test/deadletter").await;
         let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
@@ -124,9 +123,7 @@ rule("hot_frame", #{
     for broker in Broker::all() {
         let label = broker.name();
         let addr = broker.addr();
-        // `config` ends in the `[limits]` section: add the subscription before it.
-        let toml = config(addr, "3.1.1")
-            .replace("[limits]\n", "[[subscriptions]]\ntopic = \"frames/#\"\nformat = \"wire\"\n[limits]\n");
+        let toml = agent(addr, "3.1.1").subscribe_with("frames/#", &[("format", "wire".into())]).to_string();
         let agent = RunningAgent::start(&toml, &[("frames.rhai", FRAMES)]).await;
         let mut dead = Subscriber::connect(addr, "dead-letter-reader", "edgewatch/gw-test/deadletter").await;
         let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
@@ -229,7 +226,7 @@ async fn a_message_over_the_client_limit_is_a_dead_letter_not_a_disconnect() {
             let addr = if protocol == "5" { broker.addr_v5() } else { broker.addr() };
             let label = format!("{} MQTT {protocol}", broker.name());
             // The sensor topics at QoS 2, so that each QoS is delivered as published.
-            let toml = config(addr, protocol).replace("topic = \"sensors/#\"\n", "topic = \"sensors/#\"\nqos = 2\n");
+            let toml = agent(addr, protocol).set("subscriptions[0].qos", 2).to_string();
             let mut agent = RunningAgent::start(&toml, &[("overheat.rhai", OVERHEAT)]).await;
             let mut dead =
                 Subscriber::connect(broker.addr(), "dead-letter-reader", "edgewatch/gw-test/deadletter").await;

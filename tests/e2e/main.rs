@@ -24,30 +24,21 @@ rule("overheat", #{
 });
 "#;
 
-/// An agent config for a broker at `addr` speaking `protocol`.
+/// The agent most tests run, for a broker at `addr` speaking `protocol`: `sensors/#` in any
+/// format (`subscriptions[0]`), `strict/#` as JSON only, `other/#` and `doors/#`, payloads up
+/// to 1 KiB. Tests that need more set it on the builder.
+pub fn agent(addr: std::net::SocketAddr, protocol: &str) -> edgewatch_e2e::AgentToml {
+    edgewatch_e2e::AgentToml::new()
+        .source(addr)
+        .set("source.protocol", protocol)
+        .subscribe_with("sensors/#", &[("format", "auto".into())])
+        .subscribe_with("strict/#", &[("format", "json".into())])
+        .subscribe("other/#")
+        .subscribe("doors/#")
+        .set("limits.max_payload_bytes", 1024)
+}
+
+/// [`agent`] as TOML text.
 pub fn config(addr: std::net::SocketAddr, protocol: &str) -> String {
-    format!(
-        r#"
-[agent]
-id = "gw-test"
-state_dir = {{state}}
-[rules]
-dir = {{rules}}
-[source]
-url = "mqtt://{addr}"
-protocol = "{protocol}"
-[[subscriptions]]
-topic = "sensors/#"
-format = "auto"
-[[subscriptions]]
-topic = "strict/#"
-format = "json"
-[[subscriptions]]
-topic = "other/#"
-[[subscriptions]]
-topic = "doors/#"
-[limits]
-max_payload_bytes = 1024
-"#
-    )
+    agent(addr, protocol).to_string()
 }

@@ -1,10 +1,11 @@
 //! `/metrics` and `/healthz` of a running agent, against a real broker.
 
-use crate::{OVERHEAT, config};
+use crate::{OVERHEAT, agent};
 use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber, http_get, metric};
 
-fn with_metrics(base: String, listen: std::net::SocketAddr) -> String {
-    base.replace("[agent]\n", &format!("[agent]\nmetrics_listen = \"{listen}\"\n"))
+/// The usual agent on `addr`, serving `/metrics` and `/healthz` on `listen`.
+fn with_metrics(addr: std::net::SocketAddr, listen: std::net::SocketAddr) -> String {
+    agent(addr, "3.1.1").set("agent.metrics_listen", listen).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,11 +13,8 @@ async fn metrics_count_what_happened_and_health_says_ready() {
     let broker = Broker::embedded();
     let listen = edgewatch::broker::free_port().expect("port");
     let beat = r#"rule("beat", #{ on: "sensors/{device}/heartbeat", heartbeat: #{ timeout: "1h" } });"#;
-    let agent = RunningAgent::start(
-        &with_metrics(config(broker.addr(), "3.1.1"), listen),
-        &[("o.rhai", OVERHEAT), ("beat.rhai", beat)],
-    )
-    .await;
+    let agent =
+        RunningAgent::start(&with_metrics(broker.addr(), listen), &[("o.rhai", OVERHEAT), ("beat.rhai", beat)]).await;
     let mut upstream = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
 
@@ -108,7 +106,7 @@ async fn health_is_unavailable_while_the_broker_is_unreachable() {
     // Nothing listens here.
     let dead = edgewatch::broker::free_port().expect("port");
     let listen = edgewatch::broker::free_port().expect("port");
-    let agent = RunningAgent::spawn(&with_metrics(config(dead, "3.1.1"), listen), &[("o.rhai", OVERHEAT)]).await;
+    let agent = RunningAgent::spawn(&with_metrics(dead, listen), &[("o.rhai", OVERHEAT)]).await;
     let failures = || agent.stats.detail.connection("source").failures.load(std::sync::atomic::Ordering::Relaxed);
     agent.wait_for_stats("two failed connections", |_| failures() >= 2).await;
     let (code, body) = http_get(listen, "/healthz").await;
@@ -129,9 +127,7 @@ async fn a_taken_metrics_port_refuses_to_start_and_names_the_key() {
     let listen = taken.local_addr().expect("addr");
     let broker = Broker::embedded();
     let dir = tempfile::tempdir().expect("tmp");
-    let text = with_metrics(config(broker.addr(), "3.1.1"), listen)
-        .replace("{rules}", &edgewatch_e2e::toml_path(&dir.path().join("rules")))
-        .replace("{state}", &edgewatch_e2e::toml_path(&dir.path().join("state")));
+    let text = agent(broker.addr(), "3.1.1").set("agent.metrics_listen", listen).dirs_in(dir.path()).to_string();
     std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
     let config = edgewatch::Config::from_toml(&text, "t.toml", std::iter::empty()).expect("valid");
     let error = edgewatch::Agent::new(config).await.expect_err("port is taken").to_string();
@@ -145,8 +141,7 @@ async fn a_taken_metrics_port_refuses_to_start_and_names_the_key() {
 async fn a_rule_reading_a_value_the_messages_do_not_have_is_counted() {
     let broker = Broker::embedded();
     let listen = edgewatch::broker::free_port().expect("port");
-    let agent =
-        RunningAgent::start(&with_metrics(config(broker.addr(), "3.1.1"), listen), &[("o.rhai", OVERHEAT)]).await;
+    let agent = RunningAgent::start(&with_metrics(broker.addr(), listen), &[("o.rhai", OVERHEAT)]).await;
     let mut status = Subscriber::connect(broker.addr(), "status-reader", "edgewatch/gw-test/status/rules").await;
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
     sensor.publish("sensors/t-1/temperature", r#"{"temp": 90}"#).await;

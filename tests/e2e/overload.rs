@@ -4,7 +4,7 @@
 //! drains only while it is not itself waiting for room in the engine's queue, once closed a
 //! wait cycle that stopped the agent for good.)
 
-use crate::{OVERHEAT, config};
+use crate::{OVERHEAT, agent};
 use edgewatch_e2e::{Mosquitto, Publisher, RunningAgent, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,9 +14,7 @@ async fn a_flood_beyond_every_queue_is_processed_to_the_last_message() {
     else {
         return;
     };
-    let cfg = config(broker.addr, "3.1.1")
-        .replace("max_payload_bytes = 1024", "max_payload_bytes = 1024\nqueue_capacity = 4")
-        .replace("[limits]", "[state]\nmax_batch = 2\n[limits]");
+    let cfg = agent(broker.addr, "3.1.1").set("limits.queue_capacity", 4).set("state.max_batch", 2).to_string();
     let agent = RunningAgent::start(&cfg, &[("overheat.rhai", OVERHEAT)]).await;
     let mut sensor = Publisher::connect(broker.addr, "flood").await;
     const N: u64 = 4000;

@@ -1,7 +1,7 @@
 //! Sensor message on a real broker -> rule -> CloudEvent upstream, for every broker and
 //! both protocol versions.
 
-use crate::{OVERHEAT, config};
+use crate::{OVERHEAT, agent, config};
 use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -84,13 +84,10 @@ async fn composite_events_arrive_upstream_as_cloudevents_mqtt_5() {
 async fn upstream_can_be_another_broker() {
     let Some(cloud) = Broker::mosquitto() else { return };
     let gateway = Broker::embedded();
-    let text = config(gateway.addr(), "3.1.1").replace(
-        "[limits]",
-        &format!(
-            "[upstream]\ntopic_prefix = \"site-7/gw\"\n[upstream.broker]\nurl = \"mqtt://{}\"\n[limits]",
-            cloud.addr()
-        ),
-    );
+    let text = agent(gateway.addr(), "3.1.1")
+        .set("upstream.topic_prefix", "site-7/gw")
+        .set("upstream.broker.url", format!("mqtt://{}", cloud.addr()))
+        .to_string();
     let agent = RunningAgent::start(&text, &[("overheat.rhai", OVERHEAT)]).await;
     let mut upstream = Subscriber::connect(cloud.addr(), "cloud", "site-7/gw/events/#").await;
     let mut sensor = Publisher::connect(gateway.addr(), "sensor").await;

@@ -1,6 +1,6 @@
 //! A broker that is down at start is retried with backoff, not a crash or a hot loop.
 
-use crate::{OVERHEAT, config};
+use crate::{OVERHEAT, agent, config};
 use edgewatch::broker::{EmbeddedBroker, free_port};
 use edgewatch_e2e::{Publisher, RunningAgent, Subscriber};
 use std::time::Duration;
@@ -78,11 +78,13 @@ async fn the_in_memory_outbox_is_bounded_through_an_upstream_outage() {
     const READINGS: usize = 4000;
     let source = edgewatch_e2e::Broker::embedded();
     let (up_v4, up_v5) = (free_port().expect("port"), free_port().expect("port"));
-    let toml = format!(
-        "{}[state]\ndurable = false\nmax_outbox_mb = 1\n[upstream.broker]\nurl = \"mqtt://{up_v4}\"\n\
-         reconnect_min = \"2s\"\nreconnect_max = \"2s\"\n",
-        config(source.addr(), "3.1.1")
-    );
+    let toml = agent(source.addr(), "3.1.1")
+        .set("state.durable", false)
+        .set("state.max_outbox_mb", 1)
+        .set("upstream.broker.url", format!("mqtt://{up_v4}"))
+        .set("upstream.broker.reconnect_min", Duration::from_secs(2))
+        .set("upstream.broker.reconnect_max", Duration::from_secs(2))
+        .to_string();
     let agent = RunningAgent::spawn(&toml, &[("overheat.rhai", OVERHEAT)]).await;
     let mut sensor = Publisher::connect(source.addr(), "sensor").await;
     // Subscribed to the sensors before the readings: the source side is up on its own.

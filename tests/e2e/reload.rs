@@ -1,6 +1,6 @@
 //! Hot reload through the real file system, with the agent running against a real broker.
 
-use crate::config;
+use crate::{agent, config};
 use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber, WAIT};
 use std::time::Duration;
 
@@ -237,7 +237,7 @@ async fn a_broken_file_is_counted_once_however_many_reloads_it_sits_through() {
 async fn a_reload_request_passed_to_the_agent_rescans_the_rules() {
     use std::sync::atomic::Ordering::Relaxed;
     let broker = Broker::embedded();
-    let toml = config(broker.addr(), "3.1.1").replace("[rules]\n", "[rules]\nwatch = false\n");
+    let toml = agent(broker.addr(), "3.1.1").set("rules.watch", false).to_string();
     let agent = RunningAgent::start(&toml, &[("hot.rhai", &rule(1))]).await;
     let mut upstream = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
     std::fs::write(agent.dir.path().join("rules").join("hot.rhai"), rule(2)).expect("edit");

@@ -6,7 +6,7 @@
 
 use crate::OVERHEAT;
 use edgewatch_e2e::pki::{Ca, Pem};
-use edgewatch_e2e::{Mosquitto, Publisher, RunningAgent, Subscriber, toml_path};
+use edgewatch_e2e::{AgentToml, Mosquitto, Publisher, RunningAgent, Subscriber, toml_path};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -55,34 +55,22 @@ fn setup() -> Option<Setup> {
     Some(Setup { broker, tls, ca, other_ca, client, expired, _dir: dir })
 }
 
-fn agent_config(url: &str, tls_lines: &str, password_file: &Path) -> String {
-    format!(
-        r#"
-[agent]
-id = "gw-tls"
-state_dir = {{state}}
-[rules]
-dir = {{rules}}
-[source]
-url = "{url}"
-username = "edge"
-password_file = {pw}
-reconnect_min = "200ms"
-reconnect_max = "1s"
-{tls_lines}
-[[subscriptions]]
-topic = "sensors/#"
-"#,
-        pw = toml_path(password_file)
-    )
-}
-
-fn tls_lines(ca: &Path, client: Option<&Pem>) -> String {
-    let mut s = format!("ca_file = {}\n", toml_path(ca));
-    if let Some(c) = client {
-        s += &format!("client_cert = {}\nclient_key = {}\n", toml_path(&c.cert), toml_path(&c.key));
+/// The agent of these tests: the source at `url` as user `edge` with the password in
+/// `password_file`, trusting `ca`, presenting `client`'s certificate when given.
+fn agent_config(url: &str, ca: &Path, client: Option<&Pem>, password_file: &Path) -> AgentToml {
+    let config = AgentToml::new()
+        .id("gw-tls")
+        .set("source.url", url)
+        .set("source.username", "edge")
+        .set("source.password_file", password_file)
+        .set("source.reconnect_min", Duration::from_millis(200))
+        .set("source.reconnect_max", Duration::from_secs(1))
+        .set("source.ca_file", ca)
+        .subscribe("sensors/#");
+    match client {
+        Some(c) => config.set("source.client_cert", &c.cert).set("source.client_key", &c.key),
+        None => config,
     }
-    s
 }
 
 /// Starts an agent that must fail to connect; returns its latest error after a few
@@ -109,7 +97,7 @@ async fn mutual_tls_with_password_connects_and_events_flow() {
     std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
     let url = format!("mqtts://localhost:{}", s.tls.port());
     let agent =
-        RunningAgent::start(&agent_config(&url, &tls_lines(&s.ca.cert, Some(&s.client)), &pw), &[("o.rhai", OVERHEAT)])
+        RunningAgent::start(&agent_config(&url, &s.ca.cert, Some(&s.client), &pw).to_string(), &[("o.rhai", OVERHEAT)])
             .await;
     let mut upstream = Subscriber::connect(s.broker.addr, "cloud", "edgewatch/gw-tls/events/#").await;
     let mut sensor = Publisher::connect(s.broker.addr, "sensor").await;
@@ -121,7 +109,7 @@ async fn mutual_tls_with_password_connects_and_events_flow() {
     assert_eq!(stats.events, 1);
     let by_ip = format!("mqtts://127.0.0.1:{}", s.tls.port());
     let agent = RunningAgent::start(
-        &agent_config(&by_ip, &tls_lines(&s.ca.cert, Some(&s.client)), &pw),
+        &agent_config(&by_ip, &s.ca.cert, Some(&s.client), &pw).to_string(),
         &[("o.rhai", OVERHEAT)],
     )
     .await;
@@ -150,8 +138,10 @@ async fn a_password_from_the_environment_logs_in() {
     let Some(s) = setup() else { return };
     let url = format!("mqtts://localhost:{}", s.tls.port());
     let placeholder = Path::new("/nonexistent/pw");
-    let config = agent_config(&url, &tls_lines(&s.ca.cert, Some(&s.client)), placeholder)
-        .replace(&format!("password_file = {}", toml_path(placeholder)), &format!("password_env = \"{VAR}\""));
+    let config = agent_config(&url, &s.ca.cert, Some(&s.client), placeholder)
+        .unset("source.password_file")
+        .set("source.password_env", VAR)
+        .to_string();
     assert!(config.contains("password_env") && !config.contains("password_file"), "{config}");
     // Ready means connected and subscribed: Mosquitto took the password.
     let agent = RunningAgent::start(&config, &[("o.rhai", OVERHEAT)]).await;
@@ -171,24 +161,24 @@ async fn bad_credentials_are_refused_clearly_and_retried() {
     std::fs::write(&pw, PASSWORD).expect("pw");
     let url = format!("mqtts://localhost:{}", s.tls.port());
 
-    let e = refused(&agent_config(&url, &tls_lines(&s.other_ca.cert, Some(&s.client)), &pw), "wrong CA").await;
+    let e = refused(&agent_config(&url, &s.other_ca.cert, Some(&s.client), &pw).to_string(), "wrong CA").await;
     assert!(e.contains("UnknownIssuer") && e.contains("ca_file"), "wrong CA: {e}");
 
-    let e = refused(&agent_config(&url, &tls_lines(&s.ca.cert, Some(&s.expired)), &pw), "expired cert").await;
+    let e = refused(&agent_config(&url, &s.ca.cert, Some(&s.expired), &pw).to_string(), "expired cert").await;
     assert!(e.contains("CertificateExpired") && e.contains("client_cert"), "expired client certificate: {e}");
 
-    let e = refused(&agent_config(&url, &tls_lines(&s.ca.cert, None), &pw), "no client cert").await;
+    let e = refused(&agent_config(&url, &s.ca.cert, None, &pw).to_string(), "no client cert").await;
     assert!(e.contains("CertificateRequired") && e.contains("client_key"), "missing client certificate: {e}");
 
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "not-the-password").expect("pw");
-    let e = refused(&agent_config(&url, &tls_lines(&s.ca.cert, Some(&s.client)), &wrong), "wrong password").await;
+    let e = refused(&agent_config(&url, &s.ca.cert, Some(&s.client), &wrong).to_string(), "wrong password").await;
     assert!(e.contains("NotAuthorized") && e.contains("password"), "wrong password: {e}");
     assert!(!e.contains("not-the-password"), "{e}");
 
     // `mqtts://` to a plaintext listener: a TLS error, never a plaintext session.
     let plain = format!("mqtts://localhost:{}", s.broker.addr.port());
-    let e = refused(&agent_config(&plain, &tls_lines(&s.ca.cert, Some(&s.client)), &pw), "plaintext listener").await;
+    let e = refused(&agent_config(&plain, &s.ca.cert, Some(&s.client), &pw).to_string(), "plaintext listener").await;
     assert!(e.contains("TLS") && e.contains("TLS listener"), "{e}");
 }
 
@@ -248,7 +238,7 @@ async fn a_renewed_client_certificate_applies_at_the_next_reconnect() {
     std::fs::copy(&s.expired.key, &live.key).expect("copy");
     let url = format!("mqtts://localhost:{}", s.tls.port());
     let agent =
-        RunningAgent::spawn(&agent_config(&url, &tls_lines(&s.ca.cert, Some(&live)), &pw), &[("o.rhai", OVERHEAT)])
+        RunningAgent::spawn(&agent_config(&url, &s.ca.cert, Some(&live), &pw).to_string(), &[("o.rhai", OVERHEAT)])
             .await;
     let source = || agent.stats.detail.connection("source");
     agent.wait_for_stats("the expired certificate refused", |_| source().failures.load(Relaxed) >= 2).await;

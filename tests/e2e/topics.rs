@@ -2,7 +2,7 @@
 //! topic template, ids holding `/`, `+`, `#`, `$` or control characters stay inside their
 //! one level, through a real broker.
 
-use crate::config;
+use crate::agent;
 use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber};
 
 const BY_PAYLOAD_ID: &str = r#"
@@ -16,8 +16,7 @@ rule("alarm", #{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_device_ids_stay_in_their_topic_level() {
     let broker = Broker::embedded();
-    let cfg = config(broker.addr(), "3.1.1")
-        .replace("[limits]\n", "[upstream]\nevent_topic = \"alerts/{agent}/{key}/{rule}\"\n[limits]\n");
+    let cfg = agent(broker.addr(), "3.1.1").set("upstream.event_topic", "alerts/{agent}/{key}/{rule}").to_string();
     let agent = RunningAgent::start(&cfg, &[("alarm.rhai", BY_PAYLOAD_ID)]).await;
     // `$` only matters at the start of a topic, so `$SYS` in the middle stays as it is.
     let mut alerts = Subscriber::connect(broker.addr(), "cloud", "alerts/#").await;
@@ -55,10 +54,9 @@ async fn hostile_device_ids_stay_in_their_topic_level() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stripped_prefix_lets_the_same_rules_read_a_mounted_tree() {
     let broker = Broker::embedded();
-    let cfg = config(broker.addr(), "3.1.1").replace(
-        "[limits]\n",
-        "[[subscriptions]]\ntopic = \"site-a/sensors/#\"\nstrip_prefix = \"site-a/\"\n[limits]\n",
-    );
+    let cfg = agent(broker.addr(), "3.1.1")
+        .subscribe_with("site-a/sensors/#", &[("strip_prefix", "site-a/".into())])
+        .to_string();
     let agent = RunningAgent::start(&cfg, &[("overheat.rhai", crate::OVERHEAT)]).await;
     let mut events = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;

@@ -7,7 +7,10 @@
 //! Mosquitto tests skip (saying why) when `mosquitto` is not installed, unless
 //! `EDGEWATCH_REQUIRE_MOSQUITTO=1`, in which case they fail.
 
+pub mod config;
 pub mod pki;
+
+pub use config::{AgentToml, TomlValue};
 
 use edgewatch::broker::{self, EmbeddedBroker};
 use edgewatch::telemetry::{Snapshot, Stats};

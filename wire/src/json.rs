@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Written as a plain `Serialize` impl so it needs neither `std` nor a JSON crate here: the
-//! simulator writes it with `serde_json::to_vec`, the agent builds a value with
-//! `serde_json::to_value`, and both get the same keys in the same order.
+//! simulator writes it with `serde_json::to_vec`, the agent serializes it straight into a rule
+//! value (`rhai::serde::to_dynamic`, in its `decode`), and both get the same keys in the same
+//! order. This is the only copy of the mapping.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -18,7 +19,8 @@ use crate::{Body, Message};
 ///
 /// Keys, in order: `device`, `seq`, `ts`, `kind`, then for a reading one key per sample
 /// channel (its value from [`Sample::value_f64`](crate::Sample::value_f64); non-finite
-/// values become `null` in JSON), for a heartbeat `uptime_s`, for an event `code`.
+/// values are serialized as `None`: `null` in JSON), for a heartbeat `uptime_s`, for an event
+/// `code`.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonView<'a>(pub &'a Message);
 
@@ -37,7 +39,10 @@ impl Serialize for JsonView<'_> {
         match &msg.body {
             Body::Reading(samples) => {
                 for s in samples {
-                    map.serialize_entry(s.channel.as_str(), &s.value_f64())?;
+                    // Non-finite: `None`, which JSON writes as `null` (as it would NaN) and a
+                    // serializer into other values (the agent's rule values) sees as "no value".
+                    let v = s.value_f64();
+                    map.serialize_entry(s.channel.as_str(), &Some(v).filter(|v| v.is_finite()))?;
                 }
             }
             Body::Heartbeat { uptime_s } => map.serialize_entry("uptime_s", uptime_s)?,

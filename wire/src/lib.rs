@@ -16,7 +16,10 @@
 //!   [postcard](https://postcard.jamesmunns.com/wire-format). A buffer of [`MAX_FRAME_LEN`]
 //!   bytes always fits one frame. `decode` never panics on any input.
 //! * [`JsonView`] (from [`Message::json`]): the flat JSON object the agent's rules see, and
-//!   the shape the simulator's JSON payloads use, so one set of rules fits both formats.
+//!   the shape the simulator's JSON payloads use, so one set of rules fits both formats. The
+//!   agent turns frames into rule values through it too: the one wire -> JSON mapping.
+//! * [`check_topic_level`]: whether a name (device id, channel, agent id) can be one MQTT
+//!   topic level; the one copy of that rule, for the simulator and the agent alike.
 //!
 //! The byte layout, with a worked hex example, is in this crate's `README.md`.
 //!
@@ -31,6 +34,7 @@
 extern crate std;
 
 mod json;
+mod level;
 
 use core::fmt;
 
@@ -39,6 +43,7 @@ use serde::{Deserialize, Serialize};
 /// Re-exported so users can name the capacity types without depending on a matching version.
 pub use heapless;
 pub use json::JsonView;
+pub use level::{LevelError, check_topic_level};
 
 /// Compiles the README's Rust example as a doctest.
 #[cfg(doctest)]
@@ -524,7 +529,7 @@ mod tests {
     /// target is installed.)
     #[test]
     fn crate_is_no_std() {
-        let sources = [include_str!("lib.rs"), include_str!("json.rs")];
+        let sources = [include_str!("lib.rs"), include_str!("json.rs"), include_str!("level.rs")];
         assert!(sources[0].contains("\n#![no_std]\n"));
         for src in sources {
             let lines: std::vec::Vec<&str> = src.lines().collect();

@@ -624,17 +624,9 @@ fn invalid<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, 
     Err((path.into(), message.into()))
 }
 
-/// Characters that may not appear in a name that becomes one topic level.
-const LEVEL_FORBIDDEN: [char; 4] = ['/', '+', '#', '\0'];
-
+/// A name that becomes one topic level: the wire crate's check, shared with the agent.
 fn check_level(path: &str, what: &str, value: &str) -> Result<(), Invalid> {
-    if value.is_empty() {
-        return invalid(path, format!("{what} may not be empty"));
-    }
-    if value.contains(LEVEL_FORBIDDEN) {
-        return invalid(path, format!("{what} {value:?} may not contain '/', '+', '#' or NUL"));
-    }
-    Ok(())
+    edgewatch_wire::check_topic_level(value).or_else(|e| invalid(path, format!("{what} {value:?} {e}")))
 }
 
 fn check_topic(path: &str, topic: &str) -> Result<(), Invalid> {
