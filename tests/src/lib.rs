@@ -2,7 +2,10 @@
 //!
 //! - [`Broker`]: rumqttd embedded in the test process, or a Mosquitto child process.
 //! - [`RunningAgent`]: an `edgewatch` agent on a temp dir, with its rules written as files.
-//! - [`Subscriber`] and [`publish`]: plain rumqttc clients, as a sensor and a cloud would use.
+//! - [`Subscriber`] and a publishing client: plain rumqttc clients, as a sensor and a cloud
+//!   would use.
+//! - [`AgentToml`] (`config`): agent configurations built in code, with the key paths the
+//!   agent's own errors name, instead of TOML written by hand in each test.
 //!
 //! Mosquitto tests skip (saying why) when `mosquitto` is not installed, unless
 //! `EDGEWATCH_REQUIRE_MOSQUITTO=1`, in which case they fail.
