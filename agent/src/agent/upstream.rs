@@ -125,14 +125,15 @@ impl Upstream {
                 return;
             }
             for (seq, entry) in entries {
-                if let Err(error) = self.client.try_publish(&entry.topic, entry.qos, entry.retain, entry.payload) {
+                let qos = entry.qos;
+                if let Err(error) = self.client.try_publish(entry.topic, qos, entry.retain, entry.payload) {
                     // Full (the connection is behind) or closed (stopping): sent later, or by the
                     // next run.
                     tracing::debug!(%error, seq, "Event not handed to the upstream connection yet.");
                     return;
                 }
                 self.stats.published.fetch_add(1, Relaxed);
-                if let Some(done) = w.handed(seq, entry.qos) {
+                if let Some(done) = w.handed(seq, qos) {
                     self.outbox.acked(done);
                 }
             }

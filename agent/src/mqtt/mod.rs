@@ -112,7 +112,7 @@ impl Client {
     /// Queues a publish without waiting: fails when the request queue is full (or the
     /// connection is gone). What a connection's own polling task, and tasks that must never
     /// wait on it, use.
-    pub fn try_publish(&self, topic: &str, qos: u8, retain: bool, payload: Bytes) -> Result<(), RequestError> {
+    pub fn try_publish(&self, topic: String, qos: u8, retain: bool, payload: Bytes) -> Result<(), RequestError> {
         match self {
             Client::V311(c) => {
                 c.try_publish(topic, qos4(qos), retain, payload).map_err(|e| RequestError(e.to_string()))
