@@ -84,7 +84,10 @@ pub mod sim;
 pub mod template;
 
 pub use device::{BADGE_CODE, Device, DeviceError, EncodeError, OPEN_CODE};
-pub use record::{Recorder, record_line, record_lines, truth_line, truth_lines, write_record, write_truth};
+pub use record::{
+    RecordBody, RecordLine, RecordLineError, Recorder, record_line, record_lines, truth_line, truth_lines, unhex,
+    write_record, write_truth,
+};
 pub use runner::{
     CONNECT_TIMEOUT, DRAIN_TIMEOUT, RunOptions, RunReport, RunStats, SimError, run_scenario, run_simulation,
 };
