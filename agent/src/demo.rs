@@ -370,7 +370,7 @@ async fn watch_upstream(
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut subscribed = Some(subscribed);
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut backoff = firmware_sim::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match eventloop.poll().await {
             Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,

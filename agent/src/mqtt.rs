@@ -6,7 +6,7 @@
 //! `Client` call inside the task that polls its `Connection`: both go through rumqttc's
 //! bounded request channel, and that can deadlock.
 
-use crate::backoff::Backoff;
+use firmware_sim::backoff::Backoff;
 use crate::config::{BrokerConfig, Protocol};
 use crate::tls::TlsConfig;
 use bytes::Bytes;

@@ -28,7 +28,7 @@
 //!   or --dry-run to stdout
 //!
 //! Imports go one way, down this list: main → runner → link, record → sim → device → scenario
-//! → signal, template. No module imports one that imports it back.
+//! → signal, template; link → backoff. No module imports one that imports it back.
 //! ```
 //!
 //! # Using it
@@ -68,12 +68,14 @@
 //!   [`edgewatch_wire::MAX_FRAME_LEN`] bytes, its own `seq`, timers, [`Signal`] models.
 //! * [`record`]: recording and truth lines.
 //! * [`runner`] (and its private `link`, one connection): the only modules that do I/O.
+//! * [`backoff`]: reconnection delays, shared with the agent (it has no other home: see there).
 //!
 //! Sensor messages follow the wire crate's JSON mapping:
 //! `{"device":"t-001","seq":17,"ts":1732170000000,"kind":"reading","temperature":23.5}`;
 //! door controllers send events, `{"kind":"event","code":1}` for a badge read
 //! ([`BADGE_CODE`]) and `"code":2` for an opening ([`OPEN_CODE`]).
 
+pub mod backoff;
 pub mod device;
 mod link;
 pub mod record;
