@@ -1,7 +1,8 @@
 //! `edgewatch demo`: the whole path on one machine.
 //!
 //! A broker, a simulated fleet (firmware-sim running `config/scenarios/demo.toml`, fitted to
-//! the flags by [`fleet`]) with one device that overheats, the agent with the shipped rules, and a subscriber that prints every composite event the
+//! the flags by [`fleet`]: one device overheats, another goes silent and comes back), the
+//! agent with the shipped rules, and a subscriber that prints every composite event the
 //! agent publishes upstream. It ends with a summary.
 //!
 //! The broker is an embedded one (feature `embedded-broker`, the default of a source build:

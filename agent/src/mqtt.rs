@@ -6,10 +6,10 @@
 //! `Client` call inside the task that polls its `Connection`: both go through rumqttc's
 //! bounded request channel, and that can deadlock.
 
-use firmware_sim::backoff::Backoff;
 use crate::config::{BrokerConfig, Protocol};
 use crate::tls::TlsConfig;
 use bytes::Bytes;
+use firmware_sim::backoff::Backoff;
 use rumqttc::v5;
 use std::time::Duration;
 
