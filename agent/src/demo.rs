@@ -1,7 +1,8 @@
 //! `edgewatch demo`: the whole path on one machine.
 //!
-//! A broker, a simulated fleet (firmware-sim as a library) with one device that overheats,
-//! the agent with the shipped rules, and a subscriber that prints every composite event the
+//! A broker, a simulated fleet (firmware-sim running `config/scenarios/demo.toml`, fitted to
+//! the flags by [`fleet`]: one device overheats, another goes silent and comes back), the
+//! agent with the shipped rules, and a subscriber that prints every composite event the
 //! agent publishes upstream. It ends with a summary.
 //!
 //! The broker is an embedded one (feature `embedded-broker`, the default of a source build:
@@ -15,7 +16,7 @@
 use crate::agent::Agent;
 use crate::config::Config;
 use crate::telemetry::Snapshot;
-use firmware_sim::{Fault, Fleet, FleetConfig, PublishOptions};
+use firmware_sim::{RunOptions, Scenario, SimOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +29,10 @@ pub const SHIPPED_RULES: &[(&str, &str)] = &[
     ("overheat.rhai", include_str!("../../rules/overheat.rhai")),
     ("stuck-sensor.rhai", include_str!("../../rules/stuck-sensor.rhai")),
 ];
+
+/// The demo's fleet, `config/scenarios/demo.toml`, built in likewise: 20 sensors, one
+/// overheating, one going silent and coming back; [`fleet`] fits it to the flags.
+pub const DEMO_SCENARIO: &str = include_str!("../../config/scenarios/demo.toml");
 
 /// The shipped lookup tables, built in likewise.
 pub const SHIPPED_TABLES: &[(&str, &str)] = &[("devices.csv", include_str!("../../rules/tables/devices.csv"))];
@@ -62,6 +67,8 @@ pub enum DemoError {
     NotReady(String, Duration),
     #[error("simulator: {0}")]
     Sim(#[from] firmware_sim::SimError),
+    #[error("demo scenario: {0}")]
+    Scenario(#[from] firmware_sim::ScenarioError),
 }
 
 /// What the demo saw.
@@ -145,7 +152,6 @@ topic_prefix = "{tree}"
     let filters = vec![format!("{tree}/events/#"), format!("{tree}/status/#")];
     let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn(watch_upstream(watcher_client.clone(), watcher_loop, filters, events_tx, subscribed_tx));
-    let is_event = |topic: &str| topic.strip_prefix(tree.as_str()).is_some_and(|t| t.starts_with("/events/"));
     // Events flow only once the watcher's subscriptions are acknowledged: none is missed.
     if tokio::time::timeout(wait, subscribed_rx).await.is_err() {
         let _ = stop_tx.send(());
@@ -154,53 +160,19 @@ topic_prefix = "{tree}"
         return Err(DemoError::NotReady(url, wait));
     }
 
-    // One device overheats for half the run; another goes silent, then comes back.
-    let mut faults = vec![Fault::Overheat {
-        device: opts.devices.min(3),
-        start: opts.duration / 5,
-        duration: opts.duration / 2,
-        value: 85.5,
-    }];
-    if opts.devices > 7 {
-        faults.push(Fault::Silence { device: 7, start: opts.duration / 5, duration: opts.duration / 2 });
-    }
+    let scenario = fleet(&opts, &tree)?;
     let start_ms = edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
-    let fleet = Fleet::new(FleetConfig {
-        devices: opts.devices,
-        seed: opts.seed,
-        reading_interval: Duration::from_millis(500),
-        heartbeat_interval: Some(Duration::from_secs(2)),
-        start_ms: u64::try_from(start_ms).unwrap_or(0),
-        topic_prefix: format!("{tree}/sensors"),
-        faults,
-        ..FleetConfig::default()
-    })
-    .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let sim_opts = SimOptions { seed: opts.seed, start_ms: u64::try_from(start_ms).unwrap_or(0), duration: None };
+    let client_id = format!("edgewatch-demo-{nonce}-fleet");
+    let run = RunOptions { host: host.clone(), port, client_id, qos: 1, ..RunOptions::default() };
     let started = Instant::now();
-    let sim = tokio::spawn(firmware_sim::run(
-        fleet,
-        PublishOptions {
-            host: host.clone(),
-            port,
-            client_id: format!("edgewatch-demo-{nonce}-fleet"),
-            qos: 1,
-            duration: opts.duration,
-        },
-        shutdown,
-    ));
+    let mut sim = tokio::spawn(async move { firmware_sim::run_scenario(&scenario, sim_opts, &run, shutdown).await });
 
     let mut received_upstream = 0u64;
-    let mut sim = sim;
     // An error of the fleet still ends the demo the usual way (agent stopped, status cleared).
     let sim_result = loop {
         tokio::select! {
-            Some((topic, event)) = events_rx.recv() => {
-                if !is_event(&topic) {
-                    continue;
-                }
-                received_upstream += 1;
-                let _ = writeln!(out, "{}", format_event(started.elapsed(), &topic, &event));
-            }
+            Some((topic, event)) = events_rx.recv() => received_upstream += print_event(out, &tree, started, &topic, &event),
             done = &mut sim => break done.map_err(|e| DemoError::Setup(e.to_string())).and_then(|r| r.map_err(DemoError::from)),
         }
     };
@@ -209,13 +181,7 @@ topic_prefix = "{tree}"
     tokio::pin!(settle);
     loop {
         tokio::select! {
-            Some((topic, event)) = events_rx.recv() => {
-                if !is_event(&topic) {
-                    continue;
-                }
-                received_upstream += 1;
-                let _ = writeln!(out, "{}", format_event(started.elapsed(), &topic, &event));
-            }
+            Some((topic, event)) = events_rx.recv() => received_upstream += print_event(out, &tree, started, &topic, &event),
             _ = &mut settle => break,
         }
     }
@@ -236,12 +202,9 @@ topic_prefix = "{tree}"
         loop {
             tokio::select! {
                 Some((topic, event)) = events_rx.recv() => {
-                    if is_event(&topic) {
-                        received_upstream += 1;
-                        let _ = writeln!(out, "{}", format_event(started.elapsed(), &topic, &event));
-                    } else if !event.is_null() {
-                        again = true;
-                    }
+                    let shown = print_event(out, &tree, started, &topic, &event);
+                    received_upstream += shown;
+                    again |= shown == 0 && !event.is_null();
                 }
                 _ = &mut quiet => break,
             }
@@ -255,7 +218,7 @@ topic_prefix = "{tree}"
     let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
     drop(broker);
     let (sim_stats, snapshot) = (sim_result?, agent_result?);
-    let summary = DemoSummary { published: sim_stats.published, agent: snapshot, received_upstream };
+    let summary = DemoSummary { published: sim_stats.stats.published, agent: snapshot, received_upstream };
     let a = &summary.agent;
     let _ = writeln!(
         out,
@@ -272,6 +235,21 @@ topic_prefix = "{tree}"
         summary.received_upstream
     );
     Ok(summary)
+}
+
+/// The demo scenario fitted to the flags: `devices` sensors (faults on devices it no
+/// longer has are left out; the file's one group is `temperature`), topics under `tree`, and the fault timeline stretched to
+/// `duration` (a zero duration runs until Ctrl-C, on the file's timeline).
+pub fn fleet(opts: &DemoOptions, tree: &str) -> Result<Scenario, firmware_sim::ScenarioError> {
+    let mut spec = Scenario::from_toml(DEMO_SCENARIO)?.spec().clone();
+    spec.resize("temperature", opts.devices);
+    spec.prefix_topics(tree);
+    if opts.duration.is_zero() {
+        spec.duration = None;
+    } else {
+        spec.stretch(opts.duration);
+    }
+    Scenario::new(spec)
 }
 
 /// The rules directory to use: the one given, `./rules`, or the built-in rules written to
@@ -293,6 +271,16 @@ fn rules_dir(given: Option<&Path>, scratch: &Path) -> Result<PathBuf, DemoError>
         std::fs::write(dir.join("tables").join(name), text).map_err(|e| DemoError::Setup(format!("{name}: {e}")))?;
     }
     Ok(dir)
+}
+
+/// Prints `event` if it is a composite event of the demo's `tree` (not a status message);
+/// 1 if it was, else 0.
+fn print_event(out: &mut impl Write, tree: &str, started: Instant, topic: &str, event: &serde_json::Value) -> u64 {
+    if !topic.strip_prefix(tree).is_some_and(|t| t.starts_with("/events/")) {
+        return 0;
+    }
+    let _ = writeln!(out, "{}", format_event(started.elapsed(), topic, event));
+    1
 }
 
 /// One readable line per event: time, rule, subject, data.
@@ -384,7 +372,7 @@ async fn watch_upstream(
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut subscribed = Some(subscribed);
-    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut backoff = firmware_sim::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         match eventloop.poll().await {
             Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,

@@ -10,7 +10,7 @@
 //!
 //! # Layout
 //! - [`config`]: TOML + `EDGEWATCH_*` environment -> raw -> validated [`config::Config`].
-//! - [`mqtt`]: rumqttc connections (MQTT 3.1.1 and 5) behind one face, with [`backoff`].
+//! - [`mqtt`]: rumqttc connections (MQTT 3.1.1 and 5) behind one face, with [`firmware_sim::backoff`].
 //! - [`decode`]: payload bytes (JSON, plain scalars, wire frames) -> values for rules.
 //! - [`rules`]: the rules directory -> a compiled rule set.
 //! - [`agent`]: the running pipeline: tasks, bounded queues, shutdown.
@@ -27,7 +27,6 @@
 //! Logic that needs no I/O lives in `edgewatch-engine`; this crate connects it to the world.
 
 pub mod agent;
-pub mod backoff;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;

@@ -10,6 +10,9 @@
 //! {"t": 70000}                                                        the clock moves on
 //! ```
 //!
+//! A line is [`firmware_sim::RecordLine`], the type the simulator writes, so writer and reader
+//! cannot drift; this module turns its body into the bytes and value the engine sees.
+//!
 //! `t` is both the message's arrival time and the processing time at that line, in
 //! milliseconds. Output is JSON lines too: composite events
 //! (`{"t", "rule", "key", "data"}`, plus `"id"` from `replay`), and rule faults, duplicates
@@ -22,6 +25,7 @@
 use crate::config::RawEngine;
 use crate::decode::{Format, decode};
 use edgewatch_engine::{Dynamic, Engine, EngineConfig, Event, Outputs, RuleSet, Sandbox, Tables, Timestamp};
+use firmware_sim::{RecordBody, RecordLine, unhex};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -39,16 +43,6 @@ pub enum ReplayError {
     Line { file: String, line: usize, message: String },
     #[error("{file}: {message}")]
     Config { file: String, message: String },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    t: i64,
-    topic: Option<String>,
-    payload: Option<Value>,
-    text: Option<String>,
-    hex: Option<String>,
 }
 
 /// One step of a recording.
@@ -75,36 +69,24 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Recorded>, ReplayError> {
             continue;
         }
         let err = |message: String| ReplayError::Line { file: file.to_owned(), line: i + 1, message };
-        let line: Line = serde_json::from_str(trimmed).map_err(|e| err(e.to_string()))?;
-        let message = match (line.topic, line.payload, line.text, line.hex) {
-            (None, None, None, None) => None,
-            (Some(topic), Some(payload), None, None) => {
+        let line: RecordLine = serde_json::from_str(trimmed).map_err(|e| err(e.to_string()))?;
+        let message = match line.message().map_err(|e| err(e.to_string()))? {
+            None => None,
+            Some((topic, RecordBody::Json(json))) => {
+                let payload: Value = serde_json::from_str(json.get()).map_err(|e| err(e.to_string()))?;
                 let raw = serde_json::to_vec(&payload).map_err(|e| err(e.to_string()))?;
                 let value: Dynamic = serde_json::from_value(payload).map_err(|e| err(e.to_string()))?;
-                Some((topic, raw, Ok(value)))
+                Some((topic.to_owned(), raw, Ok(value)))
             }
-            (Some(topic), None, Some(text), None) => {
-                let raw = text.into_bytes();
-                Some(decoded(topic, raw))
+            Some((topic, RecordBody::Text(text))) => Some(decoded(topic.to_owned(), text.as_bytes().to_vec())),
+            Some((topic, RecordBody::Hex(hex))) => {
+                let raw = unhex(hex).ok_or_else(|| err("`hex` must be pairs of hex digits".into()))?;
+                Some(decoded(topic.to_owned(), raw))
             }
-            (Some(topic), None, None, Some(hex)) => {
-                let raw = from_hex(&hex).ok_or_else(|| err("`hex` must be pairs of hex digits".into()))?;
-                Some(decoded(topic, raw))
-            }
-            (None, ..) => return Err(err("a line with a payload needs a `topic`".into())),
-            _ => return Err(err("give exactly one of `payload`, `text` or `hex` with a `topic`".into())),
         };
         out.push(Recorded { t: line.t, message });
     }
     Ok(out)
-}
-
-fn from_hex(s: &str) -> Option<Vec<u8>> {
-    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Runs a recording through `engine`; returns the output lines. With `ids`, composite events

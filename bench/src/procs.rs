@@ -1,14 +1,16 @@
 //! The processes under test: Mosquitto (the broker every contender shares), the Edgewatch
 //! release binary and Node-RED 4, each started fresh for every step on loopback ports with
 //! their own configuration in a temporary directory, and killed by their own handle
-//! afterwards. Also their CPU time and peak memory, read from `/proc`.
+//! afterwards (Mosquitto through the workspace's one launcher, `edgewatch_e2e::Mosquitto`). Also
+//! their CPU time and peak memory, read from `/proc`.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use edgewatch_e2e::{Log, Mosquitto};
 use serde_json::json;
 
 /// Which rule (or flow) a contender runs.
@@ -36,21 +38,6 @@ impl Rule {
 /// A free TCP port on 127.0.0.1 (bound, then released; a race is possible but unlikely).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Waits until `addr` accepts connections, or `child` exits, or `timeout` passes.
-fn wait_listening(child: &mut Child, addr: SocketAddr, timeout: Duration, what: &str) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited before listening on {addr}: {status}");
-        }
-        if start.elapsed() > timeout {
-            bail!("{what} did not listen on {addr} within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }
 
 /// A process we started; killed (by its handle) and reaped on drop.
@@ -105,13 +92,9 @@ fn log_file(dir: &Path) -> anyhow::Result<Stdio> {
 
 // ------------------------------------------------------------------------------- Mosquitto
 
-/// Where Debian installs Mosquitto, and other usual places.
-const MOSQUITTO_PATHS: &[&str] =
-    &["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/bin/mosquitto"];
-
 /// The `mosquitto` binary; installs the Debian package (as root, or with sudo) when missing.
 pub fn find_or_install_mosquitto() -> anyhow::Result<PathBuf> {
-    let find = || MOSQUITTO_PATHS.iter().map(PathBuf::from).find(|p| p.is_file());
+    let find = Mosquitto::binary;
     if let Some(p) = find() {
         return Ok(p);
     }
@@ -161,23 +144,13 @@ pub fn mosquitto_conf(port: u16) -> String {
     )
 }
 
-/// Starts Mosquitto on a free loopback port.
-pub fn start_mosquitto(bin: &Path) -> anyhow::Result<(Proc, SocketAddr)> {
-    let dir = tempfile::tempdir()?;
+/// Starts Mosquitto on a free loopback port, with [`mosquitto_conf`], its log kept for
+/// [`Mosquitto::log_tail`]; the workspace's one launcher (edgewatch-e2e) does the work.
+pub fn start_mosquitto(bin: &Path) -> anyhow::Result<(Mosquitto, SocketAddr)> {
     let port = free_port()?;
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&conf, mosquitto_conf(port))?;
-    let mut child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file(dir.path())?)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(&mut child, addr, Duration::from_secs(10), "mosquitto")?;
-    Ok((Proc { child, dir }, addr))
+    let broker = Mosquitto::launch(bin, addr, &mosquitto_conf(port), Log::File)?;
+    Ok((broker, addr))
 }
 
 /// `mosquitto -h` prints its version on the first line.

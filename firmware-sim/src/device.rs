@@ -13,8 +13,7 @@ use edgewatch_wire::{Body, Channel, DeviceId, MAX_FRAME_LEN, MAX_SAMPLES, Messag
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::fleet::{ConfigError, FleetConfig, PayloadFormat};
-use crate::scenario::{Group, GroupKind};
+use crate::scenario::{Group, GroupKind, PayloadFormat};
 pub use crate::signal::Signal;
 use crate::signal::SignalState;
 
@@ -25,6 +24,29 @@ pub const OPEN_CODE: u16 = 2;
 
 /// The values of one reading, one per channel.
 pub(crate) type Values = edgewatch_wire::heapless::Vec<f32, MAX_SAMPLES>;
+
+/// Why a device cannot be built: a name that does not fit the wire format. A validated
+/// [`Scenario`](crate::Scenario) has checked both, so this means a bug there.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// A device id does not fit the wire format.
+    #[error("device id {id:?} is not valid on the wire")]
+    DeviceId {
+        /// The offending id.
+        id: String,
+        /// What the wire format said.
+        source: edgewatch_wire::Error,
+    },
+    /// A channel name does not fit the wire format or is reserved.
+    #[error("channel {channel:?} is not valid on the wire")]
+    Channel {
+        /// The offending channel.
+        channel: String,
+        /// What the wire format said.
+        source: edgewatch_wire::Error,
+    },
+}
 
 /// Why a device could not produce a payload. Devices are validated when built, so this
 /// means a bug, not bad input; the simulation logs it and drops the one message.
@@ -93,7 +115,7 @@ enum Role {
 /// One virtual device.
 #[derive(Debug)]
 pub struct Device {
-    /// Device number across the scenario (position in the fleet, for a [`Fleet`](crate::Fleet)).
+    /// Device number across the scenario.
     index: usize,
     /// Index of its group in the scenario.
     group: usize,
@@ -133,14 +155,6 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Device {
-    /// Device number `index` of a fleet built from `cfg`. The config's own checks
-    /// ([`FleetConfig::validate`]) are assumed done; this checks what depends on the index
-    /// (the id must fit [`edgewatch_wire::MAX_DEVICE_ID_LEN`]).
-    pub fn new(index: usize, cfg: &FleetConfig) -> Result<Device, ConfigError> {
-        let group = cfg.group();
-        Device::build(index, 0, index, &group, &cfg.device_id(index), cfg.seed, cfg.start_ms)
-    }
-
     /// Device `position` of group number `group_no` (`spec`), device number `index` of
     /// its scenario, with id `id`.
     pub(crate) fn build(
@@ -151,9 +165,9 @@ impl Device {
         id: &str,
         seed: u64,
         start_ms: u64,
-    ) -> Result<Device, ConfigError> {
+    ) -> Result<Device, DeviceError> {
         let wire_id =
-            edgewatch_wire::device_id(id).map_err(|source| ConfigError::DeviceId { id: id.to_owned(), source })?;
+            edgewatch_wire::device_id(id).map_err(|source| DeviceError::DeviceId { id: id.to_owned(), source })?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(((group_no as u64) << 32) | position as u64);
         let topic = |t: &crate::template::TopicTemplate, channel: &str| -> Arc<str> {
@@ -164,7 +178,7 @@ impl Device {
                 let mut channels = Vec::with_capacity(s.channels.len());
                 for c in &s.channels {
                     let name = edgewatch_wire::channel(&c.name)
-                        .map_err(|source| ConfigError::Channel { channel: c.name.clone(), source })?;
+                        .map_err(|source| DeviceError::Channel { channel: c.name.clone(), source })?;
                     let signal = SignalState::new(&c.signal, &mut rng);
                     channels.push(ChannelState { name, topic: topic(&s.reading_topic, &c.name), signal });
                 }
@@ -204,7 +218,7 @@ impl Device {
         self.index
     }
 
-    /// Index of its group in the scenario (0 for a [`Fleet`](crate::Fleet)).
+    /// Index of its group in the scenario.
     pub fn group(&self) -> usize {
         self.group
     }
@@ -491,8 +505,34 @@ impl Device {
 mod tests {
     use super::*;
 
-    fn cfg(signal: Signal) -> FleetConfig {
-        FleetConfig { devices: 4, signal, ..FleetConfig::default() }
+    use crate::scenario::{ChannelSpec, SensorSpec};
+    use crate::template::{IdTemplate, TopicTemplate};
+
+    /// Four sensors (`t-000` ..) reading `temperature` every second, heartbeats every 5 s.
+    fn cfg(signal: Signal) -> Group {
+        Group {
+            name: "fleet".to_owned(),
+            count: 4,
+            id: IdTemplate::with_prefix("t-"),
+            first_index: 0,
+            format: PayloadFormat::Json,
+            heartbeat_interval: Some(Duration::from_secs(5)),
+            heartbeat_topic: TopicTemplate::legacy("sensors", Some("heartbeat")),
+            own_connection: false,
+            status_topic: TopicTemplate::legacy("sensors", Some("status")),
+            kind: GroupKind::Sensor(SensorSpec {
+                reading_interval: Duration::from_secs(1),
+                reading_topic: TopicTemplate::legacy("sensors", None),
+                channels: vec![ChannelSpec { name: "temperature".to_owned(), signal }],
+            }),
+        }
+    }
+
+    impl Device {
+        /// Device `index` of the one group `g`, seed 42.
+        fn new(index: usize, g: &Group) -> Result<Device, DeviceError> {
+            Device::build(index, 0, index, g, &g.id.render(index), 42, 1_732_170_000_000)
+        }
     }
 
     fn values(dev: &mut Device, n: usize) -> Vec<f32> {
@@ -565,7 +605,7 @@ mod tests {
     #[test]
     fn garbage_is_invalid_in_both_formats() {
         for format in [PayloadFormat::Json, PayloadFormat::Postcard] {
-            let c = FleetConfig { format, ..cfg(Signal::default()) };
+            let c = Group { format, ..cfg(Signal::default()) };
             let mut d = Device::new(0, &c).expect("valid");
             let g = d.garbage(Duration::from_secs(5)).expect("encodes");
             assert!(!g.is_empty());

@@ -5,9 +5,9 @@
 //! # Layout
 //!
 //! ```text
-//! config/scenarios/*.toml ──Scenario::load──▶ Scenario ◀──FleetConfig::scenario── FleetConfig
-//!   (scenario/raw.rs: serde,       (scenario/mod.rs: validated:            (fleet.rs: the first,
-//!    deny_unknown_fields,           ids, topics, faults resolved)           one-group API)
+//! config/scenarios/*.toml ──Scenario::load──▶ Scenario ◀──Scenario::new── ScenarioSpec (built in code,
+//!   (scenario/raw.rs: serde,       (scenario/mod.rs: validated:          or a file's spec edited:
+//!    deny_unknown_fields,           ids, topics, faults resolved)        resize, prefix_topics, stretch)
 //!    errors name the key path)           │
 //!                                        ▼ Simulation::new(&scenario, SimOptions { seed, start_ms, duration })
 //!                     Simulation (sim.rs) ── pure: virtual time in, Emissions out, no I/O
@@ -22,9 +22,13 @@
 //!                       ▼
 //! runner.rs: run_simulation: sleeps until next_due (tokio::time, × speed), hands each message to
 //!   a client: one shared connection, or one per own-connection device (link.rs: rumqttc client +
-//!   event-loop task with backoff, last will; Drop = abort the task, so the broker sends the will)
-//! publish.rs: run(Fleet, PublishOptions): the first API, over run_simulation
-//! main.rs: flags ──▶ Scenario (or FleetConfig) ──▶ run_simulation, or --dry-run to stdout
+//!   event-loop task with backoff, last will; Drop = abort the task, so the broker sends the will);
+//!   SimError, the connect and drain timeouts
+//! main.rs: flags ──▶ Scenario (a file, or the fleet flags as one group) ──▶ run_simulation,
+//!   or --dry-run to stdout
+//!
+//! Imports go one way, down this list: main → runner → link, record → sim → device → scenario
+//! → signal, template; link → backoff. No module imports one that imports it back.
 //! ```
 //!
 //! # Using it
@@ -64,17 +68,16 @@
 //!   [`edgewatch_wire::MAX_FRAME_LEN`] bytes, its own `seq`, timers, [`Signal`] models.
 //! * [`record`]: recording and truth lines.
 //! * [`runner`] (and its private `link`, one connection): the only modules that do I/O.
-//! * [`fleet`] and [`publish`]: the first API ([`Fleet`], [`run`]), a one-group scenario.
+//! * [`backoff`]: reconnection delays, shared with the agent (it has no other home: see there).
 //!
 //! Sensor messages follow the wire crate's JSON mapping:
 //! `{"device":"t-001","seq":17,"ts":1732170000000,"kind":"reading","temperature":23.5}`;
 //! door controllers send events, `{"kind":"event","code":1}` for a badge read
 //! ([`BADGE_CODE`]) and `"code":2` for an opening ([`OPEN_CODE`]).
 
+pub mod backoff;
 pub mod device;
-pub mod fleet;
 mod link;
-pub mod publish;
 pub mod record;
 pub mod runner;
 pub mod scenario;
@@ -82,19 +85,21 @@ pub mod signal;
 pub mod sim;
 pub mod template;
 
-pub use device::{BADGE_CODE, Device, EncodeError, OPEN_CODE};
-pub use fleet::{
-    ConfigError, DEFAULT_START_MS, Fault, Fleet, FleetConfig, FleetStats, MessageKind, PayloadFormat, SimMessage,
+pub use device::{BADGE_CODE, Device, DeviceError, EncodeError, OPEN_CODE};
+pub use record::{
+    RecordBody, RecordLine, RecordLineError, Recorder, record_line, record_lines, truth_line, truth_lines, unhex,
+    write_record, write_truth,
 };
-pub use publish::{PublishOptions, PublishStats, SimError, run};
-pub use record::{Recorder, record_line, record_lines, truth_line, truth_lines, write_record, write_truth};
-pub use runner::{RunOptions, RunReport, RunStats, run_scenario, run_simulation};
+pub use runner::{
+    CONNECT_TIMEOUT, DRAIN_TIMEOUT, RunOptions, RunReport, RunStats, SimError, run_scenario, run_simulation,
+};
 pub use scenario::{
     ChannelSpec, DeviceRef, DoorSpec, FaultKind, FaultSet, FaultSpec, FaultType, FlapVia, Group, GroupKind,
-    MAX_OWN_CONNECTIONS, MessageFilter, Scenario, ScenarioError, ScenarioSpec, SensorSpec,
+    MAX_OWN_CONNECTIONS, MessageFilter, PayloadFormat, Scenario, ScenarioError, ScenarioSpec, SensorSpec,
 };
-pub use signal::Signal;
+pub use signal::{Signal, SignalError};
 pub use sim::{
-    Action, Emission, Encoding, Kind, ONLINE_PAYLOAD, Publish, SimOptions, SimStats, Simulation, Truth, WILL_PAYLOAD,
+    Action, DEFAULT_START_MS, Emission, Encoding, Kind, ONLINE_PAYLOAD, Publish, SimOptions, SimStats, Simulation,
+    Truth, WILL_PAYLOAD,
 };
 pub use template::{IdTemplate, TopicTemplate};

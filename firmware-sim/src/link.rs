@@ -1,5 +1,6 @@
 //! One MQTT connection: a rumqttc [`AsyncClient`] plus a spawned task that polls its
-//! [`EventLoop`] (the network I/O) and reconnects with exponential backoff.
+//! [`EventLoop`] (the network I/O) and reconnects with [`Backoff`] (the agent's: jittered,
+//! reset only after a connection stayed up).
 //!
 //! The driving task never publishes, so a full request channel cannot deadlock it; callers
 //! publish through [`Link::client`] from their own task. Dropping a [`Link`] (or
@@ -14,40 +15,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
+use crate::backoff::Backoff;
+
 /// First delay after a failed connection; doubles per failure up to [`MAX_BACKOFF`].
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between two connection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// MQTT keep-alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
-
-/// Exponential backoff between connection attempts: `initial`, doubling, capped at `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    /// The delay the next failure will wait.
-    next: Duration,
-}
-
-impl Backoff {
-    /// A backoff starting at `initial` and never waiting longer than `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff { initial, max, next: initial.min(max) }
-    }
-
-    /// The delay to wait now; doubles the next one.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = delay.saturating_mul(2).min(self.max);
-        delay
-    }
-
-    /// Back to `initial`, after a success.
-    pub fn reset(&mut self) {
-        self.next = self.initial.min(self.max);
-    }
-}
 
 /// Connection state the event-loop task shares with the publisher.
 #[derive(Debug, Clone, Copy, Default)]
@@ -134,7 +109,7 @@ async fn drive(mut eventloop: EventLoop, link: watch::Sender<LinkState>) {
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                backoff.reset();
+                backoff.connected(Instant::now().into_std());
                 let connects = link.borrow().connects + 1;
                 link.send_replace(LinkState { connected: true, connects });
                 tracing::debug!(client = %client_id, code = ?ack.code, connects, "Connected to the MQTT broker");
@@ -147,25 +122,10 @@ async fn drive(mut eventloop: EventLoop, link: watch::Sender<LinkState>) {
             Ok(_) => {}
             Err(error) => {
                 link.send_modify(|l| l.connected = false);
-                let delay = backoff.next_delay();
+                let delay = backoff.failed(Instant::now().into_std());
                 tracing::warn!(client = %client_id, error = %error, retry_in = ?delay, "MQTT connection failed; retrying");
                 sleep(delay).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(700));
-        let ms = |n| Duration::from_millis(n);
-        let seen: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
-        assert_eq!(seen, [ms(100), ms(200), ms(400), ms(700), ms(700)]);
-        b.reset();
-        assert_eq!(b.next_delay(), ms(100));
     }
 }

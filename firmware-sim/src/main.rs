@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use firmware_sim::{
-    DEFAULT_START_MS, Fault, FleetConfig, PayloadFormat, RunOptions, Scenario, Signal, SimOptions, Simulation,
+    ChannelSpec, DEFAULT_START_MS, DeviceRef, FaultKind, FaultSpec, Group, GroupKind, IdTemplate, PayloadFormat,
+    RunOptions, Scenario, ScenarioSpec, SensorSpec, Signal, SimOptions, Simulation, TopicTemplate,
 };
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -179,20 +180,65 @@ impl Args {
         }
     }
 
-    fn faults(&self) -> Vec<Fault> {
-        let overheat = self.overheat.iter().map(|&device| Fault::Overheat {
-            device,
+    /// The fault flags as a timeline; faults of zero length, which do nothing, are left out.
+    fn faults(&self) -> Vec<FaultSpec> {
+        let at = |device: usize| DeviceRef::Index { group: "fleet".to_owned(), index: device };
+        let overheat = self.overheat.iter().filter(|_| !self.overheat_for.is_zero()).map(|&device| FaultSpec {
+            device: at(device),
             start: self.overheat_at,
-            duration: self.overheat_for,
-            value: self.overheat_value,
+            kind: FaultKind::Overheat { duration: self.overheat_for, value: self.overheat_value, channel: None },
         });
-        let silence = self.silence.iter().map(|&device| Fault::Silence {
-            device,
+        let silence = self.silence.iter().filter(|_| !self.silence_for.is_zero()).map(|&device| FaultSpec {
+            device: at(device),
             start: self.silence_at,
-            duration: self.silence_for,
+            kind: FaultKind::Silence { duration: self.silence_for },
         });
-        let malformed = self.malformed.iter().map(|&device| Fault::Malformed { device, at: self.malformed_at });
+        let malformed = self.malformed.iter().map(|&device| FaultSpec {
+            device: at(device),
+            start: self.malformed_at,
+            kind: FaultKind::Malformed { count: 1 },
+        });
         overheat.chain(silence).chain(malformed).collect()
+    }
+
+    /// The fleet flags as one group of sensors, `fleet`: ids `{id_prefix}{index:03}`, readings
+    /// on `{topic_prefix}/{device}/{channel}`, heartbeats on `{topic_prefix}/{device}/heartbeat`.
+    fn fleet(&self) -> anyhow::Result<ScenarioSpec> {
+        // The prefixes are taken literally (not as templates): refuse what would change the
+        // topic's levels or is not publishable; the scenario checks the rest.
+        if self.id_prefix.contains(['/', '+', '#', '\0']) {
+            bail!("--id-prefix {:?} may not contain '/', '+', '#' or NUL", self.id_prefix);
+        }
+        if self.topic_prefix.contains(['+', '#', '\0']) {
+            bail!("--topic-prefix {:?} may not contain '+', '#' or NUL", self.topic_prefix);
+        }
+        if self.channel == "heartbeat" || self.channel.contains(['/', '+', '#', '\0']) {
+            bail!("--channel {:?} is not a usable channel name", self.channel);
+        }
+        let prefix = self.topic_prefix.as_str();
+        let group = Group {
+            name: "fleet".to_owned(),
+            count: self.devices,
+            id: IdTemplate::with_prefix(&self.id_prefix),
+            first_index: 0,
+            format: self.format,
+            heartbeat_interval: (!self.no_heartbeat).then_some(self.heartbeat),
+            heartbeat_topic: TopicTemplate::legacy(prefix, Some("heartbeat")),
+            own_connection: false,
+            status_topic: TopicTemplate::legacy(prefix, Some("status")),
+            kind: GroupKind::Sensor(SensorSpec {
+                reading_interval: self.interval,
+                reading_topic: TopicTemplate::legacy(prefix, None),
+                channels: vec![ChannelSpec { name: self.channel.clone(), signal: self.signal() }],
+            }),
+        };
+        Ok(ScenarioSpec {
+            name: "fleet".to_owned(),
+            description: String::new(),
+            duration: None,
+            groups: vec![group],
+            faults: self.faults(),
+        })
     }
 
     fn start_ms(&self) -> anyhow::Result<u64> {
@@ -211,20 +257,7 @@ impl Args {
         if let Some(path) = &self.scenario {
             return Ok(Scenario::load(path)?);
         }
-        let fleet = FleetConfig {
-            devices: self.devices,
-            id_prefix: self.id_prefix.clone(),
-            topic_prefix: self.topic_prefix.clone(),
-            channel: self.channel.clone(),
-            reading_interval: self.interval,
-            heartbeat_interval: (!self.no_heartbeat).then_some(self.heartbeat),
-            format: self.format,
-            signal: self.signal(),
-            seed: self.seed,
-            start_ms: 0,
-            faults: self.faults(),
-        };
-        fleet.scenario().context("invalid fleet settings")
+        Scenario::new(self.fleet()?).context("invalid fleet settings")
     }
 
     /// Virtual run length: `--duration` (0 = open-ended), else the scenario's.

@@ -16,6 +16,8 @@
 //! own-connection device's connection drops, the broker publishes its last will: that is
 //! recorded too, at the moment of the drop, as `{"t":..,"topic":"<status topic>","text":"offline"}`.
 //!
+//! [`RecordLine`] is that line as a serde type, written here and read by the agent.
+//!
 //! The truth file has one line per fault instance that began during the run:
 //!
 //! ```text
@@ -28,43 +30,120 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::scenario::FaultKind;
 use crate::sim::{Action, Emission, Encoding, Truth, WILL_PAYLOAD};
 
-/// The recording line of `e`; `None` for what puts nothing on the wire (a connect).
-pub fn record_line(e: &Emission) -> Option<String> {
-    let (topic, body) = match &e.action {
-        Action::Connect => return None,
-        Action::Publish(p) => (&*p.topic, body(p.encoding, &p.payload)),
-        Action::Drop { will_topic } => (&**will_topic, text_body(WILL_PAYLOAD)),
-    };
-    let topic = serde_json::to_string(topic).unwrap_or_else(|_| "\"\"".to_owned());
-    Some(format!("{{\"t\":{},\"topic\":{topic},{body}}}", e.time_ms))
+/// One line of a recording: the one type both sides use, firmware-sim to write
+/// ([`record_line`]) and `edgewatch replay` to read ([`RecordLine::message`]).
+///
+/// A message line has a `topic` and exactly one body: `payload` (JSON, kept byte for byte),
+/// `text` (UTF-8) or `hex` (anything else). A line with only `t` moves the clock on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordLine {
+    /// Epoch ms the message was sent (for a reader: its arrival and processing time).
+    pub t: i64,
+    /// MQTT topic; `None` on a clock-only line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// A JSON payload, as the device sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Box<RawValue>>,
+    /// A plain-text payload (`online`, `offline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Any other payload (wire frames, garbage), lowercase hex (whitespace is ignored when read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hex: Option<String>,
 }
 
-fn body(encoding: Encoding, payload: &[u8]) -> String {
-    match encoding {
-        Encoding::Json => match std::str::from_utf8(payload) {
+/// What a [`RecordLine`] carries, checked.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordBody<'a> {
+    /// JSON text.
+    Json(&'a RawValue),
+    /// Plain text.
+    Text(&'a str),
+    /// The bytes, decoded from `hex`.
+    Hex(&'a str),
+}
+
+/// Why a [`RecordLine`] does not describe a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordLineError {
+    /// A body without a `topic`.
+    #[error("a line with a payload needs a `topic`")]
+    NoTopic,
+    /// A `topic` with no body, or more than one.
+    #[error("give exactly one of `payload`, `text` or `hex` with a `topic`")]
+    Body,
+}
+
+impl RecordLine {
+    /// The line of `e`; `None` for what puts nothing on the wire (a connect).
+    pub fn of(e: &Emission) -> Option<RecordLine> {
+        let t = i64::try_from(e.time_ms).unwrap_or(i64::MAX);
+        let line = |topic: &str| RecordLine { t, topic: Some(topic.to_owned()), payload: None, text: None, hex: None };
+        match &e.action {
+            Action::Connect => None,
+            Action::Publish(p) => Some(line(&p.topic).with_body(p.encoding, &p.payload)),
+            Action::Drop { will_topic } => Some(RecordLine { text: Some(WILL_PAYLOAD.to_owned()), ..line(will_topic) }),
+        }
+    }
+
+    fn with_body(mut self, encoding: Encoding, payload: &[u8]) -> RecordLine {
+        let text = std::str::from_utf8(payload).ok();
+        match (encoding, text) {
             // The simulator's JSON payloads are compact JSON already: copied as they are.
-            Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => format!("\"payload\":{text}"),
-            _ => hex_body(payload),
-        },
-        Encoding::Text => match std::str::from_utf8(payload) {
-            Ok(text) => text_body(text),
-            Err(_) => hex_body(payload),
-        },
-        Encoding::Binary => hex_body(payload),
+            (Encoding::Json, Some(text)) => match RawValue::from_string(text.to_owned()) {
+                Ok(raw) => self.payload = Some(raw),
+                Err(_) => self.hex = Some(hex(payload)),
+            },
+            (Encoding::Text, Some(text)) => self.text = Some(text.to_owned()),
+            _ => self.hex = Some(hex(payload)),
+        }
+        self
+    }
+
+    /// The message of the line: its topic and body; `None` for a clock-only line.
+    pub fn message(&self) -> Result<Option<(&str, RecordBody<'_>)>, RecordLineError> {
+        let any = self.payload.is_some() || self.text.is_some() || self.hex.is_some();
+        if self.topic.is_none() && any {
+            return Err(RecordLineError::NoTopic);
+        }
+        let body = match (&self.payload, &self.text, &self.hex) {
+            (None, None, None) => None,
+            (Some(json), None, None) => Some(RecordBody::Json(json)),
+            (None, Some(text), None) => Some(RecordBody::Text(text)),
+            (None, None, Some(hex)) => Some(RecordBody::Hex(hex)),
+            _ => return Err(RecordLineError::Body),
+        };
+        match (self.topic.as_deref(), body) {
+            (_, None) if self.topic.is_none() => Ok(None),
+            (Some(topic), Some(body)) => Ok(Some((topic, body))),
+            _ => Err(RecordLineError::Body),
+        }
     }
 }
 
-fn text_body(text: &str) -> String {
-    format!("\"text\":{}", serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned()))
+/// The recording line of `e` (no trailing newline); `None` for what puts nothing on the wire
+/// (a connect).
+pub fn record_line(e: &Emission) -> Option<String> {
+    RecordLine::of(e).and_then(|line| serde_json::to_string(&line).ok())
 }
 
-fn hex_body(payload: &[u8]) -> String {
-    format!("\"hex\":\"{}\"", hex(payload))
+/// The bytes of lowercase or uppercase hex, whitespace ignored; `None` unless it is pairs of
+/// hex digits.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Lowercase hex, two digits a byte.
@@ -254,6 +333,38 @@ mod tests {
         };
         assert_eq!(record_line(&drop).as_deref(), Some(r#"{"t":7,"topic":"sensors/t-000/status","text":"offline"}"#));
         assert_eq!(record_line(&Emission { action: Action::Connect, ..drop }), None);
+    }
+
+    /// Writer and reader agree: every line the simulator writes reads back as the same message.
+    #[test]
+    fn a_line_reads_back_as_written() {
+        for (encoding, payload) in [
+            (Encoding::Json, &br#"{"device":"t-000","seq":3,"kind":"reading","temperature":21.5}"#[..]),
+            (Encoding::Text, b"online"),
+            (Encoding::Binary, &[0x01, 0xab, 0x00]),
+        ] {
+            let text = record_line(&publish(encoding, payload)).expect("a message");
+            let line: RecordLine = serde_json::from_str(&text).expect("reads back");
+            assert_eq!(serde_json::to_string(&line).expect("writes"), text, "same bytes again");
+            assert_eq!(line.t, 1_000_001_500);
+            let Ok(Some((topic, body))) = line.message() else { panic!("a message: {text}") };
+            assert_eq!(topic, "sensors/t-000/temperature");
+            let bytes = match body {
+                RecordBody::Json(json) => json.get().as_bytes().to_vec(),
+                RecordBody::Text(text) => text.as_bytes().to_vec(),
+                RecordBody::Hex(hex) => unhex(hex).expect("hex"),
+            };
+            assert_eq!(bytes, payload, "{text}");
+        }
+        let clock: RecordLine = serde_json::from_str(r#"{"t":70000}"#).expect("a clock step");
+        assert!(matches!(clock.message(), Ok(None)));
+        let bad = |text: &str| serde_json::from_str::<RecordLine>(text).expect("parses").message().map(|_| ());
+        assert_eq!(bad(r#"{"t":1,"text":"x"}"#), Err(RecordLineError::NoTopic));
+        assert_eq!(bad(r#"{"t":1,"topic":"a","text":"x","hex":"00"}"#), Err(RecordLineError::Body));
+        assert_eq!(bad(r#"{"t":1,"topic":"a"}"#), Err(RecordLineError::Body));
+        assert!(serde_json::from_str::<RecordLine>(r#"{"t":1,"topic":"a","extra":1}"#).is_err());
+        assert_eq!(unhex("01 AB00"), Some(vec![1, 0xab, 0]));
+        assert_eq!(unhex("0"), None);
     }
 
     #[test]

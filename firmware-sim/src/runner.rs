@@ -27,10 +27,14 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::link::{Link, mqtt_options};
-use crate::publish::{CONNECT_TIMEOUT, DRAIN_TIMEOUT, SimError};
 use crate::record::record_line;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, ScenarioError};
 use crate::sim::{Action, Emission, Kind, SimOptions, Simulation, Truth};
+
+/// How long a run waits for its connections' first ConnAck before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a run lets queued messages and the Disconnect go out when it stops.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bound of the shared connection's request channel: how many messages may wait for its
 /// event loop before the schedule waits.
@@ -39,6 +43,40 @@ const SHARED_CAPACITY: usize = 1024;
 const OWN_CAPACITY: usize = 64;
 /// At unlimited speed, how much virtual time one poll covers.
 const MAX_SPEED_STEP: Duration = Duration::from_millis(50);
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// `qos` was not 0, 1 or 2.
+    #[error("QoS must be 0, 1 or 2, not {0}")]
+    InvalidQos(u8),
+    /// `speed` was not a positive number.
+    #[error("speed must be more than zero, not {0}")]
+    InvalidSpeed(f64),
+    /// No ConnAck within [`CONNECT_TIMEOUT`].
+    #[error("no MQTT connection to {host}:{port} within {timeout:?}")]
+    ConnectTimeout {
+        /// Broker host.
+        host: String,
+        /// Broker port.
+        port: u16,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The client refused a request (its event loop is gone).
+    #[error("the MQTT client refused a request")]
+    Client(#[from] rumqttc::ClientError),
+    /// An event loop task ended on its own.
+    #[error("the MQTT event loop stopped")]
+    EventLoopStopped,
+    /// The scenario could not be built.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The recording could not be written.
+    #[error("cannot write the recording")]
+    Record(#[source] std::io::Error),
+}
 
 /// Where to publish, and how fast.
 #[derive(Debug, Clone, PartialEq)]
@@ -334,6 +372,83 @@ async fn close_all(shared: Option<Link>, own: HashMap<usize, Link>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::{ChannelSpec, Group, GroupKind, PayloadFormat, ScenarioSpec, SensorSpec};
+    use crate::signal::Signal;
+    use crate::template::{IdTemplate, TopicTemplate};
+
+    /// Two sensors, a reading a second, run for 5 s.
+    fn sim() -> Simulation {
+        let group = Group {
+            name: "fleet".to_owned(),
+            count: 2,
+            id: IdTemplate::with_prefix("t-"),
+            first_index: 0,
+            format: PayloadFormat::Json,
+            heartbeat_interval: None,
+            heartbeat_topic: TopicTemplate::legacy("sensors", Some("heartbeat")),
+            own_connection: false,
+            status_topic: TopicTemplate::legacy("sensors", Some("status")),
+            kind: GroupKind::Sensor(SensorSpec {
+                reading_interval: Duration::from_secs(1),
+                reading_topic: TopicTemplate::legacy("sensors", None),
+                channels: vec![ChannelSpec { name: "temperature".to_owned(), signal: Signal::default() }],
+            }),
+        };
+        let spec = ScenarioSpec {
+            name: "two".to_owned(),
+            description: String::new(),
+            duration: Some(Duration::from_secs(5)),
+            groups: vec![group],
+            faults: Vec::new(),
+        };
+        let scenario = Scenario::new(spec).expect("valid");
+        Simulation::new(&scenario, SimOptions::default()).expect("valid")
+    }
+
+    /// A port nothing listens on (bound, then released).
+    fn closed_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        l.local_addr().expect("has address").port()
+    }
+
+    fn opts(port: u16) -> RunOptions {
+        RunOptions { port, ..RunOptions::default() }
+    }
+
+    /// Callers spawn a run, so its future must be `Send` when `shutdown` is.
+    #[test]
+    fn run_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let o = opts(1);
+        let fut = run_simulation(sim(), &o, None, std::future::pending::<()>());
+        assert_send(&fut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_broker_is_a_connect_timeout() {
+        let started = Instant::now();
+        let err = run_simulation(sim(), &opts(closed_port()), None, std::future::pending())
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(err, SimError::ConnectTimeout { .. }), "{err:?}");
+        // Virtual time (the runtime is paused): the client waited the whole timeout.
+        let waited = started.elapsed();
+        assert!(waited >= CONNECT_TIMEOUT, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_before_connecting_publishes_nothing() {
+        let report = run_simulation(sim(), &opts(closed_port()), None, async {}).await.expect("clean stop");
+        assert_eq!(report.stats.published, 0);
+        assert_eq!(report.stats.per_device, [0, 0]);
+    }
+
+    #[tokio::test]
+    async fn bad_qos_is_refused_before_connecting() {
+        let o = RunOptions { qos: 7, ..opts(closed_port()) };
+        let err = run_simulation(sim(), &o, None, std::future::pending()).await.expect_err("bad QoS");
+        assert!(matches!(err, SimError::InvalidQos(7)));
+    }
 
     #[test]
     fn qos_levels() {

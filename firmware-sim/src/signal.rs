@@ -9,7 +9,11 @@ use std::time::Duration;
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
-use crate::fleet::ConfigError;
+/// Why a [`Signal`]'s parameters are unusable: the reason, as a sentence fragment
+/// (`sine noise must not be negative`); the scenario adds the key path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("signal: {0}")]
+pub struct SignalError(pub String);
 
 /// How a device's sensor value evolves.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,8 +66,8 @@ impl Default for Signal {
 impl Signal {
     /// Checks the parameters: finite numbers, non-negative noise and step, `min <= start <= max`,
     /// non-zero periods, at least one level.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |reason: &str| Err(ConfigError::Signal(reason.to_owned()));
+    pub fn validate(&self) -> Result<(), SignalError> {
+        let bad = |reason: &str| Err(SignalError(reason.to_owned()));
         match self {
             Signal::Constant(v) if !v.is_finite() => bad("constant value must be finite"),
             Signal::Constant(_) => Ok(()),

@@ -28,14 +28,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::device::{BADGE_CODE, Device, EncodeError, OPEN_CODE};
-use crate::fleet::{DEFAULT_START_MS, PayloadFormat};
-use crate::scenario::{FaultKind, FaultSet, FaultType, FlapVia, MessageFilter, Scenario, ScenarioError};
+use crate::scenario::{FaultKind, FaultSet, FaultType, FlapVia, MessageFilter, PayloadFormat, Scenario, ScenarioError};
 
 /// Payload an own-connection device publishes on its status topic when it connects.
 pub const ONLINE_PAYLOAD: &str = "online";
 /// Payload of an own-connection device's last will (QoS 1, not retained), which the broker
 /// publishes on the device's status topic when its connection drops without a DISCONNECT.
 pub const WILL_PAYLOAD: &str = "offline";
+
+/// Wall-clock epoch ms used for `ts` at virtual t=0 unless the options say otherwise
+/// (2024-11-21T06:20:00Z): fixed, so default runs are repeatable. The binary uses "now".
+pub const DEFAULT_START_MS: u64 = 1_732_170_000_000;
 
 /// How a simulation starts and ends.
 #[derive(Debug, Clone, PartialEq, Eq)]

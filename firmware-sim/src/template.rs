@@ -56,7 +56,7 @@ impl IdTemplate {
         Ok(IdTemplate { parts })
     }
 
-    /// `{prefix}{index:03}`, the ids of [`FleetConfig`](crate::FleetConfig): the prefix is
+    /// `{prefix}{index:03}`, the ids of the binary's one-group fleet flags: the prefix is
     /// taken literally, whatever characters it holds.
     pub fn with_prefix(prefix: &str) -> IdTemplate {
         IdTemplate { parts: vec![IdPart::Literal(prefix.to_owned()), IdPart::Index { width: 3, plus_one: false }] }
@@ -145,8 +145,8 @@ impl TopicTemplate {
         Ok(TopicTemplate { parts })
     }
 
-    /// `{prefix}/{device}/{leaf}`, or `{device}/{leaf}` for an empty prefix: the topics of
-    /// [`FleetConfig`](crate::FleetConfig), with `prefix` and `leaf` taken literally.
+    /// `{prefix}/{device}/{leaf}`, or `{device}/{leaf}` for an empty prefix: the topics of the
+    /// binary's one-group fleet flags, with `prefix` and `leaf` taken literally.
     pub fn legacy(prefix: &str, leaf: Option<&str>) -> TopicTemplate {
         let mut parts = Vec::new();
         if !prefix.is_empty() {
@@ -160,6 +160,14 @@ impl TopicTemplate {
                 parts.push(TopicPart::Channel);
             }
         }
+        TopicTemplate { parts }
+    }
+
+    /// This template with `prefix` and a `/` in front (`prefix` taken literally).
+    pub fn prefixed(&self, prefix: &str) -> TopicTemplate {
+        let mut parts = Vec::with_capacity(self.parts.len() + 1);
+        parts.push(TopicPart::Literal(format!("{prefix}/")));
+        parts.extend(self.parts.iter().cloned());
         TopicTemplate { parts }
     }
 

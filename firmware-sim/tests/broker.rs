@@ -2,16 +2,14 @@
 //! the recording says, last wills included, and the live recording and truth equal the pure
 //! ones. Set `EDGEWATCH_REQUIRE_MOSQUITTO=1` to make a missing Mosquitto a failure.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgewatch_e2e::Mosquitto;
 use firmware_sim::{RunOptions, Scenario, SimOptions, Simulation, record_lines, truth_lines};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
-use support::mosquitto::Mosquitto;
 
 const SCENARIO: &str = r#"
 duration = "4s"
@@ -59,15 +57,10 @@ device = "t-002"
 start = "2s"
 "#;
 
+/// Mosquitto with an unbounded queue (the run may outpace the observer), or `None` (the
+/// test skips, saying why) when it is not installed and not required.
 fn broker() -> Option<Mosquitto> {
-    match Mosquitto::start() {
-        Ok(b) => Some(b),
-        Err(why) if std::env::var_os("EDGEWATCH_REQUIRE_MOSQUITTO").is_some() => panic!("Mosquitto required: {why}"),
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
+    Mosquitto::start_configured(None, None, "max_queued_messages 0")
 }
 
 type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
@@ -147,9 +140,14 @@ async fn a_scenario_reaches_mosquitto_as_recorded() {
     let pure_record = record_lines(&pure.run_to_end().expect("4 s"));
     let pure_truth = truth_lines(&pure.truth());
 
-    let (received, observer) = subscribe_all(broker.port).await;
-    let run =
-        RunOptions { port: broker.port, client_id: "sim-test".into(), qos: 1, speed: 2.0, ..RunOptions::default() };
+    let (received, observer) = subscribe_all(broker.addr.port()).await;
+    let run = RunOptions {
+        port: broker.addr.port(),
+        client_id: "sim-test".into(),
+        qos: 1,
+        speed: 2.0,
+        ..RunOptions::default()
+    };
     let mut record: Vec<u8> = Vec::new();
     let sim = Simulation::new(&scenario, sim_opts).expect("builds");
     let report =

@@ -287,3 +287,24 @@ fn load_names_the_file() {
     let err = Scenario::load(dir.path().join("missing.toml")).expect_err("no file").to_string();
     assert!(err.contains("cannot read"), "{err}");
 }
+
+/// What `edgewatch demo` does to demo.toml: fewer devices, its own topic tree, a shorter run.
+#[test]
+fn a_scenario_file_can_be_resized_prefixed_and_stretched() {
+    let mut spec = load("demo.toml").spec().clone();
+    spec.resize("temperature", 5);
+    spec.prefix_topics("edgewatch-demo/abc");
+    spec.stretch(Duration::from_secs(4));
+    let scenario = Scenario::new(spec).expect("still valid");
+    assert_eq!(scenario.device_count(), 5);
+    assert_eq!(scenario.duration(), Some(Duration::from_secs(4)));
+    // t-007 is gone, so is its silence; t-003's overheat keeps its share of the run.
+    let faults = scenario.faults();
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert_eq!(faults[0].start, Duration::from_millis(800));
+    assert_eq!(faults[0].kind.span(), Duration::from_secs(2));
+    let (emissions, _) = generate(&scenario, 1);
+    let topics: Vec<&str> = emissions.iter().filter_map(|e| e.publish()).map(|p| &*p.topic).collect();
+    assert!(topics.contains(&"edgewatch-demo/abc/sensors/t-004/temperature"), "{topics:?}");
+    assert!(topics.iter().all(|t| t.starts_with("edgewatch-demo/abc/sensors/")));
+}

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: real brokers, a real agent, real MQTT clients.
 //!
-//! - [`Broker`]: rumqttd embedded in the test process, or a Mosquitto child process.
+//! - [`Broker`]: rumqttd embedded in the test process, or a Mosquitto child process
+//!   ([`mosquitto`]: the workspace's one Mosquitto launcher).
 //! - [`RunningAgent`]: an `edgewatch` agent on a temp dir, with its rules written as files.
 //! - [`Subscriber`] and a publishing client: plain rumqttc clients, as a sensor and a cloud
 //!   would use.
@@ -11,16 +12,17 @@
 //! `EDGEWATCH_REQUIRE_MOSQUITTO=1`, in which case they fail.
 
 pub mod config;
+pub mod mosquitto;
 pub mod pki;
 
 pub use config::{AgentToml, TomlValue};
+pub use mosquitto::{Log, Mosquitto, MosquittoError};
 
-use edgewatch::broker::{self, EmbeddedBroker};
+use edgewatch::broker::EmbeddedBroker;
 use edgewatch::telemetry::{Snapshot, Stats};
 use edgewatch::{Agent, Config, Readiness};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -79,100 +81,6 @@ impl Broker {
             Broker::Embedded(_) => "rumqttd",
             Broker::Mosquitto(_) => "mosquitto",
         }
-    }
-}
-
-/// A Mosquitto broker process.
-#[derive(Debug)]
-pub struct Mosquitto {
-    pub addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn binary() -> Option<PathBuf> {
-        ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/bin/mosquitto"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-    }
-
-    /// Starts Mosquitto on `addr` (a free port when `None`).
-    pub fn start_on(addr: Option<SocketAddr>) -> Option<Mosquitto> {
-        Mosquitto::start_with(addr, None)
-    }
-
-    /// Starts Mosquitto with its persistence file in `persist_dir`, so sessions and queued
-    /// messages survive a graceful restart.
-    pub fn start_with(addr: Option<SocketAddr>, persist_dir: Option<&Path>) -> Option<Mosquitto> {
-        Mosquitto::start_configured(addr, persist_dir, "")
-    }
-
-    /// The same with extra configuration lines (`max_inflight_messages 1000`, ...).
-    pub fn start_configured(addr: Option<SocketAddr>, persist_dir: Option<&Path>, extra: &str) -> Option<Mosquitto> {
-        let required = std::env::var("EDGEWATCH_REQUIRE_MOSQUITTO").is_ok_and(|v| v == "1");
-        let Some(bin) = Mosquitto::binary() else {
-            assert!(
-                !required,
-                "EDGEWATCH_REQUIRE_MOSQUITTO=1 but mosquitto is not installed (apt-get install mosquitto)"
-            );
-            eprintln!(
-                "SKIP (mosquitto): not installed; install it, or set EDGEWATCH_REQUIRE_MOSQUITTO=1 to make this a failure"
-            );
-            return None;
-        };
-        let addr = addr.unwrap_or_else(|| broker::free_port().expect("free port"));
-        let dir = tempfile::tempdir().expect("temp dir");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} {}\nallow_anonymous true\n{}\nlog_dest stderr\nlog_type error\nmax_packet_size 1048576\n{extra}\n",
-                addr.port(),
-                addr.ip(),
-                match persist_dir {
-                    // Started as root, Mosquitto drops to the `mosquitto` user unless told
-                    // otherwise, and then cannot write its file into our root-owned temp dir
-                    // ("Error: Permission denied", and the sessions are silently gone after a
-                    // restart). `user root` keeps it as it was started; ignored when not root.
-                    Some(d) => format!(
-                        "persistence true\npersistence_location {}/\nautosave_interval 1\nuser root",
-                        d.display()
-                    ),
-                    None => "persistence false".to_owned(),
-                }
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("mosquitto starts");
-        broker::wait_until_listening(addr, WAIT).expect("mosquitto listens");
-        Some(Mosquitto { addr, child, _dir: dir })
-    }
-
-    fn start() -> Option<Mosquitto> {
-        Mosquitto::start_on(None)
-    }
-}
-
-impl Mosquitto {
-    /// Stops it gracefully (SIGTERM: it writes its persistence file) and waits.
-    pub fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -8,10 +8,10 @@
 
 mod packets;
 
-use crate::backoff::Backoff;
 use crate::config::{BrokerConfig, Protocol};
 use crate::tls::TlsConfig;
 use bytes::Bytes;
+use firmware_sim::backoff::Backoff;
 use packets::{hint, map4, map5};
 use rumqttc::v5;
 use std::time::Duration;

@@ -13,10 +13,9 @@ mod raw;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
-use crate::fleet::PayloadFormat;
 use crate::signal::Signal;
 use crate::template::{IdTemplate, TopicTemplate};
 
@@ -27,6 +26,37 @@ pub const MAX_DEVICES: usize = 1_000_000;
 pub const MAX_OWN_CONNECTIONS: usize = 1_000;
 /// Most channels one sensor reads (the wire format's [`edgewatch_wire::MAX_SAMPLES`]).
 pub const MAX_CHANNELS: usize = edgewatch_wire::MAX_SAMPLES;
+
+/// How payloads are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PayloadFormat {
+    /// The flat JSON object of the wire crate's JSON mapping.
+    #[default]
+    Json,
+    /// An `edgewatch_wire` frame: version byte, then postcard.
+    Postcard,
+}
+
+impl FromStr for PayloadFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(PayloadFormat::Json),
+            "postcard" => Ok(PayloadFormat::Postcard),
+            other => Err(format!("unknown format {other:?} (expected json or postcard)")),
+        }
+    }
+}
+
+impl fmt::Display for PayloadFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PayloadFormat::Json => "json",
+            PayloadFormat::Postcard => "postcard",
+        })
+    }
+}
 
 /// Why a scenario cannot be loaded or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +104,75 @@ pub struct ScenarioSpec {
     pub groups: Vec<Group>,
     /// The fault timeline.
     pub faults: Vec<FaultSpec>,
+}
+
+/// What a caller may change about a scenario file without editing it (the flags of
+/// `edgewatch demo`): edit the spec, then validate it again with [`Scenario::new`].
+impl ScenarioSpec {
+    /// Gives group `group` `count` devices (nothing happens if there is no such group).
+    /// Faults that name a device the group no longer has are left out, so a smaller fleet
+    /// still runs.
+    pub fn resize(&mut self, group: &str, count: usize) {
+        let Some(g) = self.groups.iter_mut().find(|g| g.name == group) else { return };
+        let kept = g.first_index.saturating_add(count);
+        let removed: HashSet<String> = (kept..g.first_index.saturating_add(g.count)).map(|i| g.id.render(i)).collect();
+        g.count = count;
+        self.faults.retain(|f| match &f.device {
+            DeviceRef::Id(id) => !removed.contains(id),
+            DeviceRef::Index { group: name, index } => name != group || *index < kept,
+        });
+    }
+
+    /// Puts `prefix` and a `/` in front of every topic of every group.
+    pub fn prefix_topics(&mut self, prefix: &str) {
+        for g in &mut self.groups {
+            for t in [&mut g.heartbeat_topic, &mut g.status_topic] {
+                *t = t.prefixed(prefix);
+            }
+            match &mut g.kind {
+                GroupKind::Sensor(s) => s.reading_topic = s.reading_topic.prefixed(prefix),
+                GroupKind::Door(d) => {
+                    d.badge_topic = d.badge_topic.prefixed(prefix);
+                    d.open_topic = d.open_topic.prefixed(prefix);
+                }
+            }
+        }
+    }
+
+    /// Sets the duration to `duration` and stretches (or shrinks) the fault timeline with
+    /// it: each fault's start and span keep their share of the run, so a 4 s run of a 20 s
+    /// scenario still shows every fault. Counts and delays stay as they are. Without a
+    /// duration of its own, the scenario only gets `duration`.
+    pub fn stretch(&mut self, duration: Duration) {
+        let factor = match self.duration {
+            Some(own) if !own.is_zero() => duration.as_secs_f64() / own.as_secs_f64(),
+            _ => 1.0,
+        };
+        self.duration = Some(duration);
+        let scale = |d: &mut Duration| *d = Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(*d);
+        for f in &mut self.faults {
+            scale(&mut f.start);
+            match &mut f.kind {
+                FaultKind::Silence { duration }
+                | FaultKind::HeartbeatLoss { duration }
+                | FaultKind::Overheat { duration, .. }
+                | FaultKind::Stuck { duration, .. }
+                | FaultKind::Late { duration, .. }
+                | FaultKind::ClockSkew { duration, .. }
+                | FaultKind::Disconnect { duration }
+                | FaultKind::ForcedDoor { duration } => scale(duration),
+                FaultKind::Flap { period, down, .. } => {
+                    scale(period);
+                    scale(down);
+                }
+                FaultKind::Spike { .. }
+                | FaultKind::Duplicate { .. }
+                | FaultKind::Reorder { .. }
+                | FaultKind::Malformed { .. }
+                | FaultKind::Burst { .. } => {}
+            }
+        }
+    }
 }
 
 /// Devices that share a kind, settings and templates.
@@ -530,22 +629,9 @@ pub struct Scenario {
     channels: Vec<usize>,
 }
 
+/// [`Scenario::load`] and [`Scenario::from_toml`] are in `raw.rs`, with the file format: this
+/// module never reaches into `raw`, which builds on it.
 impl Scenario {
-    /// Reads and validates a scenario file; errors name the file and the key path.
-    pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
-        let path = path.as_ref();
-        let file = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: file.clone(), source })?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario");
-        raw::parse(&text, &file, stem)
-    }
-
-    /// Parses and validates scenario text; errors name `<scenario>` and the key path.
-    pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
-        raw::parse(text, "<scenario>", "scenario")
-    }
-
     /// Validates a spec built in code; errors name `scenario "<name>"` and the key path.
     pub fn new(spec: ScenarioSpec) -> Result<Scenario, ScenarioError> {
         let origin = format!("scenario {:?}", spec.name);
@@ -721,13 +807,7 @@ fn validate(spec: ScenarioSpec) -> Result<Scenario, Invalid> {
                     if !names.insert(c.name.as_str()) {
                         return invalid(cp("name"), format!("channel {:?} is read twice", c.name));
                     }
-                    c.signal.validate().map_err(|e| {
-                        let message = match e {
-                            crate::fleet::ConfigError::Signal(reason) => reason,
-                            other => other.to_string(),
-                        };
-                        (cp("signal"), message)
-                    })?;
+                    c.signal.validate().map_err(|e| (cp("signal"), e.0))?;
                     if s.reading_topic.has_channel() || ci == 0 {
                         topics.push((p("reading_topic"), s.reading_topic.render(&first, &c.name, &g.name)));
                     }

@@ -1,15 +1,15 @@
 //! The TOML shape of a scenario: serde structs with `deny_unknown_fields` and named
 //! defaults, turned into a [`ScenarioSpec`] with errors that name the key path.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{
     ChannelSpec, DeviceRef, DoorSpec, FaultKind, FaultSpec, FaultType, FlapVia, Group, GroupKind, MessageFilter,
-    Scenario, ScenarioError, ScenarioSpec, SensorSpec,
+    PayloadFormat, Scenario, ScenarioError, ScenarioSpec, SensorSpec,
 };
-use crate::fleet::PayloadFormat;
 use crate::signal::Signal;
 use crate::template::{IdTemplate, TopicTemplate};
 
@@ -185,8 +185,25 @@ struct RawFault {
     messages: Option<String>,
 }
 
+impl Scenario {
+    /// Reads and validates a scenario file; errors name the file and the key path.
+    pub fn load(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
+        let path = path.as_ref();
+        let file = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: file.clone(), source })?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario");
+        parse(&text, &file, stem)
+    }
+
+    /// Parses and validates scenario text; errors name `<scenario>` and the key path.
+    pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
+        parse(text, "<scenario>", "scenario")
+    }
+}
+
 /// Parses scenario text; `origin` names it in errors, `stem` is the default name.
-pub(super) fn parse(text: &str, origin: &str, stem: &str) -> Result<Scenario, ScenarioError> {
+fn parse(text: &str, origin: &str, stem: &str) -> Result<Scenario, ScenarioError> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ScenarioError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;

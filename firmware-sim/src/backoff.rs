@@ -8,6 +8,15 @@
 //! message it chokes on, a proxy in between) must not reset the delay: it only resets once
 //! a connection has stayed up for [`STABLE_AFTER`]. Time is passed in, so tests run in
 //! virtual time.
+//!
+//! The one backoff of the workspace: the agent's connections (`edgewatch::mqtt`), the
+//! demo's watcher and the simulator's devices (`link.rs`) all use it, so a simulated device
+//! reconnects as the agent does. It lives here, not in `edgewatch-wire`, although firmware
+//! reconnects too: the wire crate holds one idea, the frame format, and stays `no_std`
+//! with no dependency but postcard and heapless; this backoff needs a clock (`Instant`) and
+//! a random source (jitter), which a firmware's network stack provides in its own way.
+//! firmware-sim is the lowest crate with `std` that the agent already depends on, and this
+//! module depends on nothing else of it.
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
