@@ -1,10 +1,312 @@
 //! The outbox: events waiting to go upstream, in order, until the upstream broker
 //! acknowledges them. Durably in sled (`state.durable`), or in memory; bounded by
 //! `state.max_outbox_mb` either way, oldest dropped first and counted.
+//!
+//! # Design
+//!
+//! [`Book`] is the whole bookkeeping, a plain struct with no I/O (like rumqttc's `state.rs`):
+//! sequence numbers, the entries by sequence number, their size against the bound, the
+//! oldest-first drop and its count, the entries kept in memory for the publisher (the
+//! cache), and the acknowledged entries whose copy on disk is to be deleted. Both modes use
+//! it the same way:
+//!
+//! - in memory ([`Outbox::memory`]), it is the whole outbox: the cache has no limit, so every
+//!   entry is in it and nothing is ever read back;
+//! - durably ([`Outbox::durable`]), `store` does only the sled reads and writes around it:
+//!   it writes the entries of an applied batch ([`Book::mark_written`]), deletes dropped and
+//!   acknowledged ones, and reads back what did not fit the cache or what an earlier run
+//!   left ([`Read::Disk`]).
+//!
+//! Every operation is O(log n) in the entries waiting (a `BTreeMap` by sequence number):
+//! push, acknowledge, and reading from a sequence number.
+//!
+//! # Size
+//!
+//! An entry counts its topic, its payload and [`ENTRY_OVERHEAD`] bytes, in both modes: known
+//! without encoding it (the memory outbox never encodes), and a flood of empty events is
+//! bounded too. It is not the size on disk, which is the entry's JSON encoding and the
+//! database's own overhead.
 
-use crate::memory_outbox::MemoryOutbox;
-use crate::store::{Batch, OutboxEntry, Store};
-use std::sync::Arc;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::store::{Batch, Store};
+
+/// Bytes counted for an entry besides its topic and payload (sequence number, QoS, flags,
+/// bookkeeping, allocation), so that a flood of empty events is bounded too.
+pub const ENTRY_OVERHEAD: u64 = 64;
+
+/// An event waiting to go upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub topic: String,
+    /// Shared, not copied, between the outbox in memory and the publish.
+    #[serde(with = "serde_bytes_hex")]
+    pub payload: bytes::Bytes,
+    pub qos: u8,
+    /// Published with the retain flag (status documents).
+    #[serde(default)]
+    pub retain: bool,
+}
+
+impl OutboxEntry {
+    /// What it counts against `max_outbox_mb` (see the module docs).
+    pub fn size(&self) -> u64 {
+        (self.topic.len() + self.payload.len()) as u64 + ENTRY_OVERHEAD
+    }
+}
+
+mod serde_bytes_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub(super) fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(b) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_str(&format!("hex:{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())),
+        }
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("hex:") {
+            None => Ok(s.into_bytes().into()),
+            Some(h) => (0..h.len())
+                .step_by(2)
+                .map(|i| h.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .map(bytes::Bytes::from)
+                .ok_or_else(|| serde::de::Error::custom("bad hex")),
+        }
+    }
+}
+
+/// The outbox's bookkeeping: no I/O, the same in memory and on disk (see the module docs).
+///
+/// An entry is readable by the publisher as soon as it is pushed. Durably, it is written to
+/// disk when its batch is applied, unless it was acknowledged upstream by then: with a
+/// responsive upstream broker most events never touch the disk. That keeps the guarantee:
+/// the inputs behind an unwritten event are acknowledged only after their batch is flushed,
+/// so after a crash the broker redelivers them and the same event (same id) comes again.
+#[derive(Debug)]
+pub struct Book {
+    /// The next entry's sequence number: the order upstream, and the key on disk.
+    next_seq: u64,
+    /// Every entry not yet acknowledged nor dropped, by sequence number.
+    slots: BTreeMap<u64, Slot>,
+    /// What `slots` counts against `max_bytes`.
+    bytes: u64,
+    /// `state.max_outbox_mb`: past it the oldest entries are dropped.
+    max_bytes: u64,
+    /// Entries dropped to stay within `max_bytes`, not yet reported upstream.
+    dropped: u64,
+    /// Bytes of entries held in memory for the publisher, so it need not read back (and
+    /// decode) what was just written.
+    cache_bytes: u64,
+    /// How many entries are held in memory.
+    cached: usize,
+    /// At most this many bytes are cached; past it (a long upstream outage) entries wait on
+    /// disk only. Unlimited in memory, where the cache is the outbox.
+    cache_cap: u64,
+    /// Cleared when an entry does not fit the cache, set again when the cache empties: what
+    /// waits on disk only is then one run, read back in order, not every other entry.
+    cache_open: bool,
+    /// Acknowledged entries that were written: deleted from disk with the next batch.
+    acked: Vec<u64>,
+}
+
+/// An entry waiting.
+#[derive(Debug)]
+struct Slot {
+    /// What it counts (see [`OutboxEntry::size`]).
+    len: u64,
+    /// On disk (in an applied batch): acknowledging or dropping it means deleting it there.
+    written: bool,
+    /// The entry, if cached; else it is read back from disk.
+    entry: Option<OutboxEntry>,
+}
+
+/// What [`Book::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The entries, in order (maybe fewer than asked, maybe none: nothing more is ready).
+    Entries(Vec<(u64, OutboxEntry)>),
+    /// The first entry asked for is on disk only: read the written entries from there on,
+    /// keeping those still [`Book::is_live`].
+    Disk,
+}
+
+impl Book {
+    /// An empty outbox of at most `max_bytes`, caching at most `cache_cap` bytes.
+    pub fn new(max_bytes: u64, cache_cap: u64) -> Book {
+        Book {
+            next_seq: 0,
+            slots: BTreeMap::new(),
+            bytes: 0,
+            max_bytes,
+            dropped: 0,
+            cache_bytes: 0,
+            cached: 0,
+            cache_cap,
+            cache_open: true,
+            acked: Vec::new(),
+        }
+    }
+
+    /// The whole outbox in memory: everything is cached, nothing is written.
+    pub fn in_memory(max_bytes: u64) -> Book {
+        Book::new(max_bytes, u64::MAX)
+    }
+
+    /// An entry an earlier run wrote (read at open, in order): `None` if it cannot be
+    /// decoded (`len` is then what it counts). Cached if it fits.
+    pub fn recovered(&mut self, seq: u64, entry: Option<OutboxEntry>, len: u64) {
+        let len = entry.as_ref().map_or(len, OutboxEntry::size);
+        let entry = entry.filter(|_| self.cache_fits(len));
+        self.insert(seq, Slot { len, written: true, entry });
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+        self.drop_oldest(|_| {});
+    }
+
+    /// Adds an entry at the end and returns its sequence number. While the outbox is over its
+    /// bound, drops the oldest entries (never the new one) and counts them; `deleted` is told
+    /// each dropped entry that was written, to delete it from disk.
+    pub fn push(&mut self, entry: OutboxEntry, deleted: impl FnMut(u64)) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let len = entry.size();
+        let entry = Some(entry).filter(|_| self.cache_fits(len));
+        self.insert(seq, Slot { len, written: false, entry });
+        self.drop_oldest(deleted);
+        seq
+    }
+
+    /// Up to `n` waiting entries from sequence number `from` on, in order.
+    pub fn next(&self, from: u64, n: usize) -> Read {
+        let mut out = Vec::with_capacity(n.min(self.cached).min(1024));
+        for (&seq, slot) in self.slots.range(from..) {
+            if out.len() >= n {
+                break;
+            }
+            match &slot.entry {
+                Some(entry) => out.push((seq, entry.clone())),
+                None if out.is_empty() && slot.written => return Read::Disk,
+                // Not cached and not written yet (its batch is not applied): wait for it.
+                None => break,
+            }
+        }
+        Read::Entries(out)
+    }
+
+    /// Upstream acknowledged entry `seq`: it no longer counts; if it was written, it is to be
+    /// deleted with the next batch. An unknown `seq` (dropped meanwhile, acknowledged twice)
+    /// is ignored.
+    pub fn ack(&mut self, seq: u64) {
+        if let Some(slot) = self.remove(seq) {
+            if slot.written {
+                self.acked.push(seq);
+            }
+        }
+    }
+
+    /// Entry `seq` goes to disk with the batch being applied: true if it is still waiting
+    /// (else it was acknowledged or dropped meanwhile, and is not written at all).
+    pub fn mark_written(&mut self, seq: u64) -> bool {
+        self.slots.get_mut(&seq).map(|s| s.written = true).is_some()
+    }
+
+    /// The batch holding entry `seq` failed to apply: it is not on disk after all.
+    pub fn unmark_written(&mut self, seq: u64) {
+        if let Some(s) = self.slots.get_mut(&seq) {
+            s.written = false;
+        }
+    }
+
+    /// The written entries acknowledged since the last call, to delete from disk.
+    pub fn take_acked(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.acked)
+    }
+
+    /// Gives back what [`Book::take_acked`] returned when the deletion failed.
+    pub fn return_acked(&mut self, acked: Vec<u64>) {
+        self.acked.extend(acked);
+    }
+
+    /// Written entries acknowledged and not yet deleted from disk?
+    pub fn has_acked(&self) -> bool {
+        !self.acked.is_empty()
+    }
+
+    /// Is entry `seq` still waiting (neither acknowledged nor dropped)?
+    pub fn is_live(&self, seq: u64) -> bool {
+        self.slots.contains_key(&seq)
+    }
+
+    /// (entries waiting, bytes they count).
+    pub fn depth(&self) -> (usize, u64) {
+        (self.slots.len(), self.bytes)
+    }
+
+    /// Entries dropped for space since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    fn cache_fits(&mut self, len: u64) -> bool {
+        let fits = self.cache_open && self.cache_bytes.saturating_add(len) <= self.cache_cap;
+        self.cache_open = fits;
+        fits
+    }
+
+    fn insert(&mut self, seq: u64, slot: Slot) {
+        self.bytes += slot.len;
+        if slot.entry.is_some() {
+            self.cache_bytes += slot.len;
+            self.cached += 1;
+        }
+        if let Some(old) = self.slots.insert(seq, slot) {
+            // Only a damaged store could hold one seq twice: keep the counts true.
+            self.forget(&old);
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Slot> {
+        let slot = self.slots.remove(&seq)?;
+        self.forget(&slot);
+        Some(slot)
+    }
+
+    fn forget(&mut self, slot: &Slot) {
+        self.bytes -= slot.len;
+        if slot.entry.is_some() {
+            self.cache_bytes -= slot.len;
+            self.cached -= 1;
+            if self.cached == 0 {
+                self.cache_open = true;
+            }
+        }
+    }
+
+    fn drop_oldest(&mut self, mut deleted: impl FnMut(u64)) {
+        while self.bytes > self.max_bytes && self.slots.len() > 1 {
+            let Some((seq, slot)) = self.slots.pop_first() else { break };
+            self.forget(&slot);
+            self.dropped += 1;
+            if slot.written {
+                deleted(seq);
+            }
+        }
+    }
+
+    /// Checks the counts against the entries (tests only: it is a scan).
+    #[cfg(test)]
+    pub(crate) fn assert_consistent(&self) {
+        let cached: Vec<u64> = self.slots.values().filter(|s| s.entry.is_some()).map(|s| s.len).collect();
+        assert_eq!(self.bytes, self.slots.values().map(|s| s.len).sum::<u64>(), "bytes");
+        assert_eq!(self.cache_bytes, cached.iter().sum::<u64>(), "cache bytes");
+        assert_eq!(self.cached, cached.len(), "cached");
+        assert!(self.cache_bytes <= self.cache_cap, "{} bytes cached, cap {}", self.cache_bytes, self.cache_cap);
+        assert!(self.bytes <= self.max_bytes || self.slots.len() <= 1, "over the bound");
+    }
+}
 
 /// Where outbound events wait. Cloning shares it (the engine loop pushes, the upstream
 /// connection reads and acknowledges, `/metrics` reads its depth).
@@ -16,7 +318,13 @@ pub struct Outbox {
 #[derive(Debug, Clone)]
 enum Inner {
     Durable(Store),
-    Memory(Arc<MemoryOutbox>),
+    /// The bookkeeping alone: the cache holds every entry.
+    Memory(Arc<Mutex<Book>>),
+}
+
+fn lock(book: &Mutex<Book>) -> MutexGuard<'_, Book> {
+    // A panic while holding the lock leaves consistent data (every change is one step).
+    book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Outbox {
@@ -27,7 +335,7 @@ impl Outbox {
 
     /// An outbox in memory holding at most `max_bytes` of events.
     pub fn memory(max_bytes: u64) -> Outbox {
-        Outbox { inner: Inner::Memory(Arc::new(MemoryOutbox::new(max_bytes))) }
+        Outbox { inner: Inner::Memory(Arc::new(Mutex::new(Book::in_memory(max_bytes)))) }
     }
 
     /// The store behind a durable outbox.
@@ -43,7 +351,7 @@ impl Outbox {
         match &self.inner {
             Inner::Durable(s) => s.push_outbox(batch, entry),
             Inner::Memory(m) => {
-                m.push(entry);
+                lock(m).push(entry, |_| {});
             }
         }
     }
@@ -55,7 +363,11 @@ impl Outbox {
                 tracing::error!(%error, "Cannot read the outbox.");
                 Vec::new()
             }),
-            Inner::Memory(m) => m.from(from, n),
+            Inner::Memory(m) => match lock(m).next(from, n) {
+                Read::Entries(v) => v,
+                // Nothing is ever written in memory: it cannot be on disk.
+                Read::Disk => Vec::new(),
+            },
         }
     }
 
@@ -63,7 +375,7 @@ impl Outbox {
     pub fn acked(&self, seq: u64) {
         match &self.inner {
             Inner::Durable(s) => s.ack_outbox(seq),
-            Inner::Memory(m) => m.ack(seq),
+            Inner::Memory(m) => lock(m).ack(seq),
         }
     }
 
@@ -71,7 +383,7 @@ impl Outbox {
     pub fn depth(&self) -> (usize, u64) {
         match &self.inner {
             Inner::Durable(s) => s.outbox_depth(),
-            Inner::Memory(m) => m.depth(),
+            Inner::Memory(m) => lock(m).depth(),
         }
     }
 
@@ -79,7 +391,7 @@ impl Outbox {
     pub fn take_dropped(&self) -> u64 {
         match &self.inner {
             Inner::Durable(s) => s.take_dropped(),
-            Inner::Memory(m) => m.take_dropped(),
+            Inner::Memory(m) => lock(m).take_dropped(),
         }
     }
 
@@ -93,3 +405,6 @@ impl Outbox {
         self.store().map(Store::size_on_disk)
     }
 }
+
+#[cfg(test)]
+mod tests;
