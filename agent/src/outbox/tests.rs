@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::store::Batch;
+use std::collections::BTreeMap;
 
 fn entry(i: u64, payload_len: usize) -> OutboxEntry {
     OutboxEntry { topic: format!("t/{i:03}"), payload: vec![b'x'; payload_len].into(), qos: 1, retain: false }
@@ -291,8 +292,12 @@ fn the_book_agrees_with_a_model_whatever_its_cache() {
                     }
                 }
                 3 => {
-                    // Ack a random live entry (QoS 0 behind QoS 1), or the oldest.
-                    let pick = if next(2) == 0 { live.keys().next().copied() } else { live.keys().last().copied() };
+                    // Ack the oldest (QoS 1 in order), or a newer one (QoS 0 behind QoS 1).
+                    let pick = match next(3) {
+                        0 => live.keys().next().copied(),
+                        1 => live.keys().last().copied(),
+                        _ => live.keys().nth(next(live.len() as u64 + 1) as usize).copied(),
+                    };
                     if let Some(seq) = pick {
                         book.ack(seq);
                         live.remove(&seq);
