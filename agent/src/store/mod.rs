@@ -17,7 +17,6 @@
 //! o/<seq: u64 BE>     an outbox entry, in the order it must go upstream
 //! ```
 //!
-//!
 //! Nothing is acknowledged to the sensor broker before the batch holding its effects is
 //! flushed. The outbox's bookkeeping is [`crate::outbox::Book`], the same as in memory; the
 //! store only writes an applied batch's entries, deletes dropped and acknowledged ones (with
