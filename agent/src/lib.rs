@@ -15,8 +15,9 @@
 //! - [`rules`]: the rules directory -> a compiled rule set.
 //! - [`agent`]: the running pipeline: tasks, bounded queues, shutdown.
 //! - [`emit`]: composite events -> CloudEvents JSON.
-//! - [`store`]: durable state and the outbox in sled; [`memory_outbox`]: the outbox when
-//!   durability is off, bounded the same way.
+//! - [`outbox`]: events waiting to go upstream: one bounded bookkeeping ([`outbox::Book`]),
+//!   the whole outbox in memory, or kept in sled by [`store`] when durability is on.
+//! - [`store`]: durable state in sled: engine state, the outbox's entries, snapshots.
 //! - [`telemetry`]: counters and the log lines that go with them; [`health`]: the
 //!   connection state `/healthz` and readiness waits read; [`metrics`]: `/metrics` and
 //!   `/healthz`.
@@ -34,7 +35,6 @@ pub mod decode;
 pub mod demo;
 pub mod emit;
 pub mod health;
-pub mod memory_outbox;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;

@@ -1,10 +1,307 @@
 //! The outbox: events waiting to go upstream, in order, until the upstream broker
 //! acknowledges them. Durably in sled (`state.durable`), or in memory; bounded by
 //! `state.max_outbox_mb` either way, oldest dropped first and counted.
+//!
+//! # Design
+//!
+//! [`Book`] is the whole bookkeeping, a plain struct with no I/O (like rumqttc's `state.rs`):
+//! sequence numbers, the entries by sequence number, their size against the bound, the
+//! oldest-first drop and its count, the entries kept in memory for the publisher (the
+//! cache), and the acknowledged entries whose copy on disk is to be deleted. Both modes use
+//! it the same way:
+//!
+//! - in memory ([`Outbox::memory`]), it is the whole outbox: the cache has no limit, so every
+//!   entry is in it and nothing is ever read back;
+//! - durably ([`Outbox::durable`]), `store` does only the sled reads and writes around it:
+//!   it writes the entries of an applied batch ([`Book::mark_written`]), deletes dropped and
+//!   acknowledged ones, and reads back what did not fit the cache or what an earlier run
+//!   left ([`Read::Disk`]).
+//!
+//! Entries are kept in sequence order in a `VecDeque`: a push is O(1), acknowledging and
+//! reading from a sequence number are binary searches (O(log n)), never scans. An entry
+//! acknowledged behind an older one that is not yet (QoS 0 after QoS 1) is marked gone in
+//! place (its entry freed, its bytes no longer counted) and leaves when it reaches the front.
+//! (Measured per event, push + read + acknowledge: a `BTreeMap` was about 20% slower than
+//! the old memory outbox, which removed from the middle of its `VecDeque`; this is faster.)
+//!
+//! # Size
+//!
+//! An entry counts its topic, its payload and [`ENTRY_OVERHEAD`] bytes, in both modes: known
+//! without encoding it (the memory outbox never encodes), and a flood of empty events is
+//! bounded too. It is not the size on disk, which is the entry's JSON encoding and the
+//! database's own overhead.
 
-use crate::memory_outbox::MemoryOutbox;
-use crate::store::{Batch, OutboxEntry, Store};
-use std::sync::Arc;
+mod entry;
+
+pub use entry::{ENTRY_OVERHEAD, OutboxEntry};
+
+use crate::store::{Batch, Store};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The outbox's bookkeeping: no I/O, the same in memory and on disk (see the module docs).
+///
+/// An entry is readable by the publisher as soon as it is pushed. Durably, it is written to
+/// disk when its batch is applied, unless it was acknowledged upstream by then: with a
+/// responsive upstream broker most events never touch the disk. That keeps the guarantee:
+/// the inputs behind an unwritten event are acknowledged only after their batch is flushed,
+/// so after a crash the broker redelivers them and the same event (same id) comes again.
+#[derive(Debug)]
+pub struct Book {
+    /// The next entry's sequence number: the order upstream, and the key on disk.
+    next_seq: u64,
+    /// The entries in sequence order (ascending, gaps allowed after a restart): every one
+    /// not yet acknowledged nor dropped, and ones acknowledged behind it. The front is
+    /// never gone.
+    slots: VecDeque<Slot>,
+    /// How many of `slots` are not gone: the outbox's depth.
+    live: usize,
+    /// What `slots` counts against `max_bytes`.
+    bytes: u64,
+    /// `state.max_outbox_mb`: past it the oldest entries are dropped.
+    max_bytes: u64,
+    /// Entries dropped to stay within `max_bytes`, not yet reported upstream.
+    dropped: u64,
+    /// Bytes of entries held in memory for the publisher, so it need not read back (and
+    /// decode) what was just written.
+    cache_bytes: u64,
+    /// How many entries are held in memory.
+    cached: usize,
+    /// At most this many bytes are cached; past it (a long upstream outage) entries wait on
+    /// disk only. Unlimited in memory, where the cache is the outbox.
+    cache_cap: u64,
+    /// Cleared when an entry does not fit the cache, set again when the cache empties: what
+    /// waits on disk only is then one run, read back in order, not every other entry.
+    cache_open: bool,
+    /// Acknowledged entries that were written: deleted from disk with the next batch.
+    acked: Vec<u64>,
+}
+
+/// An entry waiting (or gone, behind one that is).
+#[derive(Debug)]
+struct Slot {
+    seq: u64,
+    /// What it counts (see [`OutboxEntry::size`]).
+    len: u64,
+    /// On disk (in an applied batch): acknowledging or dropping it means deleting it there.
+    written: bool,
+    /// The entry, if cached; else it is read back from disk.
+    entry: Option<OutboxEntry>,
+    /// Acknowledged, behind an older entry that is not yet: it no longer counts, and is
+    /// removed when it reaches the front.
+    gone: bool,
+}
+
+/// What [`Book::next`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The entries, in order (maybe fewer than asked, maybe none: nothing more is ready).
+    Entries(Vec<(u64, OutboxEntry)>),
+    /// The first entry asked for is on disk only: read the written entries from there on,
+    /// keeping those still [`Book::is_live`].
+    Disk,
+}
+
+impl Book {
+    /// An empty outbox of at most `max_bytes`, caching at most `cache_cap` bytes.
+    pub fn new(max_bytes: u64, cache_cap: u64) -> Book {
+        Book {
+            next_seq: 0,
+            slots: VecDeque::new(),
+            live: 0,
+            bytes: 0,
+            max_bytes,
+            dropped: 0,
+            cache_bytes: 0,
+            cached: 0,
+            cache_cap,
+            cache_open: true,
+            acked: Vec::new(),
+        }
+    }
+
+    /// The whole outbox in memory: everything is cached, nothing is written.
+    pub fn in_memory(max_bytes: u64) -> Book {
+        Book::new(max_bytes, u64::MAX)
+    }
+
+    /// An entry an earlier run wrote (read at open, in order): `None` if it cannot be
+    /// decoded (`len` is then what it counts). Cached if it fits.
+    pub fn recovered(&mut self, seq: u64, entry: Option<OutboxEntry>, len: u64) {
+        if seq < self.next_seq {
+            return; // not after the last one: only a damaged store could say so
+        }
+        let len = entry.as_ref().map_or(len, OutboxEntry::size);
+        let entry = entry.filter(|_| self.cache_fits(len));
+        self.insert(Slot { seq, len, written: true, entry, gone: false });
+        self.next_seq = seq.saturating_add(1);
+        self.drop_oldest(|_| {});
+    }
+
+    /// Adds an entry at the end and returns its sequence number. While the outbox is over its
+    /// bound, drops the oldest entries (never the new one) and counts them; `deleted` is told
+    /// each dropped entry that was written, to delete it from disk.
+    pub fn push(&mut self, entry: OutboxEntry, deleted: impl FnMut(u64)) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let len = entry.size();
+        let entry = Some(entry).filter(|_| self.cache_fits(len));
+        self.insert(Slot { seq, len, written: false, entry, gone: false });
+        self.drop_oldest(deleted);
+        seq
+    }
+
+    /// Up to `n` waiting entries from sequence number `from` on, in order.
+    pub fn next(&self, from: u64, n: usize) -> Read {
+        let mut out = Vec::with_capacity(n.min(self.cached).min(1024));
+        let start = self.slots.partition_point(|s| s.seq < from);
+        for slot in self.slots.range(start..) {
+            if out.len() >= n {
+                break;
+            }
+            if slot.gone {
+                continue;
+            }
+            match &slot.entry {
+                Some(entry) => out.push((slot.seq, entry.clone())),
+                None if out.is_empty() && slot.written => return Read::Disk,
+                // Not cached and not written yet (its batch is not applied): wait for it.
+                None => break,
+            }
+        }
+        Read::Entries(out)
+    }
+
+    /// Upstream acknowledged entry `seq`: it no longer counts; if it was written, it is to be
+    /// deleted with the next batch. An unknown `seq` (dropped meanwhile, acknowledged twice)
+    /// is ignored.
+    pub fn ack(&mut self, seq: u64) {
+        let Some(slot) = self.find(seq).and_then(|at| self.slots.get_mut(at)) else { return };
+        slot.gone = true;
+        let (len, written, cached) = (slot.len, slot.written, slot.entry.take().is_some());
+        self.forget(len, cached);
+        if written {
+            self.acked.push(seq);
+        }
+        self.trim();
+    }
+
+    /// Entry `seq` goes to disk with the batch being applied: true if it is still waiting
+    /// (else it was acknowledged or dropped meanwhile, and is not written at all).
+    pub fn mark_written(&mut self, seq: u64) -> bool {
+        let at = self.find(seq);
+        at.and_then(|at| self.slots.get_mut(at)).map(|s| s.written = true).is_some()
+    }
+
+    /// The batch holding entry `seq` failed to apply: it is not on disk after all.
+    pub fn unmark_written(&mut self, seq: u64) {
+        if let Some(s) = self.find(seq).and_then(|at| self.slots.get_mut(at)) {
+            s.written = false;
+        }
+    }
+
+    /// The written entries acknowledged since the last call, to delete from disk.
+    pub fn take_acked(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.acked)
+    }
+
+    /// Gives back what [`Book::take_acked`] returned when the deletion failed.
+    pub fn return_acked(&mut self, acked: Vec<u64>) {
+        self.acked.extend(acked);
+    }
+
+    /// Written entries acknowledged and not yet deleted from disk?
+    pub fn has_acked(&self) -> bool {
+        !self.acked.is_empty()
+    }
+
+    /// Is entry `seq` still waiting (neither acknowledged nor dropped)?
+    pub fn is_live(&self, seq: u64) -> bool {
+        self.find(seq).is_some()
+    }
+
+    /// (entries waiting, bytes they count).
+    pub fn depth(&self) -> (usize, u64) {
+        (self.live, self.bytes)
+    }
+
+    /// Entries dropped for space since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    fn cache_fits(&mut self, len: u64) -> bool {
+        let fits = self.cache_open && self.cache_bytes.saturating_add(len) <= self.cache_cap;
+        self.cache_open = fits;
+        fits
+    }
+
+    /// Where entry `seq` is, if it is waiting.
+    fn find(&self, seq: u64) -> Option<usize> {
+        let at = self.slots.binary_search_by_key(&seq, |s| s.seq).ok()?;
+        self.slots.get(at).filter(|s| !s.gone).map(|_| at)
+    }
+
+    /// Adds an entry after every other (callers give increasing seqs).
+    fn insert(&mut self, slot: Slot) {
+        self.bytes += slot.len;
+        self.live += 1;
+        if slot.entry.is_some() {
+            self.cache_bytes += slot.len;
+            self.cached += 1;
+        }
+        self.slots.push_back(slot);
+    }
+
+    /// Removes gone entries from the front.
+    fn trim(&mut self) {
+        while self.slots.front().is_some_and(|s| s.gone) {
+            self.slots.pop_front();
+        }
+    }
+
+    /// An entry of `len` bytes (`cached` or not) leaves: the counts follow.
+    fn forget(&mut self, len: u64, cached: bool) {
+        self.bytes -= len;
+        self.live -= 1;
+        if cached {
+            self.cache_bytes -= len;
+            self.cached -= 1;
+            if self.cached == 0 {
+                self.cache_open = true;
+            }
+        }
+    }
+
+    fn drop_oldest(&mut self, mut deleted: impl FnMut(u64)) {
+        while self.bytes > self.max_bytes && self.live > 1 {
+            // The front is never gone: it is the oldest entry waiting.
+            let Some(slot) = self.slots.pop_front() else { break };
+            self.forget(slot.len, slot.entry.is_some());
+            self.dropped += 1;
+            if slot.written {
+                deleted(slot.seq);
+            }
+            self.trim();
+        }
+    }
+
+    /// Checks the counts against the entries (tests only: it is a scan).
+    #[cfg(test)]
+    pub(crate) fn assert_consistent(&self) {
+        let waiting = || self.slots.iter().filter(|s| !s.gone);
+        let cached: Vec<u64> = waiting().filter(|s| s.entry.is_some()).map(|s| s.len).collect();
+        assert_eq!(self.bytes, waiting().map(|s| s.len).sum::<u64>(), "bytes");
+        assert_eq!(self.live, waiting().count(), "live");
+        assert!(self.slots.front().is_none_or(|s| !s.gone), "a gone entry at the front");
+        assert!(self.slots.iter().all(|s| !s.gone || s.entry.is_none()), "a gone entry holds its event");
+        assert!(self.slots.iter().zip(self.slots.iter().skip(1)).all(|(a, b)| a.seq < b.seq), "out of order");
+        assert_eq!(self.cache_bytes, cached.iter().sum::<u64>(), "cache bytes");
+        assert_eq!(self.cached, cached.len(), "cached");
+        assert!(self.cache_bytes <= self.cache_cap, "{} bytes cached, cap {}", self.cache_bytes, self.cache_cap);
+        assert!(self.bytes <= self.max_bytes || self.live <= 1, "over the bound");
+    }
+}
 
 /// Where outbound events wait. Cloning shares it (the engine loop pushes, the upstream
 /// connection reads and acknowledges, `/metrics` reads its depth).
@@ -16,7 +313,13 @@ pub struct Outbox {
 #[derive(Debug, Clone)]
 enum Inner {
     Durable(Store),
-    Memory(Arc<MemoryOutbox>),
+    /// The bookkeeping alone: the cache holds every entry.
+    Memory(Arc<Mutex<Book>>),
+}
+
+fn lock(book: &Mutex<Book>) -> MutexGuard<'_, Book> {
+    // A panic while holding the lock leaves consistent data (every change is one step).
+    book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Outbox {
@@ -27,7 +330,7 @@ impl Outbox {
 
     /// An outbox in memory holding at most `max_bytes` of events.
     pub fn memory(max_bytes: u64) -> Outbox {
-        Outbox { inner: Inner::Memory(Arc::new(MemoryOutbox::new(max_bytes))) }
+        Outbox { inner: Inner::Memory(Arc::new(Mutex::new(Book::in_memory(max_bytes)))) }
     }
 
     /// The store behind a durable outbox.
@@ -43,7 +346,7 @@ impl Outbox {
         match &self.inner {
             Inner::Durable(s) => s.push_outbox(batch, entry),
             Inner::Memory(m) => {
-                m.push(entry);
+                lock(m).push(entry, |_| {});
             }
         }
     }
@@ -55,7 +358,11 @@ impl Outbox {
                 tracing::error!(%error, "Cannot read the outbox.");
                 Vec::new()
             }),
-            Inner::Memory(m) => m.from(from, n),
+            Inner::Memory(m) => match lock(m).next(from, n) {
+                Read::Entries(v) => v,
+                // Nothing is ever written in memory: it cannot be on disk.
+                Read::Disk => Vec::new(),
+            },
         }
     }
 
@@ -63,7 +370,7 @@ impl Outbox {
     pub fn acked(&self, seq: u64) {
         match &self.inner {
             Inner::Durable(s) => s.ack_outbox(seq),
-            Inner::Memory(m) => m.ack(seq),
+            Inner::Memory(m) => lock(m).ack(seq),
         }
     }
 
@@ -71,7 +378,7 @@ impl Outbox {
     pub fn depth(&self) -> (usize, u64) {
         match &self.inner {
             Inner::Durable(s) => s.outbox_depth(),
-            Inner::Memory(m) => m.depth(),
+            Inner::Memory(m) => lock(m).depth(),
         }
     }
 
@@ -79,7 +386,7 @@ impl Outbox {
     pub fn take_dropped(&self) -> u64 {
         match &self.inner {
             Inner::Durable(s) => s.take_dropped(),
-            Inner::Memory(m) => m.take_dropped(),
+            Inner::Memory(m) => lock(m).take_dropped(),
         }
     }
 
@@ -93,3 +400,6 @@ impl Outbox {
         self.store().map(Store::size_on_disk)
     }
 }
+
+#[cfg(test)]
+mod tests;

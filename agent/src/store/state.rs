@@ -1,0 +1,118 @@
+//! The engine's state and the agent's marks in the store: per-key rule state, duplicate
+//! windows, held events and the watermark (`s/`, `d/`, `h/`, `w/`), the "alive" and "clean
+//! stop" marks (`m/`), and delivery counts of possibly poisonous messages (`p/`).
+
+use super::{Batch, Store, StoreError, u64_key};
+use edgewatch_engine::Touched;
+
+fn state_key(t: &Touched) -> Vec<u8> {
+    match t {
+        Touched::Rule { rule, key } => {
+            let mut k = Vec::with_capacity(3 + rule.len() + key.len());
+            k.extend_from_slice(b"s/");
+            k.extend_from_slice(rule.as_bytes());
+            k.push(0);
+            k.extend_from_slice(key.as_bytes());
+            k
+        }
+        Touched::Dedup(name) => [b"d/".as_slice(), name.as_bytes()].concat(),
+        Touched::Held(name) => [b"h/".as_slice(), name.as_bytes()].concat(),
+        Touched::Watermark => b"w/watermark".to_vec(),
+    }
+}
+
+/// The engine's name of a stored state key.
+fn touched_of(k: &[u8]) -> Option<Touched> {
+    if let Some(rest) = k.strip_prefix(b"s/") {
+        let split = rest.iter().position(|b| *b == 0)?;
+        let rule = std::str::from_utf8(&rest[..split]).ok()?;
+        let key = std::str::from_utf8(&rest[split + 1..]).ok()?;
+        return Some(Touched::Rule { rule: rule.into(), key: key.into() });
+    }
+    if k == b"w/watermark" {
+        return Some(Touched::Watermark);
+    }
+    if let Some(held) = k.strip_prefix(b"h/") {
+        return Some(Touched::Held(std::str::from_utf8(held).ok()?.into()));
+    }
+    let name = std::str::from_utf8(k.strip_prefix(b"d/")?).ok()?;
+    Some(Touched::Dedup(name.into()))
+}
+
+/// The key of a message's delivery count.
+fn delivery_key(hash: u64) -> [u8; 10] {
+    u64_key(b"p/", hash)
+}
+
+impl Store {
+    /// Every saved engine state, to import at start.
+    pub fn load_state(&self) -> Result<Vec<(Touched, Vec<u8>)>, StoreError> {
+        let mut v = Vec::new();
+        for prefix in [b"s/".as_slice(), b"d/".as_slice(), b"h/".as_slice(), b"w/".as_slice()] {
+            for item in self.db.scan_prefix(prefix) {
+                let (k, val) = item.map_err(|e| self.db_err(e))?;
+                if let Some(t) = touched_of(&k) {
+                    v.push((t, val.to_vec()));
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Records a state change (or deletion) in `batch`.
+    pub fn put_state(&self, batch: &mut Batch, what: &Touched, value: Option<&[u8]>) {
+        let k = state_key(what);
+        match value {
+            Some(v) => batch.inner.insert(k, v),
+            None => batch.inner.remove(k),
+        }
+        batch.changes += 1;
+    }
+
+    /// Records that the agent is running now (for downtime after a crash).
+    pub fn mark_alive(&self, batch: &mut Batch, now_ms: i64) {
+        batch.inner.insert(b"m/alive".as_slice(), &now_ms.to_be_bytes());
+        batch.changes += 1;
+    }
+
+    /// Records a clean stop: the next start follows no crash.
+    pub fn mark_clean_stop(&self, batch: &mut Batch) {
+        batch.inner.insert(b"m/clean".as_slice(), b"1".as_slice());
+        batch.changes += 1;
+    }
+
+    /// Did the last run stop cleanly? Asked once at start: the mark is removed, so that a
+    /// crash of this run is seen by the next. A store that never ran counts as clean.
+    pub fn take_clean_stop(&self) -> Result<bool, StoreError> {
+        let clean = self.db.remove(b"m/clean").map_err(|e| self.db_err(e))?.is_some();
+        Ok(clean || self.last_alive().is_none())
+    }
+
+    /// How many deliveries of the message with this hash were recorded as started and never
+    /// completed (see [`Store::count_delivery`]).
+    pub fn deliveries(&self, hash: u64) -> u32 {
+        match self.db.get(delivery_key(hash)) {
+            Ok(Some(v)) => v.as_ref().try_into().map(u32::from_be_bytes).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Records in `batch` that a delivery of the message with this hash starts; written
+    /// before it is processed, and removed ([`Store::forget_delivery`]) with its effects.
+    pub fn count_delivery(&self, batch: &mut Batch, hash: u64, deliveries: u32) {
+        batch.inner.insert(&delivery_key(hash), &deliveries.to_be_bytes());
+        batch.changes += 1;
+    }
+
+    /// Removes the delivery count of this message, in `batch`.
+    pub fn forget_delivery(&self, batch: &mut Batch, hash: u64) {
+        batch.inner.remove(&delivery_key(hash));
+        batch.changes += 1;
+    }
+
+    /// When the agent was last known running, if ever.
+    pub fn last_alive(&self) -> Option<i64> {
+        let v = self.db.get(b"m/alive").ok()??;
+        v.as_ref().try_into().ok().map(i64::from_be_bytes)
+    }
+}
