@@ -36,10 +36,10 @@ mod outbox;
 mod snapshot;
 mod state;
 
-pub use crate::outbox::OutboxEntry;
+pub use crate::outbox::entry::OutboxEntry;
 pub use snapshot::{Snapshot, inspect, read_snapshot, write_snapshot};
 
-use crate::outbox::Book;
+use crate::outbox::book::Book;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 

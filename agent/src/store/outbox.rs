@@ -4,7 +4,8 @@
 //! not fit it or what an earlier run left ([`recover`] reads that back at open).
 
 use super::{Batch, Store, StoreError, open_error, u64_key};
-use crate::outbox::{Book, OutboxEntry, Read};
+use crate::outbox::book::{Book, Read};
+use crate::outbox::entry::OutboxEntry;
 use std::path::Path;
 
 /// The key of outbox entry `seq`: keys scan in sequence order.

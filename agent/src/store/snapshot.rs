@@ -3,7 +3,7 @@
 //! readable report of `state inspect`.
 
 use super::{Batch, SCHEMA_VERSION, Store, StoreError};
-use crate::outbox::OutboxEntry;
+use crate::outbox::entry::OutboxEntry;
 use edgewatch_engine::Touched;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
