@@ -108,13 +108,25 @@ impl Book {
     /// bound, drops the oldest entries (never the new one) and counts them; `deleted` is told
     /// each dropped entry that was written, to delete it from disk.
     pub fn push(&mut self, entry: OutboxEntry, deleted: impl FnMut(u64)) -> u64 {
+        self.push_uncached(entry, deleted).0
+    }
+
+    /// As [`Book::push`], and gives the entry back when the cache has no room for it: the
+    /// caller keeps it (the store encodes it at once for the disk). A cached entry is encoded
+    /// only if it is still waiting when its batch is applied ([`Book::cached`]).
+    pub fn push_uncached(&mut self, entry: OutboxEntry, deleted: impl FnMut(u64)) -> (u64, Option<OutboxEntry>) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let len = entry.size();
-        let entry = Some(entry).filter(|_| self.cache_fits(len));
+        let (entry, uncached) = if self.cache_fits(len) { (Some(entry), None) } else { (None, Some(entry)) };
         self.insert(Slot { seq, len, written: false, entry, gone: false });
         self.drop_oldest(deleted);
-        seq
+        (seq, uncached)
+    }
+
+    /// Entry `seq`, if it is waiting and in the cache.
+    pub fn cached(&self, seq: u64) -> Option<&OutboxEntry> {
+        self.find(seq).and_then(|at| self.slots.get(at)).and_then(|s| s.entry.as_ref())
     }
 
     /// Up to `n` waiting entries from sequence number `from` on, in order.

@@ -332,3 +332,19 @@ fn the_book_agrees_with_a_model_whatever_its_cache() {
         assert_eq!(book.take_dropped(), dropped, "cap {cap}");
     }
 }
+
+/// The store encodes an entry for the disk only when it must: one the cache keeps is encoded
+/// at apply time if still waiting; one past the cache is handed back at once.
+#[test]
+fn an_entry_past_the_cache_is_handed_back_and_a_cached_one_is_kept() {
+    let one = entry(0, 10).size();
+    let mut book = Book::new(u64::MAX, one);
+    let (first, back) = book.push_uncached(entry(0, 10), |_| {});
+    assert!(back.is_none(), "fits the cache");
+    assert_eq!(book.cached(first), Some(&entry(0, 10)));
+    let (second, back) = book.push_uncached(entry(1, 10), |_| {});
+    assert_eq!(back, Some(entry(1, 10)), "no room: the caller keeps it");
+    assert_eq!(book.cached(second), None);
+    book.ack(first);
+    assert_eq!(book.cached(first), None, "acknowledged: nothing to encode");
+}

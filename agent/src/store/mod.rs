@@ -72,9 +72,9 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct Batch {
     inner: sled::Batch,
-    /// The outbox entries it adds, encoded: written when applied, unless acknowledged upstream
-    /// by then.
-    outbox: Vec<(u64, Vec<u8>)>,
+    /// The outbox entries it adds (encoded already if the book's cache had no room for them):
+    /// written when applied, unless acknowledged upstream by then.
+    outbox: Vec<(u64, Option<Vec<u8>>)>,
     /// Written outbox entries it deletes (dropped for space).
     deletes: usize,
     changes: usize,
@@ -204,6 +204,8 @@ impl Store {
         let mut written = Vec::with_capacity(batch.outbox.len());
         for (seq, bytes) in batch.outbox.drain(..) {
             // Still waiting: written now (an acknowledgement from here on deletes it again).
+            // Encoded now if it was kept in the cache (see `push_outbox`).
+            let Some(bytes) = bytes.or_else(|| book.cached(seq).map(outbox::encode)) else { continue };
             if book.mark_written(seq) {
                 batch.inner.insert(&outbox::key(seq), bytes);
                 written.push(seq);

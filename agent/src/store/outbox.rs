@@ -1,6 +1,6 @@
 //! The outbox's entries on disk (`o/<seq>`, each the JSON of an [`OutboxEntry`]), around the
-//! bookkeeping in [`Book`]: a pushed entry is encoded once, here, and written with its batch
-//! (see [`Store::apply`]); reads come from the book's cache, and from disk only for what did
+//! bookkeeping in [`Book`]: a pushed entry is encoded once, when its batch is applied and only
+//! if it is still waiting (see [`Store::apply`]); reads come from the book's cache, and from disk only for what did
 //! not fit it or what an earlier run left ([`recover`] reads that back at open).
 
 use super::{Batch, Store, StoreError, open_error, u64_key};
@@ -16,6 +16,11 @@ pub(super) fn key(seq: u64) -> [u8; 10] {
 /// The sequence number in an outbox key.
 pub(super) fn seq_of(k: &[u8]) -> Option<u64> {
     k.get(2..10).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+}
+
+/// An entry as it is stored.
+pub(super) fn encode(entry: &OutboxEntry) -> Vec<u8> {
+    serde_json::to_vec(entry).unwrap_or_default()
 }
 
 /// Fills `book` with the entries an earlier run left in `db`, oldest first.
@@ -35,14 +40,16 @@ pub(super) fn recover(db: &sled::Db, path: &Path, mut book: Book) -> Result<Book
 impl Store {
     /// Adds an outbox entry to `batch`, readable by the publisher at once. When the outbox is
     /// over its size, the oldest entries are dropped (and counted) in the same batch.
+    ///
+    /// An entry the book caches is encoded only when its batch is applied, and only if
+    /// upstream has not acknowledged it by then: with a responsive upstream broker most
+    /// events are never encoded for the disk. One past the cache is encoded now.
     pub fn push_outbox(&self, batch: &mut Batch, entry: OutboxEntry) {
-        // Encoded once, outside the lock; written when the batch is applied.
-        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
-        let seq = self.book().push(entry, |old| {
+        let (seq, uncached) = self.book().push_uncached(entry, |old| {
             batch.inner.remove(&key(old));
             batch.deletes += 1;
         });
-        batch.outbox.push((seq, bytes));
+        batch.outbox.push((seq, uncached.map(|e| encode(&e))));
         batch.changes += 1;
     }
 
