@@ -23,14 +23,17 @@
 //! This crate does no I/O: no network, no disk, no clock, no async runtime. The agent
 //! crate is the shell around it.
 
+pub mod config;
 mod context;
 mod declare;
 pub mod engine;
 pub mod event;
 mod func;
 mod kinds;
+mod lifecycle;
 mod native;
 pub mod output;
+mod persist;
 mod quality;
 pub mod rule;
 pub mod sandbox;
@@ -39,9 +42,11 @@ pub mod time;
 mod timers;
 pub mod topic;
 
-pub use engine::{Engine, EngineConfig, EngineStats, StateError};
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineStats};
 pub use event::{Event, EventId};
 pub use output::{Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
+pub use persist::StateError;
 pub use rule::{OnFull, Origin, Rule, RuleSet};
 pub use sandbox::{CompileError, Limits, Sandbox};
 pub use tables::{Table, TableError, Tables};
