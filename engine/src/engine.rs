@@ -15,36 +15,21 @@
 
 pub use crate::config::EngineConfig;
 use crate::context;
-use crate::event::{Event, EventId};
-use crate::kinds::{self, Cx, Ev, KeyLimit, KindState};
-use crate::output::{KeyLimitReport, Outputs, RuleFault, Touched};
+use crate::event::Event;
+use crate::kinds::{self, Cx, Ev, KindState};
+use crate::output::{Outputs, Touched};
 use crate::quality::{self, Dedup, Reorder};
 use crate::rule::{Rule, RuleSet};
+pub use crate::runtime::RETIRED_GRACE_MS;
+use crate::runtime::{KeyReport, Retired, Runtime};
 use crate::sandbox::Sandbox;
 use crate::tables::Tables;
 use crate::time::Timestamp;
 use crate::timers::Timers;
 use crate::topic::MAX_NAMES;
-use rhai::{Dynamic, Map};
+use rhai::Map;
 use std::cell::OnceCell;
 use std::sync::Arc;
-
-/// A rule's run-time state.
-#[derive(Debug)]
-pub(crate) struct Runtime {
-    /// What the rule's kind remembers per key; the kind's module handles it.
-    pub(crate) state: KindState,
-    /// Consecutive failed evaluations.
-    pub(crate) failures: u32,
-    /// The key of the first failure of the current run, and whether another key has failed
-    /// since: a rule is disabled only for failures across keys, so one device's hostile
-    /// payloads cannot switch a rule off for the whole fleet.
-    pub(crate) failing_key: Option<Box<str>>,
-    pub(crate) failures_spread: bool,
-    pub(crate) disabled: bool,
-    /// Processing time of the last key-limit report.
-    last_key_report: Option<i64>,
-}
 
 /// What the engine holds, for status reports and benchmarks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,23 +85,6 @@ pub struct Engine {
 /// The fewest timer entries at which a purge is considered.
 const MIN_TIMER_PURGE: usize = 4096;
 
-/// How long the state of a removed rule is kept (10 minutes).
-pub const RETIRED_GRACE_MS: i64 = 10 * 60 * 1000;
-
-/// One piece of exported state.
-pub(crate) type Exported = (Touched, Vec<u8>);
-
-/// A removed rule's exported state (see [`Engine::reload`]).
-#[derive(Debug)]
-pub(crate) struct Retired {
-    /// It comes back only to a rule of the same name and kind.
-    pub(crate) name: Arc<str>,
-    pub(crate) kind: &'static str,
-    pub(crate) saved: Vec<Exported>,
-    /// Processing time of its removal; it is dropped [`RETIRED_GRACE_MS`] later.
-    pub(crate) at: i64,
-}
-
 impl Engine {
     /// An engine running `rules` (compiled by `sandbox`) with the default configuration.
     pub fn new(sandbox: Arc<Sandbox>, rules: RuleSet) -> Self {
@@ -125,7 +93,7 @@ impl Engine {
 
     /// An engine with lookup tables and a configuration.
     pub fn with_config(sandbox: Arc<Sandbox>, rules: RuleSet, tables: Tables, config: EngineConfig) -> Self {
-        let runtime = rules.iter().map(|r| fresh_runtime(r, &config)).collect();
+        let runtime = rules.iter().map(|r| Runtime::new(r, &config)).collect();
         Engine {
             sandbox,
             config,
@@ -258,29 +226,13 @@ impl Engine {
     /// One report per rule that refused or evicted keys, unless it reported less than
     /// `key_report_interval_ms` ago (then it waits, and its counts add up).
     fn report_key_limits(&mut self, now: i64, out: &mut Outputs) {
-        let interval = self.config.key_report_interval_ms;
         let mut next: Option<i64> = None;
         for (rule, rt) in self.rules.iter().zip(&mut self.runtime) {
-            let Some(keys) = rt.state.key_set_mut() else { continue };
-            if keys.pending().is_none() {
-                continue;
+            match rt.key_report(rule, now, self.config.key_report_interval_ms) {
+                KeyReport::Nothing => {}
+                KeyReport::Later(due) => next = Some(next.map_or(due, |n| n.min(due))),
+                KeyReport::Now(report) => out.key_limits.push(report),
             }
-            let due = rt.last_key_report.map_or(now, |t| t.saturating_add(interval));
-            if now < due {
-                next = Some(next.map_or(due, |n| n.min(due)));
-                continue;
-            }
-            let (refused, evicted, since) = keys.take_counts();
-            let limit = keys.limit();
-            out.key_limits.push(KeyLimitReport {
-                rule: rule.name.clone(),
-                max_keys: limit.max,
-                on_full: limit.on_full,
-                refused,
-                evicted,
-                since: Timestamp(since),
-            });
-            rt.last_key_report = Some(now);
         }
         self.key_report_due = next;
     }
@@ -308,7 +260,7 @@ impl Engine {
     /// a reload) is work due at once: [`Timestamp::MIN`], so the grace of expected devices
     /// runs from then, not from whatever step comes next.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        if self.registry_pending() {
+        if self.setup_pending() {
             return Some(Timestamp::MIN);
         }
         let event = self
@@ -321,8 +273,9 @@ impl Engine {
         }
     }
 
-    /// Some heartbeat rule has an `expected` registry that the next step loads.
-    fn registry_pending(&self) -> bool {
+    /// Some rule's state is to be set up from the tables by the next step (a heartbeat's
+    /// registry of expected devices).
+    fn setup_pending(&self) -> bool {
         self.rules.iter().zip(&self.runtime).any(|(rule, rt)| rt.state.needs_setup(&rule.kind))
     }
 
@@ -340,7 +293,8 @@ impl Engine {
         }
     }
 
-    /// Sets the call context and loads heartbeat registries not loaded yet.
+    /// Sets the call context and sets up rule state from the tables where needed (loads
+    /// heartbeat registries not loaded yet).
     fn prepare(&mut self, now: i64, out: &mut Outputs) {
         context::enter(&self.tables, now);
         for (idx, rule) in self.rules.as_slice().iter().enumerate() {
@@ -420,7 +374,7 @@ impl Engine {
             let x = Ev::new(event, &captures[..n], &base);
             let timers = if kinds::event_timed(&rule.kind) { &mut self.event_timers } else { &mut self.clock };
             let mut cx = Cx::new(self.sandbox.engine(), &rule, idx as u32, timers, out, now);
-            let key = key_of(&mut cx, &x, device);
+            let key = kinds::key_of(&mut cx, &x, device);
             if let Some(key) = &key {
                 self.runtime[idx].state.on_event(&mut cx, &self.tables, key, &x);
             }
@@ -438,27 +392,9 @@ impl Engine {
     /// Counts consecutive failures; disables a rule that keeps failing for more than one
     /// key (`key` names who failed).
     fn account(&mut self, idx: usize, rule: &Rule, faulted: bool, key: Option<&str>, out: &mut Outputs) {
-        let rt = &mut self.runtime[idx];
-        if !faulted {
-            rt.failures = 0;
-            rt.failing_key = None;
-            rt.failures_spread = false;
-            return;
-        }
-        rt.failures += 1;
-        let key = key.unwrap_or("");
-        match &rt.failing_key {
-            None => rt.failing_key = Some(key.into()),
-            Some(first) => rt.failures_spread |= **first != *key,
-        }
-        if rt.failures >= self.config.max_failures && rt.failures_spread && !rt.disabled {
-            rt.disabled = true;
-            out.faults.push(RuleFault {
-                rule: rule.name.clone(),
-                location: rule.origin.to_string(),
-                message: format!("failed {} times in a row", rt.failures),
-                disabled: true,
-            });
+        let max = self.config.max_failures;
+        if let Some(fault) = self.runtime[idx].account(rule, faulted, key.unwrap_or(""), max) {
+            out.faults.push(fault);
         }
     }
 
@@ -475,13 +411,7 @@ impl Engine {
             if !self.rules.iter().any(|r| r.listens_to(&topic)) {
                 continue;
             }
-            let mut m = Map::new();
-            m.insert("type".into(), format!("edgewatch.{}", c.rule).into());
-            m.insert("id".into(), c.id.to_string().into());
-            m.insert("subject".into(), c.key.clone().into());
-            m.insert("time".into(), Dynamic::from_int(c.time.millis()));
-            m.insert("data".into(), c.data.clone());
-            let ev = Event { topic, payload: Dynamic::from_map(m), time: c.time, id: EventId(c.id.0) };
+            let ev = c.to_event(topic);
             let inner_start = out.events.len();
             self.route(&ev, now, out);
             self.chain(inner_start, now, depth + 1, out);
@@ -494,43 +424,4 @@ impl Engine {
 enum Clock {
     Processing,
     Event,
-}
-
-pub(crate) fn fresh_runtime(rule: &Rule, config: &EngineConfig) -> Runtime {
-    Runtime {
-        state: KindState::for_rule(rule, key_limit(rule, config)),
-        failures: 0,
-        failing_key: None,
-        failures_spread: false,
-        disabled: false,
-        last_key_report: None,
-    }
-}
-
-pub(crate) fn key_limit(rule: &Rule, config: &EngineConfig) -> KeyLimit {
-    KeyLimit { max: rule.max_keys(config.max_keys_per_rule).max(1), on_full: rule.on_full() }
-}
-
-/// The key: the rule's `key` closure, else the `{device}` level of the topic, else the
-/// payload's `device` (or, for chained events, `subject`) field, else the topic itself.
-fn key_of(cx: &mut Cx<'_>, x: &Ev<'_>, device: Option<&str>) -> Option<String> {
-    if let Some(k) = &cx.rule.key {
-        let v = cx.call(k, [x.dynamic().clone()])?;
-        if v.is_unit() {
-            cx.fault("`key` returned nothing".into());
-            return None;
-        }
-        return Some(v.to_string());
-    }
-    if let Some(d) = device {
-        return Some(d.to_owned());
-    }
-    if let Some(map) = x.event.payload.read_lock::<Map>() {
-        for field in ["device", "subject"] {
-            if let Some(d) = map.get(field).filter(|d| d.is_string()) {
-                return Some(d.to_string());
-            }
-        }
-    }
-    Some(x.event.topic.clone())
 }

@@ -36,6 +36,7 @@ pub mod output;
 mod persist;
 mod quality;
 pub mod rule;
+mod runtime;
 pub mod sandbox;
 pub mod tables;
 pub mod time;

@@ -2,10 +2,11 @@
 //! lookup tables, pause and resume absence detection, give devices a grace period after a
 //! restart. Each keeps what state it can (see [`Engine::reload`]).
 
-use crate::engine::{Engine, Exported, RETIRED_GRACE_MS, Retired, Runtime, fresh_runtime, key_limit};
+use crate::engine::Engine;
 use crate::kinds;
 use crate::output::{Outputs, Touched};
 use crate::rule::{Rule, RuleSet};
+use crate::runtime::{Exported, RETIRED_GRACE_MS, Retired, Runtime};
 use crate::tables::Tables;
 use crate::time::Timestamp;
 use std::sync::Arc;
@@ -51,18 +52,11 @@ impl Engine {
             match found.and_then(|i| old[i].take().map(|o| (i, o))) {
                 Some((i, (_, mut rt))) => {
                     mapping[i] = u32::try_from(new_idx).ok();
-                    rt.failures = 0;
-                    rt.failing_key = None;
-                    rt.failures_spread = false;
-                    rt.disabled = false;
-                    if let Some(keys) = rt.state.key_set_mut() {
-                        keys.set_limit(key_limit(rule, &self.config));
-                    }
-                    rt.state.redo_setup();
+                    rt.reloaded(rule, &self.config);
                     runtime.push(rt);
                 }
                 None => {
-                    runtime.push(fresh_runtime(rule, &self.config));
+                    runtime.push(Runtime::new(rule, &self.config));
                     if let Some(pos) = self.retired.iter().position(|r| r.name == rule.name && r.kind == rule.kind()) {
                         revive.push(self.retired.remove(pos).saved);
                     }

@@ -93,6 +93,30 @@ pub(crate) fn derived_value(event: &Event) -> Dynamic {
     }
 }
 
+/// The key: the rule's `key` closure, else the `{device}` level of the topic, else the
+/// payload's `device` (or, for chained events, `subject`) field, else the topic itself.
+pub(crate) fn key_of(cx: &mut Cx<'_>, x: &Ev<'_>, device: Option<&str>) -> Option<String> {
+    if let Some(k) = &cx.rule.key {
+        let v = cx.call(k, [x.dynamic().clone()])?;
+        if v.is_unit() {
+            cx.fault("`key` returned nothing".into());
+            return None;
+        }
+        return Some(v.to_string());
+    }
+    if let Some(d) = device {
+        return Some(d.to_owned());
+    }
+    if let Some(map) = x.event.payload.read_lock::<Map>() {
+        for field in ["device", "subject"] {
+            if let Some(d) = map.get(field).filter(|d| d.is_string()) {
+                return Some(d.to_string());
+            }
+        }
+    }
+    Some(x.event.topic.clone())
+}
+
 /// The fields every rule sees: `topic`, `levels`, `payload`, `value`, `time`.
 pub(crate) fn event_fields(event: &Event) -> Map {
     let mut m = Map::new();
