@@ -22,7 +22,7 @@ pub struct EngineConfig {
     pub max_failures: u32,
     /// Most keys a rule tracks when it does not say (`max_keys`), so every rule is bounded.
     pub max_keys_per_rule: usize,
-    /// A rule that refused or evicted keys is reported in [`Outputs::key_limits`] at most
+    /// A rule that refused or evicted keys is reported in [`Outputs::key_limits`](crate::Outputs::key_limits) at most
     /// once per this many milliseconds of processing time (the first time at once).
     pub key_report_interval_ms: i64,
 }

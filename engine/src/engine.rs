@@ -9,9 +9,9 @@
 //! after each step:      key-limit reports that are due; purge of timers of forgotten keys
 //! ```
 //!
-//! The engine knows no kind: what a rule does with an event, a timer or saved state is
-//! [`KindState`]'s business (`kinds/`). Persistence is in [`crate::persist`]; reloads and
-//! absence control in [`crate::lifecycle`].
+//! The engine knows no kind: what a rule does with an event, a timer or saved state is the
+//! business of `KindState` (`kinds/`). Persistence ([`Engine::export`], [`Engine::import`])
+//! is in `persist.rs`; reloads and absence control ([`Engine::reload`]) in `lifecycle.rs`.
 
 pub use crate::config::EngineConfig;
 use crate::context;

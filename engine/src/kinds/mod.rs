@@ -9,6 +9,9 @@ pub(crate) mod sequence;
 pub(crate) mod stuck;
 pub(crate) mod window;
 
+#[cfg(test)]
+mod native_agrees;
+
 use crate::event::{Event, EventId};
 use crate::func::Func;
 use crate::native::View;
