@@ -80,7 +80,7 @@ impl Engine {
         for saved in revive {
             for (what, bytes) in saved {
                 if let Err(error) = self.import(&what, &bytes) {
-                    tracing::warn!(%error, "Retired state not revived.");
+                    tracing::warn!(state = ?what, %error, "Retired state not revived.");
                 }
             }
         }
