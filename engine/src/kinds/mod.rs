@@ -1,5 +1,17 @@
-//! The rule kinds at run time: per-key state and what each kind does with an event or a
-//! timer. Each kind is plain Rust over [`Cx`]; Rhai is reached only through [`Cx::call`].
+//! The rule kinds at run time: per-key state and what each kind does with an event, a timer
+//! or saved state. Each kind is plain Rust over [`Cx`] in its own file (`filter.rs` also
+//! holds thresholds); Rhai is reached only through [`Cx::call`] and its relatives.
+//!
+//! ```text
+//! engine ─▶ KindState::{on_event, on_timer, export, import, setup, move_deadlines}
+//!             └─ one match per method, here ─▶ <kind>.rs: on_event / on_timer / restore
+//! ```
+//!
+//! This file is the one registration site of the run-time side: a new kind adds its
+//! [`KindState`] variant, its [`Saved`] variant and an arm in each method below. (Its spec
+//! is still a `RuleKind` variant in `rule.rs`, checked in `declare.rs`.) Also here: the
+//! step context [`Cx`], the event as rules see it ([`Ev`]), the default key ([`key_of`])
+//! and per-key entries within the rule's key limit ([`entry`]).
 
 pub(crate) mod filter;
 pub(crate) mod handler;
