@@ -23,7 +23,8 @@ pub(crate) struct Declared {
     pub(crate) emit: Option<Func>,
     pub(crate) kind: RuleKind,
     pub(crate) max_keys: Option<usize>,
-    pub(crate) on_full: Option<OnFull>,
+    /// As declared, else the kind's default.
+    pub(crate) on_full: OnFull,
     /// Every closure with the number of arguments it must take, checked once the AST is known.
     pub(crate) arities: Vec<(String, Func, usize)>,
 }
@@ -142,6 +143,12 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
             RuleKind::Handler { on_event, on_timer, init }
         }
     };
+    // A heartbeat's keys are the fleet it watches: the least recently seen is the one that
+    // went silent, so it refuses new keys rather than evict; every other kind evicts.
+    let on_full = on_full.unwrap_or(match kind {
+        RuleKind::Heartbeat { .. } => OnFull::Refuse,
+        _ => OnFull::EvictOldest,
+    });
     Ok(Declared {
         name: name.to_owned(),
         pos,

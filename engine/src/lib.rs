@@ -3,45 +3,87 @@
 //! # Data flow
 //!
 //! ```text
-//! rule files (text) ──Sandbox::compile_file──▶ Rule ──▶ RuleSet
-//!                                                         │
-//! Event {topic, payload, time, id} ──▶ Engine::process(event, now) ──▶ Outputs
-//!                                        │  route by TopicPattern          ├─ Composite events
-//!                                        │  call Rhai closures (sandboxed) └─ RuleFaults
+//! rule files (text) ─▶ Sandbox / RuleSet::compile ─▶ declare: which kind, checked ─▶ Rule ─▶ RuleSet
+//!
+//! Engine::process(event, now)          Event {topic, payload, time, id}; `now` is an argument
+//!   ├─ fire due processing-time timers           (timers: heartbeats, handlers' `after`)
+//!   ├─ quality: drop duplicates; event time from the payload; hold and reorder up to the
+//!   │           allowed lateness (watermark), or return the event as late
+//!   ├─ fire event-time timers the watermark passed (windows closing, sequences timing out)
+//!   └─ for each rule whose TopicPattern matches: key ─▶ KindState::on_event ─▶ Outputs
+//!          (a kind is Rust; a rule's closures run in Rhai, or natively when simple);
+//!          composites re-enter as events on `<chain_prefix>/<rule>` (chaining)
+//! Engine::tick(now)                    fire due timers: KindState::on_timer ─▶ Outputs
+//!
+//! Outputs = composites (deterministic ids) + rule faults + late events + key-limit reports
+//!           + Touched names ─▶ caller: Engine::export(name) ─▶ bytes; Engine::import back
 //! ```
 //!
+//! Nothing in here reads a clock: time comes in as an argument (`now`, and each event's
+//! time), so tests and replays run on virtual time and give the same outputs every run.
+//!
 //! # Layout
-//! - [`time`]: [`Timestamp`], milliseconds since the epoch. The engine never reads a clock:
-//!   time comes in as an argument, so tests and replays run on virtual time.
-//! - [`topic`]: MQTT topic patterns with named levels (`sensors/{device}/temperature`).
+//! Input and rules:
+//! - [`time`]: [`Timestamp`], milliseconds since the epoch, always handed in.
 //! - [`event`]: the decoded input [`Event`] and its identity.
-//! - [`sandbox`]: the Rhai engine with its limits, and the loader of rule files.
-//! - [`rule`]: compiled [`Rule`]s and the [`RuleSet`].
-//! - [`engine`]: [`Engine`], which runs events through the rules.
-//! - [`output`]: [`Composite`] events with deterministic ids, and [`RuleFault`]s.
+//! - [`topic`]: MQTT topic patterns with named levels (`sensors/{device}/temperature`).
+//! - [`tables`]: lookup tables (enrichment, a heartbeat's expected devices).
+//! - [`sandbox`]: the Rhai engine with its limits, and the loader of rule files
+//!   (`RuleSet::compile`, `Sandbox::compile_file`).
+//! - `declare`: checks one `rule(name, #{...})` declaration and decides its kind.
+//! - [`rule`]: compiled [`Rule`]s and the [`RuleSet`]: plain data, no loading.
+//! - `func`: a rule's Rhai closures and how they are called; `native`: simple predicates
+//!   evaluated in Rust, always agreeing with Rhai; `context`: what native functions see
+//!   during a call (tables, time, a handler's `emit`/`after` buffers).
+//!
+//! The step:
+//! - [`engine`]: [`Engine`]: `process`, `tick`, routing, timers, chaining. It matches on no
+//!   kind.
+//! - [`config`]: [`EngineConfig`], how input is treated.
+//! - `quality`: deduplication, event time, reordering.
+//! - `kinds`: what each kind does (`filter` and threshold, `window`, `stuck`, `sequence`,
+//!   `heartbeat`, `handler`), each in its own file with its per-key state, timers, and
+//!   saved form; `kinds/mod.rs` is the one place that lists them (`KindState`), and holds
+//!   the step context (`Cx`, `Ev`); `kinds/keys.rs` bounds each rule's keys.
+//! - `runtime`: a rule's failures (disabling) and key-limit reports, beside its kind state.
+//! - `timers`: the timer queues (one on processing time, one on event time).
+//! - [`output`]: what a step produces: [`Composite`] events with deterministic ids,
+//!   [`RuleFault`]s, [`KeyLimitReport`]s, and the [`Touched`] names of changed state.
+//!
+//! Around the step:
+//! - `persist`: [`Engine::export`], [`Engine::export_all`], [`Engine::import`]: state as
+//!   named bytes, for the caller to store.
+//! - `lifecycle`: [`Engine::reload`] (state carried over, removed rules' state kept a
+//!   while), new tables, absence paused and resumed, grace after a restart.
 //!
 //! This crate does no I/O: no network, no disk, no clock, no async runtime. The agent
 //! crate is the shell around it.
 
+pub mod config;
 mod context;
 mod declare;
 pub mod engine;
 pub mod event;
 mod func;
 mod kinds;
+mod lifecycle;
 mod native;
 pub mod output;
+mod persist;
 mod quality;
 pub mod rule;
+mod runtime;
 pub mod sandbox;
 pub mod tables;
 pub mod time;
 mod timers;
 pub mod topic;
 
-pub use engine::{Engine, EngineConfig, EngineStats, StateError};
+pub use config::EngineConfig;
+pub use engine::{Engine, EngineStats};
 pub use event::{Event, EventId};
 pub use output::{Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
+pub use persist::StateError;
 pub use rule::{OnFull, Origin, Rule, RuleSet};
 pub use sandbox::{CompileError, Limits, Sandbox};
 pub use tables::{Table, TableError, Tables};

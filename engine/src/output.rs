@@ -1,8 +1,8 @@
 //! What the engine produces: composite events, and faults of rules that failed.
 
-use crate::event::EventId;
+use crate::event::{Event, EventId};
 use crate::time::Timestamp;
-use rhai::Dynamic;
+use rhai::{Dynamic, Map};
 use std::fmt;
 use std::sync::Arc;
 use xxhash_rust::xxh3::Xxh3;
@@ -28,6 +28,19 @@ impl Composite {
     /// The payload as JSON.
     pub fn data_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.data).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The composite as an event on `topic`, for chaining: a CloudEvents-like map (`type`,
+    /// `id`, `subject`, `time`, `data`) whose id is the composite's, so a chained output's
+    /// id still derives from the original input.
+    pub(crate) fn to_event(&self, topic: String) -> Event {
+        let mut m = Map::new();
+        m.insert("type".into(), format!("edgewatch.{}", self.rule).into());
+        m.insert("id".into(), self.id.to_string().into());
+        m.insert("subject".into(), self.key.clone().into());
+        m.insert("time".into(), Dynamic::from_int(self.time.millis()));
+        m.insert("data".into(), self.data.clone());
+        Event { topic, payload: Dynamic::from_map(m), time: self.time, id: EventId(self.id.0) }
     }
 }
 

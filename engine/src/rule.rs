@@ -152,8 +152,9 @@ pub struct Rule {
     pub(crate) kind: RuleKind,
     /// Most keys this rule tracks; absent: the engine's `max_keys_per_rule`.
     pub(crate) max_keys: Option<usize>,
-    /// What happens to a new key when the rule is full; absent: the kind's default.
-    pub(crate) on_full: Option<OnFull>,
+    /// What happens to a new key when the rule is full: as declared, else the kind's
+    /// default (decided when the rule is declared; see [`OnFull`]).
+    pub(crate) on_full: OnFull,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
 }
@@ -171,10 +172,7 @@ impl Rule {
 
     /// What happens to a new key when this rule tracks its maximum already.
     pub fn on_full(&self) -> OnFull {
-        self.on_full.unwrap_or(match self.kind {
-            RuleKind::Heartbeat { .. } => OnFull::Refuse,
-            _ => OnFull::EvictOldest,
-        })
+        self.on_full
     }
 
     /// Most keys this rule tracks, given the engine-wide default.

@@ -191,6 +191,12 @@ pub(crate) fn on_timer(
     }
 }
 
+/// Can partial matches survive a reload? The same number of steps, with the same `times`
+/// and `absent`; a new `within` applies to the partials running.
+pub(crate) fn compatible(old: &[Step], new: &[Step]) -> bool {
+    old.len() == new.len() && old.iter().zip(new).all(|(x, y)| x.times == y.times && x.absent == y.absent)
+}
+
 /// Restores one key's partial matches and re-arms their deadlines.
 pub(crate) fn restore(cx: &mut Cx<'_>, within_ms: i64, state: &mut Keyed<SeqState>, key: Arc<str>, s: SeqState) {
     for p in &s.partials {

@@ -294,6 +294,12 @@ pub(crate) fn on_timer(
     }
 }
 
+/// Can a window keep its events across a reload? The same flavour: sliding or tumbling,
+/// over time or over a count. A new size applies from the next event.
+pub(crate) fn compatible(old: &WindowSpec, new: &WindowSpec) -> bool {
+    old.tumbling == new.tumbling && std::mem::discriminant(&old.extent) == std::mem::discriminant(&new.extent)
+}
+
 /// What is persisted of a window.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SavedWindow {

@@ -1,0 +1,96 @@
+//! Persistence: the engine's state as named pieces of bytes, out and back in.
+//!
+//! ```text
+//! step ─▶ Outputs::touched (Touched names) ─▶ caller: Engine::export(name) ─▶ bytes ─▶ store
+//! restart: store ─▶ (name, bytes) ─▶ Engine::import ─▶ state restored, its timers re-armed
+//! ```
+//!
+//! A piece is one of: a rule's state for one key (its bytes come from the kind's own
+//! module, through [`KindState::export`](crate::kinds::KindState::export) and tagged
+//! with the kind), the watermark, the events held for reordering, the deduplication
+//! window. The engine never writes anything itself: it names what changed, the caller
+//! decides when to store it. The same export and import carry a removed rule's state
+//! over a reload (see [`Engine::reload`]).
+
+use crate::engine::Engine;
+use crate::output::{Outputs, Touched};
+use std::sync::Arc;
+
+/// Saved state could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state of {what}: {message}")]
+pub struct StateError {
+    /// The piece, as its [`Touched`] name prints.
+    pub what: String,
+    /// Why it was refused.
+    pub message: String,
+}
+
+impl Engine {
+    /// The persisted form of `what`, or `None` if it no longer exists (delete it).
+    pub fn export(&self, what: &Touched) -> Option<Vec<u8>> {
+        match what {
+            Touched::Dedup(name) => self.dedup.export(name),
+            Touched::Held(name) => self.reorder.export(name),
+            Touched::Watermark => (self.config.time_field.is_some() && self.watermark != i64::MIN)
+                .then(|| self.watermark.to_string().into_bytes()),
+            Touched::Rule { rule, key } => {
+                let idx = self.rules.iter().position(|r| r.name == *rule)?;
+                self.runtime[idx].state.export(key)
+            }
+        }
+    }
+
+    /// Everything there is, for snapshots and `state export`.
+    pub fn export_all(&self) -> Vec<(Touched, Vec<u8>)> {
+        let mut all = Vec::new();
+        for (rule, rt) in self.rules.iter().zip(&self.runtime) {
+            for key in rt.state.key_names() {
+                let t = Touched::Rule { rule: rule.name.clone(), key };
+                if let Some(bytes) = self.export(&t) {
+                    all.push((t, bytes));
+                }
+            }
+        }
+        if let Some(bytes) = self.export(&Touched::Watermark) {
+            all.push((Touched::Watermark, bytes));
+        }
+        for name in self.reorder.names() {
+            let t = Touched::Held(name);
+            if let Some(bytes) = self.export(&t) {
+                all.push((t, bytes));
+            }
+        }
+        for name in self.dedup.names() {
+            let t = Touched::Dedup(name.into());
+            if let Some(bytes) = self.export(&t) {
+                all.push((t, bytes));
+            }
+        }
+        all.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        all
+    }
+
+    /// Restores one piece of state saved by [`Engine::export`], re-arming its timers. State
+    /// of a rule that no longer exists, or that changed kind, is refused with an error (the
+    /// caller logs and drops it).
+    pub fn import(&mut self, what: &Touched, bytes: &[u8]) -> Result<(), StateError> {
+        let err = |message: String| StateError { what: format!("{what:?}"), message };
+        match what {
+            Touched::Dedup(name) => self.dedup.import(name, bytes).map_err(err),
+            Touched::Held(name) => self.reorder.import(name, bytes).map_err(err),
+            Touched::Watermark => {
+                let w = std::str::from_utf8(bytes).ok().and_then(|t| t.parse::<i64>().ok());
+                self.watermark = w.ok_or_else(|| err("unreadable watermark".into()))?;
+                Ok(())
+            }
+            Touched::Rule { rule, key } => {
+                let idx = self.rules.iter().position(|r| r.name == *rule).ok_or_else(|| err("no such rule".into()))?;
+                // Restoring emits nothing; what it would touch is what is being restored.
+                let mut out = Outputs::default();
+                let (state, mut cx) = self.rule_cx(idx, 0, &mut out).ok_or_else(|| err("no such rule".into()))?;
+                state.import(&mut cx, Arc::clone(key), bytes).map_err(err)
+            }
+        }
+    }
+}
