@@ -3,9 +3,12 @@
 //! # Data flow
 //!
 //! ```text
-//! sensor broker ─▶ mqtt (source) ─▶ decode ─▶ engine (edgewatch-engine) ─▶ emit (CloudEvents) ─▶ mqtt (upstream)
-//!                                     │                                      └─▶ dead letters for bad input
-//!                       config ──▶ rules (load *.rhai) ──┘
+//! sensor broker ─▶ mqtt (source) ─▶ decode ─▶ engine (edgewatch-engine) ─▶ emit (CloudEvents) ─▶ outbox ─▶ mqtt (upstream)
+//!                       ▲             │                 │                                         │
+//!                       │             │                 └─ state ─▶ store (sled) ◀────────────────┘ (durable)
+//!                       └── acks ─────┼── once the batch is on disk
+//!                                     └─▶ dead letters for bad input
+//!       config ──▶ reload / rules (one loader: *.rhai, tables) ──▶ engine, swapped between events
 //! ```
 //!
 //! # Layout
@@ -13,7 +16,10 @@
 //! - [`mqtt`]: rumqttc connections (MQTT 3.1.1 and 5) behind one face, with [`firmware_sim::backoff`].
 //! - [`decode`]: payload bytes (JSON, plain scalars, wire frames) -> values for rules.
 //! - [`rules`]: the rules directory -> a compiled rule set.
-//! - [`agent`]: the running pipeline: tasks, bounded queues, shutdown.
+//! - [`agent`]: the running pipeline: `source` ─▶ `step` (the engine loop) ─▶ `commit` ─▶
+//!   `upstream`, around plain state machines; shutdown and reloads passed in as values.
+//! - [`reload`]: the one rule loader (for the agent, `check`, `test` and `replay`) and the
+//!   rules directory's watcher.
 //! - [`emit`]: composite events -> CloudEvents JSON.
 //! - [`outbox`]: events waiting to go upstream: one bounded bookkeeping ([`outbox::Book`]),
 //!   the whole outbox in memory, or kept in sled by [`store`] when durability is on.
@@ -21,6 +27,7 @@
 //! - [`telemetry`]: counters and the log lines that go with them; [`health`]: the
 //!   connection state `/healthz` and readiness waits read; [`metrics`]: `/metrics` and
 //!   `/healthz`.
+//! - [`tls`]: broker TLS settings, reread when their files change.
 //! - [`broker`]: an embedded rumqttd (feature `embedded-broker`) for the demo and tests.
 //! - [`demo`]: `edgewatch demo`.
 //! - [`replay`]: recorded events under virtual time: `edgewatch replay` and `edgewatch test`.
