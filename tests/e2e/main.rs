@@ -5,6 +5,7 @@ mod accuracy;
 mod bad_input;
 mod demo;
 mod heartbeat;
+mod layout;
 mod misbehaving;
 mod observability;
 mod overload;
