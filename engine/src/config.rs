@@ -25,6 +25,8 @@ pub struct EngineConfig {
     /// A rule that refused or evicted keys is reported in [`Outputs::key_limits`](crate::Outputs::key_limits) at most
     /// once per this many milliseconds of processing time (the first time at once).
     pub key_report_interval_ms: i64,
+    /// What history is kept, and how (see [`crate::history`]).
+    pub history: crate::history::HistoryConfig,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +41,7 @@ impl Default for EngineConfig {
             max_failures: 10,
             max_keys_per_rule: 100_000,
             key_report_interval_ms: 60_000,
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }

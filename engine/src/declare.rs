@@ -25,12 +25,14 @@ pub(crate) struct Declared {
     pub(crate) max_keys: Option<usize>,
     /// As declared, else the kind's default.
     pub(crate) on_full: OnFull,
+    /// Fields of its keys kept in history (`remember`).
+    pub(crate) remember: Vec<std::sync::Arc<str>>,
     /// Every closure with the number of arguments it must take, checked once the AST is known.
     pub(crate) arities: Vec<(String, Func, usize)>,
 }
 
 /// Keys every rule may have.
-const COMMON: &[&str] = &["on", "key", "emit", "description", "max_keys", "on_full"];
+const COMMON: &[&str] = &["on", "key", "emit", "description", "max_keys", "on_full", "remember"];
 
 /// Kind-deciding keys, and the extra keys each kind accepts.
 const KINDS: &[(&str, &[&str])] = &[
@@ -87,6 +89,10 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
     let max_keys = match def.get("max_keys") {
         None => None,
         Some(v) => Some(positive_int(v).map_err(|m| err(format!("`max_keys` {m}")))?),
+    };
+    let remember = match def.get("remember") {
+        None => Vec::new(),
+        Some(v) => parse_fields(v).map_err(|m| err(format!("`remember` {m}")))?,
     };
     let on_full = match def.get("on_full").map(|v| (v, v.to_string())) {
         None => None,
@@ -159,6 +165,7 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         kind,
         max_keys,
         on_full,
+        remember,
         arities: d.arities,
     })
 }
@@ -324,6 +331,26 @@ fn heartbeat(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<HeartbeatSpec, Str
     let offline = hd.func("offline", 1).map_err(|m| format!("heartbeat: {m}"))?;
     d.arities.extend(hd.arities.into_iter().map(|(k, f, a)| (format!("heartbeat.{k}"), f, a)));
     Ok(HeartbeatSpec { timeout_ms, timeout_of, expected, timeout_column, grace_ms, offline, flap })
+}
+
+/// A field name or a list of them (`"temperature"`, `["temperature", "humidity"]`).
+fn parse_fields(v: &Dynamic) -> Result<Vec<std::sync::Arc<str>>, String> {
+    let items = if v.is_string() {
+        vec![v.clone()]
+    } else {
+        v.clone().into_array().map_err(|t| format!("must be a field name or a list of them, not {t}"))?
+    };
+    let mut fields: Vec<std::sync::Arc<str>> = Vec::with_capacity(items.len());
+    for item in items {
+        if !item.is_string() || item.to_string().is_empty() {
+            return Err(format!("must list field names as non-empty strings, found {}", item.type_name()));
+        }
+        let f: std::sync::Arc<str> = item.to_string().into();
+        if !fields.contains(&f) {
+            fields.push(f);
+        }
+    }
+    Ok(fields)
 }
 
 fn parse_patterns(on: &Dynamic) -> Result<Vec<TopicPattern>, String> {

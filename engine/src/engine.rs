@@ -16,6 +16,7 @@
 pub use crate::config::EngineConfig;
 use crate::context;
 use crate::event::Event;
+use crate::history::Recorder;
 use crate::kinds::{self, Cx, Ev, KindState};
 use crate::output::{Outputs, Touched};
 use crate::quality::{self, Dedup, Reorder};
@@ -76,6 +77,11 @@ pub struct Engine {
     /// Some rule refused or evicted keys and has not reported it yet; the earliest time a
     /// report may go.
     key_report_due: Option<i64>,
+    /// The open history roll-ups of every remembered series.
+    pub(crate) recorder: Recorder,
+    /// Series fed by the current event (key hash, field), so two rules remembering the same
+    /// field of the same key fold the reading once.
+    pub(crate) fed: Vec<(u64, Arc<str>)>,
     /// Timer entries above which entries of keys no longer tracked (evicted, finished) are
     /// dropped: such entries would fire as no-ops, but a stream of evicted keys must not
     /// grow the queues meanwhile.
@@ -109,6 +115,8 @@ impl Engine {
             absence_paused_since: None,
             retired: Vec::new(),
             key_report_due: None,
+            recorder: Recorder::new(),
+            fed: Vec::new(),
             timer_purge_at: MIN_TIMER_PURGE,
         }
     }
@@ -156,6 +164,7 @@ impl Engine {
     fn process_event(&mut self, mut event: Event, now: i64, out: &mut Outputs) {
         self.prepare(now, out);
         self.fire(Clock::Processing, now, out);
+        self.close_history(now, out);
         if self.config.dedup
             && self.dedup.is_duplicate(&event.payload, self.config.id_field.as_deref(), &mut out.touched)
         {
@@ -193,6 +202,7 @@ impl Engine {
         let now = now.millis();
         self.prepare(now, out);
         self.fire(Clock::Processing, now, out);
+        self.close_history(now, out);
         if self.config.time_field.is_some() {
             let ready = std::mem::take(&mut self.ready);
             self.advance(now.saturating_sub(self.config.lateness_ms), ready, now, out);
@@ -267,10 +277,7 @@ impl Engine {
             .event_timers
             .next_deadline()
             .map(|d| if self.config.time_field.is_some() { d + self.config.lateness_ms + 1 } else { d });
-        match (self.clock.next_deadline(), event) {
-            (Some(a), Some(b)) => Some(Timestamp(a.min(b))),
-            (a, b) => a.or(b).map(Timestamp),
-        }
+        [self.clock.next_deadline(), event, self.recorder.next_close()].into_iter().flatten().min().map(Timestamp)
     }
 
     /// Some rule's state is to be set up from the tables by the next step (a heartbeat's
@@ -345,6 +352,7 @@ impl Engine {
     /// Runs one (ordered, deduplicated) event through every rule listening to its topic.
     fn run_event(&mut self, event: Event, now: i64, out: &mut Outputs) {
         let start = out.events.len();
+        self.remember_subscribed(&event, now, out);
         self.route(&event, now, out);
         self.chain(start, now, 1, out);
     }
@@ -386,6 +394,9 @@ impl Engine {
             // or the topic.
             let who = key.as_deref().or(device).unwrap_or(&event.topic);
             self.account(idx, &rule, faulted, Some(who), out);
+            if let Some(key) = &key {
+                self.remember_for_rule(idx, key, event, now, out);
+            }
         }
     }
 

@@ -177,6 +177,11 @@ pub struct Outputs {
     /// Read in predicates (`when`, `clear`, ...) that did not hold, and as the default value
     /// of stuck-sensor rules.
     pub value_missing: Vec<Arc<str>>,
+    /// Roll-ups whose period ended: to be written to history once each.
+    pub closed: Vec<crate::history::Closed>,
+    /// Readings not folded into history, and why, by who asked (subscription filter or
+    /// rule name). Counted, never a fault.
+    pub history_skipped: Vec<(Arc<str>, crate::history::Skip)>,
 }
 
 /// A piece of engine state that changed.
@@ -190,6 +195,8 @@ pub enum Touched {
     Held(Arc<str>),
     /// The event-time watermark: older input is late.
     Watermark,
+    /// The open roll-ups of one history series.
+    Series { key: Arc<str>, field: Arc<str> },
 }
 
 impl Outputs {
@@ -206,6 +213,8 @@ impl Outputs {
         self.partials_dropped = 0;
         self.touched.clear();
         self.value_missing.clear();
+        self.closed.clear();
+        self.history_skipped.clear();
     }
 }
 

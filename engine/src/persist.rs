@@ -38,6 +38,7 @@ impl Engine {
                 let idx = self.rules.iter().position(|r| r.name == *rule)?;
                 self.runtime[idx].state.export(key)
             }
+            Touched::Series { key, field } => self.recorder.export(key, field),
         }
     }
 
@@ -57,6 +58,12 @@ impl Engine {
         }
         for name in self.reorder.names() {
             let t = Touched::Held(name);
+            if let Some(bytes) = self.export(&t) {
+                all.push((t, bytes));
+            }
+        }
+        for (key, field) in self.recorder.names() {
+            let t = Touched::Series { key, field };
             if let Some(bytes) = self.export(&t) {
                 all.push((t, bytes));
             }
@@ -83,6 +90,12 @@ impl Engine {
                 let w = std::str::from_utf8(bytes).ok().and_then(|t| t.parse::<i64>().ok());
                 self.watermark = w.ok_or_else(|| err("unreadable watermark".into()))?;
                 Ok(())
+            }
+            Touched::Series { key, field } => {
+                let (cfg, lateness) = (&self.config.history, self.config.lateness_ms);
+                self.recorder
+                    .import(cfg, lateness, Arc::clone(key), Arc::clone(field), bytes)
+                    .map_err(|e| err(e.to_string()))
             }
             Touched::Rule { rule, key } => {
                 let idx = self.rules.iter().position(|r| r.name == *rule).ok_or_else(|| err("no such rule".into()))?;

@@ -155,6 +155,8 @@ pub struct Rule {
     /// What happens to a new key when the rule is full: as declared, else the kind's
     /// default (decided when the rule is declared; see [`OnFull`]).
     pub(crate) on_full: OnFull,
+    /// Fields of each key this rule tracks that are kept in history (`remember`).
+    pub remember: Vec<Arc<str>>,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
 }

@@ -223,6 +223,7 @@ impl Sandbox {
                 kind: d.kind,
                 max_keys: d.max_keys,
                 on_full: d.on_full,
+                remember: d.remember,
                 ast: ast.clone(),
             });
         }

@@ -37,7 +37,7 @@ impl Store {
                 if let Ok(entry) = serde_json::from_slice(&v) {
                     s.outbox.push(entry);
                 }
-            } else if k.starts_with(b"s/") || k.starts_with(b"d/") || k.starts_with(b"h/") || k.starts_with(b"w/") {
+            } else if super::state::STATE_PREFIXES.iter().any(|p| k.starts_with(p)) {
                 s.state.push((String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()));
             }
         }
@@ -75,9 +75,11 @@ pub fn inspect(store: &Store) -> Result<String, StoreError> {
     let mut per_rule: BTreeMap<String, (usize, String)> = BTreeMap::new();
     let mut devices: Vec<String> = Vec::new();
     let mut dedup = 0usize;
+    let mut series = 0usize;
     for (what, bytes) in store.load_state()? {
         match what {
             Touched::Dedup(_) | Touched::Held(_) | Touched::Watermark => dedup += 1,
+            Touched::Series { .. } => series += 1,
             Touched::Rule { rule, key } => {
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 let kind = v["kind"].as_str().unwrap_or("?").to_owned();
@@ -102,6 +104,7 @@ pub fn inspect(store: &Store) -> Result<String, StoreError> {
         let _ = writeln!(out, "  {rule:<24} {kind:<10} {n} keys");
     }
     let _ = writeln!(out, "duplicate-detection entries: {dedup}");
+    let _ = writeln!(out, "history series with an open roll-up: {series}");
     if !devices.is_empty() {
         let _ = writeln!(out, "heartbeats:");
         for d in &devices {

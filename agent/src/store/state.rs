@@ -1,5 +1,6 @@
 //! The engine's state and the agent's marks in the store: per-key rule state, duplicate
-//! windows, held events and the watermark (`s/`, `d/`, `h/`, `w/`), the "alive" and "clean
+//! windows, held events, the watermark and open history roll-ups (`s/`, `d/`, `h/`, `w/`,
+//! `r/`), the "alive" and "clean
 //! stop" marks (`m/`), and delivery counts of possibly poisonous messages (`p/`).
 
 use super::{Batch, Store, StoreError, u64_key};
@@ -18,6 +19,14 @@ fn state_key(t: &Touched) -> Vec<u8> {
         Touched::Dedup(name) => [b"d/".as_slice(), name.as_bytes()].concat(),
         Touched::Held(name) => [b"h/".as_slice(), name.as_bytes()].concat(),
         Touched::Watermark => b"w/watermark".to_vec(),
+        Touched::Series { key, field } => {
+            let mut k = Vec::with_capacity(3 + key.len() + field.len());
+            k.extend_from_slice(b"r/");
+            k.extend_from_slice(key.as_bytes());
+            k.push(0);
+            k.extend_from_slice(field.as_bytes());
+            k
+        }
     }
 }
 
@@ -29,6 +38,12 @@ fn touched_of(k: &[u8]) -> Option<Touched> {
         let key = std::str::from_utf8(&rest[split + 1..]).ok()?;
         return Some(Touched::Rule { rule: rule.into(), key: key.into() });
     }
+    if let Some(rest) = k.strip_prefix(b"r/") {
+        let split = rest.iter().rposition(|b| *b == 0)?;
+        let key = std::str::from_utf8(&rest[..split]).ok()?;
+        let field = std::str::from_utf8(&rest[split + 1..]).ok()?;
+        return Some(Touched::Series { key: key.into(), field: field.into() });
+    }
     if k == b"w/watermark" {
         return Some(Touched::Watermark);
     }
@@ -39,6 +54,10 @@ fn touched_of(k: &[u8]) -> Option<Touched> {
     Some(Touched::Dedup(name.into()))
 }
 
+/// Where engine state lives: rule state, duplicate windows, held events, the watermark,
+/// open history roll-ups.
+pub(super) const STATE_PREFIXES: [&[u8]; 5] = [b"s/", b"d/", b"h/", b"w/", b"r/"];
+
 /// The key of a message's delivery count.
 fn delivery_key(hash: u64) -> [u8; 10] {
     u64_key(b"p/", hash)
@@ -48,7 +67,7 @@ impl Store {
     /// Every saved engine state, to import at start.
     pub fn load_state(&self) -> Result<Vec<(Touched, Vec<u8>)>, StoreError> {
         let mut v = Vec::new();
-        for prefix in [b"s/".as_slice(), b"d/".as_slice(), b"h/".as_slice(), b"w/".as_slice()] {
+        for prefix in STATE_PREFIXES {
             for item in self.db.scan_prefix(prefix) {
                 let (k, val) = item.map_err(|e| self.db_err(e))?;
                 if let Some(t) = touched_of(&k) {

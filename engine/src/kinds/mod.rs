@@ -119,17 +119,23 @@ pub(crate) fn key_of(cx: &mut Cx<'_>, x: &Ev<'_>, device: Option<&str>) -> Optio
         }
         return Some(v.to_string());
     }
+    Some(default_key(x.event, device))
+}
+
+/// The key without a `key` closure: the `{device}` level, else the payload's `device` (or,
+/// for chained events, `subject`) field, else the topic itself.
+pub(crate) fn default_key(event: &Event, device: Option<&str>) -> String {
     if let Some(d) = device {
-        return Some(d.to_owned());
+        return d.to_owned();
     }
-    if let Some(map) = x.event.payload.read_lock::<Map>() {
+    if let Some(map) = event.payload.read_lock::<Map>() {
         for field in ["device", "subject"] {
             if let Some(d) = map.get(field).filter(|d| d.is_string()) {
-                return Some(d.to_string());
+                return d.to_string();
             }
         }
     }
-    Some(x.event.topic.clone())
+    event.topic.clone()
 }
 
 /// The fields every rule sees: `topic`, `levels`, `payload`, `value`, `time`.

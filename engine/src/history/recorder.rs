@@ -1,0 +1,265 @@
+//! [`Recorder`]: the open roll-ups of every remembered series, folded reading by reading and
+//! closed when processing time passes the end of their period.
+//!
+//! A series is (key, field). Each has at most one open roll-up per resolution. A reading
+//! opens the period its event time falls in; a reading of a later period closes the open
+//! one first. A reading of an earlier period (the gateway's clock jumped back) closes the
+//! open one early and reopens the earlier period: the two records of that period then
+//! carry different `opened` stamps and a reader merges them, so nothing is mixed or lost.
+//! Processing time closes periods nobody feeds any more: at `start + period + lateness`.
+//!
+//! Closing is a scan of the series when the earliest end passes (once a fine period, so
+//! once a minute by default): O(series) per minute, nothing per reading.
+
+use super::{Closed, HistoryConfig, Resolution, Rollup, RollupError, Skip};
+use crate::output::{Outputs, Touched};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// An open roll-up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Open {
+    /// Start of its period (event time).
+    pub start: i64,
+    /// Processing time it was opened at (see [`Closed::opened`]).
+    pub opened: i64,
+    pub rollup: Rollup,
+}
+
+/// The open roll-ups of one series.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeriesState {
+    pub fine: Option<Open>,
+    pub coarse: Option<Open>,
+}
+
+impl SeriesState {
+    fn slot(&mut self, res: Resolution) -> &mut Option<Open> {
+        match res {
+            Resolution::Fine => &mut self.fine,
+            Resolution::Coarse => &mut self.coarse,
+        }
+    }
+
+    /// The saved form, JSON like all engine state (so snapshots and `state export` carry
+    /// it as text): `{"f": [start, opened, count, sum, sumsq, min, max, first, last], "c": [...]}`.
+    pub fn encode(&self) -> Vec<u8> {
+        let saved = Saved { f: self.fine.map(Open::flat), c: self.coarse.map(Open::flat) };
+        serde_json::to_vec(&saved).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SeriesState, RollupError> {
+        let saved: Saved = serde_json::from_slice(bytes).map_err(|_| RollupError::NOT_JSON)?;
+        Ok(SeriesState { fine: saved.f.and_then(Open::unflat), coarse: saved.c.and_then(Open::unflat) })
+    }
+}
+
+type Flat = (i64, i64, u64, f64, f64, f64, f64, f64, f64);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    f: Option<Flat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    c: Option<Flat>,
+}
+
+impl Open {
+    fn flat(self) -> Flat {
+        let r = self.rollup;
+        (self.start, self.opened, r.count, r.sum, r.sumsq, r.min, r.max, r.first, r.last)
+    }
+
+    fn unflat(f: Flat) -> Option<Open> {
+        let (start, opened, count, sum, sumsq, min, max, first, last) = f;
+        (count > 0).then_some(Open { start, opened, rollup: Rollup { count, sum, sumsq, min, max, first, last } })
+    }
+}
+
+/// The open roll-ups of all series.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// key -> (field, state): a device has a handful of fields, so a short list each.
+    series: HashMap<Arc<str>, Vec<(Arc<str>, SeriesState)>>,
+    /// Series with some open roll-up.
+    count: usize,
+    /// Earliest processing time at which some open roll-up is due to close (`i64::MAX`:
+    /// none). A lower bound: closing rescans.
+    next_close: i64,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder { series: HashMap::new(), count: 0, next_close: i64::MAX }
+    }
+
+    /// Series with an open roll-up.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// When [`Recorder::close_due`] next has work.
+    pub fn next_close(&self) -> Option<i64> {
+        (self.next_close != i64::MAX).then_some(self.next_close)
+    }
+
+    /// Folds reading `v` of `field` of `key`, timed `time` (event time), at processing time
+    /// `now`. `Err` says why it was not folded (the caller counts it).
+    pub fn fold(
+        &mut self,
+        cfg: &HistoryConfig,
+        lateness_ms: i64,
+        key: &str,
+        field: &Arc<str>,
+        time: i64,
+        v: f64,
+        now: i64,
+        out: &mut Outputs,
+    ) -> Result<(), Skip> {
+        if !v.is_finite() {
+            return Err(Skip::NonFinite);
+        }
+        if time > now.saturating_add(cfg.max_future_ms) || time < now.saturating_sub(cfg.max_past_ms) {
+            return Err(Skip::OutOfRange);
+        }
+        let full = self.count >= cfg.max_series;
+        let key: Arc<str> = match self.series.get_key_value(key) {
+            Some((k, _)) => Arc::clone(k),
+            None if full => return Err(Skip::Full),
+            None => Arc::from(key),
+        };
+        let fields = self.series.entry(Arc::clone(&key)).or_default();
+        let idx = match fields.iter().position(|(f, _)| f == field) {
+            Some(i) => i,
+            // The key existed (a new one returned above), so nothing was created.
+            None if full => return Err(Skip::Full),
+            None => {
+                fields.push((Arc::clone(field), SeriesState::default()));
+                self.count += 1;
+                fields.len() - 1
+            }
+        };
+        let state = &mut fields[idx].1;
+        for res in Resolution::ALL {
+            let period = period_ms(cfg, res);
+            let start = time.div_euclid(period) * period;
+            let slot = state.slot(res);
+            match slot {
+                Some(o) if o.start == start => o.rollup.fold(v),
+                _ => {
+                    if let Some(o) = slot.take() {
+                        out.closed.push(closed(&key, field, res, o));
+                    }
+                    *slot = Some(Open { start, opened: now, rollup: Rollup::of(v) });
+                    self.next_close = self.next_close.min(start + period + lateness_ms);
+                }
+            }
+        }
+        out.touched.push(Touched::Series { key, field: Arc::clone(field) });
+        Ok(())
+    }
+
+    /// Closes the roll-ups whose period ended `lateness_ms` or more before `now`.
+    pub fn close_due(&mut self, cfg: &HistoryConfig, lateness_ms: i64, now: i64, out: &mut Outputs) {
+        if now < self.next_close {
+            return;
+        }
+        let mut next = i64::MAX;
+        let mut emptied = 0;
+        for (key, fields) in &mut self.series {
+            fields.retain_mut(|(field, state)| {
+                let mut changed = false;
+                for res in Resolution::ALL {
+                    let end_of = |o: &Open| o.start + period_ms(cfg, res) + lateness_ms;
+                    let slot = state.slot(res);
+                    match slot.as_ref().map(end_of) {
+                        Some(end) if end <= now => {
+                            if let Some(o) = slot.take() {
+                                out.closed.push(closed(key, field, res, o));
+                                changed = true;
+                            }
+                        }
+                        Some(end) => next = next.min(end),
+                        None => {}
+                    }
+                }
+                if changed {
+                    out.touched.push(Touched::Series { key: Arc::clone(key), field: Arc::clone(field) });
+                }
+                let keep = state.fine.is_some() || state.coarse.is_some();
+                emptied += usize::from(!keep);
+                keep
+            });
+        }
+        self.series.retain(|_, fields| !fields.is_empty());
+        self.count -= emptied;
+        self.next_close = next;
+    }
+
+    /// The open roll-ups of a series, saved; `None` once it has none (delete it).
+    pub fn export(&self, key: &str, field: &str) -> Option<Vec<u8>> {
+        let fields = self.series.get(key)?;
+        fields.iter().find(|(f, _)| &**f == field).map(|(_, s)| s.encode())
+    }
+
+    /// Every series, for `export_all`.
+    pub fn names(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut v: Vec<_> =
+            self.series.iter().flat_map(|(k, fs)| fs.iter().map(|(f, _)| (Arc::clone(k), Arc::clone(f)))).collect();
+        v.sort();
+        v
+    }
+
+    /// Restores a series saved by [`Recorder::export`].
+    pub fn import(
+        &mut self,
+        cfg: &HistoryConfig,
+        lateness_ms: i64,
+        key: Arc<str>,
+        field: Arc<str>,
+        bytes: &[u8],
+    ) -> Result<(), RollupError> {
+        let state = SeriesState::decode(bytes)?;
+        for res in Resolution::ALL {
+            if let Some(o) = [&state.fine, &state.coarse][res as usize] {
+                self.next_close = self.next_close.min(o.start + period_ms(cfg, res) + lateness_ms);
+            }
+        }
+        let fields = self.series.entry(key).or_default();
+        match fields.iter_mut().find(|(f, _)| *f == field) {
+            Some((_, s)) => *s = state,
+            None => {
+                fields.push((field, state));
+                self.count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The open roll-ups of a series.
+    pub fn get(&self, key: &str, field: &str) -> Option<&SeriesState> {
+        self.series.get(key)?.iter().find(|(f, _)| &**f == field).map(|(_, s)| s)
+    }
+}
+
+fn period_ms(cfg: &HistoryConfig, res: Resolution) -> i64 {
+    match res {
+        Resolution::Fine => cfg.fine_ms,
+        Resolution::Coarse => cfg.coarse_ms,
+    }
+}
+
+fn closed(key: &Arc<str>, field: &Arc<str>, resolution: Resolution, o: Open) -> Closed {
+    Closed {
+        key: Arc::clone(key),
+        field: Arc::clone(field),
+        resolution,
+        start: o.start,
+        opened: o.opened,
+        rollup: o.rollup,
+    }
+}
