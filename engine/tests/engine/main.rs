@@ -6,6 +6,7 @@ mod chaining;
 mod corpus;
 mod handler;
 mod heartbeat;
+mod history;
 mod keys;
 mod misbehaving;
 mod persistence;

@@ -4,6 +4,7 @@ use edgewatch_engine::{
     Dynamic, Engine, EngineConfig, Event, KeyLimitReport, Outputs, RuleFault, RuleSet, Sandbox, Table, Tables,
     Timestamp, Touched,
 };
+use edgewatch_engine::history::{Closed, Skip};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -25,6 +26,9 @@ pub struct H {
     pub record_touched: bool,
     /// Rules that read `e.value` of an event that has none, once per (rule, event).
     pub value_missing: Vec<String>,
+    /// History roll-ups closed so far, and readings not folded (by whom, why).
+    pub closed: Vec<Closed>,
+    pub skipped: Vec<(String, Skip)>,
 }
 
 impl H {
@@ -51,6 +55,8 @@ impl H {
             touched: Vec::new(),
             record_touched: false,
             value_missing: Vec::new(),
+            closed: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 
@@ -66,6 +72,8 @@ impl H {
         self.evicted += self.out.keys_evicted;
         self.key_limits.append(&mut self.out.key_limits);
         self.value_missing.extend(self.out.value_missing.iter().map(|r| r.to_string()));
+        self.closed.append(&mut self.out.closed);
+        self.skipped.extend(self.out.history_skipped.iter().map(|(s, k)| (s.to_string(), *k)));
         if self.record_touched {
             self.touched.append(&mut self.out.touched);
         }
