@@ -104,6 +104,20 @@ fn gauge(
     g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)
 }
 
+/// A family with two labels.
+fn labelled2<'a>(
+    e: &mut DescriptorEncoder<'_>,
+    (name, help): (&str, &str),
+    (l1, l2): (&str, &str),
+    values: impl IntoIterator<Item = ((&'a str, &'a str), u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for ((v1, v2), n) in values {
+        ConstCounter::new(n).encode(m.encode_family(&[(l1, v1), (l2, v2)])?)?;
+    }
+    Ok(())
+}
+
 fn labelled<'a>(
     e: &mut DescriptorEncoder<'_>,
     (name, help, ty): (&str, &str, MetricType),
@@ -228,6 +242,29 @@ impl Collector for AgentCollector {
         gauge(e, "outbox_events", "Events waiting for the upstream broker.", None, events as i64)?;
         gauge(e, "outbox", "Size of the events waiting for the upstream broker.", Some(&Unit::Bytes), bytes as i64)?;
         counter(e, "outbox_dropped", "Events dropped because the outbox was full.", load(&s.outbox_dropped))?;
+        let h = &d.history;
+        if let Ok(skipped) = h.skipped.lock() {
+            labelled2(
+                e,
+                ("history_skipped", "Readings not kept in history, by subscription or rule and reason."),
+                ("source", "reason"),
+                skipped.iter().map(|((s, r), n)| ((&**s, *r), *n)),
+            )?;
+        }
+        counter(e, "history_rollups_written", "Closed roll-ups written to history.", load(&h.written))?;
+        counter(
+            e,
+            "history_rollups_dropped",
+            "Closed roll-ups not written (memory only, or a disk error).",
+            load(&h.dropped),
+        )?;
+        counter(
+            e,
+            "history_evicted_bytes",
+            "History deleted, oldest first, to stay within history.max_mb.",
+            load(&h.evicted_bytes),
+        )?;
+        gauge(e, "history", "Size of history on disk.", Some(&Unit::Bytes), load(&h.bytes) as i64)?;
         counter(
             e,
             "outbox_written",

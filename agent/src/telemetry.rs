@@ -38,6 +38,21 @@ pub struct RuleCounts {
     pub value_missing: u64,
 }
 
+/// History: readings not kept, roll-ups written, the budget at work.
+#[derive(Debug, Default)]
+pub struct HistoryCounts {
+    /// Readings not folded, by (who asked: subscription filter or rule, why).
+    pub skipped: Mutex<BTreeMap<(Arc<str>, &'static str), u64>>,
+    /// Closed roll-ups written to disk.
+    pub written: AtomicU64,
+    /// Closed roll-ups not written: state kept in memory only, or the disk refused them.
+    pub dropped: AtomicU64,
+    /// Bytes of the oldest roll-ups deleted to stay within `history.max_mb`.
+    pub evicted_bytes: AtomicU64,
+    /// Bytes of history on disk.
+    pub bytes: AtomicU64,
+}
+
 /// What the metrics endpoint reads besides the plain counters. Updated off the hot path:
 /// per batch of engine outputs, or once a second.
 #[derive(Debug)]
@@ -61,6 +76,7 @@ pub struct Detail {
     pub rules_loaded: AtomicU64,
     /// `[source, upstream]`.
     pub connections: [ConnectionStats; 2],
+    pub history: HistoryCounts,
     pub started: std::time::Instant,
 }
 
@@ -85,6 +101,7 @@ impl Detail {
             queue_depth: AtomicU64::new(0),
             rules_loaded: AtomicU64::new(0),
             connections: Default::default(),
+            history: HistoryCounts::default(),
             started: std::time::Instant::now(),
         }
     }
@@ -245,6 +262,23 @@ impl Stats {
             );
         }
         first
+    }
+
+    /// Counts readings that were not folded into history, logging the first of each
+    /// (source, reason): a misnamed field then says so once, not at every message.
+    pub(crate) fn history_skipped(&self, skipped: &[(Arc<str>, edgewatch_engine::history::Skip)]) {
+        let Ok(mut m) = self.detail.history.skipped.lock() else { return };
+        for (source, why) in skipped {
+            let n = m.entry((source.clone(), why.as_str())).or_default();
+            *n += 1;
+            if *n == 1 {
+                tracing::warn!(
+                    source = %source,
+                    reason = why.as_str(),
+                    "Reading not kept in history; counted in edgewatch_history_skipped_total, logged once."
+                );
+            }
+        }
     }
 
     pub(crate) fn record_flush(&self, took: std::time::Duration) {

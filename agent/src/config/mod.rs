@@ -17,6 +17,7 @@
 //! - `raw.rs`: the serde structs as read ([`RawConfig`] and its sections), their named
 //!   defaults, [`Protocol`].
 //! - `validate.rs`: [`RawConfig::validate`], broker sections with inheritance, URLs.
+//! - `history.rs`: `[history]` and the subscriptions' `remember`, raw and checked.
 //!
 //! Environment variables name a key path with `__` between levels:
 //! `EDGEWATCH_SOURCE__URL=mqtt://10.0.0.2:1883`, `EDGEWATCH_AGENT__ID=gw-7`. A value is read
@@ -63,8 +64,11 @@ impl fmt::Debug for Secret {
     }
 }
 
+mod history;
 mod raw;
 mod validate;
+
+pub use history::{HistorySettings, RawHistory};
 
 use raw::SECTIONS;
 pub use raw::{
@@ -111,6 +115,8 @@ pub struct Config {
     pub tables: std::collections::BTreeMap<String, PathBuf>,
     /// Durability settings.
     pub state: StateConfig,
+    /// History on disk: its size and retention (what is remembered is in `engine.history`).
+    pub history: HistorySettings,
 }
 
 /// Durability settings, checked.

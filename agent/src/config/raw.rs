@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub tables: std::collections::BTreeMap<String, PathBuf>,
     #[serde(default)]
     pub state: RawState,
+    #[serde(default)]
+    pub history: super::history::RawHistory,
 }
 
 /// Durability.
@@ -96,7 +98,7 @@ fn default_batch() -> usize {
 
 /// Top-level sections; an environment variable must start with one of them to be config.
 pub(super) const SECTIONS: &[&str] =
-    &["agent", "rules", "source", "subscriptions", "upstream", "limits", "engine", "tables", "state"];
+    &["agent", "rules", "source", "subscriptions", "upstream", "limits", "engine", "tables", "state", "history"];
 
 /// How the engine treats input.
 #[derive(Debug, Deserialize)]
@@ -266,6 +268,9 @@ pub struct RawSubscription {
     pub format: Format,
     #[serde(default)]
     pub strip_prefix: Option<String>,
+    /// Numeric fields kept in history for every message of this subscription.
+    #[serde(default)]
+    pub remember: Vec<String>,
 }
 
 fn default_qos() -> u8 {

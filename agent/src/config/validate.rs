@@ -38,6 +38,7 @@ impl RawConfig {
             return Err(invalid("subscriptions", "at least one `[[subscriptions]]` entry is required"));
         }
         let mut subscriptions = Vec::with_capacity(self.subscriptions.len());
+        let mut remember = Vec::new();
         for (i, s) in self.subscriptions.into_iter().enumerate() {
             let path = format!("subscriptions[{i}]");
             if s.topic.contains('{') {
@@ -61,7 +62,17 @@ impl RawConfig {
                     return Err(invalid(&key, format!("must be how `{}` begins, level by level", s.topic)));
                 }
             }
-            subscriptions.push(Subscription { filter: s.topic, pattern, qos, format: s.format, strip_prefix });
+            let sub = Subscription { filter: s.topic, pattern, qos, format: s.format, strip_prefix };
+            if let Some(r) = super::history::remembered(&path, &sub, &s.remember)? {
+                if !self.state.durable {
+                    return Err(invalid(
+                        &format!("{path}.remember"),
+                        "history is kept on disk: it needs `state.durable = true`",
+                    ));
+                }
+                remember.push(r);
+            }
+            subscriptions.push(sub);
         }
         let upstream_broker = match &self.upstream.broker {
             Some(b) => validate_broker("upstream.broker", b, &self.source, &format!("edgewatch-{}-up", self.agent.id))?,
@@ -116,6 +127,8 @@ impl RawConfig {
         }
         let mut engine = self.engine.to_engine_config(&format!("{topic_prefix}/events"));
         engine.max_keys_per_rule = self.limits.max_keys_per_rule;
+        let (engine_history, history) = self.history.validate(remember)?;
+        engine.history = engine_history;
         if self.state.cache_mb == 0 || self.state.cache_mb > 4096 {
             return Err(invalid("state.cache_mb", "must be between 1 and 4096"));
         }
@@ -168,6 +181,7 @@ impl RawConfig {
             engine,
             tables: self.tables,
             state,
+            history,
         })
     }
 }

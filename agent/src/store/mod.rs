@@ -81,6 +81,9 @@ pub struct Batch {
     /// When the agent was running with this batch's state: recorded as the "alive" mark if
     /// the batch writes anyway (never a write of its own).
     alive_ms: Option<i64>,
+    /// History roll-ups whose period closed: written to the history log before the rest,
+    /// so a crash can repeat them (the reader keeps one) but never lose them.
+    pub closed: Vec<edgewatch_engine::history::Closed>,
 }
 
 impl Batch {

@@ -1,10 +1,10 @@
 //! A harness that drives an engine under virtual time.
 
+use edgewatch_engine::history::{Closed, Skip};
 use edgewatch_engine::{
     Dynamic, Engine, EngineConfig, Event, KeyLimitReport, Outputs, RuleFault, RuleSet, Sandbox, Table, Tables,
     Timestamp, Touched,
 };
-use edgewatch_engine::history::{Closed, Skip};
 use serde_json::Value;
 use std::sync::Arc;
 

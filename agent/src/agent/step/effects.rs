@@ -60,8 +60,14 @@ impl Step {
             let qos = self.config.upstream.qos;
             self.queue(OutboxEntry { topic, payload: payload.into(), qos, retain: false });
         }
+        if !outputs.history_skipped.is_empty() {
+            self.stats.history_skipped(&outputs.history_skipped);
+        }
         if matches!(self.sink, super::Sink::Disk { .. }) {
             self.pending.touched.extend(outputs.touched.iter().cloned());
+            self.pending.batch.closed.extend(outputs.closed.iter().cloned());
+        } else if !outputs.closed.is_empty() {
+            self.stats.detail.history.dropped.fetch_add(outputs.closed.len() as u64, Relaxed);
         }
         // Given back, so its vectors keep their capacity for the next input.
         self.outputs = outputs;
