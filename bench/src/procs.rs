@@ -23,6 +23,9 @@ pub enum Rule {
     Window,
     /// Each device's heartbeats reset a deadline; a missed one is reported.
     Heartbeat,
+    /// The threshold rule, and each device's temperature kept in history (`remember`):
+    /// what history costs per message (issue 16).
+    History,
 }
 
 impl Rule {
@@ -31,6 +34,7 @@ impl Rule {
             Rule::Threshold => "threshold",
             Rule::Window => "window",
             Rule::Heartbeat => "heartbeat",
+            Rule::History => "history",
         }
     }
 }
@@ -179,6 +183,9 @@ pub fn edgewatch_rules(rule: Rule, heartbeat_timeout: Duration) -> String {
              rule(\"threshold\", #{\n    on: \"sensors/{device}/temperature\",\n    when: |e| e.value > 20.0,\n});\n"
                 .to_owned()
         }
+        Rule::History => "// Every reading above 20 °C, and each device's temperature kept in history.\n\
+             rule(\"history\", #{\n    on: \"sensors/{device}/temperature\",\n    when: |e| e.value > 20.0,\n    remember: \"temperature\",\n});\n"
+            .to_owned(),
         Rule::Window => "// A sliding window of each device's last 10 readings, reported with every reading.\n\
              rule(\"window\", #{\n    on: \"sensors/{device}/temperature\",\n    window: #{ count: 10 },\n    \
              emit: |e| #{ device: e.device, n: e.payload.n, sent: e.payload.sent, count: e.window.count, avg: e.window.avg },\n});\n"
@@ -335,7 +342,7 @@ pub fn node_red_flows(rule: Rule, broker: SocketAddr, heartbeat_timeout: Duratio
             "wires": [[format!("bench-{next}")]]})
     };
     match rule {
-        Rule::Threshold => nodes.push(switch("payload.temperature", "gt", "20", "num", "out")),
+        Rule::Threshold | Rule::History => nodes.push(switch("payload.temperature", "gt", "20", "num", "out")),
         Rule::Window => {
             nodes.push(switch("payload.kind", "eq", "reading", "str", "window"));
             nodes.push(
@@ -497,7 +504,7 @@ mod tests {
     #[test]
     fn edgewatch_accepts_the_rules_and_the_configuration() {
         let sandbox = edgewatch_engine::Sandbox::default();
-        for rule in [Rule::Threshold, Rule::Window, Rule::Heartbeat] {
+        for rule in [Rule::Threshold, Rule::Window, Rule::Heartbeat, Rule::History] {
             let text = edgewatch_rules(rule, Duration::from_millis(2500));
             let (set, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("bench.rhai", text.as_str())]);
             assert!(errors.is_empty(), "{rule:?}: {errors:?}\n{text}");
