@@ -164,7 +164,9 @@ impl Engine {
     fn process_event(&mut self, mut event: Event, now: i64, out: &mut Outputs) {
         self.prepare(now, out);
         self.fire(Clock::Processing, now, out);
-        self.close_history(now, out);
+        if self.recorder.next_close().is_some_and(|t| now >= t) {
+            self.close_history(now, out);
+        }
         if self.config.dedup
             && self.dedup.is_duplicate(&event.payload, self.config.id_field.as_deref(), &mut out.touched)
         {
@@ -352,7 +354,13 @@ impl Engine {
     /// Runs one (ordered, deduplicated) event through every rule listening to its topic.
     fn run_event(&mut self, event: Event, now: i64, out: &mut Outputs) {
         let start = out.events.len();
-        self.remember_subscribed(&event, now, out);
+        // History costs nothing to those who keep none: each hook is behind one check.
+        if !self.fed.is_empty() {
+            self.fed.clear();
+        }
+        if !self.config.history.remember.is_empty() {
+            self.remember_subscribed(&event, now, out);
+        }
         self.route(&event, now, out);
         self.chain(start, now, 1, out);
     }
@@ -394,8 +402,8 @@ impl Engine {
             // or the topic.
             let who = key.as_deref().or(device).unwrap_or(&event.topic);
             self.account(idx, &rule, faulted, Some(who), out);
-            if let Some(key) = &key {
-                self.remember_for_rule(idx, key, event, now, out);
+            if let Some(key) = key.as_deref().filter(|_| !rule.remember.is_empty()) {
+                self.remember_for_rule(&rule, key, event, now, out);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Feeding history: which series an event feeds, and closing periods as time passes.
 //!
 //! ```text
-//! run_event ─▶ Engine::remember_subscribed: HistoryConfig::remember whose pattern matches,
+//! run_event ─▶ (once per event: `fed` cleared) Engine::remember_subscribed: HistoryConfig::remember whose pattern matches,
 //!              key by default (`{device}`, payload `device`, topic)
 //! route     ─▶ Engine::remember_for_rule: the rule's `remember`, by the rule's key
 //!   both ─▶ reading(event, field) ─▶ Recorder::fold (a series is fed once per event)
@@ -13,6 +13,7 @@ use crate::event::Event;
 use crate::history::Skip;
 use crate::kinds;
 use crate::output::Outputs;
+use crate::rule::Rule;
 use rhai::Map;
 use std::sync::Arc;
 
@@ -42,10 +43,6 @@ pub(crate) fn reading(event: &Event, field: &str) -> Result<f64, Skip> {
 impl Engine {
     /// Feeds the series the configuration remembers for this event.
     pub(crate) fn remember_subscribed(&mut self, event: &Event, now: i64, out: &mut Outputs) {
-        self.fed.clear();
-        if self.config.history.remember.is_empty() {
-            return;
-        }
         // Taken out for the loop (a move, not a copy), so `feed` may borrow the engine.
         let specs = std::mem::take(&mut self.config.history.remember);
         for spec in &specs {
@@ -66,12 +63,7 @@ impl Engine {
     }
 
     /// Feeds the series rule `idx` remembers for its key.
-    pub(crate) fn remember_for_rule(&mut self, idx: usize, key: &str, event: &Event, now: i64, out: &mut Outputs) {
-        let Some(rule) = self.rules.as_slice().get(idx) else { return };
-        if rule.remember.is_empty() {
-            return;
-        }
-        let rule = rule.clone();
+    pub(crate) fn remember_for_rule(&mut self, rule: &Rule, key: &str, event: &Event, now: i64, out: &mut Outputs) {
         for field in &rule.remember {
             self.feed(&rule.name, key, field, event, now, out);
         }
