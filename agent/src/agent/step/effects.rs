@@ -65,7 +65,11 @@ impl Step {
         }
         if matches!(self.sink, super::Sink::Disk { .. }) {
             self.pending.touched.extend(outputs.touched.iter().cloned());
-            self.pending.batch.closed.extend(outputs.closed.iter().cloned());
+            if !outputs.closed.is_empty() {
+                // Closed by a tick as often as by a message: written with the batch now due.
+                self.pending.batch.closed.extend(outputs.closed.iter().cloned());
+                self.pending.nudge();
+            }
         } else if !outputs.closed.is_empty() {
             self.stats.detail.history.dropped.fetch_add(outputs.closed.len() as u64, Relaxed);
         }
