@@ -24,6 +24,8 @@
 //! - [`outbox`]: events waiting to go upstream: one bounded bookkeeping ([`outbox::Book`]),
 //!   the whole outbox in memory, or kept in sled by [`store`] when durability is on.
 //! - [`store`]: durable state in sled: engine state, the outbox's entries, snapshots.
+//! - [`history`]: closed roll-ups ([`edgewatch_engine::history::Closed`]) in append-only
+//!   segment files under `<state_dir>/history/`, bounded in bytes and age; read by any process.
 //! - [`telemetry`]: counters and the log lines that go with them; [`health`]: the
 //!   connection state `/healthz` and readiness waits read; [`metrics`]: `/metrics` and
 //!   `/healthz`.
@@ -42,6 +44,7 @@ pub mod decode;
 pub mod demo;
 pub mod emit;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;

@@ -93,6 +93,29 @@ enum Command {
         #[arg(long, short, env = "EDGEWATCH_CONFIG", global = true)]
         config: Option<PathBuf>,
     },
+    /// Print a series' history, a row per period: start, count, avg, min, max, stddev, first,
+    /// last. Reads the files only: works while the agent runs.
+    History {
+        /// The series' key (usually the device).
+        key: String,
+        /// The field.
+        field: String,
+        /// From: a duration before now (7d, 90m) or a UTC time (2026-12-04T10:00:00Z).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Until (excluded), like --since. Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// fine (1m) or coarse (1h).
+        #[arg(long, default_value = "fine", value_parser = edgewatch::history::parse_resolution)]
+        resolution: edgewatch::history::Resolution,
+        /// csv or json (a JSON object per line).
+        #[arg(long, default_value = "csv")]
+        format: edgewatch::history::Format,
+        /// The agent's configuration (for the state directory).
+        #[arg(long, short, env = "EDGEWATCH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Run recorded events through rules under virtual time; print composite events as JSON lines.
     Replay {
         /// A rules directory or one rule file.
@@ -187,18 +210,42 @@ fn main() -> ExitCode {
         }
         Command::State { action, config } => {
             init_logging(cli.log_format, quiet_default);
-            let Some(path) = config else {
-                eprintln!("edgewatch: `state` needs --config (or EDGEWATCH_CONFIG) to find the state directory");
-                return ExitCode::from(2);
-            };
-            let config = match Config::load(&path) {
+            let config = match state_config("state", config) {
                 Ok(c) => c,
-                Err(error) => {
-                    eprintln!("edgewatch: configuration rejected: {error}");
+                Err(code) => return code,
+            };
+            report(runtime().and_then(|rt| rt.block_on(state_command(action, config))))
+        }
+        Command::History { key, field, since, until, resolution, format, config } => {
+            init_logging(cli.log_format, quiet_default);
+            let config = match state_config("history", config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let now = edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
+            let (since, until) = match edgewatch::history::parse_range(&since, until.as_deref(), now) {
+                Ok(range) => range,
+                Err(e) => {
+                    eprintln!("edgewatch: {e}");
                     return ExitCode::from(2);
                 }
             };
-            report(runtime().and_then(|rt| rt.block_on(state_command(action, config))))
+            let dir = edgewatch::history::dir_in(&config.state_dir);
+            let series = (key.as_str(), field.as_str(), resolution);
+            let printed = edgewatch::history::show(&dir, series, (since, until), format, &mut std::io::stdout().lock());
+            match printed {
+                Ok(0) => {
+                    let (from, to) = (edgewatch_engine::Timestamp(since), edgewatch_engine::Timestamp(until));
+                    eprintln!(
+                        "edgewatch: no {} history of {key} {field} from {from} to {to} in {}",
+                        resolution.as_str(),
+                        dir.display()
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return report(Err(e.into())),
+            }
+            ExitCode::SUCCESS
         }
         Command::Replay { rules, events } => {
             init_logging(cli.log_format, quiet_default);
@@ -213,6 +260,18 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The configuration a command that reads the state directory names; exit 2 without one.
+fn state_config(command: &str, path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let Some(path) = path else {
+        eprintln!("edgewatch: `{command}` needs --config (or EDGEWATCH_CONFIG) to find the state directory");
+        return Err(ExitCode::from(2));
+    };
+    Config::load(&path).map_err(|error| {
+        eprintln!("edgewatch: configuration rejected: {error}");
+        ExitCode::from(2)
+    })
 }
 
 /// Where the key `key` (`rules.dir`) of the configuration came from, as configuration errors

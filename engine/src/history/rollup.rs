@@ -150,11 +150,13 @@ fn scaled(v: f64, s: u32) -> Option<i64> {
     (n.abs() < 9.0e15 && ((n as i64) as f64 / p).to_bits() == v.to_bits()).then_some(n as i64)
 }
 
-fn zigzag(n: i64) -> u64 {
+/// `n` as an unsigned number that is small when `n` is near 0 (either sign), for a varint.
+pub fn zigzag(n: i64) -> u64 {
     ((n << 1) ^ (n >> 63)) as u64
 }
 
-fn unzigzag(z: u64) -> i64 {
+/// The inverse of [`zigzag`].
+pub fn unzigzag(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
