@@ -1,6 +1,7 @@
 //! The `edgewatch` command.
 
 mod signals;
+mod state_cli;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -25,15 +26,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
-enum StateAction {
-    /// Keys tracked per rule, devices and their heartbeat status, outbox depth.
-    Inspect,
-    /// Write everything (state and outbox) to a JSON file.
-    Export { file: PathBuf },
-    /// Load a file written by `export` into the state (for a new gateway, or a restore).
-    Import { file: PathBuf },
-}
+use state_cli::StateAction;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -214,7 +207,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            report(runtime().and_then(|rt| rt.block_on(state_command(action, config))))
+            report(runtime().and_then(|rt| rt.block_on(state_cli::state_command(action, config))))
         }
         Command::History { key, field, since, until, resolution, format, config } => {
             init_logging(cli.log_format, quiet_default);
@@ -369,57 +362,6 @@ fn replay(rules: &std::path::Path, events: &std::path::Path) -> anyhow::Result<(
     let mut out = std::io::stdout().lock();
     for line in edgewatch::replay::run(&mut engine, &recording, true) {
         writeln!(out, "{line}")?;
-    }
-    Ok(())
-}
-
-/// `edgewatch state ...`.
-async fn state_command(action: StateAction, config: Config) -> anyhow::Result<()> {
-    use edgewatch::store::{self, Store, StoreError};
-    let dir = config.state_dir.display();
-    let snapshot = config.state_dir.join("snapshot.json");
-    let open = || match Store::open(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes) {
-        Ok(s) => Ok(s),
-        // Says itself that the agent may be running.
-        Err(e @ StoreError::Locked { .. }) => Err(anyhow::Error::new(e)),
-        Err(e @ StoreError::Damaged { .. }) => Err(anyhow::Error::new(e).context(format!(
-            "the state in {dir} is damaged; when the agent starts, it moves the database aside and restores {}",
-            snapshot.display()
-        ))),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot open the state in {dir}"))),
-    };
-    let now = || edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
-    match action {
-        StateAction::Inspect => {
-            let s = open()?;
-            let report = store::inspect(&s)?;
-            print!("{report}");
-        }
-        StateAction::Export { file } => {
-            let s = open()?;
-            let snap = s.snapshot(now())?;
-            store::write_snapshot(&file, &snap)?;
-            println!(
-                "exported {} state entries and {} outbox events to {}",
-                snap.state.len(),
-                snap.outbox.len(),
-                file.display()
-            );
-        }
-        StateAction::Import { file } => {
-            let snap = store::read_snapshot(&file)?;
-            let s = open()?;
-            s.restore(&snap).await?;
-            println!(
-                "imported {} state entries and {} outbox events from {}",
-                snap.state.len(),
-                snap.outbox.len(),
-                file.display()
-            );
-            // Protected from now on, not only from the agent's first snapshot.
-            let written = s.write_snapshot_file(&s.snapshot(now())?)?;
-            println!("snapshot written to {}", written.display());
-        }
     }
     Ok(())
 }

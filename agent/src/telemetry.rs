@@ -281,6 +281,36 @@ impl Stats {
         }
     }
 
+    /// Counts what the history log did with a batch's closed roll-ups; logs a failure and
+    /// the first eviction for room (the budget then keeps evicting, counted).
+    pub(crate) fn history_appended(
+        &self,
+        result: Result<crate::history::Appended, crate::history::HistoryError>,
+        bytes: Option<u64>,
+    ) {
+        let h = &self.detail.history;
+        match result {
+            Ok(a) => {
+                h.written.fetch_add(a.records, Relaxed);
+                h.dropped.fetch_add(a.too_old + a.out_of_range + a.dropped, Relaxed);
+                if a.evicted.bytes > 0 && h.evicted_bytes.fetch_add(a.evicted.bytes, Relaxed) == 0 {
+                    tracing::warn!(
+                        files = a.evicted.files,
+                        bytes = a.evicted.bytes,
+                        "History reached history.max_mb: the oldest roll-ups go first from now on (counted in edgewatch_history_evicted_bytes_total)."
+                    );
+                }
+            }
+            Err(error) => {
+                h.dropped.fetch_add(1, Relaxed);
+                tracing::error!(%error, "History not written; processing goes on without these roll-ups.");
+            }
+        }
+        if let Some(b) = bytes {
+            h.bytes.store(b, Relaxed);
+        }
+    }
+
     pub(crate) fn record_flush(&self, took: std::time::Duration) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.flushes.fetch_add(1, Relaxed);

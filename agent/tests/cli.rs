@@ -201,16 +201,76 @@ fn state_export_import_and_inspect_round_trip() {
     };
     assert!(
         run(&["state", "import", file.to_str().expect("utf-8")], &old)
-            .contains("imported 1 state entries and 1 outbox events")
+            .contains("imported 1 state entries, 1 outbox events and 0 history roll-ups")
     );
+    // The old gateway kept three hours of history of one device's temperature.
+    let now = edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
+    let hour = 3_600_000;
+    let first = now - now.rem_euclid(hour) - 3 * hour;
+    let closed = |res, start, values: &[f64]| {
+        let mut rollup = edgewatch::history::Rollup::of(values[0]);
+        values[1..].iter().for_each(|v| rollup.fold(*v));
+        edgewatch::history::Closed {
+            key: "t-007".into(),
+            field: "temperature".into(),
+            resolution: res,
+            start,
+            opened: start + 5,
+            rollup,
+        }
+    };
+    use edgewatch::history::Resolution::{Coarse, Fine};
+    let kept = [
+        closed(Fine, first, &[21.5, 22.5]),
+        closed(Fine, first + 60_000, &[23.0]),
+        closed(Coarse, first, &[21.5, 22.5, 23.0]),
+        closed(Coarse, first + hour, &[30.0, 31.0, 32.0, 33.0]),
+    ];
+    let (mut log, _) = edgewatch::history::HistoryLog::open(
+        &edgewatch::history::dir_in(&dir.path().join("old-state")),
+        edgewatch::history::HistoryLimits::default(),
+    )
+    .expect("history opens");
+    log.append(&kept, now).expect("history written");
+    drop(log);
     let report = run(&["state", "inspect"], &old);
     assert!(report.contains("offline") && report.contains("t-007") && report.contains("outbox: 1 events"), "{report}");
-    // Move the state to a new gateway.
+    assert!(report.contains("history: ") && report.contains("in 2 files"), "{report}");
+    let coarse =
+        |config: &Path| run(&["history", "t-007", "temperature", "--since", "6h", "--resolution", "coarse"], config);
+    let rows = coarse(&old);
+    assert_eq!(rows.lines().count(), 3, "a header and two hours:\n{rows}");
+    assert!(rows.contains(",3,22.3") && rows.contains(",4,31.5,30,33,"), "count, avg, min, max per hour:\n{rows}");
+    let fine = run(&["history", "t-007", "temperature", "--since", "6h", "--format", "json"], &old);
+    let fine: Vec<serde_json::Value> = fine.lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
+    assert_eq!(fine.iter().map(|r| r["count"].as_u64()).collect::<Vec<_>>(), [Some(2), Some(1)]);
+    // Move the state, history included, to a new gateway; or the state without history.
     let moved = dir.path().join("moved.json");
-    run(&["state", "export", moved.to_str().expect("utf-8")], &old);
+    assert!(run(&["state", "export", moved.to_str().expect("utf-8")], &old).contains("and 4 history roll-ups"));
     run(&["state", "import", moved.to_str().expect("utf-8")], &new);
     let report = run(&["state", "inspect"], &new);
     assert!(report.contains("t-007") && report.contains("outbox: 1 events"), "{report}");
+    assert_eq!(coarse(&new), rows, "history moved with the state");
+    let bare = write_config("bare.toml", &dir.path().join("bare-state"));
+    let said = run(&["state", "import", moved.to_str().expect("utf-8"), "--no-history"], &bare);
+    assert!(said.contains("its history left out"), "{said}");
+    assert_eq!(coarse(&bare).lines().count(), 1, "only the header: no history imported");
+}
+
+#[test]
+fn history_with_bad_arguments_exits_2_and_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("x.toml");
+    state_only_config(&dir.path().join("state")).write(&config);
+    let c = config.to_str().expect("utf-8");
+    for (args, says) in [
+        (vec!["history", "t-1", "temperature", "--resolution", "weekly", "--config", c], "weekly"),
+        (vec!["history", "t-1", "temperature", "--since", "yesterday-ish", "--config", c], "yesterday-ish"),
+    ] {
+        let out = edgewatch(&args, dir.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{args:?}: {}", text(&out.stderr));
+    }
 }
 
 /// An agent `x` with its state in `state` and every other key at its default (the rules

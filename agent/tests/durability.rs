@@ -123,12 +123,31 @@ fn record(seen: &mut Seen, ev: &serde_json::Value) {
     seen.entry((device, n)).or_default().insert((seq, ev["id"].as_str().unwrap_or("").to_owned()));
 }
 
+/// [`COUNT`], and each device's `seq` kept in history, in periods of a second and two.
+const COUNT_REMEMBERED: &str = r#"
+rule("count", #{
+    on: "sensors/{device}/reading",
+    state: #{ n: 0 },
+    on_event: |e| { this.n += 1; emit(#{ n: this.n, seq: e.payload.seq }); },
+});
+rule("alive", #{ on: "sensors/{device}/reading", heartbeat: #{ timeout: "1h" }, remember: "seq" });
+"#;
+
+/// The history of `field` of `device`, whole, at `res`: (periods, readings, sum).
+fn history_totals(state: &Path, device: &str, field: &str, res: edgewatch::history::Resolution) -> (usize, u64, f64) {
+    let dir = edgewatch::history::dir_in(state);
+    let periods = edgewatch::history::read(&dir, device, field, res, i64::MIN, i64::MAX).expect("history reads");
+    (periods.len(), periods.iter().map(|p| p.1.count).sum(), periods.iter().map(|p| p.1.sum).sum())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_ten_times_nothing_is_lost_and_nothing_counts_twice() {
     let broker = Broker::embedded();
     let addr = broker.addr();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config(dir.path(), addr, None, COUNT);
+    let (config, metrics) = write_config_edited(dir.path(), addr, None, COUNT_REMEMBERED, |c| {
+        c.set("state.snapshot_interval", "1s").set("history.fine", "1s").set("history.coarse", "2s")
+    });
     let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/events/#").await;
 
     // The first run creates the persistent session, so the broker queues for it from now on.
@@ -176,8 +195,31 @@ async fn killed_ten_times_nothing_is_lost_and_nothing_counts_twice() {
             record(&mut seen, &m.json());
         }
     }
+    // History too: every reading in exactly one closed period, once the last periods close
+    // (read from the files while the agent runs, as `edgewatch history` does).
+    use edgewatch::history::Resolution::{Coarse, Fine};
+    let state = dir.path().join("state");
+    let all_closed = || {
+        (0..DEVICES).all(|d| {
+            let device = format!("d{d}");
+            [Fine, Coarse].iter().all(|r| history_totals(&state, &device, "seq", *r).1 >= PER_DEVICE as u64)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !all_closed() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
+    for d in 0..DEVICES {
+        let device = format!("d{d}");
+        for res in [Fine, Coarse] {
+            let (periods, count, sum) = history_totals(&state, &device, "seq", res);
+            assert_eq!(count, PER_DEVICE as u64, "{device} {res:?}: every reading kept once in history");
+            assert_eq!(sum, (PER_DEVICE * (PER_DEVICE + 1) / 2) as f64, "{device} {res:?}: the readings themselves");
+            assert!(periods > 1, "{device} {res:?}: several periods closed");
+        }
+    }
 
     for d in 0..DEVICES {
         let device = format!("d{d}");

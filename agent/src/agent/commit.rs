@@ -151,6 +151,9 @@ async fn write(store: &Store, group: &mut [CommitJob], stats: &Stats) -> bool {
             Ok(applied) => {
                 wrote |= applied.wrote;
                 stats.outbox_written.fetch_add(applied.events, Relaxed);
+                if let Some(history) = applied.history {
+                    stats.history_appended(history, store.history_bytes());
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "State not written; messages stay unacknowledged.");

@@ -138,9 +138,10 @@ impl Agent {
         let mut after_crash = false;
         let initial_status = scan.status;
         let outbox = if config.state.durable {
-            let (store, opened) =
+            let (mut store, opened) =
                 store::open_or_recover(&config.state_dir, config.state.cache_bytes, config.state.max_outbox_bytes)
                     .await?;
+            startup_events.extend(reports::open_history(&mut store, &config, &stats));
             let saved = store.load_state()?;
             let mut refused = 0usize;
             for (what, bytes) in &saved {

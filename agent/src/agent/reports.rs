@@ -8,6 +8,7 @@ use crate::emit::CloudEvent;
 use crate::store::{Opened, OutboxEntry};
 use crate::telemetry::Stats;
 use edgewatch_engine::{Engine, Outputs, Timestamp};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
 /// The time now, as the engine counts it (time is an argument of the engine, never read by it).
@@ -30,6 +31,49 @@ pub(super) fn fault_entry(config: &Config, fault: &edgewatch_engine::RuleFault) 
         "time": wall_clock().to_rfc3339(),
     });
     OutboxEntry { topic: config.upstream.errors_topic(), payload: report.to_string().into(), qos: 1, retain: false }
+}
+
+/// Opens the history log and hands it to the store. What the opening repaired (a torn tail
+/// after a crash, a damaged file) is reported once, as the state's restore is; a log that
+/// cannot be opened leaves the agent running without history, said loudly.
+pub(super) fn open_history(
+    store: &mut crate::store::Store,
+    config: &Config,
+    stats: &Stats,
+) -> Option<(&'static str, serde_json::Value)> {
+    let dir = crate::history::dir_in(&config.state_dir);
+    match crate::history::HistoryLog::open(&dir, config.history) {
+        Ok((log, recovery)) => {
+            stats.detail.history.bytes.store(log.usage().bytes, Relaxed);
+            store.attach_history(log);
+            if recovery.is_clean() {
+                return None;
+            }
+            let damaged: Vec<_> = recovery
+                .damaged
+                .iter()
+                .map(|d| serde_json::json!({ "file": d.path.display().to_string(), "at": d.at, "why": d.why }))
+                .collect();
+            tracing::warn!(
+                truncated_files = recovery.truncated_files,
+                truncated_bytes = recovery.truncated_bytes,
+                damaged = damaged.len(),
+                "History repaired at start: torn tails cut off, damaged files read up to the damage."
+            );
+            Some((
+                "history_recovered",
+                serde_json::json!({
+                    "truncated_files": recovery.truncated_files,
+                    "truncated_bytes": recovery.truncated_bytes,
+                    "damaged": damaged,
+                }),
+            ))
+        }
+        Err(error) => {
+            tracing::error!(%error, "History cannot be opened: this run keeps none (roll-ups counted as dropped).");
+            Some(("history_unavailable", serde_json::json!({ "error": error.to_string() })))
+        }
+    }
 }
 
 /// After a restart, whether from the database or from the snapshot after a restore: gives

@@ -4,16 +4,17 @@
 //! [history]
 //! fine = "1m"              # the fine period
 //! coarse = "1h"            # the coarse period, a multiple of `fine`
-//! fine_retention = "48h"   # how long each is kept on disk
-//! coarse_retention = "90d"
+//! fine_retention = "36h"   # how long each is kept on disk
+//! coarse_retention = "60d"
 //! max_mb = 128             # all history files together; the oldest go first
 //! ```
 //! The engine gets the periods, the time bounds and what to remember
-//! ([`edgewatch_engine::history::HistoryConfig`]); the agent keeps the disk's limits
-//! ([`HistorySettings`]).
+//! ([`edgewatch_engine::history::HistoryConfig`]); the history log gets the disk's limits
+//! ([`HistoryLimits`], whose defaults are the ones here).
 
 use super::Subscription;
 use super::validate::Invalid;
+use crate::history::HistoryLimits;
 use edgewatch_engine::TopicPattern;
 use edgewatch_engine::history::{HistoryConfig, Remember};
 use serde::Deserialize;
@@ -68,17 +69,17 @@ fn default_fine() -> Duration {
 fn default_coarse() -> Duration {
     Duration::from_secs(3600)
 }
-/// Yesterday and today at the fine resolution.
+/// "The same time yesterday" at the fine resolution, and the log's own default.
 fn default_fine_retention() -> Duration {
-    Duration::from_secs(48 * 3600)
+    Duration::from_millis(HistoryLimits::default().fine_retention_ms.unsigned_abs())
 }
-/// A season of hourly roll-ups.
+/// Eight weeks of hour-of-day baselines.
 fn default_coarse_retention() -> Duration {
-    Duration::from_secs(90 * 24 * 3600)
+    Duration::from_millis(HistoryLimits::default().coarse_retention_ms.unsigned_abs())
 }
-/// Holds 1 000 series at the default retention (see docs/operations.md).
+/// Holds ~1 280 series at the default retention (measured: docs/operations.md, "History").
 fn default_max_mb() -> u64 {
-    128
+    HistoryLimits::default().max_bytes >> 20
 }
 fn default_max_future() -> Duration {
     Duration::from_secs(5 * 60)
@@ -91,21 +92,13 @@ fn default_max_series() -> usize {
     20_000
 }
 
-/// The disk's side of `[history]`, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistorySettings {
-    pub max_bytes: u64,
-    pub fine_retention: Duration,
-    pub coarse_retention: Duration,
-}
-
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl RawHistory {
     /// Checks the section; `remember` comes from the subscriptions (see [`remembered`]).
-    pub(super) fn validate(&self, remember: Vec<Remember>) -> Result<(HistoryConfig, HistorySettings), Invalid> {
+    pub(super) fn validate(&self, remember: Vec<Remember>) -> Result<(HistoryConfig, HistoryLimits), Invalid> {
         let bad = |key: &str, m: &str| Err((format!("history.{key}"), m.to_owned()));
         let (fine, coarse) = (ms(self.fine), ms(self.coarse));
         if fine < 1_000 {
@@ -137,10 +130,12 @@ impl RawHistory {
             max_series: self.max_series,
             remember,
         };
-        let disk = HistorySettings {
-            max_bytes: self.max_mb * 1024 * 1024,
-            fine_retention: self.fine_retention,
-            coarse_retention: self.coarse_retention,
+        let disk = HistoryLimits {
+            max_bytes: self.max_mb.saturating_mul(1024 * 1024),
+            fine_ms: fine,
+            coarse_ms: coarse,
+            fine_retention_ms: ms(self.fine_retention),
+            coarse_retention_ms: ms(self.coarse_retention),
         };
         Ok((engine, disk))
     }
@@ -191,7 +186,7 @@ mod tests {
     fn sub(filter: &str, strip: &str) -> Subscription {
         Subscription {
             filter: filter.into(),
-            pattern: TopicPattern::parse(filter).unwrap(),
+            pattern: TopicPattern::parse(filter).expect("valid filter"),
             qos: 1,
             format: Format::Auto,
             strip_prefix: strip.into(),
@@ -200,28 +195,30 @@ mod tests {
 
     #[test]
     fn the_first_open_level_is_the_device() {
-        let r = remembered("s", &sub("site/sensors/+/temperature", "site/"), &["temperature".into()]).unwrap().unwrap();
+        let r = remembered("s", &sub("site/sensors/+/temperature", "site/"), &["temperature".into()])
+            .expect("valid")
+            .expect("remembers");
         let mut device = None;
         assert!(r.pattern.matches_with("sensors/t-01/temperature", |n, v| if n == "device" {
             device = Some(v.to_owned())
         }));
         assert_eq!(device.as_deref(), Some("t-01"));
-        let r = remembered("s", &sub("sensors/#", ""), &["temperature".into()]).unwrap().unwrap();
+        let r = remembered("s", &sub("sensors/#", ""), &["temperature".into()]).expect("valid").expect("remembers");
         assert!(r.pattern.matches("sensors/t-01/temperature"));
         assert!(r.pattern.matches("sensors/t-01"));
         assert_eq!(&*r.source, "sensors/#");
-        assert!(remembered("s", &sub("sensors/#", ""), &[]).unwrap().is_none());
-        let e = remembered("subscriptions[0]", &sub("a/#", ""), &["x".into(), "x".into()]).unwrap_err();
+        assert!(remembered("s", &sub("sensors/#", ""), &[]).expect("valid").is_none());
+        let e = remembered("subscriptions[0]", &sub("a/#", ""), &["x".into(), "x".into()]).expect_err("invalid");
         assert_eq!(e.0, "subscriptions[0].remember");
     }
 
     #[test]
     fn bad_periods_name_their_key() {
         let h = RawHistory { coarse: Duration::from_secs(90), ..RawHistory::default() };
-        assert_eq!(h.validate(vec![]).unwrap_err().0, "history.coarse");
+        assert_eq!(h.validate(vec![]).expect_err("invalid").0, "history.coarse");
         let h = RawHistory { fine_retention: Duration::from_secs(1), ..RawHistory::default() };
-        assert_eq!(h.validate(vec![]).unwrap_err().0, "history.fine_retention");
-        let (engine, disk) = RawHistory::default().validate(vec![]).unwrap();
+        assert_eq!(h.validate(vec![]).expect_err("invalid").0, "history.fine_retention");
+        let (engine, disk) = RawHistory::default().validate(vec![]).expect("valid");
         assert_eq!((engine.fine_ms, engine.coarse_ms, disk.max_bytes), (60_000, 3_600_000, 128 << 20));
     }
 }

@@ -68,7 +68,7 @@ mod history;
 mod raw;
 mod validate;
 
-pub use history::{HistorySettings, RawHistory};
+pub use history::RawHistory;
 
 use raw::SECTIONS;
 pub use raw::{
@@ -116,7 +116,7 @@ pub struct Config {
     /// Durability settings.
     pub state: StateConfig,
     /// History on disk: its size and retention (what is remembered is in `engine.history`).
-    pub history: HistorySettings,
+    pub history: crate::history::HistoryLimits,
 }
 
 /// Durability settings, checked.

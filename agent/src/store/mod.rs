@@ -39,6 +39,7 @@ mod state;
 pub use crate::outbox::entry::OutboxEntry;
 pub use snapshot::{Snapshot, inspect, read_snapshot, write_snapshot};
 
+use crate::history::HistoryLog;
 use crate::outbox::book::Book;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -123,12 +124,14 @@ fn open_error(path: &Path, e: &sled::Error) -> StoreError {
 }
 
 /// What [`Store::apply`] wrote.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Applied {
     /// Anything at all (if not, there is nothing to flush).
     pub wrote: bool,
     /// Outbox entries written (the others were acknowledged upstream already).
     pub events: u64,
+    /// What the history log did with the batch's closed roll-ups, if it had any.
+    pub history: Option<Result<crate::history::Appended, crate::history::HistoryError>>,
 }
 
 /// The store.
@@ -140,6 +143,9 @@ pub struct Store {
     book: Arc<Mutex<Book>>,
     /// The state directory: the database is `db` in it, the snapshot `snapshot.json`.
     dir: PathBuf,
+    /// Where closed history roll-ups go, before the batch that closed them is applied (see
+    /// [`Batch::closed`]); none until [`Store::attach_history`].
+    history: Option<Arc<Mutex<HistoryLog>>>,
 }
 
 /// A two-byte prefix and a big-endian number: keys that scan in numeric order.
@@ -177,7 +183,7 @@ impl Store {
             return Err(StoreError::Schema { path: path.display().to_string(), found: schema });
         }
         let book = outbox::recover(&opened, &path, book)?;
-        Ok(Store { db: opened, book: Arc::new(Mutex::new(book)), dir: dir.to_owned() })
+        Ok(Store { db: opened, book: Arc::new(Mutex::new(book)), dir: dir.to_owned(), history: None })
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -201,6 +207,20 @@ impl Store {
     /// outbox entries not acknowledged upstream meanwhile, and the deletion of the written
     /// entries acknowledged since the last batch.
     pub fn apply(&self, mut batch: Batch) -> Result<Applied, StoreError> {
+        // First, and on disk (fsync'd) before the state that says they are closed: a crash in
+        // between repeats them after the restart, which readers recognise; the reverse
+        // order would lose them. A failure costs the roll-ups, never the batch.
+        let history = match (&self.history, batch.closed.is_empty()) {
+            (Some(log), false) => {
+                // The commit's time (set by the engine loop); else the latest period closed,
+                // which is no later than now: retention then errs on keeping.
+                let latest = || batch.closed.iter().map(|c| c.start).max().unwrap_or(0);
+                let now_ms = batch.alive_ms.unwrap_or_else(latest);
+                let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                Some(log.append(&batch.closed, now_ms))
+            }
+            _ => None,
+        };
         let mut book = self.book();
         let acked = book.take_acked();
         let mut writes = batch.changes - batch.outbox.len() + batch.deletes + acked.len();
@@ -233,12 +253,23 @@ impl Store {
                 return Err(self.db_err(e));
             }
         }
-        Ok(Applied { wrote: writes > 0, events: written.len() as u64 })
+        Ok(Applied { wrote: writes > 0, events: written.len() as u64, history })
     }
 
     /// Waits until everything applied so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await.map(|_| ()).map_err(|e| self.db_err(e))
+    }
+
+    /// Closed roll-ups go to `log` from now on, written with the batch that closed them.
+    pub fn attach_history(&mut self, log: HistoryLog) {
+        self.history = Some(Arc::new(Mutex::new(log)));
+    }
+
+    /// Bytes of history on disk, if a log is attached.
+    pub fn history_bytes(&self) -> Option<u64> {
+        let log = self.history.as_ref()?.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(log.usage().bytes)
     }
 
     /// Bytes on disk.

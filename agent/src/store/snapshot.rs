@@ -23,6 +23,9 @@ pub struct Snapshot {
     /// (key in the store, value as JSON text).
     pub state: Vec<(String, String)>,
     pub outbox: Vec<OutboxEntry>,
+    /// History roll-ups, as the history log exports them: only in `state export` files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<serde_json::Value>,
 }
 
 impl Store {

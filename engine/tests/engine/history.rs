@@ -16,7 +16,7 @@ fn config(max_series: usize) -> EngineConfig {
         history: HistoryConfig {
             remember: vec![Remember {
                 source: "sensors/#".into(),
-                pattern: TopicPattern::parse("sensors/{device}/temperature").unwrap(),
+                pattern: TopicPattern::parse("sensors/{device}/temperature").expect("a valid pattern"),
                 fields: vec!["temperature".into()],
             }],
             max_series,
