@@ -83,7 +83,9 @@ async fn rig(rules: &str, snapshot_interval: &str) -> Rig {
     let broker = Broker::embedded();
     let addr = broker.addr();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (config, metrics) = write_config_with(dir.path(), addr, None, rules, snapshot_interval);
+    let (config, metrics) = write_config_edited(dir.path(), addr, None, rules, |c| {
+        c.set("state.snapshot_interval", snapshot_interval).set("history.fine", "1s").set("history.coarse", "2s")
+    });
     let upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
     let agent = spawn_agent(&config);
     wait_healthy(metrics).await;
@@ -313,7 +315,7 @@ async fn a_database_wrecked_before_the_first_periodic_snapshot_is_restored() {
 /// database and checks that the restarted agent reports the restore and counts on.
 async fn wrecked_and_restored(snapshot_interval: &str) {
     let Rig { broker: _broker, addr: _addr, dir, config, metrics: _metrics, mut upstream, mut agent, mut sensor } =
-        rig(COUNT, snapshot_interval).await;
+        rig(COUNT_REMEMBERED, snapshot_interval).await;
     for seq in 1..=5 {
         sensor.publish("sensors/d0/reading", format!(r#"{{"device":"d0","seq":{seq},"value":1}}"#)).await;
     }
@@ -332,15 +334,46 @@ async fn wrecked_and_restored(snapshot_interval: &str) {
     tokio::time::timeout(Duration::from_secs(60), written)
         .await
         .unwrap_or_else(|_| panic!("no snapshot with n = 5 in {}", snapshot.display()));
+    // And for the five readings in closed history periods.
+    let state = dir.path().join("state");
+    let fine = || history_totals(&state, "d0", "seq", edgewatch::history::Resolution::Fine);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fine().1 < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fine().1, 5, "the five readings in history");
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
     wreck_database(dir.path());
+    // History's files are apart from the database; a write cut short tears one's tail.
+    let segment = std::fs::read_dir(edgewatch::history::dir_in(&state))
+        .expect("history dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("fine-")))
+        .expect("a fine segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&segment, bytes).expect("torn tail");
 
     let mut agent = spawn_agent(&config);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let restored = next_of_type(&mut upstream, "edgewatch.agent.restored", deadline).await;
+    let (mut restored, mut repaired) = (None, None);
+    while (restored.is_none() || repaired.is_none()) && Instant::now() < deadline {
+        if let Some(m) = upstream.next_within(Duration::from_millis(200)).await {
+            let ev = m.json();
+            match ev["type"].as_str() {
+                Some("edgewatch.agent.restored") => restored = Some(ev),
+                Some("edgewatch.agent.history_recovered") => repaired = Some(ev),
+                _ => {}
+            }
+        }
+    }
     let restored = restored.expect("the agent reports the restore");
     assert!(restored["data"]["snapshot_time"].is_string(), "{restored}");
+    let repaired = repaired.expect("the agent reports the history's repair, apart");
+    assert_eq!(repaired["data"]["truncated_bytes"], 7, "{repaired}");
+    assert_eq!(fine().1, 5, "history kept through both");
     // It keeps running, and counting from the snapshot's state.
     sensor.publish("sensors/d0/reading", r#"{"device":"d0","seq":6,"value":1}"#).await;
     let mut n = None;

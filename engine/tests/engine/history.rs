@@ -192,3 +192,27 @@ fn a_clock_that_jumps_back_reopens_the_period_without_mixing() {
     let fifth: Vec<i64> = fine.iter().filter(|c| c.start == T0 + 5 * MIN).map(|c| c.opened).collect();
     assert_ne!(fifth[0], fifth[1]);
 }
+
+#[test]
+fn open_periods_survive_a_reload_even_of_the_rule_that_remembered_them() {
+    let src = r#"rule("hot", #{ on: "s/{device}/t", when: |e| e.value > 90, remember: "t" });"#;
+    let mut h = H::new(src);
+    h.send(T0 + 1_000, "s/a/t", "20");
+    h.send(T0 + 2_000, "s/a/t", "22");
+    // The rule goes; what it remembered this minute is kept and closes on time.
+    let (other, errors) = edgewatch_engine::RuleSet::compile(
+        h.engine.sandbox(),
+        [("r.rhai", r#"rule("cold", #{ on: "s/{device}/t", when: |e| e.value < 0 });"#)],
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    h.engine.reload(other, Timestamp(T0 + 3_000));
+    h.send(T0 + 4_000, "s/a/t", "24");
+    h.tick(T0 + HOUR + MIN);
+    let fine: Vec<_> = h.closed.iter().filter(|c| c.resolution == Resolution::Fine).collect();
+    assert_eq!(fine.len(), 1, "{fine:?}");
+    assert_eq!(
+        (fine[0].rollup.count, fine[0].rollup.sum),
+        (2, 42.0),
+        "the two readings before the reload, not the one after"
+    );
+}
