@@ -109,6 +109,7 @@ impl Recorder {
 
     /// Folds reading `v` of `field` of `key`, timed `time` (event time), at processing time
     /// `now`. `Err` says why it was not folded (the caller counts it).
+    #[allow(clippy::too_many_arguments)]
     pub fn fold(
         &mut self,
         cfg: &HistoryConfig,

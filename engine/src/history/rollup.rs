@@ -247,7 +247,7 @@ mod tests {
             let r = of_all(&vs);
             let mut buf = vec![7u8];
             r.encode(&mut buf);
-            let (back, used) = Rollup::decode(&buf[1..]).unwrap();
+            let (back, used) = Rollup::decode(&buf[1..]).expect("decodes what it encoded");
             prop_assert_eq!(used, buf.len() - 1);
             // Bit-exact: -0.0 and 0.0 must not be confused either.
             prop_assert_eq!(back.min.to_bits(), r.min.to_bits());
