@@ -139,7 +139,7 @@ impl Rollup {
     }
 }
 
-const POW10: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
+pub(crate) const POW10: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
 
 /// `v` as an integer at decimal scale `s` (1..=5: 10^(s-1)), if that is exact.
 fn scaled(v: f64, s: u32) -> Option<i64> {
@@ -150,11 +150,11 @@ fn scaled(v: f64, s: u32) -> Option<i64> {
     (n.abs() < 9.0e15 && ((n as i64) as f64 / p).to_bits() == v.to_bits()).then_some(n as i64)
 }
 
-fn zigzag(n: i64) -> u64 {
+pub(crate) fn zigzag(n: i64) -> u64 {
     ((n << 1) ^ (n >> 63)) as u64
 }
 
-fn unzigzag(z: u64) -> i64 {
+pub(crate) fn unzigzag(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
