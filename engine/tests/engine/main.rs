@@ -8,6 +8,7 @@ mod handler;
 mod heartbeat;
 mod keys;
 mod misbehaving;
+mod past;
 mod persistence;
 mod properties;
 mod quality;

@@ -1,5 +1,6 @@
 //! A harness that drives an engine under virtual time.
 
+use edgewatch_engine::history::Skip;
 use edgewatch_engine::{
     Dynamic, Engine, EngineConfig, Event, KeyLimitReport, Outputs, RuleFault, RuleSet, Sandbox, Table, Tables,
     Timestamp, Touched,
@@ -25,6 +26,8 @@ pub struct H {
     pub record_touched: bool,
     /// Rules that read `e.value` of an event that has none, once per (rule, event).
     pub value_missing: Vec<String>,
+    /// Readings not folded into history or a rule's past: (who, why).
+    pub skipped: Vec<(String, Skip)>,
 }
 
 impl H {
@@ -51,6 +54,7 @@ impl H {
             touched: Vec::new(),
             record_touched: false,
             value_missing: Vec::new(),
+            skipped: Vec::new(),
         }
     }
 
@@ -66,6 +70,7 @@ impl H {
         self.evicted += self.out.keys_evicted;
         self.key_limits.append(&mut self.out.key_limits);
         self.value_missing.extend(self.out.value_missing.iter().map(|r| r.to_string()));
+        self.skipped.extend(self.out.history_skipped.iter().map(|(who, why)| (who.to_string(), *why)));
         if self.record_touched {
             self.touched.append(&mut self.out.touched);
         }
