@@ -4,6 +4,7 @@
 //! errors, so a misspelt or misplaced option never silently does nothing.
 
 use crate::func::Func;
+use crate::past::{MAX_BUCKETS, MAX_FIELDS, PastSpec};
 use crate::rule::{Extent, HeartbeatSpec, OnFull, RuleKind, Step, WindowSpec};
 use crate::topic::TopicPattern;
 use rhai::{Dynamic, FnPtr, Map, Position};
@@ -27,12 +28,14 @@ pub(crate) struct Declared {
     pub(crate) on_full: OnFull,
     /// Fields of its keys kept in history (`remember`).
     pub(crate) remember: Vec<std::sync::Arc<str>>,
+    /// Fields whose past it keeps per key (`past`).
+    pub(crate) past: Vec<PastSpec>,
     /// Every closure with the number of arguments it must take, checked once the AST is known.
     pub(crate) arities: Vec<(String, Func, usize)>,
 }
 
 /// Keys every rule may have.
-const COMMON: &[&str] = &["on", "key", "emit", "description", "max_keys", "on_full", "remember"];
+const COMMON: &[&str] = &["on", "key", "emit", "description", "max_keys", "on_full", "remember", "past"];
 
 /// Kind-deciding keys, and the extra keys each kind accepts.
 const KINDS: &[(&str, &[&str])] = &[
@@ -93,6 +96,10 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
     let remember = match def.get("remember") {
         None => Vec::new(),
         Some(v) => parse_fields(v).map_err(|m| err(format!("`remember` {m}")))?,
+    };
+    let past = match def.get("past") {
+        None => Vec::new(),
+        Some(v) => parse_past(v).map_err(&err)?,
     };
     let on_full = match def.get("on_full").map(|v| (v, v.to_string())) {
         None => None,
@@ -166,6 +173,7 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         max_keys,
         on_full,
         remember,
+        past,
         arities: d.arities,
     })
 }
@@ -351,6 +359,51 @@ fn parse_fields(v: &Dynamic) -> Result<Vec<std::sync::Arc<str>>, String> {
         }
     }
     Ok(fields)
+}
+
+/// `past: #{ temperature: "7d by 1h", ... }`: per field, a span and a bucket width.
+fn parse_past(v: &Dynamic) -> Result<Vec<PastSpec>, String> {
+    let Some(map) = v.read_lock::<Map>().map(|m| m.clone()) else {
+        return Err(format!(
+            "`past` must be an object map of fields to \"<span> by <every>\" (#{{ temperature: \"7d by 1h\" }}), not {}",
+            v.type_name()
+        ));
+    };
+    if map.is_empty() {
+        return Err("`past` names no field".into());
+    }
+    if map.len() > MAX_FIELDS {
+        return Err(format!("`past` names {} fields; at most {MAX_FIELDS}", map.len()));
+    }
+    let mut specs = Vec::with_capacity(map.len());
+    for (field, spec) in &map {
+        if field.is_empty() {
+            return Err("`past` names an empty field".into());
+        }
+        let what = format!("`past.{field}`");
+        if !spec.is_string() {
+            return Err(format!("{what} must be text such as \"7d by 1h\", not {}", spec.type_name()));
+        }
+        let text = spec.to_string();
+        let Some((span, every)) = text.split_once(" by ") else {
+            return Err(format!("{what}: `{text}` is not \"<span> by <every>\", such as \"7d by 1h\""));
+        };
+        let ms = |t: &str, which: &str| {
+            duration_ms(&Dynamic::from(t.trim().to_owned())).map_err(|m| format!("{what}: the {which} {m}"))
+        };
+        let (span_ms, every_ms) = (ms(span, "span")?, ms(every, "bucket width")?);
+        if span_ms % every_ms != 0 {
+            return Err(format!("{what}: the span {} is not a whole number of {} buckets", span.trim(), every.trim()));
+        }
+        let buckets = span_ms / every_ms;
+        if buckets > MAX_BUCKETS {
+            return Err(format!(
+                "{what}: `{text}` is {buckets} buckets, more than {MAX_BUCKETS}; shorten the span or widen the buckets"
+            ));
+        }
+        specs.push(PastSpec { field: field.as_str().into(), span_ms, every_ms });
+    }
+    Ok(specs)
 }
 
 fn parse_patterns(on: &Dynamic) -> Result<Vec<TopicPattern>, String> {

@@ -4,7 +4,9 @@
 //! process(event, now):  prepare (kind set-up from tables) ─▶ fire due processing-time timers
 //!                       ─▶ dedup ─▶ event time / reorder (watermark) ─▶ for each rule whose
 //!                       pattern matches: key ─▶ KindState::on_event ─▶ composites ─▶ fed back
-//!                       as events on `<chain_prefix>/<rule>` (chaining)
+//!                       as events on `<chain_prefix>/<rule>` (chaining); the rule's past
+//!                       is lent to its calls for the key, and the event's readings are
+//!                       folded into it after (`recall.rs`)
 //! tick(now):            fire due timers (KindState::on_timer), release held events
 //! after each step:      key-limit reports that are due; purge of timers of forgotten keys
 //! ```
@@ -343,7 +345,10 @@ impl Engine {
                     if clock == Clock::Processing { upto } else { self.watermark.max(t.deadline) },
                 );
                 cx.absence_paused = self.absence_paused_since.is_some();
-                self.runtime[idx].state.on_timer(&mut cx, &t.key, t.deadline, t.tag());
+                let rt = &mut self.runtime[idx];
+                context::enter_past(rt.past.as_deref_mut(), &t.key, t.deadline);
+                rt.state.on_timer(&mut cx, &t.key, t.deadline, t.tag());
+                context::leave_past(rt.past.as_deref_mut(), &t.key);
                 cx.faulted
             };
             self.account(idx, &rule, faulted, Some(&t.key), out);
@@ -392,7 +397,10 @@ impl Engine {
             let mut cx = Cx::new(self.sandbox.engine(), &rule, idx as u32, timers, out, now);
             let key = kinds::key_of(&mut cx, &x, device);
             if let Some(key) = &key {
-                self.runtime[idx].state.on_event(&mut cx, &self.tables, key, &x);
+                let rt = &mut self.runtime[idx];
+                context::enter_past(rt.past.as_deref_mut(), key, event.time.millis());
+                rt.state.on_event(&mut cx, &self.tables, key, &x);
+                context::leave_past(rt.past.as_deref_mut(), key);
             }
             if cx.value_missing {
                 cx.out.value_missing.push(rule.name.clone());
@@ -402,8 +410,13 @@ impl Engine {
             // or the topic.
             let who = key.as_deref().or(device).unwrap_or(&event.topic);
             self.account(idx, &rule, faulted, Some(who), out);
-            if let Some(key) = key.as_deref().filter(|_| !rule.remember.is_empty()) {
-                self.remember_for_rule(&rule, key, event, now, out);
+            if let Some(key) = key.as_deref() {
+                if !rule.remember.is_empty() {
+                    self.remember_for_rule(&rule, key, event, now, out);
+                }
+                if self.runtime[idx].past.is_some() {
+                    self.fold_past(idx, key, event, now, out);
+                }
             }
         }
     }

@@ -11,8 +11,10 @@
 //!   │           allowed lateness (watermark), or return the event as late
 //!   ├─ fire event-time timers the watermark passed (windows closing, sequences timing out)
 //!   └─ for each rule whose TopicPattern matches: key ─▶ KindState::on_event ─▶ Outputs
-//!          (a kind is Rust; a rule's closures run in Rhai, or natively when simple);
-//!          composites re-enter as events on `<chain_prefix>/<rule>` (chaining)
+//!          (a kind is Rust; a rule's closures run in Rhai, or natively when simple, and
+//!          read the key's past with `history(...)`); then the event's readings are folded
+//!          into the rule's past and remembered series; composites re-enter as events on
+//!          `<chain_prefix>/<rule>` (chaining)
 //! Engine::tick(now)                    fire due timers: KindState::on_timer ─▶ Outputs
 //!
 //! Outputs = composites (deterministic ids) + rule faults + late events + key-limit reports
@@ -34,7 +36,7 @@
 //! - [`rule`]: compiled [`Rule`]s and the [`RuleSet`]: plain data, no loading.
 //! - `func`: a rule's Rhai closures and how they are called; `native`: simple predicates
 //!   evaluated in Rust, always agreeing with Rhai; `context`: what native functions see
-//!   during a call (tables, time, a handler's `emit`/`after` buffers).
+//!   during a call (tables, time, a handler's `emit`/`after` buffers, the key's past).
 //!
 //! The step:
 //! - [`engine`]: [`Engine`]: `process`, `tick`, routing, timers, chaining. It matches on no
@@ -45,7 +47,15 @@
 //!   `heartbeat`, `handler`), each in its own file with its per-key state, timers, and
 //!   saved form; `kinds/mod.rs` is the one place that lists them (`KindState`), and holds
 //!   the step context (`Cx`, `Ev`); `kinds/keys.rs` bounds each rule's keys.
-//! - `runtime`: a rule's failures (disabling) and key-limit reports, beside its kind state.
+//! - `runtime`: a rule's failures (disabling) and key-limit reports, beside its kind state
+//!   and its past.
+//! - [`past`]: a rule's past (`past: #{ temperature: "7d by 1h" }`): per key, a ring of
+//!   buckets per field, what `history(field, span[, offset[, times]])` answers, its saved
+//!   form; `recall`: the engine's side of it (folding readings in after the rule ran,
+//!   export and import, seeding from the agent's roll-ups: [`Engine::past_wanted`],
+//!   [`Engine::seed_past`]).
+//! - [`history`]: roll-ups of remembered fields (`remember`) on their way to the agent's
+//!   history log; `remember`: which series an event feeds.
 //! - `timers`: the timer queues (one on processing time, one on event time).
 //! - [`output`]: what a step produces: [`Composite`] events with deterministic ids,
 //!   [`RuleFault`]s, [`KeyLimitReport`]s, and the [`Touched`] names of changed state.
@@ -70,8 +80,10 @@ mod kinds;
 mod lifecycle;
 mod native;
 pub mod output;
+pub mod past;
 mod persist;
 mod quality;
+mod recall;
 mod remember;
 pub mod rule;
 mod runtime;
@@ -85,6 +97,7 @@ pub use config::EngineConfig;
 pub use engine::{Engine, EngineStats};
 pub use event::{Event, EventId};
 pub use output::{Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
+pub use past::{PastError, PastSpec, PastWant, SeedError, Seeded};
 pub use persist::StateError;
 pub use rule::{OnFull, Origin, Rule, RuleSet};
 pub use sandbox::{CompileError, Limits, Sandbox};

@@ -36,6 +36,9 @@ impl Engine {
     /// - A rule that goes away keeps its state for [`RETIRED_GRACE_MS`]: if a rule of that
     ///   name and kind comes back meanwhile (an accidental delete, a rename undone), its
     ///   state comes back with it.
+    /// - A rule's past (`past`) is kept, field by field, where the field keeps its span and
+    ///   resolution; other fields start empty (and are wanted for seeding, see
+    ///   [`Engine::past_wanted`]). It is kept even when the rule changes kind.
     /// - Disabled rules are enabled again.
     pub fn reload(&mut self, rules: RuleSet, now: Timestamp) {
         let now = now.millis();
@@ -56,9 +59,25 @@ impl Engine {
                     runtime.push(rt);
                 }
                 None => {
-                    runtime.push(Runtime::new(rule, &self.config));
+                    let mut rt = Runtime::new(rule, &self.config);
+                    // A rule that changed kind starts afresh, but keeps its past: it is not
+                    // the kind's, and days of it are not lost to an unrelated edit.
+                    let same_name = old.iter_mut().flatten().find(|(r, _)| r.name == rule.name);
+                    let carried = match same_name {
+                        Some((_, old_rt)) if old_rt.past.is_some() => {
+                            rt.keep_past(old_rt.past.take(), rule, &self.config);
+                            true
+                        }
+                        _ => false,
+                    };
+                    runtime.push(rt);
                     if let Some(pos) = self.retired.iter().position(|r| r.name == rule.name && r.kind == rule.kind()) {
-                        revive.push(self.retired.remove(pos).saved);
+                        let mut saved = self.retired.remove(pos).saved;
+                        // The past carried over is newer than the retired one.
+                        if carried {
+                            saved.retain(|(t, _)| matches!(t, Touched::Rule { .. }));
+                        }
+                        revive.push(saved);
                     }
                 }
             }
@@ -69,8 +88,11 @@ impl Engine {
             // Export through a one-rule engine view: same code as persistence.
             self.rules = RuleSet::from_rules([rule.clone()]).0;
             self.runtime = vec![rt];
-            let saved: Vec<Exported> =
-                self.export_all().into_iter().filter(|(t, _)| matches!(t, Touched::Rule { .. })).collect();
+            let saved: Vec<Exported> = self
+                .export_all()
+                .into_iter()
+                .filter(|(t, _)| matches!(t, Touched::Rule { .. } | Touched::Past { .. } | Touched::PastOpen { .. }))
+                .collect();
             self.retired.push(Retired { name: rule.name.clone(), kind: rule.kind(), saved, at: now });
         }
         self.clock.remap(|idx| mapping.get(idx as usize).copied().flatten());

@@ -197,6 +197,12 @@ pub enum Touched {
     Watermark,
     /// The open roll-ups of one history series.
     Series { key: Arc<str>, field: Arc<str> },
+    /// The closed buckets of a rule's past (`past`) for one key: changes when a bucket
+    /// closes (once per bucket width), or a late reading lands in a closed one.
+    Past { rule: Arc<str>, key: Arc<str> },
+    /// The open buckets (one per field) of a rule's past for one key: changes with every
+    /// reading, and stays small.
+    PastOpen { rule: Arc<str>, key: Arc<str> },
 }
 
 impl Outputs {

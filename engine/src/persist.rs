@@ -7,8 +7,9 @@
 //!
 //! A piece is one of: a rule's state for one key (its bytes come from the kind's own
 //! module, through [`KindState::export`](crate::kinds::KindState::export) and tagged
-//! with the kind), the watermark, the events held for reordering, the deduplication
-//! window. The engine never writes anything itself: it names what changed, the caller
+//! with the kind), a rule's past for one key (closed buckets, open buckets: see
+//! `recall`), the watermark, the events held for reordering, the deduplication window,
+//! history series. The engine never writes anything itself: it names what changed, the caller
 //! decides when to store it. The same export and import carry a removed rule's state
 //! over a reload (see [`Engine::reload`]).
 
@@ -39,6 +40,8 @@ impl Engine {
                 self.runtime[idx].state.export(key)
             }
             Touched::Series { key, field } => self.recorder.export(key, field),
+            Touched::Past { rule, key } => self.export_past(rule, key, true),
+            Touched::PastOpen { rule, key } => self.export_past(rule, key, false),
         }
     }
 
@@ -51,6 +54,11 @@ impl Engine {
                 if let Some(bytes) = self.export(&t) {
                     all.push((t, bytes));
                 }
+            }
+        }
+        for t in self.past_pieces() {
+            if let Some(bytes) = self.export(&t) {
+                all.push((t, bytes));
             }
         }
         if let Some(bytes) = self.export(&Touched::Watermark) {
@@ -97,6 +105,8 @@ impl Engine {
                     .import(cfg, lateness, Arc::clone(key), Arc::clone(field), bytes)
                     .map_err(|e| err(e.to_string()))
             }
+            Touched::Past { rule, key } => self.import_past(rule, key, true, bytes).map_err(err),
+            Touched::PastOpen { rule, key } => self.import_past(rule, key, false, bytes).map_err(err),
             Touched::Rule { rule, key } => {
                 let idx = self.rules.iter().position(|r| r.name == *rule).ok_or_else(|| err("no such rule".into()))?;
                 // Restoring emits nothing; what it would touch is what is being restored.

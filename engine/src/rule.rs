@@ -1,6 +1,7 @@
 //! Compiled rules and the rule set the engine runs.
 
 use crate::func::Func;
+use crate::past::PastSpec;
 use crate::topic::TopicPattern;
 use rhai::{AST, Dynamic};
 use std::fmt;
@@ -157,6 +158,9 @@ pub struct Rule {
     pub(crate) on_full: OnFull,
     /// Fields of each key this rule tracks that are kept in history (`remember`).
     pub remember: Vec<Arc<str>>,
+    /// Fields whose past this rule keeps per key, for `history(...)` (`past`): shared with
+    /// the call context for the length of each call, hence an `Arc`.
+    pub past: Arc<[PastSpec]>,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
 }

@@ -2,10 +2,12 @@
 //! that keeps failing across keys is disabled until reloaded), and when it last reported
 //! refused or evicted keys. Plain state: the engine calls it and pushes what it returns to
 //! the outputs. A rule removed by a reload leaves its state here, exported, as [`Retired`].
+//! Beside the kind's state, whatever the kind: the rule's past (`past`), per key.
 
 use crate::config::EngineConfig;
-use crate::kinds::{KeyLimit, KindState};
+use crate::kinds::{KeyLimit, KeySet, KindState};
 use crate::output::{KeyLimitReport, RuleFault, Touched};
+use crate::past::RulePast;
 use crate::rule::Rule;
 use crate::time::Timestamp;
 use std::sync::Arc;
@@ -15,6 +17,9 @@ use std::sync::Arc;
 pub(crate) struct Runtime {
     /// What the rule's kind remembers per key; the kind's module handles it.
     pub(crate) state: KindState,
+    /// The past the rule declared (`past`), per key; `None` without `past`. Beside the
+    /// kind's state, not in it: any kind may keep a past, and it outlives kind changes.
+    pub(crate) past: Option<Box<RulePast>>,
     /// Consecutive failed evaluations.
     failures: u32,
     /// The key of the first failure of the current run, and whether another key has failed
@@ -42,6 +47,7 @@ impl Runtime {
     pub(crate) fn new(rule: &Rule, config: &EngineConfig) -> Runtime {
         Runtime {
             state: KindState::for_rule(rule, key_limit(rule, config)),
+            past: past_for(rule, config),
             failures: 0,
             failing_key: None,
             failures_spread: false,
@@ -59,6 +65,20 @@ impl Runtime {
             keys.set_limit(key_limit(rule, config));
         }
         self.state.redo_setup();
+        let past = self.past.take();
+        self.keep_past(past, rule, config);
+    }
+
+    /// Takes over `past` (the rule's past before a reload) as far as the new declaration
+    /// keeps the same fields with the same span and resolution (see [`RulePast::reconcile`]).
+    pub(crate) fn keep_past(&mut self, past: Option<Box<RulePast>>, rule: &Rule, config: &EngineConfig) {
+        self.past = match past {
+            Some(mut p) if !rule.past.is_empty() => {
+                p.reconcile(Arc::clone(&rule.past), key_limit(rule, config));
+                Some(p)
+            }
+            _ => past_for(rule, config),
+        };
     }
 
     fn reset_failures(&mut self) {
@@ -95,7 +115,7 @@ impl Runtime {
     /// A report of keys refused or evicted, unless the last one went less than `interval`
     /// ms before `now` (then the counts add up until it may go).
     pub(crate) fn key_report(&mut self, rule: &Rule, now: i64, interval: i64) -> KeyReport {
-        let Some(keys) = self.state.key_set_mut() else { return KeyReport::Nothing };
+        let Some(keys) = reported_keys(&mut self.state, &mut self.past) else { return KeyReport::Nothing };
         if keys.pending().is_none() {
             return KeyReport::Nothing;
         }
@@ -120,6 +140,19 @@ impl Runtime {
 /// How many keys `rule` may track, and what a new key meets at the limit.
 fn key_limit(rule: &Rule, config: &EngineConfig) -> KeyLimit {
     KeyLimit { max: rule.max_keys(config.max_keys_per_rule).max(1), on_full: rule.on_full() }
+}
+
+/// The keys whose limit is reported: the kind's, else (a filter's) its past's.
+fn reported_keys<'a>(state: &'a mut KindState, past: &'a mut Option<Box<RulePast>>) -> Option<&'a mut dyn KeySet> {
+    match state.key_set_mut() {
+        Some(keys) => Some(keys),
+        None => past.as_deref_mut().map(|p| &mut p.keys as &mut dyn KeySet),
+    }
+}
+
+/// A fresh past for `rule`, if it declares one.
+fn past_for(rule: &Rule, config: &EngineConfig) -> Option<Box<RulePast>> {
+    (!rule.past.is_empty()).then(|| Box::new(RulePast::new(Arc::clone(&rule.past), key_limit(rule, config))))
 }
 
 /// How long the state of a removed rule is kept (10 minutes).

@@ -6,11 +6,13 @@
 //!
 //! Functions rules can call besides Rhai's standard library:
 //! `lookup(table, key)`, `lookup(table, key, column)`, `lookup(table, key, column, default)`,
-//! `table_keys(table)`, `now()`, `duration(text)`; in handlers also `emit(data)`,
+//! `table_keys(table)`, `now()`, `duration(text)`, `history(field, span)`,
+//! `history(field, span, offset)`, `history(field, span, offset, times)`; in handlers also `emit(data)`,
 //! `after(delay, name)`, `after(delay, name, data)` and `cancel(name)`.
 
 use crate::context::{self, TimerRequest};
 use crate::declare::{self, Declared};
+use crate::past::Ask;
 use crate::rule::{Origin, Rule, RuleSet};
 use rhai::{Dynamic, EvalAltResult, ImmutableString, Map, NativeCallContext, Position};
 use std::cell::{Cell, RefCell};
@@ -224,6 +226,7 @@ impl Sandbox {
                 max_keys: d.max_keys,
                 on_full: d.on_full,
                 remember: d.remember,
+                past: d.past.into(),
                 ast: ast.clone(),
             });
         }
@@ -356,6 +359,46 @@ fn register_functions(engine: &mut rhai::Engine) {
     engine.register_fn("duration", |ctx: NativeCallContext<'_>, text: &str| {
         declare::duration_ms(&Dynamic::from(text.to_owned())).map_err(|m| runtime_error(&ctx, format!("duration: {m}")))
     });
+
+    // The rule's past (`past`), for the key being evaluated.
+    fn history(
+        ctx: &NativeCallContext<'_>,
+        field: &str,
+        span: &Dynamic,
+        offset: Option<&Dynamic>,
+        times: i64,
+    ) -> NativeResult<Dynamic> {
+        let ms = |v: &Dynamic, what: &str| {
+            declare::duration_ms(v).map_err(|m| runtime_error(ctx, format!("history: the {what} {m}")))
+        };
+        let ask = Ask {
+            span_ms: ms(span, "span")?,
+            offset_ms: offset.map(|o| ms(o, "offset")).transpose()?.unwrap_or(0),
+            times,
+        };
+        context::with(|c| {
+            let Some(call) = &c.past else {
+                return Err(runtime_error(
+                    ctx,
+                    "history: no past here: the rule declares no `past`, or this is its `key` (which runs before the key's past is known)".into(),
+                ));
+            };
+            let summary = call.state.history(&call.specs, field, ask, call.at).map_err(|m| runtime_error(ctx, m))?;
+            Ok(summary.to_dynamic())
+        })
+    }
+    engine.register_fn("history", |ctx: NativeCallContext<'_>, field: &str, span: Dynamic| {
+        history(&ctx, field, &span, None, 1)
+    });
+    engine.register_fn("history", |ctx: NativeCallContext<'_>, field: &str, span: Dynamic, offset: Dynamic| {
+        history(&ctx, field, &span, Some(&offset), 1)
+    });
+    engine.register_fn(
+        "history",
+        |ctx: NativeCallContext<'_>, field: &str, span: Dynamic, offset: Dynamic, times: i64| {
+            history(&ctx, field, &span, Some(&offset), times)
+        },
+    );
 
     // Handlers.
     fn in_handler(ctx: &NativeCallContext<'_>, what: &str) -> NativeResult<()> {

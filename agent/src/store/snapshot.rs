@@ -79,10 +79,13 @@ pub fn inspect(store: &Store) -> Result<String, StoreError> {
     let mut devices: Vec<String> = Vec::new();
     let mut dedup = 0usize;
     let mut series = 0usize;
+    let mut past: BTreeMap<String, usize> = BTreeMap::new();
     for (what, bytes) in store.load_state()? {
         match what {
             Touched::Dedup(_) | Touched::Held(_) | Touched::Watermark => dedup += 1,
             Touched::Series { .. } => series += 1,
+            Touched::PastOpen { .. } => {}
+            Touched::Past { rule, .. } => *past.entry(rule.to_string()).or_default() += 1,
             Touched::Rule { rule, key } => {
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 let kind = v["kind"].as_str().unwrap_or("?").to_owned();
@@ -108,6 +111,9 @@ pub fn inspect(store: &Store) -> Result<String, StoreError> {
     }
     let _ = writeln!(out, "duplicate-detection entries: {dedup}");
     let _ = writeln!(out, "history series with an open roll-up: {series}");
+    for (rule, keys) in &past {
+        let _ = writeln!(out, "  rule {rule}: past kept for {keys} keys");
+    }
     if !devices.is_empty() {
         let _ = writeln!(out, "heartbeats:");
         for d in &devices {

@@ -1,7 +1,8 @@
 //! The engine's state and the agent's marks in the store: per-key rule state, duplicate
-//! windows, held events, the watermark and open history roll-ups (`s/`, `d/`, `h/`, `w/`,
-//! `r/`), the "alive" and "clean
-//! stop" marks (`m/`), and delivery counts of possibly poisonous messages (`p/`).
+//! windows, held events, the watermark, open history roll-ups and rules' past per key
+//! (`s/`, `d/`, `h/`, `w/`, `r/`, `q/`: `q/c/` closed buckets, `q/o/` open ones), the
+//! "alive" and "clean stop" marks (`m/`), and delivery counts of possibly poisonous
+//! messages (`p/`).
 
 use super::{Batch, Store, StoreError, u64_key};
 use edgewatch_engine::Touched;
@@ -27,7 +28,19 @@ fn state_key(t: &Touched) -> Vec<u8> {
             k.extend_from_slice(field.as_bytes());
             k
         }
+        Touched::Past { rule, key } => past_key(b"q/c/", rule, key),
+        Touched::PastOpen { rule, key } => past_key(b"q/o/", rule, key),
     }
+}
+
+/// `q/c/<rule>\0<key>` (closed buckets) or `q/o/<rule>\0<key>` (open ones).
+fn past_key(prefix: &[u8], rule: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 1 + rule.len() + key.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(rule.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 /// The engine's name of a stored state key.
@@ -44,6 +57,14 @@ fn touched_of(k: &[u8]) -> Option<Touched> {
         let field = std::str::from_utf8(&rest[split + 1..]).ok()?;
         return Some(Touched::Series { key: key.into(), field: field.into() });
     }
+    for (prefix, closed) in [(b"q/c/", true), (b"q/o/", false)] {
+        if let Some(rest) = k.strip_prefix(prefix) {
+            let split = rest.iter().position(|b| *b == 0)?;
+            let rule: std::sync::Arc<str> = std::str::from_utf8(&rest[..split]).ok()?.into();
+            let key: std::sync::Arc<str> = std::str::from_utf8(&rest[split + 1..]).ok()?.into();
+            return Some(if closed { Touched::Past { rule, key } } else { Touched::PastOpen { rule, key } });
+        }
+    }
     if k == b"w/watermark" {
         return Some(Touched::Watermark);
     }
@@ -55,8 +76,8 @@ fn touched_of(k: &[u8]) -> Option<Touched> {
 }
 
 /// Where engine state lives: rule state, duplicate windows, held events, the watermark,
-/// open history roll-ups.
-pub(super) const STATE_PREFIXES: [&[u8]; 5] = [b"s/", b"d/", b"h/", b"w/", b"r/"];
+/// open history roll-ups, rules' past.
+pub(super) const STATE_PREFIXES: [&[u8]; 6] = [b"s/", b"d/", b"h/", b"w/", b"r/", b"q/"];
 
 /// The key of a message's delivery count.
 fn delivery_key(hash: u64) -> [u8; 10] {

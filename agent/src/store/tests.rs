@@ -35,6 +35,25 @@ async fn a_clean_stop_is_told_apart_from_a_crash_and_delivery_counts_come_and_go
 }
 
 #[tokio::test]
+async fn a_rules_past_is_stored_under_names_that_come_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+    let names = [
+        Touched::Past { rule: "r".into(), key: "k\u{0}x".into() },
+        Touched::PastOpen { rule: "r".into(), key: "c/x".into() },
+        Touched::Rule { rule: "r".into(), key: "c/x".into() },
+    ];
+    let mut b = Batch::default();
+    for (i, t) in names.iter().enumerate() {
+        s.put_state(&mut b, t, Some(i.to_string().as_bytes()));
+    }
+    s.commit(b).await.expect("commits");
+    let mut state = s.load_state().expect("loads");
+    state.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(state.into_iter().map(|(t, _)| t).collect::<Vec<_>>(), names);
+}
+
+#[tokio::test]
 async fn state_and_outbox_survive_a_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     {

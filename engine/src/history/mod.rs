@@ -108,9 +108,10 @@ pub enum Skip {
     Missing,
     /// The field is there but not a number.
     NotNumeric,
-    /// NaN or an infinity.
+    /// NaN or an infinity (for a rule's `past`, also beyond ±10^15: see `past::MAX_READING`).
     NonFinite,
-    /// Timed too far ahead of, or behind, processing time.
+    /// Timed too far ahead of, or behind, processing time (for a rule's `past`: older than
+    /// the span it keeps).
     OutOfRange,
     /// `max_series` series are open already.
     Full,

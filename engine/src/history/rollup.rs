@@ -139,7 +139,7 @@ impl Rollup {
     }
 }
 
-const POW10: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
+pub(crate) const POW10: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
 
 /// `v` as an integer at decimal scale `s` (1..=5: 10^(s-1)), if that is exact.
 fn scaled(v: f64, s: u32) -> Option<i64> {
