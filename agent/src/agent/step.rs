@@ -39,10 +39,11 @@ const FIRST_SNAPSHOT_AFTER: Duration = Duration::from_secs(10);
 /// How often gauges that need the engine (keys per rule) are refreshed for `/metrics`.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
-// More of `Step`'s methods: what the engine produced, as outbox entries (effects), and the
-// periodic work and the stop (chores).
+// More of `Step`'s methods: what the engine produced, as outbox entries (effects), the
+// periodic work and the stop (chores), reloads and seeding rules' pasts (rules).
 mod chores;
 mod effects;
+mod rules;
 
 /// What the engine loop is handed (by the source task and the reloader).
 #[derive(Debug)]
@@ -166,6 +167,7 @@ impl Step {
             Sink::Disk { jobs, .. } => Some(jobs.clone()),
             Sink::Memory(_) => None,
         };
+        self.seed_past();
         loop {
             if self.health.has_changed().unwrap_or(false) {
                 self.greet_new_session();
@@ -322,28 +324,6 @@ impl Step {
                 }
             }
         }
-    }
-
-    fn reload(&mut self, scan: Scan) {
-        let Scan { rules, tables, changed, errors, summary, status } = scan;
-        if changed {
-            self.stats.detail.rules_loaded.store(rules.len() as u64, Relaxed);
-            self.engine.reload(rules, wall_clock());
-            if let Some(tables) = tables {
-                self.engine.set_tables(tables);
-            }
-            self.stats.reloads.fetch_add(1, Relaxed);
-            tracing::info!(%summary, "Rules reloaded.");
-        }
-        // New errors only: a broken file is reported once, not at every reload.
-        for error in &errors {
-            self.stats.reload_errors.fetch_add(1, Relaxed);
-            error.log();
-        }
-        self.rules_status = status;
-        self.queue(reports::status_entry(&self.config, &self.rules_status, &self.stats));
-        // Committed promptly even with no message in the batch.
-        self.pending.nudge();
     }
 
     /// Commits everything so far and waits until it is on disk (a delivery count must be,

@@ -36,14 +36,17 @@
 //! - `segment`: a file's name, its frames and their bodies, and the scan that reads them;
 //! - `writer`: [`HistoryLog`], the appender: recovery at open, retention, the budget;
 //! - `read`: [`read`], [`series`], [`export`], [`import`]: for any process;
-//! - `show`: the `edgewatch history` command's arguments and rows.
+//! - `show`: the `edgewatch history` command's arguments and rows;
+//! - `seed`: [`seed`], rules' pasts filled from history at a load or reload.
 
 mod read;
+mod seed;
 mod segment;
 mod show;
 mod writer;
 
-pub use read::{export, import, read, series};
+pub use read::{export, import, read, read_field, series};
+pub use seed::{SeedReport, seed};
 pub use show::{Format, parse_range, parse_resolution, parse_when, show, write_rows};
 pub use writer::HistoryLog;
 

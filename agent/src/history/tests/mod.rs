@@ -1,8 +1,9 @@
 //! The history log's tests: round trips against a reference fold, replays and merges, the
 //! budget and retention, export and import (here); torn and damaged files (`faults`); the
-//! size of a day of 1 000 series (`size`).
+//! size of a day of 1 000 series (`size`); rules' pasts seeded from the log (`seed`).
 
 mod faults;
+mod seed;
 mod size;
 
 use super::segment::SegmentId;

@@ -1,0 +1,46 @@
+//! Rules changing under the running loop: a reload swapped in between two inputs, and the
+//! pasts it leaves empty seeded from history.
+
+use super::{Scan, Sink, Step};
+use crate::agent::reports::{self, wall_clock};
+use std::sync::atomic::Ordering::Relaxed;
+
+impl Step {
+    /// Swaps in the rules a rescan built (if they changed) and reports the rules' status.
+    pub(super) fn reload(&mut self, scan: Scan) {
+        let Scan { rules, tables, changed, errors, summary, status } = scan;
+        if changed {
+            self.stats.detail.rules_loaded.store(rules.len() as u64, Relaxed);
+            self.engine.reload(rules, wall_clock());
+            if let Some(tables) = tables {
+                self.engine.set_tables(tables);
+            }
+            self.stats.reloads.fetch_add(1, Relaxed);
+            tracing::info!(%summary, "Rules reloaded.");
+            self.seed_past();
+        }
+        // New errors only: a broken file is reported once, not at every reload.
+        for error in &errors {
+            self.stats.reload_errors.fetch_add(1, Relaxed);
+            error.log();
+        }
+        self.rules_status = status;
+        self.queue(reports::status_entry(&self.config, &self.rules_status, &self.stats));
+        // Committed promptly even with no message in the batch.
+        self.pending.nudge();
+    }
+
+    /// Fills rules' pasts that a load or reload left empty from the history on disk (durable
+    /// only), and persists what that changed with the next batch. Reads the files in this
+    /// loop: it happens only when a rule gains a past, and a reload is rare.
+    pub(super) fn seed_past(&mut self) {
+        if !matches!(self.sink, Sink::Disk { .. }) || self.engine.past_wanted().is_empty() {
+            return;
+        }
+        let dir = crate::history::dir_in(&self.config.state_dir);
+        self.outputs.clear();
+        crate::history::seed(&mut self.engine, &dir, &self.config.history, wall_clock(), &mut self.outputs);
+        self.collect();
+        self.pending.nudge();
+    }
+}
