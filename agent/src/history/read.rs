@@ -36,6 +36,12 @@ pub fn read(
     Ok(periods.into_iter().filter_map(|(start, records)| Some((start, merged(records)?))).collect())
 }
 
+/// The records of one period: (opened, roll-up).
+type Records = Vec<(i64, Rollup)>;
+
+/// Roll-ups by key, each key's by start.
+pub type ByKey = BTreeMap<Arc<str>, Vec<(i64, Rollup)>>;
+
 /// The roll-ups of `field` of every key at `res` whose period starts in
 /// `since_ms..until_ms`, by key then start: one pass over the files, for seeding a rule's
 /// past (reading key by key would scan every file once per key).
@@ -45,8 +51,9 @@ pub fn read_field(
     res: Resolution,
     since_ms: i64,
     until_ms: i64,
-) -> Result<BTreeMap<Arc<str>, Vec<(i64, Rollup)>>, HistoryError> {
-    let mut periods: BTreeMap<(Arc<str>, i64), Vec<(i64, Rollup)>> = BTreeMap::new();
+) -> Result<ByKey, HistoryError> {
+    // (key, start) -> the records of that period, (opened, roll-up).
+    let mut periods: BTreeMap<(Arc<str>, i64), Records> = BTreeMap::new();
     for (id, path) in segment::list(dir)? {
         if id.res != res || id.slice_start >= until_ms || id.slice_end() <= since_ms {
             continue;
@@ -57,7 +64,7 @@ pub fn read_field(
             }
         })?;
     }
-    let mut by_key: BTreeMap<Arc<str>, Vec<(i64, Rollup)>> = BTreeMap::new();
+    let mut by_key = ByKey::new();
     for ((key, start), records) in periods {
         if let Some(r) = merged(records) {
             by_key.entry(key).or_default().push((start, r));
