@@ -79,8 +79,9 @@ impl Open {
 /// The open roll-ups of all series.
 #[derive(Debug, Default)]
 pub struct Recorder {
-    /// key -> (field, state): a device has a handful of fields, so a short list each.
-    series: HashMap<Arc<str>, Vec<(Arc<str>, SeriesState)>>,
+    /// key -> (the key again, so that one lookup yields it; (field, state) of each field):
+    /// a device has a handful of fields, so a short list each.
+    series: HashMap<Arc<str>, (Arc<str>, Vec<(Arc<str>, SeriesState)>)>,
     /// Series with some open roll-up.
     count: usize,
     /// Earliest processing time at which some open roll-up is due to close (`i64::MAX`:
@@ -128,12 +129,16 @@ impl Recorder {
             return Err(Skip::OutOfRange);
         }
         let full = self.count >= cfg.max_series;
-        let key: Arc<str> = match self.series.get_key_value(key) {
-            Some((k, _)) => Arc::clone(k),
+        // One lookup for a known key (the value holds the key too, for the outputs).
+        let (key, fields) = match self.series.get_mut(key) {
+            Some(v) => v,
             None if full => return Err(Skip::Full),
-            None => Arc::from(key),
+            None => {
+                let k: Arc<str> = Arc::from(key);
+                self.series.entry(Arc::clone(&k)).or_insert((k, Vec::new()))
+            }
         };
-        let fields = self.series.entry(Arc::clone(&key)).or_default();
+        let key = &*key;
         let idx = match fields.iter().position(|(f, _)| f == field) {
             Some(i) => i,
             // The key existed (a new one returned above), so nothing was created.
@@ -153,14 +158,14 @@ impl Recorder {
                 Some(o) if o.start == start => o.rollup.fold(v),
                 _ => {
                     if let Some(o) = slot.take() {
-                        out.closed.push(closed(&key, field, res, o));
+                        out.closed.push(closed(key, field, res, o));
                     }
                     *slot = Some(Open { start, opened: now, rollup: Rollup::of(v) });
                     self.next_close = self.next_close.min(start + period + lateness_ms);
                 }
             }
         }
-        out.touched.push(Touched::Series { key, field: Arc::clone(field) });
+        out.touched.push(Touched::Series { key: Arc::clone(key), field: Arc::clone(field) });
         Ok(())
     }
 
@@ -171,7 +176,7 @@ impl Recorder {
         }
         let mut next = i64::MAX;
         let mut emptied = 0;
-        for (key, fields) in &mut self.series {
+        for (key, fields) in self.series.values_mut() {
             fields.retain_mut(|(field, state)| {
                 let mut changed = false;
                 for res in Resolution::ALL {
@@ -196,21 +201,24 @@ impl Recorder {
                 keep
             });
         }
-        self.series.retain(|_, fields| !fields.is_empty());
+        self.series.retain(|_, (_, fields)| !fields.is_empty());
         self.count -= emptied;
         self.next_close = next;
     }
 
     /// The open roll-ups of a series, saved; `None` once it has none (delete it).
     pub fn export(&self, key: &str, field: &str) -> Option<Vec<u8>> {
-        let fields = self.series.get(key)?;
+        let (_, fields) = self.series.get(key)?;
         fields.iter().find(|(f, _)| &**f == field).map(|(_, s)| s.encode())
     }
 
     /// Every series, for `export_all`.
     pub fn names(&self) -> Vec<(Arc<str>, Arc<str>)> {
-        let mut v: Vec<_> =
-            self.series.iter().flat_map(|(k, fs)| fs.iter().map(|(f, _)| (Arc::clone(k), Arc::clone(f)))).collect();
+        let mut v: Vec<_> = self
+            .series
+            .iter()
+            .flat_map(|(k, (_, fs))| fs.iter().map(|(f, _)| (Arc::clone(k), Arc::clone(f))))
+            .collect();
         v.sort();
         v
     }
@@ -230,7 +238,7 @@ impl Recorder {
                 self.next_close = self.next_close.min(o.start + period_ms(cfg, res) + lateness_ms);
             }
         }
-        let fields = self.series.entry(key).or_default();
+        let (_, fields) = self.series.entry(Arc::clone(&key)).or_insert_with(|| (key, Vec::new()));
         match fields.iter_mut().find(|(f, _)| *f == field) {
             Some((_, s)) => *s = state,
             None => {
@@ -243,7 +251,7 @@ impl Recorder {
 
     /// The open roll-ups of a series.
     pub fn get(&self, key: &str, field: &str) -> Option<&SeriesState> {
-        self.series.get(key)?.iter().find(|(f, _)| &**f == field).map(|(_, s)| s)
+        self.series.get(key)?.1.iter().find(|(f, _)| &**f == field).map(|(_, s)| s)
     }
 }
 
