@@ -285,6 +285,7 @@ impl Stats {
     /// the first eviction for room (the budget then keeps evicting, counted).
     pub(crate) fn history_appended(
         &self,
+        closed: usize,
         result: Result<crate::history::Appended, crate::history::HistoryError>,
         bytes: Option<u64>,
     ) {
@@ -302,8 +303,8 @@ impl Stats {
                 }
             }
             Err(error) => {
-                h.dropped.fetch_add(1, Relaxed);
-                tracing::error!(%error, "History not written; processing goes on without these roll-ups.");
+                h.dropped.fetch_add(closed as u64, Relaxed);
+                tracing::error!(%error, closed, "History not written; processing goes on without these roll-ups.");
             }
         }
         if let Some(b) = bytes {

@@ -211,6 +211,9 @@ async fn killed_ten_times_nothing_is_lost_and_nothing_counts_twice() {
     while !all_closed() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Counted where an operator looks: roll-ups written, bytes on disk.
+    wait_metric(metrics, "edgewatch_history_rollups_written_total", WAIT, |v| v > 0.0).await;
+    wait_metric(metrics, "edgewatch_history_bytes", WAIT, |v| v > 0.0).await;
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
     for d in 0..DEVICES {

@@ -64,7 +64,7 @@ struct Args {
     #[arg(long)]
     step_secs: Option<f64>,
     /// Only these setups (comma-separated): bare, edgewatch-threshold, edgewatch-window,
-    /// edgewatch-memory, edgewatch-history, node-red-threshold, node-red-window, heartbeats.
+    /// edgewatch-memory, edgewatch-history, edgewatch-past, node-red-threshold, node-red-window, heartbeats.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these offered rates (msg/s, comma-separated), no ramp; with `--only`, for
@@ -177,6 +177,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("edgewatch-window", Contender::Edgewatch, Rule::Window, true),
         ("edgewatch-memory", Contender::EdgewatchMemory, Rule::Threshold, true),
         ("edgewatch-history", Contender::Edgewatch, Rule::History, true),
+        ("edgewatch-past", Contender::Edgewatch, Rule::Past, true),
         ("node-red-threshold", Contender::NodeRed, Rule::Threshold, false),
         ("node-red-window", Contender::NodeRed, Rule::Window, true),
     ] {

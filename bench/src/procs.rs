@@ -26,6 +26,9 @@ pub enum Rule {
     /// The threshold rule, and each device's temperature kept in history (`remember`):
     /// what history costs per message (issue 16).
     History,
+    /// The threshold rule with a past of an hour by the minute, read at every reading
+    /// (`history(...)` in `when`): what an in-rule span costs per message (issue 16).
+    Past,
 }
 
 impl Rule {
@@ -35,6 +38,7 @@ impl Rule {
             Rule::Window => "window",
             Rule::Heartbeat => "heartbeat",
             Rule::History => "history",
+            Rule::Past => "past",
         }
     }
 }
@@ -185,6 +189,10 @@ pub fn edgewatch_rules(rule: Rule, heartbeat_timeout: Duration) -> String {
         }
         Rule::History => "// Every reading above 20 °C, and each device's temperature kept in history.\n\
              rule(\"history\", #{\n    on: \"sensors/{device}/temperature\",\n    when: |e| e.value > 20.0,\n    remember: \"temperature\",\n});\n"
+            .to_owned(),
+        Rule::Past => "// Every reading above 20 °C, with the device's last hour by the minute read each time.\n\
+             rule(\"past\", #{\n    on: \"sensors/{device}/temperature\",\n    past: #{ temperature: \"1h by 1m\" },\n    \
+             when: |e| { let h = history(\"temperature\", \"1h\"); e.value > 20.0 || h.count < 0 },\n});\n"
             .to_owned(),
         Rule::Window => "// A sliding window of each device's last 10 readings, reported with every reading.\n\
              rule(\"window\", #{\n    on: \"sensors/{device}/temperature\",\n    window: #{ count: 10 },\n    \
@@ -342,7 +350,9 @@ pub fn node_red_flows(rule: Rule, broker: SocketAddr, heartbeat_timeout: Duratio
             "wires": [[format!("bench-{next}")]]})
     };
     match rule {
-        Rule::Threshold | Rule::History => nodes.push(switch("payload.temperature", "gt", "20", "num", "out")),
+        Rule::Threshold | Rule::History | Rule::Past => {
+            nodes.push(switch("payload.temperature", "gt", "20", "num", "out"))
+        }
         Rule::Window => {
             nodes.push(switch("payload.kind", "eq", "reading", "str", "window"));
             nodes.push(
@@ -504,7 +514,7 @@ mod tests {
     #[test]
     fn edgewatch_accepts_the_rules_and_the_configuration() {
         let sandbox = edgewatch_engine::Sandbox::default();
-        for rule in [Rule::Threshold, Rule::Window, Rule::Heartbeat, Rule::History] {
+        for rule in [Rule::Threshold, Rule::Window, Rule::Heartbeat, Rule::History, Rule::Past] {
             let text = edgewatch_rules(rule, Duration::from_millis(2500));
             let (set, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("bench.rhai", text.as_str())]);
             assert!(errors.is_empty(), "{rule:?}: {errors:?}\n{text}");

@@ -151,8 +151,8 @@ async fn write(store: &Store, group: &mut [CommitJob], stats: &Stats) -> bool {
             Ok(applied) => {
                 wrote |= applied.wrote;
                 stats.outbox_written.fetch_add(applied.events, Relaxed);
-                if let Some(history) = applied.history {
-                    stats.history_appended(history, store.history_bytes());
+                if let Some((closed, history)) = applied.history {
+                    stats.history_appended(closed, history, store.history_bytes());
                 }
             }
             Err(error) => {

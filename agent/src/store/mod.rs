@@ -130,8 +130,8 @@ pub struct Applied {
     pub wrote: bool,
     /// Outbox entries written (the others were acknowledged upstream already).
     pub events: u64,
-    /// What the history log did with the batch's closed roll-ups, if it had any.
-    pub history: Option<Result<crate::history::Appended, crate::history::HistoryError>>,
+    /// How many closed roll-ups the batch had, and what the history log did with them.
+    pub history: Option<(usize, Result<crate::history::Appended, crate::history::HistoryError>)>,
 }
 
 /// The store.
@@ -217,7 +217,7 @@ impl Store {
                 let latest = || batch.closed.iter().map(|c| c.start).max().unwrap_or(0);
                 let now_ms = batch.alive_ms.unwrap_or_else(latest);
                 let mut log = log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                Some(log.append(&batch.closed, now_ms))
+                Some((batch.closed.len(), log.append(&batch.closed, now_ms)))
             }
             _ => None,
         };

@@ -76,12 +76,15 @@ impl Open {
     }
 }
 
+/// A key's series: (field, open roll-ups) each.
+type Fields = Vec<(Arc<str>, SeriesState)>;
+
 /// The open roll-ups of all series.
 #[derive(Debug, Default)]
 pub struct Recorder {
     /// key -> (the key again, so that one lookup yields it; (field, state) of each field):
     /// a device has a handful of fields, so a short list each.
-    series: HashMap<Arc<str>, (Arc<str>, Vec<(Arc<str>, SeriesState)>)>,
+    series: HashMap<Arc<str>, (Arc<str>, Fields)>,
     /// Series with some open roll-up.
     count: usize,
     /// Earliest processing time at which some open roll-up is due to close (`i64::MAX`:
