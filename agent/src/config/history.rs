@@ -12,8 +12,8 @@
 //! ([`edgewatch_engine::history::HistoryConfig`]); the history log gets the disk's limits
 //! ([`HistoryLimits`], whose defaults are the ones here).
 
+use super::Invalid;
 use super::Subscription;
-use super::validate::Invalid;
 use crate::history::HistoryLimits;
 use edgewatch_engine::TopicPattern;
 use edgewatch_engine::history::{HistoryConfig, Remember};

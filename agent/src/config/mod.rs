@@ -68,6 +68,10 @@ mod history;
 mod raw;
 mod validate;
 
+/// A key path and what is wrong with its value: what the checked stage (`validate.rs`,
+/// `history.rs`) reports, and `Config::from_toml` gives its origin.
+pub(super) type Invalid = (String, String);
+
 pub use history::RawHistory;
 
 use raw::SECTIONS;

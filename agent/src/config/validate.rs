@@ -8,8 +8,7 @@ use super::{
 use edgewatch_engine::TopicPattern;
 use std::time::Duration;
 
-/// A key path and what is wrong with its value.
-pub(super) type Invalid = (String, String);
+use super::Invalid;
 
 fn invalid(path: &str, message: impl Into<String>) -> Invalid {
     (path.to_owned(), message.into())
