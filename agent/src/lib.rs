@@ -5,10 +5,12 @@
 //! ```text
 //! sensor broker ─▶ mqtt (source) ─▶ decode ─▶ engine (edgewatch-engine) ─▶ emit (CloudEvents) ─▶ outbox ─▶ mqtt (upstream)
 //!                       ▲             │                 │                                         │
-//!                       │             │                 └─ state ─▶ store (sled) ◀────────────────┘ (durable)
+//!                       │             │                 ├─ state ─▶ store (sled) ◀────────────────┘ (durable)
+//!                       │             │                 └─ closed roll-ups ─▶ history (segment files, before the batch)
 //!                       └── acks ─────┼── once the batch is on disk
 //!                                     └─▶ dead letters for bad input
 //!       config ──▶ reload / rules (one loader: *.rhai, tables) ──▶ engine, swapped between events
+//!       history ──▶ seed: rules' pasts at a load or reload; `edgewatch history`, `state export`
 //! ```
 //!
 //! # Layout
