@@ -10,9 +10,9 @@
 //! ```
 //!
 //! Four tasks move data between the sockets and plain state machines: `source` (polls the
-//! sensor connection), `step` (owns the engine and the batch, [`batch::Pending`]), `commit`
+//! sensor connection), `step` (owns the engine and the batch, `batch::Pending`), `commit`
 //! (writes and flushes, durable mode only: in memory the engine loop acknowledges at once),
-//! and `upstream` (polls the upstream connection; the publish [`upstream::Window`] is filled
+//! and `upstream` (polls the upstream connection; the publish `upstream::Window` is filled
 //! by whoever makes an event sendable, without waking a task). `reloader` rescans the rules
 //! on a trigger; `reports` says what the agent says about itself; `poison` counts the
 //! deliveries of what may have crashed the last run. A message's path out is source ─▶ step
