@@ -35,8 +35,9 @@
 //! - `declare`: checks one `rule(name, #{...})` declaration and decides its kind.
 //! - [`rule`]: compiled [`Rule`]s and the [`RuleSet`]: plain data, no loading.
 //! - `func`: a rule's Rhai closures and how they are called; `native`: simple predicates
-//!   evaluated in Rust, always agreeing with Rhai; `context`: what native functions see
-//!   during a call (tables, time, a handler's `emit`/`after` buffers, the key's past).
+//!   evaluated in Rust, always agreeing with Rhai; `math`: Rhai's math functions taking
+//!   integers too; `context`: what native functions see during a call (tables, time, a
+//!   handler's `emit`/`after` buffers, the key's past).
 //!
 //! The step:
 //! - [`engine`]: [`Engine`]: `process`, `tick`, routing, timers, chaining. It matches on no
@@ -78,6 +79,7 @@ mod func;
 pub mod history;
 mod kinds;
 mod lifecycle;
+mod math;
 mod native;
 pub mod output;
 pub mod past;

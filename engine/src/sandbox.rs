@@ -8,7 +8,8 @@
 //! `lookup(table, key)`, `lookup(table, key, column)`, `lookup(table, key, column, default)`,
 //! `table_keys(table)`, `now()`, `duration(text)`, `history(field, span)`,
 //! `history(field, span, offset)`, `history(field, span, offset, times)`; in handlers also `emit(data)`,
-//! `after(delay, name)`, `after(delay, name, data)` and `cancel(name)`.
+//! `after(delay, name)`, `after(delay, name, data)` and `cancel(name)`. Rhai's math
+//! functions also take integers (see `math`).
 
 use crate::context::{self, TimerRequest};
 use crate::declare::{self, Declared};
@@ -160,6 +161,7 @@ impl Sandbox {
             tracing::debug!(target: "edgewatch::rule", text, source, %pos, "Rule debug output.");
         });
         register_functions(&mut engine);
+        crate::math::register(&mut engine);
         Sandbox { engine, limits }
     }
 

@@ -9,6 +9,7 @@ mod heartbeat;
 mod history;
 mod keys;
 mod misbehaving;
+mod numbers;
 mod past;
 mod persistence;
 mod properties;

@@ -1,0 +1,88 @@
+//! Numbers in rules (issue 17): integers and floats mix, math functions take both, and
+//! non-finite numbers are never emitted.
+
+use crate::support::H;
+use serde_json::json;
+
+/// Runs `emit: |e| <expr>` on one reading with payload `value` and returns the data.
+fn eval(expr: &str, value: &str) -> (Vec<serde_json::Value>, Vec<String>) {
+    let src = format!(r#"rule("r", #{{ on: "s/{{device}}/v", emit: |e| {expr} }});"#);
+    let mut h = H::new(&src);
+    let o = h.send(0, "s/a/v", value);
+    (o.into_iter().map(|o| o.3).collect(), h.faults)
+}
+
+#[test]
+fn math_functions_take_integers_like_floats() {
+    let one_arg = [
+        "sqrt",
+        "exp",
+        "ln",
+        "log",
+        "sin",
+        "cos",
+        "tan",
+        "asin",
+        "acos",
+        "atan",
+        "sinh",
+        "cosh",
+        "tanh",
+        "asinh",
+        "acosh",
+        "atanh",
+        "to_radians",
+        "to_degrees",
+    ];
+    for f in one_arg {
+        // acosh needs x >= 1, asin/acos and atanh need |x| <= 1 (or < 1): 1 suits all but atanh.
+        let x = if f == "atanh" { "0" } else { "1" };
+        let (as_int, faults) = eval(&format!("#{{ y: {f}(e.value) }}"), x);
+        assert!(faults.is_empty(), "{f}: {faults:?}");
+        let (as_float, _) = eval(&format!("#{{ y: {f}(e.value) }}"), &format!("{x}.0"));
+        assert_eq!(as_int, as_float, "{f}");
+    }
+    for (f, x) in [("log", "e.value, 10"), ("atan", "e.value, 2"), ("hypot", "e.value, 4"), ("hypot", "3, e.value")] {
+        let expr = format!("#{{ y: {f}({x}) }}");
+        let (as_int, faults) = eval(&expr, "3");
+        assert!(faults.is_empty(), "{f}({x}): {faults:?}");
+        let (as_float, faults) = eval(&expr, "3.0");
+        assert!(faults.is_empty(), "{f}({x}) on a float: {faults:?}");
+        assert_eq!(as_int, as_float, "{f}({x})");
+    }
+    assert_eq!(eval("#{ y: sqrt(e.value) }", "4").0, [json!({"y": 2.0})]);
+    assert_eq!(eval("#{ y: hypot(3, 4) }", "4").0, [json!({"y": 5.0})]);
+}
+
+#[test]
+fn rounding_an_integer_keeps_it_an_integer() {
+    for f in ["floor", "ceiling", "round", "int"] {
+        assert_eq!(eval(&format!("#{{ y: {f}(e.value) }}"), "7").0, [json!({"y": 7})], "{f}");
+        assert_eq!(eval(&format!("#{{ y: e.value.{f} }}"), "7").0, [json!({"y": 7})], "{f} as a property");
+        assert_eq!(eval(&format!("#{{ y: {f}(e.value) }}"), "7.0").0, [json!({"y": 7.0})], "{f} of a float");
+    }
+    assert_eq!(eval("#{ y: fraction(e.value) }", "7").0, [json!({"y": 0})]);
+    assert_eq!(
+        eval("#{ n: is_nan(e.value), f: is_finite(e.value), i: is_infinite(e.value) }", "7").0,
+        [json!({"n": false, "f": true, "i": false})]
+    );
+}
+
+#[test]
+fn integers_stay_integers() {
+    assert_eq!(eval("#{ y: e.value + 1, z: abs(e.value - 10) }", "2").0, [json!({"y": 3, "z": 8})]);
+    assert_eq!(eval("#{ y: e.value * 1.5 }", "2").0, [json!({"y": 3.0})]);
+}
+
+#[test]
+fn mixed_arithmetic_works_both_ways_and_in_place() {
+    for v in ["2", "2.0"] {
+        let (o, faults) = eval(
+            "{ let s = 0; s += e.value; s += 0.5; let t = 1.5; t += e.value; let m = 3; m *= e.value; m -= 0.5; \
+             let d = 1; d /= 4.0; #{ s: s, t: t, m: m, d: d, lt: e.value < 2.5, eq: e.value == 2, mx: max(e.value, 1.5) } }",
+            v,
+        );
+        assert!(faults.is_empty(), "{v}: {faults:?}");
+        assert_eq!(o, [json!({"s": 2.5, "t": 3.5, "m": 5.5, "d": 0.25, "lt": true, "eq": true, "mx": 2.0})], "{v}");
+    }
+}
