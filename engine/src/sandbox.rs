@@ -295,6 +295,56 @@ fn walk(v: &Dynamic, depth: usize, left: &mut [usize; 3]) -> Result<(), Over> {
     Ok(())
 }
 
+/// Finds a number that JSON cannot carry (NaN, ±infinity) in a value a rule emits, which
+/// would otherwise go out silently as `null`. The error names its path from `root`, as a
+/// rule would write it (`data.a.b[1]`) and what it is, such as "`data.ratio` is NaN".
+pub(crate) fn check_finite(root: &str, value: &Dynamic) -> Result<(), String> {
+    let mut path = root.to_owned();
+    find_non_finite(value, &mut path, 0).map_or(Ok(()), |what| Err(format!("`{path}` is {what}")))
+}
+
+/// What the first non-finite number under `v` is; `path` is left pointing at it.
+fn find_non_finite(v: &Dynamic, path: &mut String, depth: usize) -> Option<&'static str> {
+    if let Ok(x) = v.as_float() {
+        return match x {
+            x if x.is_nan() => Some("NaN"),
+            x if x == f64::INFINITY => Some("infinite"),
+            x if x == f64::NEG_INFINITY => Some("-infinite"),
+            _ => None,
+        };
+    }
+    // Deeper values were refused by `check_data` already; this bounds the recursion anyway.
+    if depth > MAX_DATA_DEPTH {
+        return None;
+    }
+    let len = path.len();
+    if let Ok(a) = v.as_array_ref() {
+        for (i, x) in a.iter().enumerate() {
+            path.push_str(&format!("[{i}]"));
+            if let Some(what) = find_non_finite(x, path, depth + 1) {
+                return Some(what);
+            }
+            path.truncate(len);
+        }
+    } else if let Ok(m) = v.as_map_ref() {
+        for (k, x) in m.iter() {
+            let plain = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if plain {
+                path.push('.');
+                path.push_str(k);
+            } else {
+                path.push_str(&format!("[{k:?}]"));
+            }
+            if let Some(what) = find_non_finite(x, path, depth + 1) {
+                return Some(what);
+            }
+            path.truncate(len);
+        }
+    }
+    None
+}
+
 /// The innermost position and a message without Rhai's own position suffix.
 pub(crate) fn describe(err: &EvalAltResult) -> (Position, String) {
     let inner = err.unwrap_inner();

@@ -29,7 +29,7 @@ use crate::func::Func;
 use crate::native::View;
 use crate::output::{Composite, CompositeId, Outputs, RuleFault, Touched};
 use crate::rule::{Rule, RuleKind, RuleKind as K};
-use crate::sandbox::{check_data, describe};
+use crate::sandbox::{check_data, check_finite, describe};
 use crate::tables::Tables;
 use crate::timers::Timers;
 pub(crate) use keys::{KeyLimit, Keyed};
@@ -605,6 +605,11 @@ impl<'a> Cx<'a> {
         }
         if let Err(why) = check_data(self.script, &data) {
             self.fault(format!("the event's data {why}; not emitted"));
+            return;
+        }
+        if let Err(why) = check_finite("data", &data) {
+            // JSON has no NaN or infinity: it would go out as `null`.
+            self.fault(format!("emitted {why}, which JSON cannot carry; not emitted"));
             return;
         }
         // Only this step (one rule, one input) can have emitted for the same rule, key and

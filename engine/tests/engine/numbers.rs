@@ -86,3 +86,34 @@ fn mixed_arithmetic_works_both_ways_and_in_place() {
         assert_eq!(o, [json!({"s": 2.5, "t": 3.5, "m": 5.5, "d": 0.25, "lt": true, "eq": true, "mx": 2.0})], "{v}");
     }
 }
+
+#[test]
+fn nan_or_infinity_in_emitted_data_is_a_fault_that_names_the_field() {
+    let cases = [
+        ("#{ ratio: e.value / 0.0 }", "emitted `data.ratio` is infinite"),
+        ("#{ a: #{ b: [1.0, -e.value / 0.0] } }", "emitted `data.a.b[1]` is -infinite"),
+        ("#{ r: (e.value - e.value) / 0.0 }", "emitted `data.r` is NaN"),
+        ("e.value / 0.0", "emitted `data` is infinite"),
+        ("#{ s: sqrt(-e.value) }", "emitted `data.s` is NaN"),
+    ];
+    for (expr, want) in cases {
+        for v in ["2", "2.0"] {
+            let (o, faults) = eval(expr, v);
+            assert!(o.is_empty(), "{expr} on {v}: not emitted, but {o:?}");
+            assert_eq!(faults.len(), 1, "{expr} on {v}: {faults:?}");
+            assert!(faults[0].contains(want), "{expr} on {v}: {faults:?}");
+        }
+    }
+    let (o, faults) = eval("#{ ok: e.value / 4.0, big: 1.0e300 }", "2");
+    assert!(faults.is_empty(), "{faults:?}");
+    assert_eq!(o, [json!({"ok": 0.5, "big": 1.0e300})]);
+}
+
+#[test]
+fn a_handler_emitting_nan_is_a_fault_too() {
+    let src = r#"rule("h", #{ on: "s/{device}/v", on_event: |e| { emit(#{ x: e.value / 0.0 }); emit(#{ y: 1 }); } });"#;
+    let mut h = H::new(src);
+    let o = h.send(0, "s/a/v", "0");
+    assert_eq!(o.len(), 1, "the good one is emitted: {o:?}");
+    assert!(h.faults.iter().any(|f| f.contains("emitted `data.x` is NaN")), "{:?}", h.faults);
+}
