@@ -67,6 +67,9 @@ pub(crate) struct Aggregates {
     pub(crate) avg: Option<f64>,
     pub(crate) min: Option<f64>,
     pub(crate) max: Option<f64>,
+    /// Sample variance and standard deviation; `None` below two events.
+    pub(crate) variance: Option<f64>,
+    pub(crate) stddev: Option<f64>,
     pub(crate) first: Option<f64>,
     pub(crate) last: Option<f64>,
     /// Change per second from the first to the last value.
@@ -85,6 +88,8 @@ impl Aggregates {
             "avg" => f(self.avg),
             "min" => f(self.min),
             "max" => f(self.max),
+            "variance" => f(self.variance),
+            "stddev" => f(self.stddev),
             "first" => f(self.first),
             "last" => f(self.last),
             "rate" => f(self.rate),
@@ -95,8 +100,25 @@ impl Aggregates {
         }
     }
 
-    /// The Rhai map.
-    pub(crate) fn to_dynamic(self) -> Dynamic {
+    /// What a window rule without `emit` emits: the aggregates it always emitted (`variance`
+    /// and `stddev` came later, and are left out so existing outputs do not change).
+    pub(crate) fn to_data(self) -> Dynamic {
+        Dynamic::from_map(self.map())
+    }
+
+    /// `e.window`: every aggregate, and `before`, the window without the current event.
+    pub(crate) fn to_dynamic(self, before: Option<&Aggregates>) -> Dynamic {
+        let mut m = self.map();
+        let f = |x: Option<f64>| x.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT);
+        m.insert("variance".into(), f(self.variance));
+        m.insert("stddev".into(), f(self.stddev));
+        if let Some(b) = before {
+            m.insert("before".into(), b.to_dynamic(None));
+        }
+        Dynamic::from_map(m)
+    }
+
+    fn map(self) -> rhai::Map {
         let mut m = rhai::Map::new();
         let f = |x: Option<f64>| x.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT);
         m.insert("count".into(), Dynamic::from_int(self.count));
@@ -112,7 +134,7 @@ impl Aggregates {
             m.insert("start".into(), Dynamic::from_int(s));
             m.insert("end".into(), Dynamic::from_int(e));
         }
-        Dynamic::from_map(m)
+        m
     }
 }
 

@@ -119,3 +119,74 @@ fn a_non_numeric_value_is_a_fault_not_a_crash() {
     assert!(h.send(1, "s/a/v", r#""text""#).is_empty());
     assert!(h.faults[0].contains("must be a number"), "{:?}", h.faults);
 }
+
+#[test]
+fn variance_and_stddev_are_the_sample_ones_for_integers_and_floats() {
+    let src = r#"
+        rule("spread", #{
+            on: "s/{device}/v",
+            window: #{ count: 8 },
+            emit: |e| #{ n: e.window.count, variance: e.window.variance, sd: e.window.stddev },
+        });
+    "#;
+    for spelling in ["", ".0"] {
+        let mut h = H::new(src);
+        let first = h.send(0, "s/a/v", &format!("2{spelling}"));
+        assert_eq!(first[0].3, json!({"n": 1, "variance": null, "sd": null}), "one reading has no spread");
+        let mut last = Vec::new();
+        for (i, v) in [4, 4, 4, 5, 5, 7, 9].into_iter().enumerate() {
+            last = h.send(1_000 * (i as i64 + 1), "s/a/v", &format!("{v}{spelling}"));
+        }
+        // 2, 4, 4, 4, 5, 5, 7, 9: mean 5, squared deviations 32, over n - 1 = 7.
+        let var = last[0].3["variance"].as_f64().unwrap_or(f64::NAN);
+        let sd = last[0].3["sd"].as_f64().unwrap_or(f64::NAN);
+        assert!((var - 32.0 / 7.0).abs() < 1e-12, "{spelling}: {var}");
+        assert!((sd - (32.0f64 / 7.0).sqrt()).abs() < 1e-12, "{spelling}: {sd}");
+        assert!(h.faults.is_empty(), "{:?}", h.faults);
+    }
+}
+
+#[test]
+fn window_before_is_the_window_without_the_current_event() {
+    let src = r#"
+        rule("spike", #{
+            on: "s/{device}/v",
+            window: #{ count: 5 },
+            when: |e| e.window.before.count >= 4
+                && abs(e.value - e.window.before.avg) > 3 * e.window.before.stddev,
+            clear: |e| true,
+            emit: |e| #{ value: e.value, before: e.window.before.count, now: e.window.count,
+                         before_max: e.window.before.max, max: e.window.max },
+        });
+    "#;
+    for spelling in ["", ".0"] {
+        let mut h = H::new(src);
+        for (i, v) in ["10", "11", "9", "10", "10"].into_iter().enumerate() {
+            assert!(h.send(i as i64, "s/a/v", &format!("{v}{spelling}")).is_empty(), "{v}{spelling}");
+        }
+        let o = h.send(10, "s/a/v", &format!("30{spelling}"));
+        assert_eq!(o.len(), 1, "{spelling}: {:?}", h.faults);
+        // Before: the five readings 10, 11, 9, 10, 10; now: the last five, 30 included.
+        assert_eq!(o[0].3["before"], json!(5));
+        assert_eq!(o[0].3["now"], json!(5));
+        assert_eq!(o[0].3["before_max"], json!(11.0));
+        assert_eq!(o[0].3["max"], json!(30.0));
+    }
+}
+
+#[test]
+fn a_time_window_before_drops_what_left_at_the_current_time() {
+    let src = r#"
+        rule("b", #{
+            on: "s/{device}/v",
+            window: #{ size: "10s" },
+            emit: |e| #{ before: e.window.before.count, sum_before: e.window.before.sum, now: e.window.count },
+        });
+    "#;
+    let mut h = H::new(src);
+    let o = h.send(0, "s/a/v", "1");
+    assert_eq!(o[0].3, json!({"before": 0, "sum_before": 0.0, "now": 1}));
+    h.send(5_000, "s/a/v", "2");
+    let o = h.send(12_000, "s/a/v", "4");
+    assert_eq!(o[0].3, json!({"before": 1, "sum_before": 2.0, "now": 2}), "the reading at 0 s left");
+}
