@@ -1,5 +1,10 @@
 //! Custom handlers: `on_event` with `this` bound to the key's own state map, `emit(...)` for
 //! output, and `after(delay, name, data)` / `cancel(name)` for timers that call `on_timer`.
+//!
+//! A call is a transaction: one that fails (throws, hits a limit) leaves no trace. Its
+//! changes to `this` are rolled back to a copy taken before the call (Rhai changes `this`
+//! in place and cannot say what it touched, so the copy is the price: one clone of the
+//! state per call), and what it emitted or asked of timers is dropped.
 
 use super::Keyed;
 use super::{Cx, Ev, entry, timer_input};
@@ -23,18 +28,24 @@ pub(crate) struct HandlerState {
 }
 
 /// Runs `f` with `this` bound to the key's state, then turns what it asked for (events,
-/// timers) into outputs.
+/// timers) into outputs; if `f` fails, puts the state back and drops what it asked for.
 fn run(cx: &mut Cx<'_>, f: &Func, key: &Arc<str>, s: &mut HandlerState, args: Vec<Dynamic>, time: i64, input: EventId) {
     context::with(|c| {
         c.handler = true;
         c.emitted.clear();
         c.timers.clear();
     });
-    let _ = cx.call_this(f, &mut s.data, args);
+    let before = s.data.clone();
+    let ran = cx.call_this(f, &mut s.data, args).is_some();
     let (emitted, timers) = context::with(|c| {
         c.handler = false;
         (std::mem::take(&mut c.emitted), std::mem::take(&mut c.timers))
     });
+    if !ran {
+        // The fault is reported; the call had no other effect.
+        s.data = before;
+        return;
+    }
     if !s.data.is_map() {
         cx.fault(format!("`this` must stay an object map, but became {}; state reset", s.data.type_name()));
         s.data = Dynamic::from_map(rhai::Map::new());
