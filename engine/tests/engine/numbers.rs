@@ -117,3 +117,77 @@ fn a_handler_emitting_nan_is_a_fault_too() {
     assert_eq!(o.len(), 1, "the good one is emitted: {o:?}");
     assert!(h.faults.iter().any(|f| f.contains("emitted `data.x` is NaN")), "{:?}", h.faults);
 }
+
+/// The topics a rule file listens on, made concrete: `{name}` and `+` become `d1`, `#` `x`.
+fn topics(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in src.lines().filter(|l| l.trim_start().starts_with("on:")) {
+        for (i, part) in line.split('"').enumerate() {
+            if i % 2 == 1 {
+                let levels: Vec<&str> = part
+                    .split('/')
+                    .map(|l| match l {
+                        "+" => "d1",
+                        "#" => "x",
+                        l if l.starts_with('{') => "d1",
+                        l => l,
+                    })
+                    .collect();
+                out.push(levels.join("/"));
+            }
+        }
+    }
+    out
+}
+
+/// Every number as a float, so `2` and `2.0` compare equal.
+fn as_floats(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => n.as_f64().map(|f| json!(f)).unwrap_or(Value::Number(n)),
+        Value::Array(a) => Value::Array(a.into_iter().map(as_floats).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, as_floats(v))).collect()),
+        other => other,
+    }
+}
+
+/// Issue 17: every rule example of docs/rules.md, fed the same readings spelled as integers
+/// and as floats, says the same thing, and never that a function does not take a number.
+#[test]
+fn the_docs_examples_work_with_both_spellings_of_each_number() {
+    let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/rules.md"));
+    let readings = [20, 85, 90, 95, 2, 100, 81, 70, 30, 2, 4, 4, 60, 85];
+    let mut ran = 0;
+    for block in doc.split("```rhai\n").skip(1).filter_map(|b| b.split("```").next()) {
+        let topics = topics(block);
+        if topics.is_empty() {
+            continue;
+        }
+        let run = |float: bool| {
+            let mut h = H::new(block);
+            let mut outs = Vec::new();
+            for (i, v) in readings.iter().enumerate() {
+                let payload = if float { format!("{v}.0") } else { v.to_string() };
+                let t = i as i64 * 10_000;
+                for topic in &topics {
+                    outs.extend(h.send(t, topic, &payload));
+                    outs.extend(h.send(t, topic, &format!(r#"{{"temperature": {payload}, "device": "d1"}}"#)));
+                }
+            }
+            outs.extend(h.tick(10_000_000));
+            let outs: Vec<_> = outs.into_iter().map(|(r, k, t, d)| (r, k, t, as_floats(d))).collect();
+            // Payloads a rule does not expect fail the same way, up to the number's type.
+            let faults: Vec<String> = h.faults.iter().map(|f| f.replace("i64", "f64")).collect();
+            (outs, faults)
+        };
+        let (ints, int_faults) = run(false);
+        let (floats, float_faults) = run(true);
+        for f in int_faults.iter().chain(&float_faults) {
+            assert!(!f.contains("Function not found"), "{f}\n{block}");
+        }
+        assert_eq!(int_faults, float_faults, "{block}");
+        assert_eq!(ints, floats, "{block}");
+        ran += 1;
+    }
+    assert!(ran >= 12, "ran only {ran} examples");
+}
