@@ -4,7 +4,9 @@
 //! A call is a transaction: one that fails (throws, hits a limit) leaves no trace. Its
 //! changes to `this` are rolled back to a copy taken before the call (Rhai changes `this`
 //! in place and cannot say what it touched, so the copy is the price: one clone of the
-//! state per call), and what it emitted or asked of timers is dropped.
+//! state per call), and what it emitted or asked of timers is dropped. Measured with the
+//! engine bench (handler cases, 1k keys): about 13% of a call with a two-field state
+//! (313k -> 273k events/s), 38% with a 200-entry one (87k -> 54k events/s).
 
 use super::Keyed;
 use super::{Cx, Ev, entry, timer_input};
