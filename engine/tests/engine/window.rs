@@ -190,3 +190,25 @@ fn a_time_window_before_drops_what_left_at_the_current_time() {
     let o = h.send(12_000, "s/a/v", "4");
     assert_eq!(o[0].3, json!({"before": 1, "sum_before": 2.0, "now": 2}), "the reading at 0 s left");
 }
+
+#[test]
+fn a_simple_comparison_on_stddev_holds_as_rhai_says() {
+    // `e.window.stddev > 1.0` is evaluated natively; below two readings it is `()`, and the
+    // comparison does not hold (as in Rhai), without a fault.
+    let src = r#"
+        rule("wobbly", #{
+            on: "s/{device}/v",
+            window: #{ count: 3 },
+            when: |e| e.window.stddev > 1.0,
+            emit: |e| #{ sd: e.window.stddev },
+        });
+    "#;
+    let mut h = H::new(src);
+    assert!(h.send(0, "s/a/v", "1").is_empty());
+    assert!(h.send(1, "s/a/v", "1").is_empty());
+    let o = h.send(2, "s/a/v", "5");
+    assert_eq!(o.len(), 1);
+    let sd = o[0].3["sd"].as_f64().unwrap_or(f64::NAN);
+    assert!((sd - (16.0f64 / 3.0).sqrt()).abs() < 1e-12, "{sd}");
+    assert!(h.faults.is_empty(), "{:?}", h.faults);
+}
