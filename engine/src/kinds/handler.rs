@@ -1,7 +1,8 @@
 //! Custom handlers: `on_event` with `this` bound to the key's own state map, `emit(...)` for
 //! output, and `after(delay, name, data)` / `cancel(name)` for timers that call `on_timer`.
 //!
-//! A call is a transaction: one that fails (throws, hits a limit) leaves no trace. Its
+//! A call is a transaction: one that fails (throws, hits a limit, or leaves `this` too big
+//! or not a map) leaves no trace. Its
 //! changes to `this` are rolled back to a copy taken before the call (Rhai changes `this`
 //! in place and cannot say what it touched, so the copy is the price: one clone of the
 //! state per call), and what it emitted or asked of timers is dropped. Measured with the
@@ -48,13 +49,17 @@ fn run(cx: &mut Cx<'_>, f: &Func, key: &Arc<str>, s: &mut HandlerState, args: Ve
         s.data = before;
         return;
     }
-    if !s.data.is_map() {
-        cx.fault(format!("`this` must stay an object map, but became {}; state reset", s.data.type_name()));
-        s.data = Dynamic::from_map(rhai::Map::new());
-    } else if let Err(why) = check_data(cx.script, &s.data) {
-        // In-place changes to `this` are not all checked while the script runs.
-        cx.fault(format!("`this` {why}; state reset"));
-        s.data = Dynamic::from_map(rhai::Map::new());
+    // In-place changes to `this` are not all checked while the script runs: checked here.
+    if let Err(why) = check_this(cx, &s.data) {
+        // A fault like any other: rolled back, unless the state before was no good either
+        // (restored from elsewhere), then started afresh.
+        let (data, done) = match check_this(cx, &before) {
+            Ok(()) => (before, "call rolled back"),
+            Err(_) => (Dynamic::from_map(rhai::Map::new()), "state reset"),
+        };
+        cx.fault(format!("`this` {why}; {done}"));
+        s.data = data;
+        return;
     }
     for data in emitted {
         cx.emit_data(key, time, data, input);
@@ -78,6 +83,14 @@ fn run(cx: &mut Cx<'_>, f: &Func, key: &Arc<str>, s: &mut HandlerState, args: Ve
             TimerRequest::Cancel { name } => s.timers.retain(|(n, _, _)| *n != name),
         }
     }
+}
+
+/// `this` may be kept: an object map within the sandbox's limits.
+fn check_this(cx: &Cx<'_>, data: &Dynamic) -> Result<(), String> {
+    if !data.is_map() {
+        return Err(format!("must stay an object map, but became {}", data.type_name()));
+    }
+    check_data(cx.script, data)
 }
 
 pub(crate) fn on_event(

@@ -95,3 +95,19 @@ fn a_timer_handler_that_fails_is_rolled_back_too() {
     assert_eq!(h.faults.len(), 1, "{:?}", h.faults);
     assert_eq!(h.send(6_000, "s/a/v", "1")[0].3, json!({"n": 0}));
 }
+
+#[test]
+fn a_handler_that_leaves_this_not_a_map_is_rolled_back() {
+    let src = r#"
+        rule("r", #{
+            on: "s/{device}/v",
+            state: #{ n: 0 },
+            on_event: |e| { this.n += 1; emit(#{ n: this.n }); if e.value == 0 { this = 5; } },
+        });
+    "#;
+    let mut h = H::new(src);
+    assert_eq!(h.send(0, "s/a/v", "1")[0].3, json!({"n": 1}));
+    assert!(h.send(1, "s/a/v", "0").is_empty(), "the call is dropped whole");
+    assert!(h.faults[0].contains("`this` must stay an object map, but became i64; call rolled back"), "{:?}", h.faults);
+    assert_eq!(h.send(2, "s/a/v", "1")[0].3, json!({"n": 2}));
+}
