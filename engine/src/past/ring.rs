@@ -355,7 +355,9 @@ mod tests {
             f.place(n, j, &Summary::of(20.0)).expect("placed");
         }
         let bytes = size_of::<FieldPast>() + f.heap_bytes();
-        assert_eq!(bytes, 80 + 168 * 20);
+        // 80 bytes of bookkeeping on 64-bit targets (fewer on 32-bit ones), 20 a bucket.
+        assert!(size_of::<FieldPast>() <= 80, "{}", size_of::<FieldPast>());
+        assert_eq!(bytes, size_of::<FieldPast>() + 168 * 20);
         assert!(bytes + size_of::<Vec<FieldPast>>() < 4096);
     }
 }
