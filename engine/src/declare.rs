@@ -3,9 +3,10 @@
 //! Which keys a declaration has decides its kind; keys that do not apply to that kind are
 //! errors, so a misspelt or misplaced option never silently does nothing.
 
+use crate::detect::anomaly::Params;
 use crate::func::Func;
 use crate::past::{MAX_BUCKETS, MAX_FIELDS, PastSpec};
-use crate::rule::{Extent, HeartbeatSpec, OnFull, RuleKind, Step, WindowSpec};
+use crate::rule::{AnomalySpec, Extent, ForecastSpec, HeartbeatSpec, OnFull, RuleKind, Step, WindowSpec};
 use crate::topic::TopicPattern;
 use rhai::{Dynamic, FnPtr, Map, Position};
 
@@ -43,6 +44,8 @@ const KINDS: &[(&str, &[&str])] = &[
     ("sequence", &["sequence", "within", "max_partial"]),
     ("window", &["window", "when", "clear"]),
     ("stuck", &["stuck"]),
+    ("anomaly", &["anomaly"]),
+    ("forecast", &["forecast"]),
     ("on_event", &["on_event", "on_timer", "state"]),
 ];
 const THRESHOLD: &[&str] = &["when", "clear", "emit_clear"];
@@ -140,6 +143,8 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
             d.arities.append(&mut sd.arities);
             RuleKind::Stuck { for_ms, tolerance, value }
         }
+        "anomaly" => RuleKind::Anomaly { spec: anomaly(&mut d, def.get("anomaly")).map_err(&err)? },
+        "forecast" => RuleKind::Forecast { spec: forecast(&mut d, def.get("forecast")).map_err(&err)? },
         "sequence" => sequence(&mut d, def).map_err(&err)?,
         "heartbeat" => RuleKind::Heartbeat {
             spec: heartbeat(&mut d, def.get("heartbeat")).map_err(&err)?,
@@ -243,6 +248,68 @@ fn window(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<WindowSpec, String> {
     let value = wd.func("value", 1).map_err(|m| format!("window: {m}"))?;
     d.arities.append(&mut wd.arities);
     Ok(WindowSpec { extent, tumbling, filter, value, max_events })
+}
+
+fn anomaly(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<AnomalySpec, String> {
+    let a = sub_map("anomaly", v, &["value", "learn", "sensitivity", "daily", "report"])?;
+    let mut params = Params::default();
+    if let Some(v) = a.get("learn") {
+        params.learn = u32::try_from(positive_int(v).map_err(|m| format!("`anomaly.learn` {m} (readings)"))?)
+            .map_err(|_| "`anomaly.learn` is too large".to_owned())?;
+    }
+    if let Some(v) = a.get("sensitivity") {
+        params.sensitivity = number(v)
+            .filter(|s| (0.0..=1.0).contains(s))
+            .ok_or_else(|| format!("`anomaly.sensitivity` must be a number from 0 to 1, not {v}"))?;
+    }
+    if let Some(v) = a.get("daily") {
+        params.daily = v.as_bool().map_err(|_| "`anomaly.daily` must be true or false".to_owned())?;
+    }
+    let every = match a.get("report").map(|v| (v.is_string(), v.to_string())) {
+        None => false,
+        Some((true, r)) if r == "episodes" => false,
+        Some((true, r)) if r == "every" => true,
+        Some((_, r)) => return Err(format!("`anomaly.report` must be \"episodes\" or \"every\", not {r}")),
+    };
+    let mut ad = Decl { def: &a, arities: Vec::new() };
+    let value = ad.func("value", 1).map_err(|m| format!("anomaly: {m}"))?;
+    d.arities.extend(ad.arities.into_iter().map(|(k, f, a)| (format!("anomaly.{k}"), f, a)));
+    Ok(AnomalySpec { value, params, every })
+}
+
+fn forecast(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<ForecastSpec, String> {
+    let f = sub_map("forecast", v, &["value", "below", "above", "horizon", "window", "confidence", "learn"])?;
+    let (threshold, below) = match (f.get("below"), f.get("above")) {
+        (Some(v), None) => (v, true),
+        (None, Some(v)) => (v, false),
+        _ => return Err("`forecast` needs exactly one of `below` or `above` (the threshold warned about)".into()),
+    };
+    let which = if below { "below" } else { "above" };
+    let threshold = number(threshold)
+        .filter(|t| t.is_finite())
+        .ok_or_else(|| format!("`forecast.{which}` must be a number, not {threshold}"))?;
+    let horizon_ms = match f.get("horizon") {
+        Some(v) => duration_ms(v).map_err(|m| format!("`forecast.horizon` {m}"))?,
+        None => return Err("`forecast` needs `horizon` (how far ahead to warn, such as \"24h\")".into()),
+    };
+    let window_ms = match f.get("window") {
+        None => horizon_ms,
+        Some(v) => duration_ms(v).map_err(|m| format!("`forecast.window` {m}"))?,
+    };
+    let learn_ms = match f.get("learn") {
+        None => window_ms / 2,
+        Some(v) => duration_ms(v).map_err(|m| format!("`forecast.learn` {m}"))?,
+    };
+    let confidence = match f.get("confidence") {
+        None => 0.8,
+        Some(v) => number(v)
+            .filter(|c| (0.0..=1.0).contains(c))
+            .ok_or_else(|| format!("`forecast.confidence` must be a number from 0 to 1, not {v}"))?,
+    };
+    let mut fd = Decl { def: &f, arities: Vec::new() };
+    let value = fd.func("value", 1).map_err(|m| format!("forecast: {m}"))?;
+    d.arities.extend(fd.arities.into_iter().map(|(k, f, a)| (format!("forecast.{k}"), f, a)));
+    Ok(ForecastSpec { value, window_ms, threshold, below, horizon_ms, confidence, learn_ms })
 }
 
 fn sequence(d: &mut Decl<'_>, def: &Map) -> Result<RuleKind, String> {

@@ -74,6 +74,7 @@
 pub mod config;
 mod context;
 mod declare;
+pub mod detect;
 pub mod engine;
 pub mod event;
 mod func;

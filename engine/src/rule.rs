@@ -1,5 +1,6 @@
 //! Compiled rules and the rule set the engine runs.
 
+use crate::detect::anomaly::Params;
 use crate::func::Func;
 use crate::past::PastSpec;
 use crate::topic::TopicPattern;
@@ -98,6 +99,36 @@ pub(crate) struct HeartbeatSpec {
     pub(crate) flap: Option<(i64, u32)>,
 }
 
+/// An anomaly detector per key.
+#[derive(Debug, Clone)]
+pub(crate) struct AnomalySpec {
+    /// The number judged; absent means `e.value`.
+    pub(crate) value: Option<Func>,
+    /// The detector's settings (learning, sensitivity, the daily profile).
+    pub(crate) params: Params,
+    /// Emit the score of every reading (`report: "every"`), not one event per episode.
+    pub(crate) every: bool,
+}
+
+/// A forecast: the trend of a value and the threshold it must not cross.
+#[derive(Debug, Clone)]
+pub(crate) struct ForecastSpec {
+    /// The number forecast; absent means `e.value`.
+    pub(crate) value: Option<Func>,
+    /// How far back the fit looks: a reading this old weighs e^-3 (5%) of a new one.
+    pub(crate) window_ms: i64,
+    /// The value warned about.
+    pub(crate) threshold: f64,
+    /// Warn about falling below `threshold` (else rising above it).
+    pub(crate) below: bool,
+    /// How far ahead a crossing is warned about.
+    pub(crate) horizon_ms: i64,
+    /// Least probability that the line is past the threshold at the horizon.
+    pub(crate) confidence: f64,
+    /// History a key's fit needs before it predicts anything.
+    pub(crate) learn_ms: i64,
+}
+
 /// What a rule does with the events it listens to. The engine evaluates each kind natively;
 /// Rhai is called only for the rule's predicates and payload builders.
 #[derive(Debug, Clone)]
@@ -116,6 +147,11 @@ pub(crate) enum RuleKind {
     /// Absence of expected messages, with missing and recovered events. `when` picks the
     /// messages that count as signs of life (default: all it listens to).
     Heartbeat { spec: HeartbeatSpec, when: Option<Func> },
+    /// Departures from what is normal for the key: spikes, dips, level shifts, drifts, a
+    /// broken daily pattern.
+    Anomaly { spec: AnomalySpec },
+    /// A value predicted to cross a threshold within a horizon.
+    Forecast { spec: ForecastSpec },
     /// `on_event` (and `on_timer`) with per-key state, `emit(...)` and `after(...)`.
     Handler { on_event: Func, on_timer: Option<Func>, init: Dynamic },
 }
@@ -130,6 +166,8 @@ impl RuleKind {
             RuleKind::Stuck { .. } => "stuck",
             RuleKind::Sequence { .. } => "sequence",
             RuleKind::Heartbeat { .. } => "heartbeat",
+            RuleKind::Anomaly { .. } => "anomaly",
+            RuleKind::Forecast { .. } => "forecast",
             RuleKind::Handler { .. } => "handler",
         }
     }

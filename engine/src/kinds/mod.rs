@@ -13,7 +13,9 @@
 //! step context [`Cx`] and per-key entries within the rule's key limit ([`entry`]); the event
 //! as rules see it ([`Ev`]) and the default key ([`key_of`]) are in `view.rs`.
 
+pub(crate) mod anomaly;
 pub(crate) mod filter;
+pub(crate) mod forecast;
 pub(crate) mod handler;
 pub(crate) mod heartbeat;
 pub(crate) mod keys;
@@ -49,6 +51,8 @@ pub(crate) enum KindState {
     Stuck(Keyed<stuck::StuckState>),
     Sequence(Keyed<sequence::SeqState>),
     Heartbeat(heartbeat::HeartbeatState),
+    Anomaly(Keyed<anomaly::AnomalyState>),
+    Forecast(Keyed<forecast::ForecastState>),
     Handler(Keyed<handler::HandlerState>),
 }
 
@@ -100,6 +104,8 @@ enum Saved {
     Stuck(stuck::StuckState),
     Sequence(sequence::SeqState),
     Heartbeat(heartbeat::Hb),
+    Anomaly(Box<anomaly::AnomalyState>),
+    Forecast(forecast::ForecastState),
     Handler(handler::HandlerState),
 }
 
@@ -115,6 +121,8 @@ impl KindState {
             K::Stuck { .. } => KindState::Stuck(Keyed::new(limit)),
             K::Sequence { .. } => KindState::Sequence(Keyed::new(limit)),
             K::Heartbeat { .. } => KindState::Heartbeat(heartbeat::HeartbeatState::new(limit)),
+            K::Anomaly { .. } => KindState::Anomaly(Keyed::new(limit)),
+            K::Forecast { .. } => KindState::Forecast(Keyed::new(limit)),
             K::Handler { .. } => KindState::Handler(Keyed::new(limit)),
         }
     }
@@ -140,6 +148,8 @@ impl KindState {
             (K::Heartbeat { spec, when }, KindState::Heartbeat(s)) => {
                 heartbeat::on_event(cx, (spec, when.as_ref()), tables, s, key, x);
             }
+            (K::Anomaly { spec }, KindState::Anomaly(s)) => anomaly::on_event(cx, spec, s, key, x),
+            (K::Forecast { spec }, KindState::Forecast(s)) => forecast::on_event(cx, spec, s, key, x),
             (K::Handler { on_event, init, .. }, KindState::Handler(s)) => {
                 handler::on_event(cx, (on_event, init), s, key, x);
             }
@@ -177,6 +187,8 @@ impl KindState {
             KindState::Stuck(m) => m.get(key).map(|s| Saved::Stuck(*s)),
             KindState::Sequence(m) => m.get(key).map(|s| Saved::Sequence(s.clone())),
             KindState::Heartbeat(h) => h.keys.get(key).map(|hb| Saved::Heartbeat(hb.clone())),
+            KindState::Anomaly(m) => m.get(key).map(|s| Saved::Anomaly(Box::new(s.clone()))),
+            KindState::Forecast(m) => m.get(key).map(|s| Saved::Forecast(s.clone())),
             KindState::Handler(m) => m.get(key).map(|s| Saved::Handler(s.clone())),
         }?;
         serde_json::to_vec(&saved).ok()
@@ -195,6 +207,8 @@ impl KindState {
                 sequence::restore(cx, *within_ms, m, key, s);
             }
             (Saved::Heartbeat(hb), KindState::Heartbeat(h), _) => heartbeat::restore(cx, h, key, hb),
+            (Saved::Anomaly(s), KindState::Anomaly(m), _) => m.insert(key, *s),
+            (Saved::Forecast(s), KindState::Forecast(m), _) => m.insert(key, s),
             (Saved::Handler(s), KindState::Handler(m), _) => handler::restore(cx, m, key, s),
             _ => return Err(format!("saved state does not fit a {} rule", rule.kind())),
         }
@@ -242,6 +256,8 @@ impl KindState {
             KindState::Stuck(m) => Some(m),
             KindState::Sequence(m) => Some(m),
             KindState::Heartbeat(h) => Some(&h.keys),
+            KindState::Anomaly(m) => Some(m),
+            KindState::Forecast(m) => Some(m),
             KindState::Handler(m) => Some(m),
         }
     }
@@ -254,6 +270,8 @@ impl KindState {
             KindState::Stuck(m) => Some(m),
             KindState::Sequence(m) => Some(m),
             KindState::Heartbeat(h) => Some(&mut h.keys),
+            KindState::Anomaly(m) => Some(m),
+            KindState::Forecast(m) => Some(m),
             KindState::Handler(m) => Some(m),
         }
     }

@@ -1,9 +1,11 @@
 //! Black-box tests of the engine under virtual time: rule files in, events and ticks in,
 //! composite events and faults out. One test binary; one module per concern.
 
+mod anomaly;
 mod basics;
 mod chaining;
 mod corpus;
+mod forecast;
 mod handler;
 mod heartbeat;
 mod history;

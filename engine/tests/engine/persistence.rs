@@ -198,6 +198,8 @@ rule("sequence", #{
     within: "1m",
 });
 rule("heartbeat", #{ on: "s/{device}", heartbeat: #{ timeout: "30s" } });
+rule("anomaly", #{ on: "s/{device}", anomaly: #{} });
+rule("forecast", #{ on: "s/{device}", forecast: #{ below: 0, horizon: "1d" } });
 rule("handler", #{
     on: "s/{device}",
     state: #{ n: 0 },
@@ -219,7 +221,11 @@ fn every_kind_exports_imports_into_a_fresh_engine_and_exports_the_same_state() {
             _ => None,
         })
         .collect();
-    assert_eq!(rules, ["handler", "heartbeat", "sequence", "stuck", "threshold", "window"], "a filter keeps nothing");
+    assert_eq!(
+        rules,
+        ["anomaly", "forecast", "handler", "heartbeat", "sequence", "stuck", "threshold", "window"],
+        "a filter keeps nothing"
+    );
     for (t, bytes) in &saved {
         if let Touched::Rule { rule, .. } = t {
             let v: serde_json::Value = serde_json::from_slice(bytes).expect("saved state is JSON");

@@ -1,0 +1,69 @@
+//! Anomalies: each key's readings judged against what is normal for that key.
+//!
+//! Every reading goes through the key's [`Detector`] (learning first, then judging and
+//! learning). With `report: "every"` the rule emits each reading's score; by default it
+//! emits once per episode ([`Episode`]): when the score reaches the threshold the
+//! `sensitivity` sets, and not again until it has calmed down.
+
+use super::Keyed;
+use super::{Cx, Ev, entry, with_field};
+use crate::declare::number;
+use crate::detect::anomaly::{Change, Detector, Episode, Judgement};
+use crate::rule::AnomalySpec;
+use rhai::{Array, Dynamic, Map};
+
+/// One key's detector and episode.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AnomalyState {
+    detector: Detector,
+    episode: Episode,
+}
+
+pub(crate) fn on_event(cx: &mut Cx<'_>, spec: &AnomalySpec, state: &mut Keyed<AnomalyState>, key: &str, x: &Ev<'_>) {
+    let v = match &spec.value {
+        Some(f) => match cx.call(f, [x.dynamic().clone()]) {
+            Some(v) => v,
+            None => return,
+        },
+        None => cx.value(x),
+    };
+    let Some(v) = number(&v).filter(|v| v.is_finite()) else {
+        // Not a reading: nothing to judge.
+        return;
+    };
+    let t = x.time();
+    let Some((key, s)) = entry(state, key, cx, AnomalyState::default) else { return };
+    let j = s.detector.step(&spec.params, t, v);
+    if spec.every {
+        let data = data(&j, v, None);
+        cx.emit(&key, t, || with_field(x.dynamic(), "anomaly", data.clone()), || data.clone(), x.event.id);
+        return;
+    }
+    if j.learning {
+        return;
+    }
+    if let Change::Started(opened, kind) = s.episode.update(&j, v, spec.params.threshold(), t) {
+        let j =
+            Judgement { score: opened.score, expected: opened.expected, low: opened.low, high: opened.high, kind, ..j };
+        let data = data(&j, opened.observed, Some(opened.at));
+        cx.emit(&key, t, || with_field(x.dynamic(), "anomaly", data.clone()), || data.clone(), x.event.id);
+    }
+}
+
+/// The event's data: `score`, `observed`, `expected`, `band`, `kind`, and `since` (episodes)
+/// or `learning` (every reading).
+fn data(j: &Judgement, observed: f64, since: Option<i64>) -> Dynamic {
+    let round = |v: f64| (v * 1e6).round() / 1e6;
+    let mut m = Map::new();
+    m.insert("score".into(), Dynamic::from_float(round(j.score)));
+    m.insert("observed".into(), Dynamic::from_float(observed));
+    m.insert("expected".into(), Dynamic::from_float(round(j.expected)));
+    let band: Array = vec![Dynamic::from_float(round(j.low)), Dynamic::from_float(round(j.high))];
+    m.insert("band".into(), band.into());
+    m.insert("kind".into(), j.kind.as_str().into());
+    match since {
+        Some(t) => m.insert("since".into(), Dynamic::from_int(t)),
+        None => m.insert("learning".into(), Dynamic::from_bool(j.learning)),
+    };
+    Dynamic::from_map(m)
+}
