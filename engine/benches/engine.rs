@@ -108,6 +108,77 @@ fn main() {
         note: "filter + when (+ clear) per event".into(),
     });
 
+    // 2b. Anomaly and forecast rules, 1k keys: a wave with a ripple, a reading a minute per key.
+    let wave = |i: i64| 20.0 + 2.0 * ((i / 1000) as f64 / 229.0).sin() + ((i * 7919) % 13) as f64 * 0.01;
+    let events: Vec<Event> = (0..100_000)
+        .map(|i| reading(&format!("sensors/d{}/temperature", i % 1000), wave(i), (i / 1000) * 60_000))
+        .collect();
+    for (case, src, note) in [
+        (
+            "anomaly rule, 1k keys",
+            r#"rule("odd", #{ on: "sensors/{device}/temperature", anomaly: #{} });"#,
+            "novelty + level statistics + episode per event",
+        ),
+        (
+            "anomaly rule with the daily profile, 1k keys",
+            r#"rule("odd", #{ on: "sensors/{device}/temperature", anomaly: #{ daily: true } });"#,
+            "+ the hour's mean and spread",
+        ),
+        (
+            "forecast rule, 1k keys",
+            r#"rule("low", #{ on: "sensors/{device}/temperature", forecast: #{ below: 10, horizon: "1d" } });"#,
+            "weighted line update + fit + crossing per event",
+        ),
+    ] {
+        let mut eng = engine_with(src, Tables::new());
+        let (rate, _) = throughput(&mut eng, &events, budget);
+        rows.push(Row { case: case.into(), value: k(rate), note: note.into() });
+    }
+    // Memory per key of each: 10k keys, a day of readings for the first 100 (the profile full),
+    // less the same run through a stuck-sensor rule (24 B of state a key): what the kind's own
+    // state costs, beyond what the engine keeps for any key (its name, map slot, recency).
+    let mut baseline = None;
+    for (case, src) in [
+        ("stuck rule (baseline)", r#"rule("st", #{ on: "s/{device}/temperature", stuck: #{ unchanged: "1h" } });"#),
+        (
+            "anomaly rule (daily profile): memory per key",
+            r#"rule("odd", #{ on: "s/{device}/temperature", anomaly: #{ daily: true } });"#,
+        ),
+        (
+            "forecast rule: memory per key",
+            r#"rule("low", #{ on: "s/{device}/temperature", forecast: #{ below: 10, horizon: "1d" } });"#,
+        ),
+    ] {
+        let mut eng = engine_with(src, Tables::new());
+        let mut out = Outputs::default();
+        let region = Region::new(GLOBAL);
+        for i in 0..10_000i64 {
+            eng.process(reading(&format!("s/d{i:05}/temperature"), wave(i), 0), Timestamp(0), &mut out);
+            out.clear();
+        }
+        for m in 1..1_440i64 {
+            for d in 0..100 {
+                eng.process(
+                    reading(&format!("s/d{d:05}/temperature"), wave(m * 1000), m * 60_000),
+                    Timestamp(m * 60_000),
+                    &mut out,
+                );
+                out.clear();
+            }
+        }
+        let per_key = net_bytes(&region) as f64 / 10_000.0;
+        let saved = eng.export_all().iter().map(|(_, b)| b.len()).max().unwrap_or(0);
+        let Some(base) = baseline else {
+            baseline = Some(per_key - 24.0);
+            continue;
+        };
+        rows.push(Row {
+            case: case.into(),
+            value: format!("{:.0} B", per_key - base),
+            note: format!("{per_key:.0} B with the engine's own per-key cost; saved form at most {saved} B"),
+        });
+    }
+
     // 3. Sequence with negation, 1k doors.
     let src = r#"
         rule("door-forced", #{
