@@ -161,25 +161,32 @@ impl Level {
     }
 }
 
-/// An hour-of-day profile: per hour (UTC), the mean and spread of the readings.
+/// An hour-of-day profile: per hour (UTC), the mean and spread of the readings, each hour
+/// learning from about its last [`DAILY_MEMORY`] days whatever the reading rate.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Daily {
     /// Per hour: mean, mean absolute deviation (f32: ample for a profile, half the bytes).
     hours: Vec<(f32, f32)>,
-    /// Readings seen per hour, up to `DAILY_MEMORY`.
-    seen: Vec<u16>,
+    /// Per hour: days that taught it (up to [`DAILY_MEMORY`]) and the latest of them (days
+    /// since the epoch).
+    days: Vec<(u16, u32)>,
+    /// Mean time between readings (ms), for how many readings an hour holds.
+    interval: f64,
+    /// The previous reading's time.
+    last_t: i64,
 }
 
-/// An hour is judged once this many readings taught it (a few days of a reading an hour).
-const DAILY_LEARN: u16 = 3;
-/// Each hour's statistics average over about this many readings.
+/// An hour is judged once this many days taught it.
+const DAILY_LEARN: u16 = 2;
+/// Each hour's statistics average over about this many days.
 const DAILY_MEMORY: u16 = 30;
 /// A reading this many standard deviations off its hour's mean scores 1.
 const DAILY_FULL: f64 = 8.0;
+const HOUR_MS: f64 = 3_600_000.0;
 
 impl Daily {
-    fn new() -> Daily {
-        Daily { hours: vec![(0.0, 0.0); 24], seen: vec![0; 24] }
+    fn new(t: i64) -> Daily {
+        Daily { hours: vec![(0.0, 0.0); 24], days: vec![(0, 0); 24], interval: HOUR_MS, last_t: t }
     }
 
     fn hour(t: i64) -> usize {
@@ -190,22 +197,32 @@ impl Daily {
     fn expected(&self, t: i64, floor: f64) -> Option<(f64, f64)> {
         let h = Daily::hour(t);
         let (mean, dev) = *self.hours.get(h)?;
-        (*self.seen.get(h)? >= DAILY_LEARN).then(|| (f64::from(mean), (f64::from(dev) * MAD_TO_SD).max(floor)))
+        (self.days.get(h)?.0 >= DAILY_LEARN).then(|| (f64::from(mean), (f64::from(dev) * MAD_TO_SD).max(floor)))
     }
 
     fn learn(&mut self, t: i64, x: f64) {
-        let h = Daily::hour(t);
-        let (Some((mean, dev)), Some(seen)) = (self.hours.get_mut(h), self.seen.get_mut(h)) else { return };
-        if *seen == 0 {
-            (*mean, *dev) = (x as f32, 0.0);
-        } else {
-            let a = 1.0 / f32::from((*seen).min(DAILY_MEMORY));
-            let d = x as f32 - *mean;
-            let cap = if *dev > 0.0 && *seen >= DAILY_LEARN { 4.0 * *dev } else { f32::INFINITY };
-            *mean += a * d.clamp(-cap, cap);
-            *dev += a * (d.abs().min(cap) - *dev);
+        let dt = t - self.last_t;
+        if dt > 0 {
+            self.interval += 0.05 * ((dt as f64).min(HOUR_MS) - self.interval);
+            self.last_t = t;
         }
-        *seen = seen.saturating_add(1).min(DAILY_MEMORY);
+        let h = Daily::hour(t);
+        let day = u32::try_from(t.div_euclid(86_400_000)).unwrap_or(0);
+        let (Some((mean, dev)), Some((days, last))) = (self.hours.get_mut(h), self.days.get_mut(h)) else { return };
+        if *days == 0 {
+            (*mean, *dev, *days, *last) = (x as f32, 0.0, 1, day);
+            return;
+        }
+        if day != *last {
+            (*days, *last) = ((*days + 1).min(DAILY_MEMORY), day);
+        }
+        // A day's weight, spread over the readings an hour holds.
+        let per_hour = (HOUR_MS / self.interval.max(1.0)).max(1.0) as f32;
+        let a = 1.0 / (f32::from(*days) * per_hour);
+        let d = x as f32 - *mean;
+        let cap = if *dev > 0.0 && *days >= DAILY_LEARN { 4.0 * *dev } else { f32::INFINITY };
+        *mean += a * d.clamp(-cap, cap);
+        *dev += a * (d.abs().min(cap) - *dev);
     }
 }
 
@@ -244,13 +261,14 @@ impl Detector {
                 d.learn(t, x);
             }
             (None, true) => {
-                let mut d = Daily::new();
+                let mut d = Daily::new(t);
                 d.learn(t, x);
                 self.daily = Some(d);
             }
             (_, false) => self.daily = None,
         }
-        let kind = if seasonal > novelty {
+        let in_band = (x - lv.mean).abs() <= BAND_SD * sd;
+        let kind = if seasonal > novelty && in_band && beyond == 0.0 {
             Kind::Seasonal
         } else if noisy {
             Kind::Noise
@@ -270,7 +288,7 @@ impl Detector {
             kind,
             sudden,
             learning,
-            notable: !hair || seasonal > novelty,
+            notable: !hair || seasonal >= novelty,
             settled: beyond < HAIR && x >= expected - BAND_SD * spread && x <= expected + BAND_SD * spread,
         }
     }
@@ -550,7 +568,7 @@ mod tests {
             e.update(&j, x, p.threshold(), i * MIN);
         }
         let saved = serde_json::to_vec(&(&d, &e)).expect("serialises").len();
-        let heap = 24 * (std::mem::size_of::<(f32, f32)>() + std::mem::size_of::<u16>());
+        let heap = 24 * (std::mem::size_of::<(f32, f32)>() + std::mem::size_of::<(u16, u32)>());
         let memory = std::mem::size_of::<Detector>() + std::mem::size_of::<Episode>() + heap;
         assert!(saved <= 2_048 && memory <= 2_048, "saved {saved} B, in memory {memory} B");
     }
