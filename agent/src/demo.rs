@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 
 /// The shipped rules, built in so the demo runs from anywhere.
 pub const SHIPPED_RULES: &[(&str, &str)] = &[
+    ("battery-forecast.rhai", include_str!("../../rules/battery-forecast.rhai")),
     ("battery-low.rhai", include_str!("../../rules/battery-low.rhai")),
     ("door-forced.rhai", include_str!("../../rules/door-forced.rhai")),
     ("offline.rhai", include_str!("../../rules/offline.rhai")),
     ("overheat.rhai", include_str!("../../rules/overheat.rhai")),
     ("stuck-sensor.rhai", include_str!("../../rules/stuck-sensor.rhai")),
+    ("temperature-anomaly.rhai", include_str!("../../rules/temperature-anomaly.rhai")),
 ];
 
 /// The demo's fleet, `config/scenarios/demo.toml`, built in likewise: 20 sensors, one
