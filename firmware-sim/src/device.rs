@@ -179,7 +179,7 @@ impl Device {
                 for c in &s.channels {
                     let name = edgewatch_wire::channel(&c.name)
                         .map_err(|source| DeviceError::Channel { channel: c.name.clone(), source })?;
-                    let signal = SignalState::new(&c.signal, &mut rng);
+                    let signal = SignalState::new(&c.signal, &mut rng, start_ms);
                     channels.push(ChannelState { name, topic: topic(&s.reading_topic, &c.name), signal });
                 }
                 Role::Sensor(Sensor {
@@ -541,7 +541,7 @@ mod tests {
 
     #[test]
     fn staggers_first_messages_across_the_interval() {
-        let c = cfg(Signal::Constant(1.0));
+        let c = cfg(Signal::Constant { value: 1.0, noise: 0.0 });
         let firsts: Vec<Duration> = (0..4).map(|i| Device::new(i, &c).expect("valid").next_reading()).collect();
         assert_eq!(firsts, [0, 250, 500, 750].map(Duration::from_millis).to_vec());
         let hb = Device::new(2, &c).expect("valid").next_heartbeat().expect("heartbeats on by default");
@@ -550,7 +550,7 @@ mod tests {
 
     #[test]
     fn seq_counts_every_sent_message_but_not_skipped_ones() {
-        let mut d = Device::new(0, &cfg(Signal::Constant(1.0))).expect("valid");
+        let mut d = Device::new(0, &cfg(Signal::Constant { value: 1.0, noise: 0.0 })).expect("valid");
         assert_eq!(d.seq(), 0);
         d.reading(None).expect("encodes");
         d.heartbeat().expect("on").expect("encodes");
@@ -566,7 +566,7 @@ mod tests {
 
     #[test]
     fn seq_wraps() {
-        let mut d = Device::new(0, &cfg(Signal::Constant(1.0))).expect("valid");
+        let mut d = Device::new(0, &cfg(Signal::Constant { value: 1.0, noise: 0.0 })).expect("valid");
         d.seq = u32::MAX;
         d.reading(None).expect("encodes");
         assert_eq!(d.seq(), 0);

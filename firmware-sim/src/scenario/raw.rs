@@ -44,6 +44,14 @@ fn default_open_delay() -> Duration {
 fn default_forced_quiet() -> Duration {
     Duration::from_secs(15)
 }
+/// Mid-afternoon, as outdoor temperatures peak.
+fn default_peak_hour() -> f32 {
+    15.0
+}
+/// Weekends like weekdays.
+fn default_weekend_factor() -> f32 {
+    1.0
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +133,18 @@ struct RawChannel {
 enum RawSignal {
     Constant {
         value: f32,
+        #[serde(default)]
+        noise: f32,
+    },
+    Daily {
+        base: f32,
+        amplitude: f32,
+        #[serde(default = "default_peak_hour")]
+        peak_hour: f32,
+        #[serde(default = "default_weekend_factor")]
+        weekend_factor: f32,
+        #[serde(default)]
+        noise: f32,
     },
     Sine {
         base: f32,
@@ -152,7 +172,10 @@ enum RawSignal {
 impl From<RawSignal> for Signal {
     fn from(raw: RawSignal) -> Signal {
         match raw {
-            RawSignal::Constant { value } => Signal::Constant(value),
+            RawSignal::Constant { value, noise } => Signal::Constant { value, noise },
+            RawSignal::Daily { base, amplitude, peak_hour, weekend_factor, noise } => {
+                Signal::Daily { base, amplitude, peak_hour, weekend_factor, noise }
+            }
             RawSignal::Sine { base, amplitude, period, noise } => Signal::Sine { base, amplitude, period, noise },
             RawSignal::RandomWalk { start, step, min, max } => Signal::RandomWalk { start, step, min, max },
             RawSignal::Steps { levels, every, noise } => Signal::Steps { levels, every, noise },
