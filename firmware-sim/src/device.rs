@@ -330,6 +330,25 @@ impl Device {
         values
     }
 
+    /// The noiseless level of channel `channel` at virtual `at` (see `SignalState::level`).
+    pub(crate) fn level(&self, channel: usize, at: Duration) -> Option<f32> {
+        match &self.role {
+            Role::Sensor(s) => s.channels.get(channel).map(|c| c.signal.level(at)),
+            Role::Door(_) => None,
+        }
+    }
+
+    /// What a `pattern_break` adds to channel `channel` at virtual `at`: the periodic part of
+    /// half a period earlier minus the periodic part now; `None` if the channel's signal has
+    /// no periodic part.
+    pub(crate) fn pattern_break(&self, channel: usize, at: Duration) -> Option<f32> {
+        let Role::Sensor(s) = &self.role else { return None };
+        let signal = &s.channels.get(channel)?.signal;
+        let half = signal.half_period()?;
+        let delta = signal.periodic(at, half)? - signal.periodic(at, Duration::ZERO)?;
+        Some(delta as f32)
+    }
+
     /// Encodes a reading of `values` with `ts`, appending `(topic, payload)` to `out`: one
     /// message per channel, or one for all. Every message takes a `seq`.
     pub(crate) fn encode_reading(

@@ -252,6 +252,23 @@ impl SignalState {
         }
     }
 
+    /// The noiseless level at virtual time `at`: what the signal reads there without its
+    /// noise (a random walk: where it stands now).
+    pub(crate) fn level(&self, at: Duration) -> f32 {
+        match self {
+            SignalState::Constant { value, .. } => *value,
+            SignalState::Sine { base, .. } | SignalState::Daily { base, .. } => {
+                (*base + self.periodic(at, Duration::ZERO).unwrap_or(0.0)) as f32
+            }
+            SignalState::RandomWalk { value, .. } => *value,
+            SignalState::Steps { levels, every, .. } => {
+                let step = at.as_nanos() / every.as_nanos().max(1);
+                let index = usize::try_from(step % levels.len().max(1) as u128).unwrap_or(0);
+                levels.get(index).copied().unwrap_or(0.0)
+            }
+        }
+    }
+
     /// The periodic part (the value minus `base`, without noise) the signal had `earlier`
     /// before virtual time `at`; `None` for a model without one (constant, random walk,
     /// steps). Times before t=0 continue the wave backwards.
@@ -273,6 +290,16 @@ impl SignalState {
                 let angle = std::f64::consts::TAU * (hour - peak_hour) / 24.0;
                 Some(amplitude * factor * angle.cos())
             }
+            _ => None,
+        }
+    }
+
+    /// Half of the periodic part's period (12 h for `daily`), `None` without one: a
+    /// `pattern_break` shows the wave from this long before.
+    pub(crate) fn half_period(&self) -> Option<Duration> {
+        match *self {
+            SignalState::Sine { period_s, .. } => Duration::try_from_secs_f64(period_s / 2.0).ok(),
+            SignalState::Daily { .. } => Some(Duration::from_millis(DAY_MS as u64 / 2)),
             _ => None,
         }
     }
@@ -350,6 +377,8 @@ mod tests {
         assert_eq!(state.sample(at_hour(27), &mut rng), 16.0, "trough at 03:00 the next day");
         assert_eq!(state.sample(at_hour(9), &mut rng), 20.0, "base half-way, at 09:00");
         assert_eq!(state.sample(at_hour(21), &mut rng), 20.0, "and at 21:00");
+        assert_eq!(state.level(at_hour(39)), 24.0, "the next day's peak");
+        assert_eq!(state.half_period(), Some(Duration::from_secs(12 * 3600)));
         // Twelve hours earlier, 15:00 looks like 03:00.
         let shifted = state.periodic(at_hour(15), Duration::from_secs(12 * 3600)).expect("periodic");
         assert!((shifted + 4.0).abs() < 1e-9, "{shifted}");
@@ -394,6 +423,7 @@ mod tests {
         let mut battery = SignalState::new(&Signal::Constant { value: 3.9, noise: 0.01 }, &mut rng, 0);
         let values: Vec<f32> = (0..100).map(|s| battery.sample(Duration::from_secs(s), &mut rng)).collect();
         assert!(values.iter().all(|v| (3.89..=3.91).contains(v)), "{values:?}");
+        assert_eq!(battery.level(Duration::ZERO), 3.9);
         let mut plain = SignalState::new(&Signal::Constant { value: 1.0, noise: 0.0 }, &mut rng, 0);
         let before = rng.clone();
         assert_eq!(plain.sample(Duration::ZERO, &mut rng), 1.0);
