@@ -179,7 +179,7 @@ impl Device {
                 for c in &s.channels {
                     let name = edgewatch_wire::channel(&c.name)
                         .map_err(|source| DeviceError::Channel { channel: c.name.clone(), source })?;
-                    let signal = SignalState::new(&c.signal, &mut rng);
+                    let signal = SignalState::new(&c.signal, &mut rng, start_ms);
                     channels.push(ChannelState { name, topic: topic(&s.reading_topic, &c.name), signal });
                 }
                 Role::Sensor(Sensor {
@@ -328,6 +328,25 @@ impl Device {
             }
         }
         values
+    }
+
+    /// The noiseless level of channel `channel` at virtual `at` (see `SignalState::level`).
+    pub(crate) fn level(&self, channel: usize, at: Duration) -> Option<f32> {
+        match &self.role {
+            Role::Sensor(s) => s.channels.get(channel).map(|c| c.signal.level(at)),
+            Role::Door(_) => None,
+        }
+    }
+
+    /// What a `pattern_break` adds to channel `channel` at virtual `at`: the periodic part of
+    /// half a period earlier minus the periodic part now; `None` if the channel's signal has
+    /// no periodic part.
+    pub(crate) fn pattern_break(&self, channel: usize, at: Duration) -> Option<f32> {
+        let Role::Sensor(s) = &self.role else { return None };
+        let signal = &s.channels.get(channel)?.signal;
+        let half = signal.half_period()?;
+        let delta = signal.periodic(at, half)? - signal.periodic(at, Duration::ZERO)?;
+        Some(delta as f32)
     }
 
     /// Encodes a reading of `values` with `ts`, appending `(topic, payload)` to `out`: one
@@ -541,7 +560,7 @@ mod tests {
 
     #[test]
     fn staggers_first_messages_across_the_interval() {
-        let c = cfg(Signal::Constant(1.0));
+        let c = cfg(Signal::Constant { value: 1.0, noise: 0.0 });
         let firsts: Vec<Duration> = (0..4).map(|i| Device::new(i, &c).expect("valid").next_reading()).collect();
         assert_eq!(firsts, [0, 250, 500, 750].map(Duration::from_millis).to_vec());
         let hb = Device::new(2, &c).expect("valid").next_heartbeat().expect("heartbeats on by default");
@@ -550,7 +569,7 @@ mod tests {
 
     #[test]
     fn seq_counts_every_sent_message_but_not_skipped_ones() {
-        let mut d = Device::new(0, &cfg(Signal::Constant(1.0))).expect("valid");
+        let mut d = Device::new(0, &cfg(Signal::Constant { value: 1.0, noise: 0.0 })).expect("valid");
         assert_eq!(d.seq(), 0);
         d.reading(None).expect("encodes");
         d.heartbeat().expect("on").expect("encodes");
@@ -566,7 +585,7 @@ mod tests {
 
     #[test]
     fn seq_wraps() {
-        let mut d = Device::new(0, &cfg(Signal::Constant(1.0))).expect("valid");
+        let mut d = Device::new(0, &cfg(Signal::Constant { value: 1.0, noise: 0.0 })).expect("valid");
         d.seq = u32::MAX;
         d.reading(None).expect("encodes");
         assert_eq!(d.seq(), 0);

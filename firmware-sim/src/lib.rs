@@ -94,8 +94,9 @@ pub use runner::{
     CONNECT_TIMEOUT, DRAIN_TIMEOUT, RunOptions, RunReport, RunStats, SimError, run_scenario, run_simulation,
 };
 pub use scenario::{
-    ChannelSpec, DeviceRef, DoorSpec, FaultKind, FaultSet, FaultSpec, FaultType, FlapVia, Group, GroupKind,
-    MAX_OWN_CONNECTIONS, MessageFilter, PayloadFormat, Scenario, ScenarioError, ScenarioSpec, SensorSpec,
+    BATTERY_CHANNEL, ChannelSpec, DeviceRef, DoorSpec, FaultKind, FaultSet, FaultSpec, FaultType, FlapVia, Group,
+    GroupKind, MAX_OWN_CONNECTIONS, MessageFilter, PayloadFormat, Scenario, ScenarioError, ScenarioSpec, SensorSpec,
+    SpikeValue,
 };
 pub use signal::{Signal, SignalError};
 pub use sim::{

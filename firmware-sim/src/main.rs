@@ -175,7 +175,7 @@ impl Args {
             SignalKind::Sine => {
                 Signal::Sine { base: self.base, amplitude: self.amplitude, period: self.period, noise: self.noise }
             }
-            SignalKind::Constant => Signal::Constant(self.base),
+            SignalKind::Constant => Signal::Constant { value: self.base, noise: 0.0 },
             SignalKind::Walk => Signal::RandomWalk { start: self.base, step: self.step, min: self.min, max: self.max },
         }
     }

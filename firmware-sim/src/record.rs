@@ -24,8 +24,23 @@
 //! {"device":"t-003","group":"temperature","fault":"overheat","start_ms":1732170010000,"end_ms":1732170016000,"duration_ms":6000,"value":90.0,"channel":"temperature","messages":6}
 //! ```
 //!
-//! `start_ms`/`end_ms` as [`Truth`] says, then the fault's parameters (durations in ms),
-//! then `messages`, the count of messages it withheld or shaped.
+//! `start_ms`/`end_ms` as [`Truth`] says, then the fault's parameters (durations in ms,
+//! rates per hour), then `channel` for faults that change values, then `messages`, the
+//! count of messages it withheld or shaped. The faults that change values over a span:
+//!
+//! ```text
+//! {...,"fault":"drift","start_ms":..,"end_ms":..,"duration_ms":86400000,"rate_per_hour":0.25,"channel":"temperature","messages":1440}
+//! {...,"fault":"level_shift",..,"duration_ms":43200000,"by":4.0,"channel":"temperature","messages":720}
+//! {...,"fault":"spike",..,"by":8.0,"count":3,"channel":"temperature","messages":3}
+//! {...,"fault":"pattern_break",..,"duration_ms":86400000,"channel":"temperature","messages":1440}
+//! {...,"fault":"noise_burst",..,"duration_ms":21600000,"noise":3.0,"channel":"temperature","messages":360}
+//! {...,"fault":"battery_decline",..,"rate_per_hour":0.03,"from":3.9,"channel":"battery","messages":1440}
+//! ```
+//!
+//! A `battery_decline` has `duration_ms` only if it has a `duration` (else it runs to the
+//! end, `end_ms`), and `from` (the battery's level at its first reading, before declining)
+//! once it has read one: its readings follow `from - rate_per_hour · hours since start_ms`,
+//! plus the signal's noise, never below 0.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -34,7 +49,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::scenario::FaultKind;
+use crate::scenario::{FaultKind, SpikeValue};
 use crate::sim::{Action, Emission, Encoding, Truth, WILL_PAYLOAD};
 
 /// One line of a recording: the one type both sides use, firmware-sim to write
@@ -241,7 +256,10 @@ impl Serialize for Truth {
                 m.serialize_entry("value", value)?;
             }
             FaultKind::Spike { value, count, .. } => {
-                m.serialize_entry("value", value)?;
+                match value {
+                    SpikeValue::Absolute(value) => m.serialize_entry("value", value)?,
+                    SpikeValue::Relative(by) => m.serialize_entry("by", by)?,
+                }
                 m.serialize_entry("count", count)?;
             }
             FaultKind::Stuck { .. } => m.serialize_entry("duration_ms", &dur_ms(span))?,
@@ -257,6 +275,28 @@ impl Serialize for Truth {
             FaultKind::ClockSkew { offset_ms, .. } => {
                 m.serialize_entry("duration_ms", &dur_ms(span))?;
                 m.serialize_entry("offset_ms", offset_ms)?;
+            }
+            FaultKind::Drift { rate, .. } => {
+                m.serialize_entry("duration_ms", &dur_ms(span))?;
+                m.serialize_entry("rate_per_hour", rate)?;
+            }
+            FaultKind::LevelShift { by, .. } => {
+                m.serialize_entry("duration_ms", &dur_ms(span))?;
+                m.serialize_entry("by", by)?;
+            }
+            FaultKind::PatternBreak { .. } => m.serialize_entry("duration_ms", &dur_ms(span))?,
+            FaultKind::NoiseBurst { noise, .. } => {
+                m.serialize_entry("duration_ms", &dur_ms(span))?;
+                m.serialize_entry("noise", noise)?;
+            }
+            FaultKind::BatteryDecline { duration, rate, .. } => {
+                if let Some(d) = duration {
+                    m.serialize_entry("duration_ms", &dur_ms(*d))?;
+                }
+                m.serialize_entry("rate_per_hour", rate)?;
+                if let Some(from) = self.from {
+                    m.serialize_entry("from", &from)?;
+                }
             }
         }
         if let Some(channel) = &self.channel {

@@ -14,8 +14,9 @@
 //! 1. *Withhold*: `silence`, `flap`, `disconnect` (while away), `heartbeat_loss` and a
 //!    `forced_door`'s quiet span stop the message; its timer and signal move on, `seq`
 //!    does not.
-//! 2. *Shape*: `stuck`, `overheat` and `spike` replace a reading's value; `clock_skew`
-//!    shifts `ts`.
+//! 2. *Shape*: `stuck`, `overheat` and `spike` replace a reading's value (a relative
+//!    `spike` adds to it); `drift`, `level_shift`, `pattern_break`, `noise_burst` and
+//!    `battery_decline` add to it (see [`FaultKind`] for each); `clock_skew` shifts `ts`.
 //! 3. *Deliver*: `duplicate` sends it twice; `late` holds it for `delay`; `reorder` holds it
 //!    until the device's next message has gone.
 //!
@@ -27,8 +28,13 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
 use crate::device::{BADGE_CODE, Device, EncodeError, OPEN_CODE};
-use crate::scenario::{FaultKind, FaultSet, FaultType, FlapVia, MessageFilter, PayloadFormat, Scenario, ScenarioError};
+use crate::scenario::{
+    FaultKind, FaultSet, FaultType, FlapVia, MessageFilter, PayloadFormat, Scenario, ScenarioError, SpikeValue,
+};
 
 /// Payload an own-connection device publishes on its status topic when it connects.
 pub const ONLINE_PAYLOAD: &str = "online";
@@ -155,8 +161,12 @@ pub struct Truth {
     /// Messages it withheld or shaped (for `forced_door`: the opening withheld before it,
     /// badge reads withheld after it, and the forced opening).
     pub messages: u64,
-    /// The channel an overheat, spike or stuck fault acted on.
+    /// The channel a fault that changes readings' values acted on (overheat, spike, stuck,
+    /// drift, level shift, pattern break, noise burst, battery decline).
     pub channel: Option<String>,
+    /// A battery decline's starting point: the channel's noiseless level at the first
+    /// reading of the span (`None` before that reading, and for other faults).
+    pub from: Option<f32>,
     /// The fault and its parameters, as scheduled.
     pub kind: FaultKind,
 }
@@ -244,8 +254,11 @@ struct FaultState {
     messages: u64,
     /// When it last acted (one-off faults).
     last_at: Option<Duration>,
-    /// A stuck fault's frozen value.
+    /// A stuck fault's frozen value; a battery decline's level at its first reading.
     frozen: Option<f32>,
+    /// A noise burst's own random stream (seed, stream `u64::MAX - fault number`), so the
+    /// device's stream, and its values after the burst, are those of a run without it.
+    rng: Option<ChaCha8Rng>,
     /// Step of a multi-step job (disconnect: drop, reconnect; flap: drop, reconnect, ...).
     phase: u32,
 }
@@ -342,6 +355,11 @@ fn encoding(format: PayloadFormat) -> Encoding {
 
 const NANO: Duration = Duration::from_nanos(1);
 
+/// To 0.01, as the signals round (a sensor's resolution), so shaped values stay short too.
+fn round2(v: f32) -> f32 {
+    (v * 100.0).round() / 100.0
+}
+
 impl Simulation {
     /// Builds every device of `scenario` and schedules its first messages, staggered across
     /// each interval by position so large groups do not all fire at t=0.
@@ -403,6 +421,11 @@ impl Simulation {
                 messages: 0,
                 last_at: None,
                 frozen: None,
+                rng: matches!(spec.kind, FaultKind::NoiseBurst { .. }).then(|| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+                    rng.set_stream(u64::MAX - fi as u64);
+                    rng
+                }),
                 phase: 0,
             });
         }
@@ -544,12 +567,12 @@ impl Simulation {
                 let end =
                     if span.is_zero() { f.last_at.unwrap_or(f.start) } else { f.start.saturating_add(span).min(until) };
                 let device = self.devices.get(f.device);
-                let channel = match &f.kind {
-                    FaultKind::Overheat { .. } | FaultKind::Spike { .. } | FaultKind::Stuck { .. } => {
-                        device.and_then(|d| d.channel_name(f.channel)).map(str::to_owned)
-                    }
-                    _ => None,
+                let channel = if f.kind.shapes_values() {
+                    device.and_then(|d| d.channel_name(f.channel)).map(str::to_owned)
+                } else {
+                    None
                 };
+                let from = if matches!(f.kind, FaultKind::BatteryDecline { .. }) { f.frozen } else { None };
                 Truth {
                     device: device.map(|d| d.id().to_owned()).unwrap_or_default(),
                     group: device.and_then(|d| self.group_names.get(d.group())).cloned().unwrap_or_default(),
@@ -557,6 +580,7 @@ impl Simulation {
                     end_ms: self.start_ms.saturating_add(ms(end)),
                     messages: f.messages,
                     channel,
+                    from,
                     kind: f.kind.clone(),
                 }
             })
@@ -633,12 +657,15 @@ impl Simulation {
         }
     }
 
-    /// Applies stuck, overheat and spike faults to a reading's values.
+    /// Applies the faults that change values (stuck, overheat, spike, drift, level shift,
+    /// pattern break, noise burst, battery decline) to a reading's values.
     fn shape_values(&mut self, device: usize, at: Duration, values: &mut [f32], shaped: &mut FaultSet) {
         let Some(list) = self.faults_of.get(device) else { return };
+        let dev = self.devices.get(device);
         for &fi in list {
             let Some(f) = self.faults.get_mut(fi) else { continue };
             let Some(value) = values.get_mut(f.channel) else { continue };
+            let hours = at.saturating_sub(f.start).as_secs_f64() / 3600.0;
             match f.kind {
                 FaultKind::Stuck { duration, .. } if f.covers(at, duration) => {
                     *value = *f.frozen.get_or_insert(*value);
@@ -651,9 +678,44 @@ impl Simulation {
                     f.acted(at);
                 }
                 FaultKind::Spike { value: outlier, .. } if at >= f.start && f.remaining > 0 => {
-                    *value = outlier;
+                    *value = match outlier {
+                        SpikeValue::Absolute(v) => v,
+                        SpikeValue::Relative(by) => round2(*value + by),
+                    };
                     f.remaining -= 1;
                     shaped.insert(FaultType::Spike);
+                    f.acted(at);
+                }
+                FaultKind::Drift { duration, rate, .. } if f.covers(at, duration) => {
+                    *value = round2((f64::from(*value) + f64::from(rate) * hours) as f32);
+                    shaped.insert(FaultType::Drift);
+                    f.acted(at);
+                }
+                FaultKind::LevelShift { duration, by, .. } if f.covers(at, duration) => {
+                    *value = round2(*value + by);
+                    shaped.insert(FaultType::LevelShift);
+                    f.acted(at);
+                }
+                FaultKind::PatternBreak { duration, .. } if f.covers(at, duration) => {
+                    // Validation made sure the channel's signal has a periodic part.
+                    let delta = dev.and_then(|d| d.pattern_break(f.channel, at)).unwrap_or(0.0);
+                    *value = round2(*value + delta);
+                    shaped.insert(FaultType::PatternBreak);
+                    f.acted(at);
+                }
+                FaultKind::NoiseBurst { duration, noise, .. } if f.covers(at, duration) => {
+                    let extra = f.rng.as_mut().map_or(0.0, |rng| rng.random_range(-noise..=noise));
+                    *value = round2(*value + extra);
+                    shaped.insert(FaultType::NoiseBurst);
+                    f.acted(at);
+                }
+                FaultKind::BatteryDecline { duration, rate, .. } if f.covers(at, duration.unwrap_or(Duration::MAX)) => {
+                    if f.frozen.is_none() {
+                        f.frozen = dev.and_then(|d| d.level(f.channel, at));
+                    }
+                    let declined = f64::from(*value) - f64::from(rate) * hours;
+                    *value = round2(declined.max(0.0) as f32);
+                    shaped.insert(FaultType::BatteryDecline);
                     f.acted(at);
                 }
                 _ => {}

@@ -308,3 +308,56 @@ fn a_scenario_file_can_be_resized_prefixed_and_stretched() {
     assert!(topics.contains(&"edgewatch-demo/abc/sensors/t-004/temperature"), "{topics:?}");
     assert!(topics.iter().all(|t| t.starts_with("edgewatch-demo/abc/sensors/")));
 }
+
+/// What the anomaly scenario's header table promises: two clean days, one fault of each
+/// value kind on its own device from the hour it says, six devices never touched, and the
+/// battery below 3.3 V at about 92 h.
+#[test]
+fn anomaly_scenario_injects_what_it_documents() {
+    let scenario = load("anomaly.toml");
+    let ids: Vec<String> = (0..12).map(|i| format!("a-{i:03}")).collect();
+    assert_eq!(scenario.device_ids(), ids);
+    assert_eq!(scenario.duration(), Some(Duration::from_secs(4 * 86_400)));
+    let (emissions, sim) = generate(&scenario, 7);
+    let hours = |e: &Emission| e.at.as_secs_f64() / 3600.0;
+    assert_eq!(emissions.len(), 12 * 4 * 1440 * 2, "two channels a minute for four days");
+
+    let planned: Vec<(String, FaultType, u64)> = sim
+        .truth()
+        .into_iter()
+        .map(|t| (t.device.clone(), t.fault(), (t.start_ms - SimOptions::default().start_ms) / 3_600_000))
+        .collect();
+    let want = [
+        ("a-001", FaultType::Drift, 50),
+        ("a-003", FaultType::LevelShift, 54),
+        ("a-005", FaultType::Spike, 58),
+        ("a-007", FaultType::PatternBreak, 60),
+        ("a-009", FaultType::NoiseBurst, 66),
+        ("a-011", FaultType::BatteryDecline, 72),
+    ];
+    assert_eq!(planned, want.map(|(d, f, h)| (d.to_owned(), f, h)));
+
+    let mut faulted: BTreeMap<String, f64> = BTreeMap::new();
+    let mut below_3_3 = None;
+    for e in &emissions {
+        let Some((Kind::Reading, _, v)) = json(e) else { panic!("only readings: {e:?}") };
+        let device = v["device"].as_str().expect("device").to_owned();
+        if let Some(volts) = v["battery"].as_f64() {
+            if device == "a-011" && volts < 3.3 && below_3_3.is_none() {
+                below_3_3 = Some(hours(e));
+            }
+            if device != "a-011" {
+                assert!((3.89..=3.91).contains(&volts), "{device}: {volts} V");
+            }
+        }
+        if e.publish().is_some_and(|p| !p.faults.is_empty()) {
+            faulted.entry(device).or_insert_with(|| hours(e));
+        }
+    }
+    // Faulted devices, and the hour of their first faulted reading (each reads 5 s per index
+    // past the minute, so the first is within a minute of the fault's start).
+    let first: Vec<(&str, u64)> = faulted.iter().map(|(d, h)| (d.as_str(), h.floor() as u64)).collect();
+    assert_eq!(first, want.map(|(d, _, h)| (d, h)), "nothing before 48 h, and the clean devices never");
+    let crossing = below_3_3.expect("a-011's battery runs down");
+    assert!((91.8..92.4).contains(&crossing), "{crossing} h, about 72 + (3.9 - 3.3) / 0.03 = 92");
+}

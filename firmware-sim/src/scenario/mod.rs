@@ -160,7 +160,16 @@ impl ScenarioSpec {
                 | FaultKind::Late { duration, .. }
                 | FaultKind::ClockSkew { duration, .. }
                 | FaultKind::Disconnect { duration }
-                | FaultKind::ForcedDoor { duration } => scale(duration),
+                | FaultKind::ForcedDoor { duration }
+                | FaultKind::Drift { duration, .. }
+                | FaultKind::LevelShift { duration, .. }
+                | FaultKind::PatternBreak { duration, .. }
+                | FaultKind::NoiseBurst { duration, .. } => scale(duration),
+                FaultKind::BatteryDecline { duration, .. } => {
+                    if let Some(d) = duration {
+                        scale(d);
+                    }
+                }
                 FaultKind::Flap { period, down, .. } => {
                     scale(period);
                     scale(down);
@@ -323,10 +332,11 @@ pub enum FaultKind {
         /// Which channel (default: the first).
         channel: Option<String>,
     },
-    /// The next `count` readings from `start` report `value` on `channel`.
+    /// The next `count` readings from `start` report an outlier on `channel`: `value`, or
+    /// the normal value plus `by`.
     Spike {
         /// The outlier.
-        value: f32,
+        value: SpikeValue,
         /// How many readings.
         count: u32,
         /// Which channel (default: the first).
@@ -393,7 +403,73 @@ pub enum FaultKind {
         /// How long no badge is read after the forced opening.
         duration: Duration,
     },
+    /// A sensor drifting out of calibration: in the span, `rate · (t - start)` (t in hours)
+    /// is added to `channel`'s readings, an offset growing linearly from 0 to
+    /// `rate · duration`. After the span, readings are normal again.
+    Drift {
+        /// How long.
+        duration: Duration,
+        /// Units of the channel per hour (negative: drifts down); not zero.
+        rate: f32,
+        /// Which channel (default: the first).
+        channel: Option<String>,
+    },
+    /// In the span, `by` is added to `channel`'s readings (a step up or down and back).
+    LevelShift {
+        /// How long.
+        duration: Duration,
+        /// The offset; not zero.
+        by: f32,
+        /// Which channel (default: the first).
+        channel: Option<String>,
+    },
+    /// In the span, the periodic part of `channel`'s `daily` or `sine` signal is the one it
+    /// had half a period earlier: a `daily` shows 03:00's value at 15:00 and the reverse
+    /// (its shape shifted by 12 hours), a `sine` is inverted. Values stay in their normal
+    /// range, at the wrong time of day; base and noise are unchanged.
+    PatternBreak {
+        /// How long.
+        duration: Duration,
+        /// Which channel (default: the first); its signal must be `daily` or `sine`.
+        channel: Option<String>,
+    },
+    /// In the span, uniform noise in `[-noise, noise]` is added to `channel`'s readings, on
+    /// top of the signal's own (drawn from the fault's own random stream, so the device's
+    /// values after the span are those of a run without it).
+    NoiseBurst {
+        /// How long.
+        duration: Duration,
+        /// Half-width of the extra noise; above zero.
+        noise: f32,
+        /// Which channel (default: the first).
+        channel: Option<String>,
+    },
+    /// A battery running down: from `start`, `rate · (t - start)` (t in hours) is taken off
+    /// `channel`'s readings, never below 0, for `duration` or to the end of the run. The
+    /// truth gives the channel's noiseless level at the first reading of the span (`from`),
+    /// so a reading at `t` is about `from - rate · (t - start)`. After the span (a new
+    /// battery), readings are normal again.
+    BatteryDecline {
+        /// How long; `None`: to the end of the run.
+        duration: Option<Duration>,
+        /// Volts (units of the channel) per hour; above zero.
+        rate: f32,
+        /// Which channel (default: the one named `battery`).
+        channel: Option<String>,
+    },
 }
+
+/// A [`FaultKind::Spike`]'s outlier.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SpikeValue {
+    /// The reading is this value (`value = 85.0`).
+    Absolute(f32),
+    /// The reading is the normal value plus this (`by = 8.0`).
+    Relative(f32),
+}
+
+/// The channel a battery fault acts on unless it names one.
+pub const BATTERY_CHANNEL: &str = "battery";
 
 /// How a flapping device is absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,11 +550,21 @@ pub enum FaultType {
     Disconnect,
     /// [`FaultKind::ForcedDoor`]
     ForcedDoor,
+    /// [`FaultKind::Drift`]
+    Drift,
+    /// [`FaultKind::LevelShift`]
+    LevelShift,
+    /// [`FaultKind::PatternBreak`]
+    PatternBreak,
+    /// [`FaultKind::NoiseBurst`]
+    NoiseBurst,
+    /// [`FaultKind::BatteryDecline`]
+    BatteryDecline,
 }
 
 impl FaultType {
     /// Every fault type, in declaration order.
-    pub const ALL: [FaultType; 14] = [
+    pub const ALL: [FaultType; 19] = [
         FaultType::Silence,
         FaultType::HeartbeatLoss,
         FaultType::Flap,
@@ -493,6 +579,11 @@ impl FaultType {
         FaultType::ClockSkew,
         FaultType::Disconnect,
         FaultType::ForcedDoor,
+        FaultType::Drift,
+        FaultType::LevelShift,
+        FaultType::PatternBreak,
+        FaultType::NoiseBurst,
+        FaultType::BatteryDecline,
     ];
 
     /// `silence`, `heartbeat_loss`, `flap`, ...
@@ -512,6 +603,11 @@ impl FaultType {
             FaultType::ClockSkew => "clock_skew",
             FaultType::Disconnect => "disconnect",
             FaultType::ForcedDoor => "forced_door",
+            FaultType::Drift => "drift",
+            FaultType::LevelShift => "level_shift",
+            FaultType::PatternBreak => "pattern_break",
+            FaultType::NoiseBurst => "noise_burst",
+            FaultType::BatteryDecline => "battery_decline",
         }
     }
 
@@ -520,8 +616,8 @@ impl FaultType {
         FaultType::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    fn bit(self) -> u16 {
-        1 << (self as u16)
+    fn bit(self) -> u32 {
+        1 << (self as u32)
     }
 }
 
@@ -533,7 +629,7 @@ impl fmt::Display for FaultType {
 
 /// A small set of [`FaultType`]s: the faults that shaped one message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct FaultSet(u16);
+pub struct FaultSet(u32);
 
 impl FaultSet {
     /// No fault.
@@ -578,13 +674,20 @@ impl FaultKind {
             FaultKind::ClockSkew { .. } => FaultType::ClockSkew,
             FaultKind::Disconnect { .. } => FaultType::Disconnect,
             FaultKind::ForcedDoor { .. } => FaultType::ForcedDoor,
+            FaultKind::Drift { .. } => FaultType::Drift,
+            FaultKind::LevelShift { .. } => FaultType::LevelShift,
+            FaultKind::PatternBreak { .. } => FaultType::PatternBreak,
+            FaultKind::NoiseBurst { .. } => FaultType::NoiseBurst,
+            FaultKind::BatteryDecline { .. } => FaultType::BatteryDecline,
         }
     }
 
     /// How long the fault's span lasts from `start`; zero for one-off faults (spike,
-    /// duplicate, reorder, malformed, burst), which act on the next messages instead.
+    /// duplicate, reorder, malformed, burst), which act on the next messages instead;
+    /// [`Duration::MAX`] for a battery decline to the end of the run.
     pub fn span(&self) -> Duration {
         match *self {
+            FaultKind::BatteryDecline { duration, .. } => duration.unwrap_or(Duration::MAX),
             FaultKind::Silence { duration }
             | FaultKind::HeartbeatLoss { duration }
             | FaultKind::Overheat { duration, .. }
@@ -592,7 +695,11 @@ impl FaultKind {
             | FaultKind::Late { duration, .. }
             | FaultKind::ClockSkew { duration, .. }
             | FaultKind::Disconnect { duration }
-            | FaultKind::ForcedDoor { duration } => duration,
+            | FaultKind::ForcedDoor { duration }
+            | FaultKind::Drift { duration, .. }
+            | FaultKind::LevelShift { duration, .. }
+            | FaultKind::PatternBreak { duration, .. }
+            | FaultKind::NoiseBurst { duration, .. } => duration,
             FaultKind::Flap { period, count, .. } => period.saturating_mul(count),
             FaultKind::Spike { .. }
             | FaultKind::Duplicate { .. }
@@ -602,14 +709,35 @@ impl FaultKind {
         }
     }
 
-    /// The channel named by an overheat, spike or stuck fault.
+    /// The channel a fault that changes readings' values names, if it names one.
     pub fn channel(&self) -> Option<&str> {
         match self {
             FaultKind::Overheat { channel, .. }
             | FaultKind::Spike { channel, .. }
-            | FaultKind::Stuck { channel, .. } => channel.as_deref(),
+            | FaultKind::Stuck { channel, .. }
+            | FaultKind::Drift { channel, .. }
+            | FaultKind::LevelShift { channel, .. }
+            | FaultKind::PatternBreak { channel, .. }
+            | FaultKind::NoiseBurst { channel, .. }
+            | FaultKind::BatteryDecline { channel, .. } => channel.as_deref(),
             _ => None,
         }
+    }
+
+    /// Whether the fault changes the value of one channel of a sensor's readings (and so
+    /// needs a sensor, and its truth names the channel).
+    pub fn shapes_values(&self) -> bool {
+        matches!(
+            self,
+            FaultKind::Overheat { .. }
+                | FaultKind::Spike { .. }
+                | FaultKind::Stuck { .. }
+                | FaultKind::Drift { .. }
+                | FaultKind::LevelShift { .. }
+                | FaultKind::PatternBreak { .. }
+                | FaultKind::NoiseBurst { .. }
+                | FaultKind::BatteryDecline { .. }
+        )
     }
 }
 
@@ -873,7 +1001,16 @@ fn validate(spec: ScenarioSpec) -> Result<Scenario, Invalid> {
             | FaultKind::Disconnect { duration }
             | FaultKind::HeartbeatLoss { duration }
             | FaultKind::Overheat { duration, .. }
-            | FaultKind::Late { duration, .. } => nonzero(p("duration"), "duration", *duration)?,
+            | FaultKind::Late { duration, .. }
+            | FaultKind::Drift { duration, .. }
+            | FaultKind::LevelShift { duration, .. }
+            | FaultKind::PatternBreak { duration, .. }
+            | FaultKind::NoiseBurst { duration, .. } => nonzero(p("duration"), "duration", *duration)?,
+            FaultKind::BatteryDecline { duration, .. } => {
+                if let Some(d) = duration {
+                    nonzero(p("duration"), "duration", *d)?;
+                }
+            }
             FaultKind::Flap { period, down, count, .. } => {
                 nonzero(p("period"), "period", *period)?;
                 nonzero(p("down"), "down", *down)?;
@@ -895,8 +1032,24 @@ fn validate(spec: ScenarioSpec) -> Result<Scenario, Invalid> {
             }
         }
         match &f.kind {
-            FaultKind::Overheat { value, .. } | FaultKind::Spike { value, .. } if !value.is_finite() => {
+            FaultKind::Overheat { value, .. } | FaultKind::Spike { value: SpikeValue::Absolute(value), .. }
+                if !value.is_finite() =>
+            {
                 return invalid(p("value"), "value must be a finite number");
+            }
+            FaultKind::Spike { value: SpikeValue::Relative(by), .. } | FaultKind::LevelShift { by, .. }
+                if !by.is_finite() || *by == 0.0 =>
+            {
+                return invalid(p("by"), "by must be a finite number other than zero");
+            }
+            FaultKind::Drift { rate, .. } if !rate.is_finite() || *rate == 0.0 => {
+                return invalid(p("rate"), "rate must be a finite number other than zero (units per hour)");
+            }
+            FaultKind::BatteryDecline { rate, .. } if !rate.is_finite() || *rate <= 0.0 => {
+                return invalid(p("rate"), "rate must be a finite number above zero (volts per hour)");
+            }
+            FaultKind::NoiseBurst { noise, .. } if !noise.is_finite() || *noise <= 0.0 => {
+                return invalid(p("noise"), "noise must be a finite number above zero");
             }
             FaultKind::Late { delay, .. } => nonzero(p("delay"), "delay", *delay)?,
             FaultKind::HeartbeatLoss { .. } => needs(g.heartbeat_interval.is_some(), "a device that sends heartbeats")?,
@@ -922,16 +1075,37 @@ fn validate(spec: ScenarioSpec) -> Result<Scenario, Invalid> {
             }
             _ => {}
         }
-        if matches!(f.kind, FaultKind::Overheat { .. } | FaultKind::Spike { .. } | FaultKind::Stuck { .. }) {
+        if f.kind.shapes_values() {
             let GroupKind::Sensor(s) = &g.kind else {
                 return Err(unsuited("a sensor"));
             };
-            if let Some(name) = f.kind.channel() {
-                channel = s
-                    .channels
-                    .iter()
-                    .position(|c| c.name == name)
-                    .ok_or_else(|| (p("channel"), format!("device {} has no channel {name:?}", f.device)))?;
+            let battery = matches!(f.kind, FaultKind::BatteryDecline { .. });
+            match f.kind.channel() {
+                Some(name) => {
+                    channel = s
+                        .channels
+                        .iter()
+                        .position(|c| c.name == name)
+                        .ok_or_else(|| (p("channel"), format!("device {} has no channel {name:?}", f.device)))?;
+                }
+                None if battery => {
+                    channel = s.channels.iter().position(|c| c.name == BATTERY_CHANNEL).ok_or_else(|| {
+                        unsuited(&format!("a sensor with a {BATTERY_CHANNEL:?} channel (or name one with `channel`)"))
+                    })?;
+                }
+                None => {}
+            }
+            if let (FaultKind::PatternBreak { .. }, Some(c)) = (&f.kind, s.channels.get(channel)) {
+                if !matches!(c.signal, Signal::Daily { .. } | Signal::Sine { .. }) {
+                    let at = if f.kind.channel().is_some() { p("channel") } else { format!("faults[{fi}]") };
+                    return invalid(
+                        at,
+                        format!(
+                            "a pattern_break fault needs a daily or sine signal, and channel {:?} of {} has none",
+                            c.name, f.device
+                        ),
+                    );
+                }
             }
         }
         targets.push(target);

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{
     ChannelSpec, DeviceRef, DoorSpec, FaultKind, FaultSpec, FaultType, FlapVia, Group, GroupKind, MessageFilter,
-    PayloadFormat, Scenario, ScenarioError, ScenarioSpec, SensorSpec,
+    PayloadFormat, Scenario, ScenarioError, ScenarioSpec, SensorSpec, SpikeValue,
 };
 use crate::signal::Signal;
 use crate::template::{IdTemplate, TopicTemplate};
@@ -43,6 +43,14 @@ fn default_open_delay() -> Duration {
 /// Longer than the 10 s the shipped `door-forced` rule waits for a badge.
 fn default_forced_quiet() -> Duration {
     Duration::from_secs(15)
+}
+/// Mid-afternoon, as outdoor temperatures peak.
+fn default_peak_hour() -> f32 {
+    15.0
+}
+/// Weekends like weekdays.
+fn default_weekend_factor() -> f32 {
+    1.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +133,18 @@ struct RawChannel {
 enum RawSignal {
     Constant {
         value: f32,
+        #[serde(default)]
+        noise: f32,
+    },
+    Daily {
+        base: f32,
+        amplitude: f32,
+        #[serde(default = "default_peak_hour")]
+        peak_hour: f32,
+        #[serde(default = "default_weekend_factor")]
+        weekend_factor: f32,
+        #[serde(default)]
+        noise: f32,
     },
     Sine {
         base: f32,
@@ -152,7 +172,10 @@ enum RawSignal {
 impl From<RawSignal> for Signal {
     fn from(raw: RawSignal) -> Signal {
         match raw {
-            RawSignal::Constant { value } => Signal::Constant(value),
+            RawSignal::Constant { value, noise } => Signal::Constant { value, noise },
+            RawSignal::Daily { base, amplitude, peak_hour, weekend_factor, noise } => {
+                Signal::Daily { base, amplitude, peak_hour, weekend_factor, noise }
+            }
             RawSignal::Sine { base, amplitude, period, noise } => Signal::Sine { base, amplitude, period, noise },
             RawSignal::RandomWalk { start, step, min, max } => Signal::RandomWalk { start, step, min, max },
             RawSignal::Steps { levels, every, noise } => Signal::Steps { levels, every, noise },
@@ -183,6 +206,9 @@ struct RawFault {
     delay: Option<Duration>,
     offset: Option<String>,
     messages: Option<String>,
+    by: Option<f32>,
+    rate: Option<f32>,
+    noise: Option<f32>,
 }
 
 impl Scenario {
@@ -356,12 +382,16 @@ impl RawFault {
             }
             FaultType::Flap => &["period", "down", "count", "via"],
             FaultType::Overheat => &["duration", "value", "channel"],
-            FaultType::Spike => &["value", "count", "channel"],
+            FaultType::Spike => &["value", "by", "count", "channel"],
             FaultType::Stuck => &["duration", "channel"],
             FaultType::Duplicate | FaultType::Reorder => &["count", "messages"],
             FaultType::Late => &["duration", "delay"],
             FaultType::Malformed | FaultType::Burst => &["count"],
             FaultType::ClockSkew => &["duration", "offset"],
+            FaultType::Drift | FaultType::BatteryDecline => &["duration", "rate", "channel"],
+            FaultType::LevelShift => &["duration", "by", "channel"],
+            FaultType::PatternBreak => &["duration", "channel"],
+            FaultType::NoiseBurst => &["duration", "noise", "channel"],
         };
         for (key, set) in [
             ("duration", self.duration.is_some()),
@@ -374,6 +404,9 @@ impl RawFault {
             ("delay", self.delay.is_some()),
             ("offset", self.offset.is_some()),
             ("messages", self.messages.is_some()),
+            ("by", self.by.is_some()),
+            ("rate", self.rate.is_some()),
+            ("noise", self.noise.is_some()),
         ] {
             if set && !allowed.contains(&key) {
                 return Err((
@@ -426,7 +459,18 @@ impl RawFault {
                 channel: self.channel,
             },
             FaultType::Spike => {
-                FaultKind::Spike { value: self.value.ok_or_else(|| missing("value"))?, count, channel: self.channel }
+                let value = match (self.value, self.by) {
+                    (Some(value), None) => SpikeValue::Absolute(value),
+                    (None, Some(by)) => SpikeValue::Relative(by),
+                    (Some(_), Some(_)) => return Err((p("by"), "give `value` or `by`, not both".to_owned())),
+                    (None, None) => {
+                        return Err((
+                            p("value"),
+                            "a spike fault needs `value` (the outlier) or `by` (added)".to_owned(),
+                        ));
+                    }
+                };
+                FaultKind::Spike { value, count, channel: self.channel }
             }
             FaultType::Stuck => FaultKind::Stuck { duration: duration()?, channel: self.channel },
             FaultType::Duplicate => FaultKind::Duplicate { count, messages: messages()? },
@@ -444,6 +488,27 @@ impl RawFault {
                 }
                 FaultKind::ClockSkew { duration: duration()?, offset_ms }
             }
+            FaultType::Drift => FaultKind::Drift {
+                duration: duration()?,
+                rate: self.rate.ok_or_else(|| missing("rate"))?,
+                channel: self.channel,
+            },
+            FaultType::LevelShift => FaultKind::LevelShift {
+                duration: duration()?,
+                by: self.by.ok_or_else(|| missing("by"))?,
+                channel: self.channel,
+            },
+            FaultType::PatternBreak => FaultKind::PatternBreak { duration: duration()?, channel: self.channel },
+            FaultType::NoiseBurst => FaultKind::NoiseBurst {
+                duration: duration()?,
+                noise: self.noise.ok_or_else(|| missing("noise"))?,
+                channel: self.channel,
+            },
+            FaultType::BatteryDecline => FaultKind::BatteryDecline {
+                duration: self.duration,
+                rate: self.rate.ok_or_else(|| missing("rate"))?,
+                channel: self.channel,
+            },
         };
         Ok(FaultSpec { device, start: self.start, kind })
     }
