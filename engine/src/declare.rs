@@ -6,7 +6,7 @@
 use crate::detect::anomaly::Params;
 use crate::func::Func;
 use crate::past::{MAX_BUCKETS, MAX_FIELDS, PastSpec};
-use crate::rule::{AnomalySpec, Extent, ForecastSpec, HeartbeatSpec, OnFull, RuleKind, Step, WindowSpec};
+use crate::rule::{AnomalySpec, Baseline, Extent, ForecastSpec, HeartbeatSpec, OnFull, RuleKind, Step, WindowSpec};
 use crate::topic::TopicPattern;
 use rhai::{Dynamic, FnPtr, Map, Position};
 
@@ -143,7 +143,7 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
             d.arities.append(&mut sd.arities);
             RuleKind::Stuck { for_ms, tolerance, value }
         }
-        "anomaly" => RuleKind::Anomaly { spec: anomaly(&mut d, def.get("anomaly")).map_err(&err)? },
+        "anomaly" => RuleKind::Anomaly { spec: anomaly(&mut d, def.get("anomaly"), &past).map_err(&err)? },
         "forecast" => RuleKind::Forecast { spec: forecast(&mut d, def.get("forecast")).map_err(&err)? },
         "sequence" => sequence(&mut d, def).map_err(&err)?,
         "heartbeat" => RuleKind::Heartbeat {
@@ -250,8 +250,35 @@ fn window(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<WindowSpec, String> {
     Ok(WindowSpec { extent, tumbling, filter, value, max_events })
 }
 
-fn anomaly(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<AnomalySpec, String> {
-    let a = sub_map("anomaly", v, &["value", "learn", "sensitivity", "daily", "report"])?;
+fn anomaly(d: &mut Decl<'_>, v: Option<&Dynamic>, past: &[PastSpec]) -> Result<AnomalySpec, String> {
+    let a = sub_map("anomaly", v, &["value", "learn", "sensitivity", "daily", "report", "baseline"])?;
+    let baseline = match a.get("baseline").map(|v| (v.is_string(), v.to_string())) {
+        None => None,
+        Some((true, b)) if b == "daily" || b == "weekly" => {
+            let period_ms = if b == "daily" { 86_400_000 } else { 7 * 86_400_000 };
+            let [spec] = past else {
+                return Err(format!(
+                    "`anomaly.baseline` reads the rule's `past`, which must keep exactly one field (such as `past: #{{ temperature: \"{}\" }}`)",
+                    if b == "daily" { "7d by 1h" } else { "28d by 1h" }
+                ));
+            };
+            if spec.every_ms > 3_600_000 || period_ms % spec.every_ms != 0 || spec.span_ms < 2 * period_ms {
+                return Err(format!(
+                    "`anomaly.baseline: \"{b}\"` needs `past.{}` to span at least two {} in buckets of at most an hour that divide a day, not {}",
+                    spec.field,
+                    if b == "daily" { "days" } else { "weeks" },
+                    spec.describe()
+                ));
+            }
+            Some(Baseline {
+                field: spec.field.clone(),
+                every_ms: spec.every_ms,
+                period_ms,
+                times: spec.span_ms / period_ms,
+            })
+        }
+        Some((_, b)) => return Err(format!("`anomaly.baseline` must be \"daily\" or \"weekly\", not {b}")),
+    };
     let mut params = Params::default();
     if let Some(v) = a.get("learn") {
         params.learn = u32::try_from(positive_int(v).map_err(|m| format!("`anomaly.learn` {m} (readings)"))?)
@@ -274,7 +301,7 @@ fn anomaly(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<AnomalySpec, String>
     let mut ad = Decl { def: &a, arities: Vec::new() };
     let value = ad.func("value", 1).map_err(|m| format!("anomaly: {m}"))?;
     d.arities.extend(ad.arities.into_iter().map(|(k, f, a)| (format!("anomaly.{k}"), f, a)));
-    Ok(AnomalySpec { value, params, every })
+    Ok(AnomalySpec { value, params, every, baseline })
 }
 
 fn forecast(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<ForecastSpec, String> {

@@ -108,6 +108,21 @@ pub(crate) struct AnomalySpec {
     pub(crate) params: Params,
     /// Emit the score of every reading (`report: "every"`), not one event per episode.
     pub(crate) every: bool,
+    /// Judge each reading against the same hour of past days or weeks, from the rule's `past`.
+    pub(crate) baseline: Option<Baseline>,
+}
+
+/// `baseline: "daily"` or `"weekly"`: where the rule's `past` holds the expected value.
+#[derive(Debug, Clone)]
+pub(crate) struct Baseline {
+    /// The `past` field read.
+    pub(crate) field: Arc<str>,
+    /// Its bucket width: the span of each look back.
+    pub(crate) every_ms: i64,
+    /// A day or a week.
+    pub(crate) period_ms: i64,
+    /// How many periods back it looks: as many as `past` holds.
+    pub(crate) times: i64,
 }
 
 /// A forecast: the trend of a value and the threshold it must not cross.

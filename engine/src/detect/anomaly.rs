@@ -239,8 +239,10 @@ pub struct Detector {
 }
 
 impl Detector {
-    /// Judges `x`, read at `t`, then learns from it.
-    pub fn step(&mut self, p: &Params, t: i64, x: f64) -> Judgement {
+    /// Judges `x`, read at `t`, then learns from it; `baseline` is the mean and standard
+    /// deviation expected at this time from elsewhere (the same hour of past days or weeks,
+    /// from the rule's `past`), which takes the daily profile's place.
+    pub fn step(&mut self, p: &Params, t: i64, x: f64, baseline: Option<(f64, f64)>) -> Judgement {
         self.n += 1;
         let learning = self.n <= u64::from(p.learn);
         let beyond = self.novelty.beyond(x);
@@ -266,6 +268,11 @@ impl Detector {
                 self.daily = Some(d);
             }
             (_, false) => self.daily = None,
+        }
+        if let Some((mean, base_sd)) = baseline {
+            let base_sd = base_sd.max(0.25 * sd);
+            (expected, spread) = (mean, base_sd);
+            seasonal = ((x - mean).abs() / base_sd / DAILY_FULL).min(1.0);
         }
         let in_band = (x - lv.mean).abs() <= BAND_SD * sd;
         let kind = if seasonal > novelty && in_band && beyond == 0.0 {
@@ -443,7 +450,7 @@ mod tests {
         let mut out = Vec::new();
         for i in 0..until {
             let x = signal(normal(i, &mut seed), i, noise(&mut seed));
-            let j = d.step(p, i * MIN, x);
+            let j = d.step(p, i * MIN, x, None);
             if j.learning {
                 continue;
             }
@@ -521,9 +528,9 @@ mod tests {
         let p = params();
         let mut d = Detector::default();
         for i in 0..1_440 {
-            assert!(d.step(&p, i * MIN, if i == 1_000 { 99.0 } else { 20.0 + (i % 7) as f64 * 0.1 }).learning);
+            assert!(d.step(&p, i * MIN, if i == 1_000 { 99.0 } else { 20.0 + (i % 7) as f64 * 0.1 }, None).learning);
         }
-        assert!(!d.step(&p, 1_440 * MIN, 20.0).learning);
+        assert!(!d.step(&p, 1_440 * MIN, 20.0, None).learning);
         let mut e = Episode::default();
         let hot = Judgement {
             score: 1.0,
@@ -564,7 +571,7 @@ mod tests {
         let (mut d, mut e, mut seed) = (Detector::default(), Episode::default(), 3);
         for i in 0..7 * 1_440 {
             let x = normal(i, &mut seed);
-            let j = d.step(&p, i * MIN, x);
+            let j = d.step(&p, i * MIN, x, None);
             e.update(&j, x, p.threshold(), i * MIN);
         }
         let saved = serde_json::to_vec(&(&d, &e)).expect("serialises").len();

@@ -141,6 +141,10 @@ impl Novelty {
             }
         }
         self.prev = u8::try_from(bin).ok();
+        if self.n < AGE {
+            // Until the first aging pass, "new" is measured against the range so far.
+            (self.ref_lo, self.ref_hi) = (self.lo, self.hi);
+        }
         self.recent_lo = self.recent_lo.min(x.max(self.lo));
         self.recent_hi = self.recent_hi.max(x.min(self.hi));
         if self.n.is_multiple_of(AGE) {

@@ -7,9 +7,11 @@
 
 use super::Keyed;
 use super::{Cx, Ev, entry, with_field};
+use crate::context;
 use crate::declare::number;
 use crate::detect::anomaly::{Change, Detector, Episode, Judgement};
-use crate::rule::AnomalySpec;
+use crate::past::Ask;
+use crate::rule::{AnomalySpec, Baseline};
 use rhai::{Array, Dynamic, Map};
 
 /// One key's detector and episode.
@@ -33,7 +35,8 @@ pub(crate) fn on_event(cx: &mut Cx<'_>, spec: &AnomalySpec, state: &mut Keyed<An
     };
     let t = x.time();
     let Some((key, s)) = entry(state, key, cx, AnomalyState::default) else { return };
-    let j = s.detector.step(&spec.params, t, v);
+    let baseline = spec.baseline.as_ref().and_then(baseline_at);
+    let j = s.detector.step(&spec.params, t, v, baseline);
     if spec.every {
         let data = data(&j, v, None);
         cx.emit(&key, t, || with_field(x.dynamic(), "anomaly", data.clone()), || data.clone(), x.event.id);
@@ -49,6 +52,22 @@ pub(crate) fn on_event(cx: &mut Cx<'_>, spec: &AnomalySpec, state: &mut Keyed<An
         cx.emit(&key, t, || with_field(x.dynamic(), "anomaly", data.clone()), || data.clone(), x.event.id);
     }
 }
+
+/// The mean and standard deviation of the same hour in the past days or weeks the rule's
+/// `past` holds for this key (lent for this step by the engine), once they hold
+/// [`MIN_BASELINE`] readings.
+fn baseline_at(b: &Baseline) -> Option<(f64, f64)> {
+    let ask = Ask { span_ms: b.every_ms, offset_ms: b.period_ms, times: b.times };
+    let s = context::with(|c| {
+        let call = c.past.as_ref()?;
+        call.state.history(&call.specs, &b.field, ask, call.at).ok()
+    })?;
+    (s.count >= MIN_BASELINE).then_some(())?;
+    Some((s.avg()?, s.stddev()?))
+}
+
+/// Readings the baseline needs before it is used.
+const MIN_BASELINE: u64 = 3;
 
 /// The event's data: `score`, `observed`, `expected`, `band`, `kind`, and `since` (episodes)
 /// or `learning` (every reading).

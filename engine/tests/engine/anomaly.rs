@@ -114,14 +114,65 @@ fn the_daily_profile_catches_the_right_value_at_the_wrong_hour() {
 }
 
 #[test]
+fn a_weekly_baseline_from_the_past_knows_weekends_from_weekdays() {
+    // An office: 21 degrees on weekdays, 12 at weekends, a reading an hour. 1970-01-01 was a
+    // Thursday, so day d is a weekend day when (d + 4) % 7 is 0 or 6.
+    let office = |h: i64| {
+        let weekend = matches!((h / 24 + 4) % 7, 0 | 6);
+        (if weekend { 12.0 } else { 21.0 }) + 0.2 * ((h * 7919) % 5 - 2) as f64
+    };
+    let src = |baseline: &str| {
+        format!(
+            r#"rule("odd", #{{ on: "s/{{device}}/t", past: #{{ t: "28d by 1h" }},
+                anomaly: #{{ learn: 48{baseline} }} }});"#
+        )
+    };
+    let four_weeks = 28 * 24;
+    // The fifth week's Monday (day 32 is a Monday) is left unheated: 12 degrees, a weekend's value.
+    let cold_monday = |h: i64| if h / 24 == 32 { 12.0 + 0.2 * ((h * 7919) % 5 - 2) as f64 } else { office(h) };
+    let run = |src: &str| {
+        let mut h = H::new(src);
+        let mut outs = Vec::new();
+        for i in 0..four_weeks + 7 * 24 {
+            outs.extend(h.send(i * 3_600_000, "s/a/t", &format!("{:.3}", cold_monday(i))));
+        }
+        (outs, h.faults)
+    };
+    let (plain, faults) = run(&src(""));
+    assert!(faults.is_empty(), "{faults:?}");
+    assert!(plain.iter().all(|o| o.2 / 86_400_000 != 32), "without a baseline a weekend's value is normal: {plain:?}");
+    let (weekly, faults) = run(&src(r#", baseline: "weekly""#));
+    assert!(faults.is_empty(), "{faults:?}");
+    let monday: Vec<_> = weekly.iter().filter(|o| o.2 / 86_400_000 == 32).collect();
+    assert_eq!(monday.first().map(|o| o.3["kind"].as_str()), Some(Some("seasonal")), "{weekly:?}");
+    // The first two weekends are new (the baseline needs three weeks of that hour); after
+    // that, weekends are normal.
+    assert!(
+        weekly.iter().all(|o| o.2 / 86_400_000 == 32 || o.2 / 86_400_000 < 14),
+        "weekends are normal with the baseline: {weekly:?}"
+    );
+}
+
+#[test]
 fn bad_declarations_say_what_is_wrong() {
     let sandbox = Arc::new(Sandbox::default());
+    let (_, errors) = RuleSet::compile(
+        &sandbox,
+        [(
+            "a.rhai",
+            r#"rule("a", #{ on: "s/{device}", past: #{ t: "3d by 1h" }, anomaly: #{ baseline: "weekly" } });"#,
+        )],
+    );
+    let err = errors.first().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("needs `past.t` to span at least two weeks"), "{err}");
     for (body, says) in [
         ("sensitivity: 2", "`anomaly.sensitivity` must be a number from 0 to 1"),
         (r#"report: "some""#, "`anomaly.report` must be \"episodes\" or \"every\""),
         ("learn: 0", "`anomaly.learn` must be a whole number above zero"),
         (r#"daily: "yes""#, "`anomaly.daily` must be true or false"),
         ("window: 5", "unknown key `anomaly.window`"),
+        (r#"baseline: "daily""#, "`anomaly.baseline` reads the rule's `past`"),
+        (r#"baseline: "hourly""#, "`anomaly.baseline` must be \"daily\" or \"weekly\""),
     ] {
         let src = format!(r#"rule("a", #{{ on: "s/{{device}}", anomaly: #{{ {body} }} }});"#);
         let (_, errors) = RuleSet::compile(&sandbox, [("a.rhai", src.as_str())]);
