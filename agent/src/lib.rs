@@ -26,8 +26,12 @@
 //! - [`outbox`]: events waiting to go upstream: one bounded bookkeeping ([`outbox::Book`]),
 //!   the whole outbox in memory, or kept in sled by [`store`] when durability is on.
 //! - [`store`]: durable state in sled: engine state, the outbox's entries, snapshots.
+//! - `frames`: checksummed frames, the one framing (and torn-or-damaged reader) of the
+//!   append-only files: history's and the journal's segments.
 //! - [`history`]: closed roll-ups ([`edgewatch_engine::history::Closed`]) in append-only
 //!   segment files under `<state_dir>/history/`, bounded in bytes and age; read by any process.
+//! - [`journal`]: the raw inputs, in append-only segment files under `<state_dir>/journal/`
+//!   (optional, bounded in bytes and age), for `edgewatch backtest` and `journal export`.
 //! - [`telemetry`]: counters and the log lines that go with them; [`health`]: the
 //!   connection state `/healthz` and readiness waits read; [`metrics`]: `/metrics` and
 //!   `/healthz`.
@@ -35,18 +39,22 @@
 //! - [`broker`]: an embedded rumqttd (feature `embedded-broker`) for the demo and tests.
 //! - [`demo`]: `edgewatch demo`.
 //! - [`replay`]: recorded events under virtual time: `edgewatch replay` and `edgewatch test`.
+//! - [`backtest`]: a candidate rule set against a baseline over the same recorded inputs.
 //!
 //! Logic that needs no I/O lives in `edgewatch-engine`; this crate connects it to the world.
 
 pub mod agent;
+pub mod backtest;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod emit;
+mod frames;
 pub mod health;
 pub mod history;
+pub mod journal;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;

@@ -1,5 +1,6 @@
 //! The `edgewatch` command.
 
+mod journal_cli;
 mod signals;
 mod state_cli;
 
@@ -109,12 +110,25 @@ enum Command {
         #[arg(long, short, env = "EDGEWATCH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Compare a candidate rule set with the running one (or --baseline) over the same
+    /// inputs: the journal's (--since) or a recording's (--events). Per rule: events on each
+    /// side, the first differences, the keys that differ. Never touches the agent's state.
+    Backtest(journal_cli::BacktestArgs),
+    /// The input journal: export a time range as a recording.
+    Journal {
+        #[command(subcommand)]
+        action: journal_cli::JournalAction,
+        /// The agent's configuration (for the state directory).
+        #[arg(long, short, env = "EDGEWATCH_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
     /// Run recorded events through rules under virtual time; print composite events as JSON lines.
     Replay {
         /// A rules directory or one rule file.
         #[arg(long)]
         rules: PathBuf,
-        /// The recording (JSON lines, as `firmware-sim --record` writes).
+        /// The recording (JSON lines, as `firmware-sim --record` and `journal export` write;
+        /// `-` for stdin). Read and answered line by line.
         #[arg(long)]
         events: PathBuf,
     },
@@ -240,6 +254,18 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Backtest(args) => {
+            init_logging(cli.log_format, quiet_default);
+            journal_cli::backtest(args).unwrap_or_else(|e| report(Err(e)))
+        }
+        Command::Journal { action, config } => {
+            init_logging(cli.log_format, quiet_default);
+            let config = match state_config("journal", config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            journal_cli::export(action, &config).unwrap_or_else(|e| report(Err(e)))
+        }
         Command::Replay { rules, events } => {
             init_logging(cli.log_format, quiet_default);
             report(replay(&rules, &events))
@@ -353,15 +379,27 @@ fn golden(rules: &std::path::Path, bless: bool) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
-/// `edgewatch replay`.
+/// `edgewatch replay`: streams the recording (`-` for stdin) and its output, so a recording
+/// of any length runs in the engine's memory alone.
 fn replay(rules: &std::path::Path, events: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(events).with_context(|| format!("cannot read {}", events.display()))?;
-    let recording = edgewatch::replay::parse(&text, &events.display().to_string())?;
-    let mut engine = edgewatch::replay::engine_for(rules, edgewatch::replay::default_engine_config())?;
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    for line in edgewatch::replay::run(&mut engine, &recording, true) {
-        writeln!(out, "{line}")?;
+    let mut engine = edgewatch::replay::engine_for(rules, edgewatch::replay::default_engine_config())?;
+    let input = journal_cli::recording_reader(events)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut outputs = edgewatch_engine::Outputs::default();
+    let mut failed = None;
+    for step in edgewatch::replay::Lines::new(input, &events.display().to_string()) {
+        let step = step?;
+        edgewatch::replay::feed(&mut engine, step.t, step.input(), &mut outputs);
+        edgewatch::replay::output_lines(step.t, step.input(), &outputs, true, |line| {
+            if failed.is_none() {
+                failed = writeln!(out, "{line}").err();
+            }
+        });
+        if let Some(e) = failed.take() {
+            return Err(e.into());
+        }
     }
+    out.flush()?;
     Ok(())
 }

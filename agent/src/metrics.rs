@@ -265,6 +265,21 @@ impl Collector for AgentCollector {
             load(&h.evicted_bytes),
         )?;
         gauge(e, "history", "Size of history on disk.", Some(&Unit::Bytes), load(&h.bytes) as i64)?;
+        let j = &*d.journal;
+        counter(e, "journal_written", "Inputs written to the input journal.", load(&j.written))?;
+        counter(
+            e,
+            "journal_skipped",
+            "Inputs not journaled: its queue was full (a slow disk) or the disk refused them.",
+            load(&j.skipped),
+        )?;
+        counter(
+            e,
+            "journal_evicted_bytes",
+            "Journal segments deleted, oldest first, to stay within journal.max_mb and journal.max_age.",
+            load(&j.evicted_bytes),
+        )?;
+        gauge(e, "journal", "Size of the input journal on disk.", Some(&Unit::Bytes), load(&j.bytes) as i64)?;
         counter(
             e,
             "outbox_written",

@@ -43,6 +43,9 @@ pub enum ReplayError {
     Line { file: String, line: usize, message: String },
     #[error("{file}: {message}")]
     Config { file: String, message: String },
+    /// Rule files that do not compile: every error, one `file:line:col: message` a line.
+    #[error("{0}")]
+    Rules(String),
 }
 
 /// One step of a recording.
@@ -62,31 +65,132 @@ fn decoded(topic: String, raw: Vec<u8>) -> (String, Vec<u8>, Result<Dynamic, Str
 
 /// Parses a recording; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Vec<Recorded>, ReplayError> {
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with("//") {
-            continue;
-        }
-        let err = |message: String| ReplayError::Line { file: file.to_owned(), line: i + 1, message };
-        let line: RecordLine = serde_json::from_str(trimmed).map_err(|e| err(e.to_string()))?;
-        let message = match line.message().map_err(|e| err(e.to_string()))? {
-            None => None,
-            Some((topic, RecordBody::Json(json))) => {
-                let payload: Value = serde_json::from_str(json.get()).map_err(|e| err(e.to_string()))?;
-                let raw = serde_json::to_vec(&payload).map_err(|e| err(e.to_string()))?;
-                let value: Dynamic = serde_json::from_value(payload).map_err(|e| err(e.to_string()))?;
-                Some((topic.to_owned(), raw, Ok(value)))
-            }
-            Some((topic, RecordBody::Text(text))) => Some(decoded(topic.to_owned(), text.as_bytes().to_vec())),
-            Some((topic, RecordBody::Hex(hex))) => {
-                let raw = unhex(hex).ok_or_else(|| err("`hex` must be pairs of hex digits".into()))?;
-                Some(decoded(topic.to_owned(), raw))
-            }
-        };
-        out.push(Recorded { t: line.t, message });
+    Lines::new(text.as_bytes(), file).collect()
+}
+
+/// A recording read line by line from `input`, for replays of any length in bounded memory.
+#[derive(Debug)]
+pub struct Lines<R> {
+    input: R,
+    file: String,
+    line: usize,
+    buf: String,
+}
+
+impl<R: std::io::BufRead> Lines<R> {
+    pub fn new(input: R, file: &str) -> Lines<R> {
+        Lines { input, file: file.to_owned(), line: 0, buf: String::new() }
     }
-    Ok(out)
+}
+
+impl<R: std::io::BufRead> Iterator for Lines<R> {
+    type Item = Result<Recorded, ReplayError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            self.line += 1;
+            match self.input.read_line(&mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(source) => return Some(Err(ReplayError::Read { file: self.file.clone(), source })),
+            }
+            if let Some(parsed) = parse_line(&self.buf, &self.file, self.line).transpose() {
+                return Some(parsed);
+            }
+        }
+    }
+}
+
+/// One line of a recording; `None` for a blank or `//` comment line.
+fn parse_line(raw: &str, file: &str, line_no: usize) -> Result<Option<Recorded>, ReplayError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.starts_with("//") {
+        return Ok(None);
+    }
+    let err = |message: String| ReplayError::Line { file: file.to_owned(), line: line_no, message };
+    let line: RecordLine = serde_json::from_str(trimmed).map_err(|e| err(e.to_string()))?;
+    let message = match line.message().map_err(|e| err(e.to_string()))? {
+        None => None,
+        Some((topic, RecordBody::Json(json))) => {
+            let payload: Value = serde_json::from_str(json.get()).map_err(|e| err(e.to_string()))?;
+            let raw = serde_json::to_vec(&payload).map_err(|e| err(e.to_string()))?;
+            let value: Dynamic = serde_json::from_value(payload).map_err(|e| err(e.to_string()))?;
+            Some((topic.to_owned(), raw, Ok(value)))
+        }
+        Some((topic, RecordBody::Text(text))) => Some(decoded(topic.to_owned(), text.as_bytes().to_vec())),
+        Some((topic, RecordBody::Hex(hex))) => {
+            let raw = unhex(hex).ok_or_else(|| err("`hex` must be pairs of hex digits".into()))?;
+            Some(decoded(topic.to_owned(), raw))
+        }
+    };
+    Ok(Some(Recorded { t: line.t, message }))
+}
+
+/// One input of a replay or a backtest.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// The clock moves on: timers fire.
+    Clock,
+    /// A message: its topic, raw bytes, and the decoded payload or why it did not decode.
+    Message {
+        topic: &'a str,
+        raw: &'a [u8],
+        value: &'a Result<Dynamic, String>,
+    },
+    /// The sensor link went down or came back (from the journal): absence detection pauses.
+    LinkDown,
+    LinkUp,
+}
+
+impl Recorded {
+    /// This step as an input.
+    pub fn input(&self) -> Input<'_> {
+        match &self.message {
+            None => Input::Clock,
+            Some((topic, raw, value)) => Input::Message { topic, raw, value },
+        }
+    }
+}
+
+/// Runs one input at `t` (its arrival and processing time, ms) through `engine`; `out` is
+/// cleared first and holds what it produced.
+pub fn feed(engine: &mut Engine, t: i64, input: Input<'_>, out: &mut Outputs) {
+    out.clear();
+    let now = Timestamp(t);
+    match input {
+        Input::Message { value: Ok(payload), topic, raw } => {
+            engine.process(Event::new(topic.to_owned(), payload.clone(), raw, now), now, out);
+        }
+        Input::Message { value: Err(_), .. } | Input::Clock => engine.tick(now, out),
+        Input::LinkDown => engine.pause_absence(now),
+        Input::LinkUp => engine.resume_absence(now, out),
+    }
+}
+
+/// The output lines of one fed input (see [`feed`]): dead letters, duplicates, late
+/// messages, faults and composite events. With `ids`, composite events carry their ids.
+pub fn output_lines(t: i64, input: Input<'_>, out: &Outputs, ids: bool, mut emit: impl FnMut(Value)) {
+    match input {
+        Input::Message { topic, value: Err(reason), .. } => {
+            emit(json!({"t": t, "dead_letter": topic, "reason": reason}))
+        }
+        Input::Message { topic, .. } if out.duplicates > 0 => emit(json!({"t": t, "duplicate": topic})),
+        _ => {}
+    }
+    for late in &out.late {
+        emit(json!({"t": t, "late": late.topic, "event_time": late.time.millis()}));
+    }
+    for f in &out.faults {
+        emit(json!({"t": t, "fault": f.to_string(), "rule": &*f.rule}));
+    }
+    for c in &out.events {
+        let mut line = json!({"t": c.time.millis(), "rule": &*c.rule, "key": c.key, "data": c.data_json()});
+        if ids {
+            line["id"] = json!(c.id.to_string());
+        }
+        emit(line);
+    }
 }
 
 /// Runs a recording through `engine`; returns the output lines. With `ids`, composite events
@@ -95,34 +199,8 @@ pub fn run(engine: &mut Engine, recording: &[Recorded], ids: bool) -> Vec<Value>
     let mut out = Outputs::default();
     let mut lines = Vec::new();
     for step in recording {
-        out.clear();
-        let now = Timestamp(step.t);
-        match &step.message {
-            Some((topic, _, Err(reason))) => {
-                lines.push(json!({"t": step.t, "dead_letter": topic, "reason": reason}));
-                engine.tick(now, &mut out);
-            }
-            Some((topic, raw, Ok(payload))) => {
-                engine.process(Event::new(topic.clone(), payload.clone(), raw, now), now, &mut out);
-                if out.duplicates > 0 {
-                    lines.push(json!({"t": step.t, "duplicate": topic}));
-                }
-            }
-            None => engine.tick(now, &mut out),
-        }
-        for late in &out.late {
-            lines.push(json!({"t": step.t, "late": late.topic, "event_time": late.time.millis()}));
-        }
-        for f in &out.faults {
-            lines.push(json!({"t": step.t, "fault": f.to_string(), "rule": &*f.rule}));
-        }
-        for c in &out.events {
-            let mut line = json!({"t": c.time.millis(), "rule": &*c.rule, "key": c.key, "data": c.data_json()});
-            if ids {
-                line["id"] = json!(c.id.to_string());
-            }
-            lines.push(line);
-        }
+        feed(engine, step.t, step.input(), &mut out);
+        output_lines(step.t, step.input(), &out, ids, |l| lines.push(l));
     }
     lines
 }
@@ -146,8 +224,9 @@ fn engine_only(rules: &Path, config: EngineConfig, only: Option<&[String]>) -> R
     let sandbox = Arc::new(Sandbox::default());
     let loaded = crate::reload::load(sandbox.clone(), rules)
         .map_err(|e| ReplayError::Config { file: rules.display().to_string(), message: e.to_string() })?;
-    if let Some(first) = loaded.errors.first() {
-        return Err(ReplayError::Config { file: first.file.clone(), message: first.to_string() });
+    if !loaded.errors.is_empty() {
+        let lines: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        return Err(ReplayError::Rules(lines.join("\n")));
     }
     let (tables, errors) = crate::rules::load_tables(rules, &Default::default());
     if let Some(e) = errors.first() {

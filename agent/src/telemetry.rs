@@ -77,6 +77,8 @@ pub struct Detail {
     /// `[source, upstream]`.
     pub connections: [ConnectionStats; 2],
     pub history: HistoryCounts,
+    /// The input journal's counts, shared with its thread.
+    pub journal: Arc<crate::journal::JournalCounts>,
     pub started: std::time::Instant,
 }
 
@@ -102,6 +104,7 @@ impl Detail {
             rules_loaded: AtomicU64::new(0),
             connections: Default::default(),
             history: HistoryCounts::default(),
+            journal: Arc::default(),
             started: std::time::Instant::now(),
         }
     }

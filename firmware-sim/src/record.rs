@@ -110,6 +110,18 @@ impl RecordLine {
         }
     }
 
+    /// The line of a message at `t`: `payload` for JSON, `text` for text, `hex` for anything
+    /// else (JSON that does not parse and text that is not UTF-8 become `hex` too).
+    pub fn of_message(t: i64, topic: &str, encoding: Encoding, payload: &[u8]) -> RecordLine {
+        RecordLine { t, topic: Some(topic.to_owned()), payload: None, text: None, hex: None }
+            .with_body(encoding, payload)
+    }
+
+    /// A line that only moves the clock on to `t`.
+    pub fn clock(t: i64) -> RecordLine {
+        RecordLine { t, topic: None, payload: None, text: None, hex: None }
+    }
+
     fn with_body(mut self, encoding: Encoding, payload: &[u8]) -> RecordLine {
         let text = std::str::from_utf8(payload).ok();
         match (encoding, text) {

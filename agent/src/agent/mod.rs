@@ -276,6 +276,20 @@ impl Agent {
             startup_events,
             initial_status,
         );
+        let mut step = step;
+        step.journal = config.journal.and_then(|limits| {
+            let dir = crate::journal::dir_in(&config.state_dir);
+            match crate::journal::Journal::start(&dir, limits, stats.detail.journal.clone()) {
+                Ok((journal, recovered)) => {
+                    tracing::info!(dir = %dir.display(), segments = recovered.segments, bytes = recovered.bytes, torn_bytes = recovered.torn, "Input journal open.");
+                    Some(journal)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Input journal not opened: running without it.");
+                    None
+                }
+            }
+        });
         let step = tokio::spawn(step.run(inputs_rx));
         let upstream = tokio::spawn(upstream.run(up_conn, health, engine_done.clone(), DRAIN_TIMEOUT));
 

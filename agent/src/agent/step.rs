@@ -118,6 +118,8 @@ pub(super) struct Step {
     /// Events dropped for space and not yet reported upstream, and when the next report may go.
     unreported_drops: u64,
     next_drop_report: Instant,
+    /// The input journal, when `[journal]` is on: each input is handed to its thread.
+    pub journal: Option<crate::journal::Journal>,
 }
 
 impl Step {
@@ -152,6 +154,7 @@ impl Step {
             next_gauges: now,
             unreported_drops: 0,
             next_drop_report: now,
+            journal: None,
         };
         for (kind, data) in startup_events {
             tracing::warn!(kind, %data, "Agent event.");
@@ -252,9 +255,17 @@ impl Step {
             None => self.engine.tick(now, &mut self.outputs),
             Some(Input::LinkDown) => {
                 tracing::warn!("Sensor link down: absence detection paused.");
+                if let Some(j) = &self.journal {
+                    j.link(now.millis(), false);
+                }
                 self.engine.pause_absence(now);
             }
-            Some(Input::LinkUp) => self.engine.resume_absence(now, &mut self.outputs),
+            Some(Input::LinkUp) => {
+                if let Some(j) = &self.journal {
+                    j.link(now.millis(), true);
+                }
+                self.engine.resume_absence(now, &mut self.outputs);
+            }
             Some(Input::Ack(ack)) => self.pending.message(Instant::now(), None, Some(ack)),
             Some(Input::Reload(scan)) => self.reload(*scan),
             Some(Input::TooLarge { topic, size, received, arrived, ack }) => {
@@ -303,6 +314,9 @@ impl Step {
 
     /// Decodes a message and runs it through the engine.
     fn process(&mut self, topic: String, payload: Bytes, format: Format, received: Timestamp) {
+        if let Some(j) = &self.journal {
+            j.message(received.millis(), format, &topic, &payload);
+        }
         match decode_with(format, &payload, &self.config.decode_limits()) {
             Err(error) => self.undecodable((&topic, &payload, payload.len()), received, &error),
             Ok(value) => {

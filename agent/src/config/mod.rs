@@ -18,6 +18,7 @@
 //!   defaults, [`Protocol`].
 //! - `validate.rs`: [`RawConfig::validate`], broker sections with inheritance, URLs.
 //! - `history.rs`: `[history]` and the subscriptions' `remember`, raw and checked.
+//! - `journal.rs`: `[journal]`, raw and checked.
 //!
 //! Environment variables name a key path with `__` between levels:
 //! `EDGEWATCH_SOURCE__URL=mqtt://10.0.0.2:1883`, `EDGEWATCH_AGENT__ID=gw-7`. A value is read
@@ -65,6 +66,7 @@ impl fmt::Debug for Secret {
 }
 
 mod history;
+mod journal;
 mod raw;
 mod validate;
 
@@ -73,6 +75,7 @@ mod validate;
 pub(super) type Invalid = (String, String);
 
 pub use history::RawHistory;
+pub use journal::RawJournal;
 
 use raw::SECTIONS;
 pub use raw::{
@@ -121,6 +124,8 @@ pub struct Config {
     pub state: StateConfig,
     /// History on disk: its size and retention (what is remembered is in `engine.history`).
     pub history: crate::history::HistoryLimits,
+    /// The input journal's limits; `None`: no journal (the default).
+    pub journal: Option<crate::journal::JournalLimits>,
 }
 
 /// Durability settings, checked.

@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub state: RawState,
     #[serde(default)]
     pub history: super::history::RawHistory,
+    #[serde(default)]
+    pub journal: super::journal::RawJournal,
 }
 
 /// Durability.
@@ -97,8 +99,19 @@ fn default_batch() -> usize {
 }
 
 /// Top-level sections; an environment variable must start with one of them to be config.
-pub(super) const SECTIONS: &[&str] =
-    &["agent", "rules", "source", "subscriptions", "upstream", "limits", "engine", "tables", "state", "history"];
+pub(super) const SECTIONS: &[&str] = &[
+    "agent",
+    "rules",
+    "source",
+    "subscriptions",
+    "upstream",
+    "limits",
+    "engine",
+    "tables",
+    "state",
+    "history",
+    "journal",
+];
 
 /// How the engine treats input.
 #[derive(Debug, Deserialize)]

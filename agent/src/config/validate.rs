@@ -128,6 +128,7 @@ impl RawConfig {
         engine.max_keys_per_rule = self.limits.max_keys_per_rule;
         let (engine_history, history) = self.history.validate(remember)?;
         engine.history = engine_history;
+        let journal = self.journal.validate()?;
         if self.state.cache_mb == 0 || self.state.cache_mb > 4096 {
             return Err(invalid("state.cache_mb", "must be between 1 and 4096"));
         }
@@ -181,6 +182,7 @@ impl RawConfig {
             tables: self.tables,
             state,
             history,
+            journal,
         })
     }
 }

@@ -1,16 +1,15 @@
-//! One segment file: its name, its frames and their bodies (the format is in the parent's
-//! `//!`), and [`scan`], the one reader of a file: for the writer's recovery at open and
-//! for every read.
+//! One segment file: its name, its frame bodies (the format is in the parent's `//!`), and
+//! [`scan`], the one reader of a file: for the writer's recovery at open and for every read.
 //!
-//! A bad frame is told apart as follows. At the end of the file (nothing sound after it) it
-//! is a write cut short: [`End::Torn`], cut off by the writer, silently skipped by readers
-//! (the writer may be in the middle of it). With a sound frame somewhere after it, it is
-//! damage: [`End::Damaged`], reported, and the file is read no further.
+//! Frames and the torn-or-damaged judgement are [`crate::frames`]'s: a torn tail is cut off
+//! by the writer and silently skipped by readers; damage is reported, and the file is read
+//! no further (the writer goes on in a new part).
 
 use super::{HistoryError, Resolution, Rollup};
+pub(crate) use crate::frames::End;
+use crate::frames::put as put_frame;
 use edgewatch_engine::Timestamp;
 use edgewatch_engine::history::rollup::{get_varint, put_varint, unzigzag, zigzag};
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -117,14 +116,6 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, HistoryError
     Ok(out)
 }
 
-/// Appends `body` as a frame.
-pub(crate) fn put_frame(out: &mut Vec<u8>, body: &[u8]) {
-    // The writer keeps bodies under FRAME_TARGET plus one record: far below 4 GiB.
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-    out.extend_from_slice(body);
-}
-
 /// The header frame of a new file.
 pub(crate) fn put_header(out: &mut Vec<u8>, id: &SegmentId) {
     let mut body = MAGIC.to_vec();
@@ -200,19 +191,6 @@ pub(crate) struct Record {
     pub rollup: Rollup,
 }
 
-/// Where a scan stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum End {
-    Clean,
-    /// A bad frame with nothing sound after it: a write cut short (or under way).
-    Torn,
-    /// A bad frame at `at` with a sound frame after it.
-    Damaged {
-        at: u64,
-        why: &'static str,
-    },
-}
-
 /// What a scan of one file found.
 #[derive(Debug)]
 pub(crate) struct Scan {
@@ -231,74 +209,29 @@ pub(crate) struct Scan {
 /// `each`, up to the first bad frame. Reads no further than the length the file had when
 /// the scan began, so a frame being appended meanwhile is not seen.
 pub(crate) fn scan(path: &Path, id: &SegmentId, mut each: impl FnMut(&Series, &Record)) -> std::io::Result<Scan> {
-    let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    let mut input = std::io::BufReader::with_capacity(1 << 16, (&mut file).take(len));
-    let mut scan = Scan { series: Vec::new(), records: 0, oldest: None, good: 0, len, end: End::Clean };
-    let (mut body, mut records, mut slice_start) = (Vec::new(), Vec::new(), None);
-    let bad = loop {
-        let remaining = len - scan.good;
-        if remaining == 0 {
-            break None;
-        }
-        let mut head = [0u8; 8];
-        if remaining < 8 {
-            break Some("frame header cut short");
-        }
-        match input.read_exact(&mut head) {
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Some("file cut while read"),
-            read => read?,
-        }
-        let blen = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if blen > MAX_FRAME || 8 + u64::from(blen) > remaining {
-            break Some("frame length past the end of the file");
-        }
-        body.resize(blen as usize, 0);
-        match input.read_exact(&mut body) {
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Some("file cut while read"),
-            read => read?,
-        }
-        if crc32fast::hash(&body) != crc {
-            break Some("checksum mismatch");
-        }
-        let parsed = match slice_start {
-            None => header(&body, id).map(|start| slice_start = Some(start)),
-            Some(start) => data(&body, start..id.slice_end(), &mut scan.series, &mut records),
-        };
-        if let Err(why) = parsed {
-            // The checksum held: not a cut-short write, whatever follows.
-            scan.end = End::Damaged { at: scan.good, why };
-            return Ok(scan);
-        }
-        for r in records.drain(..) {
-            scan.records += 1;
-            scan.oldest = Some(scan.oldest.map_or(r.start, |o| o.min(r.start)));
-            if let Some(s) = scan.series.get(r.series as usize) {
-                each(s, &r);
+    let (mut series, mut n, mut oldest) = (Vec::new(), 0u64, None::<i64>);
+    let (mut records, mut slice_start) = (Vec::new(), None);
+    let frames = crate::frames::scan(
+        path,
+        MAX_FRAME,
+        false,
+        |body| {
+            match slice_start {
+                None => header(body, id).map(|start| slice_start = Some(start))?,
+                Some(start) => data(body, start..id.slice_end(), &mut series, &mut records)?,
             }
-        }
-        scan.good += 8 + u64::from(blen);
-    };
-    if let Some(why) = bad {
-        drop(input);
-        file.seek(SeekFrom::Start(scan.good))?;
-        let mut rest = Vec::new();
-        file.take(len - scan.good).read_to_end(&mut rest)?;
-        scan.end = if sound_frame_in(&rest) { End::Damaged { at: scan.good, why } } else { End::Torn };
-    }
-    Ok(scan)
-}
-
-/// Is there a sound frame at some offset past the first byte of `rest`? Only called on a
-/// bad frame; a CRC-32 that matches by chance is a 1 in 4 billion event per offset tried.
-fn sound_frame_in(rest: &[u8]) -> bool {
-    (1..rest.len().saturating_sub(8)).any(|at| {
-        let word = |o: usize| u32::from_le_bytes([rest[o], rest[o + 1], rest[o + 2], rest[o + 3]]);
-        let blen = word(at) as usize;
-        let body = at + 8;
-        blen > 0 && blen <= rest.len() - body && crc32fast::hash(&rest[body..body + blen]) == word(at + 4)
-    })
+            for r in records.drain(..) {
+                n += 1;
+                oldest = Some(oldest.map_or(r.start, |o| o.min(r.start)));
+                if let Some(s) = series.get(r.series as usize) {
+                    each(s, &r);
+                }
+            }
+            Ok(())
+        },
+        |_, _| {},
+    )?;
+    Ok(Scan { series, records: n, oldest, good: frames.good, len: frames.len, end: frames.end })
 }
 
 /// Checks a header against the segment its file name names; its slice start.

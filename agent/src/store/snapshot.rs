@@ -28,6 +28,15 @@ pub struct Snapshot {
     pub history: Vec<serde_json::Value>,
 }
 
+impl Snapshot {
+    /// The engine state it holds, as [`Store::load_state`] gives it from the database: for
+    /// an engine outside the agent (`edgewatch backtest --state`).
+    pub fn engine_state(&self) -> Vec<(Touched, Vec<u8>)> {
+        let named = |(k, v): &(String, String)| Some((super::state::touched_of(k.as_bytes())?, v.as_bytes().to_vec()));
+        self.state.iter().filter_map(named).collect()
+    }
+}
+
 impl Store {
     /// Everything, as a snapshot document. Its "alive" mark is the store's; the running agent
     /// sets it to `now_ms`.

@@ -44,7 +44,7 @@ fn past_key(prefix: &[u8], rule: &str, key: &str) -> Vec<u8> {
 }
 
 /// The engine's name of a stored state key.
-fn touched_of(k: &[u8]) -> Option<Touched> {
+pub(super) fn touched_of(k: &[u8]) -> Option<Touched> {
     if let Some(rest) = k.strip_prefix(b"s/") {
         let split = rest.iter().position(|b| *b == 0)?;
         let rule = std::str::from_utf8(&rest[..split]).ok()?;

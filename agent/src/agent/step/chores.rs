@@ -93,6 +93,10 @@ impl Step {
             }
             Sink::Memory(mut acker) => acker.finish().await,
         }
+        if let Some(journal) = self.journal.take() {
+            // Its thread writes what is queued, then ends: off the runtime's thread.
+            let _ = tokio::task::spawn_blocking(move || drop(journal)).await;
+        }
     }
 }
 
