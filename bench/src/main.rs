@@ -21,6 +21,7 @@
 //!  report.rs: markdown, SVG chart (plotters), JSON      mqtt.rs: the harness's own MQTT 3.1.1 client
 //! ```
 
+mod backtest;
 mod consumer;
 mod machine;
 mod mqtt;
@@ -64,7 +65,7 @@ struct Args {
     #[arg(long)]
     step_secs: Option<f64>,
     /// Only these setups (comma-separated): bare, edgewatch-threshold, edgewatch-window,
-    /// edgewatch-memory, edgewatch-history, edgewatch-past, node-red-threshold, node-red-window, heartbeats.
+    /// edgewatch-memory, edgewatch-history, edgewatch-past, edgewatch-journal, node-red-threshold, node-red-window, heartbeats.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these offered rates (msg/s, comma-separated), no ramp; with `--only`, for
@@ -75,6 +76,16 @@ struct Args {
     /// profiler wrapped around `--edgewatch` that writes its data on exit); default: kill.
     #[arg(long, default_value_t = 0.0)]
     stop_grace: f64,
+    /// Instead of the side-by-side run: `edgewatch backtest` of the shipped rules over a
+    /// journal of `--inputs` readings (no broker involved).
+    #[arg(long)]
+    backtest: bool,
+    /// Journaled inputs for `--backtest`.
+    #[arg(long, default_value_t = 10_000_000)]
+    inputs: u64,
+    /// Devices for `--backtest`.
+    #[arg(long, default_value_t = 1000)]
+    devices: u64,
 }
 
 /// What every step needs.
@@ -138,7 +149,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     let profile_dir = exe.parent().context("own directory")?.to_owned();
     let target_dir = profile_dir.parent().context("target directory")?.to_owned();
 
-    let mosquitto = procs::find_or_install_mosquitto()?;
     let edgewatch = match &args.edgewatch {
         Some(p) => p.clone(),
         None => build_edgewatch(&root, &profile_dir)?,
@@ -146,6 +156,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !edgewatch.is_file() {
         bail!("no edgewatch binary at {}", edgewatch.display());
     }
+    if args.backtest {
+        return backtest::run(&root, &edgewatch, args.inputs, args.devices.max(1));
+    }
+    let mosquitto = procs::find_or_install_mosquitto()?;
     let node_red_cache = target_dir.join("bench").join("node-red");
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let node_red_wanted = wanted("node-red-threshold") || wanted("node-red-window") || wanted("heartbeats");
@@ -178,6 +192,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("edgewatch-memory", Contender::EdgewatchMemory, Rule::Threshold, true),
         ("edgewatch-history", Contender::Edgewatch, Rule::History, true),
         ("edgewatch-past", Contender::Edgewatch, Rule::Past, true),
+        ("edgewatch-journal", Contender::Edgewatch, Rule::Journal, true),
         ("node-red-threshold", Contender::NodeRed, Rule::Threshold, false),
         ("node-red-window", Contender::NodeRed, Rule::Window, true),
     ] {

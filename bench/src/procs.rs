@@ -29,6 +29,9 @@ pub enum Rule {
     /// The threshold rule with a past of an hour by the minute, read at every reading
     /// (`history(...)` in `when`): what an in-rule span costs per message (issue 16).
     Past,
+    /// The threshold rule with the input journal on (`[journal] enabled = true`): what the
+    /// journal costs per message (issue 18).
+    Journal,
 }
 
 impl Rule {
@@ -39,6 +42,7 @@ impl Rule {
             Rule::Heartbeat => "heartbeat",
             Rule::History => "history",
             Rule::Past => "past",
+            Rule::Journal => "journal",
         }
     }
 }
@@ -182,7 +186,7 @@ pub const EDGEWATCH_EVENTS: &str = "edgewatch/bench/events/#";
 /// has a `probe` rule the harness uses to know the agent is subscribed.
 pub fn edgewatch_rules(rule: Rule, heartbeat_timeout: Duration) -> String {
     let body = match rule {
-        Rule::Threshold => {
+        Rule::Threshold | Rule::Journal => {
             "// Every reading above 20 °C; the event's data is the reading itself.\n\
              rule(\"threshold\", #{\n    on: \"sensors/{device}/temperature\",\n    when: |e| e.value > 20.0,\n});\n"
                 .to_owned()
@@ -233,7 +237,11 @@ pub fn start_edgewatch(
     std::fs::create_dir_all(dir.path().join("rules"))?;
     std::fs::write(dir.path().join("rules").join("bench.rhai"), edgewatch_rules(rule, heartbeat_timeout))?;
     let conf = dir.path().join("edgewatch.toml");
-    std::fs::write(&conf, edgewatch_config(dir.path(), broker, durable))?;
+    let mut config = edgewatch_config(dir.path(), broker, durable);
+    if rule == Rule::Journal {
+        config.push_str("\n[journal]\nenabled = true\n");
+    }
+    std::fs::write(&conf, config)?;
     let child = Command::new(bin)
         .arg("run")
         .arg("--config")
@@ -350,7 +358,7 @@ pub fn node_red_flows(rule: Rule, broker: SocketAddr, heartbeat_timeout: Duratio
             "wires": [[format!("bench-{next}")]]})
     };
     match rule {
-        Rule::Threshold | Rule::History | Rule::Past => {
+        Rule::Threshold | Rule::History | Rule::Past | Rule::Journal => {
             nodes.push(switch("payload.temperature", "gt", "20", "num", "out"))
         }
         Rule::Window => {
@@ -514,12 +522,16 @@ mod tests {
     #[test]
     fn edgewatch_accepts_the_rules_and_the_configuration() {
         let sandbox = edgewatch_engine::Sandbox::default();
-        for rule in [Rule::Threshold, Rule::Window, Rule::Heartbeat, Rule::History, Rule::Past] {
+        for rule in [Rule::Threshold, Rule::Window, Rule::Heartbeat, Rule::History, Rule::Past, Rule::Journal] {
             let text = edgewatch_rules(rule, Duration::from_millis(2500));
             let (set, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("bench.rhai", text.as_str())]);
             assert!(errors.is_empty(), "{rule:?}: {errors:?}\n{text}");
             assert_eq!(set.len(), 2, "{rule:?}: the rule and the probe");
-            let name = if rule == Rule::Heartbeat { "offline" } else { rule.name() };
+            let name = match rule {
+                Rule::Heartbeat => "offline",
+                Rule::Journal => "threshold",
+                _ => rule.name(),
+            };
             assert!(
                 set.get(name).is_some_and(|r| r.listens_to("sensors/t-00001/temperature") != (rule == Rule::Heartbeat))
             );
@@ -531,6 +543,10 @@ mod tests {
             let config = edgewatch::Config::from_toml(&text, "bench.toml", std::iter::empty());
             assert!(config.as_ref().is_ok_and(|c| c.state.durable == durable), "{config:?}\n{text}");
         }
+        let text = edgewatch_config(dir.path(), SocketAddr::from(([127, 0, 0, 1], 18830)), true)
+            + "\n[journal]\nenabled = true\n";
+        let config = edgewatch::Config::from_toml(&text, "bench.toml", std::iter::empty());
+        assert!(config.as_ref().is_ok_and(|c| c.journal.is_some()), "{config:?}\n{text}");
     }
 
     #[test]

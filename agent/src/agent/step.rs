@@ -118,7 +118,8 @@ pub(super) struct Step {
     /// Events dropped for space and not yet reported upstream, and when the next report may go.
     unreported_drops: u64,
     next_drop_report: Instant,
-    /// The input journal, when `[journal]` is on: each input is handed to its thread.
+    /// The input journal, when `[journal]` is on: each input is encoded into it, and each
+    /// batch's inputs are handed to its thread at the commit.
     pub journal: Option<crate::journal::Journal>,
 }
 
@@ -255,14 +256,16 @@ impl Step {
             None => self.engine.tick(now, &mut self.outputs),
             Some(Input::LinkDown) => {
                 tracing::warn!("Sensor link down: absence detection paused.");
-                if let Some(j) = &self.journal {
+                if let Some(j) = &mut self.journal {
                     j.link(now.millis(), false);
+                    j.hand_over();
                 }
                 self.engine.pause_absence(now);
             }
             Some(Input::LinkUp) => {
-                if let Some(j) = &self.journal {
+                if let Some(j) = &mut self.journal {
                     j.link(now.millis(), true);
+                    j.hand_over();
                 }
                 self.engine.resume_absence(now, &mut self.outputs);
             }
@@ -314,7 +317,7 @@ impl Step {
 
     /// Decodes a message and runs it through the engine.
     fn process(&mut self, topic: String, payload: Bytes, format: Format, received: Timestamp) {
-        if let Some(j) = &self.journal {
+        if let Some(j) = &mut self.journal {
             j.message(received.millis(), format, &topic, &payload);
         }
         match decode_with(format, &payload, &self.config.decode_limits()) {
@@ -357,6 +360,9 @@ impl Step {
     /// Hands the batch on: to the committer (durable; `permit` is its slot), or, in memory,
     /// straight to acknowledgement. `done` hears whether it is on disk.
     fn commit(&mut self, permit: Option<mpsc::Permit<'_, CommitJob>>, done: Option<oneshot::Sender<bool>>) {
+        if let Some(j) = &mut self.journal {
+            j.hand_over();
+        }
         let (acks, arrived) = self.pending.take_acks();
         match (&mut self.sink, permit) {
             (Sink::Disk { store, .. }, Some(permit)) => {

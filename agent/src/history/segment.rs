@@ -100,20 +100,7 @@ impl SegmentId {
 
 /// The segment files in `dir`, oldest first; none if it does not exist.
 pub(crate) fn list(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, HistoryError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(HistoryError::io(dir)(e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(HistoryError::io(dir))?;
-        if let Some(id) = entry.file_name().to_str().and_then(SegmentId::parse) {
-            out.push((id, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
+    crate::frames::list(dir, SegmentId::parse).map_err(HistoryError::io(dir))
 }
 
 /// The header frame of a new file.

@@ -4,8 +4,9 @@
 //! runs.
 //!
 //! ```text
-//! Step::process ─▶ Journal::message (try_send: a full queue skips the input, counted)
-//!   ─▶ the journal thread ─▶ JournalLog::append ─▶ <seq>-<created>.jnl, one frame a record
+//! Step::process ─▶ Journal::message (the record's frame, encoded into a chunk)
+//!   ─▶ Journal::hand_over at each batch (try_send: a full queue skips the chunk, counted)
+//!   ─▶ the journal thread ─▶ JournalLog::append_frames ─▶ <seq>-<created>.jnl, a frame a record
 //!   ─▶ a new segment past journal.max_mb / 16 or an hour; the oldest deleted past
 //!      journal.max_mb or journal.max_age (counted)
 //! read / export / backtest (any process) ◀─ the segment files
@@ -16,8 +17,9 @@
 //! backtests, not part of durability: it is written to the OS within [`FLUSH_EVERY`] and
 //! never fsync'd, so a SIGKILL loses what was still queued or buffered (under a fraction of
 //! a second) and at most a torn last record, and a power cut what the kernel had not
-//! written back. It never holds up processing: the engine loop hands each input to a bounded
-//! queue and goes on; when the disk is slow or full, inputs are skipped and counted.
+//! written back. It never holds up processing: the engine loop encodes each input and hands
+//! the batch's chunk to a bounded queue and goes on; when the disk is slow or full, inputs
+//! are skipped and counted.
 //!
 //! # Format (published in docs/operations.md, "Input journal")
 //! ```text
@@ -43,7 +45,7 @@ mod segment;
 mod writer;
 
 pub use read::{ExportError, ReadReport, export, read};
-pub use writer::{Appended, Journal, JournalLog};
+pub use writer::{Appended, CHUNK, Frames, Journal, JournalLog};
 
 use crate::decode::Format;
 use std::path::{Path, PathBuf};
@@ -59,9 +61,10 @@ pub fn dir_in(state_dir: &Path) -> PathBuf {
 /// once the queue is empty): what a SIGKILL can lose, besides the queue.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
-/// Inputs waiting for the journal thread. At 10k msg/s, 0.8 s of inputs: a disk that stalls
-/// longer costs skipped inputs (counted), never a delayed one.
-pub const QUEUE: usize = 8192;
+/// Chunks of inputs waiting for the journal thread: one per batch of the engine loop, at most
+/// [`CHUNK`] bytes each (at most 8 MiB in all). At 10k msg/s in batches of ~50, seconds of
+/// inputs: a disk that stalls longer costs skipped inputs (counted), never a delayed one.
+pub const QUEUE: usize = 128;
 
 /// How much journal is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

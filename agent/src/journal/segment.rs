@@ -36,20 +36,8 @@ impl Segment {
 
 /// The segment files in `dir`, oldest first; none if it does not exist.
 pub(crate) fn list(dir: &Path) -> Result<Vec<Segment>, JournalError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(JournalError::io(dir)(e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(JournalError::io(dir))?;
-        if let Some(s) = entry.file_name().to_str().and_then(|n| Segment::parse(dir, n)) {
-            out.push(s);
-        }
-    }
-    out.sort();
-    Ok(out)
+    let files = crate::frames::list(dir, |name| Segment::parse(dir, name)).map_err(JournalError::io(dir))?;
+    Ok(files.into_iter().map(|(s, _)| s).collect())
 }
 
 /// The header frame of a new file.

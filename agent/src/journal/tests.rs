@@ -169,16 +169,19 @@ fn segments_older_than_the_age_limit_are_deleted() {
 fn the_thread_writes_every_input_it_is_handed_before_it_stops() {
     let tmp = tempfile::tempdir().expect("tmp");
     let counts = std::sync::Arc::new(JournalCounts::default());
-    let (journal, _) = Journal::start(tmp.path(), JournalLimits::default(), counts.clone()).expect("start");
+    let (mut journal, _) = Journal::start(tmp.path(), JournalLimits::default(), counts.clone()).expect("start");
     for i in 0..1000 {
         let (t, topic, payload) = msg(T0 + i, i as usize);
-        journal.message(t, Format::Auto, &topic, &bytes::Bytes::from(payload));
+        journal.message(t, Format::Auto, &topic, &payload);
+        if i % 100 == 99 {
+            journal.hand_over();
+        }
     }
     journal.link(T0 + 1000, false);
     drop(journal);
     let written = counts.written.load(Relaxed);
     let skipped = counts.skipped.load(Relaxed);
-    assert_eq!(written + skipped, 1001);
+    assert_eq!((written, skipped), (1001, 0), "a queue of 128 chunks holds 11");
     let (got, _) = read_back(tmp.path(), (0, i64::MAX));
     assert_eq!(got.len() as u64, written);
     assert_eq!(
@@ -220,4 +223,14 @@ fn the_export_is_a_recording_that_replay_reads_back_the_same() {
         }
     }
     assert!(text.contains("\"text\":\"online\"") && text.contains("\"hex\":\"01ff0080\""), "{text}");
+}
+
+#[test]
+fn a_record_costs_17_bytes_besides_its_topic_and_payload() {
+    let (mut frame, mut scratch) = (Vec::new(), Vec::new());
+    let topic = "sensors/t-00001/temperature";
+    let payload = br#"{"device":"t-00001","seq":3,"kind":"reading","temperature":30.5}"#;
+    let now = 1_796_342_400_000; // 2026-12-05
+    segment::put_entry(&mut frame, &mut scratch, &Entry::Message { t: now, format: Format::Json, topic, payload });
+    assert_eq!(frame.len(), 17 + topic.len() + payload.len());
 }

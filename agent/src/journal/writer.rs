@@ -4,7 +4,6 @@
 use super::segment::{self, Segment};
 use super::{Entry, FLUSH_EVERY, JournalCounts, JournalError, JournalLimits, QUEUE};
 use crate::decode::Format;
-use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -103,12 +102,21 @@ impl JournalLog {
         self.bytes
     }
 
-    /// Appends one record at wall-clock time `now`: in a new segment when the open one is
-    /// full or old, after deleting the oldest segments the budget needs.
+    /// Appends one record at wall-clock time `now` (see [`JournalLog::append_frames`]).
     pub fn append(&mut self, entry: &Entry<'_>, now: i64) -> Result<Appended, JournalError> {
-        self.frame.clear();
-        segment::put_entry(&mut self.frame, &mut self.scratch, entry);
-        let len = self.frame.len() as u64;
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
+        segment::put_entry(&mut frame, &mut self.scratch, entry);
+        let done = self.append_frames(&frame, now);
+        self.frame = frame;
+        done
+    }
+
+    /// Appends whole record frames (as [`Frames`] encodes them) at wall-clock time `now`: in
+    /// a new segment when the open one is full or old, after deleting the oldest segments the
+    /// budget needs. Frames larger than half the budget together are skipped.
+    pub fn append_frames(&mut self, frames: &[u8], now: i64) -> Result<Appended, JournalError> {
+        let len = frames.len() as u64;
         let mut done = Appended::default();
         if len > self.limits.max_bytes / 2 {
             return Ok(done);
@@ -130,7 +138,7 @@ impl JournalLog {
         if self.open.is_none() {
             self.open_new(now)?;
         }
-        self.buf.extend_from_slice(&self.frame);
+        self.buf.extend_from_slice(frames);
         self.bytes += len;
         if let Some(o) = &mut self.open {
             o.bytes += len;
@@ -232,21 +240,53 @@ impl JournalLog {
     }
 }
 
-/// One input on its way to the journal thread.
-#[derive(Debug)]
-enum Item {
-    Message { t: i64, format: Format, topic: Box<str>, payload: Bytes },
-    Link { t: i64, up: bool },
+/// Record frames, encoded where the inputs are (the engine loop), so that the journal
+/// costs the engine loop a copy and a checksum per input, and a hand-over per batch: no
+/// allocation and no thread wake-up per input.
+#[derive(Debug, Default)]
+pub struct Frames {
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    records: u64,
 }
 
-/// The engine loop's handle on the journal: inputs go to a bounded queue, and a thread of
-/// its own writes them. Dropping it stops the thread after it has written the queue.
+impl Frames {
+    pub fn push(&mut self, entry: &Entry<'_>) {
+        segment::put_entry(&mut self.buf, &mut self.scratch, entry);
+        self.records += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// A chunk of frames on its way to the journal thread, and how many records it holds.
+#[derive(Debug)]
+struct Chunk {
+    frames: Vec<u8>,
+    records: u64,
+}
+
+/// The engine loop's handle on the journal: inputs are encoded into a chunk, and each chunk
+/// goes to a bounded queue at the end of a batch ([`Journal::hand_over`]) or past
+/// [`CHUNK`] bytes; a thread of its own writes them. Dropping it hands over what it holds and
+/// stops the thread after it has written the queue.
 #[derive(Debug)]
 pub struct Journal {
-    tx: Option<SyncSender<Item>>,
+    pending: Frames,
+    tx: Option<SyncSender<Chunk>>,
     thread: Option<std::thread::JoinHandle<()>>,
     counts: Arc<JournalCounts>,
 }
+
+/// A chunk is handed over once it holds this much, batch or not.
+pub const CHUNK: usize = 64 << 10;
 
 impl Journal {
     /// Opens the journal in `dir` and starts its thread.
@@ -263,30 +303,47 @@ impl Journal {
             .name("edgewatch-journal".into())
             .spawn(move || write_loop(log, &rx, &thread_counts))
             .map_err(JournalError::io(dir))?;
-        Ok((Journal { tx: Some(tx), thread: Some(thread), counts }, recovered))
+        Ok((Journal { pending: Frames::default(), tx: Some(tx), thread: Some(thread), counts }, recovered))
     }
 
-    /// Journals a message, unless the queue is full (counted).
-    pub fn message(&self, t: i64, format: Format, topic: &str, payload: &Bytes) {
-        self.send(Item::Message { t, format, topic: topic.into(), payload: payload.clone() });
+    /// Journals a message.
+    pub fn message(&mut self, t: i64, format: Format, topic: &str, payload: &[u8]) {
+        self.push(&Entry::Message { t, format, topic, payload });
     }
 
     /// Journals the sensor link going down or up (absence detection pauses meanwhile).
-    pub fn link(&self, t: i64, up: bool) {
-        self.send(Item::Link { t, up });
+    pub fn link(&mut self, t: i64, up: bool) {
+        self.push(&if up { Entry::LinkUp { t } } else { Entry::LinkDown { t } });
     }
 
-    fn send(&self, item: Item) {
+    fn push(&mut self, entry: &Entry<'_>) {
+        self.pending.push(entry);
+        if self.pending.len() >= CHUNK {
+            self.hand_over();
+        }
+    }
+
+    /// Hands what is held to the journal thread, unless its queue is full (the inputs in it
+    /// are then skipped, counted).
+    pub fn hand_over(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let chunk = Chunk { frames: std::mem::take(&mut self.pending.buf), records: self.pending.records };
+        self.pending.records = 0;
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(item) {
+        match tx.try_send(chunk) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                if self.counts.skipped.fetch_add(1, Relaxed) == 0 {
+            Err(TrySendError::Full(c)) | Err(TrySendError::Disconnected(c)) => {
+                if self.counts.skipped.fetch_add(c.records, Relaxed) == 0 {
                     tracing::warn!(
                         queue = QUEUE,
                         "Journal behind the inputs: inputs skipped from it (counted in edgewatch_journal_skipped_total)."
                     );
                 }
+                // Its buffer is reused.
+                self.pending.buf = c.frames;
+                self.pending.buf.clear();
             }
         }
     }
@@ -294,6 +351,7 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
+        self.hand_over();
         drop(self.tx.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -307,14 +365,14 @@ fn wall_clock() -> i64 {
 
 /// The journal thread: writes what the queue brings, hands it to the OS at least every
 /// [`FLUSH_EVERY`], and applies the age limit when idle.
-fn write_loop(mut log: JournalLog, rx: &Receiver<Item>, counts: &JournalCounts) {
+fn write_loop(mut log: JournalLog, rx: &Receiver<Chunk>, counts: &JournalCounts) {
     let mut last_flush = std::time::Instant::now();
     let mut failing = false;
-    let mut note = |result: Result<Appended, JournalError>, written: u64, log: &JournalLog| {
+    let mut note = |result: Result<Appended, JournalError>, records: u64, log: &JournalLog| {
         match result {
             Ok(a) => {
-                counts.written.fetch_add(written * u64::from(a.written), Relaxed);
-                counts.skipped.fetch_add(written * u64::from(!a.written), Relaxed);
+                counts.written.fetch_add(records * u64::from(a.written), Relaxed);
+                counts.skipped.fetch_add(records * u64::from(!a.written), Relaxed);
                 if a.evicted_segments > 0 {
                     counts.evicted_segments.fetch_add(a.evicted_segments, Relaxed);
                     if counts.evicted_bytes.fetch_add(a.evicted_bytes, Relaxed) == 0 {
@@ -328,7 +386,7 @@ fn write_loop(mut log: JournalLog, rx: &Receiver<Item>, counts: &JournalCounts) 
                 failing = false;
             }
             Err(error) => {
-                counts.skipped.fetch_add(written, Relaxed);
+                counts.skipped.fetch_add(records, Relaxed);
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(%error, "Journal not written: inputs skipped from it until the disk takes them again.");
                 }
@@ -336,32 +394,24 @@ fn write_loop(mut log: JournalLog, rx: &Receiver<Item>, counts: &JournalCounts) 
         }
         counts.bytes.store(log.bytes(), Relaxed);
     };
+    let flushed = Appended { written: true, ..Appended::default() };
     loop {
         match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(item) => {
-                let now = wall_clock();
-                let result = match &item {
-                    Item::Message { t, format, topic, payload } => {
-                        log.append(&Entry::Message { t: *t, format: *format, topic, payload }, now)
-                    }
-                    Item::Link { t, up: false } => log.append(&Entry::LinkDown { t: *t }, now),
-                    Item::Link { t, up: true } => log.append(&Entry::LinkUp { t: *t }, now),
-                };
-                note(result, 1, &log);
+            Ok(chunk) => {
+                let result = log.append_frames(&chunk.frames, wall_clock());
+                note(result, chunk.records, &log);
                 if last_flush.elapsed() >= FLUSH_EVERY {
-                    let flushed = log.flush().map(|()| Appended { written: true, ..Appended::default() });
-                    note(flushed, 0, &log);
+                    note(log.flush().map(|()| flushed), 0, &log);
                     last_flush = std::time::Instant::now();
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                let flushed = log.flush().and_then(|()| log.expire(wall_clock()));
-                note(flushed.map(|a| Appended { written: true, ..a }), 0, &log);
+                let result = log.flush().and_then(|()| log.expire(wall_clock()));
+                note(result.map(|a| Appended { written: true, ..a }), 0, &log);
                 last_flush = std::time::Instant::now();
             }
             Err(RecvTimeoutError::Disconnected) => {
-                let flushed = log.flush().map(|()| Appended { written: true, ..Appended::default() });
-                note(flushed, 0, &log);
+                note(log.flush().map(|()| flushed), 0, &log);
                 return;
             }
         }
