@@ -755,3 +755,33 @@ fn replay_streams_a_large_recording_in_bounded_memory() {
     assert!(events >= 20, "overheat events came out: {events}");
     assert!(peak < 100 * 1024, "peak RSS {peak} KiB for {LINES} lines");
 }
+
+#[test]
+fn backtest_starts_both_sides_from_a_state_export() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // t-007 was last seen at 5 s by the agent the export came from; its deadline is 15 s.
+    let snapshot = serde_json::json!({
+        "schema": 1,
+        "taken_ms": 1000,
+        "state": [["s/offline\u{0}t-007", "{\"kind\":\"heartbeat\",\"last_seen\":5000,\"deadline\":15000,\"timer_at\":15000,\"missing_since\":-9223372036854775808,\"timeout_ms\":10000,\"never_seen\":false,\"flap\":null}"]],
+        "outbox": [],
+    });
+    std::fs::write(dir.path().join("backup.json"), snapshot.to_string()).expect("snapshot");
+    std::fs::write(dir.path().join("rec.jsonl"), "{\"t\": 20000}\n").expect("recording");
+    let rules = repo().join("rules");
+    let rules = rules.to_str().expect("utf-8");
+    let offline = |state: bool| {
+        let mut args = vec!["--rules", rules, "--baseline", rules, "--events", "rec.jsonl"];
+        if state {
+            args.extend(["--state", "backup.json"]);
+        }
+        let (report, out) = backtest_json(dir.path(), &args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(report["identical"], true);
+        let r = rule_of(&report, "offline");
+        (r["baseline"].as_u64(), r["candidate"].as_u64())
+    };
+    // From the export, t-007's silence is reported on both sides; from nothing, nobody is known.
+    assert_eq!(offline(true), (Some(1), Some(1)));
+    assert_eq!(offline(false), (Some(0), Some(0)));
+}

@@ -806,7 +806,6 @@ async fn the_journal_survives_sigkill_with_only_the_torn_tail_lost() {
     let all: BTreeSet<i64> = (1..=200).collect();
     let seqs = wait_journaled(&state, "d0", &all).await;
     let (_, report) = journaled(&state, "d0");
-    stop_cleanly(&mut agent);
     assert_eq!(report.damaged, Vec::<String>::new(), "the torn tail is cut, not reported as damage");
     let got: BTreeSet<i64> = seqs.iter().copied().collect();
     assert_eq!(got, all, "every reading journaled");
@@ -820,8 +819,8 @@ async fn the_journal_survives_sigkill_with_only_the_torn_tail_lost() {
     let after_restart = seqs.iter().position(|s| *s > 100).expect("second run journaled");
     assert!(seqs[after_restart..].windows(2).all(|w| w[0] < w[1] || w[1] <= 100), "{seqs:?}");
 
-    // The journal as a user reads it: exported as a recording, and a backtest of the running
-    // rules against themselves over it finds no difference.
+    // The journal as a user reads it, with the agent running: exported as a recording, and a
+    // backtest of the running rules against themselves over it finds no difference.
     let run = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_edgewatch"))
             .args(args)
@@ -845,4 +844,7 @@ async fn the_journal_survives_sigkill_with_only_the_torn_tail_lost() {
     let count = report["rules"].as_array().and_then(|r| r.iter().find(|r| r["rule"] == "count")).expect("count rule");
     // Redeliveries are recognised as duplicates (device + seq) in the backtest as in the agent.
     assert_eq!(count["baseline"].as_u64(), Some(all.len() as u64), "{count}");
+    // All of it while the agent runs, which is none the worse for it.
+    assert!(agent.try_wait().expect("status").is_none(), "the agent still runs");
+    stop_cleanly(&mut agent);
 }
