@@ -23,6 +23,8 @@
 //! - [`reload`]: the one rule loader (for the agent, `check`, `test` and `replay`) and the
 //!   rules directory's watcher.
 //! - [`emit`]: composite events -> CloudEvents JSON.
+//! - [`delivery`]: how an action's delivery to a sink goes: answers classified, retries,
+//!   a sink's rate limit, action ids (plain values; the sinks are issue 19's next step).
 //! - [`outbox`]: events waiting to go upstream: one bounded bookkeeping ([`outbox::Book`]),
 //!   the whole outbox in memory, or kept in sled by [`store`] when durability is on.
 //! - [`store`]: durable state in sled: engine state, the outbox's entries, snapshots.
@@ -49,6 +51,7 @@ pub mod backtest;
 pub mod broker;
 pub mod config;
 pub mod decode;
+pub mod delivery;
 pub mod demo;
 pub mod emit;
 mod frames;

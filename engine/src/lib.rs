@@ -56,6 +56,8 @@
 //!   form; `recall`: the engine's side of it (folding readings in after the rule ran,
 //!   export and import, seeding from the agent's roll-ups: [`Engine::past_wanted`],
 //!   [`Engine::seed_past`]).
+//! - [`alarm`]: the alarm lifecycle of a rule and key (ISA-18.2's basic model, snooze, out
+//!   of service, rate limits with folding, escalation), a plain struct for the caller to keep.
 //! - [`history`]: roll-ups of remembered fields (`remember`) on their way to the agent's
 //!   history log; `remember`: which series an event feeds.
 //! - `timers`: the timer queues (one on processing time, one on event time).
@@ -71,6 +73,7 @@
 //! This crate does no I/O: no network, no disk, no clock, no async runtime. The agent
 //! crate is the shell around it.
 
+pub mod alarm;
 pub mod config;
 mod context;
 mod declare;
