@@ -31,12 +31,15 @@ pub(crate) struct Declared {
     pub(crate) remember: Vec<std::sync::Arc<str>>,
     /// Fields whose past it keeps per key (`past`).
     pub(crate) past: Vec<PastSpec>,
+    /// Sinks its events go to (`notify`, `act`).
+    pub(crate) actions: Vec<crate::rule::ActionSpec>,
     /// Every closure with the number of arguments it must take, checked once the AST is known.
     pub(crate) arities: Vec<(String, Func, usize)>,
 }
 
 /// Keys every rule may have.
-const COMMON: &[&str] = &["on", "key", "emit", "description", "max_keys", "on_full", "remember", "past"];
+const COMMON: &[&str] =
+    &["on", "key", "emit", "description", "max_keys", "on_full", "remember", "past", "notify", "act"];
 
 /// Kind-deciding keys, and the extra keys each kind accepts.
 const KINDS: &[(&str, &[&str])] = &[
@@ -104,6 +107,7 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         None => Vec::new(),
         Some(v) => parse_past(v).map_err(&err)?,
     };
+    let actions = actions(&mut d, def).map_err(&err)?;
     let on_full = match def.get("on_full").map(|v| (v, v.to_string())) {
         None => None,
         Some((v, s)) if v.is_string() && s == "refuse" => Some(OnFull::Refuse),
@@ -179,8 +183,53 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         on_full,
         remember,
         past,
+        actions,
         arities: d.arities,
     })
+}
+
+/// A sink's name: as `[[sinks]] name` allows.
+fn sink_name(what: &str, v: &Dynamic) -> Result<std::sync::Arc<str>, String> {
+    let name = v.clone().into_string().map_err(|t| format!("`{what}` names sinks by string, not {t}"))?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!(
+            "`{what}`: sink name `{name}` must be non-empty and use only letters, digits, `_` and `-`"
+        ));
+    }
+    Ok(name.into())
+}
+
+/// `notify: "pager"` or `["pager", "chat"]`; `act: #{ sink: "valves", data: |ev| ... }` or a
+/// list of them. A sink named twice is an error: one event, one action per sink.
+fn actions(d: &mut Decl<'_>, def: &Map) -> Result<Vec<crate::rule::ActionSpec>, String> {
+    let mut out: Vec<crate::rule::ActionSpec> = Vec::new();
+    match def.get("notify") {
+        None => {}
+        Some(v) if v.is_array() => {
+            for item in v.clone().into_array().unwrap_or_default() {
+                out.push(crate::rule::ActionSpec { sink: sink_name("notify", &item)?, data: None });
+            }
+        }
+        Some(v) => out.push(crate::rule::ActionSpec { sink: sink_name("notify", v)?, data: None }),
+    }
+    let acts = match def.get("act") {
+        None => Vec::new(),
+        Some(v) if v.is_array() => v.clone().into_array().unwrap_or_default(),
+        Some(v) => vec![v.clone()],
+    };
+    for act in &acts {
+        let m = sub_map("act", Some(act), &["sink", "data"])?;
+        let sink = m.get("sink").ok_or("`act` needs `sink` (the configured sink's name)")?;
+        let sink = sink_name("act.sink", sink)?;
+        let mut ad = Decl { def: &m, arities: Vec::new() };
+        let data = ad.func("data", 1).map_err(|e| format!("act: {e}"))?;
+        d.arities.append(&mut ad.arities);
+        out.push(crate::rule::ActionSpec { sink, data });
+    }
+    if let Some(twice) = out.iter().enumerate().find(|(i, a)| out[..*i].iter().any(|b| b.sink == a.sink)) {
+        return Err(format!("sink `{}` is named twice in `notify`/`act`", twice.1.sink));
+    }
+    Ok(out)
 }
 
 struct Decl<'a> {

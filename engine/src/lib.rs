@@ -103,7 +103,7 @@ pub mod topic;
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineStats};
 pub use event::{Event, EventId};
-pub use output::{Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
+pub use output::{Action, Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
 pub use past::{PastError, PastSpec, PastWant, SeedError, Seeded};
 pub use persist::StateError;
 pub use rule::{OnFull, Origin, Rule, RuleSet};

@@ -34,13 +34,40 @@ impl Composite {
     /// `id`, `subject`, `time`, `data`) whose id is the composite's, so a chained output's
     /// id still derives from the original input.
     pub(crate) fn to_event(&self, topic: String) -> Event {
+        Event { topic, payload: Dynamic::from_map(self.as_map()), time: self.time, id: EventId(self.id.0) }
+    }
+
+    /// The composite as rules see it (chained events, `act`'s `data`): `type`, `id`,
+    /// `subject`, `time`, `data`.
+    pub(crate) fn as_map(&self) -> Map {
         let mut m = Map::new();
         m.insert("type".into(), format!("edgewatch.{}", self.rule).into());
         m.insert("id".into(), self.id.to_string().into());
         m.insert("subject".into(), self.key.clone().into());
         m.insert("time".into(), Dynamic::from_int(self.time.millis()));
         m.insert("data".into(), self.data.clone());
-        Event { topic, payload: Dynamic::from_map(m), time: self.time, id: EventId(self.id.0) }
+        m
+    }
+}
+
+/// A composite event on its way to a sink besides upstream (`notify`, `act`).
+#[derive(Debug, Clone)]
+pub struct Action {
+    /// The composite event it is about (its id, rule, key and time).
+    pub event: CompositeId,
+    pub rule: Arc<str>,
+    pub key: String,
+    pub time: Timestamp,
+    /// The configured sink's name.
+    pub sink: Arc<str>,
+    /// The body the rule shaped (`act`'s `data`), or `None`: the sink's default body.
+    pub data: Option<Dynamic>,
+}
+
+impl Action {
+    /// The shaped body as JSON, if the rule shaped one.
+    pub fn data_json(&self) -> Option<serde_json::Value> {
+        self.data.as_ref().map(|d| serde_json::to_value(d).unwrap_or(serde_json::Value::Null))
     }
 }
 
@@ -150,6 +177,8 @@ impl fmt::Display for KeyLimitReport {
 pub struct Outputs {
     /// Composite events, in the order the rules produced them.
     pub events: Vec<Composite>,
+    /// The events' actions (`notify`, `act`), in the same order: each follows its event.
+    pub actions: Vec<Action>,
     /// Rules that failed on this input.
     pub faults: Vec<RuleFault>,
     /// How many rules listened to the input (whether or not they emitted).
@@ -209,6 +238,7 @@ impl Outputs {
     /// Empties both lists, keeping their capacity.
     pub fn clear(&mut self) {
         self.events.clear();
+        self.actions.clear();
         self.faults.clear();
         self.matched = 0;
         self.duplicates = 0;

@@ -214,8 +214,28 @@ pub struct Rule {
     /// Fields whose past this rule keeps per key, for `history(...)` (`past`): shared with
     /// the call context for the length of each call, hence an `Arc`.
     pub past: Arc<[PastSpec]>,
+    /// Where its events are also sent, beside upstream (`notify`, `act`): sinks by name,
+    /// each with the closure that shapes the body, if any.
+    pub actions: Vec<ActionSpec>,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
+}
+
+/// One sink a rule's events go to.
+#[derive(Debug, Clone)]
+pub struct ActionSpec {
+    /// The sink's name, as configured (`[[sinks]] name = ...`).
+    pub sink: Arc<str>,
+    /// Shapes the body from the event (`act: #{ sink, data: |ev| ... }`); absent: the sink's
+    /// default body (`notify`).
+    pub(crate) data: Option<Func>,
+}
+
+impl ActionSpec {
+    /// Whether the rule shapes this sink's body itself.
+    pub fn shapes_body(&self) -> bool {
+        self.data.is_some()
+    }
 }
 
 impl Rule {

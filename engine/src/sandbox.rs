@@ -229,6 +229,7 @@ impl Sandbox {
                 on_full: d.on_full,
                 remember: d.remember,
                 past: d.past.into(),
+                actions: d.actions,
                 ast: ast.clone(),
             });
         }

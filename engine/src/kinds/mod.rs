@@ -526,14 +526,46 @@ impl<'a> Cx<'a> {
             .filter(|c| c.input == input && c.key == key)
             .count();
         let index = u32::try_from(index).unwrap_or(u32::MAX);
-        self.out.events.push(Composite {
+        let composite = Composite {
             id: CompositeId::derive(&self.rule.name, key, input, index),
             input,
             rule: self.rule.name.clone(),
             key: key.to_owned(),
             time: crate::Timestamp(time),
             data,
-        });
+        };
+        self.actions(&composite);
+        self.out.events.push(composite);
+    }
+
+    /// The actions of an event (`notify`, `act`): a body shaped by `act`'s `data`, checked as
+    /// emitted data is; a `data` that fails or returns `()` sends nothing to that sink.
+    fn actions(&mut self, c: &Composite) {
+        let rule = self.rule;
+        for spec in &rule.actions {
+            let data = match &spec.data {
+                None => None,
+                Some(f) => {
+                    let Some(body) = self.call(f, [Dynamic::from_map(c.as_map())]) else { continue };
+                    if body.is_unit() {
+                        continue;
+                    }
+                    if let Err(why) = check_data(self.script, &body).and_then(|()| check_finite("data", &body)) {
+                        self.fault(format!("the body for sink `{}` {why}; not sent", spec.sink));
+                        continue;
+                    }
+                    Some(body)
+                }
+            };
+            self.out.actions.push(crate::output::Action {
+                event: c.id,
+                rule: c.rule.clone(),
+                key: c.key.clone(),
+                time: c.time,
+                sink: spec.sink.clone(),
+                data,
+            });
+        }
     }
 
     /// Records that this rule's state for `key` changed (or went away), so the caller can

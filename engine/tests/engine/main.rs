@@ -1,6 +1,7 @@
 //! Black-box tests of the engine under virtual time: rule files in, events and ticks in,
 //! composite events and faults out. One test binary; one module per concern.
 
+mod actions;
 mod anomaly;
 mod basics;
 mod chaining;

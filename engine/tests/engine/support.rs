@@ -29,6 +29,8 @@ pub struct H {
     /// History roll-ups closed so far, and readings not folded (by whom, why).
     pub closed: Vec<Closed>,
     pub skipped: Vec<(String, Skip)>,
+    /// Actions so far: (sink, rule, key, shaped body, the id of their event).
+    pub actions: Vec<(String, String, String, Option<Value>, String)>,
 }
 
 impl H {
@@ -57,6 +59,7 @@ impl H {
             value_missing: Vec::new(),
             closed: Vec::new(),
             skipped: Vec::new(),
+            actions: Vec::new(),
         }
     }
 
@@ -74,6 +77,12 @@ impl H {
         self.value_missing.extend(self.out.value_missing.iter().map(|r| r.to_string()));
         self.closed.append(&mut self.out.closed);
         self.skipped.extend(self.out.history_skipped.iter().map(|(s, k)| (s.to_string(), *k)));
+        self.actions.extend(
+            self.out
+                .actions
+                .iter()
+                .map(|a| (a.sink.to_string(), a.rule.to_string(), a.key.clone(), a.data_json(), a.event.to_string())),
+        );
         if self.record_touched {
             self.touched.append(&mut self.out.touched);
         }
