@@ -69,6 +69,10 @@ enum Command {
     Check {
         /// A rule file or a directory of them.
         path: PathBuf,
+        /// Also check the sinks rules name (`notify`, `act`) against this configuration's
+        /// `[[sinks]]`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Run the golden tests of a rules directory (<dir>/tests/<case>/in.jsonl -> out.jsonl).
     Test {
@@ -270,9 +274,17 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, quiet_default);
             report(replay(&rules, &events))
         }
-        Command::Check { path } => {
+        Command::Check { path, config } => {
             init_logging(cli.log_format, quiet_default);
-            match check(&path) {
+            let sinks = match config.map(|c| Config::load(&c)) {
+                None => None,
+                Some(Ok(c)) => Some(c.sinks.iter().map(|s| s.name.clone()).collect()),
+                Some(Err(error)) => {
+                    eprintln!("edgewatch: configuration rejected: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match check(&path, sinks) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => report(Err(e)),
@@ -336,9 +348,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Compiles every rule file under `path`; prints `file:line:col: message` per error.
-fn check(path: &std::path::Path) -> anyhow::Result<bool> {
+fn check(path: &std::path::Path, sinks: Option<Vec<String>>) -> anyhow::Result<bool> {
     let sandbox = std::sync::Arc::new(edgewatch_engine::Sandbox::default());
-    let loaded = edgewatch::reload::load(sandbox, path)?;
+    let loaded = edgewatch::reload::load_checked(sandbox, path, sinks)?;
     for error in &loaded.errors {
         println!("{error}");
     }

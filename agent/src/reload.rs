@@ -50,6 +50,9 @@ pub struct RuleFiles {
     /// The errors of the last scan, by identity (a file's content hash, a table set's hash,
     /// a message): only those not among them are new.
     reported: HashSet<String>,
+    /// The configured sinks' names, when rules are checked against them: a rule that names
+    /// another in `notify` or `act` does not compile.
+    sinks: Option<Vec<String>>,
 }
 
 /// A problem a scan found for the first time.
@@ -101,7 +104,14 @@ impl RuleFiles {
             files: BTreeMap::new(),
             tables_hash: None,
             reported: HashSet::new(),
+            sinks: None,
         }
+    }
+
+    /// Rules must name only these sinks (`[[sinks]]` of the configuration).
+    pub fn with_sinks(mut self, sinks: Vec<String>) -> Self {
+        self.sinks = Some(sinks);
+        self
     }
 
     /// The sandbox rules are compiled in.
@@ -135,7 +145,11 @@ impl RuleFiles {
                 continue;
             }
             changed = true;
-            let latest = self.sandbox.compile_file(&name, &text).map(|r| r.into_iter().map(Arc::new).collect());
+            let latest = self.sandbox.compile_file(&name, &text).and_then(|r| match &self.sinks {
+                Some(sinks) => check_sinks(&name, r, sinks),
+                None => Ok(r),
+            });
+            let latest = latest.map(|r| r.into_iter().map(Arc::new).collect());
             match self.files.get_mut(path) {
                 Some(f) => {
                     f.hash = hash;
@@ -272,12 +286,48 @@ impl RuleFiles {
     }
 }
 
+/// The rules of a file, unless one names a sink that is not configured: then the error at
+/// that rule.
+fn check_sinks(file: &str, rules: Vec<Rule>, sinks: &[String]) -> Result<Vec<Rule>, CompileError> {
+    for r in &rules {
+        if let Some(a) = r.actions.iter().find(|a| !sinks.iter().any(|s| **s == *a.sink)) {
+            let known = if sinks.is_empty() {
+                "none is configured".to_owned()
+            } else {
+                format!("configured: {}", sinks.join(", "))
+            };
+            return Err(CompileError {
+                file: file.to_owned(),
+                line: r.origin.line,
+                col: r.origin.col,
+                message: format!(
+                    "rule `{}`: sink `{}` is not in the configuration's [[sinks]] ({known})",
+                    r.name, a.sink
+                ),
+            });
+        }
+    }
+    Ok(rules)
+}
+
 /// Loads `path` (a rules directory or one file) once, exactly as the running agent does:
 /// for `edgewatch check`, `test` and `replay`, so that they judge a directory as the agent
 /// would. Tables are read by the caller ([`rules::load_tables`]).
 pub fn load(sandbox: Arc<Sandbox>, path: &Path) -> Result<rules::Loaded, RulesDirError> {
+    load_checked(sandbox, path, None)
+}
+
+/// [`load`], with the rules' sinks checked against `sinks` when given (`check --config`).
+pub fn load_checked(
+    sandbox: Arc<Sandbox>,
+    path: &Path,
+    sinks: Option<Vec<String>>,
+) -> Result<rules::Loaded, RulesDirError> {
     let listed = if path.is_file() { vec![path.to_owned()] } else { rules::rule_files(path)? };
     let mut files = RuleFiles::new(path, BTreeMap::new(), sandbox);
+    if let Some(sinks) = sinks {
+        files = files.with_sinks(sinks);
+    }
     let scan = files.scan(Timestamp(0))?;
     let mut errors: Vec<CompileError> = files.files.values().filter_map(|f| f.error.clone()).collect();
     for p in listed.iter().filter(|p| !files.files.contains_key(*p)) {

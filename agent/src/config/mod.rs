@@ -19,6 +19,7 @@
 //! - `validate.rs`: [`RawConfig::validate`], broker sections with inheritance, URLs.
 //! - `history.rs`: `[history]` and the subscriptions' `remember`, raw and checked.
 //! - `journal.rs`: `[journal]`, raw and checked.
+//! - `sinks.rs`: `[[sinks]]`, raw and checked.
 //!
 //! Environment variables name a key path with `__` between levels:
 //! `EDGEWATCH_SOURCE__URL=mqtt://10.0.0.2:1883`, `EDGEWATCH_AGENT__ID=gw-7`. A value is read
@@ -68,6 +69,7 @@ impl fmt::Debug for Secret {
 mod history;
 mod journal;
 mod raw;
+mod sinks;
 mod validate;
 
 /// A key path and what is wrong with its value: what the checked stage (`validate.rs`,
@@ -76,6 +78,7 @@ pub(super) type Invalid = (String, String);
 
 pub use history::RawHistory;
 pub use journal::RawJournal;
+pub use sinks::{HttpSink, RawSink, SinkConfig, SinkKind};
 
 use raw::SECTIONS;
 pub use raw::{
@@ -126,6 +129,8 @@ pub struct Config {
     pub history: crate::history::HistoryLimits,
     /// The input journal's limits; `None`: no journal (the default).
     pub journal: Option<crate::journal::JournalLimits>,
+    /// Where rules' actions go (`notify`, `act`), by name.
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// Durability settings, checked.

@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub history: super::history::RawHistory,
     #[serde(default)]
     pub journal: super::journal::RawJournal,
+    #[serde(default)]
+    pub sinks: Vec<super::sinks::RawSink>,
 }
 
 /// Durability.

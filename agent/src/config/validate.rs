@@ -129,6 +129,7 @@ impl RawConfig {
         let (engine_history, history) = self.history.validate(remember)?;
         engine.history = engine_history;
         let journal = self.journal.validate()?;
+        let sinks = super::sinks::validate(self.sinks, &|var| std::env::var(var).ok())?;
         if self.state.cache_mb == 0 || self.state.cache_mb > 4096 {
             return Err(invalid("state.cache_mb", "must be between 1 and 4096"));
         }
@@ -183,6 +184,7 @@ impl RawConfig {
             state,
             history,
             journal,
+            sinks,
         })
     }
 }
