@@ -64,6 +64,7 @@ pub mod outbox;
 pub mod reload;
 pub mod replay;
 pub mod rules;
+pub mod sinks;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
