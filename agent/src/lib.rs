@@ -8,7 +8,8 @@
 //!                       │             │                 ├─ state ─▶ store (sled) ◀────────────────┘ (durable)
 //!                       │             │                 └─ closed roll-ups ─▶ history (segment files, before the batch)
 //!                       └── acks ─────┼── once the batch is on disk
-//!                                     └─▶ dead letters for bad input
+//!                                     ├─▶ dead letters for bad input
+//!                                     └─▶ actions ─▶ sinks: a queue per sink (in the batch) ─▶ http | mqtt
 //!       config ──▶ reload / rules (one loader: *.rhai, tables) ──▶ engine, swapped between events
 //!       history ──▶ seed: rules' pasts at a load or reload; `edgewatch history`, `state export`
 //! ```
@@ -24,7 +25,10 @@
 //!   rules directory's watcher.
 //! - [`emit`]: composite events -> CloudEvents JSON.
 //! - [`delivery`]: how an action's delivery to a sink goes: answers classified, retries,
-//!   a sink's rate limit, action ids (plain values; the sinks are issue 19's next step).
+//!   a sink's rate limit, action ids (plain values).
+//! - [`sinks`]: rules' actions (`notify`, `act`): a bounded durable queue and a delivery task
+//!   per configured sink (webhooks over HTTP(S), device commands over MQTT).
+//! - [`alarms`]: alarm commands on the control topic, read and answered (plain values).
 //! - [`outbox`]: events waiting to go upstream: one bounded bookkeeping ([`outbox::Book`]),
 //!   the whole outbox in memory, or kept in sled by [`store`] when durability is on.
 //! - [`store`]: durable state in sled: engine state, the outbox's entries, snapshots.
@@ -46,6 +50,7 @@
 //! Logic that needs no I/O lives in `edgewatch-engine`; this crate connects it to the world.
 
 pub mod agent;
+pub mod alarms;
 pub mod backtest;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;

@@ -46,6 +46,8 @@ pub struct Sources {
     pub ready: watch::Receiver<Readiness>,
     pub outbox: OutboxGauge,
     pub disk: DiskGauge,
+    /// The sinks' queues and counters (`[[sinks]]`).
+    pub sinks: Arc<crate::sinks::Sinks>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -288,6 +290,39 @@ impl Collector for AgentCollector {
         )?;
         counter(e, "events_published", "Events handed to the upstream connection.", load(&s.published))?;
         counter(e, "events_acked", "Events acknowledged by the upstream broker.", load(&s.acked))?;
+        let lanes = self.0.sinks.lanes();
+        if !lanes.is_empty() {
+            counter(e, "actions", "Actions queued for sinks (notify, act).", load(&s.actions))?;
+            let per_sink = |f: fn(&crate::sinks::LaneStats) -> u64| {
+                lanes.iter().map(move |l| (l.config.name.as_str(), f(&l.stats))).collect::<Vec<_>>()
+            };
+            for (name, help, f) in [
+                (
+                    "actions_sent",
+                    "Actions a sink accepted.",
+                    (|s| s.sent.load(Relaxed)) as fn(&crate::sinks::LaneStats) -> u64,
+                ),
+                ("actions_retried", "Attempts that failed and will be tried again.", |s| s.retried.load(Relaxed)),
+                ("actions_failed", "Actions given up: refused for good, or out of retries.", |s| {
+                    s.failed.load(Relaxed)
+                }),
+                ("actions_dropped", "Actions dropped unsent: the sink's queue was full.", |s| s.dropped.load(Relaxed)),
+                ("actions_dry_run", "Actions logged and not sent (dry_run).", |s| s.dry_run.load(Relaxed)),
+            ] {
+                labelled(e, (name, help, MetricType::Counter), "sink", per_sink(f))?;
+            }
+            let depth = lanes.iter().map(|l| (l.config.name.as_str(), l.depth().0 as u64)).collect::<Vec<_>>();
+            labelled(e, ("action_queue_depth", "Actions waiting for their sink.", MetricType::Gauge), "sink", depth)?;
+            let mut m = e.encode_descriptor(
+                "action_latency",
+                "From an action being made to its sink accepting it.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for l in lanes {
+                l.stats.latency_seconds.encode(m.encode_family(&[("sink", l.config.name.as_str())])?)?;
+            }
+        }
         if let Some(disk) = (self.0.disk)() {
             gauge(e, "state_disk", "Size of the state database on disk.", Some(&Unit::Bytes), disk as i64)?;
         }

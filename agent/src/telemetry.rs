@@ -130,6 +130,8 @@ pub struct Stats {
     pub unmatched: AtomicU64,
     /// Composite events produced.
     pub events: AtomicU64,
+    /// Actions queued for sinks (`notify`, `act`).
+    pub actions: AtomicU64,
     /// Rule calls that failed.
     pub rule_faults: AtomicU64,
     /// Composite events handed to the upstream connection.

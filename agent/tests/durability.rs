@@ -848,3 +848,95 @@ async fn the_journal_survives_sigkill_with_only_the_torn_tail_lost() {
     assert!(agent.try_wait().expect("status").is_none(), "the agent still runs");
     stop_cleanly(&mut agent);
 }
+
+const PAGED: &str = r#"
+rule("hot", #{
+    on: "sensors/{device}/reading",
+    when: |e| e.payload.v > 80,
+    clear: |e| e.payload.v < 75,
+    notify: "pager",
+});
+"#;
+
+/// Actions through SIGKILLs, a receiver that fails, then goes away, then comes back: it gets
+/// every action, accepts each key once, in the order the events happened, with backoff
+/// between attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_actions_survive_sigkill_and_a_receiver_that_fails_then_goes_away() {
+    use edgewatch_e2e::{Reply, TomlValue, Webhook};
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hook = Webhook::start().await;
+    hook.script(std::iter::repeat_n(Reply::status(503), 4));
+    let (config, metrics) = write_config_edited(dir.path(), addr, None, PAGED, |c| {
+        c.sink(
+            "pager",
+            "http",
+            &[
+                ("url", hook.url("/page").into()),
+                ("retry", TomlValue::raw(r#"{ min_wait = "100ms", max_wait = "400ms" }"#)),
+            ],
+        )
+    });
+    let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    let mut sensor = Publisher::connect(addr, "sensors").await;
+    let hot = |d: usize| (format!("sensors/d{d:02}/reading"), r#"{"v": 90}"#.to_owned());
+    for d in 0..10 {
+        let (t, p) = hot(d);
+        sensor.publish(&t, p).await;
+    }
+    // Killed while the receiver still fails.
+    hook.wait_for("failed attempts", WAIT, |r| r.len() >= 3).await;
+    agent.kill().expect("SIGKILL");
+    agent.wait().expect("reaped");
+    // The receiver goes away; more events arrive while the agent is down (the broker keeps
+    // them for its session) and after it is back.
+    let gone = hook.stop().await;
+    for d in 10..15 {
+        let (t, p) = hot(d);
+        sensor.publish(&t, p).await;
+    }
+    agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    for d in 15..20 {
+        let (t, p) = hot(d);
+        sensor.publish(&t, p).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    agent.kill().expect("SIGKILL");
+    agent.wait().expect("reaped");
+    let hook = gone.restart().await;
+    agent = spawn_agent(&config);
+    let accepted = |r: &[edgewatch_e2e::webhook::Request]| {
+        r.iter().filter(|r| r.answered == 200).filter_map(|r| r.key.clone()).collect::<BTreeSet<_>>().len()
+    };
+    let seen = hook.wait_for("20 actions accepted", Duration::from_secs(60), |r| accepted(r) == 20).await;
+    stop_cleanly(&mut agent);
+
+    // Each key is one event's action: the receiver, deduplicating by key, has all 20 once.
+    let mut first_ok: Vec<(String, String)> = Vec::new();
+    for r in seen.iter().filter(|r| r.answered == 200) {
+        let key = r.key.clone().expect("Idempotency-Key");
+        if !first_ok.iter().any(|(k, _)| *k == key) {
+            first_ok.push((key, r.body["subject"].as_str().unwrap_or("?").to_owned()));
+        }
+    }
+    let subjects: Vec<&str> = first_ok.iter().map(|(_, s)| s.as_str()).collect();
+    let expected: Vec<String> = (0..20).map(|d| format!("d{d:02}")).collect();
+    assert_eq!(subjects, expected, "every event's action, in order");
+    // A key is always the same event: its body says so.
+    for r in &seen {
+        let subject = first_ok.iter().find(|(k, _)| Some(k) == r.key.as_ref()).map(|(_, s)| s.as_str());
+        assert_eq!(subject, r.body["subject"].as_str(), "one key, one event");
+    }
+    // Backoff: attempts at one action are never back to back.
+    let mut last: BTreeMap<String, Instant> = BTreeMap::new();
+    for r in seen.iter() {
+        let key = r.key.clone().unwrap_or_default();
+        if let Some(prev) = last.insert(key, r.at) {
+            assert!(r.at.duration_since(prev) >= Duration::from_millis(45), "retried without backoff");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! agent, real MQTT clients. One test binary; helpers live in `edgewatch_e2e` (tests/src).
 
 mod accuracy;
+mod actions;
 mod anomaly_accuracy;
 mod bad_input;
 mod demo;

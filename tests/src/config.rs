@@ -111,6 +111,8 @@ pub struct AgentToml {
     tables: Vec<(String, Keys)>,
     /// The `[[subscriptions]]` entries, in order (index `i` is `subscriptions[i]`).
     subscriptions: Vec<Keys>,
+    /// The `[[sinks]]` entries, in order.
+    sinks: Vec<Keys>,
 }
 
 impl Default for AgentToml {
@@ -122,7 +124,7 @@ impl Default for AgentToml {
 impl AgentToml {
     /// Agent `gw-test`, state in `{state}`, rules in `{rules}`, nothing subscribed.
     pub fn new() -> AgentToml {
-        AgentToml { tables: Vec::new(), subscriptions: Vec::new() }
+        AgentToml { tables: Vec::new(), subscriptions: Vec::new(), sinks: Vec::new() }
             .set("agent.id", "gw-test")
             .set("agent.state_dir", TomlValue::raw("{state}"))
             .set("rules.dir", TomlValue::raw("{rules}"))
@@ -179,6 +181,15 @@ impl AgentToml {
         self
     }
 
+    /// Adds a `[[sinks]]` entry named `name` of `kind` (`http`, `mqtt`) with these keys:
+    /// `&[("url", url.into())]`.
+    pub fn sink(mut self, name: &str, kind: &str, keys: &[(&str, TomlValue)]) -> AgentToml {
+        let mut entry = vec![("name".to_owned(), TomlValue::from(name)), ("kind".to_owned(), TomlValue::from(kind))];
+        entry.extend(keys.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        self.sinks.push(entry);
+        self
+    }
+
     /// Writes the text to `file`, for the `edgewatch` binary.
     ///
     /// # Panics
@@ -215,10 +226,12 @@ impl fmt::Display for AgentToml {
                 writeln!(f, "{key} = {value}")?;
             }
         }
-        for keys in &self.subscriptions {
-            writeln!(f, "[[subscriptions]]")?;
-            for (key, TomlValue(value)) in keys {
-                writeln!(f, "{key} = {value}")?;
+        for (array, entries) in [("subscriptions", &self.subscriptions), ("sinks", &self.sinks)] {
+            for keys in entries {
+                writeln!(f, "[[{array}]]")?;
+                for (key, TomlValue(value)) in keys {
+                    writeln!(f, "{key} = {value}")?;
+                }
             }
         }
         Ok(())

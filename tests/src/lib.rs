@@ -5,6 +5,7 @@
 //! - [`RunningAgent`]: an `edgewatch` agent on a temp dir, with its rules written as files.
 //! - [`Subscriber`] and a publishing client: plain rumqttc clients, as a sensor and a cloud
 //!   would use.
+//! - [`Webhook`] (`webhook`): a real HTTP server that records requests and answers from a script.
 //! - [`AgentToml`] (`config`): agent configurations built in code, with the key paths the
 //!   agent's own errors name, instead of TOML written by hand in each test.
 //!
@@ -14,9 +15,11 @@
 pub mod config;
 pub mod mosquitto;
 pub mod pki;
+pub mod webhook;
 
 pub use config::{AgentToml, TomlValue};
 pub use mosquitto::{Log, Mosquitto, MosquittoError};
+pub use webhook::{Reply, Webhook};
 
 use edgewatch::broker::EmbeddedBroker;
 use edgewatch::telemetry::{Snapshot, Stats};

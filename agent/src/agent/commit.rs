@@ -32,6 +32,9 @@ pub(super) struct CommitJob {
     pub arrived: Vec<Instant>,
     /// Told whether the batch is on disk, for a caller that must wait for it.
     pub done: Option<oneshot::Sender<bool>>,
+    /// How far each sink's queue may be delivered once the batch is on disk (empty without
+    /// sinks).
+    pub marks: crate::sinks::Marks,
 }
 
 /// Acknowledges messages to the sensor broker in the order they were received, without
@@ -95,6 +98,7 @@ pub(super) async fn committer(
     mut acker: Acker,
     upstream: Upstream,
     stats: Arc<Stats>,
+    sinks: Arc<crate::sinks::Sinks>,
 ) {
     loop {
         let first = match acker.retry_at() {
@@ -127,6 +131,7 @@ pub(super) async fn committer(
             // Not on disk: no acks. The broker redelivers after a restart.
             if ok {
                 acker.send(job.acks);
+                sinks.release(&job.marks);
             }
         }
     }

@@ -54,6 +54,7 @@ use crate::mqtt::{self, ConnectOptions};
 use crate::outbox::Outbox;
 use crate::reload::{RuleFiles, Trigger};
 use crate::rules;
+use crate::sinks::Sinks;
 use crate::store::{self, Batch};
 use crate::telemetry::{Snapshot, Stats};
 use commit::{Acker, CommitJob, DRAIN_TIMEOUT};
@@ -110,6 +111,8 @@ pub struct Agent {
     /// The last run did not stop cleanly: the first redeliveries may include the message it
     /// crashed on, and are counted before they are processed (poison-message quarantine).
     after_crash: bool,
+    /// The sinks' queues (`[[sinks]]`), with what the last run left undelivered.
+    sinks: Arc<Sinks>,
 }
 
 impl Agent {
@@ -160,9 +163,22 @@ impl Agent {
         } else {
             Outbox::memory(config.state.max_outbox_bytes)
         };
+        let sinks = Arc::new(Sinks::new(&config.sinks, outbox.store())?);
         let health = Health::new(stats.clone());
         let metrics = config.metrics_listen.map(crate::metrics::bind).transpose()?;
-        Ok(Agent { config, engine, stats, health, outbox, startup_events, files, initial_status, metrics, after_crash })
+        Ok(Agent {
+            config,
+            engine,
+            stats,
+            health,
+            outbox,
+            startup_events,
+            files,
+            initial_status,
+            metrics,
+            after_crash,
+            sinks,
+        })
     }
 
     /// The counters, live.
@@ -199,6 +215,7 @@ impl Agent {
             initial_status,
             metrics,
             after_crash,
+            sinks,
         } = self;
         let config = Arc::new(config);
         // Cancelled when the engine loop is done: every acknowledgement is queued, and the
@@ -206,7 +223,7 @@ impl Agent {
         let engine_done = CancellationToken::new();
 
         let metrics_server = metrics.map(|listener| {
-            let sources = Arc::new(metrics_sources(&outbox, stats.clone(), health.subscribe()));
+            let sources = Arc::new(metrics_sources(&outbox, stats.clone(), health.subscribe(), sinks.clone()));
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 if let Err(error) = crate::metrics::serve(listener, sources, stop.cancelled_owned()).await {
@@ -247,8 +264,14 @@ impl Agent {
         let sink = match outbox.store() {
             Some(store) => {
                 let (jobs, rx) = mpsc::channel::<CommitJob>(1);
-                let committer =
-                    tokio::spawn(commit::committer(store.clone(), rx, acker, upstream.clone(), stats.clone()));
+                let committer = tokio::spawn(commit::committer(
+                    store.clone(),
+                    rx,
+                    acker,
+                    upstream.clone(),
+                    stats.clone(),
+                    sinks.clone(),
+                ));
                 Sink::Disk { store: store.clone(), jobs, committer }
             }
             None => Sink::Memory(acker),
@@ -268,7 +291,7 @@ impl Agent {
             stats: stats.clone(),
             health: health.clone(),
         };
-        let source = tokio::spawn(source.run(inputs, shutdown.clone(), engine_done.clone()));
+        let source = tokio::spawn(source.run(inputs.clone(), shutdown.clone(), engine_done.clone()));
         let step = Step::new(
             (engine, outbox.clone(), upstream.clone(), sink),
             config.clone(),
@@ -291,6 +314,25 @@ impl Agent {
                 }
             }
         });
+        step.sinks = sinks.clone();
+        let deliveries = {
+            let reports = inputs.clone();
+            let report: crate::sinks::deliver::Report = Arc::new(move |data| {
+                let input = Input::Report { kind: "action_failed", data };
+                if let Err(mpsc::error::TrySendError::Full(input)) = reports.try_send(input) {
+                    let reports = reports.clone();
+                    tokio::spawn(async move { reports.send(input).await });
+                }
+            });
+            let ctx = crate::sinks::deliver::Ctx {
+                store: outbox.store().cloned(),
+                report,
+                broker: config.source.clone(),
+                stop: shutdown.clone(),
+            };
+            crate::sinks::deliver::spawn_all(&sinks, &ctx)
+        };
+        drop(inputs);
         let step = tokio::spawn(step.run(inputs_rx));
         let upstream = tokio::spawn(upstream.run(up_conn, health, engine_done.clone(), DRAIN_TIMEOUT));
 
@@ -302,6 +344,9 @@ impl Agent {
         source.await?;
         reloader.await?;
         upstream.await?;
+        for delivery in deliveries {
+            delivery.await?;
+        }
         if let Some(store) = outbox.store() {
             // What was acknowledged during the drain: delete it, or the next start sends it again.
             if let Err(error) = store.commit(Batch::default()).await {
@@ -335,12 +380,17 @@ fn subscriptions(config: &Config) -> Vec<Subscription> {
 }
 
 /// What `/metrics` reads from this agent.
-fn metrics_sources(outbox: &Outbox, stats: Arc<Stats>, ready: watch::Receiver<Readiness>) -> crate::metrics::Sources {
+fn metrics_sources(
+    outbox: &Outbox,
+    stats: Arc<Stats>,
+    ready: watch::Receiver<Readiness>,
+    sinks: Arc<Sinks>,
+) -> crate::metrics::Sources {
     let (a, b) = (outbox.clone(), outbox.clone());
     let depth: crate::metrics::OutboxGauge = Box::new(move || {
         let (n, bytes) = a.depth();
         (n as u64, bytes)
     });
     let disk: crate::metrics::DiskGauge = Box::new(move || b.size_on_disk());
-    crate::metrics::Sources { stats, ready, outbox: depth, disk }
+    crate::metrics::Sources { stats, ready, outbox: depth, disk, sinks }
 }

@@ -76,6 +76,12 @@ pub(super) enum Input {
     /// A message with nothing to process (the control topic, an unroutable topic) whose
     /// acknowledgement must still go out in order, after those received before it.
     Ack(AckToken),
+    /// An event about the agent from another task (an action given up by its sink), to go
+    /// upstream through the outbox like the engine loop's own.
+    Report {
+        kind: &'static str,
+        data: serde_json::Value,
+    },
 }
 
 /// Where a committed batch goes.
@@ -121,6 +127,9 @@ pub(super) struct Step {
     /// The input journal, when `[journal]` is on: each input is encoded into it, and each
     /// batch's inputs are handed to its thread at the commit.
     pub journal: Option<crate::journal::Journal>,
+    /// Where rules' actions go (`notify`, `act`): queued with the batch of the input that
+    /// caused them. Empty without `[[sinks]]`.
+    pub sinks: Arc<crate::sinks::Sinks>,
 }
 
 impl Step {
@@ -156,6 +165,7 @@ impl Step {
             unreported_drops: 0,
             next_drop_report: now,
             journal: None,
+            sinks: Arc::default(),
         };
         for (kind, data) in startup_events {
             tracing::warn!(kind, %data, "Agent event.");
@@ -271,6 +281,10 @@ impl Step {
             }
             Some(Input::Ack(ack)) => self.pending.message(Instant::now(), None, Some(ack)),
             Some(Input::Reload(scan)) => self.reload(*scan),
+            Some(Input::Report { kind, data }) => {
+                self.queue(reports::agent_event(&self.config, &self.source, kind, data));
+                self.pending.nudge();
+            }
             Some(Input::TooLarge { topic, size, received, arrived, ack }) => {
                 self.pending.message(Instant::now(), Some(arrived), ack);
                 let error = DecodeError::TooLarge { size, max: self.config.max_payload_bytes };
@@ -372,7 +386,8 @@ impl Step {
                 }
                 self.pending.batch.alive_at(wall_clock().millis());
                 let batch = std::mem::take(&mut self.pending.batch);
-                permit.send(CommitJob { batch, acks, arrived, done });
+                let marks = if self.sinks.is_empty() { Vec::new() } else { self.sinks.marks() };
+                permit.send(CommitJob { batch, acks, arrived, done, marks });
             }
             (Sink::Memory(acker), _) => {
                 acker.send(acks);

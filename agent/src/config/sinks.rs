@@ -17,7 +17,7 @@
 //! topic = "devices/{key}/cmd"   # {key} (the event's key), {rule}, {agent}
 //! qos = 1
 //! ```
-//! Every sink also takes `dry_run`, `max_queue_mb`, `retry = { max_attempts, max_age }` and
+//! Every sink also takes `dry_run`, `max_queue_mb`, `retry = { min_wait, max_wait, max_attempts, max_age }` and
 //! `rate = { burst, per_second }`.
 
 use super::Invalid;
@@ -82,6 +82,11 @@ pub enum BodyName {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
+    /// The first wait after a failed attempt; each later one doubles, up to `max_wait`.
+    #[serde(default, with = "humantime_serde")]
+    pub min_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_wait: Option<Duration>,
     pub max_attempts: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
@@ -194,8 +199,10 @@ impl RawSink {
                 let Some(topic) = self.topic else { return bad("topic", "an mqtt sink needs `topic`".into()) };
                 let topic = TopicTemplate::parse(&topic).map_err(|m| (path("topic"), m))?;
                 let qos = self.qos.unwrap_or(1);
-                if qos > 2 {
-                    return bad("qos", "must be 0, 1 or 2".into());
+                if qos > 1 {
+                    // One publish at a time, done at its PUBACK: QoS 2's extra round trip
+                    // would buy nothing the idempotency key does not.
+                    return bad("qos", "must be 0 or 1".into());
                 }
                 SinkKind::Mqtt { topic, qos }
             }
@@ -212,6 +219,19 @@ impl RawSink {
         }
         if let Some(age) = self.retry.max_age {
             retry.max_age = age;
+        }
+        if let Some(w) = self.retry.min_wait {
+            if w.is_zero() {
+                return bad("retry.min_wait", "must be more than 0".into());
+            }
+            retry.min_wait = w;
+            retry.max_wait = retry.max_wait.max(w);
+        }
+        if let Some(w) = self.retry.max_wait {
+            if w < retry.min_wait {
+                return bad("retry.max_wait", format!("must be at least retry.min_wait ({:?})", retry.min_wait));
+            }
+            retry.max_wait = w;
         }
         let rate = match self.rate {
             None => None,

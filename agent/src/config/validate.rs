@@ -129,7 +129,12 @@ impl RawConfig {
         let (engine_history, history) = self.history.validate(remember)?;
         engine.history = engine_history;
         let journal = self.journal.validate()?;
-        let sinks = super::sinks::validate(self.sinks, &|var| std::env::var(var).ok())?;
+        let mut sinks = super::sinks::validate(self.sinks, &|var| std::env::var(var).ok())?;
+        for sink in &mut sinks {
+            if let super::SinkKind::Mqtt { topic, .. } = &mut sink.kind {
+                *topic = topic.clone().with_agent(&self.agent.id);
+            }
+        }
         if self.state.cache_mb == 0 || self.state.cache_mb > 4096 {
             return Err(invalid("state.cache_mb", "must be between 1 and 4096"));
         }

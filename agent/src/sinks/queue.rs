@@ -19,6 +19,12 @@ pub struct Pending {
     pub time: i64,
     /// The body as it will be sent (JSON text).
     pub body: String,
+    /// mqtt sinks: the topic, rendered when the action was made (empty for http).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic: String,
+    /// When the action was made (wall clock, ms): its latency counts from here.
+    #[serde(default)]
+    pub made: i64,
     /// Attempts so far, and when the first was made (ms; 0: none yet).
     pub attempts: u32,
     pub first_attempt: i64,
@@ -26,7 +32,9 @@ pub struct Pending {
 
 impl Pending {
     pub fn size(&self) -> u64 {
-        (self.id.len() + self.event.len() + self.rule.len() + self.key.len() + self.body.len()) as u64 + ACTION_OVERHEAD
+        (self.id.len() + self.event.len() + self.rule.len() + self.key.len() + self.body.len() + self.topic.len())
+            as u64
+            + ACTION_OVERHEAD
     }
 }
 
@@ -74,9 +82,19 @@ impl SinkQueue {
         (seq, dropped)
     }
 
-    /// Everything pushed so far is committed (its batch is on disk, or there is no disk).
+    /// The sequence number of the last action pushed (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Everything pushed up to `seq` is committed (its batch is on disk, or there is no disk).
+    pub fn commit(&mut self, seq: u64) {
+        self.committed = self.committed.max(seq);
+    }
+
+    /// Everything pushed so far is committed.
     pub fn commit_all(&mut self) {
-        self.committed = self.next_seq - 1;
+        self.commit(self.last_seq());
     }
 
     /// The next action to deliver, if it is committed.
@@ -84,21 +102,32 @@ impl SinkQueue {
         self.entries.front().filter(|(seq, _)| *seq <= self.committed)
     }
 
-    /// Records an attempt at the front action at `now`.
-    pub fn attempted(&mut self, now: i64) {
-        if let Some((_, e)) = self.entries.front_mut() {
-            if e.attempts == 0 {
-                e.first_attempt = now;
-            }
-            e.attempts = e.attempts.saturating_add(1);
+    /// Records an attempt at action `seq` at `now`, if it is still the front one (it may have
+    /// been dropped for space meanwhile); its attempts so far and when the first was made.
+    pub fn attempted(&mut self, seq: u64, now: i64) -> Option<(u32, i64)> {
+        let (s, e) = self.entries.front_mut()?;
+        if *s != seq {
+            return None;
         }
+        if e.attempts == 0 {
+            e.first_attempt = now;
+        }
+        e.attempts = e.attempts.saturating_add(1);
+        Some((e.attempts, e.first_attempt))
     }
 
-    /// The front action is done with (delivered, or given up): its sequence number.
-    pub fn pop(&mut self) -> Option<u64> {
-        let (seq, e) = self.entries.pop_front()?;
-        self.bytes -= e.size();
-        Some(seq)
+    /// Action `seq` is done with (delivered, or given up): removed if it is still the front
+    /// one. `false`: dropped for space meanwhile (its delete is in a batch already).
+    pub fn done(&mut self, seq: u64) -> bool {
+        match self.entries.front() {
+            Some((s, _)) if *s == seq => {
+                if let Some((_, e)) = self.entries.pop_front() {
+                    self.bytes -= e.size();
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// (actions, bytes) waiting.
@@ -123,6 +152,8 @@ mod tests {
             key: "t-1".into(),
             time: i64::from(i),
             body: "x".repeat(body),
+            topic: String::new(),
+            made: 0,
             attempts: 0,
             first_attempt: 0,
         }
@@ -145,12 +176,25 @@ mod tests {
         assert_eq!(dropped, vec![s1]);
         assert_eq!(q.take_dropped(), 1);
         assert_eq!(q.depth().0, 4);
-        q.commit_all();
-        q.attempted(100);
-        q.attempted(200);
+        q.commit(4);
+        assert_eq!(q.attempted(2, 100), Some((1, 100)));
+        assert_eq!(q.attempted(2, 200), Some((2, 100)));
         let front = &q.front().expect("front").1;
         assert_eq!((front.attempts, front.first_attempt, front.id.as_str()), (2, 100, "id-2"));
-        assert_eq!(q.pop(), Some(2));
+        assert!(q.done(2));
+        assert!(!q.done(2), "only the front one");
+        // 5 was pushed after the commit mark: not deliverable until its batch is written.
+        assert!(q.done(3) && q.done(4));
+        assert_eq!(q.front(), None);
+        q.commit(5);
+        assert_eq!(q.front().map(|f| f.0), Some(5));
+        // Dropped for space while being delivered: its attempt and its end change nothing.
+        let mut small = SinkQueue::new(ACTION_OVERHEAD + 1000);
+        let (a, _) = small.push(action(1, 900));
+        small.commit_all();
+        small.push(action(2, 900));
+        assert_eq!(small.attempted(a, 5), None);
+        assert!(!small.done(a));
         // A restart: what was on disk is committed at once, and numbering goes on after it.
         let mut r = SinkQueue::new(1 << 20);
         r.recovered(7, action(7, 10));

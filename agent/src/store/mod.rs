@@ -15,6 +15,7 @@
 //! h/<name>            an event held for reordering (allowed lateness)
 //! w/watermark         the event-time watermark (older input is late)
 //! o/<seq: u64 BE>     an outbox entry, in the order it must go upstream
+//! a/<sink>\0<seq: u64 BE>  an action waiting for its sink (`notify`, `act`)
 //! ```
 //!
 //! Nothing is acknowledged to the sensor broker before the batch holding its effects is
@@ -30,8 +31,10 @@
 //! - this file: opening, recovery of a damaged database, batches and how they are applied;
 //! - `state.rs`: engine state, the alive and clean-stop marks, delivery counts;
 //! - `outbox.rs`: the outbox's entries on disk around the bookkeeping;
+//! - `actions.rs`: the sinks' actions on disk;
 //! - `snapshot.rs`: [`Snapshot`], export, import, restore, and `state inspect`.
 
+mod actions;
 mod outbox;
 mod snapshot;
 mod state;

@@ -2,10 +2,14 @@
 
 use super::Step;
 use crate::agent::reports;
+use crate::agent::reports::wall_clock;
+use crate::config::SinkKind;
 use crate::decode::DecodeError;
+use crate::delivery::action_id;
 use crate::emit::CloudEvent;
+use crate::sinks::queue::Pending;
 use crate::store::OutboxEntry;
-use edgewatch_engine::Timestamp;
+use edgewatch_engine::{Dynamic, Outputs, Timestamp};
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Step {
@@ -60,6 +64,9 @@ impl Step {
             let qos = self.config.upstream.qos;
             self.queue(OutboxEntry { topic, payload: payload.into(), qos, retain: false });
         }
+        if !outputs.actions.is_empty() {
+            self.enqueue_actions(&outputs);
+        }
         if !outputs.history_skipped.is_empty() {
             self.stats.history_skipped(&outputs.history_skipped);
         }
@@ -75,6 +82,71 @@ impl Step {
         }
         // Given back, so its vectors keep their capacity for the next input.
         self.outputs = outputs;
+    }
+
+    /// Queues each action for its sink, with the batch of the input that caused it. The body:
+    /// the event as a CloudEvent (its data replaced by what `act` shaped, if it shaped one),
+    /// or, for a sink that wants only data (`body = "data"` for http; a shaped body for mqtt,
+    /// as device commands are), the data alone.
+    fn enqueue_actions(&mut self, outputs: &Outputs) {
+        let made = wall_clock().millis();
+        for action in &outputs.actions {
+            let Some((i, lane)) = self.sinks.lane(&action.sink) else {
+                // Rules are checked against the configured sinks when they load.
+                tracing::warn!(sink = %action.sink, rule = %action.rule, "Action for a sink not configured: dropped.");
+                continue;
+            };
+            let composite = outputs.events.iter().find(|c| c.id == action.event);
+            let event_data = composite.map(|c| &c.data);
+            let envelope = |data: Option<&Dynamic>| {
+                let unit = Dynamic::UNIT;
+                let data = data.or(event_data).unwrap_or(&unit);
+                CloudEvent {
+                    specversion: "1.0",
+                    id: action.event.to_string(),
+                    source: &self.source,
+                    ty: format!("edgewatch.{}", action.rule),
+                    subject: &action.key,
+                    time: action.time.to_rfc3339(),
+                    datacontenttype: "application/json",
+                    data,
+                }
+                .to_json()
+            };
+            let data_only = |data: Option<&Dynamic>| {
+                serde_json::to_vec(&data.or(event_data).unwrap_or(&Dynamic::UNIT)).unwrap_or_default()
+            };
+            let (body, topic) = match &lane.config.kind {
+                SinkKind::Http(h) if h.cloudevents => (envelope(action.data.as_ref()), String::new()),
+                SinkKind::Http(_) => (data_only(action.data.as_ref()), String::new()),
+                SinkKind::Mqtt { topic, .. } => {
+                    let topic = topic.render(&self.config.upstream.topic_prefix, &action.rule, &action.key);
+                    match &action.data {
+                        Some(d) => (data_only(Some(d)), topic),
+                        None => (envelope(None), topic),
+                    }
+                }
+            };
+            let event = action.event.to_string();
+            let pending = Pending {
+                id: action_id(&event, &action.sink, ""),
+                event,
+                rule: action.rule.to_string(),
+                key: action.key.clone(),
+                time: action.time.millis(),
+                body: String::from_utf8(body).unwrap_or_default(),
+                topic,
+                made,
+                attempts: 0,
+                first_attempt: 0,
+            };
+            let durable = match &self.sink {
+                super::Sink::Disk { store, .. } => Some((store, &mut self.pending.batch)),
+                super::Sink::Memory(_) => None,
+            };
+            self.sinks.enqueue(i, pending, durable);
+            self.stats.actions.fetch_add(1, Relaxed);
+        }
     }
 
     /// A payload that cannot be decoded: counted and dead-lettered (with at most a prefix of it).

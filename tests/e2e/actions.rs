@@ -1,0 +1,157 @@
+//! Rules that act: actions delivered to a real HTTP server (the webhook receiver of
+//! `edgewatch_e2e::webhook`) and published as device commands on a real broker.
+
+use crate::agent;
+use edgewatch_e2e::{Broker, Publisher, Reply, RunningAgent, Subscriber, TomlValue, WAIT, Webhook, wait_metric};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const PAGED: &str = r#"
+rule("hot", #{
+    on: "strict/{device}/t",
+    when: |e| e.payload.v > 80,
+    clear: |e| e.payload.v < 75,
+    notify: "pager",
+});
+"#;
+
+/// Sends one hot reading (an event) for each device, in this order.
+async fn heat(sensor: &mut Publisher, devices: &[&str]) {
+    for d in devices {
+        sensor.publish(&format!("strict/{d}/t"), r#"{"v": 90}"#).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_gets_every_action_in_order_once_per_key_through_errors_and_retry_after() {
+    let broker = Broker::embedded();
+    let hook = Webhook::start().await;
+    // Two server errors, then "come back in a second", then all is well.
+    hook.script([Reply::status(503), Reply::status(500), Reply::retry_after(429, "1")]);
+    let metrics = edgewatch::broker::free_port().expect("port");
+    let cfg = agent(broker.addr(), "3.1.1")
+        .set("agent.metrics_listen", metrics)
+        .sink(
+            "pager",
+            "http",
+            &[
+                ("url", hook.url("/hook").into()),
+                ("headers", TomlValue::raw(r#"{ Authorization = "Bearer s3cret" }"#)),
+                ("retry", TomlValue::raw(r#"{ min_wait = "50ms", max_wait = "200ms" }"#)),
+            ],
+        )
+        .to_string();
+    let agent = RunningAgent::start(&cfg, &[("hot.rhai", PAGED)]).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    heat(&mut sensor, &["t-1", "t-2", "t-3"]).await;
+
+    let seen =
+        hook.wait_for("three actions accepted", WAIT, |r| r.iter().filter(|r| r.answered == 200).count() == 3).await;
+    // Every attempt at one action carries the same key; each action has its own.
+    let mut by_key: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for r in &seen {
+        by_key.entry(r.key.clone().expect("Idempotency-Key")).or_default().push(r.answered);
+    }
+    assert_eq!(by_key.len(), 3, "{by_key:?}");
+    assert!(by_key.values().all(|answers| answers.iter().filter(|a| **a == 200).count() == 1), "{by_key:?}");
+    // The first action took every failure (in order: one action at a time), then went.
+    assert_eq!(seen.iter().map(|r| r.answered).collect::<Vec<_>>(), [503, 500, 429, 200, 200, 200]);
+    let subjects: Vec<&str> =
+        seen.iter().filter(|r| r.answered == 200).map(|r| r.body["subject"].as_str().unwrap_or("?")).collect();
+    assert_eq!(subjects, ["t-1", "t-2", "t-3"], "in the order the events happened");
+    // Retry-After: 1 was honoured.
+    assert!(seen[3].at.duration_since(seen[2].at) >= Duration::from_millis(950), "{:?}", seen[3].at - seen[2].at);
+    // The CloudEvents HTTP binding, structured mode; the configured header sent as it is.
+    let first = &seen[0];
+    assert_eq!(first.content_type.as_deref(), Some("application/cloudevents+json"));
+    assert_eq!((first.body["specversion"].as_str(), first.body["type"].as_str()), (Some("1.0"), Some("edgewatch.hot")));
+    assert_eq!(first.path, "/hook");
+    assert!(first.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer s3cret"));
+    wait_metric(metrics, "edgewatch_actions_sent_total{sink=\"pager\"}", WAIT, |v| v == 3.0).await;
+    wait_metric(metrics, "edgewatch_actions_retried_total{sink=\"pager\"}", WAIT, |v| v == 3.0).await;
+    wait_metric(metrics, "edgewatch_action_queue_depth{sink=\"pager\"}", WAIT, |v| v == 0.0).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_action_is_given_up_at_once_reported_upstream_and_the_next_goes() {
+    let broker = Broker::embedded();
+    let hook = Webhook::start().await;
+    hook.script([Reply::status(400)]);
+    let cfg = agent(broker.addr(), "3.1.1").sink("pager", "http", &[("url", hook.url("/").into())]).to_string();
+    let mut upstream = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/agent/events").await;
+    let agent = RunningAgent::start(&cfg, &[("hot.rhai", PAGED)]).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    heat(&mut sensor, &["t-1", "t-2"]).await;
+    let seen = hook.wait_for("the second action", WAIT, |r| r.iter().any(|r| r.answered == 200)).await;
+    assert_eq!(seen.iter().map(|r| r.answered).collect::<Vec<_>>(), [400, 200], "a 400 is not tried again");
+    let failed = loop {
+        let ev = upstream.next().await.json();
+        if ev["type"] == "edgewatch.agent.action_failed" {
+            break ev;
+        }
+    };
+    let data = &failed["data"];
+    assert_eq!(
+        (data["sink"].as_str(), data["key"].as_str(), data["rule"].as_str()),
+        (Some("pager"), Some("t-1"), Some("hot"))
+    );
+    assert_eq!(data["event"], seen[0].body["id"], "names the event");
+    assert_eq!(data["action"].as_str(), seen[0].key.as_deref(), "and the action");
+    assert!(data["error"].as_str().unwrap_or("").contains("HTTP 400"), "{data}");
+    agent.stop().await;
+}
+
+const COMMANDS: &str = r#"
+rule("overheat", #{
+    on: "strict/{device}/t",
+    key: |e| e.payload.id,
+    when: |e| e.payload.v > 80,
+    clear: |e| e.payload.v < 75,
+    act: #{ sink: "heaters", data: |ev| #{ heater: ev.subject, on: false } },
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_command_reaches_its_topic_and_a_hostile_id_cannot_redirect_it() {
+    let broker = Broker::embedded();
+    let cfg = agent(broker.addr(), "3.1.1")
+        .sink("heaters", "mqtt", &[("topic", "devices/{key}/cmd".into()), ("qos", 1.into())])
+        .to_string();
+    let mut devices = Subscriber::connect(broker.addr(), "devices", "devices/#").await;
+    let agent = RunningAgent::start(&cfg, &[("overheat.rhai", COMMANDS)]).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    let ids = ["h-1", "h-2/../h-9", "+", "#"];
+    for id in ids {
+        sensor.publish("strict/x/t", serde_json::json!({ "id": id, "v": 90 }).to_string()).await;
+    }
+    let mut got = Vec::new();
+    for _ in ids {
+        let m = devices.next().await;
+        got.push((m.topic.clone(), m.json()));
+    }
+    let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, ["devices/h-1/cmd", "devices/h-2%2F..%2Fh-9/cmd", "devices/%2B/cmd", "devices/%23/cmd"]);
+    // The body the rule shaped, as it is: what a device's firmware reads.
+    assert_eq!(got[0].1, serde_json::json!({ "heater": "h-1", "on": false }));
+    assert_eq!(got[1].1["heater"], "h-2/../h-9", "the id itself is data, unchanged");
+    assert!(devices.next_within(Duration::from_millis(300)).await.is_none(), "one command per event");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_sink_logs_and_counts_and_sends_nothing() {
+    let broker = Broker::embedded();
+    let hook = Webhook::start().await;
+    let metrics = edgewatch::broker::free_port().expect("port");
+    let cfg = agent(broker.addr(), "3.1.1")
+        .set("agent.metrics_listen", metrics)
+        .sink("pager", "http", &[("url", hook.url("/").into()), ("dry_run", true.into())])
+        .to_string();
+    let agent = RunningAgent::start(&cfg, &[("hot.rhai", PAGED)]).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    heat(&mut sensor, &["t-1", "t-2"]).await;
+    wait_metric(metrics, "edgewatch_actions_dry_run_total{sink=\"pager\"}", WAIT, |v| v == 2.0).await;
+    assert!(hook.requests().is_empty(), "nothing sent");
+    agent.stop().await;
+}
