@@ -90,10 +90,22 @@ dynamic_filters = true
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and never handed out before by this process:
+/// the port is free again once this returns, and two brokers of one test process (tests
+/// run in parallel) must not be given the same one, or the second fails to bind while its
+/// readiness check connects to the first.
 pub fn free_port() -> Result<SocketAddr, BrokerError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(BrokerError::NoPort)?;
-    listener.local_addr().map_err(BrokerError::NoPort)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(BrokerError::NoPort)?;
+        let addr = listener.local_addr().map_err(BrokerError::NoPort)?;
+        let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return Ok(addr);
+        }
+    }
+    Err(BrokerError::NoPort(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no unused loopback port")))
 }
 
 /// Polls `addr` until a TCP connection succeeds.

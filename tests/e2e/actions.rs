@@ -155,3 +155,23 @@ async fn a_dry_run_sink_logs_and_counts_and_sends_nothing() {
     assert!(hook.requests().is_empty(), "nothing sent");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinks_rate_limit_holds_a_burst_back_and_sends_it_later() {
+    let broker = Broker::embedded();
+    let hook = Webhook::start().await;
+    let cfg = agent(broker.addr(), "3.1.1")
+        .sink("pager", "http", &[("url", hook.url("/").into()), ("rate", TomlValue::raw("{ burst = 3, per_second = 5.0 }"))])
+        .to_string();
+    let agent = RunningAgent::start(&cfg, &[("hot.rhai", PAGED)]).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    let devices: Vec<String> = (0..10).map(|i| format!("t-{i}")).collect();
+    heat(&mut sensor, &devices.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let seen = hook.wait_for("all ten, in the end", WAIT, |r| r.len() == 10).await;
+    // Three at once, then one every 200 ms: the tenth no sooner than 7 × 200 ms after the first.
+    let spread = seen[9].at.duration_since(seen[0].at);
+    assert!(spread >= Duration::from_millis(7 * 200 - 50), "a burst of 10 went out within {spread:?}");
+    let subjects: Vec<&str> = seen.iter().map(|r| r.body["subject"].as_str().unwrap_or("?")).collect();
+    assert_eq!(subjects, devices.iter().map(String::as_str).collect::<Vec<_>>(), "held back, not reordered or lost");
+    agent.stop().await;
+}
