@@ -96,6 +96,37 @@ fn check_reports_a_broken_rule_with_file_line_col_and_exits_1() {
 }
 
 #[test]
+fn check_with_the_config_refuses_a_rule_that_names_an_unknown_sink() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("rules dir");
+    std::fs::write(
+        rules.join("hot.rhai"),
+        "rule(\"hot\", #{\n  on: \"s/{device}/t\",\n  when: |e| e.value > 80,\n  notify: [\"pager\", \"chat\"],\n});\n",
+    )
+    .expect("write");
+    let config = dir.path().join("edgewatch.toml");
+    let with = |sinks: &[&str]| {
+        let mut c = AgentToml::new().dirs_in(dir.path()).subscribe("s/#");
+        for s in sinks {
+            c = c.sink(s, "mqtt", &[("topic", "cmd/{key}".into())]);
+        }
+        c.write(&config);
+        edgewatch(&["check", "rules", "--config", "edgewatch.toml"], dir.path())
+    };
+    let out = with(&["pager"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("rules/hot.rhai:"), "names the file: {stdout}");
+    assert!(stdout.contains("sink `chat` is not in the configuration"), "{stdout}");
+    let out = with(&["pager", "chat"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    // Without --config, sinks are not checked: the rules alone are valid.
+    let out = edgewatch(&["check", "rules"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
 fn the_demo_prints_events_and_a_summary_and_exits_0() {
     // From an empty directory: the built-in rules and the embedded broker are enough.
     let dir = tempfile::tempdir().expect("temp dir");

@@ -274,10 +274,8 @@ impl Compile {
             Expr::StringConstant(s, _) => Some(Operand::Str(s.clone())),
             Expr::BoolConstant(b, _) => Some(Operand::Bool(*b)),
             Expr::Variable(v, _, _) => {
-                let (_, name, ns, _) = &**v;
-                if !ns.is_empty() {
-                    return None;
-                }
+                // rhai's `no_module`: a variable has no namespace (`a::b`) to rule out.
+                let (_, name) = &**v;
                 let value = &self.consts.iter().find(|(n, _)| n == name)?.1;
                 if let Ok(i) = value.as_int() {
                     Some(Operand::Int(i))
@@ -305,7 +303,7 @@ impl Compile {
     }
 
     fn is_param(&self, e: &Expr) -> bool {
-        matches!(e, Expr::Variable(v, _, _) if v.1 == self.param && v.2.is_empty())
+        matches!(e, Expr::Variable(v, _, _) if v.1 == self.param)
     }
 
     /// The part after `e.`.

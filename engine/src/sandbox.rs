@@ -122,7 +122,8 @@ fn runtime_error(ctx: &NativeCallContext<'_>, msg: String) -> Box<EvalAltResult>
 }
 
 impl Sandbox {
-    /// A script engine with the given limits, no `eval`, no modules, and `print`/`debug`
+    /// A script engine with the given limits, no `eval`, no modules (rhai's `no_module`: no
+    /// `import` at all, so no file access through it), and `print`/`debug`
     /// routed to the log.
     pub fn new(limits: Limits) -> Self {
         let mut engine = rhai::Engine::new();
@@ -133,8 +134,6 @@ impl Sandbox {
             .set_max_string_size(limits.max_string_size)
             .set_max_array_size(limits.max_array_size)
             .set_max_map_size(limits.max_map_size)
-            .set_max_modules(0)
-            .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
             .set_strict_variables(true)
             .disable_symbol("eval");
         let budget = limits.max_call_time;

@@ -84,6 +84,7 @@ pub mod scenario;
 pub mod signal;
 pub mod sim;
 pub mod template;
+pub mod toml_keys;
 
 pub use device::{BADGE_CODE, Device, DeviceError, EncodeError, OPEN_CODE};
 pub use record::{

@@ -85,6 +85,7 @@ async fn a_refused_action_is_given_up_at_once_reported_upstream_and_the_next_goe
     heat(&mut sensor, &["t-1", "t-2"]).await;
     let seen = hook.wait_for("the second action", WAIT, |r| r.iter().any(|r| r.answered == 200)).await;
     assert_eq!(seen.iter().map(|r| r.answered).collect::<Vec<_>>(), [400, 200], "a 400 is not tried again");
+    assert_eq!(hook.connections(), 1, "one connection, kept open between actions");
     let failed = loop {
         let ev = upstream.next().await.json();
         if ev["type"] == "edgewatch.agent.action_failed" {
@@ -161,7 +162,11 @@ async fn a_sinks_rate_limit_holds_a_burst_back_and_sends_it_later() {
     let broker = Broker::embedded();
     let hook = Webhook::start().await;
     let cfg = agent(broker.addr(), "3.1.1")
-        .sink("pager", "http", &[("url", hook.url("/").into()), ("rate", TomlValue::raw("{ burst = 3, per_second = 5.0 }"))])
+        .sink(
+            "pager",
+            "http",
+            &[("url", hook.url("/").into()), ("rate", TomlValue::raw("{ burst = 3, per_second = 5.0 }"))],
+        )
         .to_string();
     let agent = RunningAgent::start(&cfg, &[("hot.rhai", PAGED)]).await;
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;

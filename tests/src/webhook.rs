@@ -47,6 +47,8 @@ pub struct Request {
 struct Script {
     next: VecDeque<Reply>,
     received: Vec<Request>,
+    /// Connections accepted.
+    connections: usize,
 }
 
 /// The receiver; see the module documentation.
@@ -73,6 +75,7 @@ impl Webhook {
             let mut conns = JoinSet::new();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
+                lock(&shared).connections += 1;
                 let script = shared.clone();
                 conns.spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -101,6 +104,11 @@ impl Webhook {
     /// Every request so far.
     pub fn requests(&self) -> Vec<Request> {
         lock(&self.script).received.clone()
+    }
+
+    /// How many connections it accepted.
+    pub fn connections(&self) -> usize {
+        lock(&self.script).connections
     }
 
     /// Waits (up to `within`) until `cond` holds for the requests so far.

@@ -131,6 +131,9 @@ pub struct Config {
     pub journal: Option<crate::journal::JournalLimits>,
     /// Where rules' actions go (`notify`, `act`), by name.
     pub sinks: Vec<SinkConfig>,
+    /// Alarm commands are taken on this topic (`<prefix>/control/alarms`, opt-in) and answered
+    /// on `<prefix>/control/alarms/reply`.
+    pub alarms_topic: Option<String>,
 }
 
 /// Durability settings, checked.
@@ -259,13 +262,8 @@ impl Config {
                 .map(|(_, var)| format!("environment variable {var}"))
                 .unwrap_or_else(|| file.to_owned())
         };
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            // toml repeats the key path on a second line; the path is already shown.
-            let message = e.into_inner().to_string();
-            let message = message.lines().next().unwrap_or_default().to_owned();
-            ConfigError::Invalid { origin: origin_of(&path), path, message }
-        })?;
+        let raw: RawConfig = firmware_sim::toml_keys::deserialize(toml::Value::Table(table))
+            .map_err(|(path, message)| ConfigError::Invalid { origin: origin_of(&path), path, message })?;
         raw.validate().map_err(|(path, message)| ConfigError::Invalid { origin: origin_of(&path), path, message })
     }
 }

@@ -233,13 +233,8 @@ fn parse(text: &str, origin: &str, stem: &str) -> Result<Scenario, ScenarioError
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ScenarioError::Syntax { origin: origin.to_owned(), message: e.to_string() })?;
-    let raw: RawScenario = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let path = e.path().to_string();
-        // toml repeats the key path on a second line; the path is already shown.
-        let message = e.into_inner().to_string();
-        let message = message.lines().next().unwrap_or_default().to_owned();
-        ScenarioError::Invalid { origin: origin.to_owned(), path, message }
-    })?;
+    let raw: RawScenario = crate::toml_keys::deserialize(toml::Value::Table(table))
+        .map_err(|(path, message)| ScenarioError::Invalid { origin: origin.to_owned(), path, message })?;
     let spec = raw.into_spec(stem).map_err(|(path, message)| ScenarioError::Invalid {
         origin: origin.to_owned(),
         path,
