@@ -67,7 +67,6 @@ impl Step {
         if !outputs.actions.is_empty() {
             self.enqueue_actions(&outputs);
         }
-        // ALARM-WIRING for t in &outputs.alarm_changes { self.queue_transition(t, None, None); }
         if !outputs.history_skipped.is_empty() {
             self.stats.history_skipped(&outputs.history_skipped);
         }
@@ -110,7 +109,6 @@ impl Step {
                     subject: &action.key,
                     time: action.time.to_rfc3339(),
                     datacontenttype: "application/json",
-                    alarmstate: None,
                     data,
                 }
                 .to_json()
