@@ -93,6 +93,8 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
+    // Read only by the deserializer: what the tests look at is the error.
+    #[allow(dead_code)]
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Cfg {
@@ -101,12 +103,14 @@ mod tests {
         #[serde(default)]
         subs: Vec<Sub>,
     }
+    #[allow(dead_code)]
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Src {
         #[serde(default)]
         qos: u8,
     }
+    #[allow(dead_code)]
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Sub {
@@ -114,6 +118,7 @@ mod tests {
         #[serde(default)]
         retry: Retry,
     }
+    #[allow(dead_code)]
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Retry {

@@ -226,7 +226,8 @@ fn errors_name_the_key_path() {
     assert_eq!(path, "groups[0].reading_interval", "{message}");
     let (path, message) =
         invalid(&format!("{GROUP}[[groups.channels]]\nname = \"t\"\nsignal = {{ model = \"sine\" }}"));
-    assert_eq!(path, "groups[0].channels[0].signal", "{message}");
+    // A missing key is named itself, not only its table.
+    assert_eq!(path, "groups[0].channels[0].signal.base", "{message}");
     let (path, message) = invalid(&format!("{GROUP}[[faults]]\nfault = \"melt\"\ndevice = \"t-1\"\nstart = \"1s\""));
     assert_eq!(path, "faults[0].fault");
     assert!(message.contains("overheat"), "lists the kinds: {message}");
