@@ -32,6 +32,22 @@ pub const SHIPPED_RULES: &[(&str, &str)] = &[
     ("temperature-anomaly.rhai", include_str!("../../rules/temperature-anomaly.rhai")),
 ];
 
+/// The demo's own rule, beside the shipped ones: it acts. When a sensor overheats (the
+/// shipped `overheat` rule's condition), it sends the sensor's fan a command on the demo's
+/// `fans` sink (`<tree>/devices/<device>/cmd`), which the simulated fleet receives. Not in
+/// `rules/`: a rule naming a sink fails to load where the configuration declares none.
+pub const DEMO_COOLING_RULE: &str = r#"
+rule("cooling", #{
+    description: "Turn the fan of an overheating sensor on",
+    on: "sensors/{device}/temperature",
+    window: #{ size: "60s", filter: |e| e.value > 80.0 },
+    when: |e| e.window.count >= 3,
+    clear: |e| e.window.count == 0,
+    emit: |e| #{ device: e.device, max_celsius: e.window.max },
+    act: #{ sink: "fans", data: |ev| #{ fan: "on", device: ev.subject, because: "overheat" } },
+});
+"#;
+
 /// The demo's fleet, `config/scenarios/demo.toml`, built in likewise: 20 sensors, one
 /// overheating, one going silent and coming back; [`fleet`] fits it to the flags.
 pub const DEMO_SCENARIO: &str = include_str!("../../config/scenarios/demo.toml");
@@ -82,6 +98,8 @@ pub struct DemoSummary {
     pub agent: Snapshot,
     /// Composite events the upstream subscriber received.
     pub received_upstream: u64,
+    /// Commands the simulated devices received (from the demo's `cooling` rule).
+    pub commands: Vec<firmware_sim::Command>,
 }
 
 /// Runs the demo, printing events and the summary to `out`. When `shutdown` completes (Ctrl-C)
@@ -98,7 +116,7 @@ pub async fn run(
     let nonce = format!("{:08x}", rand::random::<u32>());
     let tree = format!("edgewatch-demo/{nonce}");
     let scratch = tempfile::tempdir().map_err(|e| DemoError::Setup(format!("temp dir: {e}")))?;
-    let rules_dir = rules_dir(opts.rules.as_deref(), scratch.path())?;
+    let (rules_dir, rules_from) = rules_dir(opts.rules.as_deref(), scratch.path())?;
     let text = format!(
         r#"
 [agent]
@@ -114,6 +132,11 @@ strip_prefix = "{tree}/"
 format = "auto"
 [upstream]
 topic_prefix = "{tree}"
+[[sinks]]
+name = "fans"
+kind = "mqtt"
+topic = "{{prefix}}/devices/{{key}}/cmd"
+qos = 1
 "#,
         state = scratch.path().join("state").display().to_string(),
         rules = rules_dir.display().to_string(),
@@ -125,7 +148,7 @@ topic_prefix = "{tree}"
         "edgewatch demo: broker {url}{}, topics under {tree}/, {} devices, rules from {} ({}), {:?}",
         if broker.embedded { " (embedded)" } else { "" },
         opts.devices,
-        rules_dir.display(),
+        rules_from,
         agent.rule_names().join(", "),
         opts.duration
     );
@@ -166,7 +189,8 @@ topic_prefix = "{tree}"
     let start_ms = edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
     let sim_opts = SimOptions { seed: opts.seed, start_ms: u64::try_from(start_ms).unwrap_or(0), duration: None };
     let client_id = format!("edgewatch-demo-{nonce}-fleet");
-    let run = RunOptions { host: host.clone(), port, client_id, qos: 1, ..RunOptions::default() };
+    let commands = Some(format!("{tree}/devices/+/cmd"));
+    let run = RunOptions { host: host.clone(), port, client_id, qos: 1, commands, ..RunOptions::default() };
     let started = Instant::now();
     let mut sim = tokio::spawn(async move { firmware_sim::run_scenario(&scenario, sim_opts, &run, shutdown).await });
 
@@ -220,12 +244,28 @@ topic_prefix = "{tree}"
     let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
     drop(broker);
     let (sim_stats, snapshot) = (sim_result?, agent_result?);
-    let summary = DemoSummary { published: sim_stats.stats.published, agent: snapshot, received_upstream };
+    for c in &sim_stats.commands {
+        let device = c.topic.strip_prefix(&format!("{tree}/devices/")).and_then(|t| t.strip_suffix("/cmd"));
+        let _ = writeln!(
+            out,
+            "[{:>6.1}s] command to    {:<8} {}",
+            c.at.as_secs_f64(),
+            device.unwrap_or(&c.topic),
+            c.payload
+        );
+    }
+    let summary = DemoSummary {
+        published: sim_stats.stats.published,
+        agent: snapshot,
+        received_upstream,
+        commands: sim_stats.commands.clone(),
+    };
     let a = &summary.agent;
     let _ = writeln!(
         out,
         "summary:\n  simulator published   {} messages\n  agent received        {} ({} processed, {} decode errors, {} duplicates, {} rule faults)\n  \
-         composite events      {} produced; {} messages acknowledged upstream (events and status)\n  events received upstream: {}",
+         composite events      {} produced; {} messages acknowledged upstream (events and status)\n  events received upstream: {}\n  \
+         commands received by simulated devices: {}",
         summary.published,
         a.received,
         a.processed,
@@ -234,7 +274,8 @@ topic_prefix = "{tree}"
         a.rule_faults,
         a.events,
         a.acked,
-        summary.received_upstream
+        summary.received_upstream,
+        summary.commands.len()
     );
     Ok(summary)
 }
@@ -254,25 +295,41 @@ pub fn fleet(opts: &DemoOptions, tree: &str) -> Result<Scenario, firmware_sim::S
     Scenario::new(spec)
 }
 
-/// The rules directory to use: the one given, `./rules`, or the built-in rules written to
-/// `scratch`.
-fn rules_dir(given: Option<&Path>, scratch: &Path) -> Result<PathBuf, DemoError> {
-    if let Some(dir) = given {
-        return Ok(dir.to_owned());
-    }
-    let local = PathBuf::from("rules");
-    if local.join("overheat.rhai").is_file() {
-        return Ok(local);
-    }
+/// The rules the demo runs, written to `scratch`: those of the directory given, of
+/// `./rules`, or the built-in copies, plus the demo's own `cooling` rule (which acts, so it
+/// needs the demo's sink); and where they came from, to say so.
+fn rules_dir(given: Option<&Path>, scratch: &Path) -> Result<(PathBuf, String), DemoError> {
+    let setup = |what: &Path, e: std::io::Error| DemoError::Setup(format!("{}: {e}", what.display()));
     let dir = scratch.join("rules");
-    std::fs::create_dir_all(dir.join("tables")).map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
-    for (name, text) in SHIPPED_RULES {
-        std::fs::write(dir.join(name), text).map_err(|e| DemoError::Setup(format!("{name}: {e}")))?;
-    }
-    for (name, text) in SHIPPED_TABLES {
-        std::fs::write(dir.join("tables").join(name), text).map_err(|e| DemoError::Setup(format!("{name}: {e}")))?;
-    }
-    Ok(dir)
+    std::fs::create_dir_all(dir.join("tables")).map_err(|e| setup(&dir, e))?;
+    let local = PathBuf::from("rules");
+    let source = given.map(Path::to_owned).or_else(|| local.join("overheat.rhai").is_file().then_some(local));
+    let label = match &source {
+        Some(src) => {
+            for (sub, ext) in [("", "rhai"), ("tables", "csv"), ("tables", "toml")] {
+                let from = src.join(sub);
+                let Ok(entries) = std::fs::read_dir(&from) else { continue };
+                for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+                    if path.is_file() && path.extension().is_some_and(|x| x == ext) {
+                        let to = dir.join(sub).join(path.file_name().unwrap_or_default());
+                        std::fs::copy(&path, &to).map_err(|e| setup(&path, e))?;
+                    }
+                }
+            }
+            src.display().to_string()
+        }
+        None => {
+            for (name, text) in SHIPPED_RULES {
+                std::fs::write(dir.join(name), text).map_err(|e| setup(Path::new(name), e))?;
+            }
+            for (name, text) in SHIPPED_TABLES {
+                std::fs::write(dir.join("tables").join(name), text).map_err(|e| setup(Path::new(name), e))?;
+            }
+            "the built-in copies".to_owned()
+        }
+    };
+    std::fs::write(dir.join("demo-cooling.rhai"), DEMO_COOLING_RULE).map_err(|e| setup(&dir, e))?;
+    Ok((dir, label))
 }
 
 /// Prints `event` if it is a composite event of the demo's `tree` (not a status message);

@@ -92,7 +92,8 @@ pub use record::{
     write_record, write_truth,
 };
 pub use runner::{
-    CONNECT_TIMEOUT, DRAIN_TIMEOUT, RunOptions, RunReport, RunStats, SimError, run_scenario, run_simulation,
+    CONNECT_TIMEOUT, Command, DRAIN_TIMEOUT, MAX_COMMANDS, RunOptions, RunReport, RunStats, SimError, run_scenario,
+    run_simulation,
 };
 pub use scenario::{
     BATTERY_CHANNEL, ChannelSpec, DeviceRef, DoorSpec, FaultKind, FaultSet, FaultSpec, FaultType, FlapVia, Group,

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
 
@@ -31,6 +31,9 @@ pub(crate) struct LinkState {
     /// ConnAcks seen so far.
     pub(crate) connects: u64,
 }
+
+/// Where the messages of a command subscription go: (topic, payload).
+pub(crate) type CommandSender = mpsc::Sender<(String, bytes::Bytes)>;
 
 /// Aborts the event-loop task when dropped.
 #[derive(Debug)]
@@ -68,9 +71,17 @@ impl Link {
     /// Spawns the driving task; the connection is made in the background. `capacity`
     /// bounds how many requests may wait for the event loop.
     pub(crate) fn open(options: MqttOptions, capacity: usize) -> Link {
+        Link::open_with(options, capacity, None)
+    }
+
+    /// [`Link::open`], also subscribed (after every connection) to `commands`' filter, each
+    /// message on it handed to its sender as (topic, payload); one that does not fit is
+    /// dropped, never waited for.
+    pub(crate) fn open_with(options: MqttOptions, capacity: usize, commands: Option<(String, CommandSender)>) -> Link {
         let (client, eventloop) = AsyncClient::new(options, capacity);
         let (tx, state) = watch::channel(LinkState::default());
-        let driver = AbortOnDrop(tokio::spawn(drive(eventloop, tx)));
+        let subscriber = commands.map(|c| (client.clone(), c));
+        let driver = AbortOnDrop(tokio::spawn(drive(eventloop, tx, subscriber)));
         Link { client, state, driver }
     }
 
@@ -103,7 +114,13 @@ impl Link {
 }
 
 /// Polls the event loop until it has sent our Disconnect; reconnects with backoff on error.
-async fn drive(mut eventloop: EventLoop, link: watch::Sender<LinkState>) {
+/// With `commands`, subscribes at each connection (a clean session forgets it) with a
+/// request that never waits, and hands on what arrives.
+async fn drive(
+    mut eventloop: EventLoop,
+    link: watch::Sender<LinkState>,
+    commands: Option<(AsyncClient, (String, CommandSender))>,
+) {
     let mut backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF);
     let client_id = eventloop.mqtt_options.client_id();
     loop {
@@ -113,6 +130,18 @@ async fn drive(mut eventloop: EventLoop, link: watch::Sender<LinkState>) {
                 let connects = link.borrow().connects + 1;
                 link.send_replace(LinkState { connected: true, connects });
                 tracing::debug!(client = %client_id, code = ?ack.code, connects, "Connected to the MQTT broker");
+                if let Some((client, (filter, _))) = &commands {
+                    if let Err(error) = client.try_subscribe(filter.as_str(), QoS::AtLeastOnce) {
+                        tracing::warn!(client = %client_id, %filter, %error, "Command subscription not sent");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                if let Some((_, (_, tx))) = &commands {
+                    if let Err(mpsc::error::TrySendError::Full((topic, _))) = tx.try_send((p.topic, p.payload)) {
+                        tracing::warn!(client = %client_id, %topic, "Command not kept: too many waiting");
+                    }
+                }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 link.send_modify(|l| l.connected = false);

@@ -70,6 +70,10 @@ struct Args {
     /// fast as the broker takes it).
     #[arg(long, default_value = "1", value_parser = parse_speed)]
     speed: f64,
+    /// Subscribe to the devices' command topics (a filter, such as `devices/+/cmd`) and log
+    /// each command a device receives.
+    #[arg(long, value_name = "FILTER")]
+    commands: Option<String>,
     /// Write every message sent, one JSON line each, in the format `edgewatch replay` reads.
     #[arg(long, value_name = "FILE.jsonl")]
     record: Option<PathBuf>,
@@ -354,6 +358,7 @@ async fn main() -> anyhow::Result<()> {
         client_id: args.client_id.clone().unwrap_or_else(|| format!("firmware-sim-{}", std::process::id())),
         qos: args.qos,
         speed: args.speed,
+        commands: args.commands.clone(),
     };
     let mut record = args.record.as_deref().map(create).transpose()?;
     let report =

@@ -93,6 +93,10 @@ pub struct RunOptions {
     /// Virtual seconds per real second: 1 is real time, 10 ten times faster,
     /// `f64::INFINITY` as fast as the broker takes it.
     pub speed: f64,
+    /// A topic filter of the devices' command topics (`devices/+/cmd`): the fleet subscribes
+    /// to it on its shared connection, logs each command and reports it
+    /// ([`RunReport::commands`]), as devices that act on commands would see them.
+    pub commands: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -103,6 +107,7 @@ impl Default for RunOptions {
             client_id: "firmware-sim".to_owned(),
             qos: 0,
             speed: 1.0,
+            commands: None,
         }
     }
 }
@@ -135,6 +140,23 @@ pub struct RunReport {
     pub truth: Vec<Truth>,
     /// Virtual time the run covered (the duration, unless it was stopped early).
     pub covered: Duration,
+    /// Commands received on [`RunOptions::commands`], in order, the first [`MAX_COMMANDS`].
+    pub commands: Vec<Command>,
+}
+
+/// Most commands a run keeps for its report (all are logged).
+pub const MAX_COMMANDS: usize = 1000;
+/// Longest payload kept per command, in bytes.
+const MAX_COMMAND_BYTES: usize = 1024;
+
+/// A command a device received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// Virtual time it arrived at.
+    pub at: Duration,
+    pub topic: String,
+    /// Its payload as text (invalid UTF-8 replaced), at most 1 KiB.
+    pub payload: String,
 }
 
 fn qos(level: u8) -> Result<QoS, SimError> {
@@ -191,9 +213,12 @@ pub async fn run_simulation(
     tokio::pin!(shutdown);
     let mut stats = RunStats { per_device: vec![0; sim.len()], ..RunStats::default() };
 
-    let mut shared = sim
-        .has_shared_devices()
-        .then(|| Link::open(mqtt_options(&opts.host, opts.port, &opts.client_id, None), SHARED_CAPACITY));
+    let (commands_tx, mut commands_rx) = tokio::sync::mpsc::channel(256);
+    let mut commands = Vec::new();
+    let subscription = opts.commands.clone().map(|filter| (filter, commands_tx));
+    let mut shared = (sim.has_shared_devices() || subscription.is_some()).then(|| {
+        Link::open_with(mqtt_options(&opts.host, opts.port, &opts.client_id, None), SHARED_CAPACITY, subscription)
+    });
     let mut own: HashMap<usize, Link> = HashMap::new();
     for d in sim.own_connection_devices() {
         own.insert(d.index(), open_own(opts, d.id(), d.status_topic()));
@@ -203,7 +228,7 @@ pub async fn run_simulation(
         biased;
         () = &mut shutdown => {
             tracing::info!("Shutdown before the broker answered; nothing published");
-            return Ok(RunReport { stats, truth: Vec::new(), covered: Duration::ZERO });
+            return Ok(RunReport { stats, truth: Vec::new(), covered: Duration::ZERO, commands: Vec::new() });
         }
         waited = timeout(CONNECT_TIMEOUT, all_connected(&mut shared, &mut own)) => match waited {
             Err(_) => {
@@ -256,6 +281,9 @@ pub async fn run_simulation(
                 () = tokio::task::yield_now() => {}
             }
             now = next.saturating_add(MAX_SPEED_STEP);
+        }
+        while let Ok((topic, payload)) = commands_rx.try_recv() {
+            received(&mut commands, now, topic, &payload);
         }
         sim.poll(now, &mut batch);
         for e in batch.drain(..) {
@@ -312,6 +340,9 @@ pub async fn run_simulation(
     if let Some(w) = record {
         w.flush().map_err(SimError::Record)?;
     }
+    while let Ok((topic, payload)) = commands_rx.try_recv() {
+        received(&mut commands, now, topic, &payload);
+    }
     let sim_stats = sim.stats();
     stats.withheld = sim_stats.withheld;
     stats.reconnects = shared.as_ref().map_or(0, |l| l.state().connects.saturating_sub(1));
@@ -327,7 +358,16 @@ pub async fn run_simulation(
         faults = truth.len(),
         "Finished publishing"
     );
-    Ok(RunReport { stats, truth, covered: now })
+    Ok(RunReport { stats, truth, covered: now, commands })
+}
+
+/// Logs a command a device received and keeps it for the report (the first [`MAX_COMMANDS`]).
+fn received(commands: &mut Vec<Command>, at: Duration, topic: String, payload: &[u8]) {
+    let text = String::from_utf8_lossy(&payload[..payload.len().min(MAX_COMMAND_BYTES)]).into_owned();
+    tracing::info!(%topic, payload = %text, "Command received");
+    if commands.len() < MAX_COMMANDS {
+        commands.push(Command { at, topic, payload: text });
+    }
 }
 
 fn open_own(opts: &RunOptions, id: &str, will: Option<&str>) -> Link {

@@ -36,8 +36,13 @@ async fn every_injected_fault_is_detected_in_time_and_nothing_else_alarms() {
 
     let start_ms = u64::try_from(edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis())
         .expect("after 1970");
-    let opts =
-        RunOptions { host: addr.ip().to_string(), port: addr.port(), client_id: "fleet".into(), qos: 1, speed: 1.0 };
+    let opts = RunOptions {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        client_id: "fleet".into(),
+        qos: 1,
+        ..RunOptions::default()
+    };
     let sim = SimOptions { seed: 7, start_ms, duration: None };
     let runner =
         tokio::spawn(async move { firmware_sim::run_scenario(&scenario, sim, &opts, std::future::pending()).await });

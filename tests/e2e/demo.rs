@@ -27,7 +27,14 @@ async fn the_demo_on_a_shared_broker_stays_in_its_own_topic_tree() {
         assert!(out.lines().any(|l| l.contains("overheat") && l.contains("t-003")), "{}: {out}", broker.name());
 
         let mut trees = std::collections::BTreeSet::new();
-        let (mut sensors, mut events) = (0, 0);
+        // The demo's cooling rule acted: the overheating device, and only it, got its fan
+        // command, with the body the rule shaped.
+        let devices: Vec<&str> = summary.commands.iter().map(|c| c.topic.rsplit('/').nth(1).unwrap_or("?")).collect();
+        assert_eq!(devices, ["t-003"], "{}: {out}", broker.name());
+        let body: serde_json::Value = serde_json::from_str(&summary.commands[0].payload).expect("JSON command");
+        assert_eq!(body, serde_json::json!({ "fan": "on", "device": "t-003", "because": "overheat" }));
+        assert!(out.lines().any(|l| l.contains("command to") && l.contains("t-003")), "{}: {out}", broker.name());
+        let (mut sensors, mut events, mut commands) = (0, 0, 0);
         while let Some(m) = spy.next_within(Duration::from_millis(300)).await {
             let mut levels = m.topic.splitn(4, '/');
             let (root, nonce, kind) = (levels.next(), levels.next(), levels.next());
@@ -41,6 +48,7 @@ async fn the_demo_on_a_shared_broker_stays_in_its_own_topic_tree() {
             trees.insert(nonce.unwrap_or("").to_owned());
             sensors += usize::from(kind == Some("sensors"));
             events += usize::from(kind == Some("events"));
+            commands += usize::from(kind == Some("devices"));
         }
         assert_eq!(trees.len(), 1, "{}: one tree per run: {trees:?}", broker.name());
         assert!(
@@ -50,6 +58,7 @@ async fn the_demo_on_a_shared_broker_stays_in_its_own_topic_tree() {
             summary.published
         );
         assert_eq!(events as u64, summary.received_upstream, "{}", broker.name());
+        assert_eq!(commands, summary.commands.len(), "{}: every command the spy saw reached the fleet", broker.name());
 
         // A late subscriber gets nothing retained from the demo (its status was cleared).
         let mut late = Subscriber::connect(addr, "late", "edgewatch-demo/#").await;
