@@ -153,6 +153,7 @@ async fn a_dry_run_sink_logs_and_counts_and_sends_nothing() {
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
     heat(&mut sensor, &["t-1", "t-2"]).await;
     wait_metric(metrics, "edgewatch_actions_dry_run_total{sink=\"pager\"}", WAIT, |v| v == 2.0).await;
+    wait_metric(metrics, "edgewatch_actions_sent_total{sink=\"pager\"}", WAIT, |v| v == 0.0).await;
     assert!(hook.requests().is_empty(), "nothing sent");
     agent.stop().await;
 }

@@ -67,8 +67,15 @@ pub fn spawn_all(sinks: &Arc<Sinks>, ctx: &Ctx) -> Vec<JoinHandle<()>> {
 /// What one attempt came to.
 enum Sent {
     Delivered,
-    Retry { hint: Option<Duration>, error: String },
-    Failed { error: String },
+    /// A dry run: logged and counted, not sent.
+    Logged,
+    Retry {
+        hint: Option<Duration>,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 enum Sender {
@@ -93,7 +100,7 @@ impl Sender {
             Sender::DryRun => {
                 tracing::info!(sink = %lane.config.name, kind = kind_name(&lane.config.kind), rule = %action.rule, key = %action.key, event = %action.event, id = %action.id, body = %action.body, "Dry run: action not sent.");
                 lane.stats.dry_run.fetch_add(1, Relaxed);
-                Sent::Delivered
+                Sent::Logged
             }
             Sender::Http(client) => {
                 let cloudevents = matches!(&lane.config.kind, SinkKind::Http(h) if h.cloudevents);
@@ -153,6 +160,7 @@ async fn run(lane: Arc<Lane>, mut sender: Sender, ctx: Ctx) {
             () = ctx.stop.cancelled() => return,
         };
         let give_up = match sent {
+            Sent::Logged => None,
             Sent::Delivered => {
                 lane.stats.sent.fetch_add(1, Relaxed);
                 let latency = (now_ms() - action.made).max(0) as f64 / 1000.0;
