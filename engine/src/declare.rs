@@ -33,13 +33,15 @@ pub(crate) struct Declared {
     pub(crate) past: Vec<PastSpec>,
     /// Sinks its events go to (`notify`, `act`).
     pub(crate) actions: Vec<crate::rule::ActionSpec>,
+    /// Rate limit of its notifications (`every`), in ms.
+    pub(crate) every_ms: Option<i64>,
     /// Every closure with the number of arguments it must take, checked once the AST is known.
     pub(crate) arities: Vec<(String, Func, usize)>,
 }
 
 /// Keys every rule may have.
 const COMMON: &[&str] =
-    &["on", "key", "emit", "description", "max_keys", "on_full", "remember", "past", "notify", "act"];
+    &["on", "key", "emit", "description", "max_keys", "on_full", "remember", "past", "notify", "act", "every"];
 
 /// Kind-deciding keys, and the extra keys each kind accepts.
 const KINDS: &[(&str, &[&str])] = &[
@@ -108,6 +110,13 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         Some(v) => parse_past(v).map_err(&err)?,
     };
     let actions = actions(&mut d, def).map_err(&err)?;
+    let every_ms = match def.get("every") {
+        None => None,
+        Some(_) if actions.is_empty() => {
+            return Err(err("`every` limits notifications: it needs `notify` or `act`".into()));
+        }
+        Some(v) => Some(duration_ms(v).map_err(|m| err(format!("`every` {m}")))?),
+    };
     let on_full = match def.get("on_full").map(|v| (v, v.to_string())) {
         None => None,
         Some((v, s)) if v.is_string() && s == "refuse" => Some(OnFull::Refuse),
@@ -184,6 +193,7 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         remember,
         past,
         actions,
+        every_ms,
         arities: d.arities,
     })
 }

@@ -217,6 +217,9 @@ pub struct Rule {
     /// Where its events are also sent, beside upstream (`notify`, `act`): sinks by name,
     /// each with the closure that shapes the body, if any.
     pub actions: Vec<ActionSpec>,
+    /// At most one notification per key per this many ms (`every`); the rest are folded into
+    /// the next one. `None`: no rate limit.
+    pub every_ms: Option<i64>,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
 }
@@ -239,6 +242,16 @@ impl ActionSpec {
 }
 
 impl Rule {
+    /// Every sink the rule names (`notify`, `act`), so a configuration can check them all.
+    pub fn sinks(&self) -> impl Iterator<Item = &str> {
+        self.actions.iter().map(|a| &*a.sink)
+    }
+
+    /// Whether the rule keeps an alarm per key (it notifies or acts).
+    pub(crate) fn keeps_alarms(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// The kind of rule, as a word (`filter`, `window`, `heartbeat`, ...).
     pub fn kind(&self) -> &'static str {
         self.kind.name()

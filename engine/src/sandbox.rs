@@ -230,6 +230,7 @@ impl Sandbox {
                 remember: d.remember,
                 past: d.past.into(),
                 actions: d.actions,
+                every_ms: d.every_ms,
                 ast: ast.clone(),
             });
         }

@@ -1,0 +1,151 @@
+//! Alarms of rules that notify or act: the rate limit (`every`) with folding, snooze and
+//! out of service by command, `alarmstate` on events, typed command errors.
+
+use crate::support::H;
+use edgewatch_engine::alarm::{Change, Command, CommandError, Condition};
+use edgewatch_engine::{AlarmCommandError, Outputs, RuleSet, Sandbox, Timestamp};
+use std::sync::Arc;
+
+const MIN: i64 = 60_000;
+
+const SRC: &str = r#"
+rule("hot", #{
+    on: "s/{device}/t",
+    when: |e| e.value > 80,
+    notify: ["pager", "chat"],
+    every: "10m",
+});
+rule("warm", #{ on: "s/{device}/t", when: |e| e.value > 50, notify: "pager" });
+rule("quiet", #{ on: "s/{device}/t", when: |e| e.value > 50 });
+"#;
+
+fn hot(h: &H) -> Vec<(String, u32, u8)> {
+    h.full_actions.iter().filter(|a| &*a.rule == "hot").map(|a| (a.sink.to_string(), a.folded, a.level)).collect()
+}
+
+#[test]
+fn a_burst_of_100_within_the_rate_limit_gives_1_action_then_1_with_99_folded() {
+    let mut h = H::new(SRC);
+    for i in 0..100 {
+        let events = h.send(i * 1000, "s/a/t", r#"{"value": 90}"#);
+        assert_eq!(events.iter().filter(|e| e.0 == "hot").count(), 1, "upstream events always flow");
+    }
+    assert_eq!(hot(&h), [("pager".to_owned(), 0, 0), ("chat".to_owned(), 0, 0)]);
+    // Another key has its own limit.
+    h.send(100_000, "s/b/t", r#"{"value": 90}"#);
+    assert_eq!(hot(&h).len(), 4);
+    h.full_actions.clear();
+    // Still within 10 minutes of the first send: folded.
+    h.send(10 * MIN - 1, "s/a/t", r#"{"value": 90}"#);
+    assert!(hot(&h).is_empty());
+    // The window has ended: the next carries the 100 held back.
+    h.send(10 * MIN, "s/a/t", r#"{"value": 90}"#);
+    assert_eq!(hot(&h), [("pager".to_owned(), 100, 0), ("chat".to_owned(), 100, 0)]);
+    // A rule without `every` notifies on every event.
+    let warm = h.full_actions.iter().filter(|a| &*a.rule == "warm").count();
+    assert_eq!(warm, 2);
+}
+
+#[test]
+fn events_carry_the_alarm_condition_only_for_rules_that_keep_alarms() {
+    let mut h = H::new(SRC);
+    let events = h.send(1, "s/a/t", r#"{"value": 90}"#);
+    let states: Vec<(&str, Option<Condition>)> =
+        events.iter().map(|e| e.0.as_str()).zip(h.alarm_states.iter().copied()).collect();
+    assert_eq!(states, [("hot", Some(Condition::Normal)), ("warm", Some(Condition::Normal)), ("quiet", None)]);
+}
+
+#[test]
+fn a_snooze_holds_actions_back_and_they_resume_after_unshelve() {
+    let mut h = H::new(SRC);
+    let mut out = Outputs::default();
+    h.engine
+        .alarm_command("warm", "a", Command::Shelve { until: 5 * MIN }, Timestamp(0), &mut out)
+        .expect("command applies");
+    assert_eq!(out.alarm_changes.len(), 1);
+    assert_eq!(out.alarm_changes[0].change, Change::Shelved { until: 5 * MIN });
+    assert_eq!((&*out.alarm_changes[0].rule, out.alarm_changes[0].key.as_str()), ("warm", "a"));
+    let events = h.send(1000, "s/a/t", r#"{"value": 60}"#);
+    assert_eq!(events.iter().filter(|e| e.0 == "warm").count(), 1, "the event still flows upstream");
+    assert!(h.full_actions.is_empty(), "but its notification is held");
+    h.send(1000, "s/b/t", r#"{"value": 60}"#);
+    assert_eq!(h.full_actions.len(), 1, "another key is not snoozed");
+    out.clear();
+    h.engine.alarm_command("warm", "a", Command::Unshelve, Timestamp(2000), &mut out).expect("command applies");
+    assert_eq!(out.alarm_changes[0].change, Change::Unshelved);
+    h.send(3000, "s/a/t", r#"{"value": 60}"#);
+    assert_eq!(h.full_actions.len(), 2);
+    // A snooze also ends by itself at its time.
+    h.engine
+        .alarm_command("warm", "a", Command::Shelve { until: 4000 }, Timestamp(3500), &mut out)
+        .expect("command applies");
+    h.send(3900, "s/a/t", r#"{"value": 60}"#);
+    assert_eq!(h.full_actions.len(), 2);
+    h.send(4000, "s/a/t", r#"{"value": 60}"#);
+    assert_eq!(h.full_actions.len(), 3);
+}
+
+#[test]
+fn out_of_service_holds_actions_until_enabled() {
+    let mut h = H::new(SRC);
+    let mut out = Outputs::default();
+    h.engine.alarm_command("warm", "a", Command::Disable, Timestamp(0), &mut out).expect("command applies");
+    h.send(1000, "s/a/t", r#"{"value": 60}"#);
+    assert!(h.full_actions.is_empty());
+    let again = h.engine.alarm_command("warm", "a", Command::Disable, Timestamp(0), &mut out);
+    assert_eq!(again, Err(AlarmCommandError::Refused(CommandError::AlreadyDisabled)));
+    h.engine.alarm_command("warm", "a", Command::Enable, Timestamp(1500), &mut out).expect("command applies");
+    let changes: Vec<Change> = out.alarm_changes.iter().map(|c| c.change).collect();
+    assert_eq!(changes, [Change::Disabled, Change::Enabled]);
+    h.send(2000, "s/a/t", r#"{"value": 60}"#);
+    assert_eq!(h.full_actions.len(), 1);
+}
+
+#[test]
+fn a_command_for_an_unknown_rule_or_one_without_alarms_is_a_typed_error() {
+    let mut h = H::new(SRC);
+    let mut out = Outputs::default();
+    let unknown = h.engine.alarm_command("nope", "a", Command::Acknowledge, Timestamp(0), &mut out);
+    assert_eq!(unknown, Err(AlarmCommandError::UnknownRule("nope".into())));
+    let none = h.engine.alarm_command("quiet", "a", Command::Acknowledge, Timestamp(0), &mut out);
+    assert_eq!(none, Err(AlarmCommandError::NoAlarms("quiet".into())));
+    let nothing = h.engine.alarm_command("warm", "a", Command::Acknowledge, Timestamp(0), &mut out);
+    assert_eq!(nothing, Err(AlarmCommandError::Refused(CommandError::NothingToAcknowledge("normal"))));
+    assert!(out.alarm_changes.is_empty(), "a refused command changes nothing");
+}
+
+#[test]
+fn sinks_lists_every_sink_a_rule_names_and_every_needs_a_sink() {
+    let sandbox = Arc::new(Sandbox::default());
+    let (rules, errors) = RuleSet::compile(&sandbox, [("t.rhai", SRC)]);
+    assert!(errors.is_empty());
+    let hot = rules.get("hot").expect("rule hot");
+    assert_eq!(hot.sinks().collect::<Vec<_>>(), ["pager", "chat"]);
+    assert_eq!(hot.every_ms, Some(10 * MIN));
+    let (_, errors) =
+        RuleSet::compile(&sandbox, [("t.rhai", r#"rule("x", #{ on: "a", when: |e| true, every: "1m" });"#)]);
+    assert!(errors.iter().any(|e| e.to_string().contains("`every`")), "{errors:?}");
+}
+
+#[test]
+fn when_the_window_ends_the_folded_ones_go_out_as_one_action_per_sink_with_folded_99() {
+    let mut h = H::new(SRC);
+    for i in 0..100 {
+        h.send(i * 1000, "s/a/t", &format!(r#"{{"value": 90, "n": {i}}}"#));
+    }
+    assert_eq!(hot(&h).len(), 2);
+    assert_eq!(h.engine.next_deadline(), Some(Timestamp(10 * MIN)));
+    h.tick(10 * MIN - 1);
+    assert_eq!(hot(&h).len(), 2, "not before the window ends");
+    h.tick(10 * MIN);
+    assert_eq!(hot(&h)[2..], [("pager".to_owned(), 99, 0), ("chat".to_owned(), 99, 0)]);
+    // About the last event folded (at 99 s), and at its time.
+    let last = &h.full_actions[h.full_actions.len() - 1];
+    assert_eq!(last.time, Timestamp(99_000));
+    assert_ne!(last.event, h.full_actions[0].event);
+    // Nothing more is due, and the idle alarm is forgotten at the next window's end.
+    h.tick(30 * MIN);
+    assert_eq!(hot(&h).len(), 4);
+    h.send(30 * MIN + 1, "s/a/t", r#"{"value": 90}"#);
+    assert_eq!(hot(&h)[4..], [("pager".to_owned(), 0, 0), ("chat".to_owned(), 0, 0)]);
+}
