@@ -202,6 +202,7 @@ impl Engine {
         if let Some(deadline) = deadline {
             self.clock.set(deadline, idx as u32, key.clone(), ALARM_TAG);
         }
+        out.touched.push(Touched::Rule { rule: r.name.clone(), key: key.clone() });
         out.alarm_changes.push(crate::output::AlarmTransition {
             rule: r.name.clone(),
             key: key.to_string(),
@@ -422,6 +423,18 @@ impl Engine {
         }
     }
 
+    /// Puts a restored alarm back and re-arms its deadline.
+    pub(crate) fn restore_alarm(&mut self, idx: usize, key: Arc<str>, alarm: crate::runtime::KeyAlarm) {
+        let Some(rule) = self.rules.as_slice().get(idx) else { return };
+        let window_end = rule.every_ms.zip(alarm.alarm.last_sent).map(|(every, last)| last.saturating_add(every));
+        if let Some(at) = alarm.alarm.next_deadline(None, rule.every_ms).or(window_end) {
+            self.clock.set(at, idx as u32, key.clone(), ALARM_TAG);
+        }
+        if let Some(rt) = self.runtime.get_mut(idx) {
+            rt.alarms.insert(key, alarm);
+        }
+    }
+
     /// An alarm's deadline at `now`: a snooze runs out, a rate-limit window ends (its
     /// folded notifications go out as one "and N more" per sink, about the last one folded),
     /// and an alarm left idle is forgotten.
@@ -439,7 +452,8 @@ impl Engine {
         }
         if let Some(every) = rule.every_ms {
             if let Some(folded) = slot.alarm.folded_due(now, every) {
-                if let Some((event, time)) = slot.folded_event.take() {
+                if let Some((hi, lo, time)) = slot.folded_event.take() {
+                    let event = (u128::from(hi) << 64) | u128::from(lo);
                     for spec in &rule.actions {
                         out.actions.push(crate::output::Action {
                             event: crate::output::CompositeId(event),
@@ -457,6 +471,7 @@ impl Engine {
         }
         let next = slot.alarm.next_deadline(None, rule.every_ms);
         let window_open = rule.every_ms.zip(slot.alarm.last_sent).is_some_and(|(every, last)| now < last + every);
+        out.touched.push(Touched::Rule { rule: rule.name.clone(), key: key.clone() });
         if slot.alarm.is_idle() && next.is_none() && !window_open {
             rt.alarms.remove(key);
         } else if let Some(next) = next.filter(|&n| n > now) {

@@ -42,10 +42,11 @@ pub(crate) struct Runtime {
 pub(crate) struct KeyAlarm {
     #[serde(flatten)]
     pub(crate) alarm: crate::alarm::Alarm,
-    /// The last event whose notification the rate limit folded (its id and time): the
-    /// "and N more" sent when the window ends is about it.
+    /// The last event whose notification the rate limit folded (its id, as high and low
+    /// halves since JSON numbers stop at 64 bits, and its time): the "and N more" sent when
+    /// the window ends is about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) folded_event: Option<(u128, i64)>,
+    pub(crate) folded_event: Option<(u64, u64, i64)>,
 }
 
 /// The timer tag of alarm deadlines (a snooze ends, folded notifications fall due); the

@@ -557,7 +557,7 @@ impl<'a> Cx<'a> {
         let notify = slot.alarm.notify(self.now, rule.every_ms);
         c.alarm = Some(slot.alarm.condition);
         if notify == Notify::Held(crate::alarm::Held::RateLimited) {
-            slot.folded_event = Some((c.id.0, c.time.millis()));
+            slot.folded_event = Some(((c.id.0 >> 64) as u64, c.id.0 as u64, c.time.millis()));
         }
         let deadline = match (notify, rule.every_ms) {
             // The window ends then: send what it folded, or forget an idle alarm.
@@ -571,6 +571,8 @@ impl<'a> Cx<'a> {
         if let Some(deadline) = deadline {
             self.set_timer(deadline, &key, crate::runtime::ALARM_TAG);
         }
+        // Saved with the rule's state for the key.
+        self.touch(&key);
         let folded = match notify {
             Notify::Send { folded } => folded,
             Notify::Held(_) => return,

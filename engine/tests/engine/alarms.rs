@@ -3,7 +3,7 @@
 
 use crate::support::H;
 use edgewatch_engine::alarm::{Change, Command, CommandError, Condition};
-use edgewatch_engine::{AlarmCommandError, Outputs, RuleSet, Sandbox, Timestamp};
+use edgewatch_engine::{AlarmCommandError, Outputs, RuleSet, Sandbox, Timestamp, Touched};
 use std::sync::Arc;
 
 const MIN: i64 = 60_000;
@@ -148,4 +148,51 @@ fn when_the_window_ends_the_folded_ones_go_out_as_one_action_per_sink_with_folde
     assert_eq!(hot(&h).len(), 4);
     h.send(30 * MIN + 1, "s/a/t", r#"{"value": 90}"#);
     assert_eq!(hot(&h)[4..], [("pager".to_owned(), 0, 0), ("chat".to_owned(), 0, 0)]);
+}
+
+#[test]
+fn a_command_is_saved_with_the_rule_state_and_survives_a_restart() {
+    let mut h = H::new(SRC);
+    h.record_touched = true;
+    h.send(0, "s/a/t", r#"{"value": 90}"#);
+    let mut out = Outputs::default();
+    h.engine.alarm_command("warm", "a", Command::Disable, Timestamp(1000), &mut out).expect("command applies");
+    let warm_a = Touched::Rule { rule: "warm".into(), key: "a".into() };
+    assert!(out.touched.contains(&warm_a), "the agent learns what to save: {:?}", out.touched);
+    // Folded notifications of `hot` for `a` are saved too.
+    h.send(2000, "s/a/t", r#"{"value": 91}"#);
+    let saved = h.engine.export_all();
+    assert!(saved.iter().any(|(t, _)| *t == warm_a), "{saved:?}");
+
+    let mut h2 = H::new(SRC);
+    for (t, bytes) in &saved {
+        h2.engine.import(t, bytes).expect("saved state loads");
+    }
+    h2.send(3000, "s/a/t", r#"{"value": 60}"#);
+    assert!(h2.full_actions.is_empty(), "still out of service after the restart");
+    // The rate limit window of `hot` and its folded one carried over: due at 10 min.
+    assert_eq!(h2.engine.next_deadline(), Some(Timestamp(10 * MIN)));
+    h2.tick(10 * MIN);
+    assert_eq!(hot(&h2), [("pager".to_owned(), 1, 0), ("chat".to_owned(), 1, 0)]);
+}
+
+#[test]
+fn kind_state_saved_before_alarms_existed_still_loads_and_keeps_its_alarm_beside_it() {
+    let src = r#"rule("hi", #{ on: "s/{device}/t", when: |e| e.value > 80, clear: |e| e.value < 70,
+        notify: "pager", every: "1m" });"#;
+    let mut h = H::new(src);
+    let old = Touched::Rule { rule: "hi".into(), key: "z".into() };
+    h.engine.import(&old, br#"{"kind":"threshold","active":true}"#).expect("old state loads");
+    assert!(h.send(1, "s/z/t", r#"{"value": 90}"#).is_empty(), "already active: hysteresis holds");
+    h.send(2, "s/z/t", r#"{"value": 60}"#);
+    h.send(3, "s/z/t", r#"{"value": 90}"#);
+    assert_eq!(h.full_actions.len(), 1);
+    let bytes = h.engine.export(&old).expect("state and alarm");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    assert!(text.contains(r#""kind":"threshold""#) && text.contains(r#""alarm""#), "{text}");
+    let mut h2 = H::new(src);
+    h2.engine.import(&old, &bytes).expect("loads");
+    h2.send(4, "s/z/t", r#"{"value": 60}"#);
+    h2.send(5, "s/z/t", r#"{"value": 90}"#);
+    assert!(h2.full_actions.is_empty(), "the rate limit carried over the restart");
 }
