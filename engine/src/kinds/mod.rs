@@ -605,6 +605,41 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// The situation the rule detects began for `key` at `time`: its alarm becomes active
+    /// (call before emitting, so the event carries the new condition).
+    pub(crate) fn alarm_activate(&mut self, key: &str, time: i64) {
+        self.alarm_transition(key, time, |a, t| a.activate(t));
+    }
+
+    /// The situation ended for `key` at `time`: its alarm clears.
+    pub(crate) fn alarm_clear(&mut self, key: &str, time: i64) {
+        self.alarm_transition(key, time, |a, t| a.clear(t));
+    }
+
+    fn alarm_transition(
+        &mut self,
+        key: &str,
+        time: i64,
+        apply: impl FnOnce(&mut crate::alarm::Alarm, i64) -> Option<crate::alarm::Change>,
+    ) {
+        let Some(alarms) = self.alarms.as_deref_mut() else { return };
+        let key: Arc<str> = key.into();
+        let slot = alarms.entry(key.clone()).or_default();
+        let Some(change) = apply(&mut slot.alarm, time) else { return };
+        let condition = slot.alarm.condition;
+        if slot.alarm.is_idle() && self.rule.every_ms.is_none() {
+            alarms.remove(&key);
+        }
+        self.out.alarm_changes.push(crate::output::AlarmTransition {
+            rule: self.rule.name.clone(),
+            key: key.to_string(),
+            change,
+            condition,
+            time: crate::Timestamp(time),
+        });
+        self.touch(&key);
+    }
+
     /// Records that this rule's state for `key` changed (or went away), so the caller can
     /// persist it.
     pub(crate) fn touch(&mut self, key: &Arc<str>) {

@@ -196,3 +196,47 @@ fn kind_state_saved_before_alarms_existed_still_loads_and_keeps_its_alarm_beside
     h2.send(5, "s/z/t", r#"{"value": 90}"#);
     assert!(h2.full_actions.is_empty(), "the rate limit carried over the restart");
 }
+
+#[test]
+fn a_threshold_activates_its_alarm_and_clearing_returns_it_unacknowledged() {
+    let src = r#"rule("hi", #{ on: "s/{device}/t", when: |e| e.value > 80, clear: |e| e.value < 70,
+        emit_clear: |e| #{ cleared: true }, notify: "pager" });"#;
+    let mut h = H::new(src);
+    h.send(1, "s/z/t", r#"{"value": 90}"#);
+    h.send(2, "s/z/t", r#"{"value": 75}"#);
+    h.send(3, "s/z/t", r#"{"value": 60}"#);
+    let changes: Vec<(Change, Condition, i64)> =
+        h.alarm_changes.iter().map(|c| (c.change, c.condition, c.time.millis())).collect();
+    assert_eq!(
+        changes,
+        [
+            (Change::Activated, Condition::Unacknowledged, 1),
+            (Change::Cleared { to: Condition::ReturnedUnacknowledged }, Condition::ReturnedUnacknowledged, 3),
+        ]
+    );
+    assert_eq!(h.alarm_states, [Some(Condition::Unacknowledged), Some(Condition::ReturnedUnacknowledged)]);
+    let mut out = Outputs::default();
+    h.engine.alarm_command("hi", "z", Command::Acknowledge, Timestamp(4), &mut out).expect("command applies");
+    assert_eq!(out.alarm_changes[0].condition, Condition::Normal);
+    // Acknowledged while active, clearing goes straight to normal.
+    h.send(5, "s/z/t", r#"{"value": 90}"#);
+    h.engine.alarm_command("hi", "z", Command::Acknowledge, Timestamp(6), &mut out).expect("command applies");
+    h.send(7, "s/z/t", r#"{"value": 60}"#);
+    assert_eq!(h.alarm_states[2..], [Some(Condition::Unacknowledged), Some(Condition::Normal)]);
+}
+
+#[test]
+fn a_heartbeat_activates_when_missing_and_clears_when_back() {
+    let src = r#"rule("offline", #{ on: "sensors/{device}/heartbeat", heartbeat: #{ timeout: "30s" },
+        notify: "pager" });"#;
+    let mut h = H::new(src);
+    h.send(0, "sensors/a/heartbeat", "1");
+    assert!(h.alarm_changes.is_empty());
+    h.tick(30_000);
+    assert_eq!(h.alarm_changes.len(), 1);
+    assert_eq!((h.alarm_changes[0].change, h.alarm_changes[0].key.as_str()), (Change::Activated, "a"));
+    assert_eq!(h.alarm_states, [Some(Condition::Unacknowledged)]);
+    h.send(40_000, "sensors/a/heartbeat", "1");
+    assert_eq!(h.alarm_changes[1].change, Change::Cleared { to: Condition::ReturnedUnacknowledged });
+    assert_eq!(h.full_actions.len(), 2, "missing and recovered both notify");
+}
