@@ -427,7 +427,9 @@ impl Engine {
     pub(crate) fn restore_alarm(&mut self, idx: usize, key: Arc<str>, alarm: crate::runtime::KeyAlarm) {
         let Some(rule) = self.rules.as_slice().get(idx) else { return };
         let window_end = rule.every_ms.zip(alarm.alarm.last_sent).map(|(every, last)| last.saturating_add(every));
-        if let Some(at) = alarm.alarm.next_deadline(None, rule.every_ms).or(window_end) {
+        let escalation = rule.escalation_at(&alarm.alarm).map(|(at, _)| at);
+        let next = [alarm.alarm.next_deadline(None, rule.every_ms), escalation].into_iter().flatten().min();
+        if let Some(at) = next.or(window_end) {
             self.clock.set(at, idx as u32, key.clone(), ALARM_TAG);
         }
         if let Some(rt) = self.runtime.get_mut(idx) {
@@ -469,7 +471,27 @@ impl Engine {
                 }
             }
         }
-        let next = slot.alarm.next_deadline(None, rule.every_ms);
+        while let Some((_, level)) = rule.escalation_at(&slot.alarm).filter(|&(at, _)| at <= now) {
+            slot.alarm.escalated_to(level);
+            let (Some(spec), Some((hi, lo, time))) = (rule.escalate.get(usize::from(level) - 1), slot.activation_event)
+            else {
+                continue;
+            };
+            for sink in &spec.to {
+                out.actions.push(crate::output::Action {
+                    event: crate::output::CompositeId((u128::from(hi) << 64) | u128::from(lo)),
+                    rule: rule.name.clone(),
+                    key: key.to_string(),
+                    time: Timestamp(time),
+                    sink: sink.clone(),
+                    data: None,
+                    folded: 0,
+                    level,
+                });
+            }
+        }
+        let escalation = rule.escalation_at(&slot.alarm).map(|(at, _)| at);
+        let next = [slot.alarm.next_deadline(None, rule.every_ms), escalation].into_iter().flatten().min();
         let window_open = rule.every_ms.zip(slot.alarm.last_sent).is_some_and(|(every, last)| now < last + every);
         out.touched.push(Touched::Rule { rule: rule.name.clone(), key: key.clone() });
         if slot.alarm.is_idle() && next.is_none() && !window_open {

@@ -47,6 +47,10 @@ pub(crate) struct KeyAlarm {
     /// the window ends is about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) folded_event: Option<(u64, u64, i64)>,
+    /// The event that activated the alarm (same form): escalations resend it. `None` until
+    /// that event is emitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) activation_event: Option<(u64, u64, i64)>,
 }
 
 /// The timer tag of alarm deadlines (a snooze ends, folded notifications fall due); the

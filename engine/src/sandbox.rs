@@ -231,6 +231,7 @@ impl Sandbox {
                 past: d.past.into(),
                 actions: d.actions,
                 every_ms: d.every_ms,
+                escalate: d.escalate,
                 ast: ast.clone(),
             });
         }

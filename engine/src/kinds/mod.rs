@@ -556,6 +556,9 @@ impl<'a> Cx<'a> {
         let slot = alarms.entry(key.clone()).or_default();
         let notify = slot.alarm.notify(self.now, rule.every_ms);
         c.alarm = Some(slot.alarm.condition);
+        if slot.alarm.condition == crate::alarm::Condition::Unacknowledged && slot.activation_event.is_none() {
+            slot.activation_event = Some(((c.id.0 >> 64) as u64, c.id.0 as u64, c.time.millis()));
+        }
         if notify == Notify::Held(crate::alarm::Held::RateLimited) {
             slot.folded_event = Some(((c.id.0 >> 64) as u64, c.id.0 as u64, c.time.millis()));
         }
@@ -627,6 +630,12 @@ impl<'a> Cx<'a> {
         let slot = alarms.entry(key.clone()).or_default();
         let Some(change) = apply(&mut slot.alarm, time) else { return };
         let condition = slot.alarm.condition;
+        if change == crate::alarm::Change::Activated {
+            slot.activation_event = None;
+            if let Some((at, _)) = self.rule.escalation_at(&slot.alarm) {
+                self.timers.set(at, self.rule_idx, key.clone(), crate::runtime::ALARM_TAG);
+            }
+        }
         if slot.alarm.is_idle() && self.rule.every_ms.is_none() {
             alarms.remove(&key);
         }

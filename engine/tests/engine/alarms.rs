@@ -240,3 +240,47 @@ fn a_heartbeat_activates_when_missing_and_clears_when_back() {
     assert_eq!(h.alarm_changes[1].change, Change::Cleared { to: Condition::ReturnedUnacknowledged });
     assert_eq!(h.full_actions.len(), 2, "missing and recovered both notify");
 }
+
+const ESCALATING: &str = r#"rule("hi", #{ on: "s/{device}/t", when: |e| e.value > 80, clear: |e| e.value < 70,
+    notify: "pager",
+    escalate: [#{ after: "15m", to: "oncall" }, #{ after: "30m", to: ["boss", "chat"] }] });"#;
+
+#[test]
+fn an_unacknowledged_alarm_escalates_once_per_level_about_its_activation_event() {
+    let mut h = H::new(ESCALATING);
+    h.send(1000, "s/z/t", r#"{"value": 90}"#);
+    assert_eq!(h.full_actions.len(), 1);
+    let first = h.full_actions[0].event;
+    assert_eq!(h.engine.next_deadline(), Some(Timestamp(1000 + 15 * MIN)));
+    h.tick(1000 + 15 * MIN - 1);
+    assert_eq!(h.full_actions.len(), 1);
+    h.tick(1000 + 15 * MIN);
+    h.tick(1000 + 20 * MIN);
+    let sent: Vec<(String, u8)> = h.full_actions.iter().map(|a| (a.sink.to_string(), a.level)).collect();
+    assert_eq!(sent, [("pager".to_owned(), 0), ("oncall".to_owned(), 1)]);
+    h.tick(1000 + 30 * MIN);
+    h.tick(1000 + 90 * MIN);
+    let sent: Vec<(String, u8)> = h.full_actions.iter().map(|a| (a.sink.to_string(), a.level)).collect();
+    assert_eq!(sent[2..], [("boss".to_owned(), 2), ("chat".to_owned(), 2)]);
+    assert!(h.full_actions.iter().all(|a| a.event == first && a.time == Timestamp(1000)));
+    let sandbox = Arc::new(Sandbox::default());
+    let (rules, _) = RuleSet::compile(&sandbox, [("t.rhai", ESCALATING)]);
+    let sinks: Vec<&str> = rules.get("hi").map(|r| r.sinks().collect()).unwrap_or_default();
+    assert_eq!(sinks, ["pager", "oncall", "boss", "chat"]);
+}
+
+#[test]
+fn an_acknowledged_alarm_does_not_escalate() {
+    let mut h = H::new(ESCALATING);
+    h.send(0, "s/z/t", r#"{"value": 90}"#);
+    let mut out = Outputs::default();
+    h.engine.alarm_command("hi", "z", Command::Acknowledge, Timestamp(MIN), &mut out).expect("command applies");
+    h.tick(15 * MIN);
+    h.tick(60 * MIN);
+    assert_eq!(h.full_actions.len(), 1, "{:?}", h.full_actions);
+    // A new activation escalates again.
+    h.send(61 * MIN, "s/z/t", r#"{"value": 60}"#);
+    h.send(62 * MIN, "s/z/t", r#"{"value": 90}"#);
+    h.tick(62 * MIN + 15 * MIN);
+    assert_eq!(h.full_actions.iter().filter(|a| a.level == 1).count(), 1);
+}
