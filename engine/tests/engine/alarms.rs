@@ -284,3 +284,16 @@ fn an_acknowledged_alarm_does_not_escalate() {
     h.tick(62 * MIN + 15 * MIN);
     assert_eq!(h.full_actions.iter().filter(|a| a.level == 1).count(), 1);
 }
+
+#[test]
+fn a_compatible_reload_keeps_the_alarm_and_its_escalation() {
+    let mut h = H::new(ESCALATING);
+    h.send(0, "s/z/t", r#"{"value": 90}"#);
+    let edited = ESCALATING.replace("value > 80", "value > 85");
+    let (rules, errors) = RuleSet::compile(h.engine.sandbox(), [("test.rhai", edited.as_str())]);
+    assert!(errors.is_empty(), "{errors:?}");
+    h.engine.reload(rules, Timestamp(MIN));
+    h.tick(15 * MIN);
+    let levels: Vec<u8> = h.full_actions.iter().map(|a| a.level).collect();
+    assert_eq!(levels, [0, 1], "still active and unacknowledged after the reload");
+}
