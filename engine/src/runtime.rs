@@ -22,7 +22,7 @@ pub(crate) struct Runtime {
     pub(crate) past: Option<Box<RulePast>>,
     /// One alarm per key, for rules that notify or act (see [`crate::alarm`]): it gates
     /// their notifications (rate limit, snooze, out of service). Keys whose alarm is idle
-    /// are not kept. Not yet persisted (issue 19).
+    /// are not kept. Saved with the kind's state for the key (see `persist`).
     pub(crate) alarms: std::collections::HashMap<std::sync::Arc<str>, KeyAlarm>,
     /// Consecutive failed evaluations.
     failures: u32,
