@@ -33,13 +33,29 @@ pub(crate) struct Declared {
     pub(crate) past: Vec<PastSpec>,
     /// Sinks its events go to (`notify`, `act`).
     pub(crate) actions: Vec<crate::rule::ActionSpec>,
+    /// Rate limit of its notifications (`every`), in ms.
+    pub(crate) every_ms: Option<i64>,
+    /// Escalation levels (`escalate`).
+    pub(crate) escalate: Vec<crate::rule::Escalation>,
     /// Every closure with the number of arguments it must take, checked once the AST is known.
     pub(crate) arities: Vec<(String, Func, usize)>,
 }
 
 /// Keys every rule may have.
-const COMMON: &[&str] =
-    &["on", "key", "emit", "description", "max_keys", "on_full", "remember", "past", "notify", "act"];
+const COMMON: &[&str] = &[
+    "on",
+    "key",
+    "emit",
+    "description",
+    "max_keys",
+    "on_full",
+    "remember",
+    "past",
+    "notify",
+    "act",
+    "every",
+    "escalate",
+];
 
 /// Kind-deciding keys, and the extra keys each kind accepts.
 const KINDS: &[(&str, &[&str])] = &[
@@ -108,6 +124,20 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         Some(v) => parse_past(v).map_err(&err)?,
     };
     let actions = actions(&mut d, def).map_err(&err)?;
+    let every_ms = match def.get("every") {
+        None => None,
+        Some(_) if actions.is_empty() => {
+            return Err(err("`every` limits notifications: it needs `notify` or `act`".into()));
+        }
+        Some(v) => Some(duration_ms(v).map_err(|m| err(format!("`every` {m}")))?),
+    };
+    let escalate = match def.get("escalate") {
+        None => Vec::new(),
+        Some(_) if actions.is_empty() => {
+            return Err(err("`escalate` follows notifications: it needs `notify` or `act`".into()));
+        }
+        Some(v) => escalations(v).map_err(&err)?,
+    };
     let on_full = match def.get("on_full").map(|v| (v, v.to_string())) {
         None => None,
         Some((v, s)) if v.is_string() && s == "refuse" => Some(OnFull::Refuse),
@@ -184,6 +214,8 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         remember,
         past,
         actions,
+        every_ms,
+        escalate,
         arities: d.arities,
     })
 }
@@ -228,6 +260,32 @@ fn actions(d: &mut Decl<'_>, def: &Map) -> Result<Vec<crate::rule::ActionSpec>, 
     }
     if let Some(twice) = out.iter().enumerate().find(|(i, a)| out[..*i].iter().any(|b| b.sink == a.sink)) {
         return Err(format!("sink `{}` is named twice in `notify`/`act`", twice.1.sink));
+    }
+    Ok(out)
+}
+
+/// `escalate: #{ after: "15m", to: ["oncall"] }` or a list of them, later levels later.
+fn escalations(v: &Dynamic) -> Result<Vec<crate::rule::Escalation>, String> {
+    let items = if v.is_array() { v.clone().into_array().unwrap_or_default() } else { vec![v.clone()] };
+    let mut out: Vec<crate::rule::Escalation> = Vec::new();
+    for item in &items {
+        let m = sub_map("escalate", Some(item), &["after", "to"])?;
+        let after = m.get("after").ok_or("`escalate` needs `after` (how long unacknowledged)")?;
+        let after_ms = duration_ms(after).map_err(|e| format!("`escalate.after` {e}"))?;
+        if out.last().is_some_and(|l| l.after_ms >= after_ms) || after_ms <= 0 {
+            return Err("`escalate` levels need growing, positive `after`s".into());
+        }
+        let to = match m.get("to") {
+            None => return Err("`escalate` needs `to` (sinks)".into()),
+            Some(t) if t.is_array() => {
+                t.clone().into_array().unwrap_or_default().iter().map(|s| sink_name("escalate.to", s)).collect()
+            }
+            Some(t) => sink_name("escalate.to", t).map(|s| vec![s]),
+        }?;
+        out.push(crate::rule::Escalation { after_ms, to });
+    }
+    if out.len() > usize::from(u8::MAX) {
+        return Err("`escalate` has too many levels".into());
     }
     Ok(out)
 }

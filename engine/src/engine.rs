@@ -24,7 +24,7 @@ use crate::output::{Outputs, Touched};
 use crate::quality::{self, Dedup, Reorder};
 use crate::rule::{Rule, RuleSet};
 pub use crate::runtime::RETIRED_GRACE_MS;
-use crate::runtime::{KeyReport, Retired, Runtime};
+use crate::runtime::{ALARM_TAG, KeyReport, Retired, Runtime};
 use crate::sandbox::Sandbox;
 use crate::tables::Tables;
 use crate::time::Timestamp;
@@ -88,6 +88,17 @@ pub struct Engine {
     /// dropped: such entries would fire as no-ops, but a stream of evicted keys must not
     /// grow the queues meanwhile.
     timer_purge_at: usize,
+}
+
+/// Why [`Engine::alarm_command`] refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlarmCommandError {
+    #[error("no rule named `{0}`")]
+    UnknownRule(String),
+    #[error("rule `{0}` keeps no alarms (it has no `notify` or `act`)")]
+    NoAlarms(String),
+    #[error(transparent)]
+    Refused(#[from] crate::alarm::CommandError),
 }
 
 /// The fewest timer entries at which a purge is considered.
@@ -155,6 +166,51 @@ impl Engine {
         let timers = if kinds::event_timed(&rule.kind) { &mut self.event_timers } else { &mut self.clock };
         let cx = Cx::new(self.sandbox.engine(), rule, idx as u32, timers, out, now);
         Some((&mut self.runtime.get_mut(idx)?.state, cx))
+    }
+
+    /// Applies a person's (or a program's) `command` to rule `rule`'s alarm for `key` at
+    /// `now`, and reports the transition in `out.alarm_changes`. An alarm that is not kept
+    /// (it was idle) is in its normal, in-service state: commands apply to it as well.
+    pub fn alarm_command(
+        &mut self,
+        rule: &str,
+        key: &str,
+        command: crate::alarm::Command,
+        now: Timestamp,
+        out: &mut Outputs,
+    ) -> Result<(), AlarmCommandError> {
+        let idx = self
+            .rules
+            .as_slice()
+            .iter()
+            .position(|r| &*r.name == rule)
+            .ok_or_else(|| AlarmCommandError::UnknownRule(rule.to_owned()))?;
+        let r = &self.rules.as_slice()[idx];
+        if !r.keeps_alarms() {
+            return Err(AlarmCommandError::NoAlarms(rule.to_owned()));
+        }
+        let rt = &mut self.runtime[idx];
+        let key: Arc<str> = key.into();
+        let slot = rt.alarms.entry(key.clone()).or_default();
+        let change = slot.alarm.command(command, now.millis());
+        let condition = slot.alarm.condition;
+        let deadline = slot.alarm.next_deadline(None, r.every_ms);
+        if slot.alarm.is_idle() && deadline.is_none() {
+            rt.alarms.remove(&key);
+        }
+        let change = change?;
+        if let Some(deadline) = deadline {
+            self.clock.set(deadline, idx as u32, key.clone(), ALARM_TAG);
+        }
+        out.touched.push(Touched::Rule { rule: r.name.clone(), key: key.clone() });
+        out.alarm_changes.push(crate::output::AlarmTransition {
+            rule: r.name.clone(),
+            key: key.to_string(),
+            change,
+            condition,
+            time: now,
+        });
+        Ok(())
     }
 
     /// Processes one input event at processing time `now`, appending what it causes to `out`.
@@ -229,7 +285,11 @@ impl Engine {
         if self.clock.len() + self.event_timers.len() > self.timer_purge_at {
             let runtime = &self.runtime;
             let tracked = |t: &crate::timers::Timer| {
-                runtime.get(t.rule() as usize).and_then(|rt| rt.state.key_set()).is_some_and(|keys| keys.tracks(&t.key))
+                let Some(rt) = runtime.get(t.rule() as usize) else { return false };
+                if t.tag() == ALARM_TAG {
+                    return rt.alarms.contains_key(&t.key);
+                }
+                rt.state.key_set().is_some_and(|keys| keys.tracks(&t.key))
             };
             self.clock.retain(tracked);
             self.event_timers.retain(tracked);
@@ -330,6 +390,10 @@ impl Engine {
             if self.runtime[idx].disabled {
                 continue;
             }
+            if t.tag() == ALARM_TAG {
+                self.alarm_deadline(idx, &rule, &t.key, upto, out);
+                continue;
+            }
             let start = out.events.len();
             let faulted = {
                 let timers = match clock {
@@ -346,6 +410,9 @@ impl Engine {
                 );
                 cx.absence_paused = self.absence_paused_since.is_some();
                 let rt = &mut self.runtime[idx];
+                if rule.keeps_alarms() {
+                    cx.alarms = Some(&mut rt.alarms);
+                }
                 context::enter_past(rt.past.as_deref_mut(), &t.key, t.deadline);
                 rt.state.on_timer(&mut cx, &t.key, t.deadline, t.tag());
                 context::leave_past(rt.past.as_deref_mut(), &t.key);
@@ -353,6 +420,84 @@ impl Engine {
             };
             self.account(idx, &rule, faulted, Some(&t.key), out);
             self.chain(start, t.deadline, 1, out);
+        }
+    }
+
+    /// Puts a restored alarm back and re-arms its deadline.
+    pub(crate) fn restore_alarm(&mut self, idx: usize, key: Arc<str>, alarm: crate::runtime::KeyAlarm) {
+        let Some(rule) = self.rules.as_slice().get(idx) else { return };
+        let window_end = rule.every_ms.zip(alarm.alarm.last_sent).map(|(every, last)| last.saturating_add(every));
+        let escalation = rule.escalation_at(&alarm.alarm).map(|(at, _)| at);
+        let next = [alarm.alarm.next_deadline(None, rule.every_ms), escalation].into_iter().flatten().min();
+        if let Some(at) = next.or(window_end) {
+            self.clock.set(at, idx as u32, key.clone(), ALARM_TAG);
+        }
+        if let Some(rt) = self.runtime.get_mut(idx) {
+            rt.alarms.insert(key, alarm);
+        }
+    }
+
+    /// An alarm's deadline at `now`: a snooze runs out, a rate-limit window ends (its
+    /// folded notifications go out as one "and N more" per sink, about the last one folded),
+    /// and an alarm left idle is forgotten.
+    fn alarm_deadline(&mut self, idx: usize, rule: &Rule, key: &Arc<str>, now: i64, out: &mut Outputs) {
+        let Some(rt) = self.runtime.get_mut(idx) else { return };
+        let Some(slot) = rt.alarms.get_mut(key) else { return };
+        if let Some(change) = slot.alarm.expire(now) {
+            out.alarm_changes.push(crate::output::AlarmTransition {
+                rule: rule.name.clone(),
+                key: key.to_string(),
+                change,
+                condition: slot.alarm.condition,
+                time: Timestamp(now),
+            });
+        }
+        if let Some(every) = rule.every_ms {
+            if let Some(folded) = slot.alarm.folded_due(now, every) {
+                if let Some((hi, lo, time)) = slot.folded_event.take() {
+                    let event = (u128::from(hi) << 64) | u128::from(lo);
+                    for spec in &rule.actions {
+                        out.actions.push(crate::output::Action {
+                            event: crate::output::CompositeId(event),
+                            rule: rule.name.clone(),
+                            key: key.to_string(),
+                            time: Timestamp(time),
+                            sink: spec.sink.clone(),
+                            data: None,
+                            folded,
+                            level: 0,
+                        });
+                    }
+                }
+            }
+        }
+        while let Some((_, level)) = rule.escalation_at(&slot.alarm).filter(|&(at, _)| at <= now) {
+            slot.alarm.escalated_to(level);
+            let (Some(spec), Some((hi, lo, time))) = (rule.escalate.get(usize::from(level) - 1), slot.activation_event)
+            else {
+                continue;
+            };
+            for sink in &spec.to {
+                out.actions.push(crate::output::Action {
+                    event: crate::output::CompositeId((u128::from(hi) << 64) | u128::from(lo)),
+                    rule: rule.name.clone(),
+                    key: key.to_string(),
+                    time: Timestamp(time),
+                    sink: sink.clone(),
+                    data: None,
+                    folded: 0,
+                    level,
+                });
+            }
+        }
+        let escalation = rule.escalation_at(&slot.alarm).map(|(at, _)| at);
+        let next = [slot.alarm.next_deadline(None, rule.every_ms), escalation].into_iter().flatten().min();
+        let window_open = rule.every_ms.zip(slot.alarm.last_sent).is_some_and(|(every, last)| now < last + every);
+        out.touched.push(Touched::Rule { rule: rule.name.clone(), key: key.clone() });
+        if slot.alarm.is_idle() && next.is_none() && !window_open {
+            rt.alarms.remove(key);
+        } else if let Some(next) = next.filter(|&n| n > now) {
+            self.clock.set(next, idx as u32, key.clone(), ALARM_TAG);
         }
     }
 
@@ -398,6 +543,9 @@ impl Engine {
             let key = kinds::key_of(&mut cx, &x, device);
             if let Some(key) = &key {
                 let rt = &mut self.runtime[idx];
+                if rule.keeps_alarms() {
+                    cx.alarms = Some(&mut rt.alarms);
+                }
                 context::enter_past(rt.past.as_deref_mut(), key, event.time.millis());
                 rt.state.on_event(&mut cx, &self.tables, key, &x);
                 context::leave_past(rt.past.as_deref_mut(), key);

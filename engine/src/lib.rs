@@ -57,7 +57,9 @@
 //!   export and import, seeding from the agent's roll-ups: [`Engine::past_wanted`],
 //!   [`Engine::seed_past`]).
 //! - [`alarm`]: the alarm lifecycle of a rule and key (ISA-18.2's basic model, snooze, out
-//!   of service, rate limits with folding, escalation), a plain struct for the caller to keep.
+//!   of service, rate limits with folding, escalation). Rules with `notify`/`act` keep one
+//!   per key beside their kind state (`runtime`); it gates their actions (`Cx` in `kinds`),
+//!   and [`Engine::alarm_command`] applies commands to it.
 //! - [`history`]: roll-ups of remembered fields (`remember`) on their way to the agent's
 //!   history log; `remember`: which series an event feeds.
 //! - `timers`: the timer queues (one on processing time, one on event time).
@@ -101,9 +103,9 @@ mod timers;
 pub mod topic;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, EngineStats};
+pub use engine::{AlarmCommandError, Engine, EngineStats};
 pub use event::{Event, EventId};
-pub use output::{Action, Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
+pub use output::{Action, AlarmTransition, Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
 pub use past::{PastError, PastSpec, PastWant, SeedError, Seeded};
 pub use persist::StateError;
 pub use rule::{OnFull, Origin, Rule, RuleSet};

@@ -22,6 +22,9 @@ pub struct Composite {
     pub time: Timestamp,
     /// What the rule's `emit` returned (or the triggering payload when it has no `emit`).
     pub data: Dynamic,
+    /// The alarm's condition for this rule and key right after this event; `None` for rules
+    /// that keep no alarm. The agent sends it as the CloudEvents attribute `alarmstate`.
+    pub alarm: Option<crate::alarm::Condition>,
 }
 
 impl Composite {
@@ -62,6 +65,24 @@ pub struct Action {
     pub sink: Arc<str>,
     /// The body the rule shaped (`act`'s `data`), or `None`: the sink's default body.
     pub data: Option<Dynamic>,
+    /// Notifications the rate limit (`every`) folded into this one ("and 7 more"); part of
+    /// the action's identity, so a folded send has its own idempotency key.
+    pub folded: u32,
+    /// 0 for the first notification, `n` for escalation level `n`; part of the action's
+    /// identity, so each level is delivered once.
+    pub level: u8,
+}
+
+/// A transition of one rule and key's alarm, to be published
+/// (`edgewatch.alarm.activated|cleared|acknowledged|snoozed|unsnoozed|disabled|enabled`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmTransition {
+    pub rule: Arc<str>,
+    pub key: String,
+    pub change: crate::alarm::Change,
+    /// The alarm's condition after the change.
+    pub condition: crate::alarm::Condition,
+    pub time: Timestamp,
 }
 
 impl Action {
@@ -179,6 +200,8 @@ pub struct Outputs {
     pub events: Vec<Composite>,
     /// The events' actions (`notify`, `act`), in the same order: each follows its event.
     pub actions: Vec<Action>,
+    /// Alarm transitions (commands, activation and clearing, snoozes running out), in order.
+    pub alarm_changes: Vec<AlarmTransition>,
     /// Rules that failed on this input.
     pub faults: Vec<RuleFault>,
     /// How many rules listened to the input (whether or not they emitted).
@@ -239,6 +262,7 @@ impl Outputs {
     pub fn clear(&mut self) {
         self.events.clear();
         self.actions.clear();
+        self.alarm_changes.clear();
         self.faults.clear();
         self.matched = 0;
         self.duplicates = 0;

@@ -37,7 +37,12 @@ impl Engine {
                 .then(|| self.watermark.to_string().into_bytes()),
             Touched::Rule { rule, key } => {
                 let idx = self.rules.iter().position(|r| r.name == *rule)?;
-                self.runtime[idx].state.export(key)
+                let rt = &self.runtime[idx];
+                let kind = rt.state.export(key);
+                match rt.alarms.get(key) {
+                    None => kind,
+                    Some(alarm) => with_alarm(kind.as_deref(), alarm),
+                }
             }
             Touched::Series { key, field } => self.recorder.export(key, field),
             Touched::Past { rule, key } => self.export_past(rule, key, true),
@@ -49,7 +54,9 @@ impl Engine {
     pub fn export_all(&self) -> Vec<(Touched, Vec<u8>)> {
         let mut all = Vec::new();
         for (rule, rt) in self.rules.iter().zip(&self.runtime) {
-            for key in rt.state.key_names() {
+            let mut keys = rt.state.key_names();
+            keys.extend(rt.alarms.keys().filter(|k| !rt.state.key_set().is_some_and(|s| s.tracks(k))).cloned());
+            for key in keys {
                 let t = Touched::Rule { rule: rule.name.clone(), key };
                 if let Some(bytes) = self.export(&t) {
                     all.push((t, bytes));
@@ -109,11 +116,48 @@ impl Engine {
             Touched::PastOpen { rule, key } => self.import_past(rule, key, false, bytes).map_err(err),
             Touched::Rule { rule, key } => {
                 let idx = self.rules.iter().position(|r| r.name == *rule).ok_or_else(|| err("no such rule".into()))?;
-                // Restoring emits nothing; what it would touch is what is being restored.
-                let mut out = Outputs::default();
-                let (state, mut cx) = self.rule_cx(idx, 0, &mut out).ok_or_else(|| err("no such rule".into()))?;
-                state.import(&mut cx, Arc::clone(key), bytes).map_err(err)
+                let (kind, alarm) = split_alarm(bytes).map_err(err)?;
+                if let Some(kind) = kind {
+                    // Restoring emits nothing; what it would touch is what is being restored.
+                    let mut out = Outputs::default();
+                    let (state, mut cx) = self.rule_cx(idx, 0, &mut out).ok_or_else(|| err("no such rule".into()))?;
+                    state.import(&mut cx, Arc::clone(key), &kind).map_err(err)?;
+                }
+                if let Some(alarm) = alarm {
+                    self.restore_alarm(idx, Arc::clone(key), alarm);
+                }
+                Ok(())
             }
         }
     }
+}
+
+/// The field of a rule's saved per-key state that holds the key's alarm, beside the kind's
+/// own fields; state saved before alarms existed has none and loads as it did.
+const ALARM_FIELD: &str = "alarm";
+/// The `kind` of a piece that holds an alarm only (rules whose kind keeps no state).
+const ALARM_ONLY: &str = "alarm_only";
+
+/// The kind's saved state (if any) with `alarm` added.
+fn with_alarm(kind: Option<&[u8]>, alarm: &crate::runtime::KeyAlarm) -> Option<Vec<u8>> {
+    let mut v = match kind {
+        Some(bytes) => serde_json::from_slice::<serde_json::Value>(bytes).ok()?,
+        None => serde_json::json!({ "kind": ALARM_ONLY }),
+    };
+    v.as_object_mut()?.insert(ALARM_FIELD.into(), serde_json::to_value(alarm).ok()?);
+    serde_json::to_vec(&v).ok()
+}
+
+/// Splits saved per-key state into the kind's bytes (none for an alarm-only piece) and the
+/// alarm (none in state saved without one).
+fn split_alarm(bytes: &[u8]) -> Result<(Option<Vec<u8>>, Option<crate::runtime::KeyAlarm>), String> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let Some(obj) = v.as_object_mut() else { return Ok((Some(bytes.to_vec()), None)) };
+    let Some(alarm) = obj.remove(ALARM_FIELD) else { return Ok((Some(bytes.to_vec()), None)) };
+    let alarm: crate::runtime::KeyAlarm =
+        serde_json::from_value(alarm).map_err(|e| format!("unreadable alarm: {e}"))?;
+    if obj.get("kind").and_then(|k| k.as_str()) == Some(ALARM_ONLY) {
+        return Ok((None, Some(alarm)));
+    }
+    Ok((Some(serde_json::to_vec(&v).map_err(|e| e.to_string())?), Some(alarm)))
 }

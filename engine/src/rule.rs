@@ -217,8 +217,21 @@ pub struct Rule {
     /// Where its events are also sent, beside upstream (`notify`, `act`): sinks by name,
     /// each with the closure that shapes the body, if any.
     pub actions: Vec<ActionSpec>,
+    /// At most one notification per key per this many ms (`every`); the rest are folded into
+    /// the next one. `None`: no rate limit.
+    pub every_ms: Option<i64>,
+    /// Who else hears of an alarm nobody acknowledges (`escalate`), level by level.
+    pub escalate: Vec<Escalation>,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
+}
+
+/// One escalation level: still unacknowledged `after_ms` after activation, the activation
+/// event also goes to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Escalation {
+    pub after_ms: i64,
+    pub to: Vec<Arc<str>>,
 }
 
 /// One sink a rule's events go to.
@@ -239,6 +252,26 @@ impl ActionSpec {
 }
 
 impl Rule {
+    /// Every sink the rule names (`notify`, `act`), so a configuration can check them all.
+    pub fn sinks(&self) -> impl Iterator<Item = &str> {
+        self.actions.iter().map(|a| &*a.sink).chain(self.escalate.iter().flat_map(|e| e.to.iter().map(|s| &**s)))
+    }
+
+    /// Whether the rule keeps an alarm per key (it notifies or acts).
+    pub(crate) fn keeps_alarms(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    /// When `alarm`'s next escalation level falls due, if one will.
+    pub(crate) fn escalation_at(&self, alarm: &crate::alarm::Alarm) -> Option<(i64, u8)> {
+        if alarm.condition != crate::alarm::Condition::Unacknowledged {
+            return None;
+        }
+        let next = alarm.escalated.saturating_add(1);
+        let level = self.escalate.get(usize::from(next) - 1)?;
+        Some((alarm.since?.saturating_add(level.after_ms), next))
+    }
+
     /// The kind of rule, as a word (`filter`, `window`, `heartbeat`, ...).
     pub fn kind(&self) -> &'static str {
         self.kind.name()

@@ -20,6 +20,10 @@ pub(crate) struct Runtime {
     /// The past the rule declared (`past`), per key; `None` without `past`. Beside the
     /// kind's state, not in it: any kind may keep a past, and it outlives kind changes.
     pub(crate) past: Option<Box<RulePast>>,
+    /// One alarm per key, for rules that notify or act (see [`crate::alarm`]): it gates
+    /// their notifications (rate limit, snooze, out of service). Keys whose alarm is idle
+    /// are not kept. Saved with the kind's state for the key (see `persist`).
+    pub(crate) alarms: std::collections::HashMap<std::sync::Arc<str>, KeyAlarm>,
     /// Consecutive failed evaluations.
     failures: u32,
     /// The key of the first failure of the current run, and whether another key has failed
@@ -32,6 +36,26 @@ pub(crate) struct Runtime {
     /// Processing time of the last key-limit report.
     last_key_report: Option<i64>,
 }
+
+/// One key's alarm, and what a folded send later needs to know.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct KeyAlarm {
+    #[serde(flatten)]
+    pub(crate) alarm: crate::alarm::Alarm,
+    /// The last event whose notification the rate limit folded (its id, as high and low
+    /// halves since JSON numbers stop at 64 bits, and its time): the "and N more" sent when
+    /// the window ends is about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) folded_event: Option<(u64, u64, i64)>,
+    /// The event that activated the alarm (same form): escalations resend it. `None` until
+    /// that event is emitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) activation_event: Option<(u64, u64, i64)>,
+}
+
+/// The timer tag of alarm deadlines (a snooze ends, folded notifications fall due); the
+/// kinds use small tags.
+pub(crate) const ALARM_TAG: u32 = 0xff;
 
 /// What a rule has to say about its key limit at a given time.
 pub(crate) enum KeyReport {
@@ -48,6 +72,7 @@ impl Runtime {
         Runtime {
             state: KindState::for_rule(rule, key_limit(rule, config)),
             past: past_for(rule, config),
+            alarms: std::collections::HashMap::new(),
             failures: 0,
             failing_key: None,
             failures_spread: false,

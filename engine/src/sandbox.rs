@@ -229,6 +229,8 @@ impl Sandbox {
                 remember: d.remember,
                 past: d.past.into(),
                 actions: d.actions,
+                every_ms: d.every_ms,
+                escalate: d.escalate,
                 ast: ast.clone(),
             });
         }

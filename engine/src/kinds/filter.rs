@@ -27,6 +27,7 @@ pub(crate) fn on_event_threshold(
     if !*active {
         if cx.test("when", when, x) == Some(true) {
             *active = true;
+            cx.alarm_activate(key, x.time());
             cx.emit(key, x.time(), || x.dynamic().clone(), || x.event.payload.clone(), x.event.id);
         }
         return;
@@ -37,6 +38,7 @@ pub(crate) fn on_event_threshold(
     };
     if cleared == Some(true) {
         *active = false;
+        cx.alarm_clear(key, x.time());
         if let Some(f) = emit_clear {
             if let Some(data) = cx.call(f, [x.dynamic().clone()]) {
                 cx.emit_data(key, x.time(), data, x.event.id);

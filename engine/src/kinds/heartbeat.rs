@@ -145,6 +145,11 @@ fn status(
         }
         Dynamic::from_map(ctx)
     };
+    match what {
+        "missing" => cx.alarm_activate(key, time),
+        "recovered" => cx.alarm_clear(key, time),
+        _ => {}
+    }
     cx.emit(key, time, ctx, || Dynamic::from_map(data.clone()), input);
 }
 

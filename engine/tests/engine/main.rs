@@ -2,6 +2,7 @@
 //! composite events and faults out. One test binary; one module per concern.
 
 mod actions;
+mod alarms;
 mod anomaly;
 mod basics;
 mod chaining;

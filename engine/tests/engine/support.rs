@@ -1,9 +1,10 @@
 //! A harness that drives an engine under virtual time.
 
+use edgewatch_engine::alarm::Condition;
 use edgewatch_engine::history::{Closed, Skip};
 use edgewatch_engine::{
-    Dynamic, Engine, EngineConfig, Event, KeyLimitReport, Outputs, RuleFault, RuleSet, Sandbox, Table, Tables,
-    Timestamp, Touched,
+    Action, AlarmTransition, Dynamic, Engine, EngineConfig, Event, KeyLimitReport, Outputs, RuleFault, RuleSet,
+    Sandbox, Table, Tables, Timestamp, Touched,
 };
 use serde_json::Value;
 use std::sync::Arc;
@@ -31,6 +32,12 @@ pub struct H {
     pub skipped: Vec<(String, Skip)>,
     /// Actions so far: (sink, rule, key, shaped body, the id of their event).
     pub actions: Vec<(String, String, String, Option<Value>, String)>,
+    /// Actions so far, as produced.
+    pub full_actions: Vec<Action>,
+    /// Alarm transitions so far.
+    pub alarm_changes: Vec<AlarmTransition>,
+    /// The `alarm` condition of every event so far, in order.
+    pub alarm_states: Vec<Option<Condition>>,
 }
 
 impl H {
@@ -60,6 +67,9 @@ impl H {
             closed: Vec::new(),
             skipped: Vec::new(),
             actions: Vec::new(),
+            full_actions: Vec::new(),
+            alarm_changes: Vec::new(),
+            alarm_states: Vec::new(),
         }
     }
 
@@ -83,6 +93,9 @@ impl H {
                 .iter()
                 .map(|a| (a.sink.to_string(), a.rule.to_string(), a.key.clone(), a.data_json(), a.event.to_string())),
         );
+        self.full_actions.extend(self.out.actions.iter().cloned());
+        self.alarm_changes.append(&mut self.out.alarm_changes);
+        self.alarm_states.extend(self.out.events.iter().map(|c| c.alarm));
         if self.record_touched {
             self.touched.append(&mut self.out.touched);
         }
