@@ -22,6 +22,10 @@ pub struct CloudEvent<'a, D: Serialize + ?Sized = Dynamic> {
     /// RFC 3339, from the triggering input's event time.
     pub time: String,
     pub datacontenttype: &'static str,
+    /// Extension attribute: the rule and key's alarm state after the event (`normal`,
+    /// `unacknowledged`, `acknowledged`, `returned_unacknowledged`), for rules that keep one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarmstate: Option<&'static str>,
     pub data: &'a D,
 }
 
@@ -36,6 +40,7 @@ impl<'a> CloudEvent<'a> {
             subject: &event.key,
             time: event.time.to_rfc3339(),
             datacontenttype: "application/json",
+            alarmstate: event.alarm.map(|a| a.as_str()),
             data: &event.data,
         }
     }
@@ -58,6 +63,7 @@ impl<'a> CloudEvent<'a, serde_json::Value> {
             subject: agent,
             time,
             datacontenttype: "application/json",
+            alarmstate: None,
             data,
         }
     }
@@ -78,6 +84,7 @@ impl<D: Serialize + ?Sized> CloudEvent<'_, D> {
                 subject: self.subject,
                 time: self.time.clone(),
                 datacontenttype: self.datacontenttype,
+                alarmstate: self.alarmstate,
                 data: &(),
             };
             serde_json::to_vec(&bare).unwrap_or_default()

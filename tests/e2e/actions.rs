@@ -181,3 +181,98 @@ async fn a_sinks_rate_limit_holds_a_burst_back_and_sends_it_later() {
     assert_eq!(subjects, devices.iter().map(String::as_str).collect::<Vec<_>>(), "held back, not reordered or lost");
     agent.stop().await;
 }
+
+const RATE_LIMITED: &str = r#"
+rule("hot", #{
+    on: "strict/{device}/t",
+    when: |e| e.payload.v > 80,
+    notify: "pager",
+    every: "1h",
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_100_detections_gives_one_page_while_every_event_goes_upstream() {
+    let broker = Broker::embedded();
+    let hook = Webhook::start().await;
+    let cfg = agent(broker.addr(), "3.1.1").sink("pager", "http", &[("url", hook.url("/").into())]).to_string();
+    let mut upstream = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
+    let agent = RunningAgent::start(&cfg, &[("hot.rhai", RATE_LIMITED)]).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    for i in 0..100 {
+        sensor.publish("strict/t-1/t", format!(r#"{{"v": 90, "n": {i}}}"#)).await;
+    }
+    for _ in 0..100 {
+        assert_eq!(upstream.next().await.json()["subject"], "t-1", "every event goes upstream");
+    }
+    hook.wait_for("the first page", WAIT, |r| !r.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.requests().len(), 1, "at most one page per key per hour; the rest are folded");
+    agent.stop().await;
+}
+
+const ESCALATING: &str = r#"
+rule("overheat", #{
+    on: "strict/{device}/t",
+    when: |e| e.payload.v > 80,
+    clear: |e| e.payload.v < 75,
+    notify: "pager",
+    escalate: #{ after: "1s", to: "oncall" },
+});
+"#;
+
+/// Sends an alarm command on the control topic and returns the reply.
+async fn command(sensor: &mut Publisher, replies: &mut Subscriber, body: serde_json::Value) -> serde_json::Value {
+    sensor.publish("edgewatch/gw-test/control/alarms", body.to_string()).await;
+    replies.next().await.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledge_and_snooze_over_mqtt_through_a_restart_and_escalation_once() {
+    let broker = Broker::embedded();
+    let hook = Webhook::start().await;
+    let cfg = agent(broker.addr(), "3.1.1")
+        .set("alarms.control_topic", true)
+        .sink("pager", "http", &[("url", hook.url("/pager").into())])
+        .sink("oncall", "http", &[("url", hook.url("/oncall").into())])
+        .to_string();
+    let mut replies = Subscriber::connect(broker.addr(), "operator", "edgewatch/gw-test/control/alarms/reply").await;
+    let mut transitions = Subscriber::connect(broker.addr(), "audit", "edgewatch/gw-test/alarms").await;
+    let agent = RunningAgent::start(&cfg, &[("overheat.rhai", ESCALATING)]).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+
+    // t-3 is snoozed before anything happens, and the snooze outlives a restart.
+    let reply = command(&mut sensor, &mut replies, serde_json::json!({"rule": "overheat", "key": "t-3", "action": "snooze", "for": "1h", "by": "op-7", "id": "r1"})).await;
+    assert_eq!((reply["ok"].as_bool(), reply["id"].as_str()), (Some(true), Some("r1")), "{reply}");
+    let snoozed = transitions.next().await.json();
+    assert_eq!((snoozed["type"].as_str(), snoozed["data"]["by"].as_str()), (Some("edgewatch.alarm.snoozed"), Some("op-7")));
+    let bad = command(&mut sensor, &mut replies, serde_json::json!({"rule": "nope", "key": "t-1", "action": "ack", "id": "r2"})).await;
+    assert_eq!(bad["ok"], false, "{bad}");
+    let agent = agent.restart().await;
+
+    let mut upstream = Subscriber::connect(broker.addr(), "cloud", "edgewatch/gw-test/events/#").await;
+    for d in ["t-1", "t-2", "t-3"] {
+        sensor.publish(&format!("strict/{d}/t"), r#"{"v": 90}"#).await;
+    }
+    // Upstream always gets the events, with their alarm state.
+    for _ in 0..3 {
+        let ev = upstream.next().await.json();
+        assert_eq!(ev["alarmstate"], "unacknowledged", "{ev}");
+    }
+    let pages = hook.wait_for("two pages", WAIT, |r| r.iter().filter(|r| r.path == "/pager").count() == 2).await;
+    let paged: Vec<&str> = pages.iter().filter(|r| r.path == "/pager").map(|r| r.body["subject"].as_str().unwrap_or("?")).collect();
+    assert_eq!(paged, ["t-1", "t-2"], "t-3 is snoozed");
+    // t-1 is acknowledged at once; t-2 is not, and is escalated, once.
+    let reply = command(&mut sensor, &mut replies, serde_json::json!({"rule": "overheat", "key": "t-1", "action": "ack", "by": "op-7"})).await;
+    assert_eq!((reply["ok"].as_bool(), reply["alarmstate"].as_str()), (Some(true), Some("acknowledged")), "{reply}");
+    hook.wait_for("an escalation", WAIT, |r| r.iter().any(|r| r.path == "/oncall")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let oncall: Vec<_> = hook.requests().into_iter().filter(|r| r.path == "/oncall").collect();
+    assert_eq!(oncall.len(), 1, "one level, sent once: {oncall:#?}");
+    assert_eq!(oncall[0].body["subject"], "t-2");
+    let pages: Vec<_> = hook.requests().into_iter().filter(|r| r.path == "/pager").collect();
+    assert_eq!(pages.len(), 2, "no page for the snoozed t-3, even after the restart");
+    // Each send has its own key: the escalation's differs from the first page's.
+    assert_ne!(oncall[0].key, pages[1].key);
+    agent.stop().await;
+}

@@ -286,6 +286,7 @@ impl Agent {
             client: src_client,
             subs: subscriptions(&config),
             control_topic: config.control_topic.clone(),
+            alarms_topic: config.alarms_topic.clone(),
             reloads: watch_tx,
             suspects: if after_crash { REDELIVERY_WINDOW } else { 0 },
             stats: stats.clone(),
@@ -362,10 +363,10 @@ impl Agent {
     }
 }
 
-/// The sensor subscriptions, and the control topic's if there is one.
+/// The sensor subscriptions, and the control topics' if there are any.
 fn subscriptions(config: &Config) -> Vec<Subscription> {
     let mut subscriptions = config.subscriptions.clone();
-    if let Some(topic) = &config.control_topic {
+    for topic in config.control_topic.iter().chain(&config.alarms_topic) {
         if let Ok(pattern) = edgewatch_engine::TopicPattern::parse(topic) {
             subscriptions.push(Subscription {
                 filter: topic.clone(),

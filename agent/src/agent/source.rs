@@ -28,6 +28,8 @@ pub(super) struct Source {
     pub subs: Vec<Subscription>,
     /// Messages on it ask for a reload instead of being processed.
     pub control_topic: Option<String>,
+    /// Alarm commands arrive here (opt-in); handed to the engine loop, never decoded as readings.
+    pub alarms_topic: Option<String>,
     pub reloads: mpsc::Sender<Trigger>,
     /// Of the first messages on a session resumed after a crash, how many are suspects.
     pub suspects: usize,
@@ -86,6 +88,9 @@ impl Source {
                     tracing::info!(topic, "Reload asked for on the control topic.");
                     let _ = self.reloads.try_send(Trigger::Control);
                     ack.map(Input::Ack)
+                }
+                Incoming::Publish { topic, payload, ack } if self.alarms_topic.as_deref() == Some(topic.as_str()) => {
+                    Some(Input::Alarm { payload, ack })
                 }
                 Incoming::Publish { mut topic, payload, ack } => {
                     let arrived = Instant::now();

@@ -42,6 +42,7 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 // More of `Step`'s methods: what the engine produced, as outbox entries (effects), the
 // periodic work and the stop (chores), reloads and seeding rules' pasts (rules).
 mod chores;
+mod control;
 mod effects;
 mod rules;
 
@@ -76,6 +77,8 @@ pub(super) enum Input {
     /// A message with nothing to process (the control topic, an unroutable topic) whose
     /// acknowledgement must still go out in order, after those received before it.
     Ack(AckToken),
+    /// A command for an alarm (acknowledge, snooze, ...) from the control topic.
+    Alarm { payload: Bytes, ack: Option<AckToken> },
     /// An event about the agent from another task (an action given up by its sink), to go
     /// upstream through the outbox like the engine loop's own.
     Report {
@@ -281,6 +284,10 @@ impl Step {
             }
             Some(Input::Ack(ack)) => self.pending.message(Instant::now(), None, Some(ack)),
             Some(Input::Reload(scan)) => self.reload(*scan),
+            Some(Input::Alarm { payload, ack }) => {
+                self.pending.message(Instant::now(), None, ack);
+                self.alarm_command(&payload, now);
+            }
             Some(Input::Report { kind, data }) => {
                 self.queue(reports::agent_event(&self.config, &self.source, kind, data));
                 self.pending.nudge();

@@ -131,6 +131,9 @@ pub struct Config {
     pub journal: Option<crate::journal::JournalLimits>,
     /// Where rules' actions go (`notify`, `act`), by name.
     pub sinks: Vec<SinkConfig>,
+    /// Alarm commands are taken on this topic (`<prefix>/control/alarms`, opt-in) and answered
+    /// on `<prefix>/control/alarms/reply`.
+    pub alarms_topic: Option<String>,
 }
 
 /// Durability settings, checked.

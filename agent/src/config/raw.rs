@@ -39,6 +39,18 @@ pub struct RawConfig {
     pub journal: super::journal::RawJournal,
     #[serde(default)]
     pub sinks: Vec<super::sinks::RawSink>,
+    #[serde(default)]
+    pub alarms: RawAlarms,
+}
+
+/// The alarm lifecycle's commands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlarms {
+    /// Take acknowledge, snooze, disable and enable commands on `<prefix>/control/alarms` on
+    /// the source broker (off by default: whoever may publish there may silence alarms).
+    #[serde(default)]
+    pub control_topic: bool,
 }
 
 /// Durability.

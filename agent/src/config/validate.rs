@@ -171,6 +171,7 @@ impl RawConfig {
             max_operations: self.rules.max_operations,
             watch_rules: self.rules.watch,
             control_topic: self.rules.control_topic.then(|| format!("{topic_prefix}/control/reload")),
+            alarms_topic: self.alarms.control_topic.then(|| format!("{topic_prefix}/control/alarms")),
             source,
             subscriptions,
             upstream: UpstreamConfig {

@@ -67,6 +67,9 @@ impl Step {
         if !outputs.actions.is_empty() {
             self.enqueue_actions(&outputs);
         }
+        for t in &outputs.alarm_changes {
+            self.queue_transition(t, None, None);
+        }
         if !outputs.history_skipped.is_empty() {
             self.stats.history_skipped(&outputs.history_skipped);
         }
@@ -97,7 +100,15 @@ impl Step {
                 continue;
             };
             let composite = outputs.events.iter().find(|c| c.id == action.event);
-            let event_data = composite.map(|c| &c.data);
+            // A send the alarm lifecycle made later (an escalation, the folded "and N more")
+            // has no event at hand: its data says which send it is.
+            let later = composite.is_none().then(|| {
+                let mut m = edgewatch_engine::Map::new();
+                m.insert("escalation".into(), Dynamic::from_int(i64::from(action.level)));
+                m.insert("folded".into(), Dynamic::from_int(i64::from(action.folded)));
+                Dynamic::from_map(m)
+            });
+            let event_data = composite.map(|c| &c.data).or(later.as_ref());
             let envelope = |data: Option<&Dynamic>| {
                 let unit = Dynamic::UNIT;
                 let data = data.or(event_data).unwrap_or(&unit);
@@ -109,6 +120,7 @@ impl Step {
                     subject: &action.key,
                     time: action.time.to_rfc3339(),
                     datacontenttype: "application/json",
+                    alarmstate: composite.and_then(|c| c.alarm).map(|a| a.as_str()),
                     data,
                 }
                 .to_json()
@@ -129,7 +141,7 @@ impl Step {
             };
             let event = action.event.to_string();
             let pending = Pending {
-                id: action_id(&event, &action.sink, ""),
+                id: action_id(&event, &action.sink, &send_of(action)),
                 event,
                 rule: action.rule.to_string(),
                 key: action.key.clone(),
@@ -171,5 +183,15 @@ impl Step {
         self.queue(reports::dead_letter_entry(&self.config, letter));
         self.stats.dead_letters.fetch_add(1, Relaxed);
         self.stats.quarantined.fetch_add(1, Relaxed);
+    }
+}
+
+/// Which send of its event an action is, for its id: the first, an escalation level, or the
+/// folded "and N more" (whose event is the last one folded).
+fn send_of(action: &edgewatch_engine::Action) -> String {
+    match (action.level, action.folded) {
+        (0, 0) => String::new(),
+        (0, _) => "folded".to_owned(),
+        (level, _) => format!("escalation-{level}"),
     }
 }

@@ -1,0 +1,78 @@
+//! Alarm commands from the control topic, and the alarm transitions published upstream.
+
+use super::Step;
+use crate::agent::reports::wall_clock;
+use crate::alarms::{Request, change_word, reply};
+use crate::emit::CloudEvent;
+use crate::store::OutboxEntry;
+use edgewatch_engine::alarm::Change;
+use edgewatch_engine::{AlarmTransition, CompositeId, EventId, Timestamp};
+
+impl Step {
+    /// A command on `<prefix>/control/alarms`: applied to the rule and key's alarm (persisted
+    /// with the rule's state, like any change the engine makes), answered on
+    /// `<prefix>/control/alarms/reply`, and its transition published with who asked.
+    pub(super) fn alarm_command(&mut self, payload: &[u8], now: Timestamp) {
+        let (id, result) = match Request::parse(payload, now.millis()) {
+            Err((id, error)) => (id, Err(error.to_string())),
+            Ok(req) => {
+                let applied = self.engine.alarm_command(&req.rule, &req.key, req.command, now, &mut self.outputs);
+                match applied {
+                    Err(error) => (req.id, Err(error.to_string())),
+                    Ok(()) => {
+                        let changes = std::mem::take(&mut self.outputs.alarm_changes);
+                        let state = changes.last().map(|t| t.condition);
+                        for t in &changes {
+                            tracing::info!(rule = %t.rule, key = %t.key, change = change_word(&t.change), by = req.by.as_deref().unwrap_or(""), "Alarm command applied.");
+                            self.queue_transition(t, req.by.as_deref(), req.note.as_deref());
+                        }
+                        (req.id, state.ok_or_else(|| "nothing changed".to_owned()))
+                    }
+                }
+            }
+        };
+        if let Err(error) = &result {
+            tracing::warn!(%error, "Alarm command refused.");
+        }
+        let topic = format!("{}/control/alarms/reply", self.config.upstream.topic_prefix);
+        let payload = reply(id.as_deref(), result).to_string();
+        self.queue(OutboxEntry { topic, payload: payload.into(), qos: 1, retain: false });
+        self.pending.nudge();
+    }
+
+    /// An alarm's transition as an upstream event, `edgewatch.alarm.<change>` on
+    /// `<prefix>/alarms`: the rule, key, state after it, and who asked (commands only).
+    pub(super) fn queue_transition(&mut self, t: &AlarmTransition, by: Option<&str>, note: Option<&str>) {
+        let word = change_word(&t.change);
+        let mut data = serde_json::json!({
+            "rule": &*t.rule,
+            "key": t.key,
+            "alarmstate": t.condition.as_str(),
+            "at": wall_clock().to_rfc3339(),
+        });
+        if let Change::Shelved { until } = t.change {
+            data["until"] = Timestamp(until).to_rfc3339().into();
+        }
+        if let Some(by) = by {
+            data["by"] = by.into();
+        }
+        if let Some(note) = note {
+            data["note"] = note.into();
+        }
+        let what = format!("{}\0{word}", t.rule);
+        let id = CompositeId::derive("alarm", &t.key, EventId::from_content(&what, &t.time.millis().to_le_bytes()), 0);
+        let event = CloudEvent {
+            specversion: "1.0",
+            id: id.to_string(),
+            source: &self.source,
+            ty: format!("edgewatch.alarm.{word}"),
+            subject: &t.key,
+            time: t.time.to_rfc3339(),
+            datacontenttype: "application/json",
+            alarmstate: None,
+            data: &data,
+        };
+        let topic = format!("{}/alarms", self.config.upstream.topic_prefix);
+        self.queue(OutboxEntry { topic, payload: event.to_json().into(), qos: 1, retain: false });
+    }
+}
