@@ -257,31 +257,28 @@ impl Alarm {
         Some(std::mem::take(&mut self.folded))
     }
 
-    /// The escalation level to send at `now`, if one is due: level `n` (1-based) once the
-    /// alarm has been unacknowledged for `n × after_ms`, up to `levels`. The caller marks it
-    /// sent with [`Alarm::escalated_to`].
-    pub fn escalation_due(&self, now: i64, after_ms: i64, levels: u8) -> Option<u8> {
-        if self.condition != Condition::Unacknowledged || self.escalated >= levels || after_ms <= 0 {
+    /// When the next escalation level falls due, and which level it is, given when each
+    /// level goes after the activation (`after_ms(level)`, 1-based; `None` past the last).
+    /// Only an unacknowledged alarm escalates, and not while snoozed or out of service: a
+    /// snoozed alarm that nobody acknowledged escalates when the snooze ends.
+    pub fn escalation_at(&self, after_ms: impl Fn(u8) -> Option<i64>) -> Option<(i64, u8)> {
+        if self.condition != Condition::Unacknowledged || self.out_of_service {
             return None;
         }
-        let since = self.since?;
-        let next = self.escalated + 1;
-        (now - since >= after_ms.saturating_mul(i64::from(next))).then_some(next)
+        let next = self.escalated.checked_add(1)?;
+        let at = self.since?.saturating_add(after_ms(next)?);
+        Some((self.shelved_until.map_or(at, |until| at.max(until)), next))
     }
 
     pub fn escalated_to(&mut self, level: u8) {
         self.escalated = self.escalated.max(level);
     }
 
-    /// The next time something changes by itself: a snooze ends, an escalation or a folded
-    /// notification falls due.
-    pub fn next_deadline(&self, escalate: Option<(i64, u8)>, every_ms: Option<i64>) -> Option<i64> {
+    /// The next time something changes by itself: a snooze ends, a folded notification or
+    /// an escalation level (see [`Alarm::escalation_at`]) falls due.
+    pub fn next_deadline(&self, every_ms: Option<i64>, after_ms: impl Fn(u8) -> Option<i64>) -> Option<i64> {
         let shelve = self.shelved_until;
-        let escalation = escalate.and_then(|(after, levels)| {
-            let since = self.since?;
-            (self.condition == Condition::Unacknowledged && self.escalated < levels && after > 0)
-                .then(|| since.saturating_add(after.saturating_mul(i64::from(self.escalated + 1))))
-        });
+        let escalation = self.escalation_at(after_ms).map(|(at, _)| at);
         let fold =
             every_ms.and_then(|every| (self.folded > 0).then(|| self.last_sent.map(|l| l.saturating_add(every)))?);
         [shelve, escalation, fold].into_iter().flatten().min()
@@ -332,7 +329,7 @@ mod tests {
         a.activate(MIN);
         assert_eq!(a.condition, Condition::Unacknowledged, "the condition is still followed");
         assert_eq!(a.notify(MIN, None), Notify::Held(Held::Shelved));
-        assert_eq!(a.next_deadline(None, None), Some(30 * MIN));
+        assert_eq!(a.next_deadline(None, |_| None), Some(30 * MIN));
         assert_eq!(a.expire(29 * MIN), None);
         assert_eq!(a.expire(30 * MIN), Some(Change::Unshelved));
         assert_eq!(a.notify(30 * MIN, None), Notify::Send { folded: 0 });
@@ -353,7 +350,7 @@ mod tests {
         for i in 1..=7 {
             assert_eq!(a.notify(i * MIN, every), Notify::Held(Held::RateLimited));
         }
-        assert_eq!(a.next_deadline(None, every), Some(10 * MIN));
+        assert_eq!(a.next_deadline(every, |_| None), Some(10 * MIN));
         // The next one after the window carries "and 7 more".
         assert_eq!(a.notify(10 * MIN, every), Notify::Send { folded: 7 });
         // Held ones with nothing after them go out on their own when the window ends.
@@ -366,22 +363,42 @@ mod tests {
     #[test]
     fn escalation_goes_once_per_level_while_nobody_acknowledges() {
         let mut a = Alarm::default();
-        let (after, levels) = (15 * MIN, 2);
+        // Level n goes n × 15 minutes after the activation; there are two.
+        let after = |level: u8| (level <= 2).then(|| i64::from(level) * 15 * MIN);
+        let due = |a: &Alarm, now: i64| a.escalation_at(after).filter(|&(at, _)| at <= now).map(|(_, level)| level);
         a.activate(0);
-        assert_eq!(a.escalation_due(14 * MIN, after, levels), None);
-        assert_eq!(a.next_deadline(Some((after, levels)), None), Some(15 * MIN));
-        assert_eq!(a.escalation_due(15 * MIN, after, levels), Some(1));
+        assert_eq!(due(&a, 14 * MIN), None);
+        assert_eq!(a.next_deadline(None, after), Some(15 * MIN));
+        assert_eq!(due(&a, 15 * MIN), Some(1));
         a.escalated_to(1);
-        assert_eq!(a.escalation_due(16 * MIN, after, levels), None, "once per level");
-        assert_eq!(a.escalation_due(30 * MIN, after, levels), Some(2));
+        assert_eq!(due(&a, 16 * MIN), None, "once per level");
+        assert_eq!(due(&a, 30 * MIN), Some(2));
         a.escalated_to(2);
-        assert_eq!(a.escalation_due(60 * MIN, after, levels), None, "no level beyond the last");
+        assert_eq!(due(&a, 60 * MIN), None, "no level beyond the last");
         // Acknowledged: nothing more, and a new activation starts again from level 1.
         a.command(Command::Acknowledge, 61 * MIN).expect("ack");
-        assert_eq!(a.escalation_due(90 * MIN, after, levels), None);
+        assert_eq!(due(&a, 90 * MIN), None);
         a.clear(91 * MIN);
         a.activate(100 * MIN);
-        assert_eq!(a.escalation_due(115 * MIN, after, levels), Some(1));
+        assert_eq!(due(&a, 115 * MIN), Some(1));
+    }
+
+    #[test]
+    fn a_snoozed_or_out_of_service_alarm_does_not_escalate_until_it_is_back() {
+        let after = |level: u8| (level == 1).then_some(15 * MIN);
+        let mut a = Alarm::default();
+        a.command(Command::Shelve { until: 60 * MIN }, 0).expect("snooze");
+        a.activate(MIN);
+        // Held until the snooze ends; then, still unacknowledged, it escalates.
+        assert_eq!(a.escalation_at(after), Some((60 * MIN, 1)));
+        assert_eq!(a.next_deadline(None, after), Some(60 * MIN));
+        a.expire(60 * MIN);
+        assert_eq!(a.escalation_at(after), Some((16 * MIN, 1)), "due since 16 minutes: goes at once");
+        a.command(Command::Disable, 61 * MIN).expect("disable");
+        assert_eq!(a.escalation_at(after), None);
+        assert_eq!(a.next_deadline(None, after), None);
+        a.command(Command::Enable, 62 * MIN).expect("enable");
+        assert_eq!(a.escalation_at(after), Some((16 * MIN, 1)));
     }
 
     #[test]

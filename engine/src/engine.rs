@@ -194,7 +194,7 @@ impl Engine {
         let slot = rt.alarms.entry(key.clone()).or_default();
         let change = slot.alarm.command(command, now.millis());
         let condition = slot.alarm.condition;
-        let deadline = slot.alarm.next_deadline(None, r.every_ms);
+        let deadline = r.alarm_deadline(&slot.alarm);
         if slot.alarm.is_idle() && deadline.is_none() {
             rt.alarms.remove(&key);
         }
@@ -391,7 +391,7 @@ impl Engine {
                 continue;
             }
             if t.tag() == ALARM_TAG {
-                self.alarm_deadline(idx, &rule, &t.key, upto, out);
+                self.alarm_due(idx, &rule, &t.key, upto, out);
                 continue;
             }
             let start = out.events.len();
@@ -427,8 +427,7 @@ impl Engine {
     pub(crate) fn restore_alarm(&mut self, idx: usize, key: Arc<str>, alarm: crate::runtime::KeyAlarm) {
         let Some(rule) = self.rules.as_slice().get(idx) else { return };
         let window_end = rule.every_ms.zip(alarm.alarm.last_sent).map(|(every, last)| last.saturating_add(every));
-        let escalation = rule.escalation_at(&alarm.alarm).map(|(at, _)| at);
-        let next = [alarm.alarm.next_deadline(None, rule.every_ms), escalation].into_iter().flatten().min();
+        let next = rule.alarm_deadline(&alarm.alarm);
         if let Some(at) = next.or(window_end) {
             self.clock.set(at, idx as u32, key.clone(), ALARM_TAG);
         }
@@ -440,7 +439,7 @@ impl Engine {
     /// An alarm's deadline at `now`: a snooze runs out, a rate-limit window ends (its
     /// folded notifications go out as one "and N more" per sink, about the last one folded),
     /// and an alarm left idle is forgotten.
-    fn alarm_deadline(&mut self, idx: usize, rule: &Rule, key: &Arc<str>, now: i64, out: &mut Outputs) {
+    fn alarm_due(&mut self, idx: usize, rule: &Rule, key: &Arc<str>, now: i64, out: &mut Outputs) {
         let Some(rt) = self.runtime.get_mut(idx) else { return };
         let Some(slot) = rt.alarms.get_mut(key) else { return };
         if let Some(change) = slot.alarm.expire(now) {
@@ -490,8 +489,7 @@ impl Engine {
                 });
             }
         }
-        let escalation = rule.escalation_at(&slot.alarm).map(|(at, _)| at);
-        let next = [slot.alarm.next_deadline(None, rule.every_ms), escalation].into_iter().flatten().min();
+        let next = rule.alarm_deadline(&slot.alarm);
         let window_open = rule.every_ms.zip(slot.alarm.last_sent).is_some_and(|(every, last)| now < last + every);
         out.touched.push(Touched::Rule { rule: rule.name.clone(), key: key.clone() });
         if slot.alarm.is_idle() && next.is_none() && !window_open {

@@ -262,14 +262,21 @@ impl Rule {
         !self.actions.is_empty()
     }
 
+    /// When escalation level `level` (1-based) goes, after the activation; `None` past the
+    /// last.
+    fn escalation_after(&self, level: u8) -> Option<i64> {
+        self.escalate.get(usize::from(level).checked_sub(1)?).map(|e| e.after_ms)
+    }
+
     /// When `alarm`'s next escalation level falls due, if one will.
     pub(crate) fn escalation_at(&self, alarm: &crate::alarm::Alarm) -> Option<(i64, u8)> {
-        if alarm.condition != crate::alarm::Condition::Unacknowledged {
-            return None;
-        }
-        let next = alarm.escalated.saturating_add(1);
-        let level = self.escalate.get(usize::from(next) - 1)?;
-        Some((alarm.since?.saturating_add(level.after_ms), next))
+        alarm.escalation_at(|level| self.escalation_after(level))
+    }
+
+    /// The next time `alarm` changes by itself under this rule (a snooze ends, folded
+    /// notifications or an escalation fall due), to arm its timer.
+    pub(crate) fn alarm_deadline(&self, alarm: &crate::alarm::Alarm) -> Option<i64> {
+        alarm.next_deadline(self.every_ms, |level| self.escalation_after(level))
     }
 
     /// The kind of rule, as a word (`filter`, `window`, `heartbeat`, ...).
