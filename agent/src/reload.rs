@@ -290,7 +290,7 @@ impl RuleFiles {
 /// that rule.
 fn check_sinks(file: &str, rules: Vec<Rule>, sinks: &[String]) -> Result<Vec<Rule>, CompileError> {
     for r in &rules {
-        if let Some(a) = r.actions.iter().find(|a| !sinks.iter().any(|s| **s == *a.sink)) {
+        if let Some(missing) = r.sinks().find(|name| !sinks.iter().any(|s| s == name)) {
             let known = if sinks.is_empty() {
                 "none is configured".to_owned()
             } else {
@@ -302,7 +302,7 @@ fn check_sinks(file: &str, rules: Vec<Rule>, sinks: &[String]) -> Result<Vec<Rul
                 col: r.origin.col,
                 message: format!(
                     "rule `{}`: sink `{}` is not in the configuration's [[sinks]] ({known})",
-                    r.name, a.sink
+                    r.name, missing
                 ),
             });
         }

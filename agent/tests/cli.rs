@@ -102,7 +102,7 @@ fn check_with_the_config_refuses_a_rule_that_names_an_unknown_sink() {
     std::fs::create_dir_all(&rules).expect("rules dir");
     std::fs::write(
         rules.join("hot.rhai"),
-        "rule(\"hot\", #{\n  on: \"s/{device}/t\",\n  when: |e| e.value > 80,\n  notify: [\"pager\", \"chat\"],\n});\n",
+        "rule(\"hot\", #{\n  on: \"s/{device}/t\",\n  when: |e| e.value > 80,\n  notify: [\"pager\", \"chat\"],\n  escalate: #{ after: \"15m\", to: \"oncall\" },\n});\n",
     )
     .expect("write");
     let config = dir.path().join("edgewatch.toml");
@@ -119,7 +119,11 @@ fn check_with_the_config_refuses_a_rule_that_names_an_unknown_sink() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("rules/hot.rhai:"), "names the file: {stdout}");
     assert!(stdout.contains("sink `chat` is not in the configuration"), "{stdout}");
+    // Escalation sinks are checked too.
     let out = with(&["pager", "chat"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("sink `oncall` is not in the configuration"), "{}", text(&out.stdout));
+    let out = with(&["pager", "chat", "oncall"]);
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
     // Without --config, sinks are not checked: the rules alone are valid.
     let out = edgewatch(&["check", "rules"], dir.path());
