@@ -245,8 +245,16 @@ async fn acknowledge_and_snooze_over_mqtt_through_a_restart_and_escalation_once(
     let reply = command(&mut sensor, &mut replies, serde_json::json!({"rule": "overheat", "key": "t-3", "action": "snooze", "for": "1h", "by": "op-7", "id": "r1"})).await;
     assert_eq!((reply["ok"].as_bool(), reply["id"].as_str()), (Some(true), Some("r1")), "{reply}");
     let snoozed = transitions.next().await.json();
-    assert_eq!((snoozed["type"].as_str(), snoozed["data"]["by"].as_str()), (Some("edgewatch.alarm.snoozed"), Some("op-7")));
-    let bad = command(&mut sensor, &mut replies, serde_json::json!({"rule": "nope", "key": "t-1", "action": "ack", "id": "r2"})).await;
+    assert_eq!(
+        (snoozed["type"].as_str(), snoozed["data"]["by"].as_str()),
+        (Some("edgewatch.alarm.snoozed"), Some("op-7"))
+    );
+    let bad = command(
+        &mut sensor,
+        &mut replies,
+        serde_json::json!({"rule": "nope", "key": "t-1", "action": "ack", "id": "r2"}),
+    )
+    .await;
     assert_eq!(bad["ok"], false, "{bad}");
     let agent = agent.restart().await;
 
@@ -260,10 +268,16 @@ async fn acknowledge_and_snooze_over_mqtt_through_a_restart_and_escalation_once(
         assert_eq!(ev["alarmstate"], "unacknowledged", "{ev}");
     }
     let pages = hook.wait_for("two pages", WAIT, |r| r.iter().filter(|r| r.path == "/pager").count() == 2).await;
-    let paged: Vec<&str> = pages.iter().filter(|r| r.path == "/pager").map(|r| r.body["subject"].as_str().unwrap_or("?")).collect();
+    let paged: Vec<&str> =
+        pages.iter().filter(|r| r.path == "/pager").map(|r| r.body["subject"].as_str().unwrap_or("?")).collect();
     assert_eq!(paged, ["t-1", "t-2"], "t-3 is snoozed");
     // t-1 is acknowledged at once; t-2 is not, and is escalated, once.
-    let reply = command(&mut sensor, &mut replies, serde_json::json!({"rule": "overheat", "key": "t-1", "action": "ack", "by": "op-7"})).await;
+    let reply = command(
+        &mut sensor,
+        &mut replies,
+        serde_json::json!({"rule": "overheat", "key": "t-1", "action": "ack", "by": "op-7"}),
+    )
+    .await;
     assert_eq!((reply["ok"].as_bool(), reply["alarmstate"].as_str()), (Some(true), Some("acknowledged")), "{reply}");
     hook.wait_for("an escalation", WAIT, |r| r.iter().any(|r| r.path == "/oncall")).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;

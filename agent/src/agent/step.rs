@@ -78,7 +78,10 @@ pub(super) enum Input {
     /// acknowledgement must still go out in order, after those received before it.
     Ack(AckToken),
     /// A command for an alarm (acknowledge, snooze, ...) from the control topic.
-    Alarm { payload: Bytes, ack: Option<AckToken> },
+    Alarm {
+        payload: Bytes,
+        ack: Option<AckToken>,
+    },
     /// An event about the agent from another task (an action given up by its sink), to go
     /// upstream through the outbox like the engine loop's own.
     Report {

@@ -45,11 +45,22 @@ pub(crate) fn on_event(cx: &mut Cx<'_>, spec: &AnomalySpec, state: &mut Keyed<An
     if j.learning {
         return;
     }
-    if let Change::Started(opened, kind) = s.episode.update(&j, v, spec.params.threshold(), t) {
-        let j =
-            Judgement { score: opened.score, expected: opened.expected, low: opened.low, high: opened.high, kind, ..j };
-        let data = data(&j, opened.observed, Some(opened.at));
-        cx.emit(&key, t, || with_field(x.dynamic(), "anomaly", data.clone()), || data.clone(), x.event.id);
+    match s.episode.update(&j, v, spec.params.threshold(), t) {
+        Change::Started(opened, kind) => {
+            let j = Judgement {
+                score: opened.score,
+                expected: opened.expected,
+                low: opened.low,
+                high: opened.high,
+                kind,
+                ..j
+            };
+            let data = data(&j, opened.observed, Some(opened.at));
+            cx.alarm_activate(&key, t);
+            cx.emit(&key, t, || with_field(x.dynamic(), "anomaly", data.clone()), || data.clone(), x.event.id);
+        }
+        Change::Ended => cx.alarm_clear(&key, t),
+        Change::None => {}
     }
 }
 

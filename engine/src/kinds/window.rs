@@ -308,6 +308,7 @@ pub(crate) fn on_event(
             if !w.active {
                 if judge(cx, "when", when, x, &aggs, &before) == Some(true) {
                     w.active = true;
+                    cx.alarm_activate(&key, t);
                     cx.emit(&key, t, emit_ctx, || aggs.to_data(), x.event.id);
                 }
             } else {
@@ -317,6 +318,7 @@ pub(crate) fn on_event(
                 };
                 if cleared == Some(true) {
                     w.active = false;
+                    cx.alarm_clear(&key, t);
                 }
             }
         }

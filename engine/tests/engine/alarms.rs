@@ -301,3 +301,38 @@ fn a_compatible_reload_keeps_the_alarm_and_its_escalation() {
     let levels: Vec<u8> = h.full_actions.iter().map(|a| a.level).collect();
     assert_eq!(levels, [0, 1], "still active and unacknowledged after the reload");
 }
+
+#[test]
+fn a_window_with_when_activates_its_alarm_and_clear_clears_it() {
+    let src = r#"rule("busy", #{
+        on: "s/{device}/t",
+        window: #{ size: "1m", value: |e| e.value },
+        when: |e| e.window.avg > 80,
+        clear: |e| e.window.avg < 70,
+        notify: "pager",
+    });"#;
+    let mut h = H::new(src);
+    h.send(1000, "s/a/t", "90");
+    h.send(2000, "s/a/t", "60");
+    h.send(3000, "s/a/t", "30");
+    let changes: Vec<(Change, i64)> = h.alarm_changes.iter().map(|c| (c.change, c.time.millis())).collect();
+    assert_eq!(changes, [(Change::Activated, 1000), (Change::Cleared { to: Condition::ReturnedUnacknowledged }, 3000)]);
+}
+
+#[test]
+fn an_anomaly_episode_activates_its_alarm_and_calm_readings_clear_it() {
+    let src = r#"rule("odd", #{ on: "s/{device}/t", anomaly: #{ learn: 60 }, notify: "pager" });"#;
+    let mut h = H::new(src);
+    let calm = |i: i64| 20.0 + 0.1 * ((i * 7919) % 13 - 6) as f64 / 6.0;
+    for i in 0..200 {
+        h.send(i * MIN, "s/a/t", &format!("{:.4}", calm(i)));
+    }
+    assert!(h.alarm_changes.is_empty(), "normal readings: {:?}", h.alarm_changes);
+    h.send(200 * MIN, "s/a/t", "45");
+    for i in 201..260 {
+        h.send(i * MIN, "s/a/t", &format!("{:.4}", calm(i)));
+    }
+    let changes: Vec<Change> = h.alarm_changes.iter().map(|c| c.change).collect();
+    assert_eq!(changes, [Change::Activated, Change::Cleared { to: Condition::ReturnedUnacknowledged }]);
+    assert_eq!(h.full_actions.len(), 1, "one page for the episode");
+}
