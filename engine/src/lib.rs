@@ -88,6 +88,7 @@ mod kinds;
 mod lifecycle;
 mod math;
 mod native;
+mod notices;
 pub mod output;
 pub mod past;
 mod persist;
