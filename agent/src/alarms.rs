@@ -124,6 +124,7 @@ pub fn change_word(change: &Change) -> &'static str {
         Change::Unshelved => "unsnoozed",
         Change::Disabled => "disabled",
         Change::Enabled => "enabled",
+        Change::Inhibited => "inhibited",
     }
 }
 

@@ -62,13 +62,17 @@ pub struct ScanError {
     pub message: String,
     /// The file's previous version keeps running; otherwise nothing of it is loaded.
     pub previous_kept: bool,
+    /// A problem between rules (an `inhibit` that cannot work): the rule runs regardless.
+    pub runs: bool,
 }
 
 impl ScanError {
     /// Logs it: what is wrong and what runs instead.
     pub fn log(&self) {
         let error = &self.message;
-        if self.previous_kept {
+        if self.runs {
+            tracing::warn!(%error, "Rule loaded with a problem.");
+        } else if self.previous_kept {
             tracing::error!(%error, "Not reloaded; the previous version keeps running.");
         } else {
             tracing::error!(%error, "Not loaded (no previous version).");
@@ -168,14 +172,18 @@ impl RuleFiles {
         let mut current: Vec<(String, ScanError)> = Vec::new();
         for (path, f) in &self.files {
             if let Some(e) = &f.error {
-                let error = ScanError { message: e.to_string(), previous_kept: f.loaded_hash.is_some() };
+                let error = ScanError { message: e.to_string(), previous_kept: f.loaded_hash.is_some(), runs: false };
                 current.push((format!("{}#{:016x}", path.display(), f.hash), error));
             }
         }
         // Tables: reloaded whole when any file changed; a table that fails is left out.
         let (tables, table_errors, hash) = self.read_tables();
         for message in table_errors {
-            current.push((format!("{message}#{hash:016x}"), ScanError { message, previous_kept: false }));
+            current.push((format!("{message}#{hash:016x}"), ScanError { message, previous_kept: false, runs: false }));
+        }
+        for (origin, message) in rules.inhibit_problems(&tables) {
+            let message = format!("{origin}: {message}");
+            current.push((format!("{message}#{hash:016x}"), ScanError { message, previous_kept: false, runs: true }));
         }
         let errors = current.iter().filter(|(id, _)| !self.reported.contains(id)).map(|(_, e)| e.clone()).collect();
         self.reported = current.into_iter().map(|(id, _)| id).collect();
@@ -330,6 +338,11 @@ pub fn load_checked(
     }
     let scan = files.scan(Timestamp(0))?;
     let mut errors: Vec<CompileError> = files.files.values().filter_map(|f| f.error.clone()).collect();
+    if let Some(tables) = &scan.tables {
+        for (origin, message) in scan.rules.inhibit_problems(tables) {
+            errors.push(CompileError { file: origin.file.to_string(), line: origin.line, col: origin.col, message });
+        }
+    }
     for p in listed.iter().filter(|p| !files.files.contains_key(*p)) {
         let message = match std::fs::read_to_string(p) {
             Err(e) => format!("cannot read: {e}"),

@@ -824,3 +824,33 @@ fn backtest_starts_both_sides_from_a_state_export() {
     assert_eq!(offline(true), (Some(1), Some(1)));
     assert_eq!(offline(false), (Some(0), Some(0)));
 }
+
+#[test]
+fn check_reports_an_inhibit_that_cannot_work_at_its_rule() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(rules.join("tables")).expect("rules dir");
+    let write = |by: &str| {
+        let src = format!(
+            "rule(\"hub-offline\", #{{ on: \"h/{{device}}/hb\", heartbeat: #{{ timeout: \"1m\" }}, notify: \"pager\" }});\n\
+             rule(\"quiet\", #{{ on: \"h/{{device}}/hb\", when: |e| true }});\n\
+             rule(\"offline\", #{{\n  on: \"s/{{device}}/t\",\n  heartbeat: #{{ timeout: \"30s\" }},\n  notify: \"pager\",\n  inhibit: #{{ by: \"{by}\", parent: \"devices.hub\" }},\n}});\n"
+        );
+        std::fs::write(rules.join("hubs.rhai"), src).expect("write");
+        edgewatch(&["check", "rules"], dir.path())
+    };
+    let out = write("hub-offline");
+    assert_eq!(out.status.code(), Some(1), "no table yet: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("rules/hubs.rhai:3:1") && text(&out.stdout).contains("no lookup table `devices`"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::write(rules.join("tables/devices.csv"), "device,hub\ns-1,hub-2\n").expect("table");
+    let out = write("hub-offline");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = write("hub-ofline");
+    assert!(text(&out.stdout).contains("`inhibit.by` names no rule: `hub-ofline`"), "{}", text(&out.stdout));
+    let out = write("quiet");
+    assert!(text(&out.stdout).contains("rule `quiet` keeps no alarm"), "{}", text(&out.stdout));
+}

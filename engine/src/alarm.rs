@@ -95,6 +95,8 @@ pub enum Change {
     Unshelved,
     Disabled,
     Enabled,
+    /// A notification was held back because the parent's alarm is active (`inhibit`).
+    Inhibited,
 }
 
 /// Whether a notification of this alarm goes out now.

@@ -37,6 +37,7 @@ pub(crate) struct Declared {
     pub(crate) every_ms: Option<i64>,
     /// Escalation levels (`escalate`).
     pub(crate) escalate: Vec<crate::rule::Escalation>,
+    pub(crate) inhibit: Option<crate::rule::Inhibit>,
     /// Every closure with the number of arguments it must take, checked once the AST is known.
     pub(crate) arities: Vec<(String, Func, usize)>,
 }
@@ -55,6 +56,7 @@ const COMMON: &[&str] = &[
     "act",
     "every",
     "escalate",
+    "inhibit",
 ];
 
 /// Kind-deciding keys, and the extra keys each kind accepts.
@@ -138,6 +140,13 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         }
         Some(v) => escalations(v).map_err(&err)?,
     };
+    let inhibit = match def.get("inhibit") {
+        None => None,
+        Some(_) if actions.is_empty() => {
+            return Err(err("`inhibit` holds notifications back: it needs `notify` or `act`".into()));
+        }
+        Some(v) => Some(inhibit(name, v).map_err(&err)?),
+    };
     let on_full = match def.get("on_full").map(|v| (v, v.to_string())) {
         None => None,
         Some((v, s)) if v.is_string() && s == "refuse" => Some(OnFull::Refuse),
@@ -216,6 +225,7 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         actions,
         every_ms,
         escalate,
+        inhibit,
         arities: d.arities,
     })
 }
@@ -288,6 +298,28 @@ fn escalations(v: &Dynamic) -> Result<Vec<crate::rule::Escalation>, String> {
         return Err("`escalate` has too many levels".into());
     }
     Ok(out)
+}
+
+/// `inhibit: #{ by: "hub-offline", parent: "devices.hub", hold: "2m" }`.
+fn inhibit(name: &str, v: &Dynamic) -> Result<crate::rule::Inhibit, String> {
+    let m = sub_map("inhibit", Some(v), &["by", "parent", "hold"])?;
+    let by = match m.get("by") {
+        Some(b) if b.is_string() => b.to_string(),
+        Some(b) => return Err(format!("`inhibit.by` names a rule by string, not {}", b.type_name())),
+        None => return Err("`inhibit` needs `by` (the parent's rule)".into()),
+    };
+    if by == name {
+        return Err("`inhibit.by` names the rule itself".into());
+    }
+    let parent = m.get("parent").map(|p| p.to_string()).unwrap_or_default();
+    let Some((table, column)) = parent.split_once('.').filter(|(t, c)| !t.is_empty() && !c.is_empty()) else {
+        return Err(format!("`inhibit.parent` is a lookup table and column, such as \"devices.hub\", not `{parent}`"));
+    };
+    let hold_ms = match m.get("hold") {
+        None => 0,
+        Some(h) => duration_ms(h).map_err(|e| format!("`inhibit.hold` {e}"))?,
+    };
+    Ok(crate::rule::Inhibit { by: by.into(), table: table.into(), column: column.into(), hold_ms })
 }
 
 struct Decl<'a> {

@@ -350,6 +350,7 @@ impl Engine {
                 continue;
             }
             let start = out.events.len();
+            let changes = out.alarm_changes.len();
             let faulted = {
                 let timers = match clock {
                     Clock::Processing => &mut self.clock,
@@ -375,12 +376,16 @@ impl Engine {
             };
             self.account(idx, &rule, faulted, Some(&t.key), out);
             self.chain(start, t.deadline, 1, out);
+            if out.alarm_changes.len() > changes {
+                self.release_inhibited(changes, upto, out);
+            }
         }
     }
 
     /// Runs one (ordered, deduplicated) event through every rule listening to its topic.
     fn run_event(&mut self, event: Event, now: i64, out: &mut Outputs) {
         let start = out.events.len();
+        let changes = out.alarm_changes.len();
         // History costs nothing to those who keep none: each hook is behind one check.
         if !self.fed.is_empty() {
             self.fed.clear();
@@ -390,6 +395,9 @@ impl Engine {
         }
         self.route(&event, now, out);
         self.chain(start, now, 1, out);
+        if out.alarm_changes.len() > changes {
+            self.release_inhibited(changes, now, out);
+        }
     }
 
     fn route(&mut self, event: &Event, now: i64, out: &mut Outputs) {

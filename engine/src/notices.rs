@@ -5,10 +5,12 @@
 //! inhibition: a rule's notification for a key is held while another rule's alarm is active
 //! for the key's parent, and released when it clears.
 
+use crate::alarm::Change;
 use crate::engine::{AlarmCommandError, Engine};
+use crate::output::Action;
 use crate::output::{Outputs, Touched};
-use crate::rule::Rule;
-use crate::runtime::ALARM_TAG;
+use crate::rule::{Inhibit, Rule};
+use crate::runtime::{ALARM_TAG, event_of};
 use crate::time::Timestamp;
 use std::sync::Arc;
 
@@ -39,8 +41,8 @@ impl Engine {
         let slot = rt.alarms.entry(key.clone()).or_default();
         let change = slot.alarm.command(command, now.millis());
         let condition = slot.alarm.condition;
-        let deadline = r.alarm_deadline(&slot.alarm);
-        if slot.alarm.is_idle() && deadline.is_none() {
+        let deadline = r.alarm_deadline(slot);
+        if slot.is_idle() && deadline.is_none() {
             rt.alarms.remove(&key);
         }
         let change = change?;
@@ -54,6 +56,7 @@ impl Engine {
             change,
             condition,
             time: now,
+            cause: None,
         });
         Ok(())
     }
@@ -62,7 +65,7 @@ impl Engine {
     pub(crate) fn restore_alarm(&mut self, idx: usize, key: Arc<str>, alarm: crate::runtime::KeyAlarm) {
         let Some(rule) = self.rules.as_slice().get(idx) else { return };
         let window_end = rule.every_ms.zip(alarm.alarm.last_sent).map(|(every, last)| last.saturating_add(every));
-        let next = rule.alarm_deadline(&alarm.alarm);
+        let next = rule.alarm_deadline(&alarm);
         if let Some(at) = next.or(window_end) {
             self.clock.set(at, idx as u32, key.clone(), ALARM_TAG);
         }
@@ -71,66 +74,153 @@ impl Engine {
         }
     }
 
-    /// An alarm's deadline at `now`: a snooze runs out, a rate-limit window ends (its
-    /// folded notifications go out as one "and N more" per sink, about the last one folded),
-    /// and an alarm left idle is forgotten.
+    /// An alarm's deadline at `now`: a snooze runs out, a held notification's hold ends (it
+    /// goes, unless the parent's alarm is active: then it waits for that to clear), a
+    /// rate-limit window ends (its folded notifications go out as one "and N more" per sink,
+    /// about the last one folded), escalation levels fall due, and an alarm left idle is
+    /// forgotten.
     pub(crate) fn alarm_due(&mut self, idx: usize, rule: &Rule, key: &Arc<str>, now: i64, out: &mut Outputs) {
+        let held_due = self.runtime.get(idx).and_then(|rt| rt.alarms.get(key)?.held.as_ref()?.due);
+        let inhibitor = match (held_due, &rule.inhibit) {
+            (Some(due), Some(inhibit)) if due <= now => Some(self.active_parent(inhibit, key)),
+            _ => None,
+        };
         let Some(rt) = self.runtime.get_mut(idx) else { return };
         let Some(slot) = rt.alarms.get_mut(key) else { return };
+        let transition = |change, condition, cause| crate::output::AlarmTransition {
+            rule: rule.name.clone(),
+            key: key.to_string(),
+            change,
+            condition,
+            time: Timestamp(now),
+            cause,
+        };
         if let Some(change) = slot.alarm.expire(now) {
-            out.alarm_changes.push(crate::output::AlarmTransition {
-                rule: rule.name.clone(),
-                key: key.to_string(),
-                change,
-                condition: slot.alarm.condition,
-                time: Timestamp(now),
-            });
+            out.alarm_changes.push(transition(change, slot.alarm.condition, None));
         }
-        if let Some(every) = rule.every_ms {
-            if let Some(folded) = slot.alarm.folded_due(now, every) {
-                if let Some((hi, lo, time)) = slot.folded_event.take() {
-                    let event = (u128::from(hi) << 64) | u128::from(lo);
-                    for spec in &rule.actions {
-                        out.actions.push(crate::output::Action {
-                            event: crate::output::CompositeId(event),
+        match inhibitor {
+            None => {}
+            Some(Some(parent)) => {
+                if let Some(held) = &mut slot.held {
+                    held.due = None;
+                }
+                out.alarm_changes.push(transition(Change::Inhibited, slot.alarm.condition, Some(parent)));
+            }
+            Some(None) => {
+                if let Some(held) = slot.held.take() {
+                    let (event, time) = event_of(held.event);
+                    slot.late_ms = slot.alarm.since.map_or(0, |since| now.saturating_sub(since).max(0));
+                    let event_data = held.data.and_then(|d| rhai::serde::to_dynamic(d).ok());
+                    for (sink, data) in held.sends {
+                        let data = data.and_then(|d| rhai::serde::to_dynamic(d).ok());
+                        out.actions.push(Action {
+                            event,
                             rule: rule.name.clone(),
                             key: key.to_string(),
-                            time: Timestamp(time),
-                            sink: spec.sink.clone(),
-                            data: None,
-                            folded,
+                            time,
+                            sink: sink.into(),
+                            data,
+                            folded: held.folded,
                             level: 0,
+                            event_data: event_data.clone(),
                         });
                     }
                 }
             }
         }
-        while let Some((_, level)) = rule.escalation_at(&slot.alarm).filter(|&(at, _)| at <= now) {
+        if let Some(every) = rule.every_ms {
+            if let Some(folded) = slot.alarm.folded_due(now, every) {
+                if let Some((event, time)) = slot.folded_event.take().map(event_of) {
+                    for spec in &rule.actions {
+                        out.actions.push(Action {
+                            event,
+                            rule: rule.name.clone(),
+                            key: key.to_string(),
+                            time,
+                            sink: spec.sink.clone(),
+                            data: None,
+                            folded,
+                            level: 0,
+                            event_data: None,
+                        });
+                    }
+                }
+            }
+        }
+        while let Some((_, level)) = rule.escalation_at(slot).filter(|&(at, _)| at <= now) {
             slot.alarm.escalated_to(level);
-            let (Some(spec), Some((hi, lo, time))) = (rule.escalate.get(usize::from(level) - 1), slot.activation_event)
+            let (Some(spec), Some((event, time))) =
+                (rule.escalate.get(usize::from(level) - 1), slot.activation_event.map(event_of))
             else {
                 continue;
             };
             for sink in &spec.to {
-                out.actions.push(crate::output::Action {
-                    event: crate::output::CompositeId((u128::from(hi) << 64) | u128::from(lo)),
+                out.actions.push(Action {
+                    event,
                     rule: rule.name.clone(),
                     key: key.to_string(),
-                    time: Timestamp(time),
+                    time,
                     sink: sink.clone(),
                     data: None,
                     folded: 0,
                     level,
+                    event_data: None,
                 });
             }
         }
-        let next = rule.alarm_deadline(&slot.alarm);
+        let next = rule.alarm_deadline(slot);
         let window_open = rule.every_ms.zip(slot.alarm.last_sent).is_some_and(|(every, last)| now < last + every);
         out.touched.push(Touched::Rule { rule: rule.name.clone(), key: key.clone() });
-        if slot.alarm.is_idle() && next.is_none() && !window_open {
+        if slot.is_idle() && next.is_none() && !window_open {
             rt.alarms.remove(key);
         } else if let Some(next) = next.filter(|&n| n > now) {
             self.clock.set(next, idx as u32, key.clone(), ALARM_TAG);
+        }
+    }
+
+    /// The parent of `key` under `inhibit`, as `rule/parent key`, if the parent's alarm is
+    /// active. A key with no row or no parent in the table, or a `by` that names no rule
+    /// keeping alarms, is never inhibited (`edgewatch check` reports the latter).
+    fn active_parent(&self, inhibit: &Inhibit, key: &str) -> Option<String> {
+        let parent = self.tables.get(&*inhibit.table)?.get(key)?.get(&*inhibit.column)?;
+        if parent.is_unit() {
+            return None;
+        }
+        let parent = parent.to_string();
+        let idx = self.rules.as_slice().iter().position(|r| r.name == inhibit.by)?;
+        let active = self.runtime.get(idx)?.alarms.get(parent.as_str())?.alarm.condition.is_active();
+        active.then(|| format!("{}/{parent}", inhibit.by))
+    }
+
+    /// Releases what alarms that cleared since `out.alarm_changes[from]` inhibited: each
+    /// child whose notification waits for one of them waits the rule's hold again (the
+    /// children that come back with their parent clear within it), then goes. One pass over
+    /// the child rule's alarms per parent that clears, which is rare.
+    pub(crate) fn release_inhibited(&mut self, from: usize, now: i64, out: &mut Outputs) {
+        let cleared: Vec<(Arc<str>, String)> = out
+            .alarm_changes
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| matches!(t.change, Change::Cleared { .. }))
+            .map(|t| (t.rule.clone(), t.key.clone()))
+            .collect();
+        for (parent_rule, parent) in cleared {
+            for (idx, child) in self.rules.as_slice().iter().enumerate() {
+                let Some(inhibit) = child.inhibit.as_ref().filter(|i| i.by == parent_rule) else { continue };
+                let Some(table) = self.tables.get(&*inhibit.table) else { continue };
+                let Some(rt) = self.runtime.get_mut(idx) else { continue };
+                let due = now.saturating_add(inhibit.hold_ms);
+                for (key, slot) in &mut rt.alarms {
+                    let Some(held) = slot.held.as_mut().filter(|h| h.due.is_none()) else { continue };
+                    let of = table.get(key).and_then(|row| row.get(&*inhibit.column)).map(|p| p.to_string());
+                    if of.as_deref() == Some(parent.as_str()) {
+                        held.due = Some(due);
+                        self.clock.set(due, idx as u32, key.clone(), ALARM_TAG);
+                        out.touched.push(Touched::Rule { rule: child.name.clone(), key: key.clone() });
+                    }
+                }
+            }
         }
     }
 }

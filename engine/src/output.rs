@@ -71,10 +71,13 @@ pub struct Action {
     /// 0 for the first notification, `n` for escalation level `n`; part of the action's
     /// identity, so each level is delivered once.
     pub level: u8,
+    /// The event's data when the event itself is not among this step's outputs: a
+    /// notification `inhibit` held, sent later. `None` otherwise.
+    pub event_data: Option<Dynamic>,
 }
 
 /// A transition of one rule and key's alarm, to be published
-/// (`edgewatch.alarm.activated|cleared|acknowledged|snoozed|unsnoozed|disabled|enabled`).
+/// (`edgewatch.alarm.activated|cleared|acknowledged|snoozed|unsnoozed|disabled|enabled|inhibited`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlarmTransition {
     pub rule: Arc<str>,
@@ -83,6 +86,9 @@ pub struct AlarmTransition {
     /// The alarm's condition after the change.
     pub condition: crate::alarm::Condition,
     pub time: Timestamp,
+    /// What caused it when no person did: for `inhibited`, the parent's alarm, as
+    /// `rule/key`.
+    pub cause: Option<String>,
 }
 
 impl Action {

@@ -222,6 +222,9 @@ pub struct Rule {
     pub every_ms: Option<i64>,
     /// Who else hears of an alarm nobody acknowledges (`escalate`), level by level.
     pub escalate: Vec<Escalation>,
+    /// Holds the rule's notifications for a key back while another rule's alarm is active
+    /// for the key's parent (`inhibit`): one page for a dead hub, not one per sensor.
+    pub inhibit: Option<Inhibit>,
     /// The compiled file the rule's closures live in; shared by all rules of the file.
     pub(crate) ast: Arc<AST>,
 }
@@ -232,6 +235,21 @@ pub struct Rule {
 pub struct Escalation {
     pub after_ms: i64,
     pub to: Vec<Arc<str>>,
+}
+
+/// `inhibit: #{ by: "hub-offline", parent: "devices.hub", hold: "2m" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inhibit {
+    /// The rule whose alarm, active for the parent, holds this rule's notifications back.
+    pub by: Arc<str>,
+    /// The lookup table and column that give a key's parent.
+    pub table: Arc<str>,
+    pub column: Arc<str>,
+    /// How long each notification waits before it goes (ms), so that a parent alarm forming
+    /// within it still holds it back: sensors often time out before their hub does. After
+    /// the parent clears, the notifications it held wait as long again, for the children
+    /// that come back with it.
+    pub hold_ms: i64,
 }
 
 /// One sink a rule's events go to.
@@ -268,15 +286,21 @@ impl Rule {
         self.escalate.get(usize::from(level).checked_sub(1)?).map(|e| e.after_ms)
     }
 
-    /// When `alarm`'s next escalation level falls due, if one will.
-    pub(crate) fn escalation_at(&self, alarm: &crate::alarm::Alarm) -> Option<(i64, u8)> {
-        alarm.escalation_at(|level| self.escalation_after(level))
+    /// When a key's next escalation level falls due, if one will: not while its first
+    /// notification is held (`inhibit`), and counted from when that went.
+    pub(crate) fn escalation_at(&self, slot: &crate::runtime::KeyAlarm) -> Option<(i64, u8)> {
+        if slot.held.is_some() {
+            return None;
+        }
+        slot.alarm.escalation_at(|level| self.escalation_after(level).map(|after| after.saturating_add(slot.late_ms)))
     }
 
-    /// The next time `alarm` changes by itself under this rule (a snooze ends, folded
-    /// notifications or an escalation fall due), to arm its timer.
-    pub(crate) fn alarm_deadline(&self, alarm: &crate::alarm::Alarm) -> Option<i64> {
-        alarm.next_deadline(self.every_ms, |level| self.escalation_after(level))
+    /// The next time a key's alarm changes by itself under this rule (a snooze ends, folded
+    /// notifications, an escalation or a held notification fall due), to arm its timer.
+    pub(crate) fn alarm_deadline(&self, slot: &crate::runtime::KeyAlarm) -> Option<i64> {
+        let escalation = self.escalation_at(slot).map(|(at, _)| at);
+        let held = slot.held.as_ref().and_then(|h| h.due);
+        [slot.alarm.next_deadline(self.every_ms, |_| None), escalation, held].into_iter().flatten().min()
     }
 
     /// The kind of rule, as a word (`filter`, `window`, `heartbeat`, ...).
@@ -315,6 +339,33 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// Rules whose `inhibit` cannot work in this set, with where they are declared: `by`
+    /// names no rule, or one that keeps no alarm (it neither notifies nor acts), or `parent`
+    /// names a table that is not loaded. Such a rule runs, and is never inhibited.
+    pub fn inhibit_problems(&self, tables: &crate::tables::Tables) -> Vec<(Origin, String)> {
+        let mut out = Vec::new();
+        for r in self.as_slice() {
+            let Some(i) = &r.inhibit else { continue };
+            let problem = match self.as_slice().iter().find(|p| p.name == i.by) {
+                None => Some(format!("`inhibit.by` names no rule: `{}`", i.by)),
+                Some(p) if !p.keeps_alarms() => {
+                    Some(format!("`inhibit.by`: rule `{}` keeps no alarm (it needs `notify` or `act`)", i.by))
+                }
+                Some(_) if !tables.contains_key(&*i.table) => {
+                    Some(format!("`inhibit.parent`: no lookup table `{}` is loaded", i.table))
+                }
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                out.push((
+                    r.origin.clone(),
+                    format!("rule `{}`: {problem}; its notifications are not inhibited", r.name),
+                ));
+            }
+        }
+        out
+    }
+
     /// A rule set of already compiled rules (the reloader keeps each file's last good
     /// version and assembles them). Names must be unique; later duplicates are dropped and
     /// returned.

@@ -231,6 +231,7 @@ impl Sandbox {
                 actions: d.actions,
                 every_ms: d.every_ms,
                 escalate: d.escalate,
+                inhibit: d.inhibit,
                 ast: ast.clone(),
             });
         }

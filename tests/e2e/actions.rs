@@ -290,3 +290,84 @@ async fn acknowledge_and_snooze_over_mqtt_through_a_restart_and_escalation_once(
     assert_ne!(oncall[0].key, pages[1].key);
     agent.stop().await;
 }
+
+const HUBS: &str = r#"
+rule("hub-offline", #{ on: "other/{device}/hb", heartbeat: #{ timeout: "2s" }, notify: "pager" });
+rule("offline", #{
+    on: "sensors/{device}/t",
+    heartbeat: #{ timeout: "1s" },
+    notify: "pager",
+    inhibit: #{ by: "hub-offline", parent: "devices.hub", hold: "4s" },
+});
+"#;
+
+/// Who the webhook was told about so far, as `rule/key/status`.
+fn told(hook: &Webhook) -> Vec<String> {
+    hook.requests()
+        .iter()
+        .map(|r| {
+            let ty = r.body["type"].as_str().unwrap_or("?").trim_start_matches("edgewatch.");
+            format!(
+                "{ty}/{}/{}",
+                r.body["subject"].as_str().unwrap_or("?"),
+                r.body["data"]["status"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dark_hub_with_20_sensors_is_one_page_and_back_with_2_dead_it_is_2_pages() {
+    let broker = Broker::embedded();
+    let hook = Webhook::start().await;
+    let cfg = agent(broker.addr(), "3.1.1")
+        .set("alarms.control_topic", true)
+        .sink("pager", "http", &[("url", hook.url("/pager").into())])
+        .to_string();
+    let sensors: Vec<String> = (1..=20).map(|i| format!("s-{i:02}")).collect();
+    let mut table = "device,hub\n".to_owned();
+    for s in &sensors {
+        table.push_str(&format!("{s},hub-2\n"));
+    }
+    let mut transitions = Subscriber::connect(broker.addr(), "audit", "edgewatch/gw-test/alarms").await;
+    let agent = RunningAgent::start(&cfg, &[("hubs.rhai", HUBS), ("tables/devices.csv", &table)]).await;
+    let mut fleet = Publisher::connect(broker.addr(), "fleet").await;
+    fleet.publish("other/hub-2/hb", "1").await;
+    for s in &sensors {
+        fleet.publish(&format!("sensors/{s}/t"), "20").await;
+    }
+    // Then the hub goes dark, and its sensors with it: they time out first, the hub within
+    // their hold. Twenty notifications are inhibited; one page, the hub's.
+    let mut inhibited = 0;
+    while inhibited < 20 {
+        let t = transitions.next().await.json();
+        if t["type"] == "edgewatch.alarm.inhibited" {
+            assert_eq!(t["data"]["cause"], "hub-offline/hub-2", "{t}");
+            inhibited += 1;
+        }
+    }
+    assert_eq!(told(&hook), ["hub-offline/hub-2/missing"]);
+    // The hub comes back with 18 of its sensors; s-07 and s-13 stay dead.
+    let alive: Vec<&String> = sensors.iter().filter(|s| *s != "s-07" && *s != "s-13").collect();
+    let keep_alive = async {
+        loop {
+            fleet.publish("other/hub-2/hb", "1").await;
+            for s in &alive {
+                fleet.publish(&format!("sensors/{s}/t"), "20").await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let two = hook.wait_for("the 2 sensors still dead", WAIT, |r| r.iter().filter(|r| r.path == "/pager").count() >= 4);
+    tokio::select! {
+        _ = keep_alive => unreachable!("keeps publishing"),
+        _ = two => {}
+    }
+    let mut pages = told(&hook);
+    pages.sort();
+    assert_eq!(
+        pages,
+        ["hub-offline/hub-2/missing", "hub-offline/hub-2/recovered", "offline/s-07/missing", "offline/s-13/missing"]
+    );
+    agent.stop().await;
+}

@@ -3,8 +3,9 @@
 //! back by `inhibit`; the kinds' activations and clearings.
 
 use super::Cx;
-use crate::alarm::Notify;
-use crate::output::Composite;
+use crate::alarm::{Change, Notify};
+use crate::output::{Action, Composite};
+use crate::runtime::{ALARM_TAG, HeldNotice, event_ref};
 use crate::sandbox::{check_data, check_finite};
 use rhai::Dynamic;
 use std::sync::Arc;
@@ -17,13 +18,19 @@ impl Cx<'_> {
         let Some(alarms) = self.alarms.as_deref_mut() else { return };
         let key: Arc<str> = c.key.as_str().into();
         let slot = alarms.entry(key.clone()).or_default();
+        if slot.unannounced && !slot.alarm.condition.is_active() {
+            slot.unannounced = false;
+            c.alarm = Some(slot.alarm.condition);
+            self.touch(&key);
+            return;
+        }
         let notify = slot.alarm.notify(self.now, rule.every_ms);
         c.alarm = Some(slot.alarm.condition);
         if slot.alarm.condition == crate::alarm::Condition::Unacknowledged && slot.activation_event.is_none() {
-            slot.activation_event = Some(((c.id.0 >> 64) as u64, c.id.0 as u64, c.time.millis()));
+            slot.activation_event = Some(event_ref(c.id, c.time));
         }
         if notify == Notify::Held(crate::alarm::Held::RateLimited) {
-            slot.folded_event = Some(((c.id.0 >> 64) as u64, c.id.0 as u64, c.time.millis()));
+            slot.folded_event = Some(event_ref(c.id, c.time));
         }
         let deadline = match (notify, rule.every_ms) {
             // The window ends then: send what it folded, or forget an idle alarm.
@@ -31,11 +38,11 @@ impl Cx<'_> {
             _ => None,
         };
         // Without a rate limit, an idle alarm remembers nothing worth keeping.
-        if slot.alarm.is_idle() && rule.every_ms.is_none() {
+        if slot.is_idle() && rule.every_ms.is_none() {
             alarms.remove(&key);
         }
         if let Some(deadline) = deadline {
-            self.set_timer(deadline, &key, crate::runtime::ALARM_TAG);
+            self.set_timer(deadline, &key, ALARM_TAG);
         }
         // Saved with the rule's state for the key.
         self.touch(&key);
@@ -43,6 +50,7 @@ impl Cx<'_> {
             Notify::Send { folded } => folded,
             Notify::Held(_) => return,
         };
+        let mut made = Vec::with_capacity(rule.actions.len());
         for spec in &rule.actions {
             let data = match &spec.data {
                 None => None,
@@ -58,7 +66,7 @@ impl Cx<'_> {
                     Some(body)
                 }
             };
-            self.out.actions.push(crate::output::Action {
+            made.push(Action {
                 event: c.id,
                 rule: c.rule.clone(),
                 key: c.key.clone(),
@@ -67,8 +75,30 @@ impl Cx<'_> {
                 data,
                 folded,
                 level: 0,
+                event_data: None,
             });
         }
+        match rule.inhibit.as_ref() {
+            None => self.out.actions.extend(made),
+            Some(inhibit) => self.hold(&key, c, folded, made, inhibit.hold_ms),
+        }
+    }
+
+    /// Holds a notification back (`inhibit`) for `hold_ms`: the engine sends it then, unless
+    /// the parent's alarm is active (see `notices`). A later one while it waits is counted
+    /// into it ("and N more"); the key clearing drops it.
+    fn hold(&mut self, key: &Arc<str>, c: &Composite, folded: u32, made: Vec<Action>, hold_ms: i64) {
+        let Some(alarms) = self.alarms.as_deref_mut() else { return };
+        let slot = alarms.entry(key.clone()).or_default();
+        if let Some(held) = &mut slot.held {
+            held.folded = held.folded.saturating_add(1).saturating_add(folded);
+            return;
+        }
+        let due = self.now.saturating_add(hold_ms);
+        let sends = made.iter().map(|a| (a.sink.to_string(), a.data_json())).collect();
+        let data = serde_json::to_value(&c.data).ok();
+        slot.held = Some(HeldNotice { event: event_ref(c.id, c.time), due: Some(due), folded, sends, data });
+        self.set_timer(due, key, ALARM_TAG);
     }
 
     /// The situation the rule detects began for `key` at `time`: its alarm becomes active
@@ -93,13 +123,22 @@ impl Cx<'_> {
         let slot = alarms.entry(key.clone()).or_default();
         let Some(change) = apply(&mut slot.alarm, time) else { return };
         let condition = slot.alarm.condition;
-        if change == crate::alarm::Change::Activated {
-            slot.activation_event = None;
-            if let Some((at, _)) = self.rule.escalation_at(&slot.alarm) {
-                self.timers.set(at, self.rule_idx, key.clone(), crate::runtime::ALARM_TAG);
+        match change {
+            Change::Activated => {
+                slot.activation_event = None;
+                slot.late_ms = 0;
+                slot.unannounced = false;
+            }
+            // The situation is over: what was held for it is not sent, nor news of its end.
+            Change::Cleared { .. } => slot.unannounced = slot.held.take().is_some(),
+            _ => {}
+        }
+        if change == Change::Activated {
+            if let Some((at, _)) = self.rule.escalation_at(slot) {
+                self.timers.set(at, self.rule_idx, key.clone(), ALARM_TAG);
             }
         }
-        if slot.alarm.is_idle() && self.rule.every_ms.is_none() {
+        if slot.is_idle() && self.rule.every_ms.is_none() {
             alarms.remove(&key);
         }
         self.out.alarm_changes.push(crate::output::AlarmTransition {
@@ -108,6 +147,7 @@ impl Cx<'_> {
             change,
             condition,
             time: crate::Timestamp(time),
+            cause: None,
         });
         self.touch(&key);
     }

@@ -11,6 +11,7 @@ mod forecast;
 mod handler;
 mod heartbeat;
 mod history;
+mod inhibit;
 mod keys;
 mod misbehaving;
 mod numbers;

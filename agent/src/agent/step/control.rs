@@ -56,6 +56,9 @@ impl Step {
         if let Some(by) = by {
             data["by"] = by.into();
         }
+        if let Some(cause) = &t.cause {
+            data["cause"] = cause.as_str().into();
+        }
         if let Some(note) = note {
             data["note"] = note.into();
         }

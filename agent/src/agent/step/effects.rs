@@ -102,13 +102,13 @@ impl Step {
             let composite = outputs.events.iter().find(|c| c.id == action.event);
             // A send the alarm lifecycle made later (an escalation, the folded "and N more")
             // has no event at hand: its data says which send it is.
-            let later = composite.is_none().then(|| {
+            let later = (composite.is_none() && action.event_data.is_none()).then(|| {
                 let mut m = edgewatch_engine::Map::new();
                 m.insert("escalation".into(), Dynamic::from_int(i64::from(action.level)));
                 m.insert("folded".into(), Dynamic::from_int(i64::from(action.folded)));
                 Dynamic::from_map(m)
             });
-            let event_data = composite.map(|c| &c.data).or(later.as_ref());
+            let event_data = composite.map(|c| &c.data).or(action.event_data.as_ref()).or(later.as_ref());
             let envelope = |data: Option<&Dynamic>| {
                 let unit = Dynamic::UNIT;
                 let data = data.or(event_data).unwrap_or(&unit);
