@@ -281,6 +281,7 @@ mod tests {
             key: "t-01".into(),
             time: Timestamp(1_732_170_000_123),
             data: data.into(),
+            alarm: None,
         };
         let json: serde_json::Value =
             serde_json::from_slice(&CloudEvent::new(&c, "edgewatch/gw-1").to_json()).expect("json");
