@@ -84,6 +84,7 @@ pub mod engine;
 pub mod event;
 mod func;
 pub mod history;
+mod keyalarm;
 mod kinds;
 mod lifecycle;
 mod math;

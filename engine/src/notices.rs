@@ -7,10 +7,10 @@
 
 use crate::alarm::Change;
 use crate::engine::{AlarmCommandError, Engine};
+use crate::keyalarm::{ALARM_TAG, event_of};
 use crate::output::Action;
 use crate::output::{Outputs, Touched};
 use crate::rule::{Inhibit, Rule};
-use crate::runtime::{ALARM_TAG, event_of};
 use crate::time::Timestamp;
 use std::sync::Arc;
 
@@ -62,7 +62,7 @@ impl Engine {
     }
 
     /// Puts a restored alarm back and re-arms its deadline.
-    pub(crate) fn restore_alarm(&mut self, idx: usize, key: Arc<str>, alarm: crate::runtime::KeyAlarm) {
+    pub(crate) fn restore_alarm(&mut self, idx: usize, key: Arc<str>, alarm: crate::keyalarm::KeyAlarm) {
         let Some(rule) = self.rules.as_slice().get(idx) else { return };
         let window_end = rule.every_ms.zip(alarm.alarm.last_sent).map(|(every, last)| last.saturating_add(every));
         let next = rule.alarm_deadline(&alarm);

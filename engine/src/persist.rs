@@ -139,7 +139,7 @@ const ALARM_FIELD: &str = "alarm";
 const ALARM_ONLY: &str = "alarm_only";
 
 /// The kind's saved state (if any) with `alarm` added.
-fn with_alarm(kind: Option<&[u8]>, alarm: &crate::runtime::KeyAlarm) -> Option<Vec<u8>> {
+fn with_alarm(kind: Option<&[u8]>, alarm: &crate::keyalarm::KeyAlarm) -> Option<Vec<u8>> {
     let mut v = match kind {
         Some(bytes) => serde_json::from_slice::<serde_json::Value>(bytes).ok()?,
         None => serde_json::json!({ "kind": ALARM_ONLY }),
@@ -150,11 +150,11 @@ fn with_alarm(kind: Option<&[u8]>, alarm: &crate::runtime::KeyAlarm) -> Option<V
 
 /// Splits saved per-key state into the kind's bytes (none for an alarm-only piece) and the
 /// alarm (none in state saved without one).
-fn split_alarm(bytes: &[u8]) -> Result<(Option<Vec<u8>>, Option<crate::runtime::KeyAlarm>), String> {
+fn split_alarm(bytes: &[u8]) -> Result<(Option<Vec<u8>>, Option<crate::keyalarm::KeyAlarm>), String> {
     let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let Some(obj) = v.as_object_mut() else { return Ok((Some(bytes.to_vec()), None)) };
     let Some(alarm) = obj.remove(ALARM_FIELD) else { return Ok((Some(bytes.to_vec()), None)) };
-    let alarm: crate::runtime::KeyAlarm =
+    let alarm: crate::keyalarm::KeyAlarm =
         serde_json::from_value(alarm).map_err(|e| format!("unreadable alarm: {e}"))?;
     if obj.get("kind").and_then(|k| k.as_str()) == Some(ALARM_ONLY) {
         return Ok((None, Some(alarm)));

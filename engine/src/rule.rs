@@ -288,7 +288,7 @@ impl Rule {
 
     /// When a key's next escalation level falls due, if one will: not while its first
     /// notification is held (`inhibit`), and counted from when that went.
-    pub(crate) fn escalation_at(&self, slot: &crate::runtime::KeyAlarm) -> Option<(i64, u8)> {
+    pub(crate) fn escalation_at(&self, slot: &crate::keyalarm::KeyAlarm) -> Option<(i64, u8)> {
         if slot.held.is_some() {
             return None;
         }
@@ -297,7 +297,7 @@ impl Rule {
 
     /// The next time a key's alarm changes by itself under this rule (a snooze ends, folded
     /// notifications, an escalation or a held notification fall due), to arm its timer.
-    pub(crate) fn alarm_deadline(&self, slot: &crate::runtime::KeyAlarm) -> Option<i64> {
+    pub(crate) fn alarm_deadline(&self, slot: &crate::keyalarm::KeyAlarm) -> Option<i64> {
         let escalation = self.escalation_at(slot).map(|(at, _)| at);
         let held = slot.held.as_ref().and_then(|h| h.due);
         [slot.alarm.next_deadline(self.every_ms, |_| None), escalation, held].into_iter().flatten().min()

@@ -367,7 +367,7 @@ pub(crate) struct Cx<'a> {
     pub(crate) value_missing: bool,
     /// The rule's alarms per key, when it keeps any ([`Rule::keeps_alarms`]); `None` costs
     /// the hot path one check.
-    pub(crate) alarms: Option<&'a mut std::collections::HashMap<Arc<str>, crate::runtime::KeyAlarm>>,
+    pub(crate) alarms: Option<&'a mut std::collections::HashMap<Arc<str>, crate::keyalarm::KeyAlarm>>,
 }
 
 impl<'a> Cx<'a> {

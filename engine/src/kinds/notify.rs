@@ -4,8 +4,8 @@
 
 use super::Cx;
 use crate::alarm::{Change, Notify};
+use crate::keyalarm::{ALARM_TAG, HeldNotice, event_ref};
 use crate::output::{Action, Composite};
-use crate::runtime::{ALARM_TAG, HeldNotice, event_ref};
 use crate::sandbox::{check_data, check_finite};
 use rhai::Dynamic;
 use std::sync::Arc;

@@ -125,10 +125,12 @@ fn sinks_lists_every_sink_a_rule_names_and_every_needs_a_sink() {
     let (_, errors) =
         RuleSet::compile(&sandbox, [("t.rhai", r#"rule("x", #{ on: "a", when: |e| true, every: "1m" });"#)]);
     assert!(errors.iter().any(|e| e.to_string().contains("`every`")), "{errors:?}");
-    // `inhibit` is not accepted yet (docs/rules.md says so).
-    let src = r#"rule("x", #{ on: "a", when: |e| true, notify: "p", inhibit: #{ by: "y", parent: "devices.hub" } });"#;
-    let (_, errors) = RuleSet::compile(&sandbox, [("t.rhai", src)]);
-    assert_eq!(errors.len(), 1, "{errors:?}");
+    // `inhibit` and `escalate` sinks are listed too.
+    let src = r#"rule("x", #{ on: "a", when: |e| true, notify: "p", escalate: #{ after: "1m", to: ["q", "r"] },
+        inhibit: #{ by: "y", parent: "devices.hub" } });"#;
+    let (rules, errors) = RuleSet::compile(&sandbox, [("t.rhai", src)]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(rules.get("x").expect("rule x").sinks().collect::<Vec<_>>(), ["p", "q", "r"]);
 }
 
 #[test]
