@@ -132,17 +132,7 @@ impl Engine {
             if let Some(folded) = slot.alarm.folded_due(now, every) {
                 if let Some((event, time)) = slot.folded_event.take().map(event_of) {
                     for spec in &rule.actions {
-                        out.actions.push(Action {
-                            event,
-                            rule: rule.name.clone(),
-                            key: key.to_string(),
-                            time,
-                            sink: spec.sink.clone(),
-                            data: None,
-                            folded,
-                            level: 0,
-                            event_data: None,
-                        });
+                        out.actions.push(later_send(rule, key, (event, time), &spec.sink, folded, 0));
                     }
                 }
             }
@@ -155,17 +145,7 @@ impl Engine {
                 continue;
             };
             for sink in &spec.to {
-                out.actions.push(Action {
-                    event,
-                    rule: rule.name.clone(),
-                    key: key.to_string(),
-                    time,
-                    sink: sink.clone(),
-                    data: None,
-                    folded: 0,
-                    level,
-                    event_data: None,
-                });
+                out.actions.push(later_send(rule, key, (event, time), sink, 0, level));
             }
         }
         let next = rule.alarm_deadline(slot);
@@ -222,5 +202,28 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// A send the lifecycle makes later, about an earlier event (the folded "and N more", an
+/// escalation level): the sink's default body, and no event data at hand.
+fn later_send(
+    rule: &Rule,
+    key: &str,
+    (event, time): (crate::output::CompositeId, Timestamp),
+    sink: &Arc<str>,
+    folded: u32,
+    level: u8,
+) -> Action {
+    Action {
+        event,
+        rule: rule.name.clone(),
+        key: key.to_owned(),
+        time,
+        sink: sink.clone(),
+        data: None,
+        folded,
+        level,
+        event_data: None,
     }
 }
