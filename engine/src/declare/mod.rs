@@ -3,6 +3,8 @@
 //! Which keys a declaration has decides its kind; keys that do not apply to that kind are
 //! errors, so a misspelt or misplaced option never silently does nothing.
 
+mod notify;
+
 use crate::detect::anomaly::Params;
 use crate::func::Func;
 use crate::past::{MAX_BUCKETS, MAX_FIELDS, PastSpec};
@@ -125,28 +127,7 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
         None => Vec::new(),
         Some(v) => parse_past(v).map_err(&err)?,
     };
-    let actions = actions(&mut d, def).map_err(&err)?;
-    let every_ms = match def.get("every") {
-        None => None,
-        Some(_) if actions.is_empty() => {
-            return Err(err("`every` limits notifications: it needs `notify` or `act`".into()));
-        }
-        Some(v) => Some(duration_ms(v).map_err(|m| err(format!("`every` {m}")))?),
-    };
-    let escalate = match def.get("escalate") {
-        None => Vec::new(),
-        Some(_) if actions.is_empty() => {
-            return Err(err("`escalate` follows notifications: it needs `notify` or `act`".into()));
-        }
-        Some(v) => escalations(v).map_err(&err)?,
-    };
-    let inhibit = match def.get("inhibit") {
-        None => None,
-        Some(_) if actions.is_empty() => {
-            return Err(err("`inhibit` holds notifications back: it needs `notify` or `act`".into()));
-        }
-        Some(v) => Some(inhibit(name, v).map_err(&err)?),
-    };
+    let notify::Notices { actions, every_ms, escalate, inhibit } = notify::notices(&mut d, def, name).map_err(&err)?;
     let on_full = match def.get("on_full").map(|v| (v, v.to_string())) {
         None => None,
         Some((v, s)) if v.is_string() && s == "refuse" => Some(OnFull::Refuse),
@@ -230,99 +211,7 @@ pub(crate) fn declare(name: &str, def: &Map, pos: Position) -> Result<Declared, 
     })
 }
 
-/// A sink's name: as `[[sinks]] name` allows.
-fn sink_name(what: &str, v: &Dynamic) -> Result<std::sync::Arc<str>, String> {
-    let name = v.clone().into_string().map_err(|t| format!("`{what}` names sinks by string, not {t}"))?;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(format!(
-            "`{what}`: sink name `{name}` must be non-empty and use only letters, digits, `_` and `-`"
-        ));
-    }
-    Ok(name.into())
-}
-
-/// `notify: "pager"` or `["pager", "chat"]`; `act: #{ sink: "valves", data: |ev| ... }` or a
-/// list of them. A sink named twice is an error: one event, one action per sink.
-fn actions(d: &mut Decl<'_>, def: &Map) -> Result<Vec<crate::rule::ActionSpec>, String> {
-    let mut out: Vec<crate::rule::ActionSpec> = Vec::new();
-    match def.get("notify") {
-        None => {}
-        Some(v) if v.is_array() => {
-            for item in v.clone().into_array().unwrap_or_default() {
-                out.push(crate::rule::ActionSpec { sink: sink_name("notify", &item)?, data: None });
-            }
-        }
-        Some(v) => out.push(crate::rule::ActionSpec { sink: sink_name("notify", v)?, data: None }),
-    }
-    let acts = match def.get("act") {
-        None => Vec::new(),
-        Some(v) if v.is_array() => v.clone().into_array().unwrap_or_default(),
-        Some(v) => vec![v.clone()],
-    };
-    for act in &acts {
-        let m = sub_map("act", Some(act), &["sink", "data"])?;
-        let sink = m.get("sink").ok_or("`act` needs `sink` (the configured sink's name)")?;
-        let sink = sink_name("act.sink", sink)?;
-        let mut ad = Decl { def: &m, arities: Vec::new() };
-        let data = ad.func("data", 1).map_err(|e| format!("act: {e}"))?;
-        d.arities.append(&mut ad.arities);
-        out.push(crate::rule::ActionSpec { sink, data });
-    }
-    if let Some(twice) = out.iter().enumerate().find(|(i, a)| out[..*i].iter().any(|b| b.sink == a.sink)) {
-        return Err(format!("sink `{}` is named twice in `notify`/`act`", twice.1.sink));
-    }
-    Ok(out)
-}
-
-/// `escalate: #{ after: "15m", to: ["oncall"] }` or a list of them, later levels later.
-fn escalations(v: &Dynamic) -> Result<Vec<crate::rule::Escalation>, String> {
-    let items = if v.is_array() { v.clone().into_array().unwrap_or_default() } else { vec![v.clone()] };
-    let mut out: Vec<crate::rule::Escalation> = Vec::new();
-    for item in &items {
-        let m = sub_map("escalate", Some(item), &["after", "to"])?;
-        let after = m.get("after").ok_or("`escalate` needs `after` (how long unacknowledged)")?;
-        let after_ms = duration_ms(after).map_err(|e| format!("`escalate.after` {e}"))?;
-        if out.last().is_some_and(|l| l.after_ms >= after_ms) || after_ms <= 0 {
-            return Err("`escalate` levels need growing, positive `after`s".into());
-        }
-        let to = match m.get("to") {
-            None => return Err("`escalate` needs `to` (sinks)".into()),
-            Some(t) if t.is_array() => {
-                t.clone().into_array().unwrap_or_default().iter().map(|s| sink_name("escalate.to", s)).collect()
-            }
-            Some(t) => sink_name("escalate.to", t).map(|s| vec![s]),
-        }?;
-        out.push(crate::rule::Escalation { after_ms, to });
-    }
-    if out.len() > usize::from(u8::MAX) {
-        return Err("`escalate` has too many levels".into());
-    }
-    Ok(out)
-}
-
-/// `inhibit: #{ by: "hub-offline", parent: "devices.hub", hold: "2m" }`.
-fn inhibit(name: &str, v: &Dynamic) -> Result<crate::rule::Inhibit, String> {
-    let m = sub_map("inhibit", Some(v), &["by", "parent", "hold"])?;
-    let by = match m.get("by") {
-        Some(b) if b.is_string() => b.to_string(),
-        Some(b) => return Err(format!("`inhibit.by` names a rule by string, not {}", b.type_name())),
-        None => return Err("`inhibit` needs `by` (the parent's rule)".into()),
-    };
-    if by == name {
-        return Err("`inhibit.by` names the rule itself".into());
-    }
-    let parent = m.get("parent").map(|p| p.to_string()).unwrap_or_default();
-    let Some((table, column)) = parent.split_once('.').filter(|(t, c)| !t.is_empty() && !c.is_empty()) else {
-        return Err(format!("`inhibit.parent` is a lookup table and column, such as \"devices.hub\", not `{parent}`"));
-    };
-    let hold_ms = match m.get("hold") {
-        None => 0,
-        Some(h) => duration_ms(h).map_err(|e| format!("`inhibit.hold` {e}"))?,
-    };
-    Ok(crate::rule::Inhibit { by: by.into(), table: table.into(), column: column.into(), hold_ms })
-}
-
-struct Decl<'a> {
+pub(super) struct Decl<'a> {
     def: &'a Map,
     arities: Vec<(String, Func, usize)>,
 }
@@ -353,7 +242,7 @@ fn as_func(key: &str, v: &Dynamic) -> Result<Func, String> {
     Err(format!("`{key}` must be a function such as `|e| ...`, not {}", v.type_name()))
 }
 
-fn sub_map(what: &str, v: Option<&Dynamic>, keys: &[&str]) -> Result<Map, String> {
+pub(super) fn sub_map(what: &str, v: Option<&Dynamic>, keys: &[&str]) -> Result<Map, String> {
     let Some(v) = v else { return Ok(Map::new()) };
     let m = v.clone().try_cast::<Map>().ok_or_else(|| format!("`{what}` must be an object map `#{{...}}`"))?;
     if let Some(unknown) = m.keys().find(|k| !keys.contains(&k.as_str())) {
