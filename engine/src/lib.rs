@@ -17,7 +17,10 @@
 //!          `<chain_prefix>/<rule>` (chaining)
 //! Engine::tick(now)                    fire due timers: KindState::on_timer ─▶ Outputs
 //!
-//! Outputs = composites (deterministic ids) + rule faults + late events + key-limit reports
+//! Engine::alarm_command(rule, key, cmd)  acknowledge, snooze, disable: ─▶ Outputs
+//!
+//! Outputs = composites (deterministic ids) + actions for sinks (gated by each key's alarm)
+//!           + alarm transitions + rule faults + late events + key-limit reports
 //!           + Touched names ─▶ caller: Engine::export(name) ─▶ bytes; Engine::import back
 //! ```
 //!
@@ -58,8 +61,12 @@
 //!   [`Engine::seed_past`]).
 //! - [`alarm`]: the alarm lifecycle of a rule and key (ISA-18.2's basic model, snooze, out
 //!   of service, rate limits with folding, escalation). Rules with `notify`/`act` keep one
-//!   per key beside their kind state (`runtime`); it gates their actions (`Cx` in `kinds`),
-//!   and [`Engine::alarm_command`] applies commands to it.
+//!   per key (`keyalarm`: the alarm plus what later sends need, saved with the key's state)
+//!   beside their kind state (`runtime`). `kinds/notify.rs` gates an event's actions with it
+//!   and activates and clears it for the kinds with a "clear" side; `notices` handles what
+//!   crosses rules or time: [`Engine::alarm_command`], deadlines (snooze end, folded "and N
+//!   more", escalation levels, a hold's end) and `inhibit` (a child's notification held
+//!   while its parent's alarm is active). `declare/notify.rs` reads the keys.
 //! - [`history`]: roll-ups of remembered fields (`remember`) on their way to the agent's
 //!   history log; `remember`: which series an event feeds.
 //! - `timers`: the timer queues (one on processing time, one on event time).
