@@ -106,6 +106,7 @@ impl Engine {
                 }
             }
         }
+        self.release_orphans(now);
     }
 
     /// Absence detection stops: heartbeat deadlines wait until [`Engine::resume_absence`].

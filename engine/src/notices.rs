@@ -203,6 +203,29 @@ impl Engine {
             }
         }
     }
+
+    /// After a reload: a notification held for a parent whose alarm is no longer active (its
+    /// rule went away, changed kind and started afresh, or stopped notifying) waits out its
+    /// hold again and goes, as after the parent cleared; it is never held for good.
+    pub(crate) fn release_orphans(&mut self, now: i64) {
+        let mut orphans: Vec<(usize, Arc<str>, i64)> = Vec::new();
+        for (idx, rule) in self.rules.as_slice().iter().enumerate() {
+            let Some(inhibit) = &rule.inhibit else { continue };
+            let Some(rt) = self.runtime.get(idx) else { continue };
+            for (key, slot) in &rt.alarms {
+                let inhibited = slot.held.as_ref().is_some_and(|h| h.due.is_none());
+                if inhibited && self.active_parent(inhibit, key).is_none() {
+                    orphans.push((idx, key.clone(), now.saturating_add(inhibit.hold_ms)));
+                }
+            }
+        }
+        for (idx, key, due) in orphans {
+            if let Some(held) = self.runtime[idx].alarms.get_mut(&key).and_then(|s| s.held.as_mut()) {
+                held.due = Some(due);
+                self.clock.set(due, idx as u32, key, ALARM_TAG);
+            }
+        }
+    }
 }
 
 /// A send the lifecycle makes later, about an earlier event (the folded "and N more", an

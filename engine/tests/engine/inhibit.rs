@@ -159,3 +159,22 @@ fn inhibit_is_checked_when_declared() {
         .to_string();
     assert!(err.contains("needs `notify` or `act`"), "{err}");
 }
+
+#[test]
+fn a_reload_that_removes_the_parents_rule_releases_what_it_held() {
+    let mut h = harness();
+    all_report(&mut h, 0);
+    h.tick(30 * SEC);
+    h.tick(60 * SEC);
+    h.tick(150 * SEC);
+    assert_eq!(pages(&h).len(), 1, "20 held behind the hub");
+    let only_sensors = RULES.lines().filter(|l| !l.contains("hub-offline\", #{ on")).collect::<Vec<_>>().join("\n");
+    let (rules, errors) =
+        edgewatch_engine::RuleSet::compile(h.engine.sandbox(), [("test.rhai", only_sensors.as_str())]);
+    assert!(errors.is_empty(), "{errors:?}");
+    h.engine.reload(rules, edgewatch_engine::Timestamp(200 * SEC));
+    h.tick(319 * SEC);
+    assert_eq!(pages(&h).len(), 1, "they wait out the hold again");
+    h.tick(320 * SEC);
+    assert_eq!(pages(&h).iter().filter(|(r, _)| r == "offline").count(), 20, "never held for good");
+}
