@@ -75,6 +75,9 @@ pub enum DecodeError {
     StringTooLong { len: usize, max: usize },
     #[error("wrong type: {0}")]
     WrongType(String),
+    /// Decoded, but not the shape its subscription's schema asks for.
+    #[error("{0}")]
+    Schema(crate::schema::Violation),
 }
 
 impl DecodeError {
@@ -89,13 +92,14 @@ impl DecodeError {
             DecodeError::TooDeep { .. } => "too_deep",
             DecodeError::StringTooLong { .. } => "string_too_long",
             DecodeError::WrongType(_) => "wrong_type",
+            DecodeError::Schema(_) => "schema",
         }
     }
 
     /// Every reason [`DecodeError::reason`] can return, for exporters that pre-register
     /// their counters.
-    pub const REASONS: [&'static str; 8] =
-        ["too_large", "empty", "not_utf8", "json", "wire", "too_deep", "string_too_long", "wrong_type"];
+    pub const REASONS: [&'static str; 9] =
+        ["too_large", "empty", "not_utf8", "json", "wire", "too_deep", "string_too_long", "wrong_type", "schema"];
 }
 
 /// Decodes `bytes` as `format`, refusing payloads over `max_len` bytes; the other limits are

@@ -8,7 +8,7 @@
 //!                       │             │                 ├─ state ─▶ store (sled) ◀────────────────┘ (durable)
 //!                       │             │                 └─ closed roll-ups ─▶ history (segment files, before the batch)
 //!                       └── acks ─────┼── once the batch is on disk
-//!                                     ├─▶ dead letters for bad input
+//!                                     ├─▶ dead letters for bad input (and payloads their schema refuses)
 //!                                     └─▶ actions ─▶ sinks: a queue per sink (in the batch) ─▶ http | mqtt
 //!       config ──▶ reload / rules (one loader: *.rhai, tables) ──▶ engine, swapped between events
 //!       history ──▶ seed: rules' pasts at a load or reload; `edgewatch history`, `state export`
@@ -18,6 +18,7 @@
 //! - [`config`]: TOML + `EDGEWATCH_*` environment -> raw -> validated [`config::Config`].
 //! - [`mqtt`]: rumqttc connections (MQTT 3.1.1 and 5) behind one face, with [`firmware_sim::backoff`].
 //! - [`decode`]: payload bytes (JSON, plain scalars, wire frames) -> values for rules.
+//! - [`schema`]: a subscription's payload schema, checked on each decoded payload.
 //! - [`rules`]: the rules directory -> a compiled rule set.
 //! - [`agent`]: the running pipeline: `source` ─▶ `step` (the engine loop) ─▶ `commit` ─▶
 //!   `upstream`, around plain state machines; shutdown and reloads passed in as values.
@@ -69,6 +70,7 @@ pub mod outbox;
 pub mod reload;
 pub mod replay;
 pub mod rules;
+pub mod schema;
 pub mod sinks;
 pub mod store;
 pub mod telemetry;

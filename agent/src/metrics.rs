@@ -162,6 +162,17 @@ impl Collector for AgentCollector {
                 reasons.iter().map(|(r, n)| (*r, *n)),
             )?;
         }
+        if let Ok(rejected) = d.schema_rejected.lock() {
+            labelled2(
+                e,
+                (
+                    "schema_rejected",
+                    "Payloads their subscription's schema refused, by subscription and schema version.",
+                ),
+                ("subscription", "version"),
+                rejected.iter().map(|((s, v), n)| ((s.as_str(), v.as_str()), *n)),
+            )?;
+        }
         counter(e, "dead_letters", "Messages published to the dead-letter topic.", load(&s.dead_letters))?;
         counter(
             e,

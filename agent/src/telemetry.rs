@@ -61,6 +61,9 @@ pub struct Detail {
     pub subscriptions: Vec<String>,
     pub received_by_subscription: Box<[AtomicU64]>,
     pub decode_errors_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    /// Payloads their subscription's schema refused, by subscription filter and schema
+    /// version (`""`: a schema without versions).
+    pub schema_rejected: Mutex<BTreeMap<(String, String), u64>>,
     pub by_rule: Mutex<HashMap<Arc<str>, RuleCounts>>,
     /// Keys (devices) tracked per rule, refreshed about once a second.
     pub tracked_keys: Mutex<Vec<(Arc<str>, u64)>>,
@@ -95,6 +98,7 @@ impl Detail {
             subscriptions,
             received_by_subscription,
             decode_errors_by_reason: Mutex::default(),
+            schema_rejected: Mutex::default(),
             by_rule: Mutex::default(),
             tracked_keys: Mutex::default(),
             engine_seconds: latency_buckets(),
@@ -223,6 +227,13 @@ impl Stats {
     /// Counters for an agent with these subscription filters.
     pub fn new(subscriptions: Vec<String>) -> Self {
         Stats { detail: Detail::new(subscriptions), ..Stats::default() }
+    }
+
+    /// A payload its subscription's schema refused (then dead-lettered as any undecodable one).
+    pub(crate) fn schema_rejected(&self, subscription: &str, version: &str) {
+        if let Ok(mut m) = self.detail.schema_rejected.lock() {
+            *m.entry((subscription.to_owned(), version.to_owned())).or_default() += 1;
+        }
     }
 
     pub(crate) fn decode_failed(&self, topic: &str, error: &crate::decode::DecodeError) {

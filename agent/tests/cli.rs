@@ -35,6 +35,26 @@ fn an_unknown_config_key_exits_2_and_names_the_key_and_file() {
 }
 
 #[test]
+fn a_bad_schema_exits_2_and_names_the_key_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("edgewatch.toml");
+    let base = "[agent]\nid = \"x\"\n[source]\nurl = \"mqtt://127.0.0.1:1\"\n[[subscriptions]]\ntopic = \"a/#\"\n";
+    for (extra, path) in [
+        ("schema = \"nope\"\n", "`subscriptions[0].schema`"),
+        (
+            "schema = \"s\"\n[schemas.s.fields]\nt = { type = \"number\", min = 9, max = 1 }\n",
+            "`schemas.s.fields.t.min`",
+        ),
+        ("schema = \"s\"\n[schemas.s.fields]\nt = { type = \"numbr\" }\n", "`schemas.s.fields.t.type`"),
+    ] {
+        std::fs::write(&file, format!("{base}{extra}")).expect("write");
+        let out = edgewatch(&["run", "--config", file.to_str().expect("utf-8 path")], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{extra}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(path), "{extra}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
 fn a_missing_config_file_exits_2() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = edgewatch(&["run", "--config", "nope.toml"], dir.path());

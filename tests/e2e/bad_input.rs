@@ -1,7 +1,7 @@
 //! Bad input is counted, dead-lettered with its reason, and never stops the agent.
 
 use crate::{OVERHEAT, agent, config};
-use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber};
+use edgewatch_e2e::{Broker, Publisher, RunningAgent, Subscriber, TomlValue, WAIT, wait_metric};
 
 const FRAGILE: &str = r#"
 // Fails on payloads without a `limit` field.
@@ -259,4 +259,60 @@ async fn a_message_over_the_client_limit_is_a_dead_letter_not_a_disconnect() {
             agent.stop().await;
         }
     }
+}
+
+/// A payload that breaks its subscription's schema is dead-lettered with reason `schema`, the
+/// field and the expectation, counted per subscription and version, and no rule sees it; the
+/// version field chooses the shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_that_breaks_its_schema_is_dead_lettered_with_its_field_and_rules_never_see_it() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let metrics = edgewatch::broker::free_port().expect("port");
+    let field = |text: &str| TomlValue::raw(text);
+    let toml = agent(addr, "3.1.1")
+        .set("agent.metrics_listen", metrics)
+        .set("subscriptions[1].schema", "reading")
+        .set("schemas.reading.version_field", "schema_version")
+        .set("schemas.reading.default_version", "1")
+        .set("schemas.reading.versions.1.fields.temperature", field(r#"{ type = "number", min = -40, max = 125 }"#))
+        .set("schemas.reading.versions.2.fields.celsius", field(r#"{ type = "number", min = -40, max = 125 }"#))
+        .set("schemas.reading.versions.2.fields.state", field(r#"{ type = "enum", values = ["ok", "fault"] }"#))
+        .to_string();
+    let rule =
+        r#"rule("hot", #{ on: "strict/{device}/t", when: |e| (e.payload.temperature ?? e.payload.celsius) > 80 });"#;
+    let agent = RunningAgent::start(&toml, &[("hot.rhai", rule)]).await;
+    let mut dead = Subscriber::connect(addr, "dead-letter-reader", "edgewatch/gw-test/deadletter").await;
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+    let mut sensor = Publisher::connect(addr, "sensor").await;
+    let cases = [
+        (r#"{"temperature": "85C"}"#, r#"temperature: expected number in [-40, 125], got "85C" (schema version 1)"#),
+        (r#"{"temperature": 900}"#, "temperature: expected number in [-40, 125], got 900 (schema version 1)"),
+        (
+            r#"{"schema_version": 2, "celsius": 90, "state": "on"}"#,
+            r#"state: expected one of "ok", "fault", got "on" (schema version 2)"#,
+        ),
+        (r#"{"schema_version": 7, "celsius": 90}"#, "schema_version: expected one of the versions 1, 2, got 7"),
+    ];
+    for (payload, error) in cases {
+        sensor.publish("strict/t-01/t", payload).await;
+        let letter = dead.next().await.json();
+        assert_eq!((letter["reason"].as_str(), letter["error"].as_str()), (Some("schema"), Some(error)), "{letter}");
+    }
+    // Valid ones of both versions are events, and only they.
+    sensor.publish("strict/t-01/t", r#"{"temperature": 85}"#).await;
+    sensor.publish("strict/t-02/t", r#"{"schema_version": "2", "celsius": 95, "state": "fault"}"#).await;
+    for subject in ["t-01", "t-02"] {
+        assert_eq!(upstream.next().await.json()["subject"], subject);
+    }
+    let rejected = |v: &str| format!("edgewatch_schema_rejected_total{{subscription=\"strict/#\",version=\"{v}\"}}");
+    wait_metric(metrics, &rejected("1"), WAIT, |n| n == 2.0).await;
+    wait_metric(metrics, &rejected("2"), WAIT, |n| n == 1.0).await;
+    wait_metric(metrics, &rejected(""), WAIT, |n| n == 1.0).await;
+    wait_metric(metrics, "edgewatch_decode_errors_total{reason=\"schema\"}", WAIT, |n| n == 4.0).await;
+    // Another subscription has no schema: anything shaped goes.
+    sensor.publish("sensors/t-03/t", r#"{"temperature": "85C"}"#).await;
+    let s = agent.wait_for_stats("the last message to be processed", |s| s.processed == 3).await;
+    assert_eq!((s.dead_letters, s.events), (4, 2), "{s}");
+    agent.stop().await;
 }

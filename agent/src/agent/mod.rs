@@ -374,6 +374,7 @@ fn subscriptions(config: &Config) -> Vec<Subscription> {
                 qos: 1,
                 format: Format::Scalar,
                 strip_prefix: String::new(),
+                schema: None,
             });
         }
     }

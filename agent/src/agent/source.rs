@@ -94,12 +94,12 @@ impl Source {
                 }
                 Incoming::Publish { mut topic, payload, ack } => {
                     let arrived = Instant::now();
-                    let format = route(&self.subs, &self.stats, &mut topic);
+                    let (format, sub) = route(&self.subs, &self.stats, &mut topic);
                     let received = Timestamp::from_system_time(SystemTime::now());
                     // Only a message that will be redelivered if unacknowledged can be poison.
                     let suspect = ack.is_some() && self.suspects > 0;
                     self.suspects = self.suspects.saturating_sub(usize::from(ack.is_some()));
-                    Some(Input::Message { topic, payload, format, received, arrived, ack, suspect })
+                    Some(Input::Message { topic, payload, format, sub, received, arrived, ack, suspect })
                 }
                 Incoming::TooLarge { mut topic, size, ack } => {
                     let arrived = Instant::now();
@@ -148,18 +148,20 @@ impl Source {
 }
 
 /// Counts a received message against its subscription, strips the subscription's prefix
-/// from its topic, and says how its payload is decoded.
-fn route(subs: &[Subscription], stats: &Stats, topic: &mut String) -> crate::decode::Format {
+/// from its topic, and says how its payload is decoded and which subscription it came by
+/// (its index, for its schema).
+fn route(subs: &[Subscription], stats: &Stats, topic: &mut String) -> (crate::decode::Format, Option<u16>) {
     stats.received.fetch_add(1, Relaxed);
     let sub = subs.iter().position(|s| s.pattern.matches(topic));
     if let Some(counter) = sub.and_then(|i| stats.detail.received_by_subscription.get(i)) {
         counter.fetch_add(1, Relaxed);
     }
+    let index = sub.and_then(|i| u16::try_from(i).ok());
     let sub = sub.and_then(|i| subs.get(i));
     if let Some(prefix) = sub.map(|s| s.strip_prefix.as_str()).filter(|p| !p.is_empty()) {
         if topic.starts_with(prefix) {
             topic.drain(..prefix.len());
         }
     }
-    sub.map(|s| s.format).unwrap_or_default()
+    (sub.map(|s| s.format).unwrap_or_default(), index)
 }

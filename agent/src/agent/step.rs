@@ -53,6 +53,8 @@ pub(super) enum Input {
         topic: String,
         payload: Bytes,
         format: Format,
+        /// Its subscription, by its index in the configuration: for its schema.
+        sub: Option<u16>,
         received: Timestamp,
         /// When it came off the socket, for the latency histogram.
         arrived: Instant,
@@ -300,7 +302,7 @@ impl Step {
                 let error = DecodeError::TooLarge { size, max: self.config.max_payload_bytes };
                 self.undecodable((&topic, &[], size), received, &error);
             }
-            Some(Input::Message { topic, payload, format, received, arrived, ack, suspect }) => {
+            Some(Input::Message { topic, payload, format, sub, received, arrived, ack, suspect }) => {
                 // A possible redelivery of what the last run crashed on: its delivery count is on
                 // disk before it is processed.
                 let delivery = match (&self.sink, suspect) {
@@ -325,7 +327,7 @@ impl Step {
                         }
                         #[cfg(feature = "failpoints")]
                         poison::crash_on(&payload);
-                        self.process(topic, payload, format, received);
+                        self.process(topic, payload, (format, sub), received);
                     }
                 }
             }
@@ -340,11 +342,23 @@ impl Step {
     }
 
     /// Decodes a message and runs it through the engine.
-    fn process(&mut self, topic: String, payload: Bytes, format: Format, received: Timestamp) {
+    fn process(&mut self, topic: String, payload: Bytes, (format, sub): (Format, Option<u16>), received: Timestamp) {
         if let Some(j) = &mut self.journal {
             j.message(received.millis(), format, &topic, &payload);
         }
-        match decode_with(format, &payload, &self.config.decode_limits()) {
+        let schema = sub.and_then(|i| self.config.subscriptions.get(usize::from(i))).and_then(|s| s.schema.as_deref());
+        let decoded = decode_with(format, &payload, &self.config.decode_limits()).and_then(|value| {
+            match schema.map(|s| s.check(&value)) {
+                Some(Err(violation)) => Err(DecodeError::Schema(violation)),
+                _ => Ok(value),
+            }
+        });
+        if let (Err(DecodeError::Schema(v)), Some(sub)) =
+            (&decoded, sub.and_then(|i| self.config.subscriptions.get(usize::from(i))))
+        {
+            self.stats.schema_rejected(&sub.filter, &v.version);
+        }
+        match decoded {
             Err(error) => self.undecodable((&topic, &payload, payload.len()), received, &error),
             Ok(value) => {
                 let event = Event::new(topic, value, &payload, received);

@@ -190,6 +190,7 @@ mod tests {
             qos: 1,
             format: Format::Auto,
             strip_prefix: strip.into(),
+            schema: None,
         }
     }
 

@@ -20,6 +20,7 @@
 //! - `history.rs`: `[history]` and the subscriptions' `remember`, raw and checked.
 //! - `journal.rs`: `[journal]`, raw and checked.
 //! - `sinks.rs`: `[[sinks]]`, raw and checked.
+//! - `schemas.rs`: `[schemas.<name>]`, payload schemas, raw and checked.
 //!
 //! Environment variables name a key path with `__` between levels:
 //! `EDGEWATCH_SOURCE__URL=mqtt://10.0.0.2:1883`, `EDGEWATCH_AGENT__ID=gw-7`. A value is read
@@ -69,6 +70,7 @@ impl fmt::Debug for Secret {
 mod history;
 mod journal;
 mod raw;
+mod schemas;
 mod sinks;
 mod validate;
 
@@ -174,6 +176,8 @@ pub struct Subscription {
     /// (empty: nothing), so rules written for `sensors/...` work on a broker where the
     /// topics arrive as `site-a/sensors/...` (a bridge's prefix, or the demo's private tree).
     pub strip_prefix: String,
+    /// What its payloads must look like (`schema`); checked right after decoding.
+    pub schema: Option<std::sync::Arc<crate::schema::Schema>>,
 }
 
 /// Where and how composite events are published.

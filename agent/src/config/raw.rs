@@ -41,6 +41,9 @@ pub struct RawConfig {
     pub sinks: Vec<super::sinks::RawSink>,
     #[serde(default)]
     pub alarms: RawAlarms,
+    /// Payload schemas by name, for subscriptions' `schema`.
+    #[serde(default)]
+    pub schemas: std::collections::BTreeMap<String, super::schemas::RawSchema>,
 }
 
 /// The alarm lifecycle's commands.
@@ -298,6 +301,8 @@ pub struct RawSubscription {
     /// Numeric fields kept in history for every message of this subscription.
     #[serde(default)]
     pub remember: Vec<String>,
+    /// The `[schemas.<name>]` its payloads must have.
+    pub schema: Option<String>,
 }
 
 fn default_qos() -> u8 {

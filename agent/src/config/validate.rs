@@ -36,6 +36,7 @@ impl RawConfig {
         if self.subscriptions.is_empty() {
             return Err(invalid("subscriptions", "at least one `[[subscriptions]]` entry is required"));
         }
+        let schemas = super::schemas::validate(self.schemas)?;
         let mut subscriptions = Vec::with_capacity(self.subscriptions.len());
         let mut remember = Vec::new();
         for (i, s) in self.subscriptions.into_iter().enumerate() {
@@ -61,7 +62,20 @@ impl RawConfig {
                     return Err(invalid(&key, format!("must be how `{}` begins, level by level", s.topic)));
                 }
             }
-            let sub = Subscription { filter: s.topic, pattern, qos, format: s.format, strip_prefix };
+            let schema = match &s.schema {
+                None => None,
+                Some(name) => match schemas.get(name) {
+                    Some(schema) => Some(std::sync::Arc::new(schema.clone())),
+                    None => {
+                        let known = schemas.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+                        return Err(invalid(
+                            &format!("{path}.schema"),
+                            format!("no `[schemas.{name}]` is declared (declared: {known})"),
+                        ));
+                    }
+                },
+            };
+            let sub = Subscription { filter: s.topic, pattern, qos, format: s.format, strip_prefix, schema };
             if let Some(r) = super::history::remembered(&path, &sub, &s.remember)? {
                 if !self.state.durable {
                     return Err(invalid(
