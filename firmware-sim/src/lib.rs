@@ -12,7 +12,7 @@
 //!                                        ▼ Simulation::new(&scenario, SimOptions { seed, start_ms, duration })
 //!                     Simulation (sim.rs) ── pure: virtual time in, Emissions out, no I/O
 //!                       │  schedule: min-heap of (time, device, job)
-//!                       │  Device (device.rs): seq, timers, Signal (signal.rs), own ChaCha8 stream
+//!                       │  Device (device/): seq, timers, Signal (signal.rs), own ChaCha8 stream
 //!                       │  faults: withhold ─▶ shape ─▶ deliver (duplicate, late, reorder)
 //!                       ▼
 //!            poll(now) ─▶ Emission { at, time_ms, device, Connect | Publish | Drop }
