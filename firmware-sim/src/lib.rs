@@ -10,10 +10,10 @@
 //!    deny_unknown_fields,           ids, topics, faults resolved)        resize, prefix_topics, stretch)
 //!    errors name the key path)           │
 //!                                        ▼ Simulation::new(&scenario, SimOptions { seed, start_ms, duration })
-//!                     Simulation (sim.rs) ── pure: virtual time in, Emissions out, no I/O
+//!                     Simulation (sim/) ──── pure: virtual time in, Emissions out, no I/O
 //!                       │  schedule: min-heap of (time, device, job)
 //!                       │  Device (device/): seq, timers, Signal (signal.rs), own ChaCha8 stream
-//!                       │  faults: withhold ─▶ shape ─▶ deliver (duplicate, late, reorder)
+//!                       │  jobs (sim/jobs.rs) ─▶ faults (sim/faults.rs): withhold ─▶ shape ─▶ deliver
 //!                       ▼
 //!            poll(now) ─▶ Emission { at, time_ms, device, Connect | Publish | Drop }
 //!                       │                               │
