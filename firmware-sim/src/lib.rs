@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! config/scenarios/*.toml ──Scenario::load──▶ Scenario ◀──Scenario::new── ScenarioSpec (built in code,
-//!   (scenario/raw.rs: serde,       (scenario/mod.rs: validated:          or a file's spec edited:
+//!   (scenario/raw.rs: serde,       (scenario/validate.rs:                or a file's spec edited:
 //!    deny_unknown_fields,           ids, topics, faults resolved)        resize, prefix_topics, stretch)
 //!    errors name the key path)           │
 //!                                        ▼ Simulation::new(&scenario, SimOptions { seed, start_ms, duration })
