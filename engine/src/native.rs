@@ -197,6 +197,31 @@ impl Pred {
         if statements == 1 { pred } else { None }
     }
 
+    /// Whether evaluating on `v` reads `e.value`, short-circuiting as [`Pred::eval`] does:
+    /// `e.levels[2] == "status" && e.value == "offline"` does not read it on a heartbeat.
+    /// Asked only when the predicate did not hold and the event has no value.
+    pub(crate) fn reads_value(&self, v: &View<'_>) -> bool {
+        let is_value = |o: &Operand| matches!(o, Operand::Field(n) if n == "value");
+        match self {
+            Pred::Const(_) => false,
+            Pred::Not(p) => p.reads_value(v),
+            Pred::And(ps) | Pred::Or(ps) => {
+                // An `and` goes on while its parts hold, an `or` while they do not.
+                let goes_on_when = matches!(self, Pred::And(_));
+                for p in ps {
+                    if p.reads_value(v) {
+                        return true;
+                    }
+                    if p.eval(v) != Some(goes_on_when) {
+                        return false;
+                    }
+                }
+                false
+            }
+            Pred::Cmp(_, a, b) => is_value(a) || is_value(b),
+        }
+    }
+
     /// Evaluates; `None` means "ask Rhai" (a type this module does not compare).
     pub(crate) fn eval(&self, v: &View<'_>) -> Option<bool> {
         match self {

@@ -425,13 +425,20 @@ impl<'a> Cx<'a> {
     /// Evaluates predicate `f` on the event: natively when it is a simple comparison, else
     /// through Rhai.
     pub(crate) fn test(&mut self, what: &str, f: &Func, x: &Ev<'_>) -> Option<bool> {
-        let held = match f.native(&self.rule.ast).and_then(|p| p.eval(&x.view())) {
+        let native = f.native(&self.rule.ast);
+        let judged = native.and_then(|p| p.eval(&x.view()));
+        let held = match judged {
             Some(b) => Some(b),
             None => self.test_dyn(what, f, x.dynamic()),
         };
-        // Only when it did not hold, so a rule that matches pays nothing.
+        // Only when it did not hold, so a rule that matches pays nothing. A native predicate
+        // says whether this event's evaluation read `e.value`; for Rhai, whether the closure
+        // mentions it at all.
         if held != Some(true) && !self.value_missing && f.reads_value(&self.rule.ast) && x.value_missing() {
-            self.value_missing = true;
+            self.value_missing = match (native, judged) {
+                (Some(p), Some(_)) => p.reads_value(&x.view()),
+                _ => true,
+            };
         }
         held
     }

@@ -290,3 +290,22 @@ fn reading_a_missing_value_is_reported_per_rule_and_event() {
     assert_eq!(h.value_missing, Vec::<String>::new());
     assert!(h.faults.is_empty(), "{:?}", h.faults);
 }
+
+/// The shipped `offline` rule reads `e.value` only on a `status` message
+/// (`e.levels[2] == "status" && e.value == "offline"`): a heartbeat without a value is not
+/// reported as a missing value (the demo warned about it on every start).
+#[test]
+fn a_value_read_only_past_a_false_condition_is_not_reported_missing() {
+    use crate::support::H;
+    let src = r#"
+        rule("guarded", #{ on: "sensors/{device}/+", when: |e| e.levels[2] == "status" && e.value == "offline" });
+        rule("either", #{ on: "sensors/{device}/+", when: |e| e.levels[2] == "heartbeat" || e.value == "x" });
+        rule("unguarded", #{ on: "sensors/{device}/+", when: |e| e.value == "offline" && e.levels[2] == "status" });
+    "#;
+    let mut h = H::new(src);
+    h.send(0, "sensors/t-1/heartbeat", r#"{"n": 1}"#);
+    assert_eq!(h.value_missing, ["unguarded"], "only the rule that did read it");
+    h.value_missing.clear();
+    h.send(1_000, "sensors/t-1/status", r#"{"n": 1}"#);
+    assert_eq!(h.value_missing, ["guarded", "either", "unguarded"], "past the guard, all read it");
+}
