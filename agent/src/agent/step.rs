@@ -346,18 +346,16 @@ impl Step {
         if let Some(j) = &mut self.journal {
             j.message(received.millis(), format, &topic, &payload);
         }
-        let schema = sub.and_then(|i| self.config.subscriptions.get(usize::from(i))).and_then(|s| s.schema.as_deref());
+        let sub = sub.and_then(|i| self.config.subscriptions.get(usize::from(i)));
         let decoded = decode_with(format, &payload, &self.config.decode_limits()).and_then(|value| {
-            match schema.map(|s| s.check(&value)) {
-                Some(Err(violation)) => Err(DecodeError::Schema(violation)),
-                _ => Ok(value),
+            match sub.and_then(|s| Some((s, s.schema.as_deref()?.check(&value).err()?))) {
+                Some((s, violation)) => {
+                    self.stats.schema_rejected(&s.filter, &violation.version);
+                    Err(DecodeError::Schema(violation))
+                }
+                None => Ok(value),
             }
         });
-        if let (Err(DecodeError::Schema(v)), Some(sub)) =
-            (&decoded, sub.and_then(|i| self.config.subscriptions.get(usize::from(i))))
-        {
-            self.stats.schema_rejected(&sub.filter, &v.version);
-        }
         match decoded {
             Err(error) => self.undecodable((&topic, &payload, payload.len()), received, &error),
             Ok(value) => {
