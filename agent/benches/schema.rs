@@ -1,8 +1,10 @@
-//! What a payload schema costs per message: `Schema::check` of a decoded 10-field payload
-//! (the target is ≤ 1 µs), beside the payload's decoding for scale. `cargo bench -p edgewatch
-//! --bench schema` prints a markdown table.
+//! What a payload schema and privacy cost per message: `Schema::check` of a decoded 10-field
+//! payload (the target is ≤ 1 µs), and `Protector::apply` with the protected payload's JSON
+//! re-encoding (for the journal and the event id), beside the payload's decoding for scale.
+//! `cargo bench -p edgewatch --bench schema` prints a markdown table.
 
 use edgewatch::decode::{DecodeLimits, Format, decode_with};
+use edgewatch::privacy::{Privacy, Protect, Protector, Rule};
 use edgewatch::schema::{Field, Kind, Schema, Shape, Versions};
 use std::hint::black_box;
 use std::time::Instant;
@@ -73,4 +75,37 @@ fn main() {
         black_box(s.check(black_box(&bad)).is_err());
     });
     println!("| schema check, refused (the violation's message made) | {ns:.0} |");
+
+    // Privacy: each call protects a fresh copy of the decoded payload (as the agent does), so
+    // the copy is measured alone first and subtracted.
+    let copy = ns_per(n, || {
+        let _ = black_box(black_box(&payload).clone());
+    });
+    let mut protector = Protector::new(Some(b"a bench secret of 32 bytes......"));
+    let day = Some(86_400_000);
+    let one = Privacy { fields: vec![Rule::new("device", Protect::Pseudonym { rotate_ms: day })] };
+    let four = Privacy {
+        fields: vec![
+            Rule::new("device", Protect::Pseudonym { rotate_ms: None }),
+            Rule::new("firmware", Protect::Drop),
+            Rule::new("door", Protect::KeepLast(2)),
+            Rule::new("gps.lat", Protect::Decimals(2)),
+        ],
+    };
+    let mut t = 1_700_000_000_000_i64;
+    for (what, privacy) in [
+        ("privacy, 1 pseudonym (rotating daily)", &one),
+        ("privacy, 4 fields (pseudonym, drop, mask, decimals)", &four),
+    ] {
+        let ns = ns_per(n, || {
+            let mut v = black_box(&payload).clone();
+            t += 1;
+            black_box(protector.apply(privacy, &mut v, t));
+        }) - copy;
+        println!("| {what} | {ns:.0} |");
+    }
+    let encode = ns_per(n, || {
+        black_box(serde_json::to_vec(black_box(&payload)).ok());
+    });
+    println!("| privacy: the protected payload re-encoded as JSON (journal, event id) | {encode:.0} |");
 }

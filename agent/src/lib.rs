@@ -9,6 +9,7 @@
 //!                       │             │                 └─ closed roll-ups ─▶ history (segment files, before the batch)
 //!                       └── acks ─────┼── once the batch is on disk
 //!                                     ├─▶ dead letters for bad input (and payloads their schema refuses)
+//!                                     ├─ privacy: protected fields dropped, masked, pseudonymised, before all below
 //!                                     └─▶ actions ─▶ sinks: a queue per sink (in the batch) ─▶ http | mqtt
 //!       config ──▶ reload / rules (one loader: *.rhai, tables) ──▶ engine, swapped between events
 //!       history ──▶ seed: rules' pasts at a load or reload; `edgewatch history`, `state export`
@@ -19,6 +20,8 @@
 //! - [`mqtt`]: rumqttc connections (MQTT 3.1.1 and 5) behind one face, with [`firmware_sim::backoff`].
 //! - [`decode`]: payload bytes (JSON, plain scalars, wire frames) -> values for rules.
 //! - [`schema`]: a subscription's payload schema, checked on each decoded payload.
+//! - [`privacy`]: a subscription's protected fields, dropped, masked or pseudonymised right
+//!   after the schema check, before anything else sees them.
 //! - [`rules`]: the rules directory -> a compiled rule set.
 //! - [`agent`]: the running pipeline: `source` ─▶ `step` (the engine loop) ─▶ `commit` ─▶
 //!   `upstream`, around plain state machines; shutdown and reloads passed in as values.
@@ -67,6 +70,7 @@ pub mod journal;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
+pub mod privacy;
 pub mod reload;
 pub mod replay;
 pub mod rules;

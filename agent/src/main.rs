@@ -69,8 +69,8 @@ enum Command {
     Check {
         /// A rule file or a directory of them.
         path: PathBuf,
-        /// Also check the sinks rules name (`notify`, `act`) against this configuration's
-        /// `[[sinks]]`.
+        /// Also check the rules against this configuration: the sinks they name (`notify`,
+        /// `act`) and the fields their `key` reads (`privacy`).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -278,7 +278,7 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, quiet_default);
             let sinks = match config.map(|c| Config::load(&c)) {
                 None => None,
-                Some(Ok(c)) => Some(c.sinks.iter().map(|s| s.name.clone()).collect()),
+                Some(Ok(c)) => Some(edgewatch::reload::Against::config(&c)),
                 Some(Err(error)) => {
                     eprintln!("edgewatch: configuration rejected: {error}");
                     return ExitCode::from(2);
@@ -348,9 +348,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Compiles every rule file under `path`; prints `file:line:col: message` per error.
-fn check(path: &std::path::Path, sinks: Option<Vec<String>>) -> anyhow::Result<bool> {
+fn check(path: &std::path::Path, against: Option<edgewatch::reload::Against>) -> anyhow::Result<bool> {
     let sandbox = std::sync::Arc::new(edgewatch_engine::Sandbox::default());
-    let loaded = edgewatch::reload::load_checked(sandbox, path, sinks)?;
+    let loaded = edgewatch::reload::load_checked(sandbox, path, against)?;
     for error in &loaded.errors {
         println!("{error}");
     }

@@ -180,6 +180,18 @@ impl Collector for AgentCollector {
             "Messages dead-lettered unprocessed after the agent crashed on their earlier deliveries.",
             load(&s.quarantined),
         )?;
+        counter(
+            e,
+            "privacy_fields_protected",
+            "Payload fields dropped, masked or pseudonymised by their subscription's privacy.",
+            load(&s.privacy_protected),
+        )?;
+        counter(
+            e,
+            "privacy_fields_dropped_instead",
+            "Protected fields that could not be masked as declared (wrong type) and were dropped instead.",
+            load(&s.privacy_dropped_instead),
+        )?;
         if let Ok(by_rule) = d.by_rule.lock() {
             let mut rules: Vec<_> = by_rule.iter().map(|(r, c)| (r.clone(), *c)).collect();
             drop(by_rule);

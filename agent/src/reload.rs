@@ -50,9 +50,24 @@ pub struct RuleFiles {
     /// The errors of the last scan, by identity (a file's content hash, a table set's hash,
     /// a message): only those not among them are new.
     reported: HashSet<String>,
-    /// The configured sinks' names, when rules are checked against them: a rule that names
-    /// another in `notify` or `act` does not compile.
-    sinks: Option<Vec<String>>,
+    /// What rules are checked against in the configuration, when they are (the agent, and
+    /// `check --config`): a rule that breaks it does not compile.
+    against: Option<Against>,
+}
+
+/// What of the configuration a rule must fit.
+#[derive(Debug, Clone, Default)]
+pub struct Against {
+    /// The configured sinks' names: a rule may name only these in `notify` or `act`.
+    pub sinks: Vec<String>,
+    /// Fields pseudonymised with a rotation: a rule's `key` may not read them.
+    pub rotating: Vec<String>,
+}
+
+impl Against {
+    pub fn config(config: &crate::config::Config) -> Against {
+        Against { sinks: config.sinks.iter().map(|s| s.name.clone()).collect(), rotating: config.rotating_fields() }
+    }
 }
 
 /// A problem a scan found for the first time.
@@ -108,13 +123,13 @@ impl RuleFiles {
             files: BTreeMap::new(),
             tables_hash: None,
             reported: HashSet::new(),
-            sinks: None,
+            against: None,
         }
     }
 
-    /// Rules must name only these sinks (`[[sinks]]` of the configuration).
-    pub fn with_sinks(mut self, sinks: Vec<String>) -> Self {
-        self.sinks = Some(sinks);
+    /// Rules must fit this configuration (its sinks, its privacy).
+    pub fn against(mut self, against: Against) -> Self {
+        self.against = Some(against);
         self
     }
 
@@ -149,8 +164,8 @@ impl RuleFiles {
                 continue;
             }
             changed = true;
-            let latest = self.sandbox.compile_file(&name, &text).and_then(|r| match &self.sinks {
-                Some(sinks) => check_sinks(&name, r, sinks),
+            let latest = self.sandbox.compile_file(&name, &text).and_then(|r| match &self.against {
+                Some(against) => fits(&name, r, against),
                 None => Ok(r),
             });
             let latest = latest.map(|r| r.into_iter().map(Arc::new).collect());
@@ -294,25 +309,31 @@ impl RuleFiles {
     }
 }
 
-/// The rules of a file, unless one names a sink that is not configured: then the error at
-/// that rule.
-fn check_sinks(file: &str, rules: Vec<Rule>, sinks: &[String]) -> Result<Vec<Rule>, CompileError> {
+/// The rules of a file, unless one does not fit the configuration: then the error at that
+/// rule. A rule may name only configured sinks, and its `key` may not read a field that a
+/// subscription pseudonymises with a rotation (the key would change every period).
+fn fits(file: &str, rules: Vec<Rule>, against: &Against) -> Result<Vec<Rule>, CompileError> {
     for r in &rules {
-        if let Some(missing) = r.sinks().find(|name| !sinks.iter().any(|s| s == name)) {
-            let known = if sinks.is_empty() {
+        let error =
+            |message: String| CompileError { file: file.to_owned(), line: r.origin.line, col: r.origin.col, message };
+        if let Some(missing) = r.sinks().find(|name| !against.sinks.iter().any(|s| s == name)) {
+            let known = if against.sinks.is_empty() {
                 "none is configured".to_owned()
             } else {
-                format!("configured: {}", sinks.join(", "))
+                format!("configured: {}", against.sinks.join(", "))
             };
-            return Err(CompileError {
-                file: file.to_owned(),
-                line: r.origin.line,
-                col: r.origin.col,
-                message: format!(
-                    "rule `{}`: sink `{}` is not in the configuration's [[sinks]] ({known})",
-                    r.name, missing
-                ),
-            });
+            return Err(error(format!(
+                "rule `{}`: sink `{}` is not in the configuration's [[sinks]] ({known})",
+                r.name, missing
+            )));
+        }
+        let reads = r.key_reads().unwrap_or_default();
+        if let Some(field) = against.rotating.iter().find(|f| reads.contains(f.split('.').next_back().unwrap_or(f))) {
+            return Err(error(format!(
+                "rule `{}`: `key` reads `{field}`, which a subscription's `privacy` pseudonymises with a \
+                 rotation; a key must not change every period (pseudonymise it with \"never\", or key on another field)",
+                r.name
+            )));
         }
     }
     Ok(rules)
@@ -325,16 +346,16 @@ pub fn load(sandbox: Arc<Sandbox>, path: &Path) -> Result<rules::Loaded, RulesDi
     load_checked(sandbox, path, None)
 }
 
-/// [`load`], with the rules' sinks checked against `sinks` when given (`check --config`).
+/// [`load`], with the rules checked against a configuration when given (`check --config`).
 pub fn load_checked(
     sandbox: Arc<Sandbox>,
     path: &Path,
-    sinks: Option<Vec<String>>,
+    against: Option<Against>,
 ) -> Result<rules::Loaded, RulesDirError> {
     let listed = if path.is_file() { vec![path.to_owned()] } else { rules::rule_files(path)? };
     let mut files = RuleFiles::new(path, BTreeMap::new(), sandbox);
-    if let Some(sinks) = sinks {
-        files = files.with_sinks(sinks);
+    if let Some(against) = against {
+        files = files.against(against);
     }
     let scan = files.scan(Timestamp(0))?;
     let mut errors: Vec<CompileError> = files.files.values().filter_map(|f| f.error.clone()).collect();
@@ -492,5 +513,31 @@ mod tests {
         let scan = files.scan(Timestamp(2)).expect("scan");
         assert_eq!(names(&scan), ["a", "a2", "b", "c"]);
         assert!(scan.status.to_string().contains("b.rhai"), "{}", scan.status);
+    }
+
+    /// Issue 20, privacy: a key made of a pseudonym that rotates would be a new device every
+    /// period. A rule whose `key` reads such a field does not load, at its position; other
+    /// rules, and keys on other fields, do.
+    #[test]
+    fn a_rule_keyed_on_a_rotating_pseudonym_is_refused_at_its_position() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("k.rhai"),
+            "rule(\"ok\", #{ on: \"b/#\", key: |e| e.payload.site, when: |e| e.value > 1 });\n\
+             rule(\"by-owner\", #{ on: \"b/#\", key: |e| e.payload.owner, when: |e| e.value > 1 });\n",
+        )
+        .expect("write");
+        let against = Against { sinks: Vec::new(), rotating: vec!["owner".into()] };
+        let mut keyed = files(dir.path()).against(against);
+        let scan = keyed.scan(Timestamp(0)).expect("scan");
+        assert_eq!(scan.errors.len(), 1, "{:?}", scan.errors);
+        let message = &scan.errors[0].message;
+        assert!(message.contains("k.rhai:2:"), "{message}");
+        assert!(message.contains("`key` reads `owner`"), "{message}");
+
+        let mut fixed = files(dir.path()).against(Against { sinks: Vec::new(), rotating: vec!["badge".into()] });
+        let scan = fixed.scan(Timestamp(0)).expect("scan");
+        assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+        assert_eq!(scan.rules.len(), 2);
     }
 }

@@ -146,6 +146,11 @@ pub struct Stats {
     pub dead_letters: AtomicU64,
     /// Messages quarantined unprocessed: the agent crashed on each of their last deliveries.
     pub quarantined: AtomicU64,
+    /// Payload fields protected by their subscription's `privacy` (dropped, masked,
+    /// pseudonymised as declared), and those that could not be protected as declared (a mask
+    /// of a number on a text) and were dropped instead.
+    pub privacy_protected: AtomicU64,
+    pub privacy_dropped_instead: AtomicU64,
     /// Connections that were up and went down, both brokers: one per outage.
     pub disconnects: AtomicU64,
     /// Connection attempts that failed, both brokers (the retries during an outage, and

@@ -1,6 +1,6 @@
 //! The `edgewatch` binary as a user runs it: exit codes and messages.
 
-use edgewatch_e2e::AgentToml;
+use edgewatch_e2e::{AgentToml, TomlValue};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -52,6 +52,45 @@ fn a_bad_schema_exits_2_and_names_the_key_path() {
         assert_eq!(out.status.code(), Some(2), "{extra}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains(path), "{extra}: {}", text(&out.stderr));
     }
+}
+
+/// Issue 20, privacy: a field that keys device state cannot be pseudonymised with a
+/// rotation, in the configuration (exit 2, naming the key) or in a rule's `key`
+/// (`check --config` refuses the rule at its position); "never" is fine in both.
+#[test]
+fn a_rotating_pseudonym_that_would_key_state_is_refused_by_the_config_and_by_check() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("privacy.key"), "0123456789abcdef0123456789abcdef").expect("key");
+    let config = dir.path().join("edgewatch.toml");
+    let with = |pseudonymise: &str| {
+        AgentToml::new()
+            .dirs_in(dir.path())
+            .subscribe_with("b/#", &[("privacy", TomlValue::raw(format!("{{ pseudonymise = {pseudonymise} }}")))])
+            .set("privacy.key_file", "privacy.key")
+            .write(&config);
+    };
+    with(r#"{ device = "1d" }"#);
+    let out = edgewatch(&["run", "--config", "edgewatch.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("`subscriptions[0].privacy.pseudonymise.device`") && err.contains("cannot rotate"), "{err}");
+
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("rules dir");
+    std::fs::write(
+        rules.join("owners.rhai"),
+        "rule(\"site\", #{ on: \"b/#\", key: |e| e.payload.site, when: |e| true });\n\
+         rule(\"by-owner\", #{ on: \"b/#\", key: |e| e.payload.owner, when: |e| true });\n",
+    )
+    .expect("write");
+    with(r#"{ owner = "1d", device = "never" }"#);
+    let out = edgewatch(&["check", "rules", "--config", "edgewatch.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("rules/owners.rhai:2:") && stdout.contains("`key` reads `owner`"), "{stdout}");
+    with(r#"{ owner = "never" }"#);
+    let out = edgewatch(&["check", "rules", "--config", "edgewatch.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
 }
 
 #[test]

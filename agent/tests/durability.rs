@@ -1,7 +1,7 @@
 //! Nothing lost: the agent as a real process, killed and restarted against a real broker,
 //! with real sled files on disk.
 
-use edgewatch_e2e::{AgentToml, Broker, Mosquitto, Publisher, Subscriber, WAIT, wait_healthy, wait_metric};
+use edgewatch_e2e::{AgentToml, Broker, Mosquitto, Publisher, Received, Subscriber, WAIT, wait_healthy, wait_metric};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -939,4 +939,210 @@ async fn webhook_actions_survive_sigkill_and_a_receiver_that_fails_then_goes_awa
             assert!(r.at.duration_since(prev) >= Duration::from_millis(45), "retried without backoff");
         }
     }
+}
+
+/// Issue 20, privacy: a marker planted in protected fields (pseudonymised, dropped, masked)
+/// never appears in any event, dead letter (undecodable, refused by the schema, quarantined
+/// after crashes), log line at `debug`, journal segment, history key or any byte of the state
+/// directory; and what rules see is the protected form (the same pseudonym for the same
+/// person, a masked badge, a cut coordinate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_field_never_reaches_an_event_a_dead_letter_a_log_the_journal_or_the_state() {
+    const MARKER: &str = "7f3a9c0d";
+    const RULES: &str = r#"
+rule("swipe", #{ on: "badges/{device}/swipe", when: |e| true, emit: |e| e.payload });
+rule("alive", #{ on: "badges/{device}/swipe", heartbeat: #{ timeout: "1h" }, remember: "temp" });
+rule("per-holder", #{ on: "badges/+/swipe", key: |e| e.payload.holder, window: #{ size: "1h", value: |e| e.payload.temp },
+                      when: |e| e.window.count >= 2, clear: |e| false });
+"#;
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("privacy.key");
+    std::fs::write(&key, "a test secret, 32 bytes or so...\n").expect("key");
+    let privacy = r#"{ drop = ["phone"], mask = { badge = { keep_last = 2 }, "gps.lat" = { decimals = 2 } },
+                       pseudonymise = { owner = "1d", holder = "never" } }"#;
+    let (config, metrics) = write_config_edited(dir.path(), addr, None, RULES, |c| {
+        let mut c = c
+            .subscribe_with(
+                "badges/#",
+                &[("schema", "swipe".into()), ("privacy", edgewatch_e2e::TomlValue::raw(privacy.replace('\n', " ")))],
+            )
+            .set("privacy.key_file", key.as_path())
+            .set("schemas.swipe.fields.temp", edgewatch_e2e::TomlValue::raw(r#"{ type = "number" }"#))
+            .set("schemas.swipe.fields.owner", edgewatch_e2e::TomlValue::raw(r#"{ type = "string", max_length = 40 }"#))
+            .set("journal.enabled", true)
+            .set("history.fine", "1s")
+            .set("history.coarse", "2s");
+        c = c.set("state.snapshot_interval", "1s");
+        c
+    });
+    let logs = tempfile::NamedTempFile::new().expect("log file");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("EDGEWATCH_FAILPOINT_CRASH_ON", "crash-me")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logs.reopen().map(Stdio::from).expect("log file"))
+            .spawn()
+            .expect("agent starts")
+    };
+    let mut upstream = Subscriber::connect(addr, "cloud", "edgewatch/crash/#").await;
+    let mut agent = spawn();
+    wait_healthy(metrics).await;
+    let mut sensor = Publisher::connect(addr, "badges").await;
+    let swipe = |device: &str, person: &str, temp: f64| {
+        format!(
+            r#"{{"device":"{device}","temp":{temp},"owner":"owner-{person}-{MARKER}","holder":"holder-{person}-{MARKER}",
+                "phone":"+41 79 {MARKER}","badge":"B-{MARKER}","gps":{{"lat":46.2043{MARKER_DIGITS},"lon":6.14}}}}"#
+        )
+        .replace('\n', " ")
+    };
+    const MARKER_DIGITS: &str = "7309";
+    for (device, person, temp) in
+        [("d1", "alice", 20.5), ("d1", "alice", 21.0), ("d2", "bob", 19.0), ("d2", "alice", 22.0)]
+    {
+        sensor.publish(&format!("badges/{device}/swipe"), swipe(device, person, temp)).await;
+    }
+    // Undecodable, and refused by the schema (an owner too long), each with the marker.
+    sensor.publish("badges/d1/swipe", format!(r#"{{"device":"d1","owner":"owner-{MARKER}"#)).await;
+    let long =
+        format!(r#"{{"device":"d1","temp":1,"owner":"owner-alice-{MARKER}-and-much-more-than-forty-characters"}}"#);
+    sensor.publish("badges/d1/swipe", long).await;
+
+    let mut seen: Vec<Received> = Vec::new();
+    let mut swipes = Vec::new();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while (swipes.len() < 4 || letters.len() < 2) && Instant::now() < deadline {
+        if let Some(m) = upstream.next_within(Duration::from_millis(100)).await {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            if v["type"] == "edgewatch.swipe" {
+                swipes.push(v["data"].clone());
+            } else if m.topic.ends_with("/deadletter") {
+                letters.push(v);
+            }
+            seen.push(m);
+        }
+    }
+    assert_eq!(swipes.len(), 4, "{swipes:?}");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        assert!(letter["payload_prefix"].is_null(), "no byte of a protected payload: {letter}");
+    }
+    assert!(
+        letters.iter().any(|l| l["reason"] == "schema" && l["error"].as_str().is_some_and(|e| e.contains("owner")))
+    );
+
+    // A message the agent crashes on, three times: quarantined, still without its bytes.
+    sensor.publish("badges/d2/swipe", format!(r#"{{"device":"d2","temp":1,"phone":"crash-me {MARKER}"}}"#)).await;
+    let mut crashes = 0;
+    let poison = loop {
+        let outcome = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(status) = agent.try_wait().expect("agent status") {
+                    return Err(status);
+                }
+                if let Some(m) = upstream.next_within(Duration::from_millis(50)).await {
+                    let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                    let is_poison = v["reason"] == "poison";
+                    seen.push(m);
+                    if is_poison {
+                        return Ok(v);
+                    }
+                }
+            }
+        })
+        .await
+        .expect("a crash or the dead letter");
+        match outcome {
+            Ok(letter) => break letter,
+            Err(_) => {
+                crashes += 1;
+                assert!(crashes <= 3, "crashed {crashes} times");
+                agent = spawn();
+            }
+        }
+    };
+    assert!(poison["payload_prefix"].is_null(), "{poison}");
+
+    // What rules saw: the same pseudonym for the same person and day, another for another
+    // person; no phone; the badge's last two characters; the latitude cut to 2 decimals.
+    let owners: Vec<&str> = swipes.iter().map(|s| s["owner"].as_str().expect("owner is a string")).collect();
+    assert!(owners.iter().all(|o| o.len() == 16 && o.chars().all(|c| c.is_ascii_hexdigit())), "{owners:?}");
+    assert_eq!((owners[0], owners[0]), (owners[1], owners[3]), "alice is one pseudonym: {owners:?}");
+    assert_ne!(owners[0], owners[2], "bob is another: {owners:?}");
+    assert!(swipes.iter().all(|s| s.get("phone").is_none()), "{swipes:?}");
+    assert_eq!(swipes[0]["badge"], format!("{}{}", "*".repeat(MARKER.len()), &MARKER[MARKER.len() - 2..]));
+    assert_eq!(swipes[0]["gps"]["lat"], 46.2);
+    // The window keyed on the holder's fixed pseudonym: alice's second swipe fired it.
+    let is_per_holder = |m: &Received| {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        (v["type"] == "edgewatch.per-holder").then_some(v)
+    };
+    let per_holder = match seen.iter().find_map(is_per_holder) {
+        Some(v) => v,
+        None => loop {
+            let m = upstream.next_within(WAIT).await.expect("the per-holder event");
+            let found = is_per_holder(&m);
+            seen.push(m);
+            if let Some(v) = found {
+                break v;
+            }
+        },
+    };
+    let subject = per_holder["subject"].as_str().expect("subject");
+    assert_eq!(subject, swipes[0]["holder"].as_str().expect("holder"), "{per_holder}");
+    // The agent restarted after its crashes: one more swipe, counted by the new process.
+    sensor.publish("badges/d2/swipe", swipe("d2", "bob", 18.0)).await;
+    let protected = wait_metric(metrics, "edgewatch_privacy_fields_protected_total", WAIT, |v| v >= 5.0).await;
+    assert_eq!(protected, 5.0, "owner, holder, phone, badge and gps.lat of one swipe");
+    // Into history too: a swipe in a later period closes the first one's roll-up.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    sensor.publish("badges/d2/swipe", swipe("d2", "bob", 17.0)).await;
+    wait_metric(metrics, "edgewatch_privacy_fields_protected_total", WAIT, |v| v >= 10.0).await;
+
+    stop_cleanly(&mut agent);
+    // The journal holds the protected payloads.
+    let journaled: Vec<serde_json::Value> = {
+        let mut out = Vec::new();
+        edgewatch::journal::read(&edgewatch::journal::dir_in(&dir.path().join("state")), (i64::MIN, i64::MAX), |e| {
+            if let edgewatch::journal::Entry::Message { payload, .. } = e {
+                out.push(serde_json::from_slice(payload).expect("JSON"));
+            }
+        })
+        .expect("journal reads");
+        out
+    };
+    // (What the crashed runs had not written yet is lost with them, as any journal tail.)
+    assert!(!journaled.is_empty());
+    assert!(journaled.iter().all(|j| j["owner"].as_str().is_none_or(|o| o.len() == 16)), "{journaled:?}");
+
+    // Not one byte of the marker anywhere.
+    let mut files = vec![logs.path().to_owned()];
+    let mut dirs = vec![dir.path().to_owned()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("dir").filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() { dirs.push(path) } else { files.push(path) }
+        }
+    }
+    assert!(files.len() > 5, "state, journal, history, snapshot, log: {files:?}");
+    let log = std::fs::read_to_string(logs.path()).expect("log");
+    assert!(log.contains("DEBUG") || log.contains("INFO"), "the log was written at debug");
+    for file in &files {
+        let bytes = std::fs::read(file).expect("readable");
+        assert!(!contains(&bytes, MARKER.as_bytes()), "the marker is in {}", file.display());
+    }
+    for m in &seen {
+        assert!(!contains(&m.payload, MARKER.as_bytes()), "the marker went upstream on {}", m.topic);
+    }
+    assert!(history_totals(&dir.path().join("state"), "d2", "temp", edgewatch::history::Resolution::Fine).1 >= 1);
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -27,24 +27,50 @@ impl Func {
     /// calls are not looked into.
     pub(crate) fn reads_value(&self, ast: &AST) -> bool {
         *self.reads_value.get_or_init(|| {
-            let Some(def) = self
-                .arity_in(ast)
-                .and_then(|n| ast.shared_lib().get_script_fn(self.ptr.fn_name(), self.ptr.curry().len() + n))
-            else {
-                return false;
-            };
-            // Walk an AST holding just this function, as `Pred::compile` does.
-            let mut module = rhai::Module::new();
-            module.set_script_fn(def.clone());
             let mut found = false;
-            AST::new_from_module(module).walk(&mut |path: &[rhai::ASTNode<'_>]| {
-                if let Some(rhai::ASTNode::Expr(rhai::Expr::Property(p, _))) = path.last() {
+            self.walk_own(ast, &mut |node| {
+                if let rhai::ASTNode::Expr(rhai::Expr::Property(p, _)) = node {
                     found |= p.2 == "value";
                 }
                 !found
             });
             found
         })
+    }
+
+    /// Every name the closure's own body may read a field by: properties (`e.owner`,
+    /// `e.payload.owner`) and string constants (`e["owner"]`, or a name passed on). A superset,
+    /// for checks that must not miss a field; functions it calls are not looked into.
+    pub(crate) fn names_read(&self, ast: &AST) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        self.walk_own(ast, &mut |node| {
+            match node {
+                rhai::ASTNode::Expr(rhai::Expr::Property(p, _)) => {
+                    names.insert(p.2.to_string());
+                }
+                rhai::ASTNode::Expr(rhai::Expr::StringConstant(s, _)) => {
+                    names.insert(s.to_string());
+                }
+                _ => {}
+            }
+            true
+        });
+        names
+    }
+
+    /// Walks the closure's own body (an AST holding just its function, as `Pred::compile`
+    /// does) until `on_node` returns `false`. Nothing is walked if it is not a script
+    /// function of `ast`.
+    fn walk_own(&self, ast: &AST, on_node: &mut dyn FnMut(&rhai::ASTNode<'_>) -> bool) {
+        let Some(def) = self
+            .arity_in(ast)
+            .and_then(|n| ast.shared_lib().get_script_fn(self.ptr.fn_name(), self.ptr.curry().len() + n))
+        else {
+            return;
+        };
+        let mut module = rhai::Module::new();
+        module.set_script_fn(def.clone());
+        AST::new_from_module(module).walk(&mut |path: &[rhai::ASTNode<'_>]| path.last().is_none_or(&mut *on_node));
     }
 
     /// The native form of this predicate, if it has one.

@@ -303,6 +303,13 @@ impl Rule {
         [slot.alarm.next_deadline(self.every_ms, |_| None), escalation, held].into_iter().flatten().min()
     }
 
+    /// The names its `key` closure may read fields by (see `Func::names_read`); `None`
+    /// without one (the key is then the `{device}` level, else the payload's `device`).
+    /// For the agent's privacy check: a key made of a rotating pseudonym would change daily.
+    pub fn key_reads(&self) -> Option<std::collections::BTreeSet<String>> {
+        self.key.as_ref().map(|k| k.names_read(&self.ast))
+    }
+
     /// The kind of rule, as a word (`filter`, `window`, `heartbeat`, ...).
     pub fn kind(&self) -> &'static str {
         self.kind.name()

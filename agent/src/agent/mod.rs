@@ -124,7 +124,7 @@ impl Agent {
             .map_err(|error| AgentError::StateDir { dir: config.state_dir.display().to_string(), error })?;
         let sandbox = Arc::new(Sandbox::new(Limits { max_operations: config.max_operations, ..Limits::default() }));
         let mut files = RuleFiles::new(&config.rules_dir, config.tables.clone(), sandbox.clone())
-            .with_sinks(config.sinks.iter().map(|s| s.name.clone()).collect());
+            .against(crate::reload::Against::config(&config));
         let scan = files.scan(wall_clock())?;
         let stats = Arc::new(Stats::new(config.subscriptions.iter().map(|s| s.filter.clone()).collect()));
         for error in &scan.errors {
@@ -375,6 +375,7 @@ fn subscriptions(config: &Config) -> Vec<Subscription> {
                 format: Format::Scalar,
                 strip_prefix: String::new(),
                 schema: None,
+                privacy: None,
             });
         }
     }

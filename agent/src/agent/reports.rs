@@ -188,22 +188,24 @@ pub(super) fn agent_event(config: &Config, source: &str, kind: &str, data: serde
 /// (nothing, for a message too large to have been kept).
 pub(super) fn dead_letter(
     topic: &str,
-    payload: &[u8],
+    payload: Option<&[u8]>,
     size: usize,
     time: Timestamp,
     reason: &str,
     error: &str,
 ) -> Vec<u8> {
     const SHOWN: usize = 256;
-    let shown = &payload[..payload.len().min(SHOWN)];
-    serde_json::json!({
+    let mut letter = serde_json::json!({
         "topic": topic,
         "reason": reason,
         "error": error,
         "size": size,
         "received": time.to_rfc3339(),
-        "payload_prefix": String::from_utf8_lossy(shown),
-    })
-    .to_string()
-    .into_bytes()
+    });
+    letter["payload_prefix"] = match payload {
+        Some(payload) => String::from_utf8_lossy(&payload[..payload.len().min(SHOWN)]).into(),
+        // Its subscription protects fields (`privacy`): no byte of it is shown.
+        None => serde_json::Value::Null,
+    };
+    letter.to_string().into_bytes()
 }

@@ -138,6 +138,8 @@ pub(super) struct Step {
     /// Where rules' actions go (`notify`, `act`): queued with the batch of the input that
     /// caused them. Empty without `[[sinks]]`.
     pub sinks: Arc<crate::sinks::Sinks>,
+    /// Protects subscriptions' private fields (`privacy`) with the configured secret.
+    protector: crate::privacy::Protector,
 }
 
 impl Step {
@@ -153,6 +155,7 @@ impl Step {
         rules_status: serde_json::Value,
     ) -> Step {
         let now = Instant::now();
+        let protector = crate::privacy::Protector::new(config.privacy_key.as_ref().map(|k| k.expose()));
         let mut step = Step {
             engine,
             outbox,
@@ -174,6 +177,7 @@ impl Step {
             next_drop_report: now,
             journal: None,
             sinks: Arc::default(),
+            protector,
         };
         for (kind, data) in startup_events {
             tracing::warn!(kind, %data, "Agent event.");
@@ -300,7 +304,7 @@ impl Step {
             Some(Input::TooLarge { topic, size, received, arrived, ack }) => {
                 self.pending.message(Instant::now(), Some(arrived), ack);
                 let error = DecodeError::TooLarge { size, max: self.config.max_payload_bytes };
-                self.undecodable((&topic, &[], size), received, &error);
+                self.undecodable((&topic, Some(&[]), size), received, &error);
             }
             Some(Input::Message { topic, payload, format, sub, received, arrived, ack, suspect }) => {
                 // A possible redelivery of what the last run crashed on: its delivery count is on
@@ -318,7 +322,11 @@ impl Step {
                 };
                 self.pending.message(Instant::now(), Some(arrived), ack);
                 match delivery {
-                    Delivery::Quarantine => self.quarantine(&topic, &payload, received),
+                    Delivery::Quarantine => {
+                        // A protected subscription's dead letters hold none of its bytes.
+                        let private = self.private(sub).is_some();
+                        self.quarantine(&topic, (!private).then_some(&payload[..]), payload.len(), received);
+                    }
                     Delivery::Process(hash) => {
                         if let (Some(hash), Sink::Disk { store, .. }) = (hash, &self.sink) {
                             // Gone with the message's effects: only a delivery that never
@@ -341,41 +349,69 @@ impl Step {
         true
     }
 
-    /// Decodes a message and runs it through the engine.
+    /// Decodes a message, protects its private fields, and runs it through the engine.
     fn process(&mut self, topic: String, payload: Bytes, (format, sub): (Format, Option<u16>), received: Timestamp) {
-        if let Some(j) = &mut self.journal {
+        let private = self.private(sub);
+        if let (Some(j), None) = (&mut self.journal, &private) {
             j.message(received.millis(), format, &topic, &payload);
         }
         let sub = sub.and_then(|i| self.config.subscriptions.get(usize::from(i)));
         let decoded = decode_with(format, &payload, &self.config.decode_limits()).and_then(|value| {
             match sub.and_then(|s| Some((s, s.schema.as_deref()?.check(&value).err()?))) {
-                Some((s, violation)) => {
+                Some((s, mut violation)) => {
                     self.stats.schema_rejected(&s.filter, &violation.version);
+                    if private.as_deref().is_some_and(|p| p.covers(&violation.path)) {
+                        "(protected)".clone_into(&mut violation.got);
+                    }
                     Err(DecodeError::Schema(violation))
                 }
                 None => Ok(value),
             }
         });
-        match decoded {
-            Err(error) => self.undecodable((&topic, &payload, payload.len()), received, &error),
-            Ok(value) => {
-                let event = Event::new(topic, value, &payload, received);
-                let topic = event.topic.clone();
-                let began = std::time::Instant::now();
-                self.engine.process(event, wall_clock(), &mut self.outputs);
-                self.stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
-                let mut first = false;
-                for rule in &self.outputs.value_missing {
-                    first |= self.stats.value_missing(rule, &topic);
-                }
-                if first {
-                    self.queue(reports::status_entry(&self.config, &self.rules_status, &self.stats));
-                }
-                self.stats.processed.fetch_add(1, Relaxed);
-                if self.outputs.matched == 0 && self.outputs.duplicates == 0 && self.outputs.late.is_empty() {
-                    self.stats.unmatched(&topic);
-                }
+        match (decoded, private) {
+            (Err(error), private) => {
+                // A protected subscription's dead letters hold none of its bytes: the payload
+                // that does not parse may be the one that holds the field.
+                let shown = private.is_none().then_some(&payload[..]);
+                self.undecodable((&topic, shown, payload.len()), received, &error);
             }
+            (Ok(value), None) => self.run_engine(Event::new(topic, value, &payload, received)),
+            (Ok(mut value), Some(private)) => {
+                let applied = self.protector.apply(&private, &mut value, received.millis());
+                self.stats.privacy_protected.fetch_add(u64::from(applied.protected), Relaxed);
+                self.stats.privacy_dropped_instead.fetch_add(u64::from(applied.dropped_instead), Relaxed);
+                // From here on the payload is its protected form, as JSON: what the journal
+                // keeps (and a backtest replays) and what the event id is derived from.
+                let protected = serde_json::to_vec(&value).unwrap_or_default();
+                if let Some(j) = &mut self.journal {
+                    j.message(received.millis(), Format::Json, &topic, &protected);
+                }
+                self.run_engine(Event::new(topic, value, &protected, received));
+            }
+        }
+    }
+
+    /// The privacy of subscription `sub` (by index), if it protects fields.
+    fn private(&self, sub: Option<u16>) -> Option<Arc<crate::privacy::Privacy>> {
+        self.config.subscriptions.get(usize::from(sub?))?.privacy.clone()
+    }
+
+    /// Runs a decoded event through the engine.
+    fn run_engine(&mut self, event: Event) {
+        let topic = event.topic.clone();
+        let began = std::time::Instant::now();
+        self.engine.process(event, wall_clock(), &mut self.outputs);
+        self.stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
+        let mut first = false;
+        for rule in &self.outputs.value_missing {
+            first |= self.stats.value_missing(rule, &topic);
+        }
+        if first {
+            self.queue(reports::status_entry(&self.config, &self.rules_status, &self.stats));
+        }
+        self.stats.processed.fetch_add(1, Relaxed);
+        if self.outputs.matched == 0 && self.outputs.duplicates == 0 && self.outputs.late.is_empty() {
+            self.stats.unmatched(&topic);
         }
     }
 

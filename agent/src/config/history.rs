@@ -191,6 +191,7 @@ mod tests {
             format: Format::Auto,
             strip_prefix: strip.into(),
             schema: None,
+            privacy: None,
         }
     }
 

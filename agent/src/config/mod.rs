@@ -69,6 +69,7 @@ impl fmt::Debug for Secret {
 
 mod history;
 mod journal;
+mod privacy;
 mod raw;
 mod schemas;
 mod sinks;
@@ -78,8 +79,14 @@ mod validate;
 /// `history.rs`) reports, and `Config::from_toml` gives its origin.
 pub(super) type Invalid = (String, String);
 
+/// An [`Invalid`] for the key at `path`.
+pub(super) fn invalid(path: &str, message: impl Into<String>) -> Invalid {
+    (path.to_owned(), message.into())
+}
+
 pub use history::RawHistory;
 pub use journal::RawJournal;
+pub use privacy::PrivacyKey;
 pub use sinks::{HttpSink, RawSink, SinkConfig, SinkKind};
 
 use raw::SECTIONS;
@@ -136,6 +143,8 @@ pub struct Config {
     /// Alarm commands are taken on this topic (`<prefix>/control/alarms`, opt-in) and answered
     /// on `<prefix>/control/alarms/reply`.
     pub alarms_topic: Option<String>,
+    /// The secret pseudonyms are keyed with (`[privacy]`); required by any `pseudonymise`.
+    pub privacy_key: Option<PrivacyKey>,
 }
 
 /// Durability settings, checked.
@@ -178,6 +187,8 @@ pub struct Subscription {
     pub strip_prefix: String,
     /// What its payloads must look like (`schema`); checked right after decoding.
     pub schema: Option<std::sync::Arc<crate::schema::Schema>>,
+    /// Its protected fields (`privacy`), applied right after the schema check.
+    pub privacy: Option<std::sync::Arc<crate::privacy::Privacy>>,
 }
 
 /// Where and how composite events are published.
@@ -220,6 +231,23 @@ impl UpstreamConfig {
 }
 
 impl Config {
+    /// Fields some subscription pseudonymises with a rotation: a rule's `key` must not read
+    /// them (`reload.rs` refuses such a rule), as a key that changes every period is a new
+    /// device every period.
+    pub fn rotating_fields(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter_map(|s| s.privacy.as_deref())
+            .flat_map(|p| &p.fields)
+            .filter(|f| matches!(f.protect, crate::privacy::Protect::Pseudonym { rotate_ms: Some(_) }))
+            .map(|f| f.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// What a payload may hold: `[limits]`.
     pub fn decode_limits(&self) -> crate::decode::DecodeLimits {
         crate::decode::DecodeLimits {

@@ -44,6 +44,9 @@ pub struct RawConfig {
     /// Payload schemas by name, for subscriptions' `schema`.
     #[serde(default)]
     pub schemas: std::collections::BTreeMap<String, super::schemas::RawSchema>,
+    /// The pseudonyms' secret (subscriptions' `privacy` says what is protected).
+    #[serde(default)]
+    pub privacy: super::privacy::RawPrivacyKey,
 }
 
 /// The alarm lifecycle's commands.
@@ -128,6 +131,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "state",
     "history",
     "journal",
+    "privacy",
 ];
 
 /// How the engine treats input.
@@ -303,6 +307,8 @@ pub struct RawSubscription {
     pub remember: Vec<String>,
     /// The `[schemas.<name>]` its payloads must have.
     pub schema: Option<String>,
+    /// Fields dropped, masked or pseudonymised before anything else sees them.
+    pub privacy: Option<super::privacy::RawPrivacy>,
 }
 
 fn default_qos() -> u8 {

@@ -24,7 +24,7 @@
 //! fits one line per field, the configuration's strict two-stage checking names the key path
 //! of every mistake, and the form maps one to one onto JSON Schema (docs/operations.md).
 
-use super::Invalid;
+use super::{Invalid, invalid};
 use crate::schema::{Field, Kind, Schema, Shape, Versions};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -70,10 +70,6 @@ pub struct RawField {
 /// message.
 const MAX_FIELDS: usize = 256;
 const MAX_VERSIONS: usize = 32;
-
-fn invalid(path: &str, message: impl Into<String>) -> Invalid {
-    (path.to_owned(), message.into())
-}
 
 /// Checks every schema; by name.
 pub fn validate(raw: BTreeMap<String, RawSchema>) -> Result<BTreeMap<String, Schema>, Invalid> {

@@ -8,11 +8,7 @@ use super::{
 use edgewatch_engine::TopicPattern;
 use std::time::Duration;
 
-use super::Invalid;
-
-fn invalid(path: &str, message: impl Into<String>) -> Invalid {
-    (path.to_owned(), message.into())
-}
+use super::{Invalid, invalid};
 
 /// A topic level (agent id, ...) must not contain what MQTT treats as syntax: the wire crate's
 /// check, the one the simulator uses for device ids and channels too.
@@ -37,6 +33,8 @@ impl RawConfig {
             return Err(invalid("subscriptions", "at least one `[[subscriptions]]` entry is required"));
         }
         let schemas = super::schemas::validate(self.schemas)?;
+        let privacy_key = super::privacy::key(&self.privacy)?;
+        let key_fields = super::privacy::key_fields(self.engine.id_field.as_deref());
         let mut subscriptions = Vec::with_capacity(self.subscriptions.len());
         let mut remember = Vec::new();
         for (i, s) in self.subscriptions.into_iter().enumerate() {
@@ -75,7 +73,29 @@ impl RawConfig {
                     }
                 },
             };
-            let sub = Subscription { filter: s.topic, pattern, qos, format: s.format, strip_prefix, schema };
+            let privacy = match s.privacy {
+                None => None,
+                Some(raw) => {
+                    let p = super::privacy::validate(&path, raw, privacy_key.is_some(), &key_fields)?;
+                    // History keeps numbers: a field dropped or made a pseudonym has none to keep.
+                    if let Some(f) = s.remember.iter().find(|f| {
+                        p.fields.iter().any(|r| {
+                            &r.name == *f
+                                && matches!(
+                                    r.protect,
+                                    crate::privacy::Protect::Drop | crate::privacy::Protect::Pseudonym { .. }
+                                )
+                        })
+                    }) {
+                        return Err(invalid(
+                            &format!("{path}.remember"),
+                            format!("`{f}` is dropped or pseudonymised by `privacy`: no number is left to remember"),
+                        ));
+                    }
+                    (!p.fields.is_empty()).then(|| std::sync::Arc::new(p))
+                }
+            };
+            let sub = Subscription { filter: s.topic, pattern, qos, format: s.format, strip_prefix, schema, privacy };
             if let Some(r) = super::history::remembered(&path, &sub, &s.remember)? {
                 if !self.state.durable {
                     return Err(invalid(
@@ -205,6 +225,7 @@ impl RawConfig {
             history,
             journal,
             sinks,
+            privacy_key,
         })
     }
 }

@@ -198,3 +198,26 @@ fn on_full_must_be_refuse_or_evict_oldest() {
         assert_eq!(err.line, 1);
     }
 }
+
+/// The agent refuses a key made of a rotating pseudonym (issue 20, privacy): it needs the
+/// names a `key` closure reads, by property or by string index, and `None` without one.
+#[test]
+fn a_key_closure_names_the_fields_it_reads() {
+    let rules = Sandbox::default()
+        .compile_file(
+            "k.rhai",
+            r#"
+            rule("by-owner", #{ on: "s/#", key: |e| e.payload.owner + "/" + e["site"], when: |e| e.value > 1 });
+            rule("by-line", #{ on: "s/#", key: |e| e.line, when: |e| e.value > 1 });
+            rule("default", #{ on: "s/{device}/t", when: |e| e.value > 1 });
+            "#,
+        )
+        .expect("compiles");
+    let reads = |name: &str| {
+        let rule = rules.iter().find(|r| &*r.name == name).expect("rule");
+        rule.key_reads().map(|names| names.into_iter().collect::<Vec<_>>())
+    };
+    assert_eq!(reads("by-owner"), Some(vec!["/".to_owned(), "owner".into(), "payload".into(), "site".into()]));
+    assert_eq!(reads("by-line"), Some(vec!["line".to_owned()]));
+    assert_eq!(reads("default"), None);
+}

@@ -35,7 +35,7 @@ impl Step {
             self.stats.late.fetch_add(1, Relaxed);
             let raw = serde_json::to_vec(&late.payload).unwrap_or_default();
             let error = "older than the allowed lateness";
-            let letter = reports::dead_letter(&late.topic, &raw, raw.len(), late.time, "late", error);
+            let letter = reports::dead_letter(&late.topic, Some(&raw), raw.len(), late.time, "late", error);
             self.queue(reports::dead_letter_entry(&self.config, letter));
             self.stats.dead_letters.fetch_add(1, Relaxed);
         }
@@ -164,7 +164,7 @@ impl Step {
     /// A payload that cannot be decoded: counted and dead-lettered (with at most a prefix of it).
     pub(super) fn undecodable(
         &mut self,
-        (topic, payload, size): (&str, &[u8], usize),
+        (topic, payload, size): (&str, Option<&[u8]>, usize),
         received: Timestamp,
         error: &DecodeError,
     ) {
@@ -176,10 +176,12 @@ impl Step {
 
     /// A message the agent crashed on each time it was delivered: dead-lettered unprocessed
     /// and acknowledged, so the session moves on.
-    pub(super) fn quarantine(&mut self, topic: &str, payload: &[u8], received: Timestamp) {
+    /// `payload` is what the dead letter may show of it (`None` for a protected
+    /// subscription), `size` its whole size.
+    pub(super) fn quarantine(&mut self, topic: &str, payload: Option<&[u8]>, size: usize, received: Timestamp) {
         let error = crate::agent::poison::quarantine_reason(self.config.max_deliveries);
-        tracing::error!(topic, size = payload.len(), "Poison message quarantined unprocessed.");
-        let letter = reports::dead_letter(topic, payload, payload.len(), received, "poison", &error);
+        tracing::error!(topic, size, "Poison message quarantined unprocessed.");
+        let letter = reports::dead_letter(topic, payload, size, received, "poison", &error);
         self.queue(reports::dead_letter_entry(&self.config, letter));
         self.stats.dead_letters.fetch_add(1, Relaxed);
         self.stats.quarantined.fetch_add(1, Relaxed);
