@@ -32,6 +32,10 @@ pub enum Rule {
     /// The threshold rule with the input journal on (`[journal] enabled = true`): what the
     /// journal costs per message (issue 18).
     Journal,
+    /// The threshold rule with privacy on the sensors' subscription (the device id
+    /// pseudonymised, the temperature cut to 1 decimal): what privacy costs per message
+    /// (issue 20).
+    Privacy,
 }
 
 impl Rule {
@@ -43,6 +47,7 @@ impl Rule {
             Rule::History => "history",
             Rule::Past => "past",
             Rule::Journal => "journal",
+            Rule::Privacy => "privacy",
         }
     }
 }
@@ -186,7 +191,7 @@ pub const EDGEWATCH_EVENTS: &str = "edgewatch/bench/events/#";
 /// has a `probe` rule the harness uses to know the agent is subscribed.
 pub fn edgewatch_rules(rule: Rule, heartbeat_timeout: Duration) -> String {
     let body = match rule {
-        Rule::Threshold | Rule::Journal => {
+        Rule::Threshold | Rule::Journal | Rule::Privacy => {
             "// Every reading above 20 °C; the event's data is the reading itself.\n\
              rule(\"threshold\", #{\n    on: \"sensors/{device}/temperature\",\n    when: |e| e.value > 20.0,\n});\n"
                 .to_owned()
@@ -225,6 +230,17 @@ pub fn edgewatch_config(dir: &Path, broker: SocketAddr, durable: bool) -> String
     )
 }
 
+/// `config` with privacy on the sensors' subscription, keyed with the secret in `key`.
+pub fn with_privacy(config: &str, key: &Path) -> String {
+    let protect = "privacy = { pseudonymise = { device = \"never\" }, mask = { temperature = { decimals = 1 } } }\n";
+    let sensors = "topic = \"sensors/#\"\nqos = 1\nformat = \"json\"\n";
+    format!(
+        "[privacy]\nkey_file = {:?}\n\n{}",
+        key.display().to_string(),
+        config.replacen(sensors, &format!("{sensors}{protect}"), 1)
+    )
+}
+
 /// Starts `edgewatch run` with `rule`, connected to `broker`, state durable or in memory.
 pub fn start_edgewatch(
     bin: &Path,
@@ -240,6 +256,11 @@ pub fn start_edgewatch(
     let mut config = edgewatch_config(dir.path(), broker, durable);
     if rule == Rule::Journal {
         config.push_str("\n[journal]\nenabled = true\n");
+    }
+    if rule == Rule::Privacy {
+        let key = dir.path().join("privacy.key");
+        std::fs::write(&key, "a bench secret of 32 bytes......")?;
+        config = with_privacy(&config, &key);
     }
     std::fs::write(&conf, config)?;
     let child = Command::new(bin)
@@ -358,7 +379,7 @@ pub fn node_red_flows(rule: Rule, broker: SocketAddr, heartbeat_timeout: Duratio
             "wires": [[format!("bench-{next}")]]})
     };
     match rule {
-        Rule::Threshold | Rule::History | Rule::Past | Rule::Journal => {
+        Rule::Threshold | Rule::History | Rule::Past | Rule::Journal | Rule::Privacy => {
             nodes.push(switch("payload.temperature", "gt", "20", "num", "out"))
         }
         Rule::Window => {
@@ -522,14 +543,16 @@ mod tests {
     #[test]
     fn edgewatch_accepts_the_rules_and_the_configuration() {
         let sandbox = edgewatch_engine::Sandbox::default();
-        for rule in [Rule::Threshold, Rule::Window, Rule::Heartbeat, Rule::History, Rule::Past, Rule::Journal] {
+        for rule in
+            [Rule::Threshold, Rule::Window, Rule::Heartbeat, Rule::History, Rule::Past, Rule::Journal, Rule::Privacy]
+        {
             let text = edgewatch_rules(rule, Duration::from_millis(2500));
             let (set, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("bench.rhai", text.as_str())]);
             assert!(errors.is_empty(), "{rule:?}: {errors:?}\n{text}");
             assert_eq!(set.len(), 2, "{rule:?}: the rule and the probe");
             let name = match rule {
                 Rule::Heartbeat => "offline",
-                Rule::Journal => "threshold",
+                Rule::Journal | Rule::Privacy => "threshold",
                 _ => rule.name(),
             };
             assert!(
@@ -542,6 +565,14 @@ mod tests {
             let text = edgewatch_config(dir.path(), SocketAddr::from(([127, 0, 0, 1], 18830)), durable);
             let config = edgewatch::Config::from_toml(&text, "bench.toml", std::iter::empty());
             assert!(config.as_ref().is_ok_and(|c| c.state.durable == durable), "{config:?}\n{text}");
+            let key = dir.path().join("privacy.key");
+            std::fs::write(&key, "a bench secret of 32 bytes......").expect("key");
+            let private = with_privacy(&text, &key);
+            let config = edgewatch::Config::from_toml(&private, "bench.toml", std::iter::empty());
+            assert!(
+                config.as_ref().is_ok_and(|c| c.subscriptions[0].privacy.as_ref().is_some_and(|p| p.fields.len() == 2)),
+                "{config:?}\n{private}"
+            );
         }
         let text = edgewatch_config(dir.path(), SocketAddr::from(([127, 0, 0, 1], 18830)), true)
             + "\n[journal]\nenabled = true\n";

@@ -252,8 +252,8 @@ mod tests {
         let (path, message) = key(&RawPrivacyKey { key_file: Some(file), key_env: None }).expect_err("refused");
         assert_eq!(path, "privacy.key_file");
         assert!(message.contains("5 bytes") && !message.contains("short"), "{message}");
-        let (path, _) =
-            key(&RawPrivacyKey { key_file: None, key_env: Some("EDGEWATCH_TEST_NO_SUCH_VAR".into()) }).expect_err("refused");
+        let (path, _) = key(&RawPrivacyKey { key_file: None, key_env: Some("EDGEWATCH_TEST_NO_SUCH_VAR".into()) })
+            .expect_err("refused");
         assert_eq!(path, "privacy.key_env");
     }
 }
