@@ -13,6 +13,7 @@
 //!                                     └─▶ actions ─▶ sinks: a queue per sink (in the batch) ─▶ http | mqtt
 //!       config ──▶ reload / rules (one loader: *.rhai, tables) ──▶ engine, swapped between events
 //!       history ──▶ seed: rules' pasts at a load or reload; `edgewatch history`, `state export`
+//!       start, reload, alarm command, restore, state export/import ──▶ audit (hash-chained files) ──▶ outbox
 //! ```
 //!
 //! # Layout
@@ -20,6 +21,8 @@
 //! - [`mqtt`]: rumqttc connections (MQTT 3.1.1 and 5) behind one face, with [`firmware_sim::backoff`].
 //! - [`decode`]: payload bytes (JSON, plain scalars, wire frames) -> values for rules.
 //! - [`schema`]: a subscription's payload schema, checked on each decoded payload.
+//! - [`audit`]: the audit trail: what was done to the agent, hash-chained on disk and sent
+//!   upstream on `<prefix>/audit`.
 //! - [`privacy`]: a subscription's protected fields, dropped, masked or pseudonymised right
 //!   after the schema check, before anything else sees them.
 //! - [`rules`]: the rules directory -> a compiled rule set.
@@ -55,6 +58,7 @@
 
 pub mod agent;
 pub mod alarms;
+pub mod audit;
 pub mod backtest;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;

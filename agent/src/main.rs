@@ -1,5 +1,6 @@
 //! The `edgewatch` command.
 
+mod audit_cli;
 mod journal_cli;
 mod signals;
 mod state_cli;
@@ -118,6 +119,9 @@ enum Command {
     /// inputs: the journal's (--since) or a recording's (--events). Per rule: events on each
     /// side, the first differences, the keys that differ. Never touches the agent's state.
     Backtest(journal_cli::BacktestArgs),
+    /// The audit trail: what was done to the agent (starts, reloads, alarm commands, state
+    /// export and import), hash-chained. `audit verify` checks the chain.
+    Audit(audit_cli::AuditArgs),
     /// The input journal: export a time range as a recording.
     Journal {
         #[command(subcommand)]
@@ -261,6 +265,14 @@ fn main() -> ExitCode {
         Command::Backtest(args) => {
             init_logging(cli.log_format, quiet_default);
             journal_cli::backtest(args).unwrap_or_else(|e| report(Err(e)))
+        }
+        Command::Audit(args) => {
+            init_logging(cli.log_format, quiet_default);
+            let config = match state_config("audit", args.config.clone()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            audit_cli::run(&args, &config).unwrap_or_else(|e| report(Err(e)))
         }
         Command::Journal { action, config } => {
             init_logging(cli.log_format, quiet_default);

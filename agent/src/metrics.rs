@@ -192,6 +192,7 @@ impl Collector for AgentCollector {
             "Protected fields that could not be masked as declared (wrong type) and were dropped instead.",
             load(&s.privacy_dropped_instead),
         )?;
+        counter(e, "audit_errors", "Audit entries that could not be written.", load(&s.audit_errors))?;
         if let Ok(by_rule) = d.by_rule.lock() {
             let mut rules: Vec<_> = by_rule.iter().map(|(r, c)| (r.clone(), *c)).collect();
             drop(by_rule);

@@ -111,6 +111,12 @@ pub struct Scan {
     pub summary: String,
     /// The retained status document.
     pub status: serde_json::Value,
+    /// What changed, file by file, for the audit trail: each file read in a new version (its
+    /// loaded content hash before, the new one, whether it now runs, and its error), each
+    /// removed file, and the tables' hash. Empty when nothing changed.
+    pub changes: Vec<serde_json::Value>,
+    /// Why the scan ran: set by whoever asked for it (the reloader), `None` at a start.
+    pub trigger: Option<Trigger>,
 }
 
 impl RuleFiles {
@@ -144,11 +150,18 @@ impl RuleFiles {
         let mut changed = false;
         let before: Vec<String> =
             self.files.values().flat_map(|f| f.rules.iter().map(|r| r.name.to_string())).collect();
-        self.files.retain(|p, _| {
+        let mut changes = Vec::new();
+        self.files.retain(|p, f| {
             let keep = paths.contains(p);
-            changed |= !keep;
+            if !keep {
+                changed = true;
+                changes.push(serde_json::json!({
+                    "file": p.display().to_string(), "old": f.loaded_hash.map(hex), "new": null, "loaded": true,
+                }));
+            }
             keep
         });
+        let mut read_anew: Vec<(PathBuf, Option<u64>)> = Vec::new();
         for path in &paths {
             let name = path.display().to_string();
             let text = match std::fs::read_to_string(path) {
@@ -164,6 +177,7 @@ impl RuleFiles {
                 continue;
             }
             changed = true;
+            read_anew.push((path.clone(), self.files.get(path).and_then(|f| f.loaded_hash)));
             let latest = self.sandbox.compile_file(&name, &text).and_then(|r| match &self.against {
                 Some(against) => fits(&name, r, against),
                 None => Ok(r),
@@ -182,6 +196,17 @@ impl RuleFiles {
             }
         }
         let rules = self.assemble(now);
+        for (path, old) in read_anew {
+            if let Some(f) = self.files.get(&path) {
+                changes.push(serde_json::json!({
+                    "file": path.display().to_string(),
+                    "old": old.map(hex),
+                    "new": hex(f.hash),
+                    "loaded": f.loaded_hash == Some(f.hash),
+                    "error": f.error.as_ref().map(ToString::to_string),
+                }));
+            }
+        }
         // Every current error with its identity: a new version of a file is a new error even
         // if the message is the same.
         let mut current: Vec<(String, ScanError)> = Vec::new();
@@ -204,6 +229,9 @@ impl RuleFiles {
         self.reported = current.into_iter().map(|(id, _)| id).collect();
         let tables = if self.tables_hash != Some(hash) {
             changed |= self.tables_hash.is_some();
+            if self.tables_hash.is_some() {
+                changes.push(serde_json::json!({ "tables": true, "old": self.tables_hash.map(hex), "new": hex(hash) }));
+            }
             self.tables_hash = Some(hash);
             Some(tables)
         } else {
@@ -214,7 +242,18 @@ impl RuleFiles {
         let removed: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
         let summary = format!("{} rules; added {added:?}; removed {removed:?}", after.len());
         let status = self.status(now);
-        Ok(Scan { rules, tables, changed, errors, summary, status })
+        Ok(Scan { rules, tables, changed, errors, summary, status, changes, trigger: None })
+    }
+
+    /// The content hash of each rule file's running version, and of the tables: what a
+    /// start records in the audit trail.
+    pub fn loaded(&self) -> serde_json::Value {
+        let files: serde_json::Map<String, serde_json::Value> = self
+            .files
+            .iter()
+            .filter_map(|(p, f)| Some((p.display().to_string(), hex(f.loaded_hash?).into())))
+            .collect();
+        serde_json::json!({ "files": files, "tables": self.tables_hash.map(hex) })
     }
 
     /// Puts the rule set together in file order. Each file runs its latest version if it
@@ -287,7 +326,7 @@ impl RuleFiles {
                     "name": &*r.name,
                     "kind": r.kind(),
                     "file": path.display().to_string(),
-                    "hash": format!("{:016x}", f.loaded_hash.unwrap_or(f.hash)),
+                    "hash": hex(f.loaded_hash.unwrap_or(f.hash)),
                     "loaded_at": f.loaded_at.to_rfc3339(),
                     "error": f.error.as_ref().map(|e| e.to_string()),
                 }));
@@ -307,6 +346,11 @@ impl RuleFiles {
             .collect();
         serde_json::json!({ "updated": now.to_rfc3339(), "rules": rules, "files": files })
     }
+}
+
+/// A content hash as the status document and the audit trail show it.
+fn hex(hash: u64) -> String {
+    format!("{hash:016x}")
 }
 
 /// The rules of a file, unless one does not fit the configuration: then the error at that
@@ -374,12 +418,34 @@ pub fn load_checked(
     Ok(rules::Loaded { rules: scan.rules, errors, files: listed.len() })
 }
 
-/// Why a reload was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a reload was asked for (and by whom, where known): recorded in the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
+    /// The rules directory's watch saw a change.
     Files,
+    /// SIGHUP (`systemctl reload`), or the embedding program's request.
     Signal,
-    Control,
+    /// A message on `<prefix>/control/reload`; `by` from its JSON payload, if it says.
+    Control { by: Option<String> },
+}
+
+impl Trigger {
+    /// The trigger as a word, for the audit trail.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Trigger::Files => "file",
+            Trigger::Signal => "signal",
+            Trigger::Control { .. } => "control",
+        }
+    }
+
+    /// Who asked, where known.
+    pub fn by(&self) -> Option<&str> {
+        match self {
+            Trigger::Control { by } => by.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Watches `dir` (recursively: tables too) and sends a trigger per burst of changes.

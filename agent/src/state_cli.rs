@@ -65,6 +65,11 @@ pub async fn state_command(action: StateAction, config: Config) -> anyhow::Resul
                 snap.history.push(serde_json::from_slice(line).context("history export line")?);
             }
             store::write_snapshot(&file, &snap)?;
+            let what = serde_json::json!({
+                "file": file.display().to_string(), "state_entries": snap.state.len(),
+                "outbox_events": snap.outbox.len(), "history_rollups": snap.history.len(),
+            });
+            record(&config, now(), "state_export", what)?;
             println!(
                 "exported {} state entries, {} outbox events and {} history roll-ups to {}",
                 snap.state.len(),
@@ -93,10 +98,25 @@ pub async fn state_command(action: StateAction, config: Config) -> anyhow::Resul
                 file.display(),
                 if no_history && !snap.history.is_empty() { " (its history left out)" } else { "" }
             );
+            let what = serde_json::json!({
+                "file": file.display().to_string(), "state_entries": snap.state.len(),
+                "outbox_events": snap.outbox.len(), "history_rollups": history, "history_left_out": no_history,
+            });
+            record(&config, now(), "state_import", what)?;
             // Protected from now on, not only from the agent's first snapshot.
             let written = s.write_snapshot_file(&s.snapshot(now())?)?;
             println!("snapshot written to {}", written.display());
         }
     }
+    Ok(())
+}
+
+/// Records what a command did to the state in the audit trail (sent upstream at the agent's
+/// next start).
+fn record(config: &Config, now_ms: i64, kind: &str, data: serde_json::Value) -> anyhow::Result<()> {
+    let dir = edgewatch::audit::dir_in(&config.state_dir);
+    let (mut log, _) = edgewatch::audit::AuditLog::open(&dir, config.audit)?;
+    let entry = log.append(now_ms, kind, data)?;
+    println!("recorded in the audit trail as entry {}", entry.seq);
     Ok(())
 }

@@ -151,6 +151,8 @@ pub struct Stats {
     /// of a number on a text) and were dropped instead.
     pub privacy_protected: AtomicU64,
     pub privacy_dropped_instead: AtomicU64,
+    /// Audit entries that could not be written (a full or failing disk).
+    pub audit_errors: AtomicU64,
     /// Connections that were up and went down, both brokers: one per outage.
     pub disconnects: AtomicU64,
     /// Connection attempts that failed, both brokers (the retries during an outage, and

@@ -408,6 +408,30 @@ fn state_import_writes_a_snapshot_at_once() {
     assert!(snapshot.contains("t-007"), "{snapshot}");
 }
 
+/// Issue 20: `state import` and `export` are recorded in the audit trail, which `edgewatch
+/// audit` lists and `audit verify` checks.
+#[test]
+fn state_import_and_export_are_in_the_audit_trail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, _) = imported_state(dir.path());
+    let c = config.to_str().expect("utf-8");
+    let out = edgewatch(&["state", "export", "again.json", "--config", c], dir.path());
+    assert!(out.status.success(), "export: {}", text(&out.stderr));
+    let out = edgewatch(&["audit", "--format", "json", "--config", c], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let entries: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON per line")).collect();
+    let kinds: Vec<_> = entries.iter().map(|e| e["kind"].as_str().unwrap_or("?")).collect();
+    assert_eq!(kinds, ["state_import", "state_export"], "{entries:?}");
+    assert_eq!(entries[0]["data"]["state_entries"], 1);
+    assert_eq!(entries[1]["data"]["file"], "again.json");
+    assert_eq!(entries[1]["prev"], entries[0]["hash"]);
+    let out = edgewatch(&["audit", "verify", "--config", c], dir.path());
+    assert!(out.status.success() && text(&out.stdout).contains("chain intact"), "{}", text(&out.stdout));
+    let out = edgewatch(&["audit", "--since", "yesterday-ish", "--config", c], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
 /// Issue 14 B: `state inspect` on a damaged database asked "is the agent running?".
 #[test]
 fn state_inspect_on_a_damaged_database_says_it_is_damaged() {

@@ -257,6 +257,7 @@ async fn an_upstream_outage_loses_nothing_and_keeps_the_order() {
     // Persistent: the cloud broker keeps our queue while we are away, and across its restart.
     let mut upstream =
         Subscriber::connect_with(cloud_addr, "cloud-consumer", "edgewatch/crash/events/count", true).await;
+    let mut audit = Subscriber::connect_with(cloud_addr, "cloud-auditor", "edgewatch/crash/audit", true).await;
     let mut agent = spawn_agent(&config);
     wait_healthy(metrics).await;
     let mut sensor = Publisher::connect(gateway.addr(), "sensors").await;
@@ -280,8 +281,14 @@ async fn an_upstream_outage_loses_nothing_and_keeps_the_order() {
     for seq in 11..=30 {
         sensor.publish("sensors/d0/reading", send(seq)).await;
     }
-    // ... all twenty of them, held while the cloud is gone (not produced after its return).
-    wait_metric(metrics, "edgewatch_outbox_events", WAIT, |n| n >= 20.0).await;
+    // Audit entries too (issue 20): two reloads asked for by SIGHUP while the cloud is away.
+    for _ in 0..2 {
+        let status = Command::new("kill").arg("-HUP").arg(agent.id().to_string()).status().expect("kill runs");
+        assert!(status.success(), "kill -HUP failed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // ... all of them, held while the cloud is gone (not produced after its return).
+    wait_metric(metrics, "edgewatch_outbox_events", WAIT, |n| n >= 22.0).await;
     let _cloud = Mosquitto::start_with(Some(cloud_addr), Some(persist.path())).expect("mosquitto again");
     for seq in 31..=40 {
         sensor.publish("sensors/d0/reading", send(seq)).await;
@@ -292,6 +299,15 @@ async fn an_upstream_outage_loses_nothing_and_keeps_the_order() {
             got.push(m.json()["data"]["n"].as_i64().unwrap_or(-1));
         }
     }
+    // The audit trail's copy: the start and both reloads, by seq, none missing.
+    let mut seqs = BTreeSet::new();
+    while seqs.len() < 3 && Instant::now() < deadline {
+        if let Some(m) = audit.next_within(Duration::from_millis(200)).await {
+            let entry = m.json();
+            seqs.insert(entry["seq"].as_u64().unwrap_or(0));
+        }
+    }
+    assert_eq!(seqs, BTreeSet::from([1, 2, 3]), "audit entries upstream");
     agent.kill().expect("SIGKILL");
     let _ = agent.wait();
     // Every event, in order. A resend after the reconnect may repeat events already delivered
@@ -1145,4 +1161,125 @@ rule("per-holder", #{ on: "badges/+/swipe", key: |e| e.payload.holder, window: #
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Issue 20, audit: a reload through each trigger (SIGHUP, the control topic with its caller,
+/// the file watch) is recorded with the files' old and new hashes, between the starts; every
+/// entry also goes upstream on `<prefix>/audit`, in order. `edgewatch audit verify` passes,
+/// then fails after a byte of an old entry is changed, and after an entry is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_through_each_trigger_are_audited_and_verify_finds_a_changed_or_removed_entry() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let edit = |watch: bool| move |c: AgentToml| c.set("rules.watch", watch).set("rules.control_topic", true);
+    let (config, metrics) = write_config_edited(dir.path(), addr, None, COUNT, edit(false));
+    let mut cloud = Subscriber::connect(addr, "cloud", "edgewatch/crash/audit").await;
+    let hot = |limit: u32| {
+        format!(r#"rule("hot", #{{ on: "sensors/{{device}}/temperature", when: |e| e.value > {limit}.0 }});"#)
+    };
+    let hot_file = dir.path().join("rules").join("hot.rhai");
+    let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    let reloads = |n: f64| wait_metric(metrics, "edgewatch_reloads_total", WAIT, move |v| v >= n);
+
+    std::fs::write(&hot_file, hot(80)).expect("new rule");
+    let status = Command::new("kill").arg("-HUP").arg(agent.id().to_string()).status().expect("kill runs");
+    assert!(status.success(), "kill -HUP failed");
+    reloads(1.0).await;
+    std::fs::write(&hot_file, hot(90)).expect("changed rule");
+    let mut operator = Publisher::connect(addr, "operator").await;
+    operator.publish("edgewatch/crash/control/reload", r#"{"by": "alice"}"#).await;
+    reloads(2.0).await;
+    stop_cleanly(&mut agent);
+
+    // Again with the file watch on.
+    let (config, metrics) = write_config_edited(dir.path(), addr, None, COUNT, edit(true));
+    let mut agent = spawn_agent(&config);
+    wait_healthy(metrics).await;
+    std::fs::write(&hot_file, hot(70)).expect("changed again");
+    wait_metric(metrics, "edgewatch_reloads_total", WAIT, |v| v >= 1.0).await;
+    stop_cleanly(&mut agent);
+
+    let audit = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+            .arg("audit")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("edgewatch audit runs")
+    };
+    let out = audit(&["--format", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an entry per line"))
+        .collect();
+    let kinds: Vec<&str> = entries.iter().map(|e| e["kind"].as_str().unwrap_or("?")).collect();
+    assert_eq!(kinds, ["start", "reload", "reload", "start", "reload"], "{entries:#?}");
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let hot_name = hot_file.display().to_string();
+    let change = |e: &serde_json::Value| {
+        e["data"]["changes"].as_array().and_then(|c| c.iter().find(|c| c["file"] == hot_name.as_str())).cloned()
+    };
+    let (signal, control, file) = (&entries[1]["data"], &entries[2]["data"], &entries[4]["data"]);
+    assert_eq!(
+        (signal["trigger"].as_str(), control["trigger"].as_str(), file["trigger"].as_str()),
+        (Some("signal"), Some("control"), Some("file"))
+    );
+    assert_eq!(control["by"], "alice");
+    let added = change(&entries[1]).expect("the new file");
+    assert!(added["old"].is_null() && added["new"].is_string() && added["loaded"] == true, "{added}");
+    let edited = change(&entries[2]).expect("the edit");
+    assert_eq!(edited["old"], added["new"], "the old hash is the version that ran");
+    assert_ne!(edited["new"], edited["old"]);
+    let watched = change(&entries[4]).expect("the watched edit");
+    assert_eq!(watched["old"], edited["new"], "across a restart too");
+    // The second start names the file's running version.
+    assert_eq!(entries[3]["data"]["rules"]["files"][hot_name.as_str()], edited["new"], "{}", entries[3]);
+    assert!(entries[0]["data"]["config_sha256"].as_str().is_some_and(|h| h.len() == 64));
+
+    // Upstream: every entry, in order, exactly as stored.
+    let mut sent = Vec::new();
+    while sent.len() < 5 {
+        let m = cloud.next_within(WAIT).await.expect("an audit entry upstream");
+        sent.push(m.json());
+    }
+    assert_eq!(sent, entries);
+
+    let out = audit(&["verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("5 entries (entries 1 to 5), chain intact"));
+
+    // A changed byte in entry 2, then entry 3 removed.
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("state").join("audit"))
+        .expect("audit dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let original = std::fs::read_to_string(&files[0]).expect("log");
+    let changed = original.replacen("\"signal\"", "\"Signal\"", 1);
+    assert_ne!(changed, original);
+    std::fs::write(&files[0], &changed).expect("tamper");
+    let out = audit(&["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("entry 2 was changed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let removed: String =
+        original.lines().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| format!("{l}\n")).collect();
+    std::fs::write(&files[0], removed).expect("remove");
+    let out = audit(&["verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("entry 4 follows entry 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -288,6 +288,28 @@ async fn acknowledge_and_snooze_over_mqtt_through_a_restart_and_escalation_once(
     assert_eq!(pages.len(), 2, "no page for the snoozed t-3, even after the restart");
     // Each send has its own key: the escalation's differs from the first page's.
     assert_ne!(oncall[0].key, pages[1].key);
+    // The audit trail (issue 20): every command, applied or refused, as sent and with what
+    // came of it, across the restart.
+    let audit = edgewatch::audit::read(&edgewatch::audit::dir_in(&agent.dir.path().join("state")), i64::MIN)
+        .expect("the audit trail reads");
+    let commands: Vec<_> = audit
+        .iter()
+        .filter(|e| e.kind == "alarm_command")
+        .map(|e| {
+            let c = &e.data["command"];
+            (c["action"].as_str(), c["key"].as_str(), c["by"].as_str(), e.data["outcome"]["ok"].as_bool())
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            (Some("snooze"), Some("t-3"), Some("op-7"), Some(true)),
+            (Some("ack"), Some("t-1"), None, Some(false)),
+            (Some("ack"), Some("t-1"), Some("op-7"), Some(true)),
+        ],
+        "{audit:#?}"
+    );
+    assert_eq!(audit.iter().filter(|e| e.kind == "start").count(), 2, "a start before and after the restart");
     agent.stop().await;
 }
 

@@ -113,6 +113,8 @@ pub struct Agent {
     after_crash: bool,
     /// The sinks' queues (`[[sinks]]`), with what the last run left undelivered.
     sinks: Arc<Sinks>,
+    /// The audit trail, with its entries not yet queued upstream (this start's among them).
+    audit: Option<(crate::audit::AuditLog, Vec<crate::audit::Entry>)>,
 }
 
 impl Agent {
@@ -163,6 +165,7 @@ impl Agent {
         } else {
             Outbox::memory(config.state.max_outbox_bytes)
         };
+        let audit = open_audit(&config, &files, outbox.store(), &startup_events);
         let sinks = Arc::new(Sinks::new(&config.sinks, outbox.store())?);
         let health = Health::new(stats.clone());
         let metrics = config.metrics_listen.map(crate::metrics::bind).transpose()?;
@@ -178,6 +181,7 @@ impl Agent {
             metrics,
             after_crash,
             sinks,
+            audit,
         })
     }
 
@@ -216,6 +220,7 @@ impl Agent {
             metrics,
             after_crash,
             sinks,
+            audit,
         } = self;
         let config = Arc::new(config);
         // Cancelled when the engine loop is done: every acknowledgement is queued, and the
@@ -316,6 +321,12 @@ impl Agent {
             }
         });
         step.sinks = sinks.clone();
+        if let Some((log, backlog)) = audit {
+            for entry in &backlog {
+                step.queue_audit(entry);
+            }
+            step.audit = Some(log);
+        }
         let deliveries = {
             let reports = inputs.clone();
             let report: crate::sinks::deliver::Report = Arc::new(move |data| {
@@ -396,4 +407,60 @@ fn metrics_sources(
     });
     let disk: crate::metrics::DiskGauge = Box::new(move || b.size_on_disk());
     crate::metrics::Sources { stats, ready, outbox: depth, disk, sinks }
+}
+
+/// Opens the audit trail and records this start (version, configuration, rule files) and a
+/// restore after damage, if there was one. Returns the log with the entries to queue
+/// upstream: those after the last one queued (durable state remembers it), else those since
+/// the previous start (what `state export` or `import` recorded in between). `None` if the
+/// log cannot be opened or written: the agent runs without it and says so.
+fn open_audit(
+    config: &Config,
+    files: &RuleFiles,
+    store: Option<&store::Store>,
+    startup_events: &[(&'static str, serde_json::Value)],
+) -> Option<(crate::audit::AuditLog, Vec<crate::audit::Entry>)> {
+    let dir = crate::audit::dir_in(&config.state_dir);
+    let result = (|| {
+        let (mut log, opened) = crate::audit::AuditLog::open(&dir, config.audit)?;
+        let existing = crate::audit::read(&dir, i64::MIN)?;
+        let mut backlog: Vec<crate::audit::Entry> = match store.and_then(store::Store::audit_queued) {
+            Some(queued) => existing.into_iter().filter(|e| e.seq > queued).collect(),
+            None => {
+                let after = existing.iter().rposition(|e| e.kind == "start").map_or(0, |i| i + 1);
+                existing.into_iter().skip(after).collect()
+            }
+        };
+        let problem = match (&opened.missing_tail, opened.torn_bytes) {
+            (Some(tail), _) => Some(tail.clone()),
+            (None, 0) => None,
+            (None, n) => Some(format!("a half-written last entry ({n} bytes) was cut off")),
+        };
+        let now = wall_clock().millis();
+        let config_hash = ring::digest::digest(&ring::digest::SHA256, format!("{config:?}").as_bytes());
+        let start = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "agent": config.agent_id,
+            // Of the effective configuration (file and environment), secrets excluded: their
+            // `Debug` is `<redacted>`.
+            "config_sha256": config_hash.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "rules": files.loaded(),
+            "audit_problem": problem,
+        });
+        backlog.push(log.append(now, "start", start)?);
+        for (kind, data) in startup_events.iter().filter(|(k, _)| *k == "restored") {
+            backlog.push(log.append(now, kind, data.clone())?);
+        }
+        if let Some(problem) = &problem {
+            tracing::error!(dir = %dir.display(), problem, "Audit trail damaged; recorded in its start entry.");
+        }
+        Ok::<_, crate::audit::AuditError>((log, backlog))
+    })();
+    match result {
+        Ok(audit) => Some(audit),
+        Err(error) => {
+            tracing::error!(%error, "Audit trail not opened: running without it.");
+            None
+        }
+    }
 }

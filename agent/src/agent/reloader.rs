@@ -76,8 +76,9 @@ pub(super) async fn run(
         let Ok((f, scan)) = scanned else { break };
         files = Some(f);
         match scan {
-            Ok(scan) => {
+            Ok(mut scan) => {
                 tracing::debug!(?trigger, changed = scan.changed, "Rules rescanned.");
+                scan.trigger = Some(trigger);
                 if inputs.send(Input::Reload(Box::new(scan))).await.is_err() {
                     break;
                 }

@@ -84,9 +84,14 @@ impl Source {
                     }
                     None
                 }
-                Incoming::Publish { topic, ack, .. } if self.control_topic.as_deref() == Some(topic.as_str()) => {
-                    tracing::info!(topic, "Reload asked for on the control topic.");
-                    let _ = self.reloads.try_send(Trigger::Control);
+                Incoming::Publish { topic, payload, ack } if self.control_topic.as_deref() == Some(topic.as_str()) => {
+                    // Who asked, if the payload says (`{"by": "..."}`): informational, for the
+                    // audit trail; the broker's ACL decides who may ask at all.
+                    let by = serde_json::from_slice::<serde_json::Value>(&payload)
+                        .ok()
+                        .and_then(|v| Some(v.get("by")?.as_str()?.chars().take(128).collect::<String>()));
+                    tracing::info!(topic, by = by.as_deref().unwrap_or(""), "Reload asked for on the control topic.");
+                    let _ = self.reloads.try_send(Trigger::Control { by });
                     ack.map(Input::Ack)
                 }
                 Incoming::Publish { topic, payload, ack } if self.alarms_topic.as_deref() == Some(topic.as_str()) => {

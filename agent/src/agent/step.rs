@@ -41,6 +41,7 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
 // More of `Step`'s methods: what the engine produced, as outbox entries (effects), the
 // periodic work and the stop (chores), reloads and seeding rules' pasts (rules).
+mod audit;
 mod chores;
 mod control;
 mod effects;
@@ -140,6 +141,8 @@ pub(super) struct Step {
     pub sinks: Arc<crate::sinks::Sinks>,
     /// Protects subscriptions' private fields (`privacy`) with the configured secret.
     protector: crate::privacy::Protector,
+    /// The audit trail (`None` if it could not be opened: the agent runs, and says so).
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 impl Step {
@@ -178,6 +181,7 @@ impl Step {
             journal: None,
             sinks: Arc::default(),
             protector,
+            audit: None,
         };
         for (kind, data) in startup_events {
             tracing::warn!(kind, %data, "Agent event.");

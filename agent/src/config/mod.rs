@@ -145,6 +145,8 @@ pub struct Config {
     pub alarms_topic: Option<String>,
     /// The secret pseudonyms are keyed with (`[privacy]`); required by any `pseudonymise`.
     pub privacy_key: Option<PrivacyKey>,
+    /// The audit trail's size on disk (`[audit]`).
+    pub audit: crate::audit::AuditLimits,
 }
 
 /// Durability settings, checked.

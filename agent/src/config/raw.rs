@@ -47,6 +47,29 @@ pub struct RawConfig {
     /// The pseudonyms' secret (subscriptions' `privacy` says what is protected).
     #[serde(default)]
     pub privacy: super::privacy::RawPrivacyKey,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+/// The audit trail (always kept): its size on disk.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Most MiB its files take; the oldest file goes first beyond it.
+    #[serde(default = "default_audit_mb")]
+    pub max_mb: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit { max_mb: default_audit_mb() }
+    }
+}
+
+/// Entries are a few hundred bytes and come with starts, reloads and commands: 16 MiB is
+/// tens of thousands of them, years of a gateway's changes.
+fn default_audit_mb() -> u64 {
+    16
 }
 
 /// The alarm lifecycle's commands.
@@ -132,6 +155,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "history",
     "journal",
     "privacy",
+    "audit",
 ];
 
 /// How the engine treats input.

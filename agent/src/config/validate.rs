@@ -192,6 +192,10 @@ impl RawConfig {
         if state.flush_interval > Duration::from_secs(1) {
             return Err(invalid("state.flush_interval", "must be at most 1s (messages wait this long for their ack)"));
         }
+        if !(1..=4096).contains(&self.audit.max_mb) {
+            return Err(invalid("audit.max_mb", "must be between 1 and 4096"));
+        }
+        let audit = crate::audit::AuditLimits { max_bytes: self.audit.max_mb * 1024 * 1024 };
         let threads = match usize::try_from(self.agent.threads) {
             Ok(n @ 1..=64) => n,
             _ => return Err(invalid("agent.threads", "must be from 1 to 64")),
@@ -226,6 +230,7 @@ impl RawConfig {
             journal,
             sinks,
             privacy_key,
+            audit,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! ```text
 //! m/schema            schema version
 //! m/alive             last time (ms) the agent was known running: downtime after a stop or crash
+//! m/audit             the last audit entry queued for upstream (`crate::audit`)
 //! m/clean             present after a clean stop, removed at start: a start without it
 //!                     follows a crash, and the first redeliveries may be what crashed it
 //! p/<hash: u64 BE>    deliveries of a possibly poisonous message that did not complete

@@ -115,6 +115,19 @@ impl Store {
         batch.changes += 1;
     }
 
+    /// Records in `batch` that audit entries up to `seq` are queued for upstream (in the same
+    /// batch as their outbox entries): a start queues those after it again.
+    pub fn mark_audit_queued(&self, batch: &mut Batch, seq: u64) {
+        batch.inner.insert(b"m/audit".as_slice(), &seq.to_be_bytes());
+        batch.changes += 1;
+    }
+
+    /// The last audit entry queued for upstream, if any ever was.
+    pub fn audit_queued(&self) -> Option<u64> {
+        let v = self.db.get(b"m/audit").ok()??;
+        v.as_ref().try_into().ok().map(u64::from_be_bytes)
+    }
+
     /// Records a clean stop: the next start follows no crash.
     pub fn mark_clean_stop(&self, batch: &mut Batch) {
         batch.inner.insert(b"m/clean".as_slice(), b"1".as_slice());

@@ -34,6 +34,14 @@ impl Step {
         if let Err(error) = &result {
             tracing::warn!(%error, "Alarm command refused.");
         }
+        // The command as sent (bounded by the payload limit), and what came of it.
+        let command = serde_json::from_slice::<serde_json::Value>(payload)
+            .unwrap_or_else(|_| serde_json::json!({ "unreadable_bytes": payload.len() }));
+        let outcome = match &result {
+            Ok(state) => serde_json::json!({ "ok": true, "alarmstate": state.as_str() }),
+            Err(error) => serde_json::json!({ "ok": false, "error": error }),
+        };
+        self.audit("alarm_command", serde_json::json!({ "command": command, "outcome": outcome }));
         let topic = format!("{}/control/alarms/reply", self.config.upstream.topic_prefix);
         let payload = reply(id.as_deref(), result).to_string();
         self.queue(OutboxEntry { topic, payload: payload.into(), qos: 1, retain: false });

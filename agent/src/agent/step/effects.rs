@@ -42,6 +42,12 @@ impl Step {
         for fault in &outputs.faults {
             self.stats.rule_failed(fault);
             self.queue(reports::fault_entry(&self.config, fault));
+            if fault.disabled {
+                let data = serde_json::json!({
+                    "rule": fault.rule.to_string(), "location": fault.location.to_string(), "error": fault.message,
+                });
+                self.audit("rule_disabled", data);
+            }
         }
         if let (Some(first), Ok(mut by_rule)) = (outputs.events.first(), self.stats.detail.by_rule.lock()) {
             // Events of one input usually come from one rule: look it up once.

@@ -8,7 +8,20 @@ use std::sync::atomic::Ordering::Relaxed;
 impl Step {
     /// Swaps in the rules a rescan built (if they changed) and reports the rules' status.
     pub(super) fn reload(&mut self, scan: Scan) {
-        let Scan { rules, tables, changed, errors, summary, status } = scan;
+        let Scan { rules, tables, changed, errors, summary, status, changes, trigger } = scan;
+        // Recorded: every change, every new error, and every explicit request (a file watch
+        // that found nothing new is not one).
+        if let Some(trigger) = trigger.filter(|t| changed || !errors.is_empty() || *t != crate::reload::Trigger::Files)
+        {
+            let errors: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+            self.audit(
+                "reload",
+                serde_json::json!({
+                    "trigger": trigger.word(), "by": trigger.by(), "changed": changed, "changes": changes,
+                    "errors": errors, "summary": summary,
+                }),
+            );
+        }
         if changed {
             self.stats.detail.rules_loaded.store(rules.len() as u64, Relaxed);
             self.engine.reload(rules, wall_clock());
