@@ -437,13 +437,11 @@ fn open_audit(
             (None, n) => Some(format!("a half-written last entry ({n} bytes) was cut off")),
         };
         let now = wall_clock().millis();
-        let config_hash = ring::digest::digest(&ring::digest::SHA256, format!("{config:?}").as_bytes());
         let start = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "agent": config.agent_id,
-            // Of the effective configuration (file and environment), secrets excluded: their
-            // `Debug` is `<redacted>`.
-            "config_sha256": config_hash.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            // Of the effective configuration (file and environment), secrets left out.
+            "config_sha256": config.fingerprint,
             "rules": files.loaded(),
             "audit_problem": problem,
         });

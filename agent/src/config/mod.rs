@@ -147,6 +147,9 @@ pub struct Config {
     pub privacy_key: Option<PrivacyKey>,
     /// The audit trail's size on disk (`[audit]`).
     pub audit: crate::audit::AuditLimits,
+    /// SHA-256 of the effective configuration, secrets left out (see `fingerprint`): the
+    /// audit trail records it at each start, so a change of configuration shows.
+    pub fingerprint: String,
 }
 
 /// Durability settings, checked.
@@ -296,10 +299,43 @@ impl Config {
                 .map(|(_, var)| format!("environment variable {var}"))
                 .unwrap_or_else(|| file.to_owned())
         };
+        let fingerprint = fingerprint(&table);
         let raw: RawConfig = firmware_sim::toml_keys::deserialize(toml::Value::Table(table))
             .map_err(|(path, message)| ConfigError::Invalid { origin: origin_of(&path), path, message })?;
-        raw.validate().map_err(|(path, message)| ConfigError::Invalid { origin: origin_of(&path), path, message })
+        let mut config = raw.validate().map_err(|(path, message)| ConfigError::Invalid {
+            origin: origin_of(&path),
+            path,
+            message,
+        })?;
+        config.fingerprint = fingerprint;
+        Ok(config)
     }
+}
+
+/// SHA-256 (hex) of the effective configuration (the file with the environment's values
+/// applied), as compact JSON, with what may hold a secret replaced by `<redacted>`: every
+/// `password`, every header value, and sinks' URLs (a chat webhook's URL is its secret). A
+/// secret never enters the hash, so the hash cannot be used to guess one.
+fn fingerprint(table: &toml::Table) -> String {
+    fn redact(v: &mut serde_json::Value, in_sinks: bool) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    if k == "password" || k == "headers" || (in_sinks && k == "url") {
+                        *v = "<redacted>".into();
+                    } else {
+                        redact(v, in_sinks || k == "sinks");
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| redact(v, in_sinks)),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(table).unwrap_or_default();
+    redact(&mut value, false);
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.to_string().as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn parse_env_value(value: &str) -> toml::Value {
@@ -470,6 +506,25 @@ topic = "sensors/#"
         let c = load(&text, &[]).expect("valid");
         assert_eq!((c.upstream.broker.host.as_str(), c.upstream.broker.port), ("b", 2));
         assert_eq!(c.upstream.broker.credentials.as_ref().map(|(u, _)| u.as_str()), Some("u"));
+    }
+
+    /// Issue 20: the start entry of the audit trail names the configuration by a hash that
+    /// changes with any setting, the environment's included, and never with a secret.
+    #[test]
+    fn the_fingerprint_follows_settings_and_leaves_secrets_out() {
+        let base = "[agent]\nid = \"gw\"\n[source]\nusername = \"u\"\npassword = \"one\"\n[[subscriptions]]\ntopic = \"a/#\"\n\
+                    [[sinks]]\nname = \"chat\"\nkind = \"http\"\nurl = \"https://hooks.example/T1/secret-1\"\n\
+                    headers = { Authorization = \"Bearer t-1\" }\n";
+        let fp =
+            |text: &str, env: Vec<(String, String)>| Config::from_toml(text, "f.toml", env).expect("valid").fingerprint;
+        let a = fp(base, Vec::new());
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, fp(base, Vec::new()), "deterministic");
+        let secrets = base.replace("\"one\"", "\"two\"").replace("secret-1", "secret-2").replace("t-1", "t-2");
+        assert_eq!(a, fp(&secrets, Vec::new()), "secrets are not in it");
+        assert_ne!(a, fp(&base.replace("\"gw\"", "\"gw2\""), Vec::new()), "a setting is");
+        let env = vec![("EDGEWATCH_LIMITS__QUEUE_CAPACITY".to_owned(), "77".to_owned())];
+        assert_ne!(a, fp(base, env), "and the environment's settings");
     }
 
     #[test]

@@ -231,6 +231,7 @@ impl RawConfig {
             sinks,
             privacy_key,
             audit,
+            fingerprint: String::new(),
         })
     }
 }
