@@ -71,22 +71,13 @@ impl Entry {
         let body = serde_json::json!({
             "data": self.data, "kind": self.kind, "prev": self.prev, "seq": self.seq, "t": self.t, "time": self.time,
         });
-        hex(ring::digest::digest(&ring::digest::SHA256, body.to_string().as_bytes()).as_ref())
+        crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, body.to_string().as_bytes()).as_ref())
     }
 
     /// The entry as one line of JSON (without the newline): what is stored and published.
     pub fn line(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// `HEAD`: where the chain ends, and where the kept part of it begins.

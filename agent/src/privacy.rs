@@ -17,7 +17,6 @@
 //! SHA-256 come from `ring`, already linked for TLS: no size cost.
 
 use rhai::{Dynamic, ImmutableString, Map};
-use std::fmt::Write as _;
 
 /// How one field is protected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,11 +167,7 @@ impl Protector {
             Some(s) => ring::hmac::sign(key, s.as_bytes()),
             None => ring::hmac::sign(key, serde_json::to_string(value).unwrap_or_default().as_bytes()),
         };
-        let mut hex = String::with_capacity(16);
-        for b in &tag.as_ref()[..8] {
-            let _ = write!(hex, "{b:02x}");
-        }
-        Some(Dynamic::from(hex))
+        Some(Dynamic::from(crate::hex::encode(&tag.as_ref()[..8])))
     }
 }
 
