@@ -288,6 +288,36 @@ pub fn read(dir: &Path, since_ms: i64) -> Result<Vec<Entry>, AuditError> {
     Ok(out)
 }
 
+/// The entries after `after` (a seq), oldest first, reading only the files that can hold
+/// them: with `None`, the newest file's entries after its last `start` (what was recorded
+/// since the agent last started). A start reads at most a file or two, not the whole log.
+pub fn read_after(dir: &Path, after: Option<u64>) -> Result<Vec<Entry>, AuditError> {
+    let files = segments(dir)?;
+    let from = match after {
+        // The last file whose first entry is at or before the one wanted.
+        Some(seq) => files.iter().rposition(|f| f.0 <= seq + 1).unwrap_or(0),
+        None => files.len().saturating_sub(1),
+    };
+    let mut out = Vec::new();
+    for (_, path, _) in &files[from..] {
+        let f = std::fs::File::open(path).map_err(io(path))?;
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line.map_err(io(path))?;
+            if let Ok(e) = serde_json::from_str::<Entry>(&line) {
+                if after.is_none_or(|seq| e.seq > seq) {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    if after.is_none() {
+        if let Some(i) = out.iter().rposition(|e| e.kind == "start") {
+            out.drain(..=i);
+        }
+    }
+    Ok(out)
+}
+
 /// What [`verify`] found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Verified {

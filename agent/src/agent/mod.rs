@@ -423,14 +423,7 @@ fn open_audit(
     let dir = crate::audit::dir_in(&config.state_dir);
     let result = (|| {
         let (mut log, opened) = crate::audit::AuditLog::open(&dir, config.audit)?;
-        let existing = crate::audit::read(&dir, i64::MIN)?;
-        let mut backlog: Vec<crate::audit::Entry> = match store.and_then(store::Store::audit_queued) {
-            Some(queued) => existing.into_iter().filter(|e| e.seq > queued).collect(),
-            None => {
-                let after = existing.iter().rposition(|e| e.kind == "start").map_or(0, |i| i + 1);
-                existing.into_iter().skip(after).collect()
-            }
-        };
+        let mut backlog = crate::audit::read_after(&dir, store.and_then(store::Store::audit_queued))?;
         let problem = match (&opened.missing_tail, opened.torn_bytes) {
             (Some(tail), _) => Some(tail.clone()),
             (None, 0) => None,

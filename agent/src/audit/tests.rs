@@ -127,3 +127,18 @@ fn a_half_written_last_line_is_cut_at_open_and_the_chain_goes_on() {
     let v = verify(dir.path()).expect("verify");
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
+
+#[test]
+fn what_a_start_queues_is_read_from_the_files_that_hold_it() {
+    let limits = AuditLimits { max_bytes: 64 * 1024 };
+    let (dir, mut log) = log_with(300, limits);
+    assert!(segments(dir.path()).expect("files").len() > 3);
+    let after = read_after(dir.path(), Some(295)).expect("read");
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [296, 297, 298, 299, 300]);
+    assert!(read_after(dir.path(), Some(300)).expect("read").is_empty());
+    // Without a mark: what came after the last start.
+    log.append(400_000, "start", serde_json::json!({})).expect("append");
+    log.append(401_000, "state_export", serde_json::json!({})).expect("append");
+    let since_start = read_after(dir.path(), None).expect("read");
+    assert_eq!(since_start.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["state_export"]);
+}
