@@ -50,6 +50,25 @@ async fn a_rule_stuck_in_a_loop_is_reported_and_disabled_and_the_others_keep_fir
         assert_eq!(upstream.next().await.json()["subject"], "t-99", "{label}");
         let s = agent.wait_for_stats("the last event", |s| s.events == 13).await;
         assert_eq!(s.rule_faults, 11, "{label}: silent once disabled; {s}");
+        // Fixed and reloaded: running again. The audit trail (issue 20) has both: the disable,
+        // and the reload that re-enabled it.
+        let fixed = SPIN.replace("loop { }", "e.value > 200");
+        std::fs::write(agent.dir.path().join("rules").join("spin.rhai"), fixed).expect("fix the rule");
+        agent.request_reload().await;
+        let audit = edgewatch::audit::dir_in(&agent.dir.path().join("state"));
+        let mut entries = Vec::new();
+        for _ in 0..100 {
+            entries = edgewatch::audit::read(&audit, i64::MIN).expect("the audit trail reads");
+            if entries.iter().any(|e| e.kind == "reload") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let of = |kind: &str| entries.iter().find(|e| e.kind == kind).map(|e| e.data.clone());
+        assert_eq!(of("rule_disabled").map(|d| d["rule"].clone()), Some("spin".into()), "{label}: {entries:?}");
+        let reload = of("reload").unwrap_or_default();
+        assert_eq!(reload["reenabled"], serde_json::json!(["spin"]), "{label}: {entries:?}");
+        assert_eq!(reload["trigger"], "signal", "{label}");
         agent.stop().await;
     }
 }

@@ -9,19 +9,10 @@ impl Step {
     /// Swaps in the rules a rescan built (if they changed) and reports the rules' status.
     pub(super) fn reload(&mut self, scan: Scan) {
         let Scan { rules, tables, changed, errors, summary, status, changes, trigger } = scan;
-        // Recorded: every change, every new error, and every explicit request (a file watch
-        // that found nothing new is not one).
-        if let Some(trigger) = trigger.filter(|t| changed || !errors.is_empty() || *t != crate::reload::Trigger::Files)
-        {
-            let errors: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-            self.audit(
-                "reload",
-                serde_json::json!({
-                    "trigger": trigger.word(), "by": trigger.by(), "changed": changed, "changes": changes,
-                    "errors": errors, "summary": summary,
-                }),
-            );
-        }
+        let disabled = |engine: &edgewatch_engine::Engine| -> Vec<String> {
+            engine.stats().rules.into_iter().filter(|r| r.3).map(|r| r.0).collect()
+        };
+        let was_disabled = disabled(&self.engine);
         if changed {
             self.stats.detail.rules_loaded.store(rules.len() as u64, Relaxed);
             self.engine.reload(rules, wall_clock());
@@ -31,6 +22,22 @@ impl Step {
             self.stats.reloads.fetch_add(1, Relaxed);
             tracing::info!(%summary, "Rules reloaded.");
             self.seed_past();
+        }
+        // Rules that their failures had disabled and that this reload runs again.
+        let still = disabled(&self.engine);
+        let reenabled: Vec<&String> = was_disabled.iter().filter(|r| !still.contains(r)).collect();
+        // Recorded: every change, every new error, and every explicit request (a file watch
+        // that found nothing new is not one).
+        if let Some(trigger) = trigger.filter(|t| changed || !errors.is_empty() || *t != crate::reload::Trigger::Files)
+        {
+            let errors: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+            self.audit(
+                "reload",
+                serde_json::json!({
+                    "trigger": trigger.word(), "by": trigger.by(), "changed": changed, "changes": changes,
+                    "errors": errors, "summary": summary, "reenabled": reenabled,
+                }),
+            );
         }
         // New errors only: a broken file is reported once, not at every reload.
         for error in &errors {
