@@ -71,7 +71,7 @@ impl Entry {
         let body = serde_json::json!({
             "data": self.data, "kind": self.kind, "prev": self.prev, "seq": self.seq, "t": self.t, "time": self.time,
         });
-        crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, body.to_string().as_bytes()).as_ref())
+        firmware_sim::record::hex(ring::digest::digest(&ring::digest::SHA256, body.to_string().as_bytes()).as_ref())
     }
 
     /// The entry as one line of JSON (without the newline): what is stored and published.

@@ -31,7 +31,6 @@
 //! - [`reload`]: the one rule loader (for the agent, `check`, `test` and `replay`) and the
 //!   rules directory's watcher.
 //! - [`emit`]: composite events -> CloudEvents JSON.
-//! - [`hex`]: lowercase hex, the one encoder (hashes, pseudonyms, binary payloads in exports).
 //! - [`delivery`]: how an action's delivery to a sink goes: answers classified, retries,
 //!   a sink's rate limit, action ids (plain values).
 //! - [`sinks`]: rules' actions (`notify`, `act`): a bounded durable queue and a delivery task
@@ -70,7 +69,6 @@ pub mod demo;
 pub mod emit;
 mod frames;
 pub mod health;
-pub mod hex;
 pub mod history;
 pub mod journal;
 pub mod metrics;

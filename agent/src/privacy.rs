@@ -167,7 +167,7 @@ impl Protector {
             Some(s) => ring::hmac::sign(key, s.as_bytes()),
             None => ring::hmac::sign(key, serde_json::to_string(value).unwrap_or_default().as_bytes()),
         };
-        Some(Dynamic::from(crate::hex::encode(&tag.as_ref()[..8])))
+        Some(Dynamic::from(firmware_sim::record::hex(&tag.as_ref()[..8])))
     }
 }
 

@@ -335,7 +335,7 @@ fn fingerprint(table: &toml::Table) -> String {
     let mut value = serde_json::to_value(table).unwrap_or_default();
     redact(&mut value, false);
     let digest = ring::digest::digest(&ring::digest::SHA256, value.to_string().as_bytes());
-    crate::hex::encode(digest.as_ref())
+    firmware_sim::record::hex(digest.as_ref())
 }
 
 fn parse_env_value(value: &str) -> toml::Value {

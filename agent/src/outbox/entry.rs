@@ -33,7 +33,7 @@ mod serde_bytes_hex {
     pub(super) fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(b) {
             Ok(text) => s.serialize_str(text),
-            Err(_) => s.serialize_str(&format!("hex:{}", crate::hex::encode(b))),
+            Err(_) => s.serialize_str(&format!("hex:{}", firmware_sim::record::hex(b))),
         }
     }
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
