@@ -195,7 +195,7 @@ fn reopen(open: impl Fn() -> Result<Store, StoreError>) -> Store {
     loop {
         match open() {
             Ok(s) => break s,
-            Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+            Err(StoreError::Locked { .. }) if tries < 100 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
