@@ -1,5 +1,6 @@
-//! `edgewatch audit [verify]`: list or verify the audit trail of a state directory. Reads
-//! files only, so it works beside a running agent too.
+//! `edgewatch audit [verify]`: list or verify the audit trail of a state directory; and
+//! `edgewatch trace <id>`, which reads it with the event log and the journal. Both read
+//! files only, so they work beside a running agent too.
 
 use clap::{Args, Subcommand, ValueEnum};
 use edgewatch::Config;
@@ -72,6 +73,32 @@ pub fn run(args: &AuditArgs, config: &Config) -> anyhow::Result<ExitCode> {
             Format::Json => writeln!(out, "{}", e.line())?,
             Format::Text => writeln!(out, "#{:<6} {}  {:<14} {}", e.seq, e.time, e.kind, e.data)?,
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `edgewatch trace <id>`: exit 0 with the trace, 1 if the event log does not hold the event,
+/// 2 for an id that is not one.
+pub fn trace(id: &str, format: Format, config: &Config) -> anyhow::Result<ExitCode> {
+    let wanted = match edgewatch::trace::Wanted::parse(id) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("edgewatch: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let report = edgewatch::trace::trace(&config.state_dir, wanted)?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => print!("{}", edgewatch::trace::text(&report)),
+    }
+    if report.found.is_none() {
+        let dir = edgewatch::events::dir_in(&config.state_dir);
+        eprintln!(
+            "edgewatch: event {id} is not in the event log ({}): older than its limits, or never sent",
+            dir.display()
+        );
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,23 +26,39 @@ pub struct CloudEvent<'a, D: Serialize + ?Sized = Dynamic> {
     /// `unacknowledged`, `acknowledged`, `returned_unacknowledged`), for rules that keep one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alarmstate: Option<&'static str>,
+    /// Extension attribute (lineage): the inputs that caused it, bounded, in the form of
+    /// [`edgewatch_engine::Causes::encode`]: `n=<count>;<id>@<arrival ms>,...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edgewatchcauses: Option<String>,
+    /// Extension attribute: the version of the rule that decided it, `<file>#<content hash>`
+    /// as the rules' status and the audit trail name it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edgewatchrule: Option<&'a str>,
+    /// Extension attribute: a chained event's parent, the event its rule saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edgewatchparent: Option<String>,
     pub data: &'a D,
 }
 
 impl<'a> CloudEvent<'a> {
-    /// The envelope of `event` as sent by agent `source`.
-    pub fn new(event: &'a Composite, source: &'a str) -> Self {
-        CloudEvent {
-            specversion: "1.0",
-            id: event.id.to_string(),
-            source,
-            ty: format!("edgewatch.{}", event.rule),
-            subject: &event.key,
-            time: event.time.to_rfc3339(),
-            datacontenttype: "application/json",
-            alarmstate: event.alarm.map(|a| a.as_str()),
-            data: &event.data,
-        }
+    /// The envelope of `event` as sent by agent `source`, decided by version `rule` of its
+    /// rule (`None`: not known).
+    pub fn new(event: &'a Composite, source: &'a str, rule: Option<&'a str>) -> Self {
+        let ty = format!("edgewatch.{}", event.rule);
+        let mut e =
+            CloudEvent::envelope(event.id.to_string(), source, ty, (&event.key, event.time.to_rfc3339()), &event.data);
+        e.alarmstate = event.alarm.map(|a| a.as_str());
+        e.lineage(event, rule)
+    }
+}
+
+impl<'a, D: Serialize + ?Sized> CloudEvent<'a, D> {
+    /// With the lineage of `event` (its causes, parent) and the rule version that decided it.
+    pub fn lineage(mut self, event: &Composite, rule: Option<&'a str>) -> Self {
+        self.edgewatchcauses = Some(event.causes.encode());
+        self.edgewatchparent = event.causes.parent.map(|p| p.to_string());
+        self.edgewatchrule = rule;
+        self
     }
 }
 
@@ -55,15 +71,25 @@ impl<'a> CloudEvent<'a, serde_json::Value> {
         time: String,
         data: &'a serde_json::Value,
     ) -> Self {
+        CloudEvent::envelope(id, source, format!("edgewatch.agent.{kind}"), (agent, time), data)
+    }
+}
+
+impl<'a, D: Serialize + ?Sized> CloudEvent<'a, D> {
+    /// An envelope with no extension attributes: set those that apply.
+    pub fn envelope(id: String, source: &'a str, ty: String, (subject, time): (&'a str, String), data: &'a D) -> Self {
         CloudEvent {
             specversion: "1.0",
             id,
             source,
-            ty: format!("edgewatch.agent.{kind}"),
-            subject: agent,
+            ty,
+            subject,
             time,
             datacontenttype: "application/json",
             alarmstate: None,
+            edgewatchcauses: None,
+            edgewatchrule: None,
+            edgewatchparent: None,
             data,
         }
     }
@@ -85,6 +111,9 @@ impl<D: Serialize + ?Sized> CloudEvent<'_, D> {
                 time: self.time.clone(),
                 datacontenttype: self.datacontenttype,
                 alarmstate: self.alarmstate,
+                edgewatchcauses: self.edgewatchcauses.clone(),
+                edgewatchrule: self.edgewatchrule,
+                edgewatchparent: self.edgewatchparent.clone(),
                 data: &(),
             };
             serde_json::to_vec(&bare).unwrap_or_default()
@@ -282,9 +311,17 @@ mod tests {
             time: Timestamp(1_732_170_000_123),
             data: data.into(),
             alarm: None,
+            causes: edgewatch_engine::Causes {
+                count: 2,
+                first: vec![edgewatch_engine::Ref { id: 0xab, at: 1_732_170_000_000 }],
+                last: vec![edgewatch_engine::Ref { id: 0xcd, at: 1_732_170_000_123 }],
+                parent: Some(CompositeId(7)),
+            },
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(&CloudEvent::new(&c, "edgewatch/gw-1").to_json()).expect("json");
+        let json: serde_json::Value = serde_json::from_slice(
+            &CloudEvent::new(&c, "edgewatch/gw-1", Some("rules/heat.rhai#00000000000000ff")).to_json(),
+        )
+        .expect("json");
         assert_eq!(
             json,
             serde_json::json!({
@@ -295,6 +332,9 @@ mod tests {
                 "subject": "t-01",
                 "time": "2024-11-21T06:20:00.123Z",
                 "datacontenttype": "application/json",
+                "edgewatchcauses": "n=2;00000000000000ab@1732170000000,...,00000000000000cd@1732170000123",
+                "edgewatchrule": "rules/heat.rhai#00000000000000ff",
+                "edgewatchparent": "00000000-0000-0000-0000-000000000007",
                 "data": {"celsius": 85.5}
             })
         );

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! sensor broker ─▶ mqtt (source) ─▶ decode ─▶ engine (edgewatch-engine) ─▶ emit (CloudEvents) ─▶ outbox ─▶ mqtt (upstream)
-//!                       ▲             │                 │                                         │
+//!                       ▲             │                 │                  └─▶ events: the event log ◀─ published, acked ┘
+//!                       │             │                 │                                         │
 //!                       │             │                 ├─ state ─▶ store (sled) ◀────────────────┘ (durable)
 //!                       │             │                 └─ closed roll-ups ─▶ history (segment files, before the batch)
 //!                       └── acks ─────┼── once the batch is on disk
@@ -30,7 +31,11 @@
 //!   `upstream`, around plain state machines; shutdown and reloads passed in as values.
 //! - [`reload`]: the one rule loader (for the agent, `check`, `test` and `replay`) and the
 //!   rules directory's watcher.
-//! - [`emit`]: composite events -> CloudEvents JSON.
+//! - [`emit`]: composite events -> CloudEvents JSON, with their lineage as extension
+//!   attributes.
+//! - [`events`]: the event log: recent composite events as sent, with when each was
+//!   published and acknowledged upstream (the journal's files, its own directory);
+//!   `edgewatch trace` reads it (`trace`: an event, its rule version, its causes, its inputs).
 //! - [`delivery`]: how an action's delivery to a sink goes: answers classified, retries,
 //!   a sink's rate limit, action ids (plain values).
 //! - [`sinks`]: rules' actions (`notify`, `act`): a bounded durable queue and a delivery task
@@ -67,6 +72,7 @@ pub mod decode;
 pub mod delivery;
 pub mod demo;
 pub mod emit;
+pub mod events;
 mod frames;
 pub mod health;
 pub mod history;
@@ -83,6 +89,7 @@ pub mod sinks;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 
 pub use agent::{Agent, AgentError};
 pub use config::{Config, ConfigError};

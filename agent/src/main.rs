@@ -122,6 +122,19 @@ enum Command {
     /// The audit trail: what was done to the agent (starts, reloads, alarm commands, state
     /// export and import), hash-chained. `audit verify` checks the chain.
     Audit(audit_cli::AuditArgs),
+    /// One composite event explained: the event, the rule version that decided it and when
+    /// it was loaded, when it was published and acknowledged upstream, its causes (with the
+    /// input messages the journal holds) and its parents. Works beside a running agent.
+    Trace {
+        /// The event's id, or the 16 hex digits of a reference from `edgewatchcauses`.
+        id: String,
+        /// text, or json (one object, the parents nested).
+        #[arg(long, value_enum, default_value = "text")]
+        format: audit_cli::Format,
+        /// The agent's configuration (for the state directory).
+        #[arg(long, short, env = "EDGEWATCH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// The input journal: export a time range as a recording.
     Journal {
         #[command(subcommand)]
@@ -273,6 +286,14 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             audit_cli::run(&args, &config).unwrap_or_else(|e| report(Err(e)))
+        }
+        Command::Trace { id, format, config } => {
+            init_logging(cli.log_format, quiet_default);
+            let config = match state_config("trace", config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            audit_cli::trace(&id, format, &config).unwrap_or_else(|e| report(Err(e)))
         }
         Command::Journal { action, config } => {
             init_logging(cli.log_format, quiet_default);

@@ -306,6 +306,14 @@ impl Collector for AgentCollector {
             load(&j.evicted_bytes),
         )?;
         gauge(e, "journal", "Size of the input journal on disk.", Some(&Unit::Bytes), load(&j.bytes) as i64)?;
+        let l = &*d.event_log;
+        counter(
+            e,
+            "event_log_skipped",
+            "Event log records not written: its queue was full (a slow disk) or the disk refused them.",
+            load(&l.skipped),
+        )?;
+        gauge(e, "event_log", "Size of the event log on disk.", Some(&Unit::Bytes), load(&l.bytes) as i64)?;
         counter(
             e,
             "outbox_written",

@@ -82,6 +82,8 @@ pub struct Detail {
     pub history: HistoryCounts,
     /// The input journal's counts, shared with its thread.
     pub journal: Arc<crate::journal::JournalCounts>,
+    /// The event log's counts, shared with its thread.
+    pub event_log: Arc<crate::journal::JournalCounts>,
     pub started: std::time::Instant,
 }
 
@@ -109,6 +111,7 @@ impl Detail {
             connections: Default::default(),
             history: HistoryCounts::default(),
             journal: Arc::default(),
+            event_log: Arc::default(),
             started: std::time::Instant::now(),
         }
     }

@@ -426,6 +426,7 @@ impl Engine {
             let x = Ev::new(event, &captures[..n], &base);
             let timers = if kinds::event_timed(&rule.kind) { &mut self.event_timers } else { &mut self.clock };
             let mut cx = Cx::new(self.sandbox.engine(), &rule, idx as u32, timers, out, now);
+            cx.input = Some(event);
             let key = kinds::key_of(&mut cx, &x, device);
             if let Some(key) = &key {
                 let rt = &mut self.runtime[idx];

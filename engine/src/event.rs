@@ -45,6 +45,11 @@ pub struct Event {
     pub time: Timestamp,
     /// Identity of the message, for deterministic output ids.
     pub id: EventId,
+    /// When it arrived (ms since the epoch): with `id`, how lineage refers to it
+    /// ([`crate::lineage::Ref`]). Event time may be rewritten from the payload; this is not.
+    pub arrived: i64,
+    /// A composite event re-entering as an input (chaining): `id` is its id.
+    pub chained: bool,
 }
 
 impl Event {
@@ -52,6 +57,6 @@ impl Event {
     pub fn new(topic: impl Into<String>, payload: Dynamic, raw: &[u8], time: Timestamp) -> Self {
         let topic = topic.into();
         let id = EventId::from_content(&topic, raw);
-        Event { topic, payload, time, id }
+        Event { topic, payload, time, id, arrived: time.millis(), chained: false }
     }
 }

@@ -70,6 +70,9 @@
 //! - [`history`]: roll-ups of remembered fields (`remember`) on their way to the agent's
 //!   history log; `remember`: which series an event feeds.
 //! - `timers`: the timer queues (one on processing time, one on event time).
+//! - [`lineage`]: which inputs caused a composite event ([`Causes`]: the first and last few
+//!   [`Ref`]s and their count, the parent of a chained event), in the compact form the agent
+//!   sends as a CloudEvents attribute.
 //! - [`output`]: what a step produces: [`Composite`] events with deterministic ids,
 //!   [`RuleFault`]s, [`KeyLimitReport`]s, and the [`Touched`] names of changed state.
 //!
@@ -94,6 +97,7 @@ pub mod history;
 mod keyalarm;
 mod kinds;
 mod lifecycle;
+pub mod lineage;
 mod math;
 mod native;
 mod notices;
@@ -114,6 +118,7 @@ pub mod topic;
 pub use config::EngineConfig;
 pub use engine::{AlarmCommandError, Engine, EngineStats};
 pub use event::{Event, EventId};
+pub use lineage::{Causes, Ref};
 pub use output::{Action, AlarmTransition, Composite, CompositeId, KeyLimitReport, Outputs, RuleFault, Touched};
 pub use past::{PastError, PastSpec, PastWant, SeedError, Seeded};
 pub use persist::StateError;

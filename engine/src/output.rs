@@ -25,6 +25,9 @@ pub struct Composite {
     /// The alarm's condition for this rule and key right after this event; `None` for rules
     /// that keep no alarm. The agent sends it as the CloudEvents attribute `alarmstate`.
     pub alarm: Option<crate::alarm::Condition>,
+    /// The inputs that caused it (and the parent event of a chained one): the CloudEvents
+    /// attributes `edgewatchcauses` and `edgewatchparent`.
+    pub causes: crate::lineage::Causes,
 }
 
 impl Composite {
@@ -37,7 +40,8 @@ impl Composite {
     /// `id`, `subject`, `time`, `data`) whose id is the composite's, so a chained output's
     /// id still derives from the original input.
     pub(crate) fn to_event(&self, topic: String) -> Event {
-        Event { topic, payload: Dynamic::from_map(self.as_map()), time: self.time, id: EventId(self.id.0) }
+        let (time, id) = (self.time, EventId(self.id.0));
+        Event { topic, payload: Dynamic::from_map(self.as_map()), time, id, arrived: time.millis(), chained: true }
     }
 
     /// The composite as rules see it (chained events, `act`'s `data`): `type`, `id`,

@@ -183,6 +183,9 @@ struct HeldEvent {
     payload: Dynamic,
     time: i64,
     id: EventId,
+    /// Arrival time, for lineage (state saved before it existed: the event time).
+    #[serde(default)]
+    arrived: Option<i64>,
 }
 
 impl Reorder {
@@ -228,7 +231,13 @@ impl Reorder {
     /// The persisted form of a held event, `None` if it is no longer held.
     pub(crate) fn export(&self, name: &str) -> Option<Vec<u8>> {
         let e = self.events.get(name)?;
-        let held = HeldEvent { topic: e.topic.clone(), payload: e.payload.clone(), time: e.time.millis(), id: e.id };
+        let held = HeldEvent {
+            topic: e.topic.clone(),
+            payload: e.payload.clone(),
+            time: e.time.millis(),
+            id: e.id,
+            arrived: Some(e.arrived),
+        };
         serde_json::to_vec(&held).ok()
     }
 
@@ -240,7 +249,15 @@ impl Reorder {
     /// Holds a persisted event again.
     pub(crate) fn import(&mut self, name: &str, bytes: &[u8]) -> Result<(), String> {
         let h: HeldEvent = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        let event = Event { topic: h.topic, payload: h.payload, time: crate::Timestamp(h.time), id: h.id };
+        let arrived = h.arrived.unwrap_or(h.time);
+        let event = Event {
+            topic: h.topic,
+            payload: h.payload,
+            time: crate::Timestamp(h.time),
+            id: h.id,
+            arrived,
+            chained: false,
+        };
         let name: Arc<str> = name.into();
         self.max_seen = Some(self.max_seen.map_or(h.time, |m| m.max(h.time)));
         self.buffer.push(Reverse((h.time, h.id, name.clone())));

@@ -100,7 +100,7 @@ mod tests {
     use rhai::Dynamic;
 
     fn ev(topic: &str, payload: Dynamic) -> Event {
-        Event { topic: topic.into(), payload, time: Timestamp(0), id: crate::EventId(0) }
+        Event { topic: topic.into(), payload, time: Timestamp(0), id: crate::EventId(0), arrived: 0, chained: false }
     }
 
     #[test]

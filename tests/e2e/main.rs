@@ -8,6 +8,7 @@ mod bad_input;
 mod demo;
 mod heartbeat;
 mod layout;
+mod lineage;
 mod misbehaving;
 mod observability;
 mod overload;

@@ -264,7 +264,13 @@ impl Agent {
                 inflight: PUBLISH_WINDOW as u16,
             },
         );
-        let upstream = Upstream::new(up_client, outbox.clone(), stats.clone());
+        let event_log = config.event_log.and_then(|limits| {
+            let dir = crate::events::dir_in(&config.state_dir);
+            crate::events::EventLog::start(&dir, limits, stats.detail.event_log.clone())
+                .map_err(|error| tracing::error!(%error, "Event log not opened: running without it."))
+                .ok()
+        });
+        let upstream = Upstream::new(up_client, outbox.clone(), stats.clone(), event_log.clone());
         let acker = Acker::new(src_client.clone());
         let sink = match outbox.store() {
             Some(store) => {
@@ -321,6 +327,7 @@ impl Agent {
             }
         });
         step.sinks = sinks.clone();
+        step.event_log = event_log;
         if let Some((log, backlog)) = audit {
             for entry in &backlog {
                 step.queue_audit(entry);

@@ -18,7 +18,13 @@ pub(super) fn wall_clock() -> Timestamp {
 
 /// A dead letter on `<prefix>/deadletter`.
 pub(super) fn dead_letter_entry(config: &Config, letter: Vec<u8>) -> OutboxEntry {
-    OutboxEntry { topic: config.upstream.deadletter_topic(), payload: letter.into(), qos: 1, retain: false }
+    OutboxEntry {
+        topic: config.upstream.deadletter_topic(),
+        payload: letter.into(),
+        qos: 1,
+        retain: false,
+        traced: false,
+    }
 }
 
 /// A rule fault, on `<prefix>/errors`.
@@ -30,7 +36,13 @@ pub(super) fn fault_entry(config: &Config, fault: &edgewatch_engine::RuleFault) 
         "disabled": fault.disabled,
         "time": wall_clock().to_rfc3339(),
     });
-    OutboxEntry { topic: config.upstream.errors_topic(), payload: report.to_string().into(), qos: 1, retain: false }
+    OutboxEntry {
+        topic: config.upstream.errors_topic(),
+        payload: report.to_string().into(),
+        qos: 1,
+        retain: false,
+        traced: false,
+    }
 }
 
 /// Opens the history log and hands it to the store. What the opening repaired (a torn tail
@@ -148,7 +160,13 @@ pub(super) fn agent_status(config: &Config, status: &str, started: Timestamp, ru
         "rules": rules,
         "time": now.to_rfc3339(),
     });
-    OutboxEntry { topic: config.upstream.agent_status_topic(), payload: doc.to_string().into(), qos: 1, retain: true }
+    OutboxEntry {
+        topic: config.upstream.agent_status_topic(),
+        payload: doc.to_string().into(),
+        qos: 1,
+        retain: true,
+        traced: false,
+    }
 }
 
 /// The rules' status document, retained on `<prefix>/status/rules`, with each rule's count of
@@ -162,7 +180,13 @@ pub(super) fn status_entry(config: &Config, status: &serde_json::Value, stats: &
             rule["value_missing"] = serde_json::json!(missing);
         }
     }
-    OutboxEntry { topic: config.upstream.rules_status_topic(), payload: doc.to_string().into(), qos: 1, retain: true }
+    OutboxEntry {
+        topic: config.upstream.rules_status_topic(),
+        payload: doc.to_string().into(),
+        qos: 1,
+        retain: true,
+        traced: false,
+    }
 }
 
 /// An event about the agent itself, on `<prefix>/agent/events`.
@@ -180,6 +204,7 @@ pub(super) fn agent_event(config: &Config, source: &str, kind: &str, data: serde
         payload: event.to_json().into(),
         qos: 1,
         retain: false,
+        traced: false,
     }
 }
 

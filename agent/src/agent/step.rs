@@ -143,6 +143,24 @@ pub(super) struct Step {
     protector: crate::privacy::Protector,
     /// The audit trail (`None` if it could not be opened: the agent runs, and says so).
     pub audit: Option<crate::audit::AuditLog>,
+    /// The event log (`None`: turned off, or it could not be opened): each composite event
+    /// queued upstream is recorded, and handed to its thread with the batch.
+    pub event_log: Option<crate::events::EventLog>,
+    /// Each running rule's version, `<file>#<content hash>`, from the rules' status: the
+    /// `edgewatchrule` attribute of its events.
+    rule_versions: std::collections::HashMap<Arc<str>, Arc<str>>,
+}
+
+/// Each rule's version, `<file>#<hash>`, from the rules' status document.
+fn rule_versions(status: &serde_json::Value) -> std::collections::HashMap<Arc<str>, Arc<str>> {
+    let rules = status["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
+    rules
+        .iter()
+        .filter_map(|r| {
+            let version = format!("{}#{}", r["file"].as_str()?, r["hash"].as_str()?);
+            Some((Arc::from(r["name"].as_str()?), Arc::from(version)))
+        })
+        .collect()
 }
 
 impl Step {
@@ -171,6 +189,7 @@ impl Step {
             health,
             pending: Pending::new(now),
             outputs: Outputs::default(),
+            rule_versions: rule_versions(&rules_status),
             rules_status,
             started: wall_clock(),
             sessions: 0,
@@ -182,6 +201,7 @@ impl Step {
             sinks: Arc::default(),
             protector,
             audit: None,
+            event_log: None,
         };
         for (kind, data) in startup_events {
             tracing::warn!(kind, %data, "Agent event.");
@@ -438,6 +458,9 @@ impl Step {
     fn commit(&mut self, permit: Option<mpsc::Permit<'_, CommitJob>>, done: Option<oneshot::Sender<bool>>) {
         if let Some(j) = &mut self.journal {
             j.hand_over();
+        }
+        if let Some(log) = &self.event_log {
+            log.hand_over();
         }
         let (acks, arrived) = self.pending.take_acks();
         match (&mut self.sink, permit) {

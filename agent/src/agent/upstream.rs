@@ -13,6 +13,7 @@
 //! on a new session (or after a restart) the outbox is sent again from the oldest entry not
 //! acknowledged, with the same ids.
 
+use super::reports::wall_clock;
 use crate::health::{Health, Link};
 use crate::mqtt::{self, Client, Incoming};
 use crate::outbox::Outbox;
@@ -35,8 +36,9 @@ pub(super) const PUBLISH_WINDOW: usize = 1024;
 #[derive(Debug)]
 pub(super) struct Window {
     cap: usize,
-    /// QoS 1 entries handed to the client and not yet acknowledged, oldest first.
-    inflight: VecDeque<u64>,
+    /// QoS 1 entries handed to the client and not yet acknowledged, oldest first, and
+    /// whether the event log follows them (composite events).
+    inflight: VecDeque<(u64, bool)>,
     /// The next outbox sequence number to hand to the client.
     next: u64,
     /// Handed to the client only while connected: what it holds across a disconnect is resent
@@ -60,17 +62,17 @@ impl Window {
 
     /// Entry `seq` was handed to the client. A QoS 0 one is done at once: returns it, to be
     /// removed from the outbox.
-    pub fn handed(&mut self, seq: u64, qos: u8) -> Option<u64> {
+    pub fn handed(&mut self, seq: u64, qos: u8, traced: bool) -> Option<u64> {
         self.next = seq + 1;
         if qos == 0 {
             return Some(seq);
         }
-        self.inflight.push_back(seq);
+        self.inflight.push_back((seq, traced));
         None
     }
 
-    /// A PUBACK: the oldest entry in flight is delivered.
-    pub fn puback(&mut self) -> Option<u64> {
+    /// A PUBACK: the oldest entry in flight is delivered (and whether it is traced).
+    pub fn puback(&mut self) -> Option<(u64, bool)> {
         self.inflight.pop_front()
     }
 
@@ -79,7 +81,7 @@ impl Window {
     pub fn connected(&mut self, session_present: bool) {
         self.up = true;
         if !session_present {
-            if let Some(oldest) = self.inflight.front() {
+            if let Some((oldest, _)) = self.inflight.front() {
                 tracing::info!(from = *oldest, "New upstream session: resending the events in flight.");
                 self.next = self.next.min(*oldest);
             }
@@ -99,11 +101,14 @@ pub(super) struct Upstream {
     outbox: Outbox,
     window: Arc<Mutex<Window>>,
     stats: Arc<Stats>,
+    /// Where composite events' publications and acknowledgements are recorded.
+    events: Option<crate::events::EventLog>,
 }
 
 impl Upstream {
-    pub fn new(client: Client, outbox: Outbox, stats: Arc<Stats>) -> Upstream {
-        Upstream { client, outbox, window: Arc::new(Mutex::new(Window::new(PUBLISH_WINDOW))), stats }
+    pub fn new(client: Client, outbox: Outbox, stats: Arc<Stats>, events: Option<crate::events::EventLog>) -> Upstream {
+        let window = Arc::new(Mutex::new(Window::new(PUBLISH_WINDOW)));
+        Upstream { client, outbox, window, stats, events }
     }
 
     fn window(&self) -> MutexGuard<'_, Window> {
@@ -125,7 +130,7 @@ impl Upstream {
                 return;
             }
             for (seq, entry) in entries {
-                let qos = entry.qos;
+                let (qos, traced) = (entry.qos, entry.traced);
                 if let Err(error) = self.client.try_publish(entry.topic, qos, entry.retain, entry.payload) {
                     // Full (the connection is behind) or closed (stopping): sent later, or by the
                     // next run.
@@ -133,8 +138,15 @@ impl Upstream {
                     return;
                 }
                 self.stats.published.fetch_add(1, Relaxed);
-                if let Some(done) = w.handed(seq, qos) {
+                let log = self.events.as_ref().filter(|_| traced);
+                if let Some(log) = log {
+                    log.published(wall_clock().millis(), seq);
+                }
+                if let Some(done) = w.handed(seq, qos, traced) {
                     self.outbox.acked(done);
+                    if let Some(log) = log {
+                        log.acked(wall_clock().millis(), done);
+                    }
                 }
             }
         }
@@ -182,7 +194,10 @@ impl Upstream {
                 }
                 Incoming::PubAck => {
                     let seq = self.window().puback();
-                    if let Some(seq) = seq {
+                    if let Some((seq, traced)) = seq {
+                        if let Some(log) = self.events.as_ref().filter(|_| traced) {
+                            log.acked(wall_clock().millis(), seq);
+                        }
                         self.outbox.acked(seq);
                         self.stats.acked.fetch_add(1, Relaxed);
                         self.pump();
@@ -212,10 +227,10 @@ mod tests {
         assert_eq!(w.room(), 0, "not connected yet");
         w.connected(false);
         assert_eq!(w.room(), 2);
-        assert_eq!(w.handed(0, 1), None);
-        assert_eq!(w.handed(1, 1), None);
+        assert_eq!(w.handed(0, 1, false), None);
+        assert_eq!(w.handed(1, 1, false), None);
         assert_eq!(w.room(), 0, "window full");
-        assert_eq!(w.puback(), Some(0), "the oldest is acknowledged first");
+        assert_eq!(w.puback(), Some((0, false)), "the oldest is acknowledged first");
         assert_eq!(w.room(), 1);
         w.disconnected();
         assert_eq!(w.room(), 0);
@@ -225,7 +240,7 @@ mod tests {
     fn qos_0_entries_are_done_when_handed_out_and_take_no_room() {
         let mut w = Window::new(1);
         w.connected(false);
-        assert_eq!(w.handed(0, 0), Some(0));
+        assert_eq!(w.handed(0, 0, false), Some(0));
         assert_eq!(w.room(), 1);
         assert_eq!(w.next(), 1);
         assert_eq!(w.puback(), None, "nothing in flight");
@@ -236,14 +251,14 @@ mod tests {
         let mut w = Window::new(10);
         w.connected(false);
         for seq in 0..5 {
-            w.handed(seq, 1);
+            w.handed(seq, 1, false);
         }
-        assert_eq!(w.puback(), Some(0));
+        assert_eq!(w.puback(), Some((0, false)));
         w.disconnected();
         // The broker kept the session: rumqttc resends what is in flight itself.
         w.connected(true);
         assert_eq!(w.next(), 5);
-        assert_eq!(w.puback(), Some(1));
+        assert_eq!(w.puback(), Some((1, false)));
         w.disconnected();
         // A new session: 2, 3 and 4 were lost with the old one.
         w.connected(false);

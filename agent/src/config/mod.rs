@@ -18,7 +18,7 @@
 //!   defaults, [`Protocol`].
 //! - `validate.rs`: [`RawConfig::validate`], broker sections with inheritance, URLs.
 //! - `history.rs`: `[history]` and the subscriptions' `remember`, raw and checked.
-//! - `journal.rs`: `[journal]`, raw and checked.
+//! - `journal.rs`: `[journal]` and `[event_log]`, raw and checked.
 //! - `sinks.rs`: `[[sinks]]`, raw and checked.
 //! - `schemas.rs`: `[schemas.<name>]`, payload schemas, raw and checked.
 //!
@@ -138,6 +138,8 @@ pub struct Config {
     pub history: crate::history::HistoryLimits,
     /// The input journal's limits; `None`: no journal (the default).
     pub journal: Option<crate::journal::JournalLimits>,
+    /// The event log's limits (`[event_log]`, on by default); `None`: off.
+    pub event_log: Option<crate::journal::JournalLimits>,
     /// Where rules' actions go (`notify`, `act`), by name.
     pub sinks: Vec<SinkConfig>,
     /// Alarm commands are taken on this topic (`<prefix>/control/alarms`, opt-in) and answered

@@ -38,6 +38,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub journal: super::journal::RawJournal,
     #[serde(default)]
+    pub event_log: super::journal::RawEventLog,
+    #[serde(default)]
     pub sinks: Vec<super::sinks::RawSink>,
     #[serde(default)]
     pub alarms: RawAlarms,
@@ -154,6 +156,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "state",
     "history",
     "journal",
+    "event_log",
     "privacy",
     "audit",
 ];

@@ -163,6 +163,7 @@ impl RawConfig {
         let (engine_history, history) = self.history.validate(remember)?;
         engine.history = engine_history;
         let journal = self.journal.validate()?;
+        let event_log = self.event_log.validate()?;
         let mut sinks = super::sinks::validate(self.sinks, &|var| std::env::var(var).ok())?;
         for sink in &mut sinks {
             if let super::SinkKind::Mqtt { topic, .. } = &mut sink.kind {
@@ -228,6 +229,7 @@ impl RawConfig {
             state,
             history,
             journal,
+            event_log,
             sinks,
             privacy_key,
             audit,

@@ -31,6 +31,9 @@
 //!          zigzag varint arrival time (ms since the epoch); a message then has its
 //!          format (0 auto, 1 json, 2 scalar, 3 postcard), varint topic length, topic
 //!          UTF-8 (as rules see it), and the payload: the rest of the body
+//!          The event log (`crate::events`) uses the same files with kinds 3 (an event:
+//!          varint outbox seq, 16 bytes id LE, varint topic length, topic, the CloudEvent:
+//!          the rest), 4 (published: varint seq) and 5 (acknowledged: varint seq)
 //! ```
 //!
 //! # Layout
@@ -44,6 +47,7 @@ mod read;
 mod segment;
 mod writer;
 
+pub(crate) use read::message_line;
 pub use read::{ExportError, ReadReport, export, read};
 pub use writer::{Appended, CHUNK, Frames, Journal, JournalLog};
 
@@ -100,9 +104,37 @@ impl Default for JournalLimits {
 /// One journaled input, as read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry<'a> {
-    Message { t: i64, format: Format, topic: &'a str, payload: &'a [u8] },
-    LinkDown { t: i64 },
-    LinkUp { t: i64 },
+    Message {
+        t: i64,
+        format: Format,
+        topic: &'a str,
+        payload: &'a [u8],
+    },
+    LinkDown {
+        t: i64,
+    },
+    LinkUp {
+        t: i64,
+    },
+    /// The event log's records (`crate::events`), in files of the same format: a composite
+    /// event queued upstream as outbox entry `seq`, its id, topic and CloudEvent as sent;
+    Event {
+        t: i64,
+        seq: u64,
+        id: u128,
+        topic: &'a str,
+        body: &'a [u8],
+    },
+    /// outbox entry `seq` handed to the upstream connection;
+    Published {
+        t: i64,
+        seq: u64,
+    },
+    /// and acknowledged by the upstream broker (at QoS 0: handed over).
+    Acked {
+        t: i64,
+        seq: u64,
+    },
 }
 
 impl Entry<'_> {
@@ -110,6 +142,7 @@ impl Entry<'_> {
     pub fn t(&self) -> i64 {
         match *self {
             Entry::Message { t, .. } | Entry::LinkDown { t } | Entry::LinkUp { t } => t,
+            Entry::Event { t, .. } | Entry::Published { t, .. } | Entry::Acked { t, .. } => t,
         }
     }
 }

@@ -95,7 +95,7 @@ fn write_line(out: &mut impl Write, line: &RecordLine) -> std::io::Result<()> {
 }
 
 /// The recording line of a journaled message.
-fn message_line(t: i64, format: Format, topic: &str, payload: &[u8]) -> RecordLine {
+pub(crate) fn message_line(t: i64, format: Format, topic: &str, payload: &[u8]) -> RecordLine {
     let is_json = || serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok();
     let encoding = match format {
         Format::Json => Encoding::Json,

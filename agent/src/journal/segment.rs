@@ -83,6 +83,20 @@ pub(crate) fn put_entry(out: &mut Vec<u8>, body: &mut Vec<u8>, entry: &Entry<'_>
             body.push(if matches!(entry, Entry::LinkDown { .. }) { 1 } else { 2 });
             put_varint(body, zigzag(t));
         }
+        Entry::Event { t, seq, id, topic, body: event } => {
+            body.push(3);
+            put_varint(body, zigzag(t));
+            put_varint(body, seq);
+            body.extend_from_slice(&id.to_le_bytes());
+            put_varint(body, topic.len() as u64);
+            body.extend_from_slice(topic.as_bytes());
+            body.extend_from_slice(event);
+        }
+        Entry::Published { t, seq } | Entry::Acked { t, seq } => {
+            body.push(if matches!(entry, Entry::Published { .. }) { 4 } else { 5 });
+            put_varint(body, zigzag(t));
+            put_varint(body, seq);
+        }
     }
     frames::put(out, body);
 }
@@ -94,17 +108,36 @@ fn entry(body: &[u8]) -> Result<Entry<'_>, &'static str> {
         Some(0) => {
             let format = body.get(at).copied().and_then(format_of).ok_or("unknown format")?;
             at += 1;
-            let n = get_varint(body, &mut at).map_err(|_| "bad topic length")?;
-            let end = usize::try_from(n).ok().and_then(|n| at.checked_add(n)).ok_or("bad topic length")?;
-            let topic = body.get(at..end).ok_or("topic cut short")?;
-            let topic = std::str::from_utf8(topic).map_err(|_| "topic not UTF-8")?;
+            let (topic, end) = text(body, at)?;
             Entry::Message { t, format, topic, payload: &body[end..] }
         }
         Some(1) if at == body.len() => Entry::LinkDown { t },
         Some(2) if at == body.len() => Entry::LinkUp { t },
+        Some(3) => {
+            let seq = get_varint(body, &mut at).map_err(|_| "bad seq")?;
+            let id = body.get(at..at + 16).and_then(|b| <[u8; 16]>::try_from(b).ok()).ok_or("id cut short")?;
+            at += 16;
+            let (topic, end) = text(body, at)?;
+            Entry::Event { t, seq, id: u128::from_le_bytes(id), topic, body: &body[end..] }
+        }
+        Some(k @ (4 | 5)) => {
+            let seq = get_varint(body, &mut at).map_err(|_| "bad seq")?;
+            if at != body.len() {
+                return Err("unknown record");
+            }
+            if *k == 4 { Entry::Published { t, seq } } else { Entry::Acked { t, seq } }
+        }
         _ => return Err("unknown record"),
     };
     Ok(entry)
+}
+
+/// A topic at `at`: its varint length and UTF-8 text; and where it ends.
+fn text(body: &[u8], mut at: usize) -> Result<(&str, usize), &'static str> {
+    let n = get_varint(body, &mut at).map_err(|_| "bad topic length")?;
+    let end = usize::try_from(n).ok().and_then(|n| at.checked_add(n)).ok_or("bad topic length")?;
+    let topic = body.get(at..end).ok_or("topic cut short")?;
+    Ok((std::str::from_utf8(topic).map_err(|_| "topic not UTF-8")?, end))
 }
 
 fn header(body: &[u8]) -> Result<i64, &'static str> {

@@ -30,6 +30,9 @@ fn read_back(dir: &Path, range: (i64, i64)) -> (Vec<(i64, String, Vec<u8>)>, Rea
         Entry::Message { t, topic, payload, .. } => got.push((t, topic.to_owned(), payload.to_vec())),
         Entry::LinkDown { t } => got.push((t, "<down>".into(), vec![])),
         Entry::LinkUp { t } => got.push((t, "<up>".into(), vec![])),
+        Entry::Event { t, seq, topic, body, .. } => got.push((t, format!("<event {seq}> {topic}"), body.to_vec())),
+        Entry::Published { t, seq } => got.push((t, format!("<published {seq}>"), vec![])),
+        Entry::Acked { t, seq } => got.push((t, format!("<acked {seq}>"), vec![])),
     })
     .expect("read");
     (got, report)

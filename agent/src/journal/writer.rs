@@ -283,6 +283,8 @@ pub struct Journal {
     tx: Option<SyncSender<Chunk>>,
     thread: Option<std::thread::JoinHandle<()>>,
     counts: Arc<JournalCounts>,
+    /// What its messages call it: `journal`, `event log`.
+    name: &'static str,
 }
 
 /// A chunk is handed over once it holds this much, batch or not.
@@ -295,28 +297,40 @@ impl Journal {
         limits: JournalLimits,
         counts: Arc<JournalCounts>,
     ) -> Result<(Journal, Recovered), JournalError> {
+        Journal::start_named(dir, limits, counts, "journal")
+    }
+
+    /// Opens a log of this format in `dir` (the input journal, the event log) and starts its
+    /// thread; `name` is what its messages call it.
+    pub fn start_named(
+        dir: &Path,
+        limits: JournalLimits,
+        counts: Arc<JournalCounts>,
+        name: &'static str,
+    ) -> Result<(Journal, Recovered), JournalError> {
         let (log, recovered) = JournalLog::open(dir, limits)?;
         counts.bytes.store(log.bytes(), Relaxed);
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let thread_counts = counts.clone();
         let thread = std::thread::Builder::new()
-            .name("edgewatch-journal".into())
-            .spawn(move || write_loop(log, &rx, &thread_counts))
+            .name(format!("edgewatch-{}", name.replace(' ', "-")))
+            .spawn(move || write_loop(log, &rx, &thread_counts, name))
             .map_err(JournalError::io(dir))?;
-        Ok((Journal { pending: Frames::default(), tx: Some(tx), thread: Some(thread), counts }, recovered))
+        Ok((Journal { pending: Frames::default(), tx: Some(tx), thread: Some(thread), counts, name }, recovered))
     }
 
     /// Journals a message.
     pub fn message(&mut self, t: i64, format: Format, topic: &str, payload: &[u8]) {
-        self.push(&Entry::Message { t, format, topic, payload });
+        self.record(&Entry::Message { t, format, topic, payload });
     }
 
     /// Journals the sensor link going down or up (absence detection pauses meanwhile).
     pub fn link(&mut self, t: i64, up: bool) {
-        self.push(&if up { Entry::LinkUp { t } } else { Entry::LinkDown { t } });
+        self.record(&if up { Entry::LinkUp { t } } else { Entry::LinkDown { t } });
     }
 
-    fn push(&mut self, entry: &Entry<'_>) {
+    /// Adds a record to the chunk being built.
+    pub fn record(&mut self, entry: &Entry<'_>) {
         self.pending.push(entry);
         if self.pending.len() >= CHUNK {
             self.hand_over();
@@ -336,10 +350,8 @@ impl Journal {
             Ok(()) => {}
             Err(TrySendError::Full(c)) | Err(TrySendError::Disconnected(c)) => {
                 if self.counts.skipped.fetch_add(c.records, Relaxed) == 0 {
-                    tracing::warn!(
-                        queue = QUEUE,
-                        "Journal behind the inputs: inputs skipped from it (counted in edgewatch_journal_skipped_total)."
-                    );
+                    let log = self.name;
+                    tracing::warn!(queue = QUEUE, log, "Log behind: records skipped from it (counted).");
                 }
                 // Its buffer is reused.
                 self.pending.buf = c.frames;
@@ -365,7 +377,7 @@ fn wall_clock() -> i64 {
 
 /// The journal thread: writes what the queue brings, hands it to the OS at least every
 /// [`FLUSH_EVERY`], and applies the age limit when idle.
-fn write_loop(mut log: JournalLog, rx: &Receiver<Chunk>, counts: &JournalCounts) {
+fn write_loop(mut log: JournalLog, rx: &Receiver<Chunk>, counts: &JournalCounts, name: &'static str) {
     let mut last_flush = std::time::Instant::now();
     let mut failing = false;
     let mut note = |result: Result<Appended, JournalError>, records: u64, log: &JournalLog| {
@@ -377,9 +389,10 @@ fn write_loop(mut log: JournalLog, rx: &Receiver<Chunk>, counts: &JournalCounts)
                     counts.evicted_segments.fetch_add(a.evicted_segments, Relaxed);
                     if counts.evicted_bytes.fetch_add(a.evicted_bytes, Relaxed) == 0 {
                         tracing::info!(
+                            log = name,
                             segments = a.evicted_segments,
                             bytes = a.evicted_bytes,
-                            "Journal full or old: the oldest segments go first from now on (counted in edgewatch_journal_evicted_bytes_total)."
+                            "Log full or old: the oldest segments go first from now on (counted)."
                         );
                     }
                 }
@@ -388,7 +401,7 @@ fn write_loop(mut log: JournalLog, rx: &Receiver<Chunk>, counts: &JournalCounts)
             Err(error) => {
                 counts.skipped.fetch_add(records, Relaxed);
                 if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(%error, "Journal not written: inputs skipped from it until the disk takes them again.");
+                    tracing::warn!(%error, log = name, "Log not written: records skipped until the disk takes them again.");
                 }
             }
         }

@@ -19,6 +19,10 @@ pub struct OutboxEntry {
     /// Published with the retain flag (status documents).
     #[serde(default)]
     pub retain: bool,
+    /// A composite event: its publication and acknowledgement go to the event log
+    /// (`crate::events`), which has its record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub traced: bool,
 }
 
 impl OutboxEntry {

@@ -78,13 +78,12 @@ impl Outbox {
         }
     }
 
-    /// Queues an event, readable by [`Outbox::next`] at once; on disk with `batch`.
-    pub fn push(&self, batch: &mut Batch, entry: OutboxEntry) {
+    /// Queues an event, readable by [`Outbox::next`] at once; on disk with `batch`. Returns
+    /// its sequence number.
+    pub fn push(&self, batch: &mut Batch, entry: OutboxEntry) -> u64 {
         match &self.inner {
             Inner::Durable(s) => s.push_outbox(batch, entry),
-            Inner::Memory(m) => {
-                lock(m).push(entry, |_| {});
-            }
+            Inner::Memory(m) => lock(m).push(entry, |_| {}),
         }
     }
 

@@ -7,7 +7,13 @@ use crate::store::Batch;
 use std::collections::BTreeMap;
 
 fn entry(i: u64, payload_len: usize) -> OutboxEntry {
-    OutboxEntry { topic: format!("t/{i:03}"), payload: vec![b'x'; payload_len].into(), qos: 1, retain: false }
+    OutboxEntry {
+        topic: format!("t/{i:03}"),
+        payload: vec![b'x'; payload_len].into(),
+        qos: 1,
+        retain: false,
+        traced: false,
+    }
 }
 
 fn seqs(read: Read) -> Vec<u64> {

@@ -44,13 +44,14 @@ impl Store {
     /// An entry the book caches is encoded only when its batch is applied, and only if
     /// upstream has not acknowledged it by then: with a responsive upstream broker most
     /// events are never encoded for the disk. One past the cache is encoded now.
-    pub fn push_outbox(&self, batch: &mut Batch, entry: OutboxEntry) {
+    pub fn push_outbox(&self, batch: &mut Batch, entry: OutboxEntry) -> u64 {
         let (seq, uncached) = self.book().push_uncached(entry, |old| {
             batch.inner.remove(&key(old));
             batch.deletes += 1;
         });
         batch.outbox.push((seq, uncached.map(|e| encode(&e))));
         batch.changes += 1;
+        seq
     }
 
     /// Up to `n` outbox entries from `from_seq` on, in order: from memory when they are

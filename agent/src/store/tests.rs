@@ -2,7 +2,13 @@ use super::*;
 use edgewatch_engine::Touched;
 
 fn entry(i: usize) -> OutboxEntry {
-    OutboxEntry { topic: format!("t/{i}"), payload: format!("payload {i}").into(), qos: 1, retain: false }
+    OutboxEntry {
+        topic: format!("t/{i}"),
+        payload: format!("payload {i}").into(),
+        qos: 1,
+        retain: false,
+        traced: false,
+    }
 }
 
 /// The poison-message bookkeeping: a start after a crash is told apart from one after a

@@ -16,6 +16,7 @@ use super::{Cx, Ev, KeyLimit, Keyed, entry_pinned, timer_input};
 use crate::declare::duration_ms;
 use crate::event::EventId;
 use crate::func::Func;
+use crate::lineage::{Causes, Ref};
 use crate::rule::HeartbeatSpec;
 use crate::tables::Tables;
 use crate::time::Timestamp;
@@ -31,7 +32,7 @@ fn clamp_ms(ms: i64) -> u32 {
 const TAG_DEADLINE: u32 = 0;
 const TAG_FLAP: u32 = 1;
 
-/// One key's liveness. Kept small (48 bytes): 100k devices is an ordinary gateway load.
+/// One key's liveness. Kept small (56 bytes): 100k devices is an ordinary gateway load.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Hb {
     last_seen: i64,
@@ -43,6 +44,14 @@ pub(crate) struct Hb {
     never_seen: bool,
     /// Flap tracking, only for keys that have changed state.
     flap: Option<Box<Flap>>,
+    /// The first 64 bits of the last input's id (0: none), seen at `last_seen`: the cause of
+    /// a `missing` (lineage). 8 bytes, not a whole `Ref`: the time is `last_seen`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    last_id: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -63,6 +72,7 @@ impl Hb {
             timeout_ms: clamp_ms(timeout_ms),
             never_seen: true,
             flap: None,
+            last_id: 0,
         }
     }
 }
@@ -149,6 +159,11 @@ fn status(
         "missing" => cx.alarm_activate(key, time),
         "recovered" => cx.alarm_clear(key, time),
         _ => {}
+    }
+    if x.is_none() {
+        // Caused by the silence after the last input seen (none for a device never seen).
+        let last = (hb.last_id != 0).then(|| Ref { id: hb.last_id, at: hb.last_seen });
+        cx.causes = Some(last.map(Causes::one).unwrap_or_default());
     }
     cx.emit(key, time, ctx, || Dynamic::from_map(data.clone()), input);
 }
@@ -267,6 +282,7 @@ pub(crate) fn on_event(
         }
     }
     hb.last_seen = now;
+    hb.last_id = Ref::of(x.event).id;
     hb.never_seen = false;
     if hb.timer_at == NONE || hb.timer_at > hb.deadline {
         hb.timer_at = hb.deadline;

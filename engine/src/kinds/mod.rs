@@ -32,6 +32,7 @@ pub(crate) use view::{Ev, default_key, key_of};
 
 use crate::event::EventId;
 use crate::func::Func;
+use crate::lineage::{Causes, Ref};
 use crate::native::View;
 use crate::output::{Composite, CompositeId, Outputs, RuleFault, Touched};
 use crate::rule::{Rule, RuleKind, RuleKind as K};
@@ -185,7 +186,7 @@ impl KindState {
             KindState::Stateless => None,
             KindState::Threshold(m) => m.get(key).map(|a| Saved::Threshold { active: *a }),
             KindState::Window(m) => m.get(key).map(|w| Saved::Window(window::save(w))),
-            KindState::Stuck(m) => m.get(key).map(|s| Saved::Stuck(*s)),
+            KindState::Stuck(m) => m.get(key).map(|s| Saved::Stuck(s.clone())),
             KindState::Sequence(m) => m.get(key).map(|s| Saved::Sequence(s.clone())),
             KindState::Heartbeat(h) => h.keys.get(key).map(|hb| Saved::Heartbeat(hb.clone())),
             KindState::Anomaly(m) => m.get(key).map(|s| Saved::Anomaly(Box::new(s.clone()))),
@@ -368,6 +369,12 @@ pub(crate) struct Cx<'a> {
     /// The rule's alarms per key, when it keeps any ([`Rule::keeps_alarms`]); `None` costs
     /// the hot path one check.
     pub(crate) alarms: Option<&'a mut std::collections::HashMap<Arc<str>, crate::keyalarm::KeyAlarm>>,
+    /// The input being handled (`None` for a timer): the cause of what is emitted, unless
+    /// the kind names the causes itself (`causes`).
+    pub(crate) input: Option<&'a crate::Event>,
+    /// The causes of the next emitted event, set by kinds whose events have several
+    /// (a window's inputs, a sequence's steps); taken by [`Cx::emit_data`].
+    pub(crate) causes: Option<Causes>,
 }
 
 impl<'a> Cx<'a> {
@@ -392,6 +399,8 @@ impl<'a> Cx<'a> {
             absence_paused: false,
             value_missing: false,
             alarms: None,
+            input: None,
+            causes: None,
         }
     }
 
@@ -510,7 +519,10 @@ impl<'a> Cx<'a> {
         let data = match &self.rule.emit {
             Some(f) => match self.call(f, [ctx()]) {
                 Some(d) => d,
-                None => return,
+                None => {
+                    self.causes = None;
+                    return;
+                }
             },
             None => default_data(),
         };
@@ -519,6 +531,7 @@ impl<'a> Cx<'a> {
 
     /// Emits `data` as is (`()` emits nothing).
     pub(crate) fn emit_data(&mut self, key: &str, time: i64, data: Dynamic, input: EventId) {
+        let causes = self.causes.take();
         if data.is_unit() {
             return;
         }
@@ -538,6 +551,13 @@ impl<'a> Cx<'a> {
             .filter(|c| c.input == input && c.key == key)
             .count();
         let index = u32::try_from(index).unwrap_or(u32::MAX);
+        let mut causes = causes.unwrap_or_else(|| match self.input {
+            Some(e) => Causes::one(Ref::of(e)),
+            None => Causes::default(),
+        });
+        if let Some(e) = self.input.filter(|e| e.chained) {
+            causes.parent = Some(CompositeId(e.id.0));
+        }
         let composite = Composite {
             id: CompositeId::derive(&self.rule.name, key, input, index),
             input,
@@ -546,6 +566,7 @@ impl<'a> Cx<'a> {
             time: crate::Timestamp(time),
             data,
             alarm: None,
+            causes,
         };
         let mut composite = composite;
         if self.alarms.is_some() {

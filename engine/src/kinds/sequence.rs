@@ -11,6 +11,7 @@
 use super::Keyed;
 use super::{Cx, Ev, entry};
 use crate::event::EventId;
+use crate::lineage::{Ref, Trail};
 use crate::rule::Step;
 use rhai::{Dynamic, Map};
 use std::sync::Arc;
@@ -28,6 +29,9 @@ struct Partial {
     matches: Map,
     /// Input that started it: timeouts derive their ids from it.
     start_id: EventId,
+    /// The inputs its steps matched (lineage).
+    #[serde(default)]
+    trail: Trail,
 }
 
 /// One key's partial matches.
@@ -66,6 +70,7 @@ fn complete(cx: &mut Cx<'_>, key: &str, p: &Partial, time: i64, x: Option<&Ev<'_
         data.insert("matches".into(), Dynamic::from_map(p.matches.clone()));
         Dynamic::from_map(data)
     };
+    cx.causes = Some(p.trail.causes());
     cx.emit(key, time, ctx, data, input);
 }
 
@@ -133,6 +138,7 @@ pub(crate) fn on_event(
             let p = &mut s.partials[i];
             p.count += 1;
             p.matches.insert(steps[j].name.clone().into(), summary(x));
+            p.trail.push(Ref::of(x.event));
             if p.count >= steps[j].times {
                 p.pos = j + 1;
                 p.count = 0;
@@ -147,8 +153,10 @@ pub(crate) fn on_event(
     }
 
     if eval(cx, 0) {
-        let mut p = Partial { start: t, pos: 0, count: 1, matches: Map::new(), start_id: x.event.id };
+        let mut p =
+            Partial { start: t, pos: 0, count: 1, matches: Map::new(), start_id: x.event.id, trail: Trail::default() };
         p.matches.insert(steps[0].name.clone().into(), summary(x));
+        p.trail.push(Ref::of(x.event));
         if steps[0].times <= 1 {
             p.pos = 1;
             p.count = 0;

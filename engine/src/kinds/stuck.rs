@@ -7,14 +7,26 @@ use super::Keyed;
 use super::{Cx, Ev, entry};
 use crate::declare::number;
 use crate::func::Func;
+use crate::lineage::{Ref, Trail};
 use rhai::{Dynamic, Map};
 
 /// One key's reference value.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StuckState {
     value: f64,
     since: i64,
     fired: bool,
+    /// The readings of the run so far (lineage).
+    #[serde(default)]
+    trail: Trail,
+}
+
+impl StuckState {
+    fn new(value: f64, since: i64, first: Ref) -> StuckState {
+        let mut trail = Trail::default();
+        trail.push(first);
+        StuckState { value, since, fired: false, trail }
+    }
 }
 
 pub(crate) fn on_event(
@@ -36,12 +48,20 @@ pub(crate) fn on_event(
         return;
     };
     let t = x.time();
-    let Some((key, s)) = entry(state, key, cx, || StuckState { value: v, since: t, fired: false }) else {
+    let r = Ref::of(x.event);
+    let mut new = false;
+    let Some((key, s)) = entry(state, key, cx, || {
+        new = true;
+        StuckState::new(v, t, r)
+    }) else {
         return;
     };
     if (v - s.value).abs() > tolerance {
-        *s = StuckState { value: v, since: t, fired: false };
+        *s = StuckState::new(v, t, r);
         return;
+    }
+    if !new && !s.fired {
+        s.trail.push(r);
     }
     if !s.fired && t - s.since >= for_ms {
         s.fired = true;
@@ -50,6 +70,7 @@ pub(crate) fn on_event(
         m.insert("since".into(), Dynamic::from_int(s.since));
         m.insert("for_ms".into(), Dynamic::from_int(t - s.since));
         let data = Dynamic::from_map(m);
+        cx.causes = Some(s.trail.causes());
         cx.emit(&key, t, || super::with_field(x.dynamic(), "stuck", data.clone()), || data.clone(), x.event.id);
     }
 }

@@ -13,6 +13,7 @@ use super::Keyed;
 use super::{Cx, Ev, entry, timer_input, with_field};
 use crate::declare::number;
 use crate::func::Func;
+use crate::lineage::{Causes, Ref};
 use crate::native::{Aggregates, View};
 use crate::rule::{Extent, WindowSpec};
 use rhai::{Dynamic, Map};
@@ -24,6 +25,9 @@ use std::sync::Arc;
 pub(crate) struct WindowState {
     /// (event time, value), oldest first.
     events: VecDeque<(i64, f64)>,
+    /// The inputs of `events`, in step with it: the causes of what the window emits
+    /// (16 bytes an event; saved with it).
+    refs: VecDeque<Ref>,
     /// Index the next pushed event gets; the front's index is `pushed - events.len()`.
     pushed: u64,
     /// Candidates for the minimum: increasing values, by index.
@@ -58,8 +62,9 @@ pub(crate) struct WindowState {
 }
 
 impl WindowState {
-    fn push(&mut self, t: i64, v: f64) {
+    fn push(&mut self, t: i64, v: f64, r: Ref) {
         let idx = self.pushed;
+        self.refs.push_back(r);
         self.pushed += 1;
         if self.events.is_empty() {
             self.shift = v;
@@ -84,6 +89,7 @@ impl WindowState {
     fn pop_front(&mut self) {
         let first = self.pushed - self.events.len() as u64;
         if let Some((_, v)) = self.events.pop_front() {
+            self.refs.pop_front();
             self.sum -= v;
             let d = v - self.shift;
             self.dev -= d;
@@ -153,6 +159,11 @@ impl WindowState {
             let spread = self.dev2 - self.dev * self.dev / n as f64;
             spread.max(0.0) / (n - 1) as f64
         })
+    }
+
+    /// The inputs in the window, as the causes of what it emits.
+    fn causes(&self) -> Causes {
+        Causes::of(self.refs.iter().copied())
     }
 
     fn clear(&mut self) {
@@ -247,7 +258,7 @@ pub(crate) fn on_event(
         }
         let before = w.aggregates(None);
         if let Some(v) = value_of(cx, spec, x) {
-            w.push(t, v);
+            w.push(t, v, Ref::of(x.event));
             if w.events.len() > spec.max_events {
                 w.pop_front();
             }
@@ -260,6 +271,7 @@ pub(crate) fn on_event(
                     None => true,
                 };
                 if fire {
+                    cx.causes = Some(w.causes());
                     cx.emit(
                         &key,
                         t,
@@ -284,7 +296,7 @@ pub(crate) fn on_event(
     let before = w.aggregates(None);
     let entered = match value_of(cx, spec, x) {
         Some(v) => {
-            w.push(t, v);
+            w.push(t, v, Ref::of(x.event));
             true
         }
         None => false,
@@ -301,6 +313,7 @@ pub(crate) fn on_event(
     match when {
         None => {
             if entered {
+                cx.causes = Some(w.causes());
                 cx.emit(&key, t, emit_ctx, || aggs.to_data(), x.event.id);
             }
         }
@@ -309,6 +322,7 @@ pub(crate) fn on_event(
                 if judge(cx, "when", when, x, &aggs, &before) == Some(true) {
                     w.active = true;
                     cx.alarm_activate(&key, t);
+                    cx.causes = Some(w.causes());
                     cx.emit(&key, t, emit_ctx, || aggs.to_data(), x.event.id);
                 }
             } else {
@@ -351,6 +365,7 @@ fn close(cx: &mut Cx<'_>, when: Option<&Func>, key: &Arc<str>, w: &mut WindowSta
             None => true,
         };
         if fire {
+            cx.causes = Some(w.causes());
             cx.emit(key, end, ctx, || aggs.to_data(), timer_input(end, 0));
         }
     }
@@ -391,12 +406,20 @@ pub(crate) fn compatible(old: &WindowSpec, new: &WindowSpec) -> bool {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SavedWindow {
     events: Vec<(i64, f64)>,
+    /// The events' inputs (absent from state saved before lineage: unknown ones then).
+    #[serde(default)]
+    refs: Vec<Ref>,
     active: bool,
     bucket: Option<i64>,
 }
 
 pub(crate) fn save(w: &WindowState) -> SavedWindow {
-    SavedWindow { events: w.events.iter().copied().collect(), active: w.active, bucket: w.bucket }
+    SavedWindow {
+        events: w.events.iter().copied().collect(),
+        refs: w.refs.iter().copied().collect(),
+        active: w.active,
+        bucket: w.bucket,
+    }
 }
 
 /// Rebuilds a window (aggregates included) and re-arms a tumbling window's close.
@@ -408,8 +431,10 @@ pub(crate) fn restore(
     saved: SavedWindow,
 ) {
     let mut w = WindowState { active: saved.active, bucket: saved.bucket, ..WindowState::default() };
-    for (t, v) in saved.events {
-        w.push(t, v);
+    let unknown = saved.events.len().saturating_sub(saved.refs.len());
+    let refs = std::iter::repeat_n(Ref::default(), unknown).chain(saved.refs);
+    for ((t, v), r) in saved.events.into_iter().zip(refs) {
+        w.push(t, v, r);
     }
     if let (true, Extent::Time(size), Some(b)) = (spec.tumbling, spec.extent, w.bucket) {
         w.timer_at = Some(b + size);
@@ -477,7 +502,7 @@ mod tests {
                 let mut r = Stream(0x9E37_79B9_7F4A_7C15 ^ (shape as u64 * 31 + size as u64));
                 let mut w = WindowState::default();
                 for i in 0..5000 {
-                    w.push(i as i64, value(shape, i, &mut r));
+                    w.push(i as i64, value(shape, i, &mut r), crate::lineage::Ref::default());
                     while w.events.len() > size {
                         w.pop_front();
                     }
@@ -494,7 +519,7 @@ mod tests {
             let mut w = WindowState::default();
             let size = 500;
             for i in 0..50_000 {
-                w.push(i as i64, value(shape, i, &mut r));
+                w.push(i as i64, value(shape, i, &mut r), crate::lineage::Ref::default());
                 while w.events.len() > size {
                     w.pop_front();
                 }
@@ -514,7 +539,7 @@ mod tests {
                 while w.events.front().is_some_and(|&(et, _)| et <= t - 2_000) {
                     w.pop_front();
                 }
-                w.push(t, value(shape, i, &mut r));
+                w.push(t, value(shape, i, &mut r), crate::lineage::Ref::default());
                 agrees(&w, &format!("shape {shape}, event {i}"));
             }
         }
@@ -526,7 +551,7 @@ mod tests {
             let mut r = Stream(0x2545_F491_4F6C_DD1D ^ shape as u64);
             let mut w = WindowState::default();
             for i in 0..5000 {
-                w.push(i as i64, value(shape, i, &mut r));
+                w.push(i as i64, value(shape, i, &mut r), crate::lineage::Ref::default());
                 agrees(&w, &format!("shape {shape}, event {i}"));
                 if i % 97 == 96 {
                     w.clear();

@@ -13,6 +13,7 @@ mod heartbeat;
 mod history;
 mod inhibit;
 mod keys;
+mod lineage;
 mod misbehaving;
 mod numbers;
 mod past;

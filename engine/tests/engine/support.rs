@@ -38,6 +38,8 @@ pub struct H {
     pub alarm_changes: Vec<AlarmTransition>,
     /// The `alarm` condition of every event so far, in order.
     pub alarm_states: Vec<Option<Condition>>,
+    /// The causes of every event so far, in order, with its id.
+    pub causes: Vec<(edgewatch_engine::CompositeId, edgewatch_engine::Causes)>,
 }
 
 impl H {
@@ -70,6 +72,7 @@ impl H {
             full_actions: Vec::new(),
             alarm_changes: Vec::new(),
             alarm_states: Vec::new(),
+            causes: Vec::new(),
         }
     }
 
@@ -96,6 +99,7 @@ impl H {
         self.full_actions.extend(self.out.actions.iter().cloned());
         self.alarm_changes.append(&mut self.out.alarm_changes);
         self.alarm_states.extend(self.out.events.iter().map(|c| c.alarm));
+        self.causes.extend(self.out.events.iter().map(|c| (c.id, c.causes.clone())));
         if self.record_touched {
             self.touched.append(&mut self.out.touched);
         }

@@ -23,7 +23,7 @@ impl Step {
     /// Queues an entry already in the log for `<prefix>/audit` (QoS 1, through the outbox).
     pub(in crate::agent) fn queue_audit(&mut self, entry: &Entry) {
         let topic = format!("{}/audit", self.config.upstream.topic_prefix);
-        self.queue(OutboxEntry { topic, payload: entry.line().into(), qos: 1, retain: false });
+        self.queue(OutboxEntry { topic, payload: entry.line().into(), qos: 1, retain: false, traced: false });
         if let Sink::Disk { store, .. } = &self.sink {
             store.mark_audit_queued(&mut self.pending.batch, entry.seq);
         }

@@ -44,7 +44,7 @@ impl Step {
         self.audit("alarm_command", serde_json::json!({ "command": command, "outcome": outcome }));
         let topic = format!("{}/control/alarms/reply", self.config.upstream.topic_prefix);
         let payload = reply(id.as_deref(), result).to_string();
-        self.queue(OutboxEntry { topic, payload: payload.into(), qos: 1, retain: false });
+        self.queue(OutboxEntry { topic, payload: payload.into(), qos: 1, retain: false, traced: false });
         self.pending.nudge();
     }
 
@@ -72,18 +72,9 @@ impl Step {
         }
         let what = format!("{}\0{word}", t.rule);
         let id = CompositeId::derive("alarm", &t.key, EventId::from_content(&what, &t.time.millis().to_le_bytes()), 0);
-        let event = CloudEvent {
-            specversion: "1.0",
-            id: id.to_string(),
-            source: &self.source,
-            ty: format!("edgewatch.alarm.{word}"),
-            subject: &t.key,
-            time: t.time.to_rfc3339(),
-            datacontenttype: "application/json",
-            alarmstate: None,
-            data: &data,
-        };
+        let ty = format!("edgewatch.alarm.{word}");
+        let event = CloudEvent::envelope(id.to_string(), &self.source, ty, (&t.key, t.time.to_rfc3339()), &data);
         let topic = format!("{}/alarms", self.config.upstream.topic_prefix);
-        self.queue(OutboxEntry { topic, payload: event.to_json().into(), qos: 1, retain: false });
+        self.queue(OutboxEntry { topic, payload: event.to_json().into(), qos: 1, retain: false, traced: false });
     }
 }

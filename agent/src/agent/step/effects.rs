@@ -14,9 +14,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 impl Step {
     /// Queues an event: readable by the upstream side at once, on disk with the batch.
-    pub(super) fn queue(&mut self, entry: OutboxEntry) {
+    pub(super) fn queue(&mut self, entry: OutboxEntry) -> u64 {
         self.pending.queued += 1;
-        self.outbox.push(&mut self.pending.batch, entry);
+        self.outbox.push(&mut self.pending.batch, entry)
     }
 
     /// Turns the engine's outputs for the last input into outbox entries and state to persist.
@@ -65,10 +65,16 @@ impl Step {
         for composite in &outputs.events {
             self.stats.events.fetch_add(1, Relaxed);
             tracing::debug!(rule = %composite.rule, key = %composite.key, id = %composite.id, "Composite event.");
-            let payload = CloudEvent::new(composite, &self.source).to_json();
+            let version = self.rule_versions.get(&composite.rule).map(|v| &**v);
+            let payload: bytes::Bytes = CloudEvent::new(composite, &self.source, version).to_json().into();
             let topic = self.config.upstream.event_topic(&composite.rule, &composite.key);
             let qos = self.config.upstream.qos;
-            self.queue(OutboxEntry { topic, payload: payload.into(), qos, retain: false });
+            let traced = self.event_log.is_some();
+            let entry = OutboxEntry { topic: topic.clone(), payload: payload.clone(), qos, retain: false, traced };
+            let seq = self.queue(entry);
+            if let Some(log) = &self.event_log {
+                log.event(wall_clock().millis(), seq, composite.id.0, &topic, &payload);
+            }
         }
         if !outputs.actions.is_empty() {
             self.enqueue_actions(&outputs);
@@ -118,18 +124,14 @@ impl Step {
             let envelope = |data: Option<&Dynamic>| {
                 let unit = Dynamic::UNIT;
                 let data = data.or(event_data).unwrap_or(&unit);
-                CloudEvent {
-                    specversion: "1.0",
-                    id: action.event.to_string(),
-                    source: &self.source,
-                    ty: format!("edgewatch.{}", action.rule),
-                    subject: &action.key,
-                    time: action.time.to_rfc3339(),
-                    datacontenttype: "application/json",
-                    alarmstate: composite.and_then(|c| c.alarm).map(|a| a.as_str()),
-                    data,
+                let ty = format!("edgewatch.{}", action.rule);
+                let (id, time) = (action.event.to_string(), action.time.to_rfc3339());
+                let mut e = CloudEvent::envelope(id, &self.source, ty, (&action.key, time), data);
+                if let Some(c) = composite {
+                    e.alarmstate = c.alarm.map(|a| a.as_str());
+                    e = e.lineage(c, self.rule_versions.get(&c.rule).map(|v| &**v));
                 }
-                .to_json()
+                e.to_json()
             };
             let data_only = |data: Option<&Dynamic>| {
                 serde_json::to_vec(&data.or(event_data).unwrap_or(&Dynamic::UNIT)).unwrap_or_default()

@@ -44,6 +44,7 @@ impl Step {
             self.stats.reload_errors.fetch_add(1, Relaxed);
             error.log();
         }
+        self.rule_versions = super::rule_versions(&status);
         self.rules_status = status;
         self.queue(reports::status_entry(&self.config, &self.rules_status, &self.stats));
         // Committed promptly even with no message in the batch.
