@@ -299,6 +299,40 @@ mod tests {
         }
     }
 
+    /// What lineage adds to an event, in bytes (docs/operations.md, "Lineage", quotes these).
+    #[test]
+    fn lineage_costs_a_bounded_number_of_bytes() {
+        use edgewatch_engine::{Causes, Ref};
+        let r = |i: u64| Ref { id: u64::MAX - i, at: 1_764_928_800_000 + i as i64 };
+        let mut c = Composite {
+            id: CompositeId(u128::MAX),
+            input: edgewatch_engine::EventId(1),
+            rule: "overheat".into(),
+            key: "t-01".into(),
+            time: Timestamp(1_764_928_800_000),
+            data: Dynamic::from_int(1),
+            alarm: None,
+            causes: Causes::default(),
+        };
+        let bare = |c: &Composite| {
+            let mut e = CloudEvent::new(c, "edgewatch/gw-1", None);
+            (e.edgewatchcauses, e.edgewatchparent) = (None, None);
+            e.to_json().len()
+        };
+        let path = "/etc/edgewatch/rules/overheat.rhai#0123456789abcdef";
+        assert_eq!(path.len(), 34 + 17);
+        let with = |c: &Composite| CloudEvent::new(c, "edgewatch/gw-1", Some(path)).to_json().len();
+        c.causes = Causes::one(r(0));
+        let rule = 19 + 34 + 17;
+        assert_eq!(with(&c) - bare(&c), 55 + rule, "one input");
+        c.causes = Causes::of((0..100_000).map(r).collect::<Vec<_>>());
+        assert_eq!(with(&c) - bare(&c), 219 + rule, "the first and last three of 100 000");
+        c.causes.count = u64::MAX;
+        assert_eq!(with(&c) - bare(&c), 233 + rule, "the most a count can take: 20 digits");
+        c.causes.parent = Some(CompositeId(7));
+        assert_eq!(with(&c) - bare(&c), 233 + rule + 57, "and a parent");
+    }
+
     #[test]
     fn envelope_fields() {
         let mut data = edgewatch_engine::Map::new();

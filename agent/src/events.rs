@@ -4,9 +4,10 @@
 //! the agent runs too; the console's event feed is to read the same files.
 //!
 //! ```text
-//! Step::collect ─▶ EventLog::event (outbox seq, id, topic, the CloudEvent) ─┐
-//! Upstream::pump ─▶ EventLog::published(seq)   (composite events only)    ├▶ the journal's
-//! Upstream::run, PUBACK ─▶ EventLog::acked(seq)                           ┘  writer thread
+//! Step::collect ─▶ EventLog::event (outbox seq, id, topic, the CloudEvent) ─┐ one buffer,
+//! Upstream::pump ─▶ EventLog::published(seq)   (composite events only)    ├▶ handed to the
+//! Upstream::run, PUBACK ─▶ EventLog::acked(seq)                           ┘  journal's writer
+//!                                          thread at each batch and at housekeeping
 //!   ─▶ <seq>-<created>.jnl, the oldest deleted past event_log.max_mb or max_age (counted)
 //! find (any process) ◀─ the files
 //! ```
@@ -55,21 +56,17 @@ impl EventLog {
 
     /// Outbox entry `seq` went to the upstream connection.
     pub fn published(&self, t: i64, seq: u64) {
-        self.with(|j| {
-            j.record(&Entry::Published { t, seq });
-            j.hand_over();
-        });
+        self.with(|j| j.record(&Entry::Published { t, seq }));
     }
 
     /// The broker acknowledged outbox entry `seq`.
     pub fn acked(&self, t: i64, seq: u64) {
-        self.with(|j| {
-            j.record(&Entry::Acked { t, seq });
-            j.hand_over();
-        });
+        self.with(|j| j.record(&Entry::Acked { t, seq }));
     }
 
-    /// Hands what is held to the thread (at each batch).
+    /// Hands what is held to the thread: at each batch, and when idle at the engine loop's
+    /// housekeeping (every second or so), so that a record costs no thread wake-up of its
+    /// own. Dropping the last handle hands over the rest.
     pub fn hand_over(&self) {
         self.with(Journal::hand_over);
     }

@@ -87,6 +87,17 @@ pub(crate) fn scan(
     mut each: impl FnMut(&[u8]) -> Result<(), &'static str>,
     mut damaged: impl FnMut(u64, &'static str),
 ) -> std::io::Result<Scanned> {
+    // One copy of the loop for every caller (the binary's size), not one per closure.
+    scan_dyn(path, max_body, resync, &mut each, &mut damaged)
+}
+
+fn scan_dyn(
+    path: &Path,
+    max_body: u32,
+    resync: bool,
+    each: &mut dyn FnMut(&[u8]) -> Result<(), &'static str>,
+    damaged: &mut dyn FnMut(u64, &'static str),
+) -> std::io::Result<Scanned> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     let mut scanned = Scanned { good: 0, len, end: End::Clean, skipped: 0 };

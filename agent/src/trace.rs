@@ -218,7 +218,7 @@ fn loaded_by(audit: &[crate::audit::Entry], version: &str, before: i64) -> Optio
             .is_some_and(|cs| cs.iter().any(|c| c["file"] == file && c["new"] == hash && c["loaded"] == true)),
         _ => false,
     };
-    let e = audit.iter().filter(|e| e.t <= before && loads(e)).last()?;
+    let e = audit.iter().rev().find(|e| e.t <= before && loads(e))?;
     Some(serde_json::json!({
         "time": e.time, "kind": e.kind, "audit_seq": e.seq,
         "trigger": e.data.get("trigger"), "by": e.data.get("by"),

@@ -432,6 +432,49 @@ fn state_import_and_export_are_in_the_audit_trail() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
+/// Issue 20: `edgewatch trace` reads the event log the agent's writer wrote: text and JSON,
+/// exit 1 for an event it does not hold, 2 for an id that is not one.
+#[test]
+fn trace_explains_a_logged_event_and_exits_1_for_one_it_does_not_hold() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let config = dir.path().join("edgewatch.toml");
+    state_only_config(&state).write(&config);
+    let c = config.to_str().expect("utf-8");
+    let id: u128 = 0x0123_4567_89ab_8def_9011_2233_4455_6677;
+    let event = serde_json::json!({
+        "specversion": "1.0", "id": "01234567-89ab-8def-9011-223344556677", "source": "edgewatch/x",
+        "type": "edgewatch.hot", "subject": "t-1", "time": "2026-12-05T10:00:00Z",
+        "edgewatchcauses": "n=1;aaaaaaaaaaaaaaaa@1764928800000", "edgewatchrule": "rules/hot.rhai#00000000000000ff",
+        "data": {"t": 90},
+    });
+    {
+        let limits = edgewatch::journal::JournalLimits { max_bytes: 1 << 20, max_age_ms: i64::MAX / 2 };
+        let log = edgewatch::events::EventLog::start(&edgewatch::events::dir_in(&state), limits, Default::default())
+            .expect("opens");
+        log.event(1_764_928_800_005, 3, id, "edgewatch/x/events/hot", event.to_string().as_bytes());
+        log.published(1_764_928_800_006, 3);
+        log.acked(1_764_928_800_009, 3);
+    }
+    let out = edgewatch(&["trace", "01234567-89ab-8def-9011-223344556677", "--config", c], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for want in ["edgewatch.hot", "rules/hot.rhai#00000000000000ff", "acknowledged 2025-12-05T10:00:00.009Z"] {
+        assert!(shown.contains(want), "`{want}` in:\n{shown}");
+    }
+    assert!(shown.contains("aaaaaaaaaaaaaaaa@1764928800000") && shown.contains("not in the input journal"), "{shown}");
+    let out = edgewatch(&["trace", "0123456789ab8def", "--format", "json", "--config", c], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["found"]["event"], event);
+    assert_eq!(json["found"]["published"], "2025-12-05T10:00:00.006Z");
+    let out = edgewatch(&["trace", "ffffffff-89ab-8def-9011-223344556677", "--config", c], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not in the event log"), "{}", text(&out.stderr));
+    let out = edgewatch(&["trace", "not-an-id", "--config", c], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
 /// Issue 14 B: `state inspect` on a damaged database asked "is the agent running?".
 #[test]
 fn state_inspect_on_a_damaged_database_says_it_is_damaged() {

@@ -1,7 +1,10 @@
-//! Input events: what the agent decoded from one MQTT message, ready for the rules.
+//! Input events: what the agent decoded from one MQTT message, ready for the rules; and the
+//! identities of inputs ([`EventId`]) and of the composite events derived from them
+//! ([`CompositeId`]).
 
 use crate::time::Timestamp;
 use rhai::Dynamic;
+use std::fmt;
 use xxhash_rust::xxh3::Xxh3;
 
 /// Identity of an input message. Composite events derive their ids from it, so the same
@@ -58,5 +61,52 @@ impl Event {
         let topic = topic.into();
         let id = EventId::from_content(&topic, raw);
         Event { topic, payload, time, id, arrived: time.millis(), chained: false }
+    }
+}
+
+/// A composite event's id: an RFC 9562 version 8 UUID, printed in the usual hyphenated form.
+///
+/// Version 8 is the "custom" UUID: 122 bits are ours, and ours are a hash (see
+/// [`CompositeId::derive`]), so the same rule, key and input always give the same id, which
+/// is what lets a consumer drop a redelivered event. (Version 5 would also be deterministic,
+/// but means SHA-1 of a namespace and a name; we hash with xxh3 and say so with version 8.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CompositeId(pub u128);
+
+impl CompositeId {
+    /// Derives the id from what identifies an output: rule, key, input, and the output's
+    /// index among those one input produced in the rule.
+    pub fn derive(rule: &str, key: &str, input: EventId, index: u32) -> Self {
+        let mut h = Xxh3::new();
+        h.update(rule.as_bytes());
+        h.update(&[0]);
+        h.update(key.as_bytes());
+        h.update(&[0]);
+        h.update(&input.0.to_le_bytes());
+        h.update(&index.to_le_bytes());
+        CompositeId::uuid_v8(h.digest128())
+    }
+
+    /// `bits` with the version (8) and variant (`10`) fields of RFC 9562 set: the 13th hex
+    /// digit is `8`, the 17th one of `89ab`; the other 122 bits are kept.
+    pub const fn uuid_v8(bits: u128) -> Self {
+        const VERSION: u128 = 0xf << 76;
+        const VARIANT: u128 = 0b11 << 62;
+        CompositeId((bits & !VERSION & !VARIANT) | (0x8 << 76) | (0b10 << 62))
+    }
+}
+
+impl fmt::Display for CompositeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        write!(
+            f,
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (v >> 96) as u32,
+            (v >> 80) as u16,
+            (v >> 64) as u16,
+            (v >> 48) as u16,
+            v & 0xffff_ffff_ffff
+        )
     }
 }

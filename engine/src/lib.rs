@@ -49,8 +49,9 @@
 //! - `quality`: deduplication, event time, reordering.
 //! - `kinds`: what each kind does (`filter` and threshold, `window`, `stuck`, `sequence`,
 //!   `heartbeat`, `handler`), each in its own file with its per-key state, timers, and
-//!   saved form; `kinds/mod.rs` is the one place that lists them (`KindState`), and holds
-//!   the step context (`Cx`); `kinds/view.rs` the event as rules see it (`Ev`) and the
+//!   saved form; `kinds/mod.rs` is the one place that lists them (`KindState`);
+//!   `kinds/cx.rs` the step context (`Cx`: calls, faults, emitting with the event's
+//!   causes); `kinds/view.rs` the event as rules see it (`Ev`) and the
 //!   default key; `kinds/keys.rs` bounds each rule's keys.
 //! - `runtime`: a rule's failures (disabling) and key-limit reports, beside its kind state
 //!   and its past.

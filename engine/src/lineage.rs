@@ -15,8 +15,7 @@
 //! A chained event (a rule listening to another rule's events) names its parent, the
 //! composite event it saw, and its refs are the composite events it saw.
 
-use crate::event::Event;
-use crate::output::CompositeId;
+use crate::event::{CompositeId, Event};
 use std::fmt;
 
 /// How many of the first and of the last inputs a cause list keeps: a window of thousands
@@ -175,7 +174,7 @@ impl Causes {
 /// The causes of something that goes on for many inputs (a sequence's steps, a stuck
 /// value's run), kept as they come: the first and last [`KEEP`] and the count, in bounded
 /// space however long it runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trail {
     count: u64,
     first: Vec<Ref>,
@@ -205,6 +204,29 @@ impl Trail {
             return Causes { count: self.count, first, ..Causes::default() };
         }
         Causes { count: self.count, first, last: last.collect(), parent: None }
+    }
+
+    /// The trail [`Trail::causes`] came from (what state saves).
+    fn from_causes(c: Causes) -> Trail {
+        let (mut first, mut last) = (c.first, c.last);
+        if last.is_empty() && first.len() > KEEP {
+            last = first.split_off(KEEP);
+        }
+        Trail { count: c.count, first, last: last.into() }
+    }
+}
+
+/// Saved in the text form of its causes (`n=3;...`): compact, and one format to read.
+impl serde::Serialize for Trail {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.causes().encode())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Trail {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Trail, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Causes::decode(&s).map(Trail::from_causes).map_err(serde::de::Error::custom)
     }
 }
 
@@ -246,6 +268,13 @@ mod tests {
             let mut t = Trail::default();
             (0..n).for_each(|i| t.push(r(i)));
             assert_eq!(t.causes(), Causes::of((0..n).map(r).collect::<Vec<_>>()), "{n} inputs");
+            let saved = serde_json::to_string(&t).expect("saves");
+            let mut back: Trail = serde_json::from_str(&saved).expect("restores");
+            assert_eq!(back, t, "{saved}");
+            // And it goes on as the original would.
+            back.push(r(n));
+            t.push(r(n));
+            assert_eq!(back.causes(), t.causes());
         }
     }
 

@@ -17,92 +17,53 @@ use crate::journal::JournalLimits;
 use serde::Deserialize;
 use std::time::Duration;
 
-/// `[journal]` as written.
-#[derive(Debug, Deserialize)]
+/// `[journal]` and `[event_log]` as written: one type (and one parser) for both; a key left
+/// out takes its section's default when checked.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawJournal {
+    /// Default: off for the journal, on for the event log (`edgewatch trace` needs it).
     #[serde(default)]
-    pub enabled: bool,
-    /// All segments together, in MiB.
-    #[serde(default = "default_max_mb")]
-    pub max_mb: u64,
-    #[serde(default = "default_max_age", with = "humantime_serde")]
-    pub max_age: Duration,
-}
-
-impl Default for RawJournal {
-    fn default() -> Self {
-        RawJournal { enabled: false, max_mb: default_max_mb(), max_age: default_max_age() }
-    }
-}
-
-fn default_max_mb() -> u64 {
-    JournalLimits::default().max_bytes >> 20
-}
-
-/// Yesterday's traffic, for a backtest of today's edit.
-fn default_max_age() -> Duration {
-    Duration::from_millis(JournalLimits::default().max_age_ms.unsigned_abs())
+    pub enabled: Option<bool>,
+    /// All segments together, in MiB. Default: 64 for the journal; 16 for the event log,
+    /// about 30 000 events.
+    #[serde(default)]
+    pub max_mb: Option<u64>,
+    /// Default: a day for the journal (yesterday's traffic, for a backtest of today's edit); a
+    /// week for the event log (time to ask about last weekend's alarm).
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
 }
 
 impl RawJournal {
     /// The journal's limits; `None` when it is off. Checked either way, so that turning it on
     /// later is not when a typo shows.
     pub(super) fn validate(&self) -> Result<Option<JournalLimits>, Invalid> {
-        checked("journal", self.enabled, self.max_mb, self.max_age)
+        let d = JournalLimits::default();
+        self.checked("journal", (false, d.max_bytes >> 20, Duration::from_millis(d.max_age_ms.unsigned_abs())))
     }
-}
 
-/// The limits of a log of the journal's format, checked, named after its `section`.
-fn checked(section: &str, enabled: bool, max_mb: u64, max_age: Duration) -> Result<Option<JournalLimits>, Invalid> {
-    let bad = |key: &str, m: &str| Err((format!("{section}.{key}"), m.to_owned()));
-    if max_mb == 0 || max_mb > 1 << 20 {
-        return bad("max_mb", "must be between 1 and 1048576");
-    }
-    if max_age < Duration::from_secs(60) {
-        return bad("max_age", "must be at least 1m");
-    }
-    let limits =
-        JournalLimits { max_bytes: max_mb << 20, max_age_ms: i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) };
-    Ok(enabled.then_some(limits))
-}
-
-/// `[event_log]` as written: on by default, as `edgewatch trace` needs it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEventLog {
-    #[serde(default = "on")]
-    pub enabled: bool,
-    /// All segments together, in MiB: about 25 000 events of 600 bytes.
-    #[serde(default = "default_event_mb")]
-    pub max_mb: u64,
-    /// A week: time to ask about last weekend's alarm.
-    #[serde(default = "default_event_age", with = "humantime_serde")]
-    pub max_age: Duration,
-}
-
-fn on() -> bool {
-    true
-}
-
-fn default_event_mb() -> u64 {
-    16
-}
-
-fn default_event_age() -> Duration {
-    Duration::from_secs(7 * 24 * 3600)
-}
-
-impl Default for RawEventLog {
-    fn default() -> Self {
-        RawEventLog { enabled: true, max_mb: default_event_mb(), max_age: default_event_age() }
-    }
-}
-
-impl RawEventLog {
     /// The event log's limits; `None` when it is off.
-    pub(super) fn validate(&self) -> Result<Option<JournalLimits>, Invalid> {
-        checked("event_log", self.enabled, self.max_mb, self.max_age)
+    pub(super) fn validate_event_log(&self) -> Result<Option<JournalLimits>, Invalid> {
+        self.checked("event_log", (true, 16, Duration::from_secs(7 * 24 * 3600)))
+    }
+
+    /// The limits of a log of the journal's format, with its `section`'s defaults, checked.
+    fn checked(&self, section: &str, defaults: (bool, u64, Duration)) -> Result<Option<JournalLimits>, Invalid> {
+        let bad = |key: &str, m: &str| Err((format!("{section}.{key}"), m.to_owned()));
+        let max_mb = self.max_mb.unwrap_or(defaults.1);
+        let max_age = self.max_age.unwrap_or(defaults.2);
+        if max_mb == 0 || max_mb > 1 << 20 {
+            return bad("max_mb", "must be between 1 and 1048576");
+        }
+        if max_age < Duration::from_secs(60) {
+            return bad("max_age", "must be at least 1m");
+        }
+        let limits = JournalLimits {
+            max_bytes: max_mb << 20,
+            max_age_ms: i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX),
+        };
+        Ok(self.enabled.unwrap_or(defaults.0).then_some(limits))
     }
 }
 
@@ -111,18 +72,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bad_limits_name_their_key_and_the_default_is_off() {
-        assert_eq!(RawJournal::default().validate().expect("valid"), None);
-        let on = RawJournal { enabled: true, ..RawJournal::default() }.validate().expect("valid");
+    fn bad_limits_name_their_key_and_each_section_has_its_defaults() {
+        assert_eq!(RawJournal::default().validate().expect("valid"), None, "the journal is off by default");
+        let on = RawJournal { enabled: Some(true), ..RawJournal::default() }.validate().expect("valid");
         assert_eq!(on, Some(JournalLimits::default()));
-        let e = RawJournal { max_mb: 0, ..RawJournal::default() }.validate().expect_err("invalid");
+        let e = RawJournal { max_mb: Some(0), ..RawJournal::default() }.validate().expect_err("invalid");
         assert_eq!(e.0, "journal.max_mb");
-        let e =
-            RawJournal { max_age: Duration::from_secs(5), ..RawJournal::default() }.validate().expect_err("invalid");
-        assert_eq!(e.0, "journal.max_age");
-        let on = RawEventLog::default().validate().expect("valid").expect("on by default");
+        let short = RawJournal { max_age: Some(Duration::from_secs(5)), ..RawJournal::default() };
+        assert_eq!(short.validate().expect_err("invalid").0, "journal.max_age");
+        let on = RawJournal::default().validate_event_log().expect("valid").expect("the event log is on by default");
         assert_eq!((on.max_bytes, on.max_age_ms), (16 << 20, 7 * 24 * 3_600_000));
-        let e = RawEventLog { max_mb: 0, ..RawEventLog::default() }.validate().expect_err("invalid");
-        assert_eq!(e.0, "event_log.max_mb");
+        let written: RawJournal = toml::from_str("max_mb = 32").expect("parses");
+        let on = written.validate_event_log().expect("valid").expect("on when not turned off");
+        assert_eq!((on.max_bytes, on.max_age_ms), (32 << 20, 7 * 24 * 3_600_000), "the event log's age default");
+        assert_eq!(short.validate_event_log().expect_err("invalid").0, "event_log.max_age");
     }
 }

@@ -38,7 +38,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub journal: super::journal::RawJournal,
     #[serde(default)]
-    pub event_log: super::journal::RawEventLog,
+    pub event_log: super::journal::RawJournal,
     #[serde(default)]
     pub sinks: Vec<super::sinks::RawSink>,
     #[serde(default)]

@@ -163,7 +163,7 @@ impl RawConfig {
         let (engine_history, history) = self.history.validate(remember)?;
         engine.history = engine_history;
         let journal = self.journal.validate()?;
-        let event_log = self.event_log.validate()?;
+        let event_log = self.event_log.validate_event_log()?;
         let mut sinks = super::sinks::validate(self.sinks, &|var| std::env::var(var).ok())?;
         for sink in &mut sinks {
             if let super::SinkKind::Mqtt { topic, .. } = &mut sink.kind {

@@ -196,6 +196,11 @@ pub(crate) struct Scan {
 /// `each`, up to the first bad frame. Reads no further than the length the file had when
 /// the scan began, so a frame being appended meanwhile is not seen.
 pub(crate) fn scan(path: &Path, id: &SegmentId, mut each: impl FnMut(&Series, &Record)) -> std::io::Result<Scan> {
+    // One copy for every caller (the binary's size), not one per closure.
+    scan_dyn(path, id, &mut each)
+}
+
+fn scan_dyn(path: &Path, id: &SegmentId, each: &mut dyn FnMut(&Series, &Record)) -> std::io::Result<Scan> {
     let (mut series, mut n, mut oldest) = (Vec::new(), 0u64, None::<i64>);
     let (mut records, mut slice_start) = (Vec::new(), None);
     let frames = crate::frames::scan(

@@ -27,10 +27,15 @@ pub struct ReadReport {
 /// tail (a record being written) is skipped silently; a segment deleted meanwhile (the
 /// budget) is passed over. Segments whose successor was opened at or before `since` are not
 /// read: every record in them arrived before it.
-pub fn read(
+pub fn read(dir: &Path, range: (i64, i64), mut each: impl FnMut(Entry<'_>)) -> Result<ReadReport, JournalError> {
+    // One copy of the reader for every caller (the binary's size), not one per closure.
+    read_dyn(dir, range, &mut each)
+}
+
+fn read_dyn(
     dir: &Path,
     (since, until): (i64, i64),
-    mut each: impl FnMut(Entry<'_>),
+    each: &mut dyn FnMut(Entry<'_>),
 ) -> Result<ReadReport, JournalError> {
     let segments = segment::list(dir)?;
     let mut report = ReadReport::default();

@@ -170,7 +170,15 @@ pub(crate) fn torn(scanned: &frames::Scanned) -> bool {
 pub(crate) fn scan(
     path: &Path,
     mut each: impl FnMut(Entry<'_>),
-    damaged: impl FnMut(u64, &'static str),
+    mut damaged: impl FnMut(u64, &'static str),
+) -> std::io::Result<frames::Scanned> {
+    scan_dyn(path, &mut each, &mut damaged)
+}
+
+fn scan_dyn(
+    path: &Path,
+    each: &mut dyn FnMut(Entry<'_>),
+    damaged: &mut dyn FnMut(u64, &'static str),
 ) -> std::io::Result<frames::Scanned> {
     let mut headed = false;
     frames::scan(

@@ -162,7 +162,7 @@ fn status(
     }
     if x.is_none() {
         // Caused by the silence after the last input seen (none for a device never seen).
-        let last = (hb.last_id != 0).then(|| Ref { id: hb.last_id, at: hb.last_seen });
+        let last = (hb.last_id != 0).then_some(Ref { id: hb.last_id, at: hb.last_seen });
         cx.causes = Some(last.map(Causes::one).unwrap_or_default());
     }
     cx.emit(key, time, ctx, || Dynamic::from_map(data.clone()), input);

@@ -206,3 +206,14 @@ fn one_device_cannot_switch_a_rule_off_for_the_fleet() {
     h.send(50, "s/other", "1");
     assert!(h.fault_list.last().is_some_and(|f| f.disabled && &*f.rule == "calib"), "{:?}", h.fault_list.last());
 }
+
+/// Rules have no wall clock (Rhai's `no_time`): time comes from the event and `now()`, which a
+/// replay and a backtest set, so they decide as the agent did.
+#[test]
+fn a_rule_cannot_read_the_wall_clock() {
+    let mut h = H::new(r#"rule("clock", #{ on: "s/{device}", when: |e| timestamp().elapsed > 0 });"#);
+    assert!(h.send(1_000, "s/a", "1").is_empty());
+    assert!(h.faults.iter().any(|f| f.contains("timestamp")), "{:?}", h.faults);
+    let mut h = H::new(r#"rule("clock", #{ on: "s/{device}", when: |e| now() == 1000 });"#);
+    assert_eq!(h.send(1_000, "s/a", "1").len(), 1, "now() is the processing time handed in");
+}

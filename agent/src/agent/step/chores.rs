@@ -26,6 +26,10 @@ impl Step {
             }
             // Events a full request queue held back (QoS 0 ones free no room by a PUBACK).
             self.upstream.pump();
+            // Publications and acknowledgements recorded since the last batch, when idle.
+            if let Some(log) = &self.event_log {
+                log.hand_over();
+            }
         }
         if let Sink::Memory(acker) = &mut self.sink {
             acker.retry();
