@@ -36,6 +36,10 @@ pub enum Rule {
     /// pseudonymised, the temperature cut to 1 decimal): what privacy costs per message
     /// (issue 20).
     Privacy,
+    /// The threshold rule with all of issue 20 on: a schema and privacy on the sensors'
+    /// subscription, and the event log (on by default; the audit trail always is): what
+    /// it all costs per message, against `edgewatch-threshold` with the event log off.
+    Governed,
 }
 
 impl Rule {
@@ -48,6 +52,7 @@ impl Rule {
             Rule::Past => "past",
             Rule::Journal => "journal",
             Rule::Privacy => "privacy",
+            Rule::Governed => "governed",
         }
     }
 }
@@ -191,7 +196,7 @@ pub const EDGEWATCH_EVENTS: &str = "edgewatch/bench/events/#";
 /// has a `probe` rule the harness uses to know the agent is subscribed.
 pub fn edgewatch_rules(rule: Rule, heartbeat_timeout: Duration) -> String {
     let body = match rule {
-        Rule::Threshold | Rule::Journal | Rule::Privacy => {
+        Rule::Threshold | Rule::Journal | Rule::Privacy | Rule::Governed => {
             "// Every reading above 20 °C; the event's data is the reading itself.\n\
              rule(\"threshold\", #{\n    on: \"sensors/{device}/temperature\",\n    when: |e| e.value > 20.0,\n});\n"
                 .to_owned()
@@ -241,6 +246,20 @@ pub fn with_privacy(config: &str, key: &Path) -> String {
     )
 }
 
+/// `config` with a schema on the sensors' subscription that every reading and heartbeat
+/// of the simulated fleet meets (six fields checked).
+pub fn with_schema(config: &str) -> String {
+    let sensors = "topic = \"sensors/#\"\nqos = 1\nformat = \"json\"\n";
+    let schema = "\n[schemas.reading.fields]\n\
+        device = { type = \"string\", min_length = 1, max_length = 64 }\n\
+        seq = { type = \"integer\", min = 0 }\n\
+        kind = { type = \"enum\", values = [\"reading\", \"heartbeat\"] }\n\
+        temperature = { type = \"number\", min = -100, max = 1000, optional = true }\n\
+        n = { type = \"integer\", min = 0, optional = true }\n\
+        sent = { type = \"integer\", min = 0, optional = true }\n";
+    config.replacen(sensors, &format!("{sensors}schema = \"reading\"\n"), 1) + schema
+}
+
 /// Starts `edgewatch run` with `rule`, connected to `broker`, state durable or in memory.
 pub fn start_edgewatch(
     bin: &Path,
@@ -257,10 +276,13 @@ pub fn start_edgewatch(
     if rule == Rule::Journal {
         config.push_str("\n[journal]\nenabled = true\n");
     }
-    if rule == Rule::Privacy {
+    if rule == Rule::Privacy || rule == Rule::Governed {
         let key = dir.path().join("privacy.key");
         std::fs::write(&key, "a bench secret of 32 bytes......")?;
         config = with_privacy(&config, &key);
+    }
+    if rule == Rule::Governed {
+        config = with_schema(&config);
     }
     std::fs::write(&conf, config)?;
     let child = Command::new(bin)
@@ -379,7 +401,7 @@ pub fn node_red_flows(rule: Rule, broker: SocketAddr, heartbeat_timeout: Duratio
             "wires": [[format!("bench-{next}")]]})
     };
     match rule {
-        Rule::Threshold | Rule::History | Rule::Past | Rule::Journal | Rule::Privacy => {
+        Rule::Threshold | Rule::History | Rule::Past | Rule::Journal | Rule::Privacy | Rule::Governed => {
             nodes.push(switch("payload.temperature", "gt", "20", "num", "out"))
         }
         Rule::Window => {
@@ -543,16 +565,23 @@ mod tests {
     #[test]
     fn edgewatch_accepts_the_rules_and_the_configuration() {
         let sandbox = edgewatch_engine::Sandbox::default();
-        for rule in
-            [Rule::Threshold, Rule::Window, Rule::Heartbeat, Rule::History, Rule::Past, Rule::Journal, Rule::Privacy]
-        {
+        for rule in [
+            Rule::Threshold,
+            Rule::Window,
+            Rule::Heartbeat,
+            Rule::History,
+            Rule::Past,
+            Rule::Journal,
+            Rule::Privacy,
+            Rule::Governed,
+        ] {
             let text = edgewatch_rules(rule, Duration::from_millis(2500));
             let (set, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("bench.rhai", text.as_str())]);
             assert!(errors.is_empty(), "{rule:?}: {errors:?}\n{text}");
             assert_eq!(set.len(), 2, "{rule:?}: the rule and the probe");
             let name = match rule {
                 Rule::Heartbeat => "offline",
-                Rule::Journal | Rule::Privacy => "threshold",
+                Rule::Journal | Rule::Privacy | Rule::Governed => "threshold",
                 _ => rule.name(),
             };
             assert!(
@@ -572,6 +601,12 @@ mod tests {
             assert!(
                 config.as_ref().is_ok_and(|c| c.subscriptions[0].privacy.as_ref().is_some_and(|p| p.fields.len() == 2)),
                 "{config:?}\n{private}"
+            );
+            let governed = with_schema(&private);
+            let config = edgewatch::Config::from_toml(&governed, "bench.toml", std::iter::empty());
+            assert!(
+                config.as_ref().is_ok_and(|c| c.subscriptions[0].schema.is_some() && c.event_log.is_some()),
+                "{config:?}\n{governed}"
             );
         }
         let text = edgewatch_config(dir.path(), SocketAddr::from(([127, 0, 0, 1], 18830)), true)

@@ -2,7 +2,7 @@
 //! CloudEvents upstream naming their causes, rule version and parent, read by the
 //! CloudEvents Python SDK; then `trace` on the live agent's state directory finds the event,
 //! its publication and acknowledgement, the rule version's audit entry, the input messages
-//! in the journal, and the parent.
+//! in the journal, and the parent; and finds them again after a restart.
 
 use crate::agent;
 use edgewatch::trace::{Wanted, trace};
@@ -119,5 +119,14 @@ async fn events_name_their_inputs_rule_version_and_parent_and_trace_follows_them
     assert_eq!(got, sent, "the inputs as they arrived");
     let loaded = p.rule.as_ref().and_then(|r| r.loaded.as_ref()).expect("the audit entry of the version");
     assert_eq!(loaded["kind"], "start", "loaded when the agent started");
+
+    // After a restart the files are still there: the event, its publication, its inputs.
+    let agent = agent.restart().await;
+    let report = trace(&state, Wanted::Id(warm_u128)).expect("reads");
+    let p = report.found.expect("still in the event log");
+    assert!(p.published.is_some() && p.acked.is_some());
+    let got: Vec<String> =
+        p.causes.iter().filter_map(|c| Some(c.message.as_ref()?.payload.as_ref()?.get().to_owned())).collect();
+    assert_eq!(got, sent, "the inputs, from the journal, after a restart");
     agent.stop().await;
 }
