@@ -67,6 +67,11 @@ async fn a_webhook_gets_every_action_in_order_once_per_key_through_errors_and_re
     assert_eq!((first.body["specversion"].as_str(), first.body["type"].as_str()), (Some("1.0"), Some("edgewatch.hot")));
     assert_eq!(first.path, "/hook");
     assert!(first.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer s3cret"));
+    // With its lineage, as upstream: the input that caused it, and the rule's version.
+    let input = edgewatch_engine::EventId::from_content("strict/t-1/t", br#"{"v": 90}"#).0;
+    let causes = edgewatch_engine::Causes::decode(first.body["edgewatchcauses"].as_str().unwrap_or("?"));
+    assert!(causes.is_ok_and(|c| c.count == 1 && c.first[0].is(input)), "{}", first.body);
+    assert!(first.body["edgewatchrule"].as_str().is_some_and(|v| v.contains("hot.rhai#")), "{}", first.body);
     wait_metric(metrics, "edgewatch_actions_sent_total{sink=\"pager\"}", WAIT, |v| v == 3.0).await;
     wait_metric(metrics, "edgewatch_actions_retried_total{sink=\"pager\"}", WAIT, |v| v == 3.0).await;
     wait_metric(metrics, "edgewatch_action_queue_depth{sink=\"pager\"}", WAIT, |v| v == 0.0).await;
