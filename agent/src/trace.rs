@@ -198,11 +198,9 @@ fn find_inputs(
         })?;
         damaged.extend(report.damaged);
     }
-    if causes.parent.is_some() || listed.iter().any(|c| c.message.is_none()) {
-        for (r, c) in refs.iter().zip(listed.iter_mut()).filter(|(_, c)| c.message.is_none()) {
-            let f = events::find(&events::dir_in(state_dir), |id| r.is(id))?;
-            c.event = f.event.map(|l| serde_json::json!({ "id": l.event["id"], "type": l.event["type"] }));
-        }
+    for (r, c) in refs.iter().zip(listed.iter_mut()).filter(|(_, c)| c.message.is_none()) {
+        let f = events::find(&events::dir_in(state_dir), |id| r.is(id))?;
+        c.event = f.event.map(|l| serde_json::json!({ "id": l.event["id"], "type": l.event["type"] }));
     }
     Ok(())
 }

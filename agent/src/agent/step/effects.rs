@@ -69,10 +69,11 @@ impl Step {
             let payload: bytes::Bytes = CloudEvent::new(composite, &self.source, version).to_json().into();
             let topic = self.config.upstream.event_topic(&composite.rule, &composite.key);
             let qos = self.config.upstream.qos;
-            let traced = self.event_log.is_some();
-            let entry = OutboxEntry { topic: topic.clone(), payload: payload.clone(), qos, retain: false, traced };
-            let seq = self.queue(entry);
-            if let Some(log) = &self.event_log {
+            // The topic is copied only for the event log, when it is on.
+            let logged = self.event_log.as_ref().map(|_| topic.clone());
+            let traced = logged.is_some();
+            let seq = self.queue(OutboxEntry { topic, payload: payload.clone(), qos, retain: false, traced });
+            if let (Some(log), Some(topic)) = (&self.event_log, logged) {
                 log.event(wall_clock().millis(), seq, composite.id.0, &topic, &payload);
             }
         }
