@@ -106,6 +106,15 @@ impl Request {
     }
 }
 
+/// Why a valid request changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Engine(#[from] edgewatch_engine::AlarmCommandError),
+    #[error("nothing changed")]
+    NothingChanged,
+}
+
 /// The reply to a request: `ok` and the alarm's state, or the error.
 pub fn reply(id: Option<&str>, result: Result<Condition, String>) -> serde_json::Value {
     match result {

@@ -54,7 +54,7 @@ pub fn run(args: &AuditArgs, config: &Config) -> anyhow::Result<ExitCode> {
         println!("{}: {} entries ({range}), {} problem(s)", dir.display(), v.entries, v.problems.len());
         return Ok(ExitCode::from(1));
     }
-    let now = edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
+    let now = edgewatch::wall_clock().millis();
     let since = match &args.since {
         None => i64::MIN,
         Some(s) => match edgewatch::history::parse_range(s, None, now) {

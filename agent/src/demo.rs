@@ -186,7 +186,7 @@ qos = 1
     }
 
     let scenario = fleet(&opts, &tree)?;
-    let start_ms = edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis();
+    let start_ms = crate::wall_clock().millis();
     let sim_opts = SimOptions { seed: opts.seed, start_ms: u64::try_from(start_ms).unwrap_or(0), duration: None };
     let client_id = format!("edgewatch-demo-{nonce}-fleet");
     let commands = Some(format!("{tree}/devices/+/cmd"));

@@ -65,7 +65,7 @@ pub struct BacktestArgs {
 }
 
 fn now() -> i64 {
-    edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis()
+    edgewatch::wall_clock().millis()
 }
 
 /// `edgewatch journal export`.

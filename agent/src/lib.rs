@@ -68,6 +68,7 @@ pub mod backtest;
 #[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod decode;
 pub mod delivery;
 pub mod demo;
@@ -92,5 +93,12 @@ pub mod tls;
 pub mod trace;
 
 pub use agent::{Agent, AgentError};
+
+/// The time now, as the engine counts it: read here and passed to the engine as an argument
+/// (the engine never reads a clock).
+pub fn wall_clock() -> edgewatch_engine::Timestamp {
+    edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now())
+}
+
 pub use config::{Config, ConfigError};
 pub use health::Readiness;

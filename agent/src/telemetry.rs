@@ -32,6 +32,8 @@ pub struct ConnectionStats {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RuleCounts {
     pub events: u64,
+    /// Events per minute over the last hour, and the last one's time (the console).
+    pub recent: LastHour,
     pub faults: u64,
     pub disabled: bool,
     /// Messages whose `e.value` the rule read and found `()`: it cannot fire on them.
@@ -53,6 +55,54 @@ pub struct HistoryCounts {
     pub bytes: AtomicU64,
 }
 
+/// How many of something happened in the last hour, by minute, and when the last did: 60
+/// counters instead of the times themselves. Wall-clock ms in; a clock that steps back
+/// counts into the current minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastHour {
+    /// The minute (since the epoch) of the newest count.
+    minute: i64,
+    counts: [u32; 60],
+    pub last: Option<i64>,
+}
+
+impl Default for LastHour {
+    fn default() -> Self {
+        LastHour { minute: i64::MIN, counts: [0; 60], last: None }
+    }
+}
+
+impl LastHour {
+    /// `n` more at `now_ms`.
+    pub fn add(&mut self, now_ms: i64, n: u64) {
+        let m = now_ms.div_euclid(60_000);
+        if m > self.minute {
+            // Minutes since the newest count start at zero (all of them after an hour).
+            let gap = m.saturating_sub(self.minute).min(60);
+            for i in 0..gap {
+                self.counts[(m - i).rem_euclid(60) as usize] = 0;
+            }
+            self.minute = m;
+        }
+        let slot = &mut self.counts[self.minute.rem_euclid(60) as usize];
+        *slot = slot.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        self.last = Some(self.last.map_or(now_ms, |l| l.max(now_ms)));
+    }
+
+    /// How many in the hour up to `now_ms`.
+    pub fn total(&self, now_ms: i64) -> u64 {
+        let m = now_ms.div_euclid(60_000);
+        let oldest = m - 59;
+        (oldest.max(self.minute.saturating_sub(59))..=self.minute)
+            .map(|i| u64::from(self.counts[i.rem_euclid(60) as usize]))
+            .sum()
+    }
+}
+
+/// Dead letters kept for the console (`/api/v1/deadletters`): the newest, each a few
+/// hundred bytes (its payload prefix is bounded).
+pub const RECENT_DEAD_LETTERS: usize = 100;
+
 /// What the metrics endpoint reads besides the plain counters. Updated off the hot path:
 /// per batch of engine outputs, or once a second.
 #[derive(Debug)]
@@ -65,6 +115,8 @@ pub struct Detail {
     /// version (`""`: a schema without versions).
     pub schema_rejected: Mutex<BTreeMap<(String, String), u64>>,
     pub by_rule: Mutex<HashMap<Arc<str>, RuleCounts>>,
+    /// The newest dead letters as published, oldest first (at most [`RECENT_DEAD_LETTERS`]).
+    pub recent_dead_letters: Mutex<std::collections::VecDeque<Arc<str>>>,
     /// Keys (devices) tracked per rule, refreshed about once a second.
     pub tracked_keys: Mutex<Vec<(Arc<str>, u64)>>,
     /// Engine time per message (all rules it reaches).
@@ -102,6 +154,7 @@ impl Detail {
             decode_errors_by_reason: Mutex::default(),
             schema_rejected: Mutex::default(),
             by_rule: Mutex::default(),
+            recent_dead_letters: Mutex::default(),
             tracked_keys: Mutex::default(),
             engine_seconds: latency_buckets(),
             commit_latency_seconds: latency_buckets(),
@@ -434,5 +487,32 @@ impl std::fmt::Display for Snapshot {
             self.disconnects,
             self.failed_attempts
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LastHour;
+
+    #[test]
+    fn the_last_hour_counts_by_minute_and_forgets_what_is_older() {
+        const MIN: i64 = 60_000;
+        let t0 = 1_764_928_800_000;
+        let mut h = LastHour::default();
+        assert_eq!((h.total(t0), h.last), (0, None));
+        h.add(t0, 2);
+        h.add(t0 + 30 * MIN, 3);
+        assert_eq!(h.total(t0 + 30 * MIN), 5);
+        assert_eq!(h.total(t0 + 59 * MIN), 5);
+        assert_eq!(h.total(t0 + 60 * MIN), 3, "the first minute is over an hour old");
+        assert_eq!(h.total(t0 + 90 * MIN), 0);
+        // A clock that steps back counts into the newest minute; the last time stays the newest.
+        h.add(t0 + 10 * MIN, 1);
+        assert_eq!((h.total(t0 + 30 * MIN), h.last), (6, Some(t0 + 30 * MIN)));
+        // After a long quiet, the old minutes are cleared as the new ones start.
+        h.add(t0 + 200 * MIN, 4);
+        assert_eq!(h.total(t0 + 200 * MIN), 4);
+        h.add(t0 + 230 * MIN, u64::MAX);
+        assert_eq!(h.total(t0 + 230 * MIN), 4 + u64::from(u32::MAX), "saturates");
     }
 }

@@ -5,6 +5,7 @@ mod accuracy;
 mod actions;
 mod anomaly_accuracy;
 mod bad_input;
+mod console;
 mod demo;
 mod heartbeat;
 mod layout;

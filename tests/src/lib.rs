@@ -16,6 +16,7 @@ pub mod cloudevents;
 pub mod config;
 pub mod mosquitto;
 pub mod pki;
+pub mod schemathesis;
 pub mod webhook;
 
 pub use config::{AgentToml, TomlValue};
@@ -395,16 +396,54 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// The same, with an error instead of a panic (nothing listening yet, say).
 pub async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    try_http(addr, "GET", path, &[], b"").await
+}
+
+/// One plain HTTP/1.0 request on loopback, with headers and a body: (status code, body).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    try_http(addr, method, path, headers, body).await.unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"))
+}
+
+/// [`http`], with an error instead of a panic.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = try_http_full(addr, method, path, headers, body).await?;
+    Ok((status, body))
+}
+
+/// [`http`] with the response's head too (its status line and headers, as sent).
+pub async fn try_http_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
+    use std::fmt::Write as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let timed_out = |_| std::io::Error::from(std::io::ErrorKind::TimedOut);
     let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await.map_err(timed_out)??;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    if !body.is_empty() || method == "POST" {
+        let _ = write!(head, "Content-Length: {}\r\n", body.len());
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
     let mut response = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await.map_err(timed_out)??;
     let text = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_owned()))
+    Ok((status, head.to_owned(), body.to_owned()))
 }
 
 /// Waits until the agent serving `/healthz` on `addr` (a separate process, say) is ready:

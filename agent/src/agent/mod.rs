@@ -88,6 +88,8 @@ pub enum AgentError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::ListenError),
+    #[error(transparent)]
+    Console(#[from] crate::console::ListenError),
 }
 
 /// A configured agent, ready to run.
@@ -108,6 +110,8 @@ pub struct Agent {
     initial_status: serde_json::Value,
     /// The `/metrics` and `/healthz` listener, bound at start (a taken port refuses to start).
     metrics: Option<std::net::TcpListener>,
+    /// The console's listener (`[console]`), bound at start too.
+    console: Option<std::net::TcpListener>,
     /// The last run did not stop cleanly: the first redeliveries may include the message it
     /// crashed on, and are counted before they are processed (poison-message quarantine).
     after_crash: bool,
@@ -169,6 +173,7 @@ impl Agent {
         let sinks = Arc::new(Sinks::new(&config.sinks, outbox.store())?);
         let health = Health::new(stats.clone());
         let metrics = config.metrics_listen.map(crate::metrics::bind).transpose()?;
+        let console = config.console.as_ref().map(|c| crate::console::bind(c.listen)).transpose()?;
         Ok(Agent {
             config,
             engine,
@@ -179,6 +184,7 @@ impl Agent {
             files,
             initial_status,
             metrics,
+            console,
             after_crash,
             sinks,
             audit,
@@ -218,6 +224,7 @@ impl Agent {
             files,
             initial_status,
             metrics,
+            console,
             after_crash,
             sinks,
             audit,
@@ -291,6 +298,7 @@ impl Agent {
         let (inputs, inputs_rx) = mpsc::channel::<Input>(config.queue_capacity);
         let (watch_tx, watch_rx) = mpsc::channel::<Trigger>(8);
         let triggers = reloader::Triggers { internal: (watch_tx.clone(), watch_rx), external: reloads };
+        let console_reloads = watch_tx.clone();
         let reloader = tokio::spawn(reloader::run(files, triggers, inputs.clone(), config.clone(), shutdown.clone()));
         let source = Source {
             conn: src_conn,
@@ -351,6 +359,15 @@ impl Agent {
             };
             crate::sinks::deliver::spawn_all(&sinks, &ctx)
         };
+        let console_server = console.map(|listener| {
+            let api = console_api(&config, &stats, &inputs, console_reloads);
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(error) = crate::console::serve(listener, Arc::new(api), stop).await {
+                    tracing::error!(%error, "Console listener failed.");
+                }
+            })
+        });
         drop(inputs);
         let step = tokio::spawn(step.run(inputs_rx));
         let upstream = tokio::spawn(upstream.run(up_conn, health, engine_done.clone(), DRAIN_TIMEOUT));
@@ -375,9 +392,45 @@ impl Agent {
         if let Some(server) = metrics_server {
             server.await?;
         }
+        if let Some(server) = console_server {
+            server.await?;
+        }
         let summary = stats.snapshot();
         tracing::info!(%summary, "Agent stopped.");
         Ok(summary)
+    }
+}
+
+/// What the console reads, and how it asks the engine loop: through its input queue, behind
+/// the messages already there. The console holds the queue only while it asks, so it never
+/// keeps the engine loop from ending.
+fn console_api(
+    config: &Config,
+    stats: &Arc<Stats>,
+    inputs: &mpsc::Sender<Input>,
+    reload: mpsc::Sender<Trigger>,
+) -> crate::console::Api {
+    let queue = inputs.downgrade();
+    let ask: crate::console::Ask = Arc::new(move |query| {
+        let queue = queue.upgrade();
+        Box::pin(async move {
+            match queue {
+                Some(q) => q.send(Input::Query(query)).await.is_ok(),
+                None => false,
+            }
+        })
+    });
+    let c = config.console.as_ref();
+    crate::console::Api {
+        tokens: crate::console::auth::Tokens {
+            read: c.and_then(|c| c.read_token.clone()),
+            write: c.and_then(|c| c.write_token.clone()),
+        },
+        ask,
+        stats: stats.clone(),
+        history_dir: crate::history::dir_in(&config.state_dir),
+        events_dir: config.event_log.map(|_| crate::events::dir_in(&config.state_dir)),
+        reload,
     }
 }
 

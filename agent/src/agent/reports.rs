@@ -9,12 +9,8 @@ use crate::store::{Opened, OutboxEntry};
 use crate::telemetry::Stats;
 use edgewatch_engine::{Engine, Outputs, Timestamp};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::SystemTime;
 
-/// The time now, as the engine counts it (time is an argument of the engine, never read by it).
-pub(super) fn wall_clock() -> Timestamp {
-    Timestamp::from_system_time(SystemTime::now())
-}
+pub(super) use crate::wall_clock;
 
 /// A dead letter on `<prefix>/deadletter`.
 pub(super) fn dead_letter_entry(config: &Config, letter: Vec<u8>) -> OutboxEntry {

@@ -43,6 +43,7 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 // periodic work and the stop (chores), reloads and seeding rules' pasts (rules).
 mod audit;
 mod chores;
+mod console;
 mod control;
 mod effects;
 mod rules;
@@ -85,6 +86,8 @@ pub(super) enum Input {
         payload: Bytes,
         ack: Option<AckToken>,
     },
+    /// A question from the console (rules, devices, alarms; an alarm command).
+    Query(crate::console::Query),
     /// An event about the agent from another task (an action given up by its sink), to go
     /// upstream through the outbox like the engine loop's own.
     Report {
@@ -321,6 +324,7 @@ impl Step {
                 self.pending.message(Instant::now(), None, ack);
                 self.alarm_command(&payload, now);
             }
+            Some(Input::Query(query)) => self.answer(query, now),
             Some(Input::Report { kind, data }) => {
                 self.queue(reports::agent_event(&self.config, &self.source, kind, data));
                 self.pending.nudge();

@@ -67,6 +67,7 @@ impl fmt::Debug for Secret {
     }
 }
 
+mod console;
 mod history;
 mod journal;
 mod privacy;
@@ -84,6 +85,41 @@ pub(super) fn invalid(path: &str, message: impl Into<String>) -> Invalid {
     (path.to_owned(), message.into())
 }
 
+/// A secret given as a file or an environment variable (at most one of them), at least
+/// `min` bytes long; `(key path, value)` of each. A trailing newline of a file is not part of
+/// it. Errors name the file or variable, never the content. `None`: neither is given.
+pub(super) fn secret(
+    (file_path, file): (&str, Option<&std::path::Path>),
+    (env_path, env): (&str, Option<&str>),
+    min: usize,
+) -> Result<Option<Vec<u8>>, Invalid> {
+    let (path, bytes) = match (file, env) {
+        (Some(_), Some(_)) => return Err(invalid(file_path, format!("give one of `{file_path}` or `{env_path}`"))),
+        (None, None) => return Ok(None),
+        (Some(file), None) => {
+            let bytes =
+                std::fs::read(file).map_err(|e| invalid(file_path, format!("cannot read {}: {e}", file.display())))?;
+            let end = bytes.iter().rposition(|b| !matches!(b, b'\r' | b'\n')).map_or(0, |i| i + 1);
+            (file_path, bytes[..end].to_vec())
+        }
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(s) => (env_path, s.into_bytes()),
+            Err(_) => return Err(invalid(env_path, format!("environment variable `{var}` is not set"))),
+        },
+    };
+    if bytes.len() < min {
+        return Err(invalid(
+            path,
+            format!(
+                "the secret is {} bytes; at least {min} are needed (`head -c 32 /dev/urandom | base64`)",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+pub use console::{ConsoleConfig, RawConsole, Token};
 pub use history::RawHistory;
 pub use journal::RawJournal;
 pub use privacy::PrivacyKey;
@@ -105,6 +141,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The web console and its JSON API (`[console]`), if on.
+    pub console: Option<ConsoleConfig>,
     /// Threads for the agent's tasks: 1 runs them all on one thread, which costs the least CPU
     /// per message (no hand-offs between threads); the engine is one task whatever this is.
     pub threads: usize,

@@ -82,34 +82,12 @@ const MAX_FIELDS: usize = 64;
 
 /// The secret, if `[privacy]` names one.
 pub fn key(raw: &RawPrivacyKey) -> Result<Option<PrivacyKey>, Invalid> {
-    match (&raw.key_file, &raw.key_env) {
-        (Some(_), Some(_)) => Err(invalid("privacy.key_file", "give one of `key_file` or `key_env`")),
-        (None, None) => Ok(None),
-        (Some(file), None) => {
-            // The error names the file, never its content.
-            let bytes = std::fs::read(file)
-                .map_err(|e| invalid("privacy.key_file", format!("cannot read {}: {e}", file.display())))?;
-            let end = bytes.iter().rposition(|b| !matches!(b, b'\r' | b'\n')).map_or(0, |i| i + 1);
-            checked("privacy.key_file", bytes[..end].to_vec())
-        }
-        (None, Some(var)) => match std::env::var(var) {
-            Ok(s) => checked("privacy.key_env", s.into_bytes()),
-            Err(_) => Err(invalid("privacy.key_env", format!("environment variable `{var}` is not set"))),
-        },
-    }
-}
-
-fn checked(path: &str, bytes: Vec<u8>) -> Result<Option<PrivacyKey>, Invalid> {
-    if bytes.len() < MIN_KEY_BYTES {
-        return Err(invalid(
-            path,
-            format!(
-                "the secret is {} bytes; at least {MIN_KEY_BYTES} are needed (`head -c 32 /dev/urandom | base64`)",
-                bytes.len()
-            ),
-        ));
-    }
-    Ok(Some(PrivacyKey(bytes)))
+    let secret = super::secret(
+        ("privacy.key_file", raw.key_file.as_deref()),
+        ("privacy.key_env", raw.key_env.as_deref()),
+        MIN_KEY_BYTES,
+    )?;
+    Ok(secret.map(PrivacyKey))
 }
 
 /// What keys state without any rule: the payload's `device` and the deduplication id.

@@ -51,6 +51,9 @@ pub struct RawConfig {
     pub privacy: super::privacy::RawPrivacyKey,
     #[serde(default)]
     pub audit: RawAudit,
+    /// The web console and its JSON API.
+    #[serde(default)]
+    pub console: super::console::RawConsole,
 }
 
 /// The audit trail (always kept): its size on disk.
@@ -159,6 +162,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "event_log",
     "privacy",
     "audit",
+    "console",
 ];
 
 /// How the engine treats input.

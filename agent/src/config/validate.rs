@@ -117,6 +117,12 @@ impl RawConfig {
                 invalid("agent.metrics_listen", format!("`{addr}` is not an address and port like `127.0.0.1:9898`"))
             })?),
         };
+        let console = self.console.validate()?;
+        if let (Some(c), Some(m)) = (&console, metrics_listen) {
+            if c.listen == m && m.port() != 0 {
+                return Err(invalid("console.listen", "is `agent.metrics_listen` too: give the console its own port"));
+            }
+        }
         let topic_prefix = self.upstream.topic_prefix.unwrap_or_else(|| format!("edgewatch/{}", self.agent.id));
         if topic_prefix.is_empty() || topic_prefix.starts_with('/') || topic_prefix.ends_with('/') {
             return Err(invalid("upstream.topic_prefix", "must be non-empty and neither start nor end with `/`"));
@@ -205,6 +211,7 @@ impl RawConfig {
             agent_id: self.agent.id.clone(),
             state_dir: self.agent.state_dir,
             metrics_listen,
+            console,
             threads,
             rules_dir: self.rules.dir,
             max_operations: self.rules.max_operations,

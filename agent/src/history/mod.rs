@@ -47,7 +47,7 @@ mod writer;
 
 pub use read::{export, import, read, read_field, series};
 pub use seed::{SeedReport, seed};
-pub use show::{Format, parse_range, parse_resolution, parse_when, show, write_rows};
+pub use show::{Format, Row, parse_range, parse_resolution, parse_when, show, write_rows};
 pub use writer::HistoryLog;
 
 pub use edgewatch_engine::history::{Closed, Resolution, Rollup};

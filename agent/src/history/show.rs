@@ -37,7 +37,9 @@ pub fn parse_resolution(s: &str) -> Result<Resolution, String> {
 /// A time argument: a duration before `now_ms` (`7d`, `90m`, `1h 30m`), or a UTC time in
 /// RFC 3339 (`2026-12-04T10:00:00Z`, also `2026-12-04 10:00:00`).
 pub fn parse_when(text: &str, now_ms: i64) -> Result<i64, String> {
-    if let Ok(d) = humantime::parse_duration(text) {
+    // A number without a unit (humantime takes a bare `0`) says neither how long nor when.
+    let unitless = text.bytes().all(|b| b.is_ascii_digit());
+    if let Some(d) = humantime::parse_duration(text).ok().filter(|_| !unitless) {
         let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         return Ok(now_ms.saturating_sub(ms));
     }
@@ -81,23 +83,13 @@ pub fn write_rows(out: &mut impl std::io::Write, rows: &[(i64, Rollup)], format:
         writeln!(out, "start,count,avg,min,max,stddev,first,last")?;
     }
     for (start, r) in rows {
-        let start = Timestamp(*start).to_rfc3339();
-        let (avg, sd) = (r.mean(), r.stddev());
+        let row = Row::of(*start, r);
         match format {
             Format::Csv => {
-                writeln!(out, "{start},{},{avg},{},{},{sd},{},{}", r.count, r.min, r.max, r.first, r.last)?;
+                let Row { start, count, avg, min, max, stddev, first, last } = row;
+                writeln!(out, "{start},{count},{avg},{min},{max},{stddev},{first},{last}")?;
             }
             Format::Json => {
-                let row = Row {
-                    start,
-                    count: r.count,
-                    avg,
-                    min: r.min,
-                    max: r.max,
-                    stddev: sd,
-                    first: r.first,
-                    last: r.last,
-                };
                 serde_json::to_writer(&mut *out, &row)?;
                 writeln!(out)?;
             }
@@ -106,9 +98,10 @@ pub fn write_rows(out: &mut impl std::io::Write, rows: &[(i64, Rollup)], format:
     Ok(())
 }
 
-/// A row as JSON, its fields in the CSV's order.
-#[derive(serde::Serialize)]
-struct Row {
+/// A row as JSON, its fields in the CSV's order: what `--format json` prints and what the
+/// console's history API answers.
+#[derive(Debug, serde::Serialize)]
+pub struct Row {
     start: String,
     count: u64,
     avg: f64,
@@ -117,4 +110,21 @@ struct Row {
     stddev: f64,
     first: f64,
     last: f64,
+}
+
+impl Row {
+    /// The roll-up of the period starting at `start` (ms).
+    pub fn of(start: i64, r: &Rollup) -> Row {
+        let start = Timestamp(start).to_rfc3339();
+        Row {
+            start,
+            count: r.count,
+            avg: r.mean(),
+            min: r.min,
+            max: r.max,
+            stddev: r.stddev(),
+            first: r.first,
+            last: r.last,
+        }
+    }
 }

@@ -372,7 +372,7 @@ impl Drop for Journal {
 }
 
 fn wall_clock() -> i64 {
-    edgewatch_engine::Timestamp::from_system_time(std::time::SystemTime::now()).millis()
+    crate::wall_clock().millis()
 }
 
 /// The journal thread: writes what the queue brings, hands it to the OS at least every

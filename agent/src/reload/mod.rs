@@ -427,6 +427,8 @@ pub enum Trigger {
     Signal,
     /// A message on `<prefix>/control/reload`; `by` from its JSON payload, if it says.
     Control { by: Option<String> },
+    /// `POST /api/v1/reload` on the console (with the write token); `by` from its body.
+    Console { by: Option<String> },
 }
 
 impl Trigger {
@@ -436,13 +438,14 @@ impl Trigger {
             Trigger::Files => "file",
             Trigger::Signal => "signal",
             Trigger::Control { .. } => "control",
+            Trigger::Console { .. } => "console",
         }
     }
 
     /// Who asked, where known.
     pub fn by(&self) -> Option<&str> {
         match self {
-            Trigger::Control { by } => by.as_deref(),
+            Trigger::Control { by } | Trigger::Console { by } => by.as_deref(),
             _ => None,
         }
     }

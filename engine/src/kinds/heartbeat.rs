@@ -32,6 +32,37 @@ fn clamp_ms(ms: i64) -> u32 {
 const TAG_DEADLINE: u32 = 0;
 const TAG_FLAP: u32 = 1;
 
+/// A heartbeat key's liveness, from one heartbeat rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Up,
+    Missing,
+    Flapping,
+    /// Expected (registry) or announced, and never heard from.
+    NeverSeen,
+}
+
+impl Liveness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Up => "up",
+            Liveness::Missing => "missing",
+            Liveness::Flapping => "flapping",
+            Liveness::NeverSeen => "never_seen",
+        }
+    }
+
+    /// How bad it is: a key's state over several rules is its worst.
+    pub fn severity(self) -> u8 {
+        match self {
+            Liveness::Up => 0,
+            Liveness::NeverSeen => 1,
+            Liveness::Flapping => 2,
+            Liveness::Missing => 3,
+        }
+    }
+}
+
 /// One key's liveness. Kept small (56 bytes): 100k devices is an ordinary gateway load.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Hb {
@@ -63,6 +94,22 @@ struct Flap {
 }
 
 impl Hb {
+    /// The key's state for people: up, missing, flapping or never seen; when it was last
+    /// seen; since when it is missing.
+    pub(crate) fn liveness(&self) -> (Liveness, Option<i64>, Option<i64>) {
+        let some = |t: i64| (t != NONE).then_some(t);
+        let state = if self.flap.as_ref().is_some_and(|f| f.flapping) {
+            Liveness::Flapping
+        } else if self.missing_since != NONE {
+            Liveness::Missing
+        } else if self.never_seen {
+            Liveness::NeverSeen
+        } else {
+            Liveness::Up
+        };
+        (state, some(self.last_seen), some(self.missing_since))
+    }
+
     fn new(now: i64, timeout_ms: i64) -> Hb {
         Hb {
             last_seen: NONE,

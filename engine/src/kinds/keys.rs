@@ -124,6 +124,16 @@ impl<S> Keyed<S> {
         self.map.keys()
     }
 
+    /// Every key with its state, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &S)> {
+        self.map.iter()
+    }
+
+    /// `key` as stored (shared, not copied), with its state.
+    pub(crate) fn get_key_value(&self, key: &str) -> Option<(&Arc<str>, &S)> {
+        self.map.get_key_value(key)
+    }
+
     /// Tracks `key` (restored state, an expected device), whatever the limit.
     pub(crate) fn insert(&mut self, key: Arc<str>, state: S) {
         if let Some(r) = &mut self.recency {

@@ -16,6 +16,7 @@ mod keys;
 mod lineage;
 mod misbehaving;
 mod numbers;
+mod overview;
 mod past;
 mod persistence;
 mod properties;

@@ -10,6 +10,7 @@ use crate::emit::CloudEvent;
 use crate::sinks::queue::Pending;
 use crate::store::OutboxEntry;
 use edgewatch_engine::{Dynamic, Outputs, Timestamp};
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Step {
@@ -17,6 +18,19 @@ impl Step {
     pub(super) fn queue(&mut self, entry: OutboxEntry) -> u64 {
         self.pending.queued += 1;
         self.outbox.push(&mut self.pending.batch, entry)
+    }
+
+    /// A dead letter (see [`reports::dead_letter`]): queued upstream, counted, and kept among
+    /// the recent ones the console shows.
+    fn dead_letter(&mut self, letter: Vec<u8>) {
+        self.stats.dead_letters.fetch_add(1, Relaxed);
+        if let Ok(mut recent) = self.stats.detail.recent_dead_letters.lock() {
+            if recent.len() == crate::telemetry::RECENT_DEAD_LETTERS {
+                recent.pop_front();
+            }
+            recent.push_back(String::from_utf8_lossy(&letter).into());
+        }
+        self.queue(reports::dead_letter_entry(&self.config, letter));
     }
 
     /// Turns the engine's outputs for the last input into outbox entries and state to persist.
@@ -35,9 +49,7 @@ impl Step {
             self.stats.late.fetch_add(1, Relaxed);
             let raw = serde_json::to_vec(&late.payload).unwrap_or_default();
             let error = "older than the allowed lateness";
-            let letter = reports::dead_letter(&late.topic, Some(&raw), raw.len(), late.time, "late", error);
-            self.queue(reports::dead_letter_entry(&self.config, letter));
-            self.stats.dead_letters.fetch_add(1, Relaxed);
+            self.dead_letter(reports::dead_letter(&late.topic, Some(&raw), raw.len(), late.time, "late", error));
         }
         for fault in &outputs.faults {
             self.stats.rule_failed(fault);
@@ -51,16 +63,22 @@ impl Step {
         }
         if let (Some(first), Ok(mut by_rule)) = (outputs.events.first(), self.stats.detail.by_rule.lock()) {
             // Events of one input usually come from one rule: look it up once.
+            let now = wall_clock().millis();
+            let mut count = |rule: Arc<str>, n: u64| {
+                let c = by_rule.entry(rule).or_default();
+                c.events += n;
+                c.recent.add(now, n);
+            };
             let mut rule = first.rule.clone();
             let mut n = 0u64;
             for composite in &outputs.events {
                 if composite.rule != rule {
-                    by_rule.entry(std::mem::replace(&mut rule, composite.rule.clone())).or_default().events += n;
+                    count(std::mem::replace(&mut rule, composite.rule.clone()), n);
                     n = 0;
                 }
                 n += 1;
             }
-            by_rule.entry(rule).or_default().events += n;
+            count(rule, n);
         }
         for composite in &outputs.events {
             self.stats.events.fetch_add(1, Relaxed);
@@ -178,9 +196,7 @@ impl Step {
         error: &DecodeError,
     ) {
         self.stats.decode_failed(topic, error);
-        let letter = reports::dead_letter(topic, payload, size, received, error.reason(), &error.to_string());
-        self.queue(reports::dead_letter_entry(&self.config, letter));
-        self.stats.dead_letters.fetch_add(1, Relaxed);
+        self.dead_letter(reports::dead_letter(topic, payload, size, received, error.reason(), &error.to_string()));
     }
 
     /// A message the agent crashed on each time it was delivered: dead-lettered unprocessed
@@ -190,9 +206,7 @@ impl Step {
     pub(super) fn quarantine(&mut self, topic: &str, payload: Option<&[u8]>, size: usize, received: Timestamp) {
         let error = crate::agent::poison::quarantine_reason(self.config.max_deliveries);
         tracing::error!(topic, size, "Poison message quarantined unprocessed.");
-        let letter = reports::dead_letter(topic, payload, size, received, "poison", &error);
-        self.queue(reports::dead_letter_entry(&self.config, letter));
-        self.stats.dead_letters.fetch_add(1, Relaxed);
+        self.dead_letter(reports::dead_letter(topic, payload, size, received, "poison", &error));
         self.stats.quarantined.fetch_add(1, Relaxed);
     }
 }

@@ -291,6 +291,7 @@ fn time_arguments_are_durations_before_now_or_utc_times() {
     assert_eq!(parse_when("2026-12-04T10:00:00Z", now), Ok(DAY0 + 10 * HOUR));
     assert_eq!(parse_when("2026-12-04", now), Ok(DAY0));
     assert!(parse_when("yesterday", now).is_err());
+    assert!(parse_when("0", now).is_err() && parse_when("20261204", now).is_err(), "a number without a unit");
     assert_eq!(parse_range("2h", None, now), Ok((now - 2 * HOUR, now)));
     assert!(parse_range("1h", Some("2h"), now).expect_err("backwards").contains("before"));
     assert_eq!(parse_resolution("1h"), Ok(Resolution::Coarse));

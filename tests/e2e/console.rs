@@ -1,0 +1,261 @@
+//! The console's JSON API against a running agent on a real broker: what a person would ask
+//! of it (which devices are missing, which rule is broken and where, what fired, how a value
+//! moved), the alarm commands and reload behind the write token, a 401 or 403 from every
+//! endpoint without the right token; then Schemathesis, which nobody here wrote, generates
+//! requests for every operation of the OpenAPI document and checks every answer against it.
+
+use crate::agent;
+use edgewatch_e2e::{Broker, Publisher, RunningAgent, http, schemathesis, try_http_full};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const RULES: &str = r#"
+rule("alive", #{ on: "sensors/{device}/temperature", heartbeat: #{ timeout: "2s" }, remember: "temperature" });
+rule("hot", #{ on: "sensors/{device}/temperature", when: |e| e.value > 80.0, clear: |e| e.value < 70.0, notify: "pager" });
+"#;
+
+const READ: &str = "read-token-0123456789abcdef";
+const WRITE: &str = "write-token-0123456789abcdef";
+/// Generous: the test waits for a change and asserts it, not its timing.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Console {
+    addr: SocketAddr,
+    /// Every path asked, as the document names it, to check that the test covers it.
+    asked: BTreeSet<String>,
+}
+
+impl Console {
+    async fn call(&mut self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+        let (status, body) = http(self.addr, method, path, &headers, body.as_bytes()).await;
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {status} {body:?}: {e}"));
+        (status, json)
+    }
+
+    async fn get(&mut self, documented: &str, path: &str) -> Value {
+        self.asked.insert(format!("GET {documented}"));
+        let (status, body) = self.call("GET", path, Some(READ), "").await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    async fn post(&mut self, documented: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        self.asked.insert(format!("POST {documented}"));
+        self.call("POST", path, token, body).await
+    }
+
+    /// Asks `path` until `done` accepts the answer.
+    async fn wait(&mut self, documented: &str, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let body = self.get(documented, path).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(start.elapsed() < DEADLINE, "{what}: not seen in {DEADLINE:?}; last answer: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn device<'a>(devices: &'a Value, key: &str) -> &'a Value {
+    devices["devices"].as_array().and_then(|d| d.iter().find(|d| d["key"] == key)).unwrap_or(&Value::Null)
+}
+
+/// An agent with the console on, both tokens in files, and history periods of a second.
+async fn start(broker: &Broker) -> (RunningAgent, SocketAddr, tempfile::TempDir) {
+    let tokens = tempfile::tempdir().expect("temp dir");
+    let (read, write) = (tokens.path().join("read"), tokens.path().join("write"));
+    std::fs::write(&read, format!("{READ}\n")).expect("writes");
+    std::fs::write(&write, WRITE).expect("writes");
+    let addr = edgewatch::broker::free_port().expect("port");
+    let cfg = agent(broker.addr(), "3.1.1")
+        .set("console.listen", addr)
+        .set("console.read_token_file", &read)
+        .set("console.write_token_file", &write)
+        .set("history.fine", "1s")
+        .set("history.coarse", "2s")
+        .sink("pager", "mqtt", &[("topic", "pager/{key}".into())])
+        .to_string();
+    let agent = RunningAgent::start(&cfg, &[("rules.rhai", RULES)]).await;
+    (agent, addr, tokens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_the_write_token() {
+    let broker = Broker::embedded();
+    let (agent, addr, _tokens) = start(&broker).await;
+    let mut c = Console { addr, asked: BTreeSet::new() };
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    sensor.publish("sensors/t-1/temperature", r#"{"temperature": 90}"#).await;
+    sensor.publish("sensors/t-2/temperature", r#"{"temperature": 20}"#).await;
+
+    // Both up; then t-2 falls silent while t-1 keeps talking, and turns missing.
+    c.wait("/api/v1/devices", "/api/v1/devices", "two devices up", |d| d["counts"]["up"] == 2).await;
+    let beat = tokio::spawn(async move {
+        loop {
+            sensor.publish("sensors/t-1/temperature", r#"{"temperature": 91}"#).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let devices =
+        c.wait("/api/v1/devices", "/api/v1/devices", "t-2 missing", |d| device(d, "t-2")["state"] == "missing").await;
+    assert_eq!(
+        (devices["counts"]["missing"].as_u64(), devices["counts"]["up"].as_u64()),
+        (Some(1), Some(1)),
+        "{devices}"
+    );
+    let t2 = device(&devices, "t-2");
+    assert!(t2["last_seen"].is_string() && t2["missing_since"].is_string() && t2["downtime_ms"].is_u64(), "{t2}");
+    assert_eq!(device(&devices, "t-1")["active_alarms"], 1, "hot is active for t-1: {devices}");
+    let only = c.get("/api/v1/devices", "/api/v1/devices?state=missing").await;
+    assert_eq!(only["devices"].as_array().map(|d| d.len()), Some(1), "{only}");
+    let (status, _) = c.call("GET", "/api/v1/devices?state=asleep", Some(READ), "").await;
+    assert_eq!(status, 400);
+
+    // The event feed: t-1's event, then nothing after its cursor, then the next one only.
+    let first =
+        c.wait("/api/v1/events", "/api/v1/events?rule=hot", "hot's event", |e| e["events"][0].is_object()).await;
+    assert_eq!(first["events"][0]["event"]["subject"], "t-1", "{first}");
+    assert_eq!(first["events"][0]["event"]["type"], "edgewatch.hot");
+    let next = first["next"].as_str().expect("a cursor").to_owned();
+    let after = c.get("/api/v1/events", &format!("/api/v1/events?rule=hot&since={next}")).await;
+    assert_eq!(after["events"], serde_json::json!([]), "nothing new yet");
+    let mut sensor = Publisher::connect(broker.addr(), "sensor-2").await;
+    sensor.publish("sensors/t-3/temperature", r#"{"temperature": 95}"#).await;
+    let path = format!("/api/v1/events?rule=hot&since={next}");
+    let newer = c.wait("/api/v1/events", &path, "t-3's event", |e| e["events"][0].is_object()).await;
+    let subjects: Vec<&Value> =
+        newer["events"].as_array().expect("events").iter().map(|e| &e["event"]["subject"]).collect();
+    assert_eq!(subjects, ["t-3"], "only what came after the cursor");
+
+    // Rules: kinds, keys, counts; then a broken edit shows where it is broken.
+    let rules = c.get("/api/v1/rules", "/api/v1/rules").await;
+    let hot = c.get("/api/v1/rules/{name}", "/api/v1/rules/hot").await;
+    assert_eq!((hot["kind"].as_str(), hot["status"].as_str()), (Some("threshold"), Some("running")), "{hot}");
+    assert!(hot["events_last_hour"].as_u64() >= Some(2) && hot["last_event"].is_string(), "{hot}");
+    assert_eq!(hot["hash"].as_str().map(str::len), Some(16), "{hot}");
+    assert_eq!(rules["rules"].as_array().map(|r| r.len()), Some(2), "{rules}");
+    let (status, _) = c.call("GET", "/api/v1/rules/nobody", Some(READ), "").await;
+    assert_eq!(status, 404);
+    std::fs::write(agent.dir.path().join("rules/rules.rhai"), format!("{RULES}\nrule(\"broken\", #{{ on: "))
+        .expect("edits");
+    let (status, body) = c.post("/api/v1/reload", "/api/v1/reload", Some(WRITE), r#"{"by": "console-test"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    let broken = c.wait("/api/v1/rules/{name}", "/api/v1/rules/hot", "the error", |r| r["status"] == "error").await;
+    let error = broken["error"].as_str().expect("error text");
+    assert!(error.contains("rules.rhai:5:"), "file:line:col: {error}");
+
+    // Alarms: hot is active for t-1; acknowledged with the write token only.
+    let alarms = c.get("/api/v1/alarms", "/api/v1/alarms").await;
+    let t1 = alarms["alarms"].as_array().and_then(|a| a.iter().find(|a| a["key"] == "t-1")).cloned().expect("t-1");
+    assert_eq!((t1["rule"].as_str(), t1["state"].as_str()), (Some("hot"), Some("unacknowledged")), "{alarms}");
+    let ack = r#"{"action": "ack", "by": "operator-7"}"#;
+    let cmd = "/api/v1/alarms/{rule}/{key}";
+    assert_eq!(c.post(cmd, "/api/v1/alarms/hot/t-1", Some(READ), ack).await.0, 403);
+    assert_eq!(c.post(cmd, "/api/v1/alarms/hot/t-1", None, ack).await.0, 401);
+    let (status, body) = c.post(cmd, "/api/v1/alarms/hot/t-1", Some(WRITE), ack).await;
+    assert_eq!((status, body["alarmstate"].as_str()), (200, Some("acknowledged")), "{body}");
+    let (status, body) = c.post(cmd, "/api/v1/alarms/hot/t-1", Some(WRITE), ack).await;
+    assert_eq!(status, 409, "acknowledged already: {body}");
+    assert_eq!(c.post(cmd, "/api/v1/alarms/nope/t-1", Some(WRITE), ack).await.0, 404);
+    let (status, body) = c.post(cmd, "/api/v1/alarms/hot/t-1", Some(WRITE), r#"{"action": "reboot"}"#).await;
+    assert!(status == 400 && body["error"].as_str().is_some_and(|e| e.contains("reboot")), "{body}");
+    let snooze = r#"{"action": "snooze", "for": "30m"}"#;
+    assert_eq!(c.post(cmd, "/api/v1/alarms/hot/t-3", Some(WRITE), snooze).await.0, 200);
+    let alarms = c.get("/api/v1/alarms", "/api/v1/alarms").await;
+    let state = |key: &str| alarms["alarms"].as_array().and_then(|a| a.iter().find(|a| a["key"] == key)).cloned();
+    assert_eq!(state("t-1").map(|a| a["state"].clone()), Some("acknowledged".into()), "{alarms}");
+    assert!(state("t-3").is_some_and(|a| a["snoozed_until"].is_string()), "{alarms}");
+
+    // History: the closed one-second roll-ups of t-1's temperature.
+    let path = "/api/v1/history/t-1/temperature?since=1h&resolution=fine";
+    let history = c.wait("/api/v1/history/{key}/{field}", path, "roll-ups", |h| h["points"][0].is_object()).await;
+    let point = &history["points"][0];
+    assert!(point["count"].as_u64() >= Some(1) && point["max"].as_f64() >= Some(90.0), "{history}");
+    let (status, _) = c.call("GET", "/api/v1/history/t-1/temperature?resolution=2m", Some(READ), "").await;
+    assert_eq!(status, 400);
+
+    // A device's page: its states, alarms, events and remembered fields.
+    let t1 = c.get("/api/v1/devices/{key}", "/api/v1/devices/t-1").await;
+    assert_eq!(t1["history_fields"], serde_json::json!(["temperature"]), "{t1}");
+    assert!(t1["events"][0]["event"]["subject"] == "t-1" && t1["alarms"][0]["rule"] == "hot", "{t1}");
+    let (status, _) = c.call("GET", "/api/v1/devices/nobody", Some(READ), "").await;
+    assert_eq!(status, 404);
+
+    // Dead letters, with their reasons.
+    sensor.publish("strict/t-1", "not json").await;
+    let letters = c.wait("/api/v1/deadletters", "/api/v1/deadletters", "a dead letter", |d| d["total"] == 1).await;
+    assert_eq!(letters["deadletters"][0]["topic"], "strict/t-1", "{letters}");
+    assert!(letters["deadletters"][0]["reason"].is_string(), "{letters}");
+    beat.abort();
+
+    // Every endpoint: 401 without a token or with a wrong one (saying how to send one), 403
+    // for a write with the read token; the document itself is open.
+    let doc: Value = serde_json::from_str(edgewatch::console::OPENAPI).expect("the document is JSON");
+    let mut documented = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for method in ops.as_object().expect("operations").keys() {
+            let method = method.to_uppercase();
+            documented.insert(format!("{method} {path}"));
+            if path.ends_with("openapi.json") {
+                continue;
+            }
+            let concrete = path
+                .replace("{name}", "hot")
+                .replace("{key}", "t-1")
+                .replace("{rule}", "hot")
+                .replace("{field}", "temperature");
+            for token in [None, Some("Bearer not-a-token-at-all")] {
+                let headers: Vec<(&str, &str)> = token.iter().map(|t| ("Authorization", *t)).collect();
+                let (status, head, _) =
+                    try_http_full(addr, &method, &concrete, &headers, b"{}").await.expect("answers");
+                assert_eq!(status, 401, "{method} {concrete} with {token:?}");
+                assert!(head.to_lowercase().contains("www-authenticate: bearer"), "{head}");
+            }
+            if method == "POST" {
+                assert_eq!(c.call(&method, &concrete, Some(READ), "{}").await.0, 403, "{method} {concrete}");
+            }
+        }
+    }
+    let (status, head, body) = try_http_full(addr, "GET", "/api/v1/openapi.json", &[], b"").await.expect("answers");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON"), doc);
+    assert!(head.to_lowercase().contains("x-content-type-options: nosniff"), "{head}");
+    let (status, _) = c.call("GET", "/api/v1/nothing-here", Some(READ), "").await;
+    assert_eq!(status, 404);
+    documented.remove("GET /api/v1/openapi.json");
+    assert_eq!(c.asked, documented, "every documented operation is exercised here");
+    agent.stop().await;
+}
+
+/// Schemathesis: every operation, with generated valid and invalid input, checked against
+/// the document (no 5xx, documented statuses and bodies, invalid input and missing tokens
+/// refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_every_answer_as_documented_and_no_server_error() {
+    if !schemathesis::available() {
+        return;
+    }
+    let broker = Broker::embedded();
+    let (agent, addr, _tokens) = start(&broker).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    for (device, t) in [("t-1", 90), ("t-2", 20), ("t-3", 85)] {
+        sensor.publish(&format!("sensors/{device}/temperature"), format!(r#"{{"temperature": {t}}}"#)).await;
+    }
+    sensor.publish("strict/t-1", "not json").await;
+    agent.wait_for_stats("the dead letter", |s| s.dead_letters == 1).await;
+    let base = format!("http://{addr}");
+    let bearer = format!("Bearer {WRITE}");
+    let result = tokio::task::spawn_blocking(move || schemathesis::run(&base, &[("Authorization", &bearer)], 40))
+        .await
+        .expect("runs");
+    if let Err(report) = result {
+        panic!("schemathesis found problems:\n{report}");
+    }
+    agent.stop().await;
+}
