@@ -62,6 +62,58 @@ impl Console {
     }
 }
 
+/// A client of the live stream, reading its frames as they come.
+struct Stream {
+    reader: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl Stream {
+    /// Opens `/api/v1/stream` with `token`; the status and, on 200, the stream.
+    async fn open(addr: SocketAddr, token: &str) -> (u16, Option<Stream>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
+        let head = format!("GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await.expect("writes");
+        let mut reader = tokio::io::BufReader::new(tcp);
+        let mut status = String::new();
+        reader.read_line(&mut status).await.expect("reads");
+        let code = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        // The headers, to the blank line.
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.expect("reads");
+            if line.trim().is_empty() {
+                break;
+            }
+        }
+        (code, (code == 200).then_some(Stream { reader }))
+    }
+
+    /// The next frame of `kind` whose data `want` accepts, skipping others.
+    async fn next(&mut self, kind: &str, want: impl Fn(&Value) -> bool) -> Value {
+        use tokio::io::AsyncBufReadExt;
+        let read = async {
+            let mut event = String::new();
+            loop {
+                let mut line = String::new();
+                if self.reader.read_line(&mut line).await.expect("reads") == 0 {
+                    panic!("the stream ended waiting for `{kind}`");
+                }
+                // Chunked transfer: the chunk sizes are lines of their own, skipped here.
+                if let Some(e) = line.strip_prefix("event: ") {
+                    event = e.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    let data: Value = serde_json::from_str(d.trim()).expect("data is JSON");
+                    if event == kind && want(&data) {
+                        return data;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, read).await.unwrap_or_else(|_| panic!("no `{kind}` frame in {DEADLINE:?}"))
+    }
+}
+
 fn device<'a>(devices: &'a Value, key: &str) -> &'a Value {
     devices["devices"].as_array().and_then(|d| d.iter().find(|d| d["key"] == key)).unwrap_or(&Value::Null)
 }
@@ -90,8 +142,16 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
     let broker = Broker::embedded();
     let (agent, addr, _tokens) = start(&broker).await;
     let mut c = Console { addr, asked: BTreeSet::new() };
+    c.asked.insert("GET /api/v1/stream".into());
+    let (_, live) = Stream::open(addr, READ).await;
+    let mut live = live.expect("the stream opens with the read token");
+    live.next("hello", |_| true).await;
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
     sensor.publish("sensors/t-1/temperature", r#"{"temperature": 90}"#).await;
+    // Told as it happens: t-1's event, and its alarm.
+    let hot = live.next("event", |e| e["rule"] == "hot").await;
+    assert_eq!((hot["key"].as_str(), hot["event"]["type"].as_str()), (Some("t-1"), Some("edgewatch.hot")), "{hot}");
+    live.next("alarm", |a| a["change"] == "activated" && a["data"]["key"] == "t-1").await;
     sensor.publish("sensors/t-2/temperature", r#"{"temperature": 20}"#).await;
 
     // Both up; then t-2 falls silent while t-1 keeps talking, and turns missing.
@@ -146,6 +206,7 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
         .expect("edits");
     let (status, body) = c.post("/api/v1/reload", "/api/v1/reload", Some(WRITE), r#"{"by": "console-test"}"#).await;
     assert_eq!(status, 202, "{body}");
+    live.next("rules", |r| r["errors"] == 1).await;
     let broken = c.wait("/api/v1/rules/{name}", "/api/v1/rules/hot", "the error", |r| r["status"] == "error").await;
     let error = broken["error"].as_str().expect("error text");
     assert!(error.contains("rules.rhai:5:"), "file:line:col: {error}");
@@ -160,6 +221,8 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
     assert_eq!(c.post(cmd, "/api/v1/alarms/hot/t-1", None, ack).await.0, 401);
     let (status, body) = c.post(cmd, "/api/v1/alarms/hot/t-1", Some(WRITE), ack).await;
     assert_eq!((status, body["alarmstate"].as_str()), (200, Some("acknowledged")), "{body}");
+    let acked = live.next("alarm", |a| a["change"] == "acknowledged").await;
+    assert_eq!(acked["data"]["by"], "operator-7", "{acked}");
     let (status, body) = c.post(cmd, "/api/v1/alarms/hot/t-1", Some(WRITE), ack).await;
     assert_eq!(status, 409, "acknowledged already: {body}");
     assert_eq!(c.post(cmd, "/api/v1/alarms/nope/t-1", Some(WRITE), ack).await.0, 404);
@@ -222,6 +285,13 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
             }
         }
     }
+    // At most 16 live streams: this one and 15 more; the 17th is refused.
+    let mut more = Vec::new();
+    for _ in 0..15 {
+        more.push(Stream::open(addr, WRITE).await.1.expect("room for it"));
+    }
+    assert_eq!(Stream::open(addr, READ).await.0, 429);
+    drop(more);
     let (status, head, body) = try_http_full(addr, "GET", "/api/v1/openapi.json", &[], b"").await.expect("answers");
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON"), doc);

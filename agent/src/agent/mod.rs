@@ -360,7 +360,9 @@ impl Agent {
             crate::sinks::deliver::spawn_all(&sinks, &ctx)
         };
         let console_server = console.map(|listener| {
-            let api = console_api(&config, &stats, &inputs, console_reloads);
+            let feed = Arc::new(crate::console::feed::Feed::default());
+            step.feed = Some(feed.clone());
+            let api = console_api(&config, &stats, &inputs, (console_reloads, feed, shutdown.clone()));
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 if let Err(error) = crate::console::serve(listener, Arc::new(api), stop).await {
@@ -408,7 +410,7 @@ fn console_api(
     config: &Config,
     stats: &Arc<Stats>,
     inputs: &mpsc::Sender<Input>,
-    reload: mpsc::Sender<Trigger>,
+    (reload, feed, stop): (mpsc::Sender<Trigger>, Arc<crate::console::feed::Feed>, CancellationToken),
 ) -> crate::console::Api {
     let queue = inputs.downgrade();
     let ask: crate::console::Ask = Arc::new(move |query| {
@@ -431,6 +433,8 @@ fn console_api(
         history_dir: crate::history::dir_in(&config.state_dir),
         events_dir: config.event_log.map(|_| crate::events::dir_in(&config.state_dir)),
         reload,
+        feed,
+        stop,
     }
 }
 

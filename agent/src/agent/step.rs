@@ -149,6 +149,11 @@ pub(super) struct Step {
     /// The event log (`None`: turned off, or it could not be opened): each composite event
     /// queued upstream is recorded, and handed to its thread with the batch.
     pub event_log: Option<crate::events::EventLog>,
+    /// The console's live stream (`None`: no console): told of events, device and alarm
+    /// changes, and the rules' status, only while a client watches.
+    pub feed: Option<Arc<crate::console::feed::Feed>>,
+    /// The heartbeat rules, by name: their events are device state changes for the feed.
+    heartbeat_rules: std::collections::HashSet<Arc<str>>,
     /// Each running rule's version, `<file>#<content hash>`, from the rules' status: the
     /// `edgewatchrule` attribute of its events.
     rule_versions: std::collections::HashMap<Arc<str>, Arc<str>>,
@@ -164,6 +169,12 @@ fn rule_versions(status: &serde_json::Value) -> std::collections::HashMap<Arc<st
             Some((Arc::from(r["name"].as_str()?), Arc::from(version)))
         })
         .collect()
+}
+
+/// The heartbeat rules' names, from the rules' status document.
+fn heartbeat_rules(status: &serde_json::Value) -> std::collections::HashSet<Arc<str>> {
+    let rules = status["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
+    rules.iter().filter(|r| r["kind"] == "heartbeat").filter_map(|r| Some(Arc::from(r["name"].as_str()?))).collect()
 }
 
 impl Step {
@@ -193,6 +204,7 @@ impl Step {
             pending: Pending::new(now),
             outputs: Outputs::default(),
             rule_versions: rule_versions(&rules_status),
+            heartbeat_rules: heartbeat_rules(&rules_status),
             rules_status,
             started: wall_clock(),
             sessions: 0,
@@ -205,6 +217,7 @@ impl Step {
             protector,
             audit: None,
             event_log: None,
+            feed: None,
         };
         for (kind, data) in startup_events {
             tracing::warn!(kind, %data, "Agent event.");

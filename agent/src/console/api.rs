@@ -38,6 +38,10 @@ const DEVICE_EVENTS: usize = 20;
 const MAX_POINTS: usize = 20_000;
 /// Longest `q`, `rule`, `key` or `by` argument.
 const MAX_ARG: usize = 256;
+/// Live stream clients at once; more are refused (429).
+const MAX_STREAMS: usize = 16;
+/// A comment this often keeps an idle stream's connection (and proxies on the way) open.
+const KEEPALIVE: Duration = Duration::from_secs(15);
 
 type Answer = Result<Response, Refusal>;
 
@@ -71,6 +75,7 @@ pub(super) fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/deadletters", get(dead_letters))
         .route("/api/v1/history/:key/:field", get(history))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/stream", get(stream))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(secure))
@@ -503,6 +508,37 @@ async fn history(
         Resolution::Coarse => "coarse",
     };
     ok(&json!({ "key": key, "field": field, "resolution": resolution, "truncated": skip > 0, "points": points }))
+}
+
+// ------------------------------------------------------------------------------ stream
+
+/// `GET /api/v1/stream`: Server-Sent Events (see `feed`) until the client leaves or the agent
+/// stops. Read with `fetch`, which can send the token (`EventSource` cannot send headers).
+async fn stream(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer {
+    use tokio::sync::broadcast::error::RecvError;
+    allowed(&api, &headers, Need::Read)?;
+    let Some(watch) = api.feed.watch(MAX_STREAMS) else {
+        return Err(fail(StatusCode::TOO_MANY_REQUESTS, format!("{MAX_STREAMS} live streams are open already")));
+    };
+    let hello: Bytes = "retry: 3000\nevent: hello\ndata: {}\n\n".into();
+    let frames =
+        futures_util::stream::unfold((watch, api.stop.clone(), Some(hello)), |(mut watch, stop, first)| async move {
+            if let Some(first) = first {
+                return Some((Ok::<_, std::convert::Infallible>(first), (watch, stop, None)));
+            }
+            let frame: Bytes = tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(KEEPALIVE) => ": keepalive\n\n".into(),
+                r = watch.rx.recv() => match r {
+                    Ok(frame) => Bytes::copy_from_slice(frame.as_bytes()),
+                    Err(RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n").into(),
+                    Err(RecvError::Closed) => return None,
+                },
+            };
+            Some((Ok(frame), (watch, stop, None)))
+        });
+    let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-store")];
+    Ok((headers, axum::body::Body::from_stream(frames)).into_response())
 }
 
 // ------------------------------------------------------------------------------ reload

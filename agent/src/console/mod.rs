@@ -17,6 +17,7 @@
 
 mod api;
 pub mod auth;
+pub mod feed;
 
 pub use api::OPENAPI;
 
@@ -84,6 +85,10 @@ pub struct Api {
     pub events_dir: Option<PathBuf>,
     /// Where `POST /api/v1/reload` goes: the reloader, as the control topic's request does.
     pub reload: mpsc::Sender<Trigger>,
+    /// What the engine loop tells the live stream's clients.
+    pub feed: Arc<feed::Feed>,
+    /// The agent is stopping: live streams end, so their connections close.
+    pub stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Api {
