@@ -11,10 +11,10 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-const RULES: &str = r#"
-rule("alive", #{ on: "sensors/{device}/temperature", heartbeat: #{ timeout: "2s" }, remember: "temperature" });
-rule("hot", #{ on: "sensors/{device}/temperature", when: |e| e.value > 80.0, clear: |e| e.value < 70.0, notify: "pager" });
-"#;
+const ALIVE: &str = r#"rule("alive", #{ on: "sensors/{device}/temperature", heartbeat: #{ timeout: "2s" }, remember: "temperature" });"#;
+const HOT: &str = r#"rule("hot", #{ on: "sensors/{device}/temperature", when: |e| e.value > 80.0, clear: |e| e.value < 70.0, notify: "pager" });"#;
+/// An edit of `hot.rhai` that does not compile: its previous version keeps running.
+const BROKEN: &str = r#"rule("hot", #{ on: "sensors/{device}/temperature", when: |e| e.value > , notify: "pager" });"#;
 
 const READ: &str = "read-token-0123456789abcdef";
 const WRITE: &str = "write-token-0123456789abcdef";
@@ -133,7 +133,7 @@ async fn start(broker: &Broker) -> (RunningAgent, SocketAddr, tempfile::TempDir)
         .set("history.coarse", "2s")
         .sink("pager", "mqtt", &[("topic", "pager/{key}".into())])
         .to_string();
-    let agent = RunningAgent::start(&cfg, &[("rules.rhai", RULES)]).await;
+    let agent = RunningAgent::start(&cfg, &[("alive.rhai", ALIVE), ("hot.rhai", HOT)]).await;
     (agent, addr, tokens)
 }
 
@@ -200,16 +200,16 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
     assert!(hot["events_last_hour"].as_u64() >= Some(2) && hot["last_event"].is_string(), "{hot}");
     assert_eq!(hot["hash"].as_str().map(str::len), Some(16), "{hot}");
     assert_eq!(rules["rules"].as_array().map(|r| r.len()), Some(2), "{rules}");
+    assert_eq!(rules["rules"][0]["file"].as_str().map(|f| f.ends_with("alive.rhai")), Some(true), "{rules}");
     let (status, _) = c.call("GET", "/api/v1/rules/nobody", Some(READ), "").await;
     assert_eq!(status, 404);
-    std::fs::write(agent.dir.path().join("rules/rules.rhai"), format!("{RULES}\nrule(\"broken\", #{{ on: "))
-        .expect("edits");
+    std::fs::write(agent.dir.path().join("rules/hot.rhai"), BROKEN).expect("edits");
     let (status, body) = c.post("/api/v1/reload", "/api/v1/reload", Some(WRITE), r#"{"by": "console-test"}"#).await;
     assert_eq!(status, 202, "{body}");
     live.next("rules", |r| r["errors"] == 1).await;
     let broken = c.wait("/api/v1/rules/{name}", "/api/v1/rules/hot", "the error", |r| r["status"] == "error").await;
     let error = broken["error"].as_str().expect("error text");
-    assert!(error.contains("rules.rhai:5:"), "file:line:col: {error}");
+    assert!(error.contains("hot.rhai:1:"), "file:line:col: {error}");
 
     // Alarms: hot is active for t-1; acknowledged with the write token only.
     let alarms = c.get("/api/v1/alarms", "/api/v1/alarms").await;
@@ -327,5 +327,57 @@ async fn schemathesis_finds_every_answer_as_documented_and_no_server_error() {
     if let Err(report) = result {
         panic!("schemathesis found problems:\n{report}");
     }
+    agent.stop().await;
+}
+
+/// The page in headless Chromium: a device turning missing, a broken rule's position, a new
+/// event, a chart with points, an acknowledgement refused then accepted; and the screenshot
+/// the README shows (saved to `target/console.png`; `EDGEWATCH_SCREENSHOT` names another path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_sees_devices_go_missing_rules_break_events_arrive_and_acknowledges_an_alarm() {
+    if !edgewatch_e2e::browser::available() {
+        return;
+    }
+    let broker = Broker::embedded();
+    let (agent, addr, _tokens) = start(&broker).await;
+    let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
+    for key in ["t-1", "t-2", "t-4", "t-5"] {
+        sensor.publish(&format!("sensors/{key}/temperature"), r#"{"temperature": 90}"#).await;
+    }
+    let mut c = Console { addr, asked: BTreeSet::new() };
+    c.wait("/api/v1/alarms", "/api/v1/alarms", "t-1's alarm", |a| {
+        a["alarms"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    std::fs::write(agent.dir.path().join("rules/hot.rhai"), BROKEN).expect("edits");
+    assert_eq!(c.post("/api/v1/reload", "/api/v1/reload", Some(WRITE), "").await.0, 202);
+    // t-1 (hot), t-4 and t-5 keep talking (t-2 falls silent); t-3 runs hot and cool: new events.
+    let talk = tokio::spawn(async move {
+        for i in 0u32.. {
+            for (key, base) in [("t-1", 85), ("t-4", 20), ("t-5", 40)] {
+                sensor
+                    .publish(&format!("sensors/{key}/temperature"), format!(r#"{{"temperature": {}}}"#, base + i % 10))
+                    .await;
+            }
+            let t3 = if i % 2 == 0 { 95 } else { 50 };
+            sensor.publish("sensors/t-3/temperature", format!(r#"{{"temperature": {t3}}}"#)).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    });
+    let screenshot = std::env::var("EDGEWATCH_SCREENSHOT").unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console.png").display().to_string()
+    });
+    let env = [
+        ("CONSOLE_URL", format!("http://{addr}/")),
+        ("READ_TOKEN", READ.to_owned()),
+        ("WRITE_TOKEN", WRITE.to_owned()),
+        ("SCREENSHOT", screenshot.clone()),
+    ];
+    let result =
+        tokio::task::spawn_blocking(move || edgewatch_e2e::browser::run("console.mjs", &env)).await.expect("runs");
+    talk.abort();
+    let report = result.unwrap_or_else(|report| panic!("the browser did not see it:\n{report}"));
+    assert!(report["passed"].as_array().is_some_and(|p| p.len() >= 10), "{report}");
+    assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000), "a screenshot at {screenshot}");
     agent.stop().await;
 }

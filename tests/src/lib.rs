@@ -12,6 +12,7 @@
 //! Mosquitto tests skip (saying why) when `mosquitto` is not installed, unless
 //! `EDGEWATCH_REQUIRE_MOSQUITTO=1`, in which case they fail.
 
+pub mod browser;
 pub mod cloudevents;
 pub mod config;
 pub mod mosquitto;
