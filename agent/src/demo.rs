@@ -65,6 +65,9 @@ pub struct DemoOptions {
     /// Rules directory; `None` uses `./rules` when it exists, else the built-in copies.
     pub rules: Option<PathBuf>,
     pub seed: u64,
+    /// Where to serve the console during the demo (another port of the same address when it
+    /// is taken); `None`: no console.
+    pub console: Option<std::net::SocketAddr>,
 }
 
 /// Why the demo failed.
@@ -141,6 +144,11 @@ qos = 1
         state = scratch.path().join("state").display().to_string(),
         rules = rules_dir.display().to_string(),
     );
+    let console = opts.console.map(free_or_any);
+    let text = match console {
+        Some(addr) => format!("{text}[console]\nlisten = \"{addr}\"\n"),
+        None => text,
+    };
     let config = Config::from_toml(&text, "<demo>", std::iter::empty()).map_err(|e| DemoError::Setup(e.to_string()))?;
     let agent = Agent::new(config).await?;
     let _ = writeln!(
@@ -152,6 +160,9 @@ qos = 1
         agent.rule_names().join(", "),
         opts.duration
     );
+    if let Some(addr) = agent.console_addr() {
+        let _ = writeln!(out, "console: http://{addr}/ (open it to watch the devices go missing and come back)");
+    }
     let mut ready = agent.readiness();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // No reloads asked for from outside: the demo's rules only change by file.
@@ -278,6 +289,15 @@ qos = 1
         summary.commands.len()
     );
     Ok(summary)
+}
+
+/// `addr` if nothing listens there, else a free port of the same address: a second demo, or
+/// an agent using the port, does not stop this one.
+fn free_or_any(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => addr,
+        Err(_) => std::net::TcpListener::bind((addr.ip(), 0)).and_then(|l| l.local_addr()).unwrap_or(addr),
+    }
 }
 
 /// The demo scenario fitted to the flags: `devices` sensors (faults on devices it no

@@ -65,6 +65,9 @@ enum Command {
         /// Seed of the simulated fleet.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Serve the console here during the demo (another port when it is taken), or `off`.
+        #[arg(long, default_value = "127.0.0.1:9899", value_parser = console_addr)]
+        console: ConsoleAddr,
     },
     /// Compile rule files and report errors as file:line:col; exit 1 on any error.
     Check {
@@ -157,6 +160,19 @@ enum Command {
 
 /// `RUST_LOG` as `Targets`: empty directives are skipped (`info,` means `info`, not `error`),
 /// and span or field filters are refused rather than read as a target named `[span]`.
+/// `edgewatch demo --console`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct ConsoleAddr(Option<std::net::SocketAddr>);
+
+fn console_addr(text: &str) -> Result<ConsoleAddr, String> {
+    if text == "off" {
+        return Ok(ConsoleAddr(None));
+    }
+    text.parse()
+        .map(|a| ConsoleAddr(Some(a)))
+        .map_err(|_| format!("`{text}`: an address and port like 127.0.0.1:9899, or off"))
+}
+
 fn rust_log(spec: &str) -> Result<Targets, String> {
     let directives: Vec<&str> = spec.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
     if let Some(d) = directives.iter().find(|d| d.contains(['[', '{'])) {
@@ -215,9 +231,9 @@ fn main() -> ExitCode {
             }
             report(result)
         }
-        Command::Demo { broker, duration, devices, rules, seed } => {
+        Command::Demo { broker, duration, devices, rules, seed, console } => {
             init_logging(cli.log_format, quiet_default);
-            let opts = edgewatch::demo::DemoOptions { broker, duration, devices, rules, seed };
+            let opts = edgewatch::demo::DemoOptions { broker, duration, devices, rules, seed, console: console.0 };
             report(runtime().and_then(|rt| {
                 rt.block_on(async {
                     let mut out = std::io::stdout();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// The demo on the broker at `url`, with the built-in rules.
 fn on(url: &str, duration: Duration, devices: usize) -> DemoOptions {
-    DemoOptions { broker: Some(url.to_owned()), duration, devices, rules: None, seed: 7 }
+    DemoOptions { broker: Some(url.to_owned()), duration, devices, rules: None, seed: 7, console: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,4 +79,39 @@ async fn the_demo_says_when_no_broker_listens() {
     let opts = on("mqtts://x:1", Duration::from_secs(1), 1);
     let error = run(opts, &mut Vec::new(), std::future::pending()).await.expect_err("not plain MQTT").to_string();
     assert!(error.contains("plain mqtt://host:port"), "{error}");
+}
+
+/// The demo serves the console while it runs and says where: a first-time user watches the
+/// fleet in a browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_the_console_while_it_runs() {
+    let broker = Broker::embedded();
+    let console = edgewatch::broker::free_port().expect("port");
+    let opts =
+        DemoOptions { console: Some(console), ..on(&format!("mqtt://{}", broker.addr()), Duration::from_secs(4), 5) };
+    let demo = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let summary = run(opts, &mut out, std::future::pending()).await.map(|_| ());
+        (summary, String::from_utf8_lossy(&out).into_owned())
+    });
+    // The fleet's devices show up in the console's API while the demo runs.
+    let seen = async {
+        loop {
+            if let Ok((200, body)) = edgewatch_e2e::try_http_get(console, "/api/v1/devices").await {
+                let d: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+                if d["total"].as_u64() >= Some(5) {
+                    return d;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let devices =
+        tokio::time::timeout(Duration::from_secs(20), seen).await.expect("the console answers during the demo");
+    assert!(devices["devices"][0]["key"].is_string(), "{devices}");
+    let page = edgewatch_e2e::try_http_get(console, "/").await.expect("the page");
+    assert!(page.0 == 200 && page.1.contains("Edgewatch console"), "{page:?}");
+    let (result, out) = demo.await.expect("the demo ends");
+    result.unwrap_or_else(|e| panic!("demo failed: {e}\n{out}"));
+    assert!(out.contains(&format!("console: http://{console}/")), "{out}");
 }

@@ -201,6 +201,11 @@ impl Agent {
         self.health.subscribe()
     }
 
+    /// Where the console listens, if it is on (its port was bound at [`Agent::new`]).
+    pub fn console_addr(&self) -> Option<std::net::SocketAddr> {
+        self.console.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Names of the loaded rules.
     pub fn rule_names(&self) -> Vec<String> {
         self.engine.rules().iter().map(|r| r.name.to_string()).collect()
