@@ -169,6 +169,66 @@ impl TlsConfig {
     }
 }
 
+/// A server's certificate chain and key (the console's HTTPS), read from PEM files now and
+/// again when they change on disk (a renewed certificate applies to the next connection,
+/// without a restart).
+#[derive(Clone)]
+pub struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    pub rustls: Arc<rustls::ServerConfig>,
+    stamps: [Option<(SystemTime, u64)>; 2],
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("cert", &self.cert).field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for ServerTls {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.cert, &self.key) == (&other.cert, &other.key)
+    }
+}
+impl Eq for ServerTls {}
+
+impl ServerTls {
+    /// Reads `cert` (a PEM chain) and `key`, and builds the server configuration.
+    pub fn load(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
+        let stamps = [stamp(cert), stamp(key)];
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rejected { file: "(TLS provider)".into(), error: e.to_string() })?
+            .with_no_client_auth()
+            .with_single_cert(certificates(cert)?, private_key(key)?)
+            .map_err(|e| TlsError::Rejected {
+                file: key.display().to_string(),
+                error: format!("key does not fit the certificate: {e}"),
+            })?;
+        Ok(ServerTls { cert: cert.to_owned(), key: key.to_owned(), rustls: Arc::new(config), stamps })
+    }
+
+    /// A new configuration if a file changed and the new ones are usable; `None` otherwise
+    /// (a broken replacement is logged, and the current one kept).
+    pub fn reloaded(&self) -> Option<ServerTls> {
+        if [stamp(&self.cert), stamp(&self.key)] == self.stamps {
+            return None;
+        }
+        match ServerTls::load(&self.cert, &self.key) {
+            Ok(fresh) => {
+                tracing::info!(cert = %self.cert.display(), "Certificate files changed; new connections use them.");
+                Some(fresh)
+            }
+            Err(error) => {
+                tracing::error!(%error, "Certificate files changed but cannot be used; keeping the previous ones.");
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

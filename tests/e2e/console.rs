@@ -381,3 +381,44 @@ async fn a_person_sees_devices_go_missing_rules_break_events_arrive_and_acknowle
     assert!(std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000), "a screenshot at {screenshot}");
     agent.stop().await;
 }
+
+/// HTTPS: the console serves its page and API over TLS with the configured certificate, a
+/// client that trusts the CA reads them, and plain HTTP on that port gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_speaks_https_with_the_configured_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = Broker::embedded();
+    let pki = tempfile::tempdir().expect("temp dir");
+    let ca = edgewatch_e2e::pki::Ca::new(pki.path(), "console-ca");
+    let server = ca.server("console");
+    let addr = edgewatch::broker::free_port().expect("port");
+    let cfg = agent(broker.addr(), "3.1.1")
+        .set("console.listen", addr)
+        .set("console.tls_cert_file", &server.cert)
+        .set("console.tls_key_file", &server.key)
+        .to_string();
+    let agent = RunningAgent::start(&cfg, &[("alive.rhai", ALIVE)]).await;
+    let client =
+        edgewatch::tls::TlsFiles { ca_file: Some(ca.cert.clone()), client_auth: None }.load().expect("client TLS");
+    let connector = tokio_rustls::TlsConnector::from(client.rustls.clone());
+    let get = |path: &'static str| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connects");
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("a name");
+            let mut tls = connector.connect(name, tcp).await.expect("the handshake succeeds with the CA");
+            let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+            tls.write_all(req.as_bytes()).await.expect("writes");
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    let rules = get("/api/v1/rules").await;
+    assert!(rules.starts_with("HTTP/1.0 200") && rules.contains("\"alive\""), "{rules}");
+    assert!(get("/").await.contains("Edgewatch console"));
+    // Plain HTTP to the TLS port: no HTTP answer.
+    let plain = edgewatch_e2e::try_http_get(addr, "/api/v1/rules").await;
+    assert!(!matches!(plain, Ok((200, _))), "{plain:?}");
+    agent.stop().await;
+}

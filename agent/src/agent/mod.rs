@@ -368,9 +368,10 @@ impl Agent {
             let feed = Arc::new(crate::console::feed::Feed::default());
             step.feed = Some(feed.clone());
             let api = console_api(&config, &stats, &inputs, (console_reloads, feed, shutdown.clone()));
+            let tls = config.console.as_ref().and_then(|c| c.tls.clone());
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                if let Err(error) = crate::console::serve(listener, Arc::new(api), stop).await {
+                if let Err(error) = crate::console::serve(listener, Arc::new(api), tls, stop).await {
                     tracing::error!(%error, "Console listener failed.");
                 }
             })

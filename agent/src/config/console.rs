@@ -5,6 +5,8 @@
 //! listen = "127.0.0.1:9899"              # off when absent
 //! read_token_file = "/etc/edgewatch/console-read.token"   # or read_token_env = "VAR"
 //! write_token_file = "/etc/edgewatch/console-write.token" # or write_token_env = "VAR"
+//! tls_cert_file = "/etc/edgewatch/console.crt"            # HTTPS, with tls_key_file
+//! tls_key_file = "/etc/edgewatch/console.key"
 //! ```
 //!
 //! A listener that is not loopback refuses to start without a read token: anyone on the
@@ -25,6 +27,9 @@ pub struct RawConsole {
     pub read_token_env: Option<String>,
     pub write_token_file: Option<PathBuf>,
     pub write_token_env: Option<String>,
+    /// HTTPS: a PEM certificate chain and its key, both or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// A bearer token: never shown by `Debug`.
@@ -58,6 +63,8 @@ pub struct ConsoleConfig {
     pub read_token: Option<Token>,
     /// Needed for every write; `None`: writes are refused.
     pub write_token: Option<Token>,
+    /// HTTPS, when set; plain HTTP otherwise.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 /// Shortest token: 128 bits of a random token's text.
@@ -96,7 +103,24 @@ impl RawConsole {
         if read_token.is_some() && read_token == write_token {
             return Err(invalid("console.write_token_file", "the write token must differ from the read token"));
         }
-        Ok(Some(ConsoleConfig { listen, read_token, write_token }))
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(crate::tls::ServerTls::load(cert, key).map_err(|e| {
+                let path = if e.file() == Some(&*cert.display().to_string()) {
+                    "console.tls_cert_file"
+                } else {
+                    "console.tls_key_file"
+                };
+                invalid(path, e.to_string())
+            })?),
+            (Some(_), None) => {
+                return Err(invalid("console.tls_key_file", "HTTPS needs the key of `tls_cert_file` too"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("console.tls_cert_file", "HTTPS needs a certificate for `tls_key_file` too"));
+            }
+        };
+        Ok(Some(ConsoleConfig { listen, read_token, write_token, tls }))
     }
 }
 

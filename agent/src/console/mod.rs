@@ -113,11 +113,17 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
 }
 
 /// Serves the console until `stop`: at most [`MAX_CONNECTIONS`] at once, each with
-/// [`HEADER_TIMEOUT`] to send its request; at `stop` each connection finishes its response.
-pub async fn serve(listener: std::net::TcpListener, api: Arc<Api>, stop: CancellationToken) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+/// [`HEADER_TIMEOUT`] to send its request (and its TLS handshake, with `tls`); at `stop` each
+/// connection finishes its response.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    api: Arc<Api>,
+    mut tls: Option<crate::tls::ServerTls>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    tracing::info!(addr = ?listener.local_addr().ok(), "Serving the console.");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = ?listener.local_addr().ok(), scheme, "Serving the console.");
     let router = api::router(api);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -140,23 +146,44 @@ pub async fn serve(listener: std::net::TcpListener, api: Arc<Api>, stop: Cancell
                 }
             },
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let stop = stop.clone();
+        // A renewed certificate applies from the next connection on.
+        if let Some(fresh) = tls.as_ref().and_then(crate::tls::ServerTls::reloaded) {
+            tls = Some(fresh);
+        }
+        let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.rustls.clone()));
+        let (router, stop) = (router.clone(), stop.clone());
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                }
+            match acceptor {
+                None => connection(stream, router, stop).await,
+                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => connection(tls, router, stop).await,
+                    Ok(Err(error)) => tracing::debug!(%error, "Console TLS handshake failed."),
+                    Err(_) => tracing::debug!("Console TLS handshake timed out."),
+                },
             }
             drop(slot);
         });
     }
     Ok(())
+}
+
+/// One connection, HTTP/1.1, until the client closes it or the agent stops.
+async fn connection<IO>(io: IO, router: axum::Router, stop: CancellationToken)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
+    }
 }
