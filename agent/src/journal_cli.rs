@@ -62,6 +62,13 @@ pub struct BacktestArgs {
     /// The agent's configuration: the journal, the baseline rules, the engine settings.
     #[arg(long, short, env = "EDGEWATCH_CONFIG")]
     config: Option<PathBuf>,
+    /// Most memory this backtest may take, in MiB (its data, beyond which allocations fail
+    /// and it stops). The console runs backtests with a limit, beside the agent.
+    #[arg(long)]
+    max_memory_mb: Option<u64>,
+    /// Most CPU seconds this backtest may take.
+    #[arg(long)]
+    max_cpu_s: Option<u64>,
 }
 
 fn now() -> i64 {
@@ -117,6 +124,13 @@ fn side(
 
 /// `edgewatch backtest`.
 pub fn backtest(args: BacktestArgs) -> anyhow::Result<ExitCode> {
+    if let Some(mb) = args.max_memory_mb {
+        let bytes = mb.saturating_mul(1024 * 1024);
+        rlimit::setrlimit(rlimit::Resource::DATA, bytes, bytes).context("--max-memory-mb")?;
+    }
+    if let Some(s) = args.max_cpu_s {
+        rlimit::setrlimit(rlimit::Resource::CPU, s, s).context("--max-cpu-s")?;
+    }
     let config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(c) => Some(c),

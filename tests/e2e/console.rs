@@ -235,6 +235,11 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
     assert_eq!(state("t-1").map(|a| a["state"].clone()), Some("acknowledged".into()), "{alarms}");
     assert!(state("t-3").is_some_and(|a| a["snoozed_until"].is_string()), "{alarms}");
 
+    // A backtest needs the `edgewatch` program run from a configuration file (tests/cli
+    // runs one); an agent inside this test binary says so.
+    let (status, body) = c.post("/api/v1/backtest", "/api/v1/backtest", Some(WRITE), r#"{"rules": ""}"#).await;
+    assert!(status == 409 && body["error"].as_str().is_some_and(|e| e.contains("--config")), "{body}");
+
     // History: the closed one-second roll-ups of t-1's temperature.
     let path = "/api/v1/history/t-1/temperature?since=1h&resolution=fine";
     let history = c.wait("/api/v1/history/{key}/{field}", path, "roll-ups", |h| h["points"][0].is_object()).await;

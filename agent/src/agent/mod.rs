@@ -441,6 +441,8 @@ fn console_api(
         reload,
         feed,
         stop,
+        backtester: crate::console::backtest::Backtester::find(config.file.as_deref()),
+        backtests: Arc::new(tokio::sync::Semaphore::new(1)),
     }
 }
 

@@ -143,6 +143,9 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The web console and its JSON API (`[console]`), if on.
     pub console: Option<ConsoleConfig>,
+    /// The file this configuration was read from (`None`: from text): a console backtest runs
+    /// `edgewatch backtest --config` on it.
+    pub file: Option<PathBuf>,
     /// Threads for the agent's tasks: 1 runs them all on one thread, which costs the least CPU
     /// per message (no hand-offs between threads); the engine is one task whatever this is.
     pub threads: usize,
@@ -306,7 +309,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-        Config::from_toml(&text, &file, std::env::vars())
+        let mut config = Config::from_toml(&text, &file, std::env::vars())?;
+        config.file = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses `text` (named `file` in errors), applies `env`, validates.

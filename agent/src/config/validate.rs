@@ -212,6 +212,7 @@ impl RawConfig {
             state_dir: self.agent.state_dir,
             metrics_listen,
             console,
+            file: None,
             threads,
             rules_dir: self.rules.dir,
             max_operations: self.rules.max_operations,

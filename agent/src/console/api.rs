@@ -27,8 +27,8 @@ use std::time::Duration;
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// Longest wait for the engine loop's answer (it answers between two inputs).
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request body (an alarm command, a reload's `by`).
-const MAX_BODY: usize = 16 * 1024;
+/// Largest request body (an alarm command, a reload's `by`, a backtest's rule file).
+const MAX_BODY: usize = 64 * 1024;
 /// Events per page: the default and the most.
 const EVENTS_PAGE: usize = 100;
 const MAX_EVENTS_PAGE: usize = 1000;
@@ -89,6 +89,7 @@ pub(super) fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/history/:key/:field", get(history))
         .route("/api/v1/reload", post(reload))
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/backtest", post(backtest))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(secure))
@@ -556,6 +557,50 @@ async fn stream(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer {
         });
     let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-store")];
     Ok((headers, axum::body::Body::from_stream(frames)).into_response())
+}
+
+// ---------------------------------------------------------------------------- backtest
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BacktestBody {
+    /// A candidate rule file's text.
+    rules: String,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// `POST /api/v1/backtest`: what a candidate rule file would have said over the journal,
+/// beside the running rules (see `backtest`).
+async fn backtest(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Answer {
+    use super::backtest::BacktestError;
+    allowed(&api, &headers, Need::Write)?;
+    let b: BacktestBody = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("the body is {{\"rules\": \"<a rule file>\", \"since\": \"24h\"}}: {e}")))?;
+    let now = crate::wall_clock().millis();
+    let since = b.since.unwrap_or_else(|| "24h".to_owned());
+    for (name, value) in [("since", Some(&since)), ("until", b.until.as_ref())] {
+        if let Some(v) = value {
+            crate::history::parse_when(v, now).map_err(|e| bad(format!("{name}: {e}")))?;
+        }
+    }
+    let Some(backtester) = api.backtester.clone() else {
+        return Err(fail(StatusCode::CONFLICT, "backtests need the agent run as `edgewatch run --config <file>`"));
+    };
+    let Ok(permit) = api.backtests.clone().try_acquire_owned() else {
+        return Err(fail(StatusCode::TOO_MANY_REQUESTS, "a backtest is running; try again when it is done"));
+    };
+    let (rules, until) = (b.rules, b.until);
+    let result = blocking(move || {
+        let _one = permit;
+        backtester.run(&rules, &since, until.as_deref())
+    })
+    .await?;
+    match result {
+        Ok(report) => ok(&json!({ "report": report })),
+        Err(BacktestError::Refused(said)) => Err(bad(said)),
+        Err(e @ BacktestError::Failed(_)) => Err(fail(StatusCode::UNPROCESSABLE_ENTITY, e)),
+    }
 }
 
 // ------------------------------------------------------------------------------ reload

@@ -8,6 +8,9 @@
 //!   │     (Input::Query, answered between two inputs, on a oneshot)
 //!   ├─ events ─▶ events::recent (the event log's files)      history ─▶ history::read
 //!   ├─ dead letters, counts ─▶ Stats                           reload ─▶ the reloader's trigger
+//!   ├─ backtest ─▶ `edgewatch backtest` in a child process with its own limits (backtest)
+//!   ├─ stream ─▶ Server-Sent Events from the engine loop (feed)
+//!   ├─ /, /app.js, /app.css: the page (assets/, embedded)
 //!   └─ /api/v1/openapi.json: the document every response is tested against
 //! ```
 //!
@@ -17,6 +20,7 @@
 
 mod api;
 pub mod auth;
+pub mod backtest;
 pub mod feed;
 
 pub use api::OPENAPI;
@@ -89,6 +93,11 @@ pub struct Api {
     pub feed: Arc<feed::Feed>,
     /// The agent is stopping: live streams end, so their connections close.
     pub stop: CancellationToken,
+    /// Runs `POST /api/v1/backtest` (`None`: the agent did not start from a configuration
+    /// file, or is not the `edgewatch` program).
+    pub backtester: Option<backtest::Backtester>,
+    /// One backtest at a time.
+    pub backtests: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Api {

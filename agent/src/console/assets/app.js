@@ -153,6 +153,29 @@
     } catch (e) { refused(e); }
   }
 
+  async function backtest(e) {
+    e.preventDefault();
+    const summary = $("backtest-summary");
+    summary.textContent = "Running…";
+    $("backtest-result").hidden = true;
+    try {
+      const body = { rules: $("backtest-rules").value, since: $("backtest-since").value.trim() || "24h" };
+      const d = await api("/api/v1/backtest", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      const r = d.report;
+      summary.textContent = `${r.inputs} inputs from ${when(r.first)} to ${when(r.last)}: ` +
+        (r.identical ? "the candidate says exactly what the running rules said." : "the candidate differs.");
+      $("backtest-result").tBodies[0].replaceChildren(...r.rules.map((x) => el("tr", { "data-rule": x.rule, "data-status": x.status },
+        el("td", { text: x.rule }), el("td", { text: x.status }), el("td", { text: String(x.baseline) }),
+        el("td", { text: String(x.candidate) }), el("td", { text: String(x.same) }),
+        el("td", { text: String(x.only_baseline) }), el("td", { text: String(x.only_candidate) }))));
+      $("backtest-result").hidden = false;
+      say("");
+    } catch (err) {
+      summary.textContent = "";
+      refused(err);
+    }
+  }
+
   async function loadDeadLetters() {
     try {
       const d = await api("/api/v1/deadletters");
@@ -305,6 +328,7 @@
   $("event-rule").addEventListener("change", renderFeed);
   $("event-key").addEventListener("input", renderFeed);
   $("reload").addEventListener("click", reload);
+  $("backtest-form").addEventListener("submit", backtest);
   window.addEventListener("hashchange", route);
   // States age without events (downtimes grow): a slow refresh besides the stream.
   setInterval(() => { if (!$("overview").hidden) { loadDevices(); loadDeadLetters(); } }, 10000);

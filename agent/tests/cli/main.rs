@@ -1,5 +1,7 @@
 //! The `edgewatch` binary as a user runs it: exit codes and messages.
 
+mod console;
+
 use edgewatch_e2e::{AgentToml, TomlValue};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
