@@ -86,6 +86,7 @@ pub mod reload;
 pub mod replay;
 pub mod rules;
 pub mod schema;
+pub mod server;
 pub mod sinks;
 pub mod store;
 pub mod telemetry;

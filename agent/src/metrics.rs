@@ -11,17 +11,12 @@
 
 use crate::health::{Link, Readiness};
 use crate::telemetry::Stats;
-use axum::Router;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -411,43 +406,31 @@ pub fn render(sources: &Arc<Sources>) -> String {
 
 /// Binds `addr` now, so a taken port refuses to start rather than failing later.
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| ListenError { addr, source })?;
-    listener.set_nonblocking(true).map_err(|source| ListenError { addr, source })?;
-    Ok(listener)
+    crate::server::bind(addr).map_err(|source| ListenError { addr, source })
 }
 
-/// Serves `/metrics` and `/healthz` until `stop` completes.
+impl crate::server::Handler for Sources {
+    async fn handle(self: Arc<Self>, request: crate::server::Request) -> crate::server::Response {
+        use crate::server::respond;
+        match (request.method() == hyper::Method::GET, request.uri().path()) {
+            (true, "/metrics") => {
+                respond(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&self))
+            }
+            (true, "/healthz") => {
+                let (ready, body) = self.health();
+                respond(if ready { 200 } else { 503 }, "application/json", body.to_string())
+            }
+            (false, "/metrics" | "/healthz") => respond(405, "text/plain", "GET only\n"),
+            _ => respond(404, "text/plain", "/metrics or /healthz\n"),
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until `stop`.
 pub async fn serve(
     listener: std::net::TcpListener,
     sources: Arc<Sources>,
-    stop: impl Future<Output = ()> + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), std::io::Error> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let metrics = sources.clone();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let sources = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                        render(&sources),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get(move || {
-                let sources = sources.clone();
-                async move {
-                    let (ready, body) = sources.health();
-                    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
-                }
-            }),
-        );
-    tracing::info!(addr = ?listener.local_addr().ok(), "Serving /metrics and /healthz.");
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
+    crate::server::serve(listener, sources, None, stop, "metrics").await
 }

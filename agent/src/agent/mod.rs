@@ -243,7 +243,7 @@ impl Agent {
             let sources = Arc::new(metrics_sources(&outbox, stats.clone(), health.subscribe(), sinks.clone()));
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                if let Err(error) = crate::metrics::serve(listener, sources, stop.cancelled_owned()).await {
+                if let Err(error) = crate::metrics::serve(listener, sources, stop).await {
                     tracing::error!(%error, "Metrics listener failed.");
                 }
             })

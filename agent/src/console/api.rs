@@ -8,14 +8,11 @@ use crate::alarms::{Refused, Request};
 use crate::events::Cursor;
 use crate::history::{Resolution, Row};
 use crate::reload::Trigger;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query as Params, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use crate::server::{Response, respond};
+use bytes::Bytes;
 use edgewatch_engine::{AlarmCommandError, DeviceView, Liveness, Timestamp};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -52,7 +49,7 @@ struct Refusal {
     message: String,
 }
 
-impl IntoResponse for Refusal {
+impl Refusal {
     fn into_response(self) -> Response {
         let mut r = reply(self.status, &json!({ "error": self.message }));
         if self.status == StatusCode::UNAUTHORIZED {
@@ -71,35 +68,155 @@ const ICON: &str = include_str!("assets/favicon.svg");
 const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                            connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
-pub(super) fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/", get(|| asset(INDEX, "text/html; charset=utf-8")))
-        .route("/app.js", get(|| asset(SCRIPT, "text/javascript; charset=utf-8")))
-        .route("/app.css", get(|| asset(STYLE, "text/css; charset=utf-8")))
-        .route("/favicon.svg", get(|| asset(ICON, "image/svg+xml")))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/rules", get(rules))
-        .route("/api/v1/rules/:name", get(rule))
-        .route("/api/v1/devices", get(devices))
-        .route("/api/v1/devices/:key", get(device))
-        .route("/api/v1/alarms", get(alarms))
-        .route("/api/v1/alarms/:rule/:key", post(alarm_command))
-        .route("/api/v1/events", get(events))
-        .route("/api/v1/deadletters", get(dead_letters))
-        .route("/api/v1/history/:key/:field", get(history))
-        .route("/api/v1/reload", post(reload))
-        .route("/api/v1/stream", get(stream))
-        .route("/api/v1/backtest", post(backtest))
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::map_response(secure))
-        .with_state(api)
+impl crate::server::Handler for Api {
+    async fn handle(self: Arc<Self>, request: crate::server::Request) -> Response {
+        let mut response = route(&self, request).await.unwrap_or_else(Refusal::into_response);
+        secure(response.headers_mut());
+        response
+    }
+}
+
+/// What a path does, by method: the operation, or the methods it takes.
+enum Route<'a> {
+    Page(&'static str, &'static str),
+    OpenApi,
+    Rules,
+    Rule(&'a str),
+    Devices,
+    Device(&'a str),
+    Alarms,
+    AlarmCommand(&'a str, &'a str),
+    Events,
+    DeadLetters,
+    History(&'a str, &'a str),
+    Stream,
+    Reload,
+    Backtest,
+    /// A known path, another method: these are the ones it takes.
+    Wrong(&'static str),
+}
+
+/// The route of `method` on `segments` (the path after `/api/v1/`, split and decoded);
+/// `None`: no such path.
+fn api_route<'a>(method: &Method, segments: &[&'a str]) -> Option<Route<'a>> {
+    let get = method == Method::GET;
+    let post = method == Method::POST;
+    let r = match (segments, get, post) {
+        (["openapi.json"], true, _) => Route::OpenApi,
+        (["rules"], true, _) => Route::Rules,
+        (["rules", name], true, _) => Route::Rule(name),
+        (["devices"], true, _) => Route::Devices,
+        (["devices", key], true, _) => Route::Device(key),
+        (["alarms"], true, _) => Route::Alarms,
+        (["alarms", rule, key], _, true) => Route::AlarmCommand(rule, key),
+        (["events"], true, _) => Route::Events,
+        (["deadletters"], true, _) => Route::DeadLetters,
+        (["history", key, field], true, _) => Route::History(key, field),
+        (["stream"], true, _) => Route::Stream,
+        (["reload"], _, true) => Route::Reload,
+        (["backtest"], _, true) => Route::Backtest,
+        (["openapi.json" | "rules" | "devices" | "alarms" | "events" | "deadletters" | "stream"], ..)
+        | (["rules" | "devices", _], ..)
+        | (["history", _, _], ..) => Route::Wrong("GET"),
+        (["alarms", _, _] | ["reload"] | ["backtest"], ..) => Route::Wrong("POST"),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// Answers one request: the page and its assets, or an API operation.
+async fn route(api: &Api, request: crate::server::Request) -> Answer {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let page = match path.as_str() {
+        "/" => Some(Route::Page(INDEX, "text/html; charset=utf-8")),
+        "/app.js" => Some(Route::Page(SCRIPT, "text/javascript; charset=utf-8")),
+        "/app.css" => Some(Route::Page(STYLE, "text/css; charset=utf-8")),
+        "/favicon.svg" => Some(Route::Page(ICON, "image/svg+xml")),
+        _ => None,
+    };
+    let segments: Vec<String> = match path.strip_prefix("/api/v1/") {
+        Some(rest) if page.is_none() => rest.split('/').map(decode).collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let found = match page {
+        Some(Route::Page(..)) if method != Method::GET => Some(Route::Wrong("GET")),
+        Some(page) => Some(page),
+        None if path.starts_with("/api/v1/") => api_route(&method, &segments),
+        None => None,
+    };
+    let Some(found) = found else {
+        return Err(fail(StatusCode::NOT_FOUND, "no such endpoint (see /api/v1/openapi.json)"));
+    };
+    let need = match found {
+        Route::Page(..) | Route::OpenApi | Route::Wrong(_) => None,
+        Route::AlarmCommand(..) | Route::Reload | Route::Backtest => Some(Need::Write),
+        _ => Some(Need::Read),
+    };
+    if let Some(need) = need {
+        allowed(api, request.headers(), need)?;
+    }
+    let q = request.uri().query().unwrap_or("").to_owned();
+    match found {
+        Route::Page(body, content_type) => Ok(asset(body, content_type)),
+        Route::OpenApi => Ok(respond(200, "application/json", OPENAPI)),
+        Route::Rules => rules(api).await,
+        Route::Rule(name) => rule(api, name).await,
+        Route::Devices => devices(api, params(&q, &["state", "q"])?).await,
+        Route::Device(key) => device(api, key).await,
+        Route::Alarms => alarms(api).await,
+        Route::Events => events(api, params(&q, &["since", "rule", "key", "limit"])?).await,
+        Route::DeadLetters => dead_letters(api),
+        Route::History(key, field) => history(api, (key, field), params(&q, &["since", "until", "resolution"])?).await,
+        Route::Stream => stream(api),
+        Route::AlarmCommand(rule, key) => {
+            let (rule, key) = (rule.to_owned(), key.to_owned());
+            alarm_command(api, (rule, key), read_body(request).await?).await
+        }
+        Route::Reload => reload(api, read_body(request).await?),
+        Route::Backtest => backtest(api, read_body(request).await?).await,
+        Route::Wrong(allow) => {
+            let mut r = fail(StatusCode::METHOD_NOT_ALLOWED, format!("{allow} only")).into_response();
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            Ok(r)
+        }
+    }
+}
+
+/// A path segment, percent-decoded.
+fn decode(segment: &str) -> Result<String, Refusal> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| bad("a path segment is not UTF-8 once decoded"))
+}
+
+/// The query string's arguments, each one of `known` at most once.
+fn params(query: &str, known: &[&str]) -> Result<BTreeMap<String, String>, Refusal> {
+    let mut out = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if !known.contains(&&*k) {
+            let k: String = k.chars().take(32).collect();
+            return Err(bad(format!("unknown argument `{k}` (this endpoint takes {})", known.join(", "))));
+        }
+        if out.insert(k.clone().into_owned(), v.into_owned()).is_some() {
+            return Err(bad(format!("`{k}` is given twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// The request body, up to [`MAX_BODY`].
+async fn read_body(request: crate::server::Request) -> Result<Bytes, Refusal> {
+    crate::server::body(request, MAX_BODY)
+        .await
+        .ok_or_else(|| fail(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")))
 }
 
 /// Headers on every answer: JSON is never sniffed as something else, nothing is cached (it
 /// may be private), nothing may frame it or load from elsewhere.
-async fn secure(mut response: Response) -> Response {
-    let h = response.headers_mut();
+fn secure(h: &mut HeaderMap) {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -107,11 +224,10 @@ async fn secure(mut response: Response) -> Response {
     h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
         "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
     ));
-    response
 }
 
 fn reply(status: StatusCode, body: &Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    respond(status.as_u16(), "application/json", body.to_string())
 }
 
 fn ok(body: &Value) -> Answer {
@@ -168,31 +284,22 @@ fn ms(t: Option<i64>) -> Value {
     t.map_or(Value::Null, |t| Timestamp(t).to_rfc3339().into())
 }
 
-async fn asset(body: &'static str, content_type: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CONTENT_SECURITY_POLICY, PAGE_POLICY)], body).into_response()
-}
-
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
-}
-
-async fn not_found() -> Response {
-    fail(StatusCode::NOT_FOUND, "no such endpoint (see /api/v1/openapi.json)").into_response()
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut r = respond(200, content_type, body);
+    r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY));
+    r
 }
 
 // ------------------------------------------------------------------------------- rules
 
-async fn rules(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer {
-    allowed(&api, &headers, Need::Read)?;
-    let now = ask(&api, Query::Rules).await?;
-    ok(&rules_json(&api, now, None))
+async fn rules(api: &Api) -> Answer {
+    let now = ask(api, Query::Rules).await?;
+    ok(&rules_json(api, now, None))
 }
 
-async fn rule(State(api): State<Arc<Api>>, headers: HeaderMap, name: Result<Path<String>, PathRejection>) -> Answer {
-    allowed(&api, &headers, Need::Read)?;
-    let Path(name) = name.map_err(bad)?;
-    let now = ask(&api, Query::Rules).await?;
-    let all = rules_json(&api, now, Some(&name));
+async fn rule(api: &Api, name: &str) -> Answer {
+    let now = ask(api, Query::Rules).await?;
+    let all = rules_json(api, now, Some(name));
     match all["rules"].get(0) {
         Some(r) => ok(r),
         None => {
@@ -250,13 +357,6 @@ fn rules_json(api: &Api, now: RulesNow, only: Option<&str>) -> Value {
 
 // ----------------------------------------------------------------------------- devices
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DevicesParams {
-    state: Option<String>,
-    q: Option<String>,
-}
-
 /// One key over every heartbeat rule: its worst state, the rules' views, its active alarms.
 fn device_json(key: &str, views: &[&DeviceView], active_alarms: usize, now: i64) -> Value {
     let worst = views.iter().max_by_key(|v| v.state.severity());
@@ -293,20 +393,14 @@ fn by_key(now: &DevicesNow) -> (BTreeMap<&str, Vec<&DeviceView>>, BTreeMap<&str,
     (keys, alarms)
 }
 
-async fn devices(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    params: Result<Params<DevicesParams>, QueryRejection>,
-) -> Answer {
-    allowed(&api, &headers, Need::Read)?;
-    let Params(p) = params.map_err(bad)?;
-    let q = arg("q", p.q.as_deref())?;
-    let wanted = match p.state.as_deref() {
+async fn devices(api: &Api, p: BTreeMap<String, String>) -> Answer {
+    let q = arg("q", p.get("q").map(String::as_str))?;
+    let wanted = match p.get("state").map(String::as_str) {
         None => None,
         Some(s @ ("up" | "missing" | "flapping" | "never_seen")) => Some(s),
         Some(_) => return Err(bad("`state` is one of up, missing, flapping, never_seen")),
     };
-    let now = ask(&api, |reply| Query::Devices { key: None, reply }).await?;
+    let now = ask(api, |reply| Query::Devices { key: None, reply }).await?;
     let (keys, alarms) = by_key(&now);
     let mut counts: BTreeMap<&str, usize> = ["up", "missing", "flapping", "never_seen"].map(|s| (s, 0)).into();
     let mut list = Vec::new();
@@ -321,11 +415,10 @@ async fn devices(
     ok(&json!({ "counts": counts, "total": keys.len(), "devices": list }))
 }
 
-async fn device(State(api): State<Arc<Api>>, headers: HeaderMap, key: Result<Path<String>, PathRejection>) -> Answer {
-    allowed(&api, &headers, Need::Read)?;
-    let Path(key) = key.map_err(bad)?;
-    arg("key", Some(&key))?;
-    let now = ask(&api, |reply| Query::Devices { key: Some(key.clone()), reply }).await?;
+async fn device(api: &Api, key: &str) -> Answer {
+    arg("key", Some(key))?;
+    let key = key.to_owned();
+    let now = ask(api, |reply| Query::Devices { key: Some(key.clone()), reply }).await?;
     let (keys, active) = by_key(&now);
     let views = keys.get(key.as_str()).cloned().unwrap_or_default();
     let (events_dir, history_dir, k) = (api.events_dir.clone(), api.history_dir.clone(), key.clone());
@@ -364,23 +457,15 @@ fn alarm_json(a: &edgewatch_engine::AlarmView) -> Value {
     })
 }
 
-async fn alarms(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer {
-    allowed(&api, &headers, Need::Read)?;
-    let now = ask(&api, |reply| Query::Devices { key: None, reply }).await?;
+async fn alarms(api: &Api) -> Answer {
+    let now = ask(api, |reply| Query::Devices { key: None, reply }).await?;
     let list: Vec<Value> = now.alarms.iter().map(alarm_json).collect();
     ok(&json!({ "alarms": list }))
 }
 
 /// `POST /api/v1/alarms/{rule}/{key}` with `{"action": "ack" | "snooze" | ..., "for": "30m",
 /// "by": "...", "note": "..."}`: the control topic's command, read by the same parser.
-async fn alarm_command(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    path: Result<Path<(String, String)>, PathRejection>,
-    body: Bytes,
-) -> Answer {
-    allowed(&api, &headers, Need::Write)?;
-    let Path((rule, key)) = path.map_err(bad)?;
+async fn alarm_command(api: &Api, (rule, key): (String, String), body: Bytes) -> Answer {
     let mut command: serde_json::Map<String, Value> = serde_json::from_slice(&body)
         .map_err(|e| bad(format!("the body is not a JSON object like {{\"action\": \"ack\"}}: {e}")))?;
     for field in ["rule", "key"] {
@@ -400,7 +485,7 @@ async fn alarm_command(
     let command = Value::Object(command);
     let request = Request::parse(command.to_string().as_bytes(), crate::wall_clock().millis())
         .map_err(|(_, error)| bad(error))?;
-    let result = ask(&api, |reply| Query::Alarm { request, command, reply }).await?;
+    let result = ask(api, |reply| Query::Alarm { request, command, reply }).await?;
     match result {
         Ok(state) => ok(&json!({ "ok": true, "alarmstate": state.as_str() })),
         Err(Refused::Engine(AlarmCommandError::UnknownRule(_))) => {
@@ -429,31 +514,21 @@ fn result_error<T>(r: &Result<T, Refused>) -> String {
 
 // ------------------------------------------------------------------------------ events
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsParams {
-    since: Option<String>,
-    rule: Option<String>,
-    key: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn events(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    params: Result<Params<EventsParams>, QueryRejection>,
-) -> Answer {
-    allowed(&api, &headers, Need::Read)?;
-    let Params(p) = params.map_err(bad)?;
-    let after: Option<Cursor> = p.since.as_deref().map(str::parse).transpose().map_err(bad)?;
-    let ty = arg("rule", p.rule.as_deref())?.map(|r| format!("edgewatch.{r}"));
-    let key = arg("key", p.key.as_deref())?.map(str::to_owned);
-    let limit = p.limit.unwrap_or(EVENTS_PAGE);
+async fn events(api: &Api, p: BTreeMap<String, String>) -> Answer {
+    let arg_of = |name: &str| arg(name, p.get(name).map(String::as_str));
+    let since = arg_of("since")?;
+    let after: Option<Cursor> = since.map(str::parse).transpose().map_err(bad)?;
+    let ty = arg_of("rule")?.map(|r| format!("edgewatch.{r}"));
+    let key = arg_of("key")?.map(str::to_owned);
+    let limit = match arg_of("limit")? {
+        None => EVENTS_PAGE,
+        Some(l) => l.parse().map_err(|_| bad("`limit` is a number"))?,
+    };
     if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
         return Err(bad(format!("`limit` is between 1 and {MAX_EVENTS_PAGE}")));
     }
     let Some(dir) = api.events_dir.clone() else {
-        return ok(&json!({ "events": [], "next": p.since, "event_log": false }));
+        return ok(&json!({ "events": [], "next": since, "event_log": false }));
     };
     let page = blocking(move || {
         let keep = |e: &Value| {
@@ -471,8 +546,7 @@ async fn events(
     ok(&json!({ "events": page.events, "next": next, "event_log": true }))
 }
 
-async fn dead_letters(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer {
-    allowed(&api, &headers, Need::Read)?;
+fn dead_letters(api: &Api) -> Answer {
     let recent: Vec<Value> = api
         .stats
         .detail
@@ -485,34 +559,19 @@ async fn dead_letters(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer
 
 // ----------------------------------------------------------------------------- history
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryParams {
-    since: Option<String>,
-    until: Option<String>,
-    resolution: Option<String>,
-}
-
-async fn history(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    path: Result<Path<(String, String)>, PathRejection>,
-    params: Result<Params<HistoryParams>, QueryRejection>,
-) -> Answer {
-    allowed(&api, &headers, Need::Read)?;
-    let Path((key, field)) = path.map_err(bad)?;
-    let Params(p) = params.map_err(bad)?;
-    arg("key", Some(&key))?;
-    arg("field", Some(&field))?;
-    let res = crate::history::parse_resolution(p.resolution.as_deref().unwrap_or("1m"))
+async fn history(api: &Api, (key, field): (&str, &str), p: BTreeMap<String, String>) -> Answer {
+    arg("key", Some(key))?;
+    arg("field", Some(field))?;
+    let (key, field) = (key.to_owned(), field.to_owned());
+    let res = crate::history::parse_resolution(p.get("resolution").map_or("1m", String::as_str))
         .map_err(|e| bad(format!("resolution: {e}")))?;
     let now = crate::wall_clock().millis();
     let when = |name: &str, text: Option<&str>, default: i64| {
         text.map_or(Ok(default), |t| crate::history::parse_when(t, now).map_err(|e| bad(format!("{name}: {e}"))))
     };
-    let since = when("since", p.since.as_deref(), now.saturating_sub(24 * 3_600_000))?;
+    let since = when("since", p.get("since").map(String::as_str), now.saturating_sub(24 * 3_600_000))?;
     // An empty range (since at or after until) has no roll-ups: an empty answer, not an error.
-    let until = when("until", p.until.as_deref(), now)?.max(since);
+    let until = when("until", p.get("until").map(String::as_str), now)?.max(since);
     let dir = api.history_dir.clone();
     let (k, f) = (key.clone(), field.clone());
     let rows = blocking(move || crate::history::read(&dir, &k, &f, res, since, until)).await?.map_err(|error| {
@@ -532,9 +591,9 @@ async fn history(
 
 /// `GET /api/v1/stream`: Server-Sent Events (see `feed`) until the client leaves or the agent
 /// stops. Read with `fetch`, which can send the token (`EventSource` cannot send headers).
-async fn stream(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer {
+fn stream(api: &Api) -> Answer {
+    use http_body_util::BodyExt;
     use tokio::sync::broadcast::error::RecvError;
-    allowed(&api, &headers, Need::Read)?;
     let Some(watch) = api.feed.watch(MAX_STREAMS) else {
         return Err(fail(StatusCode::TOO_MANY_REQUESTS, format!("{MAX_STREAMS} live streams are open already")));
     };
@@ -555,8 +614,10 @@ async fn stream(State(api): State<Arc<Api>>, headers: HeaderMap) -> Answer {
             };
             Some((Ok(frame), (watch, stop, None)))
         });
-    let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-store")];
-    Ok((headers, axum::body::Body::from_stream(frames)).into_response())
+    let frames = futures_util::StreamExt::map(frames, |f| f.map(hyper::body::Frame::data));
+    let mut r = hyper::Response::new(http_body_util::StreamBody::new(frames).boxed_unsync());
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    Ok(r)
 }
 
 // ---------------------------------------------------------------------------- backtest
@@ -572,9 +633,8 @@ struct BacktestBody {
 
 /// `POST /api/v1/backtest`: what a candidate rule file would have said over the journal,
 /// beside the running rules (see `backtest`).
-async fn backtest(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Answer {
+async fn backtest(api: &Api, body: Bytes) -> Answer {
     use super::backtest::BacktestError;
-    allowed(&api, &headers, Need::Write)?;
     let b: BacktestBody = serde_json::from_slice(&body)
         .map_err(|e| bad(format!("the body is {{\"rules\": \"<a rule file>\", \"since\": \"24h\"}}: {e}")))?;
     let now = crate::wall_clock().millis();
@@ -611,8 +671,7 @@ struct ReloadBody {
     by: Option<String>,
 }
 
-async fn reload(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Answer {
-    allowed(&api, &headers, Need::Write)?;
+fn reload(api: &Api, body: Bytes) -> Answer {
     let body: ReloadBody = if body.is_empty() {
         ReloadBody::default()
     } else {

@@ -2,7 +2,7 @@
 //! metrics listener keeps its behaviour.
 //!
 //! ```text
-//! HTTP request ─▶ serve (bounded connections, header timeout) ─▶ router ─▶ api handler
+//! HTTP request ─▶ crate::server (bounded connections, header timeout, TLS) ─▶ api::route ─▶ handler
 //!   ├─ auth::Tokens::check (Bearer header: read or write token) ─▶ 401 / 403
 //!   ├─ what the engine holds (rules, devices, alarms; alarm commands) ─▶ Query ─▶ engine loop
 //!   │     (Input::Query, answered between two inputs, on a oneshot)
@@ -36,14 +36,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-
-/// Most connections served at once; more wait to be accepted.
-const MAX_CONNECTIONS: usize = 32;
-/// A client must send its request headers within this.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A question for the engine loop, answered between two inputs.
 #[derive(Debug)]
@@ -116,83 +110,15 @@ pub struct ListenError {
 
 /// Binds `addr` now, so a taken port refuses to start rather than failing later.
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
-    let listener = std::net::TcpListener::bind(addr).map_err(|source| ListenError { addr, source })?;
-    listener.set_nonblocking(true).map_err(|source| ListenError { addr, source })?;
-    Ok(listener)
+    crate::server::bind(addr).map_err(|source| ListenError { addr, source })
 }
 
-/// Serves the console until `stop`: at most [`MAX_CONNECTIONS`] at once, each with
-/// [`HEADER_TIMEOUT`] to send its request (and its TLS handshake, with `tls`); at `stop` each
-/// connection finishes its response.
+/// Serves the console until `stop` (HTTPS with `tls`).
 pub async fn serve(
     listener: std::net::TcpListener,
     api: Arc<Api>,
-    mut tls: Option<crate::tls::ServerTls>,
+    tls: Option<crate::tls::ServerTls>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = ?listener.local_addr().ok(), scheme, "Serving the console.");
-    let router = api::router(api);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let slot = tokio::select! {
-            () = stop.cancelled() => break,
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-        };
-        let (stream, _peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(error) => {
-                    // Out of descriptors, or a connection reset before it was accepted.
-                    tracing::warn!(%error, "Console connection not accepted.");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // A renewed certificate applies from the next connection on.
-        if let Some(fresh) = tls.as_ref().and_then(crate::tls::ServerTls::reloaded) {
-            tls = Some(fresh);
-        }
-        let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.rustls.clone()));
-        let (router, stop) = (router.clone(), stop.clone());
-        tokio::spawn(async move {
-            match acceptor {
-                None => connection(stream, router, stop).await,
-                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => connection(tls, router, stop).await,
-                    Ok(Err(error)) => tracing::debug!(%error, "Console TLS handshake failed."),
-                    Err(_) => tracing::debug!("Console TLS handshake timed out."),
-                },
-            }
-            drop(slot);
-        });
-    }
-    Ok(())
-}
-
-/// One connection, HTTP/1.1, until the client closes it or the agent stops.
-async fn connection<IO>(io: IO, router: axum::Router, stop: CancellationToken)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let service = hyper_util::service::TowerToHyperService::new(router);
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-        }
-    }
+    crate::server::serve(listener, api, tls, stop, "console").await
 }
