@@ -65,7 +65,7 @@ struct Args {
     #[arg(long)]
     step_secs: Option<f64>,
     /// Only these setups (comma-separated): bare, edgewatch-threshold, edgewatch-window,
-    /// edgewatch-memory, edgewatch-history, edgewatch-past, edgewatch-journal, edgewatch-privacy, edgewatch-governed, node-red-threshold, node-red-window, heartbeats.
+    /// edgewatch-memory, edgewatch-history, edgewatch-past, edgewatch-journal, edgewatch-privacy, edgewatch-governed, edgewatch-watched, node-red-threshold, node-red-window, heartbeats.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these offered rates (msg/s, comma-separated), no ramp; with `--only`, for
@@ -195,6 +195,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("edgewatch-journal", Contender::Edgewatch, Rule::Journal, true),
         ("edgewatch-privacy", Contender::Edgewatch, Rule::Privacy, true),
         ("edgewatch-governed", Contender::Edgewatch, Rule::Governed, true),
+        ("edgewatch-watched", Contender::Edgewatch, Rule::Watched, true),
         ("node-red-threshold", Contender::NodeRed, Rule::Threshold, false),
         ("node-red-window", Contender::NodeRed, Rule::Window, true),
     ] {

@@ -40,7 +40,13 @@ pub enum Rule {
     /// subscription, and the event log (on by default; the audit trail always is): what
     /// it all costs per message, against `edgewatch-threshold` with the event log off.
     Governed,
+    /// The threshold rule with the console on and 10 clients reading its live stream (every
+    /// event is a frame to each): what watching costs per message (issue 21).
+    Watched,
 }
+
+/// Live stream clients of `Rule::Watched`.
+pub const STREAM_CLIENTS: usize = 10;
 
 impl Rule {
     pub fn name(self) -> &'static str {
@@ -53,6 +59,7 @@ impl Rule {
             Rule::Journal => "journal",
             Rule::Privacy => "privacy",
             Rule::Governed => "governed",
+            Rule::Watched => "watched",
         }
     }
 }
@@ -196,7 +203,7 @@ pub const EDGEWATCH_EVENTS: &str = "edgewatch/bench/events/#";
 /// has a `probe` rule the harness uses to know the agent is subscribed.
 pub fn edgewatch_rules(rule: Rule, heartbeat_timeout: Duration) -> String {
     let body = match rule {
-        Rule::Threshold | Rule::Journal | Rule::Privacy | Rule::Governed => {
+        Rule::Threshold | Rule::Journal | Rule::Privacy | Rule::Governed | Rule::Watched => {
             "// Every reading above 20 °C; the event's data is the reading itself.\n\
              rule(\"threshold\", #{\n    on: \"sensors/{device}/temperature\",\n    when: |e| e.value > 20.0,\n});\n"
                 .to_owned()
@@ -284,6 +291,10 @@ pub fn start_edgewatch(
     if rule == Rule::Governed {
         config = with_schema(&config);
     }
+    let console = (rule == Rule::Watched).then(free_port).transpose()?;
+    if let Some(port) = console {
+        config.push_str(&format!("\n[console]\nlisten = \"127.0.0.1:{port}\"\n"));
+    }
     std::fs::write(&conf, config)?;
     let child = Command::new(bin)
         .arg("run")
@@ -295,7 +306,32 @@ pub fn start_edgewatch(
         .stderr(log_file(dir.path())?)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
+    if let Some(port) = console {
+        watch_stream(SocketAddr::from(([127, 0, 0, 1], port)), STREAM_CLIENTS)?;
+    }
     Ok(Proc { child, dir })
+}
+
+/// Connects `clients` readers to the console's live stream at `addr` (waiting for it to
+/// listen), each on a thread that reads and drops every frame until the agent goes.
+fn watch_stream(addr: SocketAddr, clients: usize) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for _ in 0..clients {
+        let mut tcp = loop {
+            match std::net::TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() > deadline => bail!("the console at {addr} does not listen: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        tcp.write_all(format!("GET /api/v1/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            while matches!(tcp.read(&mut buf), Ok(n) if n > 0) {}
+        });
+    }
+    Ok(())
 }
 
 /// `edgewatch --version`.
@@ -401,9 +437,13 @@ pub fn node_red_flows(rule: Rule, broker: SocketAddr, heartbeat_timeout: Duratio
             "wires": [[format!("bench-{next}")]]})
     };
     match rule {
-        Rule::Threshold | Rule::History | Rule::Past | Rule::Journal | Rule::Privacy | Rule::Governed => {
-            nodes.push(switch("payload.temperature", "gt", "20", "num", "out"))
-        }
+        Rule::Threshold
+        | Rule::History
+        | Rule::Past
+        | Rule::Journal
+        | Rule::Privacy
+        | Rule::Governed
+        | Rule::Watched => nodes.push(switch("payload.temperature", "gt", "20", "num", "out")),
         Rule::Window => {
             nodes.push(switch("payload.kind", "eq", "reading", "str", "window"));
             nodes.push(
@@ -574,6 +614,7 @@ mod tests {
             Rule::Journal,
             Rule::Privacy,
             Rule::Governed,
+            Rule::Watched,
         ] {
             let text = edgewatch_rules(rule, Duration::from_millis(2500));
             let (set, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("bench.rhai", text.as_str())]);
@@ -581,7 +622,7 @@ mod tests {
             assert_eq!(set.len(), 2, "{rule:?}: the rule and the probe");
             let name = match rule {
                 Rule::Heartbeat => "offline",
-                Rule::Journal | Rule::Privacy | Rule::Governed => "threshold",
+                Rule::Journal | Rule::Privacy | Rule::Governed | Rule::Watched => "threshold",
                 _ => rule.name(),
             };
             assert!(

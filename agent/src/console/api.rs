@@ -358,26 +358,55 @@ fn rules_json(api: &Api, now: RulesNow, only: Option<&str>) -> Value {
 // ----------------------------------------------------------------------------- devices
 
 /// One key over every heartbeat rule: its worst state, the rules' views, its active alarms.
-fn device_json(key: &str, views: &[&DeviceView], active_alarms: usize, now: i64) -> Value {
-    let worst = views.iter().max_by_key(|v| v.state.severity());
-    let state = worst.map_or(Liveness::Up, |v| v.state);
-    let last_seen = views.iter().filter_map(|v| v.last_seen).max();
+/// Serialized as it is (no intermediate JSON values): 10 000 of them are one answer.
+#[derive(serde::Serialize)]
+struct DeviceRow<'a> {
+    key: &'a str,
+    state: &'static str,
+    last_seen: Option<String>,
+    missing_since: Option<String>,
+    downtime_ms: Option<i64>,
+    active_alarms: usize,
+    rules: Vec<RuleLiveness<'a>>,
+}
+
+/// One heartbeat rule's view of a key.
+#[derive(serde::Serialize)]
+struct RuleLiveness<'a> {
+    rule: &'a str,
+    state: &'static str,
+    last_seen: Option<String>,
+    missing_since: Option<String>,
+}
+
+fn rfc(t: Option<i64>) -> Option<String> {
+    t.map(|t| Timestamp(t).to_rfc3339())
+}
+
+/// The worst state of a key over its heartbeat rules.
+fn worst(views: &[&DeviceView]) -> Liveness {
+    views.iter().map(|v| v.state).max_by_key(|s| s.severity()).unwrap_or(Liveness::Up)
+}
+
+fn device_row<'a>(key: &'a str, views: &[&'a DeviceView], active_alarms: usize, now: i64) -> DeviceRow<'a> {
     let missing_since = views.iter().filter_map(|v| v.missing_since).min();
-    let rules: Vec<Value> = views
-        .iter()
-        .map(|v| {
-            json!({ "rule": &*v.rule, "state": v.state.as_str(), "last_seen": ms(v.last_seen), "missing_since": ms(v.missing_since) })
-        })
-        .collect();
-    json!({
-        "key": key,
-        "state": state.as_str(),
-        "last_seen": ms(last_seen),
-        "missing_since": ms(missing_since),
-        "downtime_ms": missing_since.map(|s| now.saturating_sub(s).max(0)),
-        "active_alarms": active_alarms,
-        "rules": rules,
-    })
+    DeviceRow {
+        key,
+        state: worst(views).as_str(),
+        last_seen: rfc(views.iter().filter_map(|v| v.last_seen).max()),
+        missing_since: rfc(missing_since),
+        downtime_ms: missing_since.map(|s| now.saturating_sub(s).max(0)),
+        active_alarms,
+        rules: views
+            .iter()
+            .map(|v| RuleLiveness {
+                rule: &v.rule,
+                state: v.state.as_str(),
+                last_seen: rfc(v.last_seen),
+                missing_since: rfc(v.missing_since),
+            })
+            .collect(),
+    }
 }
 
 /// Keys with their views, and the number of active alarms per key, from one answer.
@@ -405,14 +434,20 @@ async fn devices(api: &Api, p: BTreeMap<String, String>) -> Answer {
     let mut counts: BTreeMap<&str, usize> = ["up", "missing", "flapping", "never_seen"].map(|s| (s, 0)).into();
     let mut list = Vec::new();
     for (key, views) in &keys {
-        let d = device_json(key, views, alarms.get(key).copied().unwrap_or(0), now.now);
-        let state = views.iter().map(|v| v.state).max_by_key(|s| s.severity()).unwrap_or(Liveness::Up).as_str();
+        let state = worst(views).as_str();
         *counts.entry(state).or_default() += 1;
         if wanted.is_none_or(|w| w == state) && q.is_none_or(|q| key.contains(q)) {
-            list.push(d);
+            list.push(device_row(key, views, alarms.get(key).copied().unwrap_or(0), now.now));
         }
     }
-    ok(&json!({ "counts": counts, "total": keys.len(), "devices": list }))
+    #[derive(serde::Serialize)]
+    struct Devices<'a> {
+        counts: BTreeMap<&'a str, usize>,
+        total: usize,
+        devices: Vec<DeviceRow<'a>>,
+    }
+    let body = serde_json::to_string(&Devices { counts, total: keys.len(), devices: list }).unwrap_or_default();
+    Ok(respond(200, "application/json", body))
 }
 
 async fn device(api: &Api, key: &str) -> Answer {
@@ -435,7 +470,8 @@ async fn device(api: &Api, key: &str) -> Answer {
     if views.is_empty() && now.alarms.is_empty() && events.is_empty() && fields.is_empty() {
         return Err(fail(StatusCode::NOT_FOUND, "no rule, alarm, event or history knows this key"));
     }
-    let mut d = device_json(&key, &views, active.get(key.as_str()).copied().unwrap_or(0), now.now);
+    let row = device_row(&key, &views, active.get(key.as_str()).copied().unwrap_or(0), now.now);
+    let mut d = serde_json::to_value(&row).unwrap_or_default();
     d["alarms"] = now.alarms.iter().map(alarm_json).collect();
     d["events"] = serde_json::to_value(&events).unwrap_or_default();
     d["history_fields"] = fields.into();
