@@ -410,9 +410,9 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
 }
 
 impl crate::server::Handler for Sources {
-    async fn handle(self: Arc<Self>, request: crate::server::Request) -> crate::server::Response {
+    fn handle(self: Arc<Self>, request: crate::server::Request) -> crate::server::Reply {
         use crate::server::respond;
-        match (request.method() == hyper::Method::GET, request.uri().path()) {
+        let answer = match (request.method() == hyper::Method::GET, request.uri().path()) {
             (true, "/metrics") => {
                 respond(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(&self))
             }
@@ -422,7 +422,8 @@ impl crate::server::Handler for Sources {
             }
             (false, "/metrics" | "/healthz") => respond(405, "text/plain", "GET only\n"),
             _ => respond(404, "text/plain", "/metrics or /healthz\n"),
-        }
+        };
+        Box::pin(std::future::ready(answer))
     }
 }
 

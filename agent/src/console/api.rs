@@ -69,10 +69,12 @@ const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'sel
                            connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 impl crate::server::Handler for Api {
-    async fn handle(self: Arc<Self>, request: crate::server::Request) -> Response {
-        let mut response = route(&self, request).await.unwrap_or_else(Refusal::into_response);
-        secure(response.headers_mut());
-        response
+    fn handle(self: Arc<Self>, request: crate::server::Request) -> crate::server::Reply {
+        Box::pin(async move {
+            let mut response = route(&self, request).await.unwrap_or_else(Refusal::into_response);
+            secure(response.headers_mut());
+            response
+        })
     }
 }
 
@@ -265,11 +267,12 @@ async fn ask<T>(api: &Api, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) ->
     }
 }
 
-/// Runs file reading on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refusal> {
+/// Answers on the blocking pool (reading files, running a backtest). One type of closure for
+/// every caller: a task type of its own per caller would cost code for nothing.
+async fn blocking(f: Box<dyn FnOnce() -> Answer + Send>) -> Answer {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping; try again"))
+        .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping; try again"))?
 }
 
 /// A text argument: at most [`MAX_ARG`] bytes.
@@ -456,26 +459,27 @@ async fn device(api: &Api, key: &str) -> Answer {
     let now = ask(api, |reply| Query::Devices { key: Some(key.clone()), reply }).await?;
     let (keys, active) = by_key(&now);
     let views = keys.get(key.as_str()).cloned().unwrap_or_default();
-    let (events_dir, history_dir, k) = (api.events_dir.clone(), api.history_dir.clone(), key.clone());
-    let (events, fields) = blocking(move || {
-        let events = events_dir.and_then(|dir| {
-            crate::events::recent(&dir, None, |e| e["subject"].as_str() == Some(&k), DEVICE_EVENTS).ok()
-        });
-        let fields: Vec<String> = crate::history::series(&history_dir)
-            .map(|s| s.into_iter().filter(|(key, _)| *key == k).map(|(_, f)| f).collect())
-            .unwrap_or_default();
-        (events.map(|p| p.events).unwrap_or_default(), fields)
-    })
-    .await?;
-    if views.is_empty() && now.alarms.is_empty() && events.is_empty() && fields.is_empty() {
-        return Err(fail(StatusCode::NOT_FOUND, "no rule, alarm, event or history knows this key"));
-    }
     let row = device_row(&key, &views, active.get(key.as_str()).copied().unwrap_or(0), now.now);
     let mut d = serde_json::to_value(&row).unwrap_or_default();
     d["alarms"] = now.alarms.iter().map(alarm_json).collect();
-    d["events"] = serde_json::to_value(&events).unwrap_or_default();
-    d["history_fields"] = fields.into();
-    ok(&d)
+    let known = !views.is_empty() || !now.alarms.is_empty();
+    let (events_dir, history_dir) = (api.events_dir.clone(), api.history_dir.clone());
+    blocking(Box::new(move || {
+        let events = events_dir.and_then(|dir| {
+            crate::events::recent(&dir, None, |e| e["subject"].as_str() == Some(&key), DEVICE_EVENTS).ok()
+        });
+        let events = events.map(|p| p.events).unwrap_or_default();
+        let fields: Vec<String> = crate::history::series(&history_dir)
+            .map(|s| s.into_iter().filter(|(k, _)| *k == key).map(|(_, f)| f).collect())
+            .unwrap_or_default();
+        if !known && events.is_empty() && fields.is_empty() {
+            return Err(fail(StatusCode::NOT_FOUND, "no rule, alarm, event or history knows this key"));
+        }
+        d["events"] = serde_json::to_value(&events).unwrap_or_default();
+        d["history_fields"] = fields.into();
+        ok(&d)
+    }))
+    .await
 }
 
 // ------------------------------------------------------------------------------ alarms
@@ -566,20 +570,19 @@ async fn events(api: &Api, p: BTreeMap<String, String>) -> Answer {
     let Some(dir) = api.events_dir.clone() else {
         return ok(&json!({ "events": [], "next": since, "event_log": false }));
     };
-    let page = blocking(move || {
+    blocking(Box::new(move || {
         let keep = |e: &Value| {
             ty.as_deref().is_none_or(|t| e["type"].as_str() == Some(t))
                 && key.as_deref().is_none_or(|k| e["subject"].as_str() == Some(k))
         };
-        crate::events::recent(&dir, after, keep, limit)
-    })
-    .await?
-    .map_err(|error| {
-        tracing::warn!(%error, "Event log not read for the console.");
-        fail(StatusCode::SERVICE_UNAVAILABLE, "the event log cannot be read now; try again")
-    })?;
-    let next = page.next.map(|c| c.to_string());
-    ok(&json!({ "events": page.events, "next": next, "event_log": true }))
+        let page = crate::events::recent(&dir, after, keep, limit).map_err(|error| {
+            tracing::warn!(%error, "Event log not read for the console.");
+            fail(StatusCode::SERVICE_UNAVAILABLE, "the event log cannot be read now; try again")
+        })?;
+        let next = page.next.map(|c| c.to_string());
+        ok(&json!({ "events": page.events, "next": next, "event_log": true }))
+    }))
+    .await
 }
 
 fn dead_letters(api: &Api) -> Answer {
@@ -609,18 +612,20 @@ async fn history(api: &Api, (key, field): (&str, &str), p: BTreeMap<String, Stri
     // An empty range (since at or after until) has no roll-ups: an empty answer, not an error.
     let until = when("until", p.get("until").map(String::as_str), now)?.max(since);
     let dir = api.history_dir.clone();
-    let (k, f) = (key.clone(), field.clone());
-    let rows = blocking(move || crate::history::read(&dir, &k, &f, res, since, until)).await?.map_err(|error| {
-        tracing::warn!(%error, "History not read for the console.");
-        fail(StatusCode::SERVICE_UNAVAILABLE, "the history cannot be read now; try again")
-    })?;
-    let skip = rows.len().saturating_sub(MAX_POINTS);
-    let points: Vec<Row> = rows[skip..].iter().map(|(start, r)| Row::of(*start, r)).collect();
-    let resolution = match res {
-        Resolution::Fine => "fine",
-        Resolution::Coarse => "coarse",
-    };
-    ok(&json!({ "key": key, "field": field, "resolution": resolution, "truncated": skip > 0, "points": points }))
+    blocking(Box::new(move || {
+        let rows = crate::history::read(&dir, &key, &field, res, since, until).map_err(|error| {
+            tracing::warn!(%error, "History not read for the console.");
+            fail(StatusCode::SERVICE_UNAVAILABLE, "the history cannot be read now; try again")
+        })?;
+        let skip = rows.len().saturating_sub(MAX_POINTS);
+        let points: Vec<Row> = rows[skip..].iter().map(|(start, r)| Row::of(*start, r)).collect();
+        let resolution = match res {
+            Resolution::Fine => "fine",
+            Resolution::Coarse => "coarse",
+        };
+        ok(&json!({ "key": key, "field": field, "resolution": resolution, "truncated": skip > 0, "points": points }))
+    }))
+    .await
 }
 
 // ------------------------------------------------------------------------------ stream
@@ -687,16 +692,15 @@ async fn backtest(api: &Api, body: Bytes) -> Answer {
         return Err(fail(StatusCode::TOO_MANY_REQUESTS, "a backtest is running; try again when it is done"));
     };
     let (rules, until) = (b.rules, b.until);
-    let result = blocking(move || {
+    blocking(Box::new(move || {
         let _one = permit;
-        backtester.run(&rules, &since, until.as_deref())
-    })
-    .await?;
-    match result {
-        Ok(report) => ok(&json!({ "report": report })),
-        Err(BacktestError::Refused(said)) => Err(bad(said)),
-        Err(e @ BacktestError::Failed(_)) => Err(fail(StatusCode::UNPROCESSABLE_ENTITY, e)),
-    }
+        match backtester.run(&rules, &since, until.as_deref()) {
+            Ok(report) => ok(&json!({ "report": report })),
+            Err(BacktestError::Refused(said)) => Err(bad(said)),
+            Err(e @ BacktestError::Failed(_)) => Err(fail(StatusCode::UNPROCESSABLE_ENTITY, e)),
+        }
+    }))
+    .await
 }
 
 // ------------------------------------------------------------------------------ reload
