@@ -25,6 +25,8 @@ struct Console {
     addr: SocketAddr,
     /// Every path asked, as the document names it, to check that the test covers it.
     asked: BTreeSet<String>,
+    /// Every answer, to check that none holds a secret.
+    answers: String,
 }
 
 impl Console {
@@ -32,6 +34,7 @@ impl Console {
         let bearer = token.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
         let (status, body) = http(self.addr, method, path, &headers, body.as_bytes()).await;
+        self.answers.push_str(&body);
         let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {status} {body:?}: {e}"));
         (status, json)
     }
@@ -132,6 +135,14 @@ async fn start(broker: &Broker) -> (RunningAgent, SocketAddr, tempfile::TempDir)
         .set("history.fine", "1s")
         .set("history.coarse", "2s")
         .sink("pager", "mqtt", &[("topic", "pager/{key}".into())])
+        .sink(
+            "hook",
+            "http",
+            &[
+                ("url", "http://127.0.0.1:9/hook/url-secret-0123".into()),
+                ("headers", edgewatch_e2e::TomlValue::raw(r#"{ Authorization = "Bearer sink-secret-4567" }"#)),
+            ],
+        )
         .to_string();
     let agent = RunningAgent::start(&cfg, &[("alive.rhai", ALIVE), ("hot.rhai", HOT)]).await;
     (agent, addr, tokens)
@@ -141,7 +152,7 @@ async fn start(broker: &Broker) -> (RunningAgent, SocketAddr, tempfile::TempDir)
 async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_the_write_token() {
     let broker = Broker::embedded();
     let (agent, addr, _tokens) = start(&broker).await;
-    let mut c = Console { addr, asked: BTreeSet::new() };
+    let mut c = Console { addr, asked: BTreeSet::new(), answers: String::new() };
     c.asked.insert("GET /api/v1/stream".into());
     let (_, live) = Stream::open(addr, READ).await;
     let mut live = live.expect("the stream opens with the read token");
@@ -305,6 +316,11 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
     assert_eq!(status, 404);
     documented.remove("GET /api/v1/openapi.json");
     assert_eq!(c.asked, documented, "every documented operation is exercised here");
+    // No answer holds a secret: neither token, nor a sink's URL or header.
+    for secret in [READ, WRITE, "url-secret-0123", "sink-secret-4567"] {
+        assert!(!c.answers.contains(secret), "`{secret}` is in an answer");
+    }
+    assert!(c.answers.len() > 10_000, "the answers were kept: {} bytes", c.answers.len());
     agent.stop().await;
 }
 
@@ -349,7 +365,7 @@ async fn a_person_sees_devices_go_missing_rules_break_events_arrive_and_acknowle
     for key in ["t-1", "t-2", "t-4", "t-5"] {
         sensor.publish(&format!("sensors/{key}/temperature"), r#"{"temperature": 90}"#).await;
     }
-    let mut c = Console { addr, asked: BTreeSet::new() };
+    let mut c = Console { addr, asked: BTreeSet::new(), answers: String::new() };
     c.wait("/api/v1/alarms", "/api/v1/alarms", "t-1's alarm", |a| {
         a["alarms"].as_array().is_some_and(|a| !a.is_empty())
     })

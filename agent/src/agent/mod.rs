@@ -366,7 +366,7 @@ impl Agent {
         };
         let console_server = console.map(|listener| {
             let feed = Arc::new(crate::console::feed::Feed::default());
-            step.feed = Some(feed.clone());
+            step.feed = Some(crate::console::feed::Teller::new(feed.clone()));
             let api = console_api(&config, &stats, &inputs, (console_reloads, feed, shutdown.clone()));
             let tls = config.console.as_ref().and_then(|c| c.tls.clone());
             let stop = shutdown.clone();

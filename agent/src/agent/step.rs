@@ -151,7 +151,7 @@ pub(super) struct Step {
     pub event_log: Option<crate::events::EventLog>,
     /// The console's live stream (`None`: no console): told of events, device and alarm
     /// changes, and the rules' status, only while a client watches.
-    pub feed: Option<Arc<crate::console::feed::Feed>>,
+    pub feed: Option<crate::console::feed::Teller>,
     /// The heartbeat rules, by name: their events are device state changes for the feed.
     heartbeat_rules: std::collections::HashSet<Arc<str>>,
     /// Each running rule's version, `<file>#<content hash>`, from the rules' status: the
@@ -294,7 +294,8 @@ impl Step {
             Sink::Memory(acker) => acker.retry_at(),
             Sink::Disk { .. } => None,
         };
-        [timer, acks].into_iter().flatten().fold(housekeeping, Instant::min)
+        let feed = self.feed.as_ref().and_then(crate::console::feed::Teller::due);
+        [timer, acks, feed].into_iter().flatten().fold(housekeeping, Instant::min)
     }
 
     /// A new upstream session: the retained status says `online` again (the broker may have

@@ -648,7 +648,7 @@ fn stream(api: &Api) -> Answer {
                 () = stop.cancelled() => return None,
                 () = tokio::time::sleep(KEEPALIVE) => ": keepalive\n\n".into(),
                 r = watch.rx.recv() => match r {
-                    Ok(frame) => Bytes::copy_from_slice(frame.as_bytes()),
+                    Ok(chunk) => chunk,
                     Err(RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n").into(),
                     Err(RecvError::Closed) => return None,
                 },

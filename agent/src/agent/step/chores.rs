@@ -14,6 +14,9 @@ impl Step {
     /// After each input: what is due by the clock, and the report of events dropped for space.
     pub(super) async fn housekeeping(&mut self) {
         let now = Instant::now();
+        if let Some(feed) = &mut self.feed {
+            feed.flush_due(now);
+        }
         if now >= self.next_gauges {
             self.next_gauges = now + GAUGES_EVERY;
             // Acknowledged events are deleted with the next batch; when idle, make one.

@@ -91,8 +91,8 @@ impl Step {
         if let Some(note) = note {
             data["note"] = note.into();
         }
-        if let Some(feed) = self.feed.as_ref().filter(|f| f.watched()) {
-            feed.send("alarm", &serde_json::json!({ "change": word, "data": &data }).to_string());
+        if let Some(feed) = self.feed.as_mut().filter(|f| f.watched()) {
+            feed.tell("alarm", &serde_json::json!({ "change": word, "data": &data }).to_string());
         }
         let what = format!("{}\0{word}", t.rule);
         let id = CompositeId::derive("alarm", &t.key, EventId::from_content(&what, &t.time.millis().to_le_bytes()), 0);

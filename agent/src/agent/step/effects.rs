@@ -94,7 +94,7 @@ impl Step {
             if let (Some(log), Some(topic)) = (&self.event_log, logged) {
                 log.event(wall_clock().millis(), seq, composite.id.0, &topic, &payload);
             }
-            if let Some(feed) = self.feed.as_ref().filter(|f| f.watched()) {
+            if let Some(feed) = self.feed.as_mut().filter(|f| f.watched()) {
                 tell(feed, composite, &payload, self.heartbeat_rules.contains(&composite.rule));
             }
         }
@@ -216,21 +216,19 @@ impl Step {
 
 /// Tells the console's live stream of a composite event (`payload`, the CloudEvent as
 /// queued), and of the device state it reports when it is a heartbeat rule's.
-fn tell(feed: &crate::console::feed::Feed, composite: &edgewatch_engine::Composite, payload: &[u8], heartbeat: bool) {
+fn tell(
+    feed: &mut crate::console::feed::Teller,
+    composite: &edgewatch_engine::Composite,
+    payload: &[u8],
+    heartbeat: bool,
+) {
     let event = std::str::from_utf8(payload).unwrap_or("null");
-    feed.send(
-        "event",
-        &format!(r#"{{"rule":{},"key":{},"event":{event}}}"#, quoted(&composite.rule), quoted(&composite.key)),
-    );
+    feed.event(&composite.rule, &composite.key, event);
     if heartbeat {
         let status = composite.data.as_map_ref().ok().and_then(|m| m.get("status").map(ToString::to_string));
         let data = serde_json::json!({ "rule": &*composite.rule, "key": composite.key, "status": status });
-        feed.send("device", &data.to_string());
+        feed.tell("device", &data.to_string());
     }
-}
-
-fn quoted(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
 }
 
 /// Which send of its event an action is, for its id: the first, an escalation level, or the

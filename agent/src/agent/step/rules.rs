@@ -47,8 +47,8 @@ impl Step {
         self.rule_versions = super::rule_versions(&status);
         self.heartbeat_rules = super::heartbeat_rules(&status);
         self.rules_status = status;
-        if let Some(feed) = self.feed.as_ref().filter(|f| f.watched()) {
-            feed.send("rules", &serde_json::json!({ "changed": changed, "errors": errors.len() }).to_string());
+        if let Some(feed) = self.feed.as_mut().filter(|f| f.watched()) {
+            feed.tell("rules", &serde_json::json!({ "changed": changed, "errors": errors.len() }).to_string());
         }
         self.queue(reports::status_entry(&self.config, &self.rules_status, &self.stats));
         // Committed promptly even with no message in the batch.
