@@ -20,24 +20,16 @@ fn chromium() -> String {
 
 /// Is everything there? `false` means skip; with `EDGEWATCH_REQUIRE_BROWSER=1` it panics.
 pub fn available() -> bool {
-    let node = Command::new("node").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    let missing = if !node {
-        Some("Node.js (apt install nodejs)".to_owned())
+    let missing = if !crate::runs("node", &["--version"]) {
+        Some("Node.js is missing (apt install nodejs)".to_owned())
     } else if !std::path::Path::new(&chromium()).exists() {
-        Some(format!("Chromium at {} (apt install chromium)", chromium()))
+        Some(format!("Chromium is missing at {} (apt install chromium)", chromium()))
     } else if !dir().join("node_modules/playwright-core").exists() {
-        Some(format!("playwright-core (npm ci --prefix {})", dir().display()))
+        Some(format!("playwright-core is missing (npm ci --prefix {})", dir().display()))
     } else {
         None
     };
-    if let Some(missing) = &missing {
-        assert!(
-            std::env::var_os("EDGEWATCH_REQUIRE_BROWSER").is_none(),
-            "EDGEWATCH_REQUIRE_BROWSER is set, but {missing} is missing"
-        );
-        eprintln!("skipped: {missing} is missing");
-    }
-    missing.is_none()
+    crate::peer_available(missing, "EDGEWATCH_REQUIRE_BROWSER")
 }
 
 /// Runs `script` (in `tests/browser`) with `env`: the steps that passed, or the report of the

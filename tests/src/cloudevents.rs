@@ -31,21 +31,9 @@ fn python() -> String {
 
 /// Is the SDK there? `false` means skip; with `EDGEWATCH_REQUIRE_CLOUDEVENTS=1` it panics.
 pub fn available() -> bool {
-    let ok = Command::new(python())
-        .args(["-c", "import cloudevents.core.formats.json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("EDGEWATCH_REQUIRE_CLOUDEVENTS").is_none(),
-            "EDGEWATCH_REQUIRE_CLOUDEVENTS is set, but `{} -c 'import cloudevents.core'` fails (pip install cloudevents)",
-            python()
-        );
-        eprintln!("skipped: the CloudEvents Python SDK is not installed (pip install cloudevents)");
-    }
-    ok
+    let ok = crate::runs(&python(), &["-c", "import cloudevents.core.formats.json"]);
+    let missing = format!("`{} -c 'import cloudevents.core'` fails (pip install cloudevents)", python());
+    crate::peer_available((!ok).then_some(missing), "EDGEWATCH_REQUIRE_CLOUDEVENTS")
 }
 
 /// Each event (structured JSON) as the SDK read it: `Ok(attributes)` or `Err(its error)`.

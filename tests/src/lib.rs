@@ -21,6 +21,26 @@ pub mod schemathesis;
 pub mod webhook;
 
 pub use config::{AgentToml, TomlValue};
+
+/// Whether a peer the tests need is there: `missing` says what is not. Missing, it skips the
+/// test (saying why), unless the environment variable `required` is set: then it fails.
+pub fn peer_available(missing: Option<String>, required: &str) -> bool {
+    if let Some(missing) = &missing {
+        assert!(std::env::var_os(required).is_none(), "{required} is set, but {missing}");
+        eprintln!("skipped: {missing}");
+    }
+    missing.is_none()
+}
+
+/// Whether `program args` runs and succeeds (a peer's version check).
+pub fn runs(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
 pub use mosquitto::{Log, Mosquitto, MosquittoError};
 pub use webhook::{Reply, Webhook};
 

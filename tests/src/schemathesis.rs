@@ -17,21 +17,8 @@ fn program() -> String {
 
 /// Is it there? `false` means skip; with `EDGEWATCH_REQUIRE_BROWSER=1` it panics.
 pub fn available() -> bool {
-    let ok = Command::new(program())
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("EDGEWATCH_REQUIRE_BROWSER").is_none(),
-            "EDGEWATCH_REQUIRE_BROWSER is set, but `{} --version` fails (pip install schemathesis)",
-            program()
-        );
-        eprintln!("skipped: schemathesis is not installed (pip install schemathesis)");
-    }
-    ok
+    let missing = format!("`{} --version` fails (pip install schemathesis)", program());
+    crate::peer_available((!crate::runs(&program(), &["--version"])).then_some(missing), "EDGEWATCH_REQUIRE_BROWSER")
 }
 
 /// Runs every check on every operation of the document at `base` + `/api/v1/openapi.json`,

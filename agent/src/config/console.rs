@@ -32,28 +32,8 @@ pub struct RawConsole {
     pub tls_key_file: Option<PathBuf>,
 }
 
-/// A bearer token: never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(Vec<u8>);
-
-impl Token {
-    /// The token itself, for the one comparison that needs it.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl From<Vec<u8>> for Token {
-    fn from(bytes: Vec<u8>) -> Token {
-        Token(bytes)
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
+/// A bearer token.
+pub type Token = super::SecretBytes;
 
 /// `[console]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +68,7 @@ impl RawConsole {
                 (&format!("console.{which}_token_env"), env.as_deref()),
                 MIN_TOKEN_BYTES,
             );
-            read.map(|t| t.map(Token))
+            read.map(|t| t.map(Token::from))
         };
         let read_token = token(&self.read_token_file, &self.read_token_env, "read")?;
         let write_token = token(&self.write_token_file, &self.write_token_env, "write")?;

@@ -67,6 +67,30 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A secret read from a file or an environment variable (a privacy key, a console token):
+/// never shown by `Debug` or in errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for SecretBytes {
+    fn from(bytes: Vec<u8>) -> SecretBytes {
+        SecretBytes(bytes)
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
 mod console;
 mod history;
 mod journal;

@@ -56,22 +56,8 @@ pub struct RawMask {
     pub decimals: Option<u32>,
 }
 
-/// The secret pseudonyms are keyed with: never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PrivacyKey(Vec<u8>);
-
-impl PrivacyKey {
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for PrivacyKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
+/// The secret pseudonyms are keyed with.
+pub type PrivacyKey = super::SecretBytes;
 
 /// Shortest secret: 128 bits.
 const MIN_KEY_BYTES: usize = 16;
@@ -87,7 +73,7 @@ pub fn key(raw: &RawPrivacyKey) -> Result<Option<PrivacyKey>, Invalid> {
         ("privacy.key_env", raw.key_env.as_deref()),
         MIN_KEY_BYTES,
     )?;
-    Ok(secret.map(PrivacyKey))
+    Ok(secret.map(PrivacyKey::from))
 }
 
 /// What keys state without any rule: the payload's `device` and the deduplication id.
