@@ -15,6 +15,8 @@
 //!       config ──▶ reload / rules (one loader: *.rhai, tables) ──▶ engine, swapped between events
 //!       history ──▶ seed: rules' pasts at a load or reload; `edgewatch history`, `state export`
 //!       start, reload, alarm command, restore, state export/import ──▶ audit (hash-chained files) ──▶ outbox
+//!       browser / curl ──▶ server ──▶ console: Query ──▶ engine loop (rules, devices, alarms, commands);
+//!                                   events, history, journal files; live stream ◀── engine loop
 //! ```
 //!
 //! # Layout
@@ -53,7 +55,12 @@
 //! - [`telemetry`]: counters and the log lines that go with them; [`health`]: the
 //!   connection state `/healthz` and readiness waits read; [`metrics`]: `/metrics` and
 //!   `/healthz`.
-//! - [`tls`]: broker TLS settings, reread when their files change.
+//! - [`server`]: the one small HTTP/1 server of the listeners (`/metrics`, the console):
+//!   bounded connections, header timeout, optional TLS.
+//! - [`console`]: the page and its JSON API (`/api/v1`), behind read and write tokens: what
+//!   the engine loop holds (asked with a `Query`), the event log, history, dead letters, the
+//!   live stream, reloads, alarm commands and backtests (a child process).
+//! - [`tls`]: broker TLS settings and the console's certificate, reread when their files change.
 //! - [`broker`]: an embedded rumqttd (feature `embedded-broker`) for the demo and tests.
 //! - [`demo`]: `edgewatch demo`.
 //! - [`replay`]: recorded events under virtual time: `edgewatch replay` and `edgewatch test`.

@@ -1,31 +1,24 @@
-//! The endpoints of `/api/v1`, as `openapi.json` documents them. Each checks its token
-//! first, reads or asks, and answers JSON; a bad argument is a 400 that says which and why,
-//! never a 5xx. Reading files (events, history) runs on the blocking pool.
+//! The operations of `/api/v1`, as `openapi.json` documents them. Each reads or asks, and
+//! answers JSON; a bad argument is a 400 that says which and why, never a 5xx. Reading files
+//! (events, history) runs on the blocking pool. The token was checked by the router.
 
-use super::auth::{Denied, Need};
+use super::answer::{Answer, arg, ask, bad, blocking, fail, ms, ok, reply};
 use super::{Api, DevicesNow, Query, RulesNow};
 use crate::alarms::{Refused, Request};
 use crate::events::Cursor;
 use crate::history::{Resolution, Row};
 use crate::reload::Trigger;
-use crate::server::{Response, respond};
+use crate::server::respond;
 use bytes::Bytes;
 use edgewatch_engine::{AlarmCommandError, DeviceView, Liveness, Timestamp};
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
+use hyper::header::{self, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-/// The OpenAPI 3 document of this API; a test checks every response against it.
-pub const OPENAPI: &str = include_str!("openapi.json");
-/// Longest wait for the engine loop's answer (it answers between two inputs).
-const ASK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request body (an alarm command, a reload's `by`, a backtest's rule file).
-const MAX_BODY: usize = 64 * 1024;
 /// Events per page: the default and the most.
 const EVENTS_PAGE: usize = 100;
 const MAX_EVENTS_PAGE: usize = 1000;
@@ -33,274 +26,19 @@ const MAX_EVENTS_PAGE: usize = 1000;
 const DEVICE_EVENTS: usize = 20;
 /// Most roll-ups in one history answer (a week of minutes is 10 080).
 const MAX_POINTS: usize = 20_000;
-/// Longest `q`, `rule`, `key` or `by` argument.
-const MAX_ARG: usize = 256;
 /// Live stream clients at once; more are refused (429).
 const MAX_STREAMS: usize = 16;
 /// A comment this often keeps an idle stream's connection (and proxies on the way) open.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-type Answer = Result<Response, Refusal>;
-
-/// A request refused: its status and why, answered as `{"error": "..."}`.
-#[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    message: String,
-}
-
-impl Refusal {
-    fn into_response(self) -> Response {
-        let mut r = reply(self.status, &json!({ "error": self.message }));
-        if self.status == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        r
-    }
-}
-
-/// The page and its two assets, embedded: the console works with the gateway offline.
-const INDEX: &str = include_str!("assets/index.html");
-const SCRIPT: &str = include_str!("assets/app.js");
-const STYLE: &str = include_str!("assets/app.css");
-const ICON: &str = include_str!("assets/favicon.svg");
-/// The page's policy: its own script and style only (no inline code), data from this origin.
-const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                           connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
-
-impl crate::server::Handler for Api {
-    fn handle(self: Arc<Self>, request: crate::server::Request) -> crate::server::Reply {
-        Box::pin(async move {
-            let mut response = route(&self, request).await.unwrap_or_else(Refusal::into_response);
-            secure(response.headers_mut());
-            response
-        })
-    }
-}
-
-/// What a path does, by method: the operation, or the methods it takes.
-enum Route<'a> {
-    Page(&'static str, &'static str),
-    OpenApi,
-    Rules,
-    Rule(&'a str),
-    Devices,
-    Device(&'a str),
-    Alarms,
-    AlarmCommand(&'a str, &'a str),
-    Events,
-    DeadLetters,
-    History(&'a str, &'a str),
-    Stream,
-    Reload,
-    Backtest,
-    /// A known path, another method: these are the ones it takes.
-    Wrong(&'static str),
-}
-
-/// The route of `method` on `segments` (the path after `/api/v1/`, split and decoded);
-/// `None`: no such path.
-fn api_route<'a>(method: &Method, segments: &[&'a str]) -> Option<Route<'a>> {
-    let get = method == Method::GET;
-    let post = method == Method::POST;
-    let r = match (segments, get, post) {
-        (["openapi.json"], true, _) => Route::OpenApi,
-        (["rules"], true, _) => Route::Rules,
-        (["rules", name], true, _) => Route::Rule(name),
-        (["devices"], true, _) => Route::Devices,
-        (["devices", key], true, _) => Route::Device(key),
-        (["alarms"], true, _) => Route::Alarms,
-        (["alarms", rule, key], _, true) => Route::AlarmCommand(rule, key),
-        (["events"], true, _) => Route::Events,
-        (["deadletters"], true, _) => Route::DeadLetters,
-        (["history", key, field], true, _) => Route::History(key, field),
-        (["stream"], true, _) => Route::Stream,
-        (["reload"], _, true) => Route::Reload,
-        (["backtest"], _, true) => Route::Backtest,
-        (["openapi.json" | "rules" | "devices" | "alarms" | "events" | "deadletters" | "stream"], ..)
-        | (["rules" | "devices", _], ..)
-        | (["history", _, _], ..) => Route::Wrong("GET"),
-        (["alarms", _, _] | ["reload"] | ["backtest"], ..) => Route::Wrong("POST"),
-        _ => return None,
-    };
-    Some(r)
-}
-
-/// Answers one request: the page and its assets, or an API operation.
-async fn route(api: &Api, request: crate::server::Request) -> Answer {
-    let path = request.uri().path().to_owned();
-    let method = request.method().clone();
-    let page = match path.as_str() {
-        "/" => Some(Route::Page(INDEX, "text/html; charset=utf-8")),
-        "/app.js" => Some(Route::Page(SCRIPT, "text/javascript; charset=utf-8")),
-        "/app.css" => Some(Route::Page(STYLE, "text/css; charset=utf-8")),
-        "/favicon.svg" => Some(Route::Page(ICON, "image/svg+xml")),
-        _ => None,
-    };
-    let segments: Vec<String> = match path.strip_prefix("/api/v1/") {
-        Some(rest) if page.is_none() => rest.split('/').map(decode).collect::<Result<_, _>>()?,
-        _ => Vec::new(),
-    };
-    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let found = match page {
-        Some(Route::Page(..)) if method != Method::GET => Some(Route::Wrong("GET")),
-        Some(page) => Some(page),
-        None if path.starts_with("/api/v1/") => api_route(&method, &segments),
-        None => None,
-    };
-    let Some(found) = found else {
-        return Err(fail(StatusCode::NOT_FOUND, "no such endpoint (see /api/v1/openapi.json)"));
-    };
-    let need = match found {
-        Route::Page(..) | Route::OpenApi | Route::Wrong(_) => None,
-        Route::AlarmCommand(..) | Route::Reload | Route::Backtest => Some(Need::Write),
-        _ => Some(Need::Read),
-    };
-    if let Some(need) = need {
-        allowed(api, request.headers(), need)?;
-    }
-    let q = request.uri().query().unwrap_or("").to_owned();
-    match found {
-        Route::Page(body, content_type) => Ok(asset(body, content_type)),
-        Route::OpenApi => Ok(respond(200, "application/json", OPENAPI)),
-        Route::Rules => rules(api).await,
-        Route::Rule(name) => rule(api, name).await,
-        Route::Devices => devices(api, params(&q, &["state", "q"])?).await,
-        Route::Device(key) => device(api, key).await,
-        Route::Alarms => alarms(api).await,
-        Route::Events => events(api, params(&q, &["since", "rule", "key", "limit"])?).await,
-        Route::DeadLetters => dead_letters(api),
-        Route::History(key, field) => history(api, (key, field), params(&q, &["since", "until", "resolution"])?).await,
-        Route::Stream => stream(api),
-        Route::AlarmCommand(rule, key) => {
-            let (rule, key) = (rule.to_owned(), key.to_owned());
-            alarm_command(api, (rule, key), read_body(request).await?).await
-        }
-        Route::Reload => reload(api, read_body(request).await?),
-        Route::Backtest => backtest(api, read_body(request).await?).await,
-        Route::Wrong(allow) => {
-            let mut r = fail(StatusCode::METHOD_NOT_ALLOWED, format!("{allow} only")).into_response();
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
-            Ok(r)
-        }
-    }
-}
-
-/// A path segment, percent-decoded.
-fn decode(segment: &str) -> Result<String, Refusal> {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| bad("a path segment is not UTF-8 once decoded"))
-}
-
-/// The query string's arguments, each one of `known` at most once.
-fn params(query: &str, known: &[&str]) -> Result<BTreeMap<String, String>, Refusal> {
-    let mut out = BTreeMap::new();
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if !known.contains(&&*k) {
-            let k: String = k.chars().take(32).collect();
-            return Err(bad(format!("unknown argument `{k}` (this endpoint takes {})", known.join(", "))));
-        }
-        if out.insert(k.clone().into_owned(), v.into_owned()).is_some() {
-            return Err(bad(format!("`{k}` is given twice")));
-        }
-    }
-    Ok(out)
-}
-
-/// The request body, up to [`MAX_BODY`].
-async fn read_body(request: crate::server::Request) -> Result<Bytes, Refusal> {
-    crate::server::body(request, MAX_BODY)
-        .await
-        .ok_or_else(|| fail(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")))
-}
-
-/// Headers on every answer: JSON is never sniffed as something else, nothing is cached (it
-/// may be private), nothing may frame it or load from elsewhere.
-fn secure(h: &mut HeaderMap) {
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(
-        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-    ));
-}
-
-fn reply(status: StatusCode, body: &Value) -> Response {
-    respond(status.as_u16(), "application/json", body.to_string())
-}
-
-fn ok(body: &Value) -> Answer {
-    Ok(reply(StatusCode::OK, body))
-}
-
-fn fail(status: StatusCode, message: impl std::fmt::Display) -> Refusal {
-    Refusal { status, message: message.to_string() }
-}
-
-fn bad(message: impl std::fmt::Display) -> Refusal {
-    fail(StatusCode::BAD_REQUEST, message)
-}
-
-/// The request's token may do what `need` says.
-fn allowed(api: &Api, headers: &HeaderMap, need: Need) -> Result<(), Refusal> {
-    let auth = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-    api.tokens.check(auth, need).map_err(|denied: Denied| {
-        fail(StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::UNAUTHORIZED), denied)
-    })
-}
-
-/// Asks the engine loop; 503 when it is stopping or does not answer in time.
-async fn ask<T>(api: &Api, make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Query) -> Result<T, Refusal> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let asked = async {
-        if !(api.ask)(make(tx)).await {
-            return None;
-        }
-        rx.await.ok()
-    };
-    match tokio::time::timeout(ASK_TIMEOUT, asked).await {
-        Ok(Some(answer)) => Ok(answer),
-        _ => Err(fail(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping or too busy to answer; try again")),
-    }
-}
-
-/// Answers on the blocking pool (reading files, running a backtest). One type of closure for
-/// every caller: a task type of its own per caller would cost code for nothing.
-async fn blocking(f: Box<dyn FnOnce() -> Answer + Send>) -> Answer {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| fail(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping; try again"))?
-}
-
-/// A text argument: at most [`MAX_ARG`] bytes.
-fn arg<'a>(name: &str, value: Option<&'a str>) -> Result<Option<&'a str>, Refusal> {
-    match value {
-        Some(v) if v.len() > MAX_ARG => Err(bad(format!("`{name}` is longer than {MAX_ARG} bytes"))),
-        v => Ok(v),
-    }
-}
-
-fn ms(t: Option<i64>) -> Value {
-    t.map_or(Value::Null, |t| Timestamp(t).to_rfc3339().into())
-}
-
-fn asset(body: &'static str, content_type: &'static str) -> Response {
-    let mut r = respond(200, content_type, body);
-    r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY));
-    r
-}
-
 // ------------------------------------------------------------------------------- rules
 
-async fn rules(api: &Api) -> Answer {
+pub(super) async fn rules(api: &Api) -> Answer {
     let now = ask(api, Query::Rules).await?;
     ok(&rules_json(api, now, None))
 }
 
-async fn rule(api: &Api, name: &str) -> Answer {
+pub(super) async fn rule(api: &Api, name: &str) -> Answer {
     let now = ask(api, Query::Rules).await?;
     let all = rules_json(api, now, Some(name));
     match all["rules"].get(0) {
@@ -425,7 +163,7 @@ fn by_key(now: &DevicesNow) -> (BTreeMap<&str, Vec<&DeviceView>>, BTreeMap<&str,
     (keys, alarms)
 }
 
-async fn devices(api: &Api, p: BTreeMap<String, String>) -> Answer {
+pub(super) async fn devices(api: &Api, p: BTreeMap<String, String>) -> Answer {
     let q = arg("q", p.get("q").map(String::as_str))?;
     let wanted = match p.get("state").map(String::as_str) {
         None => None,
@@ -453,7 +191,7 @@ async fn devices(api: &Api, p: BTreeMap<String, String>) -> Answer {
     Ok(respond(200, "application/json", body))
 }
 
-async fn device(api: &Api, key: &str) -> Answer {
+pub(super) async fn device(api: &Api, key: &str) -> Answer {
     arg("key", Some(key))?;
     let key = key.to_owned();
     let now = ask(api, |reply| Query::Devices { key: Some(key.clone()), reply }).await?;
@@ -497,7 +235,7 @@ fn alarm_json(a: &edgewatch_engine::AlarmView) -> Value {
     })
 }
 
-async fn alarms(api: &Api) -> Answer {
+pub(super) async fn alarms(api: &Api) -> Answer {
     let now = ask(api, |reply| Query::Devices { key: None, reply }).await?;
     let list: Vec<Value> = now.alarms.iter().map(alarm_json).collect();
     ok(&json!({ "alarms": list }))
@@ -505,7 +243,7 @@ async fn alarms(api: &Api) -> Answer {
 
 /// `POST /api/v1/alarms/{rule}/{key}` with `{"action": "ack" | "snooze" | ..., "for": "30m",
 /// "by": "...", "note": "..."}`: the control topic's command, read by the same parser.
-async fn alarm_command(api: &Api, (rule, key): (String, String), body: Bytes) -> Answer {
+pub(super) async fn alarm_command(api: &Api, (rule, key): (String, String), body: Bytes) -> Answer {
     let mut command: serde_json::Map<String, Value> = serde_json::from_slice(&body)
         .map_err(|e| bad(format!("the body is not a JSON object like {{\"action\": \"ack\"}}: {e}")))?;
     for field in ["rule", "key"] {
@@ -554,7 +292,7 @@ fn result_error<T>(r: &Result<T, Refused>) -> String {
 
 // ------------------------------------------------------------------------------ events
 
-async fn events(api: &Api, p: BTreeMap<String, String>) -> Answer {
+pub(super) async fn events(api: &Api, p: BTreeMap<String, String>) -> Answer {
     let arg_of = |name: &str| arg(name, p.get(name).map(String::as_str));
     let since = arg_of("since")?;
     let after: Option<Cursor> = since.map(str::parse).transpose().map_err(bad)?;
@@ -585,7 +323,7 @@ async fn events(api: &Api, p: BTreeMap<String, String>) -> Answer {
     .await
 }
 
-fn dead_letters(api: &Api) -> Answer {
+pub(super) fn dead_letters(api: &Api) -> Answer {
     let recent: Vec<Value> = api
         .stats
         .detail
@@ -598,7 +336,7 @@ fn dead_letters(api: &Api) -> Answer {
 
 // ----------------------------------------------------------------------------- history
 
-async fn history(api: &Api, (key, field): (&str, &str), p: BTreeMap<String, String>) -> Answer {
+pub(super) async fn history(api: &Api, (key, field): (&str, &str), p: BTreeMap<String, String>) -> Answer {
     arg("key", Some(key))?;
     arg("field", Some(field))?;
     let (key, field) = (key.to_owned(), field.to_owned());
@@ -632,7 +370,7 @@ async fn history(api: &Api, (key, field): (&str, &str), p: BTreeMap<String, Stri
 
 /// `GET /api/v1/stream`: Server-Sent Events (see `feed`) until the client leaves or the agent
 /// stops. Read with `fetch`, which can send the token (`EventSource` cannot send headers).
-fn stream(api: &Api) -> Answer {
+pub(super) fn stream(api: &Api) -> Answer {
     use http_body_util::BodyExt;
     use tokio::sync::broadcast::error::RecvError;
     let Some(watch) = api.feed.watch(MAX_STREAMS) else {
@@ -674,7 +412,7 @@ struct BacktestBody {
 
 /// `POST /api/v1/backtest`: what a candidate rule file would have said over the journal,
 /// beside the running rules (see `backtest`).
-async fn backtest(api: &Api, body: Bytes) -> Answer {
+pub(super) async fn backtest(api: &Api, body: Bytes) -> Answer {
     use super::backtest::BacktestError;
     let b: BacktestBody = serde_json::from_slice(&body)
         .map_err(|e| bad(format!("the body is {{\"rules\": \"<a rule file>\", \"since\": \"24h\"}}: {e}")))?;
@@ -711,7 +449,7 @@ struct ReloadBody {
     by: Option<String>,
 }
 
-fn reload(api: &Api, body: Bytes) -> Answer {
+pub(super) fn reload(api: &Api, body: Bytes) -> Answer {
     let body: ReloadBody = if body.is_empty() {
         ReloadBody::default()
     } else {

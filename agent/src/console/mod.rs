@@ -1,8 +1,8 @@
-//! The console's JSON API (`/api/v1/...`), on its own listener (`[console]`), so that the
-//! metrics listener keeps its behaviour.
+//! The console: a page for people (`/`) and its JSON API (`/api/v1/...`), on its own listener
+//! (`[console]`), so that the metrics listener keeps its behaviour (docs/console.md).
 //!
 //! ```text
-//! HTTP request ─▶ crate::server (bounded connections, header timeout, TLS) ─▶ api::route ─▶ handler
+//! HTTP request ─▶ crate::server (bounded connections, header timeout, TLS) ─▶ route ─▶ api (operations)
 //!   ├─ auth::Tokens::check (Bearer header: read or write token) ─▶ 401 / 403
 //!   ├─ what the engine holds (rules, devices, alarms; alarm commands) ─▶ Query ─▶ engine loop
 //!   │     (Input::Query, answered between two inputs, on a oneshot)
@@ -18,12 +18,14 @@
 //! queue like a message would, and costs the loop only while it is answered. Every answer is
 //! bounded (pages of events, a capped history range, a hundred dead letters).
 
+mod answer;
 mod api;
 pub mod auth;
 pub mod backtest;
 pub mod feed;
+mod route;
 
-pub use api::OPENAPI;
+pub use route::OPENAPI;
 
 use crate::alarms::{Refused, Request};
 use crate::reload::Trigger;
