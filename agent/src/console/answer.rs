@@ -5,7 +5,6 @@
 use super::auth::{Denied, Need};
 use super::{Api, Query};
 use crate::server::{Response, respond};
-use edgewatch_engine::Timestamp;
 use hyper::StatusCode;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
@@ -37,6 +36,11 @@ impl Refusal {
 
 pub(super) fn reply(status: StatusCode, body: &Value) -> Response {
     respond(status.as_u16(), "application/json", body.to_string())
+}
+
+/// 200 with `body` serialized as it is (no intermediate JSON values).
+pub(super) fn json_answer(body: &impl serde::Serialize) -> Response {
+    respond(200, "application/json", serde_json::to_string(body).unwrap_or_default())
 }
 
 pub(super) fn ok(body: &Value) -> Answer {
@@ -91,8 +95,4 @@ pub(super) fn arg<'a>(name: &str, value: Option<&'a str>) -> Result<Option<&'a s
         Some(v) if v.len() > MAX_ARG => Err(bad(format!("`{name}` is longer than {MAX_ARG} bytes"))),
         v => Ok(v),
     }
-}
-
-pub(super) fn ms(t: Option<i64>) -> Value {
-    t.map_or(Value::Null, |t| Timestamp(t).to_rfc3339().into())
 }

@@ -2,13 +2,12 @@
 //! answers JSON; a bad argument is a 400 that says which and why, never a 5xx. Reading files
 //! (events, history) runs on the blocking pool. The token was checked by the router.
 
-use super::answer::{Answer, arg, ask, bad, blocking, fail, ms, ok, reply};
+use super::answer::{Answer, arg, ask, bad, blocking, fail, json_answer, ok, reply};
 use super::{Api, DevicesNow, Query, RulesNow};
 use crate::alarms::{Refused, Request};
 use crate::events::Cursor;
 use crate::history::{Resolution, Row};
 use crate::reload::Trigger;
-use crate::server::respond;
 use bytes::Bytes;
 use edgewatch_engine::{AlarmCommandError, DeviceView, Liveness, Timestamp};
 use hyper::StatusCode;
@@ -35,31 +34,67 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 
 pub(super) async fn rules(api: &Api) -> Answer {
     let now = ask(api, Query::Rules).await?;
-    ok(&rules_json(api, now, None))
+    let counts = api.stats.detail.by_rule.lock().map(|m| m.clone()).unwrap_or_default();
+    let answer = RulesAnswer {
+        updated: &now.status["updated"],
+        rules: rule_rows(&now, &counts, None),
+        files: now.status["files"].as_array().map_or(&[], Vec::as_slice),
+    };
+    Ok(json_answer(&answer))
 }
 
 pub(super) async fn rule(api: &Api, name: &str) -> Answer {
     let now = ask(api, Query::Rules).await?;
-    let all = rules_json(api, now, Some(name));
-    match all["rules"].get(0) {
-        Some(r) => ok(r),
+    let counts = api.stats.detail.by_rule.lock().map(|m| m.clone()).unwrap_or_default();
+    match rule_rows(&now, &counts, Some(name)).first() {
+        Some(r) => Ok(json_answer(r)),
         None => {
             Err(fail(StatusCode::NOT_FOUND, format!("no rule named `{}`", name.chars().take(64).collect::<String>())))
         }
     }
 }
 
-/// The rules (or the one named `only`): the engine's view, the status document's file, hash
-/// and error, and the counts of their events.
-fn rules_json(api: &Api, now: RulesNow, only: Option<&str>) -> Value {
+/// `GET /api/v1/rules`.
+#[derive(serde::Serialize)]
+struct RulesAnswer<'a> {
+    updated: &'a Value,
+    rules: Vec<RuleRow<'a>>,
+    files: &'a [Value],
+}
+
+/// One rule: the engine's view, the status document's file, hash and error, the counts of
+/// its events.
+#[derive(serde::Serialize)]
+struct RuleRow<'a> {
+    name: &'a str,
+    kind: &'static str,
+    status: &'static str,
+    file: &'a Value,
+    hash: &'a Value,
+    loaded_at: &'a Value,
+    error: Option<&'a str>,
+    keys: usize,
+    alarms: usize,
+    active_alarms: usize,
+    events_total: u64,
+    events_last_hour: u64,
+    last_event: Option<String>,
+    faults: u64,
+    value_missing: u64,
+}
+
+/// The rules (or the one named `only`).
+fn rule_rows<'a>(
+    now: &'a RulesNow,
+    counts: &std::collections::HashMap<std::sync::Arc<str>, crate::telemetry::RuleCounts>,
+    only: Option<&str>,
+) -> Vec<RuleRow<'a>> {
     let wall = crate::wall_clock().millis();
     let status: BTreeMap<&str, &Value> = now.status["rules"]
         .as_array()
         .map(|rules| rules.iter().filter_map(|r| Some((r["name"].as_str()?, r))).collect())
         .unwrap_or_default();
-    let counts = api.stats.detail.by_rule.lock().map(|m| m.clone()).unwrap_or_default();
-    let rules: Vec<Value> = now
-        .rules
+    now.rules
         .iter()
         .filter(|r| only.is_none_or(|n| *r.name == *n))
         .map(|r| {
@@ -73,27 +108,25 @@ fn rules_json(api: &Api, now: RulesNow, only: Option<&str>) -> Value {
             } else {
                 "running"
             };
-            json!({
-                "name": &*r.name,
-                "kind": r.kind,
-                "status": state,
-                "file": s["file"],
-                "hash": s["hash"],
-                "loaded_at": s["loaded_at"],
-                "error": error,
-                "keys": r.keys,
-                "alarms": r.alarms,
-                "active_alarms": r.active_alarms,
-                "events_total": c.events,
-                "events_last_hour": c.recent.total(wall),
-                "last_event": ms(c.recent.last),
-                "faults": c.faults,
-                "value_missing": c.value_missing,
-            })
+            RuleRow {
+                name: &r.name,
+                kind: r.kind,
+                status: state,
+                file: &s["file"],
+                hash: &s["hash"],
+                loaded_at: &s["loaded_at"],
+                error,
+                keys: r.keys,
+                alarms: r.alarms,
+                active_alarms: r.active_alarms,
+                events_total: c.events,
+                events_last_hour: c.recent.total(wall),
+                last_event: rfc(c.recent.last),
+                faults: c.faults,
+                value_missing: c.value_missing,
+            }
         })
-        .collect();
-    let files: Vec<Value> = now.status["files"].as_array().cloned().unwrap_or_default();
-    json!({ "updated": now.status["updated"], "rules": rules, "files": files })
+        .collect()
 }
 
 // ----------------------------------------------------------------------------- devices
@@ -187,8 +220,7 @@ pub(super) async fn devices(api: &Api, p: BTreeMap<String, String>) -> Answer {
         total: usize,
         devices: Vec<DeviceRow<'a>>,
     }
-    let body = serde_json::to_string(&Devices { counts, total: keys.len(), devices: list }).unwrap_or_default();
-    Ok(respond(200, "application/json", body))
+    Ok(json_answer(&Devices { counts, total: keys.len(), devices: list }))
 }
 
 pub(super) async fn device(api: &Api, key: &str) -> Answer {
@@ -199,7 +231,7 @@ pub(super) async fn device(api: &Api, key: &str) -> Answer {
     let views = keys.get(key.as_str()).cloned().unwrap_or_default();
     let row = device_row(&key, &views, active.get(key.as_str()).copied().unwrap_or(0), now.now);
     let mut d = serde_json::to_value(&row).unwrap_or_default();
-    d["alarms"] = now.alarms.iter().map(alarm_json).collect();
+    d["alarms"] = serde_json::to_value(alarm_rows(&now.alarms)).unwrap_or_default();
     let known = !views.is_empty() || !now.alarms.is_empty();
     let (events_dir, history_dir) = (api.events_dir.clone(), api.history_dir.clone());
     blocking(Box::new(move || {
@@ -222,23 +254,42 @@ pub(super) async fn device(api: &Api, key: &str) -> Answer {
 
 // ------------------------------------------------------------------------------ alarms
 
-fn alarm_json(a: &edgewatch_engine::AlarmView) -> Value {
-    json!({
-        "rule": &*a.rule,
-        "key": &*a.key,
-        "state": a.alarm.condition.as_str(),
-        "active": a.alarm.condition.is_active(),
-        "since": ms(a.alarm.since),
-        "snoozed_until": ms(a.alarm.shelved_until),
-        "out_of_service": a.alarm.out_of_service,
-        "escalated": a.alarm.escalated,
-    })
+/// One alarm that is not idle.
+#[derive(serde::Serialize)]
+struct AlarmRow<'a> {
+    rule: &'a str,
+    key: &'a str,
+    state: &'static str,
+    active: bool,
+    since: Option<String>,
+    snoozed_until: Option<String>,
+    out_of_service: bool,
+    escalated: u8,
+}
+
+fn alarm_rows(alarms: &[edgewatch_engine::AlarmView]) -> Vec<AlarmRow<'_>> {
+    alarms
+        .iter()
+        .map(|a| AlarmRow {
+            rule: &a.rule,
+            key: &a.key,
+            state: a.alarm.condition.as_str(),
+            active: a.alarm.condition.is_active(),
+            since: rfc(a.alarm.since),
+            snoozed_until: rfc(a.alarm.shelved_until),
+            out_of_service: a.alarm.out_of_service,
+            escalated: a.alarm.escalated,
+        })
+        .collect()
 }
 
 pub(super) async fn alarms(api: &Api) -> Answer {
     let now = ask(api, |reply| Query::Devices { key: None, reply }).await?;
-    let list: Vec<Value> = now.alarms.iter().map(alarm_json).collect();
-    ok(&json!({ "alarms": list }))
+    #[derive(serde::Serialize)]
+    struct Alarms<'a> {
+        alarms: Vec<AlarmRow<'a>>,
+    }
+    Ok(json_answer(&Alarms { alarms: alarm_rows(&now.alarms) }))
 }
 
 /// `POST /api/v1/alarms/{rule}/{key}` with `{"action": "ack" | "snooze" | ..., "for": "30m",
