@@ -9,7 +9,7 @@ use edgewatch_e2e::{Broker, Publisher, RunningAgent, http, schemathesis, try_htt
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ALIVE: &str = r#"rule("alive", #{ on: "sensors/{device}/temperature", heartbeat: #{ timeout: "2s" }, remember: "temperature" });"#;
 const HOT: &str = r#"rule("hot", #{ on: "sensors/{device}/temperature", when: |e| e.value > 80.0, clear: |e| e.value < 70.0, notify: "pager" });"#;
@@ -53,14 +53,20 @@ impl Console {
 
     /// Asks `path` until `done` accepts the answer.
     async fn wait(&mut self, documented: &str, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let body = self.get(documented, path).await;
-            if done(&body) {
-                return body;
+        let mut last = Value::Null;
+        let seen = async {
+            loop {
+                let body = self.get(documented, path).await;
+                if done(&body) {
+                    return body;
+                }
+                last = body;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(start.elapsed() < DEADLINE, "{what}: not seen in {DEADLINE:?}; last answer: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match tokio::time::timeout(DEADLINE, seen).await {
+            Ok(body) => body,
+            Err(_) => panic!("{what}: not seen in {DEADLINE:?}; last answer: {last}"),
         }
     }
 }

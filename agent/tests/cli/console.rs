@@ -3,9 +3,11 @@
 
 use edgewatch_e2e::{AgentToml, Broker, Publisher, http};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WRITE: &str = "write-token-0123456789abcdef";
+/// Generous: the test waits for a state and asserts it, not how long it took.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Kills the agent when the test ends, however it ends.
 struct Running(std::process::Child);
@@ -54,30 +56,32 @@ async fn a_backtest_from_the_console_runs_a_candidate_over_the_journal_in_a_chil
         let body = body.to_string();
         async move { http(addr, "POST", "/api/v1/backtest", &auth, body.as_bytes()).await }
     };
-    // Ready: the console answers and the source subscription is in place (its devices API
-    // answers once the engine loop runs).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(edgewatch_e2e::try_http_get(addr, "/api/v1/rules").await, Ok((200, _))) {
-        assert!(Instant::now() < deadline, "the agent's console did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Ready: the console answers.
+    let up = async {
+        while !matches!(edgewatch_e2e::try_http_get(addr, "/api/v1/rules").await, Ok((200, _))) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, up).await.expect("the agent's console comes up");
     let mut sensor = Publisher::connect(broker.addr(), "sensor").await;
     // Readings trickle until the journal holds them: a new subscription may not be in place
     // for the first ones.
     let candidate = r#"rule("hot", #{ on: "sensors/{device}/t", when: |e| e.value > 72.0 });"#;
-    let report = loop {
-        for v in [70, 75, 85, 90] {
-            sensor.publish("sensors/t-1/t", v.to_string()).await;
+    let journaled = async {
+        loop {
+            for v in [70, 75, 85, 90] {
+                sensor.publish("sensors/t-1/t", v.to_string()).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (status, body) = post(serde_json::json!({ "rules": candidate, "since": "1h" })).await;
+            assert_eq!(status, 200, "{body}");
+            let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+            if report["report"]["inputs"].as_u64() >= Some(4) {
+                return report["report"].clone();
+            }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (status, body) = post(serde_json::json!({ "rules": candidate, "since": "1h" })).await;
-        assert_eq!(status, 200, "{body}");
-        let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        if report["report"]["inputs"].as_u64() >= Some(4) {
-            break report["report"].clone();
-        }
-        assert!(Instant::now() < deadline, "the journal holds no input: {report}");
     };
+    let report = tokio::time::timeout(WAIT, journaled).await.expect("the journal holds the inputs");
     let hot = report["rules"].as_array().and_then(|r| r.iter().find(|r| r["rule"] == "hot")).expect("hot");
     assert_eq!(hot["status"], "differs", "{report}");
     assert!(
