@@ -281,7 +281,7 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
 
     // Every endpoint: 401 without a token or with a wrong one (saying how to send one), 403
     // for a write with the read token; the document itself is open.
-    let doc: Value = serde_json::from_str(edgewatch::console::OPENAPI).expect("the document is JSON");
+    let doc: Value = serde_json::from_str(&edgewatch::console::openapi()).expect("the document is JSON");
     let mut documented = BTreeSet::new();
     for (path, ops) in doc["paths"].as_object().expect("paths") {
         for method in ops.as_object().expect("operations").keys() {
@@ -318,6 +318,22 @@ async fn the_api_shows_devices_rules_events_and_history_and_takes_commands_with_
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<Value>(&body).expect("JSON"), doc);
     assert!(head.to_lowercase().contains("x-content-type-options: nosniff"), "{head}");
+    // The page's assets are stored gzip-compressed: sent so to a browser, inflated for curl.
+    let (status, head, plain) = try_http_full(addr, "GET", "/app.js", &[], b"").await.expect("answers");
+    assert_eq!(status, 200);
+    assert!(plain.contains("EventSource") || plain.contains("fetch("), "the script as text");
+    assert!(!head.to_lowercase().contains("content-encoding"), "{head}");
+    let gzip = [("accept-encoding", "gzip, deflate, br")];
+    let (status, head, packed) = try_http_full(addr, "GET", "/app.js", &gzip, b"").await.expect("answers");
+    assert_eq!(status, 200);
+    let head = head.to_lowercase();
+    assert!(head.contains("content-encoding: gzip") && head.contains("vary: accept-encoding"), "{head}");
+    let length = |head: &str| -> usize {
+        let line = head.lines().find_map(|l| l.strip_prefix("content-length:")).expect("a length");
+        line.trim().parse().expect("a number")
+    };
+    assert!(length(&head) < plain.len() / 2, "compressed: {} of {} bytes", length(&head), plain.len());
+    assert!(!packed.contains("fetch("), "not the text");
     let (status, _) = c.call("GET", "/api/v1/nothing-here", Some(READ), "").await;
     assert_eq!(status, 404);
     documented.remove("GET /api/v1/openapi.json");

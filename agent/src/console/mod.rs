@@ -25,7 +25,7 @@ pub mod backtest;
 pub mod feed;
 mod route;
 
-pub use route::OPENAPI;
+pub use route::openapi;
 
 use crate::alarms::{Refused, Request};
 use crate::reload::Trigger;

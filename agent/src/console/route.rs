@@ -15,16 +15,64 @@ use hyper::{Method, StatusCode};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The OpenAPI 3 document of this API; a test checks every response against it.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The OpenAPI 3 document of this API (gzip); a test checks every response against it.
+const OPENAPI: Packed = Packed(include_bytes!(concat!(env!("OUT_DIR"), "/openapi.json.gz")), "application/json");
 /// Largest request body (an alarm command, a reload's `by`, a backtest's rule file).
 const MAX_BODY: usize = 64 * 1024;
 
-/// The page and its two assets, embedded: the console works with the gateway offline.
-const INDEX: &str = include_str!("assets/index.html");
-const SCRIPT: &str = include_str!("assets/app.js");
-const STYLE: &str = include_str!("assets/app.css");
-const ICON: &str = include_str!("assets/favicon.svg");
+/// The page and its assets, embedded (gzip, by `build.rs`): the console works with the gateway
+/// offline.
+const INDEX: Packed = Packed(include_bytes!(concat!(env!("OUT_DIR"), "/index.html.gz")), "text/html; charset=utf-8");
+const SCRIPT: Packed = Packed(include_bytes!(concat!(env!("OUT_DIR"), "/app.js.gz")), "text/javascript; charset=utf-8");
+const STYLE: Packed = Packed(include_bytes!(concat!(env!("OUT_DIR"), "/app.css.gz")), "text/css; charset=utf-8");
+const ICON: Packed = Packed(include_bytes!(concat!(env!("OUT_DIR"), "/favicon.svg.gz")), "image/svg+xml");
+
+/// An embedded document as one gzip member (`build.rs` writes it), and its content type.
+#[derive(Clone, Copy)]
+struct Packed(&'static [u8], &'static str);
+
+impl Packed {
+    /// The document as sent to a client that accepts gzip or not (`accept`: its
+    /// `Accept-Encoding`): the stored bytes, or inflated once more for this answer.
+    fn response(self, accept: Option<&HeaderValue>) -> Response {
+        let mut r = if takes_gzip(accept) {
+            let mut r = respond(200, self.1, Bytes::from_static(self.0));
+            r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            r
+        } else {
+            respond(200, self.1, self.text())
+        };
+        r.headers_mut().insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        r
+    }
+
+    /// The document itself. The member's header is the fixed 10 bytes `build.rs` writes and
+    /// its trailer 8 (CRC-32, length); between them is the deflate stream.
+    fn text(self) -> Vec<u8> {
+        let stream = self.0.get(10..self.0.len().saturating_sub(8)).unwrap_or_default();
+        // Built from this crate's own files and checked by a test: it cannot fail to inflate.
+        miniz_oxide::inflate::decompress_to_vec(stream).unwrap_or_default()
+    }
+}
+
+/// The OpenAPI document, as text (for tests and tools that read it without HTTP).
+pub fn openapi() -> String {
+    String::from_utf8(OPENAPI.text()).unwrap_or_default()
+}
+
+/// Whether `Accept-Encoding` lets gzip through (RFC 9110, 12.5.3): named, or `*`, with a
+/// non-zero weight. No header at all means no preference, but curl and wget send none and
+/// print what they get: they get the text.
+fn takes_gzip(accept: Option<&HeaderValue>) -> bool {
+    let Some(accept) = accept.and_then(|v| v.to_str().ok()) else { return false };
+    accept.split(',').any(|item| {
+        let mut parts = item.split(';').map(str::trim);
+        let coding = parts.next().unwrap_or("");
+        let refused = parts.any(|p| p.strip_prefix("q=").is_some_and(|q| q.parse::<f32>().map_or(true, |q| q <= 0.0)));
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
+}
+
 /// The page's policy: its own script and style only (no inline code), data from this origin.
 const PAGE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                            connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
@@ -41,7 +89,7 @@ impl crate::server::Handler for Api {
 
 /// What a path does, by method: the operation, or the methods it takes.
 enum Route<'a> {
-    Page(&'static str, &'static str),
+    Page(Packed),
     OpenApi,
     Rules,
     Rule(&'a str),
@@ -92,10 +140,10 @@ async fn route(api: &Api, request: crate::server::Request) -> Answer {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     let page = match path.as_str() {
-        "/" => Some(Route::Page(INDEX, "text/html; charset=utf-8")),
-        "/app.js" => Some(Route::Page(SCRIPT, "text/javascript; charset=utf-8")),
-        "/app.css" => Some(Route::Page(STYLE, "text/css; charset=utf-8")),
-        "/favicon.svg" => Some(Route::Page(ICON, "image/svg+xml")),
+        "/" => Some(Route::Page(INDEX)),
+        "/app.js" => Some(Route::Page(SCRIPT)),
+        "/app.css" => Some(Route::Page(STYLE)),
+        "/favicon.svg" => Some(Route::Page(ICON)),
         _ => None,
     };
     let segments: Vec<String> = match path.strip_prefix("/api/v1/") {
@@ -121,9 +169,15 @@ async fn route(api: &Api, request: crate::server::Request) -> Answer {
         allowed(api, request.headers(), need)?;
     }
     let q = request.uri().query().unwrap_or("").to_owned();
+    let accept = request.headers().get(header::ACCEPT_ENCODING).cloned();
+    let accept = accept.as_ref();
     match found {
-        Route::Page(body, content_type) => Ok(asset(body, content_type)),
-        Route::OpenApi => Ok(respond(200, "application/json", OPENAPI)),
+        Route::Page(page) => {
+            let mut r = page.response(accept);
+            r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY));
+            Ok(r)
+        }
+        Route::OpenApi => Ok(OPENAPI.response(accept)),
         Route::Rules => rules(api).await,
         Route::Rule(name) => rule(api, name).await,
         Route::Devices => devices(api, params(&q, &["state", "q"])?).await,
@@ -189,8 +243,45 @@ fn secure(h: &mut HeaderMap) {
     ));
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Response {
-    let mut r = respond(200, content_type, body);
-    r.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_POLICY));
-    r
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `build.rs` embeds inflates back to the files in `src/console/`, byte for byte.
+    #[test]
+    fn embedded_documents_are_the_sources() {
+        for (packed, source) in [
+            (INDEX, include_str!("assets/index.html")),
+            (SCRIPT, include_str!("assets/app.js")),
+            (STYLE, include_str!("assets/app.css")),
+            (ICON, include_str!("assets/favicon.svg")),
+            (OPENAPI, include_str!("openapi.json")),
+        ] {
+            assert_eq!(packed.text(), source.as_bytes(), "{}", packed.1);
+            assert!(packed.0.len() < source.len(), "{} is stored compressed", packed.1);
+        }
+        assert_eq!(openapi(), include_str!("openapi.json"));
+    }
+
+    #[test]
+    fn gzip_is_sent_only_where_accepted() {
+        let takes = |v: &str| takes_gzip(Some(&HeaderValue::from_str(v).expect("a header value")));
+        assert!(!takes_gzip(None), "curl and wget send no Accept-Encoding and get the text");
+        for yes in ["gzip", "gzip, deflate, br, zstd", "br;q=1.0, GZIP;q=0.5", "*", "identity, *;q=0.1"] {
+            assert!(takes(yes), "{yes}");
+        }
+        for no in ["identity", "br, deflate", "gzip;q=0", "gzip; q=0.0", "*;q=0", "gzip;q=x", "gzipped"] {
+            assert!(!takes(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn an_asset_answers_gzip_or_text_by_the_request() {
+        let gz = INDEX.response(Some(&HeaderValue::from_static("gzip, deflate")));
+        assert_eq!(gz.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(gz.headers()[header::VARY], "accept-encoding");
+        let plain = INDEX.response(None);
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(plain.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    }
 }
