@@ -3,11 +3,12 @@
 //! re-encoding (for the journal and the event id), beside the payload's decoding for scale.
 //! `cargo bench -p edgewatch --bench schema` prints a markdown table.
 
+mod common;
+use common::ns_per;
 use edgewatch::decode::{DecodeLimits, Format, decode_with};
 use edgewatch::privacy::{Privacy, Protect, Protector, Rule};
 use edgewatch::schema::{Field, Kind, Schema, Shape, Versions};
 use std::hint::black_box;
-use std::time::Instant;
 
 const PAYLOAD: &str = r#"{"device": "t-0042", "seq": 1234, "temperature": 21.5, "humidity": 48.2,
     "pressure": 1013.2, "battery": 3.61, "rssi": -71, "door": "closed", "ok": true,
@@ -36,19 +37,6 @@ fn schema(versions: bool) -> Schema {
         Versions::One(shape)
     };
     Schema { name: "reading".into(), versions }
-}
-
-/// Nanoseconds per call of `f`, the best of five rounds of `n` calls.
-fn ns_per(n: u32, mut f: impl FnMut()) -> f64 {
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / f64::from(n)
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {

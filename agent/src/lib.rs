@@ -23,6 +23,9 @@
 //! - [`config`]: TOML + `EDGEWATCH_*` environment -> raw -> validated [`config::Config`].
 //! - [`mqtt`]: rumqttc connections (MQTT 3.1.1 and 5) behind one face, with [`firmware_sim::backoff`].
 //! - [`decode`]: payload bytes (JSON, plain scalars, wire frames) -> values for rules.
+//! - [`sparkplug`]: Sparkplug B (spBv1.0) messages -> the host application's state per edge
+//!   node (aliases, `seq`, births and deaths, last known values); plain state machine, not
+//!   yet read by a subscription.
 //! - [`schema`]: a subscription's payload schema, checked on each decoded payload.
 //! - [`audit`]: the audit trail: what was done to the agent, hash-chained on disk and sent
 //!   upstream on `<prefix>/audit`.
@@ -95,6 +98,7 @@ pub mod rules;
 pub mod schema;
 pub mod server;
 pub mod sinks;
+pub mod sparkplug;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

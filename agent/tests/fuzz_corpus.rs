@@ -1,8 +1,13 @@
-//! Replays the `decode` fuzz corpus (`fuzz/corpus/decode/`: inputs the fuzzer found interesting,
-//! and every one that ever crashed) through the same checks the fuzz target runs.
+//! Replays the `decode` and `sparkplug` fuzz corpora (`fuzz/corpus/<target>/`: inputs the fuzzer
+//! found interesting, and every one that ever crashed) through the same checks the fuzz targets
+//! run.
 
 mod check {
     include!(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/checks/decode.rs"));
+}
+
+mod sparkplug {
+    include!(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/checks/sparkplug.rs"));
 }
 
 mod replay {
@@ -12,4 +17,9 @@ mod replay {
 #[test]
 fn every_decode_corpus_input_passes_the_fuzz_checks() {
     replay::replay(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/decode"), check::check);
+}
+
+#[test]
+fn every_sparkplug_corpus_input_passes_the_fuzz_checks() {
+    replay::replay(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/sparkplug"), sparkplug::check);
 }

@@ -1,0 +1,35 @@
+//! Sparkplug B (Eclipse Sparkplug 3.0, namespace `spBv1.0`) as an input, the host
+//! application's side: what an edge node's messages mean for the state a consumer keeps.
+//!
+//! ```text
+//!  topic ──▶ topic::Topic::parse ──▶ group, message type, node, device
+//!  payload ──▶ proto::Payload (prost) ──▶ value::read (datatype → Value)
+//!                                              │
+//!                 Sessions::apply ◀────────────┘  births: aliases, bdSeq, liveness
+//!                        │                        data: aliases resolved, seq checked
+//!                        ▼                        deaths: node and devices dead, values stale
+//!               Outcome::Update (last known values, what changed, gaps, liveness)
+//! ```
+//!
+//! Modules: `topic` (levels), `proto` (the payload's messages), `value` (datatypes), `metrics`
+//! (a birth's metrics by slot, and reading a message against them), `session` (the state per
+//! edge node), `error` (the refusals and their dead-letter reasons).
+//!
+//! [`Sessions`] is a plain state machine: no I/O, no clock (time is an argument), and a message
+//! it refuses changes nothing. It serializes, for the agent's durable state.
+
+pub mod error;
+pub mod metrics;
+pub mod proto;
+pub mod session;
+pub mod topic;
+pub mod value;
+
+pub use error::SparkplugError;
+pub use metrics::{Known, Limits, Metrics};
+pub use session::{Gap, Liveness, Outcome, Sessions, Update};
+pub use topic::{Kind, Topic};
+pub use value::Value;
+
+#[cfg(test)]
+mod tests;
