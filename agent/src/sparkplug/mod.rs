@@ -11,13 +11,14 @@
 //!               Outcome::Update (last known values, what changed, gaps, liveness)
 //! ```
 //!
-//! Modules: `topic` (levels), `proto` (the payload's messages), `value` (datatypes), `metrics`
+//! Modules: `command` (the rebirth request, rate-limited per node), `topic` (levels), `proto` (the payload's messages), `value` (datatypes), `metrics`
 //! (a birth's metrics by slot, and reading a message against them), `session` (the state per
 //! edge node), `error` (the refusals and their dead-letter reasons).
 //!
 //! [`Sessions`] is a plain state machine: no I/O, no clock (time is an argument), and a message
 //! it refuses changes nothing. It serializes, for the agent's durable state.
 
+pub mod command;
 pub mod error;
 pub mod metrics;
 pub mod proto;

@@ -1,0 +1,132 @@
+//! What a host application publishes: its STATE (online, and offline as its will), and the
+//! rebirth request to an edge node (an NCMD with `Node Control/Rebirth` = true), and how often
+//! that may be sent. The agent asks for a rebirth
+//! when a node's data cannot be read without one (an unknown alias, data before any birth); a
+//! node that keeps sending such data must not be flooded with requests, so each node gets at
+//! most one per `interval`.
+
+use super::proto::{Metric, MetricValue, Payload, datatype};
+use super::topic::node_command;
+use prost::Message;
+use std::collections::BTreeMap;
+
+/// The metric of the rebirth request (Sparkplug 3.0, 6.4.x `Node Control/Rebirth`).
+pub const REBIRTH: &str = "Node Control/Rebirth";
+
+/// The payload of a rebirth request sent at `now` (ms). It carries the metric's datatype
+/// (Boolean) and the payload's timestamp, and no `seq` (a command has none): some edge node
+/// libraries drop a command without them (pysparkplug 0.6 stops reading commands altogether).
+pub fn rebirth_payload(now: u64) -> Vec<u8> {
+    let metric = Metric {
+        name: Some(REBIRTH.to_owned()),
+        timestamp: Some(now),
+        datatype: Some(datatype::BOOLEAN),
+        value: Some(MetricValue::BooleanValue(true)),
+        ..Metric::default()
+    };
+    Payload { timestamp: Some(now), metrics: vec![metric], seq: None }.encode_to_vec()
+}
+
+/// The topic of host application `host`'s STATE (Sparkplug 3.0: `spBv1.0/STATE/<host id>`).
+/// `None` when `host` cannot be a topic level (empty, or holding `/`, `+` or `#`).
+pub fn state_topic(host: &str) -> Option<String> {
+    let valid = !host.is_empty() && !host.contains(['/', '+', '#']);
+    valid.then(|| format!("{}/STATE/{host}", super::topic::NAMESPACE))
+}
+
+/// A STATE payload (Sparkplug 3.0): `{"online":true,"timestamp":<ms>}`, published retained at
+/// QoS 1 on connecting; the will is the same with `false` and the same timestamp, which is how
+/// edge nodes tell an old will from a new birth.
+pub fn state_payload(online: bool, timestamp: u64) -> Vec<u8> {
+    serde_json::json!({ "online": online, "timestamp": timestamp }).to_string().into_bytes()
+}
+
+/// When each edge node was last asked to rebirth: at most one request per node per
+/// `interval`, and at most `max_nodes` remembered (the oldest are forgotten first, which at
+/// worst lets one more request through).
+#[derive(Debug, Clone)]
+pub struct Rebirths {
+    interval: u64,
+    max_nodes: usize,
+    /// Last request per `<group>/<node>`, in ms.
+    asked: BTreeMap<String, u64>,
+}
+
+impl Rebirths {
+    /// `interval` in ms.
+    pub fn new(interval: u64, max_nodes: usize) -> Self {
+        Rebirths { interval, max_nodes: max_nodes.max(1), asked: BTreeMap::new() }
+    }
+
+    /// The topic and payload of a rebirth request for `group`/`node` at `now` (ms), or `None`
+    /// when one was sent less than `interval` ago.
+    pub fn ask(&mut self, group: &str, node: &str, now: u64) -> Option<(String, Vec<u8>)> {
+        let key = format!("{group}/{node}");
+        if self.asked.get(&key).is_some_and(|&at| now.saturating_sub(at) < self.interval) {
+            return None;
+        }
+        if !self.asked.contains_key(&key) && self.asked.len() >= self.max_nodes {
+            let oldest = self.asked.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.asked.remove(&oldest);
+            }
+        }
+        self.asked.insert(key, now);
+        Some((node_command(group, node), rebirth_payload(now)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebirth_request_is_the_command_the_specification_names() {
+        let payload = Payload::decode(rebirth_payload(1_796_512_550_000).as_slice()).expect("decodes");
+        assert_eq!(payload.timestamp, Some(1_796_512_550_000));
+        assert_eq!(payload.seq, None, "commands carry no seq");
+        let [metric] = payload.metrics.as_slice() else { panic!("one metric: {payload:?}") };
+        assert_eq!(metric.name.as_deref(), Some(REBIRTH));
+        assert_eq!(metric.datatype, Some(datatype::BOOLEAN));
+        assert_eq!(metric.value, Some(MetricValue::BooleanValue(true)));
+        assert_eq!(metric.alias, None, "the rebirth metric has no alias");
+    }
+
+    /// The command pysparkplug's own host sends (fixture `ncmd_rebirth.bin`) and ours mean the
+    /// same: the same metric, type and value.
+    #[test]
+    fn it_matches_what_an_independent_host_sends() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sparkplug/ncmd_rebirth.bin");
+        let theirs = Payload::decode(std::fs::read(path).expect("the fixture").as_slice()).expect("decodes");
+        let ours = Payload::decode(rebirth_payload(1).as_slice()).expect("decodes");
+        let key =
+            |p: &Payload| p.metrics.iter().map(|m| (m.name.clone(), m.datatype, m.value.clone())).collect::<Vec<_>>();
+        assert_eq!(key(&ours), key(&theirs));
+    }
+
+    #[test]
+    fn the_host_state_is_the_json_of_sparkplug_3() {
+        assert_eq!(state_topic("scada-1").as_deref(), Some("spBv1.0/STATE/scada-1"));
+        for bad in ["", "a/b", "a+", "#"] {
+            assert_eq!(state_topic(bad), None, "{bad}");
+        }
+        let online: serde_json::Value = serde_json::from_slice(&state_payload(true, 1_796_512_550_000)).expect("JSON");
+        assert_eq!(online, serde_json::json!({"online": true, "timestamp": 1_796_512_550_000u64}));
+        let will: serde_json::Value = serde_json::from_slice(&state_payload(false, 1_796_512_550_000)).expect("JSON");
+        assert_eq!(will["online"], false);
+    }
+
+    #[test]
+    fn each_node_is_asked_at_most_once_per_interval() {
+        let mut r = Rebirths::new(10_000, 2);
+        let (topic, _) = r.ask("plant1", "gw1", 0).expect("the first request goes");
+        assert_eq!(topic, "spBv1.0/plant1/NCMD/gw1");
+        assert!(r.ask("plant1", "gw1", 9_999).is_none(), "not again within the interval");
+        assert!(r.ask("plant1", "gw2", 5_000).is_some(), "another node is asked on its own");
+        assert!(r.ask("plant1", "gw1", 10_000).is_some(), "again once the interval is over");
+        // A third node: the oldest entry (gw2 at 5 000) is forgotten, the bound holds.
+        assert!(r.ask("plant2", "gw1", 11_000).is_some());
+        assert_eq!(r.asked.len(), 2);
+        assert!(r.ask("plant1", "gw2", 12_000).is_some(), "forgotten, so asked again");
+    }
+}
