@@ -9,17 +9,22 @@
 //!                        │                        data: aliases resolved, seq checked
 //!                        ▼                        deaths: node and devices dead, values stale
 //!               Outcome::Update (last known values, what changed, gaps, liveness)
+//!                        │
+//!                        ▼
+//!               event::payload ──▶ the input event's payload, for the rules
 //! ```
 //!
 //! Modules: `command` (the rebirth request, rate-limited per node), `topic` (levels), `proto` (the payload's messages), `value` (datatypes), `metrics`
 //! (a birth's metrics by slot, and reading a message against them), `session` (the state per
-//! edge node), `error` (the refusals and their dead-letter reasons).
+//! edge node), `error` (the refusals and their dead-letter reasons), `event` (an update as
+//! the payload rules see).
 //!
 //! [`Sessions`] is a plain state machine: no I/O, no clock (time is an argument), and a message
 //! it refuses changes nothing. It serializes, for the agent's durable state.
 
 pub mod command;
 pub mod error;
+pub mod event;
 pub mod metrics;
 pub mod proto;
 pub mod session;

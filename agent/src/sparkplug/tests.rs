@@ -255,3 +255,44 @@ fn sessions_survive_a_round_trip_through_their_serialized_form() {
     assert_eq!(value(&back, &u, "Motor/Speed"), Value::Float(1501.0));
     assert_eq!(u.gap, None);
 }
+
+/// What rules see: the last known value of every metric by name, what changed, the key, and
+/// Sparkplug's own fields under `sparkplug`.
+#[test]
+fn rules_see_every_metric_by_name_what_changed_and_the_topic_levels() {
+    let mut s = Sessions::default();
+    for name in ["nbirth", "dbirth", "ddata"] {
+        update(apply(&mut s, name, 0));
+    }
+    let u = update(apply(&mut s, "ddata_current", 0));
+    let (metrics, alive) = s.metrics(&u.group, &u.node, u.device.as_deref()).expect("known");
+    let p = serde_json::to_value(event::payload(&u, metrics, alive)).expect("serializes");
+    assert_eq!(p["device"], "plant1/gw1/motor1", "the key names the device across groups");
+    assert_eq!(p["metrics"]["Motor/Speed"], 1500.5, "from the message before");
+    assert_eq!(p["metrics"]["Motor/Current"], 12.25);
+    let changed = serde_json::json!({"Motor/Current": 1_796_512_551_649u64});
+    assert_eq!(p["changed"], changed, "what this message carried, with the metric's own time");
+    assert_eq!(p["stale"], false);
+    assert!(p.get("types").is_none(), "types come with births");
+    assert_eq!(
+        p["sparkplug"],
+        serde_json::json!({"group": "plant1", "node": "gw1", "device": "motor1", "type": "DDATA", "seq": 3, "timestamp": 1_796_512_551_650u64})
+    );
+    assert!(p.get("seq").is_none(), "Sparkplug's seq is not a sensor's sequence number");
+    // A death: the same values, marked stale.
+    let death = update(apply(&mut s, "ndeath", 0));
+    let (metrics, alive) = s.metrics(&death.group, &death.node, None).expect("known");
+    let p = serde_json::to_value(event::payload(&death, metrics, alive)).expect("serializes");
+    assert_eq!((p["device"].as_str(), p["stale"].as_bool()), (Some("plant1/gw1"), Some(true)));
+    assert_eq!(p["metrics"]["Properties/Firmware"], "1.2.3", "kept");
+    assert_eq!(p["sparkplug"]["device"], serde_json::Value::Null);
+    // A birth declares the types, and the values are current again.
+    let birth = update(apply(&mut s, "nbirth_again", 0));
+    let (metrics, alive) = s.metrics(&birth.group, &birth.node, None).expect("known");
+    let p = serde_json::to_value(event::payload(&birth, metrics, alive)).expect("serializes");
+    assert_eq!(
+        (p["types"]["bdSeq"].as_str(), p["types"]["Properties/Firmware"].as_str()),
+        (Some("Int64"), Some("String"))
+    );
+    assert_eq!(p["stale"], false);
+}
