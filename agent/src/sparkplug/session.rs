@@ -229,6 +229,7 @@ impl Sessions {
                     }
                 }
             }
+            // Returned before the payload was read (above).
             Kind::NCmd | Kind::DCmd => return Ok(Outcome::Ignored("command")),
         }
         Ok(Outcome::Update(update))
@@ -242,9 +243,7 @@ impl Sessions {
             Some(d) => n.devices.get(d).map(|d| (&d.metrics, d.alive && n.alive)),
         }
     }
-}
 
-impl Sessions {
     fn node_mut(&mut self, group: &str, node: &str) -> Option<&mut Node> {
         self.groups.get_mut(group)?.get_mut(node)
     }
