@@ -239,14 +239,30 @@ impl Backtest {
 
 /// Runs the journal's inputs of `range` through `bt`, each decoded as the agent decoded it
 /// (the subscription's format, `limits`), then moves the clocks on to the range's end.
+///
+/// Sparkplug B messages are read against sessions that start empty at `range`'s start: data
+/// from a node whose birth is before the range is refused (`sparkplug_birth`), on both sides.
 pub fn run_journal(
     mut bt: Backtest,
     dir: &std::path::Path,
     range: (i64, i64),
-    limits: &crate::decode::DecodeLimits,
+    (limits, sparkplug): (&crate::decode::DecodeLimits, &crate::sparkplug::Limits),
 ) -> Result<(Report, crate::journal::ReadReport), crate::journal::JournalError> {
     use crate::journal::Entry;
+    use crate::sparkplug::{Outcome, Sessions, event};
+    let mut sessions = Sessions::default();
     let read = crate::journal::read(dir, range, |entry| match entry {
+        Entry::Message { t, format: crate::decode::Format::Sparkplug, topic, payload } => {
+            match sessions.apply(topic, payload, u64::try_from(t).unwrap_or(0), sparkplug) {
+                Err(e) => bt.step(t, Input::Message { topic, raw: payload, value: &Err(e.reason().to_owned()) }),
+                Ok(Outcome::Ignored(_)) => {}
+                Ok(Outcome::Update(update)) => {
+                    for value in event::payloads(&update, &sessions) {
+                        bt.step(t, Input::Message { topic, raw: payload, value: &Ok(value) });
+                    }
+                }
+            }
+        }
         Entry::Message { t, format, topic, payload } => {
             let value = crate::decode::decode_with(format, payload, limits).map_err(|e| e.reason().to_owned());
             bt.step(t, Input::Message { topic, raw: payload, value: &value });

@@ -172,7 +172,8 @@ pub fn backtest(args: BacktestArgs) -> anyhow::Result<ExitCode> {
                 }
             };
             let dir = edgewatch::journal::dir_in(&config.state_dir);
-            let (report, read) = edgewatch::backtest::run_journal(bt, &dir, range, &config.decode_limits())?;
+            let (report, read) =
+                edgewatch::backtest::run_journal(bt, &dir, range, (&config.decode_limits(), &config.sparkplug.limits))?;
             for d in &read.damaged {
                 eprintln!("edgewatch: damaged journal skipped: {d}");
             }

@@ -188,6 +188,24 @@ impl Collector for AgentCollector {
             load(&s.privacy_dropped_instead),
         )?;
         counter(e, "audit_errors", "Audit entries that could not be written.", load(&s.audit_errors))?;
+        counter(
+            e,
+            "sparkplug_seq_gaps",
+            "Sparkplug B messages whose seq did not follow their edge node's previous message.",
+            load(&s.sparkplug_seq_gaps),
+        )?;
+        counter(
+            e,
+            "sparkplug_ignored",
+            "Sparkplug B messages ignored as the specification asks (an old session's NDEATH, commands, STATE).",
+            load(&s.sparkplug_ignored),
+        )?;
+        counter(
+            e,
+            "sparkplug_rebirths_requested",
+            "Rebirth requests sent to edge nodes.",
+            load(&s.sparkplug_rebirths),
+        )?;
         if let Ok(by_rule) = d.by_rule.lock() {
             let mut rules: Vec<_> = by_rule.iter().map(|(r, c)| (r.clone(), *c)).collect();
             drop(by_rule);

@@ -209,6 +209,12 @@ pub struct Stats {
     pub privacy_dropped_instead: AtomicU64,
     /// Audit entries that could not be written (a full or failing disk).
     pub audit_errors: AtomicU64,
+    /// Sparkplug B: messages whose `seq` was not the one after their node's previous message
+    /// (lost, repeated or reordered); messages ignored as the specification asks (an old
+    /// session's NDEATH, other applications' commands and STATE); rebirth requests sent.
+    pub sparkplug_seq_gaps: AtomicU64,
+    pub sparkplug_ignored: AtomicU64,
+    pub sparkplug_rebirths: AtomicU64,
     /// Connections that were up and went down, both brokers: one per outage.
     pub disconnects: AtomicU64,
     /// Connection attempts that failed, both brokers (the retries during an outage, and

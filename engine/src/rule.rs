@@ -82,6 +82,10 @@ pub(crate) struct Step {
     pub(crate) absent: bool,
 }
 
+/// The timeout of a `sparkplug: true` heartbeat that names none: the longest one kept (49
+/// days), so that only deaths make its keys missing.
+pub(crate) const NO_TIMEOUT_MS: i64 = u32::MAX as i64;
+
 #[derive(Debug, Clone)]
 pub(crate) struct HeartbeatSpec {
     pub(crate) timeout_ms: i64,
@@ -95,6 +99,10 @@ pub(crate) struct HeartbeatSpec {
     pub(crate) grace_ms: i64,
     /// A message that means "gone now" (a last-will `offline`).
     pub(crate) offline: Option<Func>,
+    /// Follow Sparkplug B sessions (`sparkplug: true`): an NDEATH or DDEATH, as the agent
+    /// hands it over (`payload.sparkplug.type`), means "gone now" with reason `death`. Without
+    /// a `timeout`, silence alone never makes such a key missing ([`NO_TIMEOUT_MS`]).
+    pub(crate) sparkplug: bool,
     /// Flap suppression: more than `max` transitions within `window_ms` are reported once.
     pub(crate) flap: Option<(i64, u32)>,
 }

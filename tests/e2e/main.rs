@@ -17,6 +17,7 @@ mod pipeline;
 mod reconnect;
 mod reload;
 mod simulated_fleet;
+mod sparkplug;
 mod tls;
 mod topics;
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod mosquitto;
 pub mod pki;
 pub mod schemathesis;
+pub mod sparkplug;
 pub mod webhook;
 
 pub use config::{AgentToml, TomlValue};

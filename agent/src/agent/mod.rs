@@ -250,13 +250,26 @@ impl Agent {
         });
         let packet = config.max_payload_bytes.saturating_add(64 * 1024);
         let durable = outbox.store().is_some();
+        // As a Sparkplug primary host application: `online` on each connection, and the same
+        // with `offline` as the will (one timestamp for both, as Sparkplug 3.0 asks).
+        let host_state =
+            config.sparkplug.host_id.as_deref().and_then(crate::sparkplug::command::state_topic).map(|t| {
+                let at = u64::try_from(wall_clock().millis()).unwrap_or(0);
+                (
+                    t,
+                    crate::sparkplug::command::state_payload(true, at),
+                    crate::sparkplug::command::state_payload(false, at),
+                )
+            });
         let (src_client, src_conn) = mqtt::connect(
             &config.source,
             "source",
             &ConnectOptions {
                 request_capacity: 256,
                 max_packet_size: packet,
-                last_will: None,
+                last_will: host_state
+                    .as_ref()
+                    .map(|(topic, _, off)| (topic.clone(), bytes::Bytes::from(off.clone()), 1, true)),
                 persistent: durable,
                 manual_acks: durable,
                 inflight: 100,
@@ -305,7 +318,9 @@ impl Agent {
         let triggers = reloader::Triggers { internal: (watch_tx.clone(), watch_rx), external: reloads };
         let console_reloads = watch_tx.clone();
         let reloader = tokio::spawn(reloader::run(files, triggers, inputs.clone(), config.clone(), shutdown.clone()));
+        let rebirths = src_client.clone();
         let source = Source {
+            host_state: host_state.map(|(topic, on, off)| (topic, bytes::Bytes::from(on), bytes::Bytes::from(off))),
             conn: src_conn,
             client: src_client,
             subs: subscriptions(&config),
@@ -341,6 +356,7 @@ impl Agent {
         });
         step.sinks = sinks.clone();
         step.event_log = event_log;
+        step.sparkplug.send_requests_through(rebirths);
         if let Some((log, backlog)) = audit {
             for entry in &backlog {
                 step.queue_audit(entry);

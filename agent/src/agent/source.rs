@@ -35,6 +35,10 @@ pub(super) struct Source {
     pub suspects: usize,
     pub stats: Arc<Stats>,
     pub health: Health,
+    /// A Sparkplug primary host application's STATE topic (`sparkplug.host_id`) and its
+    /// `online` and `offline` payloads: `online` retained on each connection, `offline` before
+    /// a clean disconnect (the will says it otherwise).
+    pub host_state: Option<(String, bytes::Bytes, bytes::Bytes)>,
 }
 
 impl Source {
@@ -73,6 +77,7 @@ impl Source {
                     self.health.connected(Link::Source);
                     tracing::info!(connection = "source", session_present, "Connected to the source broker.");
                     subacks = 0;
+                    self.host_state(true);
                     self.subscribe();
                     (!std::mem::replace(&mut link_up, true)).then_some(Input::LinkUp)
                 }
@@ -130,7 +135,17 @@ impl Source {
                 self.stats.detail.queue_depth.store(depth as u64, Relaxed);
             }
         }
+        self.host_state(false);
         self.conn.close(&self.client, Duration::from_millis(500)).await;
+    }
+
+    /// Publishes this host application's Sparkplug STATE, if it has one: retained, QoS 1.
+    fn host_state(&self, online: bool) {
+        let Some((topic, on, off)) = &self.host_state else { return };
+        let payload = if online { on } else { off };
+        if let Err(error) = self.client.try_publish(topic.clone(), 1, true, payload.clone()) {
+            tracing::warn!(%error, online, "Sparkplug host STATE not published.");
+        }
     }
 
     /// Subscribes to every sensor topic. Never awaits the client: this task is what drains its

@@ -47,6 +47,8 @@ mod console;
 mod control;
 mod effects;
 mod rules;
+mod sparkplug;
+pub(super) use sparkplug::Sparkplug;
 
 /// What the engine loop is handed (by the source task and the reloader).
 #[derive(Debug)]
@@ -157,6 +159,8 @@ pub(super) struct Step {
     /// Each running rule's version, `<file>#<content hash>`, from the rules' status: the
     /// `edgewatchrule` attribute of its events.
     rule_versions: std::collections::HashMap<Arc<str>, Arc<str>>,
+    /// Sparkplug B edge nodes' sessions (subscriptions with `format = "sparkplug"`).
+    pub sparkplug: Sparkplug,
 }
 
 /// Each rule's version, `<file>#<hash>`, from the rules' status document.
@@ -191,6 +195,7 @@ impl Step {
     ) -> Step {
         let now = Instant::now();
         let protector = crate::privacy::Protector::new(config.privacy_key.as_ref().map(|k| k.expose()));
+        let sparkplug = Sparkplug::new(config.sparkplug.clone());
         let mut step = Step {
             engine,
             outbox,
@@ -218,7 +223,9 @@ impl Step {
             audit: None,
             event_log: None,
             feed: None,
+            sparkplug,
         };
+        step.restore_sparkplug();
         for (kind, data) in startup_events {
             tracing::warn!(kind, %data, "Agent event.");
             step.queue(reports::agent_event(&step.config, &step.source, kind, data));
@@ -286,8 +293,9 @@ impl Step {
     /// When to wake with no input: the engine's next timer, or housekeeping.
     fn wake_at(&self) -> Instant {
         let housekeeping = self.next_alive.min(self.next_snapshot).min(self.next_gauges);
-        let timer = self.engine.next_deadline().map(|d| {
-            let wait = d.millis().saturating_sub(wall_clock().millis()).max(0);
+        let engine = self.engine.next_deadline().map(Timestamp::millis);
+        let timer = engine.into_iter().chain(self.sparkplug.next_deadline()).min().map(|d| {
+            let wait = d.saturating_sub(wall_clock().millis()).max(0);
             Instant::now() + Duration::from_millis(u64::try_from(wait).unwrap_or(0))
         });
         let acks = match &self.sink {
@@ -316,7 +324,10 @@ impl Step {
         let queued = self.pending.queued;
         let now = wall_clock();
         match input {
-            None => self.engine.tick(now, &mut self.outputs),
+            None => {
+                self.engine.tick(now, &mut self.outputs);
+                self.sparkplug_due(now.millis());
+            }
             Some(Input::LinkDown) => {
                 tracing::warn!("Sensor link down: absence detection paused.");
                 if let Some(j) = &mut self.journal {
@@ -396,6 +407,9 @@ impl Step {
         let private = self.private(sub);
         if let (Some(j), None) = (&mut self.journal, &private) {
             j.message(received.millis(), format, &topic, &payload);
+        }
+        if format == Format::Sparkplug {
+            return self.sparkplug_message(topic, payload, received);
         }
         let sub = sub.and_then(|i| self.config.subscriptions.get(usize::from(i)));
         let decoded = decode_with(format, &payload, &self.config.decode_limits()).and_then(|value| {
@@ -481,6 +495,7 @@ impl Step {
             log.hand_over();
         }
         let (acks, arrived) = self.pending.take_acks();
+        self.sparkplug_commit();
         match (&mut self.sink, permit) {
             (Sink::Disk { store, .. }, Some(permit)) => {
                 for what in self.pending.touched.drain() {

@@ -75,6 +75,7 @@ mod raw;
 mod schemas;
 mod secret;
 mod sinks;
+mod sparkplug;
 mod validate;
 
 /// A key path and what is wrong with its value: what the checked stage (`validate.rs`,
@@ -93,6 +94,7 @@ pub use privacy::PrivacyKey;
 pub use secret::SecretBytes;
 use secret::secret;
 pub use sinks::{HttpSink, RawSink, SinkConfig, SinkKind};
+pub use sparkplug::SparkplugConfig;
 
 use raw::SECTIONS;
 pub use raw::{
@@ -159,6 +161,8 @@ pub struct Config {
     pub privacy_key: Option<PrivacyKey>,
     /// The audit trail's size on disk (`[audit]`).
     pub audit: crate::audit::AuditLimits,
+    /// How the agent acts as a Sparkplug B host application (`[sparkplug]`).
+    pub sparkplug: SparkplugConfig,
     /// SHA-256 of the effective configuration, secrets left out (see `fingerprint`): the
     /// audit trail records it at each start, so a change of configuration shows.
     pub fingerprint: String,
@@ -434,6 +438,27 @@ topic = "sensors/#"
         ] {
             let e = error(&sub(topic, prefix), &[]);
             assert!(e.contains("`subscriptions[0].strip_prefix`"), "{topic} {prefix}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_sparkplug_subscription_reads_spbv1_topics_and_nothing_it_cannot_apply() {
+        let sub = |topic: &str, extra: &str| {
+            format!("[agent]\nid = \"gw\"\n[[subscriptions]]\ntopic = \"{topic}\"\nformat = \"sparkplug\"\n{extra}")
+        };
+        let c = load(&sub("spBv1.0/plant1/#", "[sparkplug]\nrebirth = true\n"), &[]).expect("valid");
+        assert_eq!(c.subscriptions[0].format, crate::decode::Format::Sparkplug);
+        assert!(c.sparkplug.rebirth);
+        for (topic, extra, key) in [
+            ("sensors/#", "", "subscriptions[0].format"),
+            ("#", "", "subscriptions[0].format"),
+            ("spBv1.0/#", "strip_prefix = \"spBv1.0/\"\n", "subscriptions[0].strip_prefix"),
+            ("spBv1.0/#", "remember = [\"x\"]\n", "subscriptions[0].remember"),
+            ("spBv1.0/#", "[sparkplug]\nhost_id = \"a/b\"\n", "sparkplug.host_id"),
+            ("spBv1.0/#", "[sparkplug]\nrebirth = \"yes\"\n", "sparkplug.rebirth"),
+        ] {
+            let e = error(&sub(topic, extra), &[]);
+            assert!(e.contains(&format!("`{key}`")), "{topic} {extra}: {e}");
         }
     }
 

@@ -54,6 +54,9 @@ pub struct RawConfig {
     /// The web console and its JSON API.
     #[serde(default)]
     pub console: super::console::RawConsole,
+    /// Sparkplug B host application settings.
+    #[serde(default)]
+    pub sparkplug: super::sparkplug::RawSparkplug,
 }
 
 /// The audit trail (always kept): its size on disk.
@@ -163,6 +166,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "privacy",
     "audit",
     "console",
+    "sparkplug",
 ];
 
 /// How the engine treats input.

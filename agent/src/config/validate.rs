@@ -60,6 +60,21 @@ impl RawConfig {
                     return Err(invalid(&key, format!("must be how `{}` begins, level by level", s.topic)));
                 }
             }
+            if s.format == crate::decode::Format::Sparkplug {
+                let key = format!("{path}.format");
+                if !s.topic.starts_with("spBv1.0/") {
+                    return Err(invalid(&key, format!("`sparkplug` reads topics under `spBv1.0/`, not `{}`", s.topic)));
+                }
+                let unsupported = [
+                    ("strip_prefix", !strip_prefix.is_empty()),
+                    ("schema", s.schema.is_some()),
+                    ("privacy", s.privacy.is_some()),
+                    ("remember", !s.remember.is_empty()),
+                ];
+                if let Some((what, _)) = unsupported.iter().find(|(_, set)| *set) {
+                    return Err(invalid(&format!("{path}.{what}"), "does not apply to `format = \"sparkplug\"`"));
+                }
+            }
             let schema = match &s.schema {
                 None => None,
                 Some(name) => match schemas.get(name) {
@@ -169,6 +184,7 @@ impl RawConfig {
         let (engine_history, history) = self.history.validate(remember)?;
         engine.history = engine_history;
         let journal = self.journal.validate()?;
+        let sparkplug = self.sparkplug.validate()?;
         let event_log = self.event_log.validate_event_log()?;
         let mut sinks = super::sinks::validate(self.sinks, &|var| std::env::var(var).ok())?;
         for sink in &mut sinks {
@@ -241,6 +257,7 @@ impl RawConfig {
             sinks,
             privacy_key,
             audit,
+            sparkplug,
             fingerprint: String::new(),
         })
     }

@@ -28,6 +28,10 @@ pub enum Format {
     /// A postcard frame of the `wire` crate.
     #[serde(alias = "wire")]
     Postcard,
+    /// Sparkplug B (`spBv1.0/...`): protobuf, read against its edge node's session (births,
+    /// aliases, seq), which [`decode_with`] does not have: the engine loop reads it through
+    /// [`crate::sparkplug::Sessions`]. Never chosen by `auto`.
+    Sparkplug,
 }
 
 /// What a payload may hold. Each limit has its own dead-letter reason, so an operator sees
@@ -78,6 +82,9 @@ pub enum DecodeError {
     /// Decoded, but not the shape its subscription's schema asks for.
     #[error("{0}")]
     Schema(crate::schema::Violation),
+    /// A Sparkplug B message its edge node's session refused (its own reasons).
+    #[error("{0}")]
+    Sparkplug(crate::sparkplug::SparkplugError),
 }
 
 impl DecodeError {
@@ -93,11 +100,13 @@ impl DecodeError {
             DecodeError::StringTooLong { .. } => "string_too_long",
             DecodeError::WrongType(_) => "wrong_type",
             DecodeError::Schema(_) => "schema",
+            DecodeError::Sparkplug(e) => e.reason(),
         }
     }
 
-    /// Every reason [`DecodeError::reason`] can return, for exporters that pre-register
-    /// their counters.
+    /// Every reason [`DecodeError::reason`] can return but Sparkplug's
+    /// ([`crate::sparkplug::SparkplugError::REASONS`]), for exporters that pre-register their
+    /// counters.
     pub const REASONS: [&'static str; 9] =
         ["too_large", "empty", "not_utf8", "json", "wire", "too_deep", "string_too_long", "wrong_type", "schema"];
 }
@@ -127,6 +136,9 @@ pub fn decode_with(format: Format, bytes: &[u8], limits: &DecodeLimits) -> Resul
         Format::Json => json(bytes, limits),
         Format::Scalar => scalar(bytes, limits),
         Format::Postcard => postcard(bytes),
+        Format::Sparkplug => {
+            Err(DecodeError::WrongType("a Sparkplug B payload is read by its edge node's session".into()))
+        }
         Format::Auto if first == wire::VERSION || (first < 0x20 && !first.is_ascii_whitespace()) => postcard(bytes),
         Format::Auto => {
             let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?.trim_start();

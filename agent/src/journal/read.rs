@@ -105,7 +105,7 @@ pub(crate) fn message_line(t: i64, format: Format, topic: &str, payload: &[u8]) 
     let encoding = match format {
         Format::Json => Encoding::Json,
         Format::Scalar => Encoding::Text,
-        Format::Postcard => Encoding::Binary,
+        Format::Postcard | Format::Sparkplug => Encoding::Binary,
         Format::Auto if is_json() => Encoding::Json,
         Format::Auto => Encoding::Text,
     };

@@ -54,6 +54,7 @@ fn format_byte(f: Format) -> u8 {
         Format::Json => 1,
         Format::Scalar => 2,
         Format::Postcard => 3,
+        Format::Sparkplug => 4,
     }
 }
 
@@ -63,6 +64,7 @@ fn format_of(b: u8) -> Option<Format> {
         1 => Format::Json,
         2 => Format::Scalar,
         3 => Format::Postcard,
+        4 => Format::Sparkplug,
         _ => return None,
     })
 }

@@ -197,12 +197,13 @@ fn the_thread_writes_every_input_it_is_handed_before_it_stops() {
 fn the_export_is_a_recording_that_replay_reads_back_the_same() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (mut log, _) = JournalLog::open(tmp.path(), JournalLimits::default()).expect("open");
-    let inputs: [(Format, &str, &[u8]); 5] = [
+    let inputs: [(Format, &str, &[u8]); 6] = [
         (Format::Auto, "sensors/a/temperature", b"{\"temperature\": 21.5}"),
         (Format::Json, "sensors/a/pretty", b"{\n  \"temperature\": 22\n}"),
         (Format::Auto, "sensors/a/status", b"online"),
         (Format::Scalar, "sensors/a/level", b"42"),
         (Format::Postcard, "sensors/a/wire", &[0x01, 0xff, 0x00, 0x80]),
+        (Format::Sparkplug, "spBv1.0/p/NDATA/gw", &[0x18, 0x07]),
     ];
     for (i, (format, topic, payload)) in inputs.iter().enumerate() {
         log.append(&Entry::Message { t: T0 + i as i64, format: *format, topic, payload }, T0).expect("append");
@@ -210,13 +211,13 @@ fn the_export_is_a_recording_that_replay_reads_back_the_same() {
     log.flush().expect("flush");
     let mut out = Vec::new();
     let report = export(tmp.path(), (0, T0 + 60_000), &mut out).expect("export");
-    assert_eq!(report.records, 5);
+    assert_eq!(report.records, 6);
     let text = String::from_utf8(out).expect("utf-8");
-    assert_eq!(text.lines().count(), 6, "{text}");
+    assert_eq!(text.lines().count(), 7, "{text}");
     assert!(text.lines().last().is_some_and(|l| l == format!("{{\"t\":{}}}", T0 + 60_000)), "{text}");
     let recording = crate::replay::parse(&text, "export").expect("replay reads it");
     let messages: Vec<_> = recording.iter().filter_map(|r| r.message.as_ref()).collect();
-    assert_eq!(messages.len(), 5);
+    assert_eq!(messages.len(), 6);
     for ((_, topic, raw), (_, got_topic, got_raw, _)) in
         inputs.iter().zip(messages.iter().map(|(a, b, c)| ((), a, b, c)))
     {
@@ -225,7 +226,12 @@ fn the_export_is_a_recording_that_replay_reads_back_the_same() {
             assert_eq!(raw, got_raw, "{topic}: bytes kept");
         }
     }
-    assert!(text.contains("\"text\":\"online\"") && text.contains("\"hex\":\"01ff0080\""), "{text}");
+    assert!(
+        text.contains("\"text\":\"online\"")
+            && text.contains("\"hex\":\"01ff0080\"")
+            && text.contains("\"hex\":\"1807\""),
+        "{text}"
+    );
 }
 
 #[test]

@@ -7,11 +7,16 @@
 //!   metrics: #{ "Motor/Speed": 1500.5, "Motor/Current": 12.25 },   // every metric, last known
 //!   changed: #{ "Motor/Speed": 1796512551449 },  // what this message carried, and when
 //!   stale: false,                         // the node or device is dead: no value is current
+//!   timestamp: 1796512551449,            // the newest of `changed`, else the message's
 //!   sparkplug: #{ group: "plant1", node: "gw1", device: "motor1", type: "DDATA", seq: 2,
-//!                 timestamp: 1796512551449 },
+//!                 timestamp: 1796512551449 },  // and `gap: #{ expected, got }` after a lost seq
 //!   types: #{ "Motor/Speed": "Double", .. },     // births only: the declared datatypes
 //! }
 //! ```
+//!
+//! An NDEATH is one event for its node, then one for each device that died with it (same
+//! topic, type `NDEATH`, that device's key and metrics): a rule keyed by device sees every
+//! device go. `timestamp` is what `engine.time_field = "timestamp"` takes as the event time.
 //!
 //! `"Motor/Speed" in e.payload.changed` asks whether this message carried it. A metric's
 //! timestamp is its own, else its message's. After a death every value is kept and `stale` is
@@ -26,10 +31,28 @@
 //! its decoding.
 
 use super::metrics::Metrics;
-use super::session::Update;
+use super::session::{Sessions, Update};
 use super::topic::Kind;
 use super::value::Value;
 use edgewatch_engine::{Dynamic, Map};
+
+/// The payloads of the input events for `update`, applied to `sessions`: its own, then, for an
+/// NDEATH, one per device that died with the node.
+pub fn payloads(update: &Update, sessions: &Sessions) -> Vec<Dynamic> {
+    let own = update.device.as_deref();
+    let Some((metrics, alive)) = sessions.metrics(&update.group, &update.node, own) else { return Vec::new() };
+    let mut out = vec![payload(update, metrics, alive)];
+    if update.kind == Kind::NDeath {
+        for gone in update.liveness.iter().filter(|l| !l.alive) {
+            let Some(device) = gone.device.as_deref() else { continue };
+            if let Some((metrics, _)) = sessions.metrics(&update.group, &update.node, Some(device)) {
+                let each = Update { device: Some(device.to_owned()), ..update.clone() };
+                out.push(payload(&each, metrics, false));
+            }
+        }
+    }
+    out
+}
 
 /// The payload of the input event for `update`, with `metrics` (its node's or device's, after
 /// it) and whether that node or device is `alive`.
@@ -47,6 +70,13 @@ pub fn payload(update: &Update, metrics: &Metrics, alive: bool) -> Dynamic {
     sparkplug.insert("type".into(), update.kind.as_str().into());
     sparkplug.insert("seq".into(), update.seq.map_or(Dynamic::UNIT, |s| Dynamic::from_int(i64::from(s))));
     sparkplug.insert("timestamp".into(), update.timestamp.map_or(Dynamic::UNIT, |t| Dynamic::from_int(t as i64)));
+    if let Some(gap) = update.gap {
+        let mut g = Map::new();
+        g.insert("expected".into(), Dynamic::from_int(i64::from(gap.expected)));
+        g.insert("got".into(), Dynamic::from_int(i64::from(gap.got)));
+        sparkplug.insert("gap".into(), g.into());
+    }
+    let newest = update.changed.iter().filter_map(|n| metrics.get(n)?.timestamp).max().or(update.timestamp);
     let key = match &update.device {
         Some(device) => format!("{}/{}/{device}", update.group, update.node),
         None => format!("{}/{}", update.group, update.node),
@@ -56,6 +86,7 @@ pub fn payload(update: &Update, metrics: &Metrics, alive: bool) -> Dynamic {
     out.insert("metrics".into(), values.into());
     out.insert("changed".into(), changed.into());
     out.insert("stale".into(), (!alive).into());
+    out.insert("timestamp".into(), newest.map_or(Dynamic::UNIT, |t| Dynamic::from_int(t as i64)));
     out.insert("sparkplug".into(), sparkplug.into());
     if matches!(update.kind, Kind::NBirth | Kind::DBirth) {
         let types: Map =

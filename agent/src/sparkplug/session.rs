@@ -16,11 +16,22 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Every edge node seen, by group and node id.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sessions {
     groups: BTreeMap<String, BTreeMap<String, Node>>,
     /// How many nodes `groups` holds (for the bound).
     nodes: usize,
+    /// Nodes changed since the agent last wrote them to its store ([`Sessions::take_changed`]):
+    /// each batch writes only those.
+    #[serde(skip)]
+    changed: std::collections::BTreeSet<(String, String)>,
+}
+
+/// Equal when they hold the same sessions, whatever is still to be written.
+impl PartialEq for Sessions {
+    fn eq(&self, other: &Self) -> bool {
+        self.groups == other.groups && self.nodes == other.nodes
+    }
 }
 
 /// One edge node's session.
@@ -95,6 +106,43 @@ const BD_SEQ: &str = "bdSeq";
 impl Sessions {
     /// Applies one message received on `topic`, at `now` (ms since the epoch).
     pub fn apply(&mut self, topic: &str, payload: &[u8], now: u64, limits: &Limits) -> Result<Outcome, SparkplugError> {
+        let outcome = self.apply_inner(topic, payload, now, limits)?;
+        // A DDEATH for a dead device still moves its node's `seq`: an old death may change it.
+        let changes = matches!(outcome, Outcome::Update(_) | Outcome::Ignored("stale_death"));
+        if let (true, Ok(Topic::Edge { group, node, .. })) = (changes, Topic::parse(topic)) {
+            if self.groups.get(group).is_some_and(|g| g.contains_key(node)) {
+                self.changed.insert((group.to_owned(), node.to_owned()));
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The nodes changed since the last call, by group and node id.
+    pub fn take_changed(&mut self) -> std::collections::BTreeSet<(String, String)> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// One node's session (with its devices), serialized for the store.
+    pub fn export_node(&self, group: &str, node: &str) -> Option<Vec<u8>> {
+        serde_json::to_vec(self.groups.get(group)?.get(node)?).ok()
+    }
+
+    /// Restores one node's session from [`Sessions::export_node`]'s bytes.
+    pub fn import_node(&mut self, group: &str, node: &str, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        let restored: Node = serde_json::from_slice(bytes)?;
+        if self.groups.entry(group.to_owned()).or_default().insert(node.to_owned(), restored).is_none() {
+            self.nodes += 1;
+        }
+        Ok(())
+    }
+
+    fn apply_inner(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now: u64,
+        limits: &Limits,
+    ) -> Result<Outcome, SparkplugError> {
         let (group, kind, node_id, device_id) = match Topic::parse(topic)? {
             Topic::State { .. } => return Ok(Outcome::Ignored("state")),
             Topic::Edge { kind: Kind::NCmd | Kind::DCmd, .. } => return Ok(Outcome::Ignored("command")),
@@ -130,7 +178,9 @@ impl Sessions {
             gap: None,
             liveness: Vec::new(),
         };
-        let at = payload.timestamp.unwrap_or(now);
+        // Deaths are dated by their arrival: an NDEATH is the will set at CONNECT, and its
+        // timestamp is that moment, not the death's.
+        let at = now;
         match kind {
             Kind::NBirth => {
                 let birth = born(&payload, group, node_id, limits)?;

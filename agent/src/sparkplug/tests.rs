@@ -97,7 +97,11 @@ fn a_death_takes_the_node_and_its_devices_and_a_rebirth_brings_them_back_with_th
     for name in ["nbirth", "dbirth", "ddata"] {
         update(apply(&mut s, name, 0));
     }
-    let death = update(apply(&mut s, "ndeath", 0));
+    // The will is stamped when its session connected; the death is dated by its arrival, a
+    // minute later here, and the rebirth comes 30 s after that.
+    let stamped = Payload::decode(fixture("ndeath").as_slice()).expect("decodes").timestamp.expect("stamped");
+    let died = stamped + 60_000;
+    let death = update(apply(&mut s, "ndeath", died));
     assert_eq!(death.kind, Kind::NDeath);
     assert_eq!(
         death.liveness,
@@ -109,8 +113,6 @@ fn a_death_takes_the_node_and_its_devices_and_a_rebirth_brings_them_back_with_th
     let (motor, alive) = s.metrics("plant1", "gw1", Some("motor1")).expect("kept");
     assert!(!alive && motor.get("Motor/Speed").expect("known").stale);
     assert_eq!(motor.get("Motor/Speed").expect("known").value, Value::Float(1500.5), "kept, marked stale");
-    // The will's timestamp is when it died; the rebirth comes 30 s later.
-    let died = Payload::decode(fixture("ndeath").as_slice()).expect("decodes").timestamp.expect("stamped");
     let again = update(apply(&mut s, "nbirth_again", died + 30_000));
     assert_eq!(again.liveness, vec![Liveness { device: None, alive: true, downtime: Some(30_000) }]);
     let device = update(apply(&mut s, "dbirth_again", died + 31_000));
@@ -279,13 +281,20 @@ fn rules_see_every_metric_by_name_what_changed_and_the_topic_levels() {
         serde_json::json!({"group": "plant1", "node": "gw1", "device": "motor1", "type": "DDATA", "seq": 3, "timestamp": 1_796_512_551_650u64})
     );
     assert!(p.get("seq").is_none(), "Sparkplug's seq is not a sensor's sequence number");
-    // A death: the same values, marked stale.
+    assert_eq!(p["timestamp"], 1_796_512_551_649u64, "the newest metric's time: `engine.time_field`'s");
+    // A death: the same values, marked stale; one event for the node, one per device with it.
     let death = update(apply(&mut s, "ndeath", 0));
-    let (metrics, alive) = s.metrics(&death.group, &death.node, None).expect("known");
-    let p = serde_json::to_value(event::payload(&death, metrics, alive)).expect("serializes");
+    let all: Vec<serde_json::Value> =
+        event::payloads(&death, &s).into_iter().map(|p| serde_json::to_value(p).expect("serializes")).collect();
+    assert_eq!(all.len(), 2);
+    let p = &all[0];
     assert_eq!((p["device"].as_str(), p["stale"].as_bool()), (Some("plant1/gw1"), Some(true)));
     assert_eq!(p["metrics"]["Properties/Firmware"], "1.2.3", "kept");
     assert_eq!(p["sparkplug"]["device"], serde_json::Value::Null);
+    let d = &all[1];
+    assert_eq!((d["device"].as_str(), d["stale"].as_bool()), (Some("plant1/gw1/motor1"), Some(true)));
+    assert_eq!((d["sparkplug"]["type"].as_str(), d["sparkplug"]["device"].as_str()), (Some("NDEATH"), Some("motor1")));
+    assert_eq!(d["metrics"]["Motor/Current"], 12.25, "its last values, stale");
     // A birth declares the types, and the values are current again.
     let birth = update(apply(&mut s, "nbirth_again", 0));
     let (metrics, alive) = s.metrics(&birth.group, &birth.node, None).expect("known");
@@ -295,4 +304,41 @@ fn rules_see_every_metric_by_name_what_changed_and_the_topic_levels() {
         (Some("Int64"), Some("String"))
     );
     assert_eq!(p["stale"], false);
+}
+
+#[test]
+fn a_gap_is_in_the_event_for_rules() {
+    let mut s = Sessions::default();
+    update(apply(&mut s, "nbirth", 0));
+    update(apply(&mut s, "dbirth", 0));
+    // ddata_current has seq 3: the DDATA with seq 2 was lost.
+    let u = update(apply(&mut s, "ddata_current", 0));
+    let p = serde_json::to_value(&event::payloads(&u, &s)[0]).expect("serializes");
+    assert_eq!(p["sparkplug"]["gap"], serde_json::json!({"expected": 2, "got": 3}));
+}
+
+/// What the agent writes with each batch: only the nodes a message changed, one record each,
+/// from which a restarted agent resolves the same aliases.
+#[test]
+fn each_changed_node_is_written_once_and_restores_alone() {
+    let mut s = Sessions::default();
+    for name in ["nbirth", "dbirth", "ddata"] {
+        update(apply(&mut s, name, 0));
+    }
+    let changed = s.take_changed();
+    assert_eq!(changed.into_iter().collect::<Vec<_>>(), [("plant1".to_owned(), "gw1".to_owned())]);
+    assert!(s.take_changed().is_empty(), "taken");
+    assert!(apply(&mut s, "ncmd_rebirth", 0).is_ok());
+    let data = Payload { timestamp: Some(1), metrics: vec![], seq: Some(9) }.encode_to_vec();
+    s.apply("spBv1.0/plant1/NDATA/other", &data, 0, &Limits::default()).expect_err("never born");
+    assert!(s.take_changed().is_empty(), "refusals and commands change no node");
+
+    let record = s.export_node("plant1", "gw1").expect("known");
+    assert_eq!(s.export_node("plant1", "nope"), None);
+    let mut restarted = Sessions::default();
+    restarted.import_node("plant1", "gw1", &record).expect("restores");
+    assert_eq!(restarted, s);
+    let u = update(apply(&mut restarted, "ddata_alias_only", 0));
+    assert_eq!(value(&restarted, &u, "Motor/Speed"), Value::Float(1501.0));
+    assert!(restarted.import_node("plant1", "gw2", b"{").is_err(), "a damaged record is an error");
 }

@@ -1,8 +1,8 @@
 //! The engine's state and the agent's marks in the store: per-key rule state, duplicate
 //! windows, held events, the watermark, open history roll-ups and rules' past per key
 //! (`s/`, `d/`, `h/`, `w/`, `r/`, `q/`: `q/c/` closed buckets, `q/o/` open ones), the
-//! "alive" and "clean stop" marks (`m/`), and delivery counts of possibly poisonous
-//! messages (`p/`).
+//! "alive" and "clean stop" marks (`m/`), delivery counts of possibly poisonous
+//! messages (`p/`), and the Sparkplug B sessions, one record per edge node (`g/`).
 
 use super::{Batch, Store, StoreError, u64_key};
 use edgewatch_engine::Touched;
@@ -161,6 +161,32 @@ impl Store {
     pub fn forget_delivery(&self, batch: &mut Batch, hash: u64) {
         batch.inner.remove(&delivery_key(hash));
         batch.changes += 1;
+    }
+
+    /// Records one Sparkplug edge node's session (`None`: removes it) in `batch`.
+    pub fn put_sparkplug(&self, batch: &mut Batch, (group, node): (&str, &str), value: Option<&[u8]>) {
+        let k = [b"g/".as_slice(), group.as_bytes(), &[0], node.as_bytes()].concat();
+        match value {
+            Some(v) => batch.inner.insert(k, v),
+            None => batch.inner.remove(k),
+        }
+        batch.changes += 1;
+    }
+
+    /// Every Sparkplug edge node's session, as (group, node, record), to restore at start.
+    pub fn load_sparkplug(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let mut v = Vec::new();
+        for item in self.db.scan_prefix(b"g/") {
+            let (k, val) = item.map_err(|e| self.db_err(e))?;
+            let rest = &k[2..];
+            let Some(split) = rest.iter().position(|b| *b == 0) else { continue };
+            let (Ok(group), Ok(node)) = (std::str::from_utf8(&rest[..split]), std::str::from_utf8(&rest[split + 1..]))
+            else {
+                continue;
+            };
+            v.push((group.to_owned(), node.to_owned(), val.to_vec()));
+        }
+        Ok(v)
     }
 
     /// When the agent was last known running, if ever.

@@ -419,11 +419,17 @@ fn sequence(d: &mut Decl<'_>, def: &Map) -> Result<RuleKind, String> {
 }
 
 fn heartbeat(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<HeartbeatSpec, String> {
-    let h =
-        sub_map("heartbeat", v, &["timeout", "timeout_of", "expected", "timeout_column", "grace", "offline", "flap"])?;
+    let keys = ["timeout", "timeout_of", "expected", "timeout_column", "grace", "offline", "flap", "sparkplug"];
+    let h = sub_map("heartbeat", v, &keys)?;
+    let sparkplug = match h.get("sparkplug") {
+        None => false,
+        Some(v) => v.as_bool().map_err(|_| "`heartbeat.sparkplug` must be true or false".to_owned())?,
+    };
     let timeout_ms = match h.get("timeout") {
         Some(v) => duration_ms(v).map_err(|m| format!("`heartbeat.timeout` {m}"))?,
-        None => return Err("`heartbeat` needs `timeout`".into()),
+        // Sparkplug nodes report by exception: their births and deaths say when they come and go.
+        None if sparkplug => crate::rule::NO_TIMEOUT_MS,
+        None => return Err("`heartbeat` needs `timeout` (or `sparkplug: true`)".into()),
     };
     if timeout_ms > i64::from(u32::MAX) {
         return Err("`heartbeat.timeout` must be at most 49 days".into());
@@ -460,7 +466,7 @@ fn heartbeat(d: &mut Decl<'_>, v: Option<&Dynamic>) -> Result<HeartbeatSpec, Str
     let timeout_of = hd.func("timeout_of", 1).map_err(|m| format!("heartbeat: {m}"))?;
     let offline = hd.func("offline", 1).map_err(|m| format!("heartbeat: {m}"))?;
     d.arities.extend(hd.arities.into_iter().map(|(k, f, a)| (format!("heartbeat.{k}"), f, a)));
-    Ok(HeartbeatSpec { timeout_ms, timeout_of, expected, timeout_column, grace_ms, offline, flap })
+    Ok(HeartbeatSpec { timeout_ms, timeout_of, expected, timeout_column, grace_ms, offline, sparkplug, flap })
 }
 
 /// A field name or a list of them (`"temperature"`, `["temperature", "humidity"]`).

@@ -277,12 +277,13 @@ pub(crate) fn on_event(
         }
     }
     let now = cx.now;
+    let death = spec.sparkplug && sparkplug_death(&x.event.payload);
     let offline = match &spec.offline {
-        Some(f) => match cx.test("heartbeat.offline", f, x) {
+        Some(f) if !death => match cx.test("heartbeat.offline", f, x) {
             Some(b) => b,
             None => return,
         },
-        None => false,
+        _ => death,
     };
     let timeout = if offline {
         spec.timeout_ms
@@ -310,7 +311,7 @@ pub(crate) fn on_event(
 
     if offline {
         if hb.missing_since == NONE {
-            go_missing(cx, spec, &key, hb, now, "offline", x.event.id);
+            go_missing(cx, spec, &key, hb, now, if death { "death" } else { "offline" }, x.event.id);
         }
         return;
     }
@@ -335,6 +336,15 @@ pub(crate) fn on_event(
         hb.timer_at = hb.deadline;
         cx.set_timer(hb.deadline, &key, TAG_DEADLINE);
     }
+}
+
+/// Is this the agent's form of a Sparkplug NDEATH or DDEATH (`payload.sparkplug.type`)?
+fn sparkplug_death(payload: &Dynamic) -> bool {
+    let Some(payload) = payload.read_lock::<Map>() else { return false };
+    let Some(spb) = payload.get("sparkplug").and_then(|s| s.read_lock::<Map>()) else { return false };
+    spb.get("type")
+        .and_then(|t| t.read_lock::<rhai::ImmutableString>())
+        .is_some_and(|t| matches!(t.as_str(), "NDEATH" | "DDEATH"))
 }
 
 pub(crate) fn on_timer(

@@ -182,3 +182,59 @@ fn devices_added_by_new_tables_are_missing_exactly_a_grace_after_the_tables_chan
     assert_eq!(keys(&o), ["new"]);
     assert_eq!(o[0].2, reloaded + 15_000);
 }
+
+/// What the agent makes of Sparkplug B messages (see `agent/src/sparkplug/event.rs`): the key in
+/// `device`, the message type under `sparkplug`.
+fn spb(kind: &str, device: &str) -> String {
+    format!(r#"{{"device": "{device}", "sparkplug": {{"type": "{kind}"}}, "metrics": {{}}}}"#)
+}
+
+#[test]
+fn sparkplug_deaths_are_absence_and_births_recover_with_the_downtime() {
+    let src = r#"rule("spb", #{ on: "spBv1.0/#", heartbeat: #{ sparkplug: true } });"#;
+    let mut h = H::new(src);
+    assert!(h.send(0, "spBv1.0/p/NBIRTH/gw", &spb("NBIRTH", "p/gw")).is_empty());
+    assert!(h.send(10, "spBv1.0/p/DBIRTH/gw/m", &spb("DBIRTH", "p/gw/m")).is_empty());
+    assert!(h.send(20, "spBv1.0/p/DDATA/gw/m", &spb("DDATA", "p/gw/m")).is_empty());
+    // No `timeout`: a node that reports by exception is not missing for being quiet.
+    assert!(h.tick(10 * 86_400_000).is_empty());
+    // An NDEATH reaches the rule once for the node and once for each of its devices.
+    let t = 10 * 86_400_000 + 1_000;
+    let o = h.send(t, "spBv1.0/p/NDEATH/gw", &spb("NDEATH", "p/gw"));
+    assert_eq!(keys(&o), ["p/gw"]);
+    assert_eq!(o[0].3["status"], "missing");
+    assert_eq!(o[0].3["reason"], "death");
+    let o = h.send(t, "spBv1.0/p/NDEATH/gw", &spb("NDEATH", "p/gw/m"));
+    assert_eq!((keys(&o), o[0].3["reason"].clone()), (vec!["p/gw/m"], "death".into()));
+    assert!(h.send(t + 5, "spBv1.0/p/NDEATH/gw", &spb("NDEATH", "p/gw")).is_empty(), "dead once");
+    let o = h.send(t + 60_000, "spBv1.0/p/NBIRTH/gw", &spb("NBIRTH", "p/gw"));
+    assert_eq!((o[0].3["status"].clone(), o[0].3["downtime_ms"].clone()), ("recovered".into(), 60_000.into()));
+    let o = h.send(t + 60_010, "spBv1.0/p/DBIRTH/gw/m", &spb("DBIRTH", "p/gw/m"));
+    assert_eq!((keys(&o), o[0].3["status"].clone()), (vec!["p/gw/m"], "recovered".into()));
+    // A DDEATH makes only its device missing.
+    let o = h.send(t + 70_000, "spBv1.0/p/DDEATH/gw/m", &spb("DDEATH", "p/gw/m"));
+    assert_eq!((keys(&o), o[0].3["reason"].clone()), (vec!["p/gw/m"], "death".into()));
+}
+
+#[test]
+fn sparkplug_with_a_timeout_reports_silence_too() {
+    let src = r#"rule("spb", #{ on: "spBv1.0/#", heartbeat: #{ sparkplug: true, timeout: "1m" } });"#;
+    let mut h = H::new(src);
+    h.send(0, "spBv1.0/p/NBIRTH/gw", &spb("NBIRTH", "p/gw"));
+    let o = h.tick(60_000);
+    assert_eq!((keys(&o), o[0].3["reason"].clone()), (vec!["p/gw"], "timeout".into()));
+}
+
+#[test]
+fn a_heartbeat_needs_a_timeout_unless_it_follows_sparkplug() {
+    for (src, want) in [
+        (r#"rule("x", #{ on: "a/#", heartbeat: #{} });"#, "`heartbeat` needs `timeout`"),
+        (r#"rule("x", #{ on: "a/#", heartbeat: #{ sparkplug: 1 } });"#, "`heartbeat.sparkplug` must be true or false"),
+        (r#"rule("x", #{ on: "a/#", heartbeat: #{ sparkplug: false } });"#, "`heartbeat` needs `timeout`"),
+    ] {
+        let sandbox = std::sync::Arc::new(edgewatch_engine::Sandbox::default());
+        let (_, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("f.rhai", src)]);
+        let err = errors.first().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(want), "{src}: {err}");
+    }
+}

@@ -1,0 +1,158 @@
+//! Sparkplug B in the engine loop: each message through its edge node's session
+//! ([`Sessions`]) into the input events rules see, the sessions' changes into each batch, and
+//! the host application's requests for a rebirth.
+//!
+//! ```text
+//!  spBv1.0/... ──▶ Sessions::apply ──Update──▶ event::payloads ──▶ Engine::process (one event each)
+//!                      │ refused: dead letter (`sparkplug_*`)   │ seq gap: reorder timer
+//!                      └── unknown alias, unborn data ──────────┴──▶ Rebirths::ask ──▶ NCMD (source)
+//!  commit: Sessions::take_changed ──▶ Store::put_sparkplug (one record per edge node)
+//! ```
+
+use super::Step;
+use crate::config::SparkplugConfig;
+use crate::decode::DecodeError;
+use crate::mqtt;
+use crate::sparkplug::command::Rebirths;
+use crate::sparkplug::{Kind, Outcome, Sessions, event};
+use bytes::Bytes;
+use edgewatch_engine::{Event, EventId, Timestamp};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// The engine loop's Sparkplug side.
+#[derive(Debug)]
+pub(in crate::agent) struct Sparkplug {
+    /// Every edge node followed: restored from the store at start, written with each batch.
+    pub sessions: Sessions,
+    config: SparkplugConfig,
+    /// Where rebirth requests go (the source connection), and how often they may (`None`:
+    /// `sparkplug.rebirth` is off).
+    requests: Option<(mqtt::Client, Rebirths)>,
+    /// Edge nodes whose `seq` skipped, by group and node: when a rebirth is asked of them
+    /// unless they are born again first (ms).
+    reorder: BTreeMap<(String, String), i64>,
+}
+
+impl Sparkplug {
+    pub fn new(config: SparkplugConfig) -> Self {
+        Sparkplug { sessions: Sessions::default(), config, requests: None, reorder: BTreeMap::new() }
+    }
+
+    /// Rebirth requests go through `source` (the connection edge nodes publish on), if
+    /// `sparkplug.rebirth` asks for them.
+    pub fn send_requests_through(&mut self, source: mqtt::Client) {
+        if self.config.rebirth {
+            let interval = u64::try_from(self.config.rebirth_interval.as_millis()).unwrap_or(u64::MAX);
+            self.requests = Some((source, Rebirths::new(interval, self.config.limits.max_nodes)));
+        }
+    }
+
+    /// When the next reorder timeout ends, if any.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.reorder.values().min().copied()
+    }
+
+    /// Asks `group`/`node` for a rebirth, unless one went out less than the interval ago.
+    fn ask(&mut self, group: &str, node: &str, now: i64, stats: &crate::telemetry::Stats) {
+        let Some((client, rebirths)) = &mut self.requests else { return };
+        let Some((topic, payload)) = rebirths.ask(group, node, u64::try_from(now).unwrap_or(0)) else { return };
+        match client.try_publish(topic, 0, false, Bytes::from(payload)) {
+            Ok(()) => {
+                stats.sparkplug_rebirths.fetch_add(1, Relaxed);
+                tracing::info!(group, node, "Rebirth requested of a Sparkplug edge node.");
+            }
+            Err(error) => tracing::warn!(group, node, %error, "Rebirth request not sent."),
+        }
+    }
+}
+
+impl Step {
+    /// One Sparkplug B message, received at `received`.
+    pub(super) fn sparkplug_message(&mut self, topic: String, payload: Bytes, received: Timestamp) {
+        let now = received.millis();
+        let spb = &mut self.sparkplug;
+        let limits = spb.config.limits;
+        match spb.sessions.apply(&topic, &payload, u64::try_from(now).unwrap_or(0), &limits) {
+            Err(error) => {
+                if let Some((group, node)) = error.rebirth() {
+                    let (group, node) = (group.to_owned(), node.to_owned());
+                    spb.ask(&group, &node, now, &self.stats);
+                }
+                let size = payload.len();
+                self.undecodable((&topic, Some(&payload), size), received, &DecodeError::Sparkplug(error));
+            }
+            Ok(Outcome::Ignored(why)) => {
+                self.stats.sparkplug_ignored.fetch_add(1, Relaxed);
+                tracing::debug!(topic, why, "Sparkplug message ignored.");
+            }
+            Ok(Outcome::Update(update)) => {
+                let node = (update.group.clone(), update.node.clone());
+                if update.kind == Kind::NBirth {
+                    spb.reorder.remove(&node);
+                }
+                if let Some(gap) = update.gap {
+                    self.stats.sparkplug_seq_gaps.fetch_add(1, Relaxed);
+                    tracing::info!(topic, expected = gap.expected, got = gap.got, "Sparkplug seq out of order.");
+                    if spb.requests.is_some() {
+                        let timeout = i64::try_from(spb.config.reorder_timeout.as_millis()).unwrap_or(i64::MAX);
+                        spb.reorder.entry(node).or_insert(now.saturating_add(timeout));
+                    }
+                }
+                let payloads = event::payloads(&update, &spb.sessions);
+                for (i, value) in payloads.into_iter().enumerate() {
+                    let mut input = Event::new(topic.clone(), value, &payload, received);
+                    if i > 0 {
+                        // The devices that died with their node: one event each, each its own id.
+                        input.id = EventId::from_content(&topic, &[&payload[..], &i.to_be_bytes()].concat());
+                    }
+                    self.run_engine(input);
+                }
+            }
+        }
+    }
+
+    /// Reorder timeouts that ended by `now`: each such node is asked for a rebirth.
+    pub(super) fn sparkplug_due(&mut self, now: i64) {
+        let spb = &mut self.sparkplug;
+        if spb.next_deadline().is_none_or(|d| d > now) {
+            return;
+        }
+        let due: Vec<(String, String)> =
+            spb.reorder.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+        for node in due {
+            spb.reorder.remove(&node);
+            spb.ask(&node.0, &node.1, now, &self.stats);
+        }
+    }
+
+    /// Writes the edge nodes changed since the last batch into it.
+    pub(super) fn sparkplug_commit(&mut self) {
+        let changed = self.sparkplug.sessions.take_changed();
+        if let super::Sink::Disk { store, .. } = &self.sink {
+            for (group, node) in changed {
+                let value = self.sparkplug.sessions.export_node(&group, &node);
+                store.put_sparkplug(&mut self.pending.batch, (&group, &node), value.as_deref());
+            }
+        }
+    }
+}
+
+impl Step {
+    /// Restores the edge nodes' sessions from the store (at start): a restart loses no alias.
+    pub(super) fn restore_sparkplug(&mut self) {
+        let super::Sink::Disk { store, .. } = &self.sink else { return };
+        let records = match store.load_sparkplug() {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::error!(%error, "Sparkplug sessions not read: edge nodes must be born again.");
+                return;
+            }
+        };
+        for (group, node, bytes) in records {
+            if let Err(error) = self.sparkplug.sessions.import_node(&group, &node, &bytes) {
+                tracing::error!(group, node, %error, "Sparkplug session not restored: this node must be born again.");
+            }
+        }
+    }
+}

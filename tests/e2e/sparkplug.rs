@@ -1,0 +1,144 @@
+//! Sparkplug B over a real broker: an edge node's session (payloads recorded from
+//! pysparkplug, `agent/tests/fixtures/sparkplug/`) through the agent, which decodes it against
+//! births it keeps across a restart, asks for a rebirth when it cannot, reports deaths as
+//! absence, and publishes its own STATE as a primary host application. The same with a live
+//! pysparkplug edge node on Mosquitto: `interop`.
+
+use crate::agent;
+use edgewatch::sparkplug::proto::{Metric, MetricValue, Payload, datatype};
+use edgewatch_e2e::{Broker, Publisher, Received, RunningAgent, Subscriber};
+use prost::Message;
+use std::time::Duration;
+
+mod interop;
+
+/// What the tests' rules report: every device's liveness, and each DDATA's two metrics.
+pub const RULES: &str = r#"
+rule("spb-alive", #{ on: "spBv1.0/#", heartbeat: #{ sparkplug: true } });
+rule("motor", #{
+    on: "spBv1.0/+/DDATA/+/+",
+    when: |e| e.payload.sparkplug.type == "DDATA",
+    emit: |e| #{
+        speed: e.payload.metrics["Motor/Speed"],
+        current: e.payload.metrics["Motor/Current"],
+        changed: e.payload.changed.keys(),
+        stale: e.payload.stale,
+    },
+});
+"#;
+
+/// The agent as a Sparkplug host application `edgewatch-test`, rebirth requests on.
+pub fn config(addr: std::net::SocketAddr) -> String {
+    agent(addr, "3.1.1")
+        .subscribe_with("spBv1.0/#", &[("format", "sparkplug".into())])
+        .set("sparkplug.rebirth", true)
+        .set("sparkplug.host_id", "edgewatch-test")
+        .to_string()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/../agent/tests/fixtures/sparkplug/{name}.bin", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The next event of rule `rule` (on its topic), skipping others (their order between rules
+/// is not fixed).
+pub async fn next_of(events: &mut Subscriber, rule: &str) -> serde_json::Value {
+    let topic = format!("edgewatch/gw-test/events/{rule}");
+    loop {
+        let ev = events.next().await;
+        if ev.topic == topic {
+            return ev.json();
+        }
+    }
+}
+
+/// The metric values of a Sparkplug payload the agent published, by name.
+fn metrics_of(received: &Received) -> Vec<(String, Option<u32>, Option<MetricValue>)> {
+    let p = Payload::decode(received.payload.as_slice()).expect("the agent publishes Sparkplug B");
+    assert!(p.timestamp.is_some() && p.seq.is_none(), "a command has a timestamp and no seq: {p:?}");
+    p.metrics.into_iter().map(|m| (m.name.unwrap_or_default(), m.datatype, m.value)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_node_is_followed_across_a_restart_asked_to_rebirth_and_its_death_is_absence() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let agent = RunningAgent::start(&config(addr), &[("spb.rhai", RULES)]).await;
+    let mut state = Subscriber::connect(addr, "watcher", "spBv1.0/STATE/+").await;
+    let mut events = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
+    let mut dead = Subscriber::connect(addr, "dead-letters", "edgewatch/gw-test/deadletter").await;
+    let mut commands = Subscriber::connect(addr, "node-commands", "spBv1.0/plant1/NCMD/gw1").await;
+    let mut node = Publisher::connect(addr, "gw1").await;
+
+    // The primary host's STATE: retained, so a node that connects later sees it.
+    let online = state.next().await;
+    assert_eq!(online.topic, "spBv1.0/STATE/edgewatch-test");
+    assert_eq!(online.json()["online"], true);
+    assert!(online.json()["timestamp"].as_u64().is_some_and(|t| t > 1_700_000_000_000));
+
+    for (topic, name) in [
+        ("spBv1.0/plant1/NBIRTH/gw1", "nbirth"),
+        ("spBv1.0/plant1/DBIRTH/gw1/motor1", "dbirth"),
+        ("spBv1.0/plant1/DDATA/gw1/motor1", "ddata"),
+        ("spBv1.0/plant1/DDATA/gw1/motor1", "ddata_current"),
+    ] {
+        node.publish(topic, fixture(name)).await;
+    }
+    let speed = next_of(&mut events, "motor").await;
+    assert_eq!(speed["subject"], "plant1/gw1/motor1");
+    assert_eq!((speed["data"]["speed"].as_f64(), speed["data"]["current"].as_f64()), (Some(1500.5), Some(0.0)));
+    let current = next_of(&mut events, "motor").await;
+    assert_eq!((current["data"]["speed"].as_f64(), current["data"]["current"].as_f64()), (Some(1500.5), Some(12.25)));
+    assert_eq!(current["data"]["changed"], serde_json::json!(["Motor/Current"]));
+
+    // A restart keeps what the births taught: alias-only data still reads.
+    let agent = agent.restart().await;
+    node.publish("spBv1.0/plant1/DDATA/gw1/motor1", fixture("ddata_alias_only")).await;
+    let after = next_of(&mut events, "motor").await;
+    assert_eq!((after["data"]["speed"].as_f64(), after["data"]["current"].as_f64()), (Some(1501.0), Some(12.25)));
+
+    // An alias no birth declared: dead-lettered, and the node is asked to rebirth.
+    let unknown = Metric { alias: Some(99), value: Some(MetricValue::DoubleValue(1.0)), ..Metric::default() };
+    let bad = Payload { timestamp: Some(1), metrics: vec![unknown], seq: Some(5) }.encode_to_vec();
+    node.publish("spBv1.0/plant1/DDATA/gw1/motor1", bad.clone()).await;
+    let letter = dead.next().await.json();
+    assert_eq!(letter["reason"], "sparkplug_alias", "{letter}");
+    let request = commands.next().await;
+    let rebirth = (Some(datatype::BOOLEAN), Some(MetricValue::BooleanValue(true)));
+    assert_eq!(metrics_of(&request), [("Node Control/Rebirth".to_owned(), rebirth.0, rebirth.1)]);
+    // Asked once per interval, however many such messages follow.
+    node.publish("spBv1.0/plant1/DDATA/gw1/motor1", bad).await;
+    assert_eq!(dead.next().await.json()["reason"], "sparkplug_alias");
+    assert!(commands.next_within(Duration::from_millis(500)).await.is_none(), "rate-limited");
+
+    // The node's will: it and its device are missing at once, with reason `death`.
+    node.publish("spBv1.0/plant1/NDEATH/gw1", fixture("ndeath")).await;
+    let mut gone = [next_of(&mut events, "spb-alive").await, next_of(&mut events, "spb-alive").await];
+    gone.sort_by_key(|e| e["subject"].as_str().map(str::len));
+    for (ev, key) in gone.iter().zip(["plant1/gw1", "plant1/gw1/motor1"]) {
+        assert_eq!((ev["subject"].as_str(), ev["data"]["status"].as_str()), (Some(key), Some("missing")), "{ev}");
+        assert_eq!(ev["data"]["reason"], "death", "{ev}");
+    }
+    // Born again (a new session, bdSeq 1): recovered, with the downtime.
+    node.publish("spBv1.0/plant1/NBIRTH/gw1", fixture("nbirth_again")).await;
+    let back = next_of(&mut events, "spb-alive").await;
+    assert_eq!((back["subject"].as_str(), back["data"]["status"].as_str()), (Some("plant1/gw1"), Some("recovered")));
+    assert!(back["data"]["downtime_ms"].as_i64().is_some_and(|d| d >= 0), "{back}");
+    node.publish("spBv1.0/plant1/DBIRTH/gw1/motor1", fixture("dbirth_again")).await;
+    let back = next_of(&mut events, "spb-alive").await;
+    assert_eq!(back["subject"], "plant1/gw1/motor1");
+    assert_eq!(back["data"]["status"], "recovered");
+
+    assert_eq!(agent.stats.sparkplug_rebirths.load(std::sync::atomic::Ordering::Relaxed), 1);
+    agent.stop().await;
+    // A clean stop says `offline` (the will would, after a crash).
+    let mut last = state.next().await.json();
+    while last["online"] == true {
+        last = state.next().await.json();
+    }
+    assert_eq!(
+        (last["online"].as_bool(), last["timestamp"].as_u64()),
+        (Some(false), online.json()["timestamp"].as_u64())
+    );
+}
