@@ -28,12 +28,16 @@ rule("motor", #{
 "#;
 
 /// The agent as a Sparkplug host application `edgewatch-test`, rebirth requests on.
-pub fn config(addr: std::net::SocketAddr) -> String {
+pub fn host(addr: std::net::SocketAddr) -> edgewatch_e2e::AgentToml {
     agent(addr, "3.1.1")
         .subscribe_with("spBv1.0/#", &[("format", "sparkplug".into())])
         .set("sparkplug.rebirth", true)
         .set("sparkplug.host_id", "edgewatch-test")
-        .to_string()
+}
+
+/// [`host`] as TOML text.
+pub fn config(addr: std::net::SocketAddr) -> String {
+    host(addr).to_string()
 }
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -64,7 +68,22 @@ fn metrics_of(received: &Received) -> Vec<(String, Option<u32>, Option<MetricVal
 async fn an_edge_node_is_followed_across_a_restart_asked_to_rebirth_and_its_death_is_absence() {
     let broker = Broker::embedded();
     let addr = broker.addr();
-    let agent = RunningAgent::start(&config(addr), &[("spb.rhai", RULES)]).await;
+    let token = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(token.path(), "read-token-0123456789abcdef").expect("writes");
+    let console = edgewatch::broker::free_port().expect("port");
+    let cfg = host(addr).set("console.listen", console).set("console.read_token_file", token.path()).to_string();
+    let agent = RunningAgent::start(&cfg, &[("spb.rhai", RULES)]).await;
+    // What the console's API says of the motor: alive or not, and its metrics, stale or not.
+    let motor = || async move {
+        let auth = [("Authorization", "Bearer read-token-0123456789abcdef")];
+        let (status, body) =
+            edgewatch_e2e::http(console, "GET", "/api/v1/devices/plant1%2Fgw1%2Fmotor1", &auth, b"").await;
+        assert_eq!(status, 200, "{body}");
+        let d: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let stale: Vec<bool> =
+            d["sparkplug"]["metrics"].as_array().expect("metrics").iter().map(|m| m["stale"] == true).collect();
+        (d["sparkplug"]["alive"].as_bool(), stale, d["sparkplug"]["metrics"][1].clone())
+    };
     let mut state = Subscriber::connect(addr, "watcher", "spBv1.0/STATE/+").await;
     let mut events = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/#").await;
     let mut dead = Subscriber::connect(addr, "dead-letters", "edgewatch/gw-test/deadletter").await;
@@ -91,6 +110,10 @@ async fn an_edge_node_is_followed_across_a_restart_asked_to_rebirth_and_its_deat
     let current = next_of(&mut events, "motor").await;
     assert_eq!((current["data"]["speed"].as_f64(), current["data"]["current"].as_f64()), (Some(1500.5), Some(12.25)));
     assert_eq!(current["data"]["changed"], serde_json::json!(["Motor/Current"]));
+    let (alive, stale, metric) = motor().await;
+    assert_eq!((alive, stale), (Some(true), vec![false, false]));
+    assert_eq!((metric["name"].as_str(), metric["value"].as_f64()), (Some("Motor/Current"), Some(12.25)), "{metric}");
+    assert_eq!(metric["datatype"], "Float");
 
     // A restart keeps what the births taught: alias-only data still reads.
     let agent = agent.restart().await;
@@ -120,6 +143,9 @@ async fn an_edge_node_is_followed_across_a_restart_asked_to_rebirth_and_its_deat
         assert_eq!((ev["subject"].as_str(), ev["data"]["status"].as_str()), (Some(key), Some("missing")), "{ev}");
         assert_eq!(ev["data"]["reason"], "death", "{ev}");
     }
+    let (alive, stale, metric) = motor().await;
+    assert_eq!((alive, stale), (Some(false), vec![true, true]), "a dead node's values are not current");
+    assert_eq!(metric["value"].as_f64(), Some(12.25), "kept");
     // Born again (a new session, bdSeq 1): recovered, with the downtime.
     node.publish("spBv1.0/plant1/NBIRTH/gw1", fixture("nbirth_again")).await;
     let back = next_of(&mut events, "spb-alive").await;
@@ -129,6 +155,7 @@ async fn an_edge_node_is_followed_across_a_restart_asked_to_rebirth_and_its_deat
     let back = next_of(&mut events, "spb-alive").await;
     assert_eq!(back["subject"], "plant1/gw1/motor1");
     assert_eq!(back["data"]["status"], "recovered");
+    assert_eq!(motor().await.0, Some(true));
 
     assert_eq!(agent.stats.sparkplug_rebirths.load(std::sync::atomic::Ordering::Relaxed), 1);
     agent.stop().await;
@@ -141,4 +168,28 @@ async fn an_edge_node_is_followed_across_a_restart_asked_to_rebirth_and_its_deat
         (last["online"].as_bool(), last["timestamp"].as_u64()),
         (Some(false), online.json()["timestamp"].as_u64())
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_gap_not_healed_by_a_birth_asks_for_a_rebirth_after_the_reorder_timeout() {
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let config = host(addr).set("sparkplug.reorder_timeout", "300ms").to_string();
+    let agent = RunningAgent::start(&config, &[("spb.rhai", RULES)]).await;
+    let mut commands = Subscriber::connect(addr, "node-commands", "spBv1.0/plant1/NCMD/+").await;
+    let mut node = Publisher::connect(addr, "gw").await;
+    let ndata = |seq: u64| Payload { timestamp: Some(1), metrics: vec![], seq: Some(seq) }.encode_to_vec();
+    for n in ["gw2", "gw3"] {
+        node.publish(&format!("spBv1.0/plant1/NBIRTH/{n}"), fixture("nbirth")).await;
+        // seq 1 was lost.
+        node.publish(&format!("spBv1.0/plant1/NDATA/{n}"), ndata(2)).await;
+    }
+    // gw3 is born again within the timeout: nothing to ask of it.
+    node.publish("spBv1.0/plant1/NBIRTH/gw3", fixture("nbirth")).await;
+    let request = commands.next().await;
+    assert_eq!(request.topic, "spBv1.0/plant1/NCMD/gw2");
+    assert_eq!(metrics_of(&request)[0].0, "Node Control/Rebirth");
+    assert!(commands.next_within(Duration::from_millis(700)).await.is_none(), "gw3 was born again");
+    assert_eq!(agent.stats.sparkplug_seq_gaps.load(std::sync::atomic::Ordering::Relaxed), 2);
+    agent.stop().await;
 }

@@ -232,7 +232,10 @@ pub(super) async fn device(api: &Api, key: &str) -> Answer {
     let row = device_row(&key, &views, active.get(key.as_str()).copied().unwrap_or(0), now.now);
     let mut d = serde_json::to_value(&row).unwrap_or_default();
     d["alarms"] = serde_json::to_value(alarm_rows(&now.alarms)).unwrap_or_default();
-    let known = !views.is_empty() || !now.alarms.is_empty();
+    if let Some(sparkplug) = &now.sparkplug {
+        d["sparkplug"] = sparkplug.clone();
+    }
+    let known = !views.is_empty() || !now.alarms.is_empty() || d.get("sparkplug").is_some();
     let (events_dir, history_dir) = (api.events_dir.clone(), api.history_dir.clone());
     blocking(Box::new(move || {
         let events = events_dir.and_then(|dir| {

@@ -68,6 +68,9 @@ pub struct DevicesNow {
     pub alarms: Vec<AlarmView>,
     /// Wall-clock ms when asked: downtimes are counted to it.
     pub now: i64,
+    /// For one key that names a Sparkplug B node or device: alive or not, and its metrics'
+    /// last known values (stale after a death).
+    pub sparkplug: Option<serde_json::Value>,
 }
 
 /// Hands a query to the engine loop, waiting while its queue is full; `false` when the loop

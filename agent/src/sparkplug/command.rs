@@ -76,9 +76,78 @@ impl Rebirths {
     }
 }
 
+/// Sparkplug 3.0's reorder timeout (§5.9): a node whose `seq` skipped is given `timeout` for a
+/// birth to set things right; if none comes, it is due a rebirth request. The agent applies
+/// messages in arrival order (MQTT keeps one publisher's order per connection), so a skip is
+/// a lost message, never one still on its way; the wait lets a node that is already
+/// restarting be born again unasked. Bounded: one entry per node, `max_nodes` at most (past
+/// it a new skip is not timed, and the node's next unreadable message asks instead).
+#[derive(Debug, Clone)]
+pub struct Reorder {
+    timeout: u64,
+    max_nodes: usize,
+    /// When each node with a skip is due (ms), by `(group, node)`.
+    due: BTreeMap<(String, String), u64>,
+}
+
+impl Reorder {
+    /// `timeout` in ms.
+    pub fn new(timeout: u64, max_nodes: usize) -> Self {
+        Reorder { timeout, max_nodes, due: BTreeMap::new() }
+    }
+
+    /// `group`/`node` skipped a `seq` at `now`: due at `now + timeout`, unless already waiting.
+    pub fn skipped(&mut self, group: &str, node: &str, now: u64) {
+        let key = (group.to_owned(), node.to_owned());
+        if self.due.len() < self.max_nodes || self.due.contains_key(&key) {
+            self.due.entry(key).or_insert(now.saturating_add(self.timeout));
+        }
+    }
+
+    /// `group`/`node` was born again: nothing to ask.
+    pub fn born(&mut self, group: &str, node: &str) {
+        self.due.remove(&(group.to_owned(), node.to_owned()));
+    }
+
+    /// When the next node is due, if any.
+    pub fn next(&self) -> Option<u64> {
+        self.due.values().min().copied()
+    }
+
+    /// The nodes due by `now`, taken.
+    pub fn take_due(&mut self, now: u64) -> Vec<(String, String)> {
+        if self.next().is_none_or(|d| d > now) {
+            return Vec::new();
+        }
+        let due: Vec<_> = self.due.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
+        for k in &due {
+            self.due.remove(k);
+        }
+        due
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_skip_not_healed_by_a_birth_is_due_after_the_reorder_timeout() {
+        let mut r = Reorder::new(5_000, 2);
+        r.skipped("p", "gw1", 1_000);
+        r.skipped("p", "gw1", 3_000);
+        assert_eq!(r.next(), Some(6_000), "timed from the first skip");
+        assert!(r.take_due(5_999).is_empty());
+        assert_eq!(r.take_due(6_000), [("p".to_owned(), "gw1".to_owned())]);
+        assert_eq!(r.next(), None, "taken");
+        r.skipped("p", "gw2", 7_000);
+        r.born("p", "gw2");
+        assert!(r.take_due(100_000).is_empty(), "a birth healed it");
+        for node in ["a", "b", "c"] {
+            r.skipped("p", node, 0);
+        }
+        assert_eq!(r.take_due(5_000).len(), 2, "bounded");
+    }
 
     #[test]
     fn a_rebirth_request_is_the_command_the_specification_names() {

@@ -97,7 +97,7 @@ pub fn payload(update: &Update, metrics: &Metrics, alive: bool) -> Dynamic {
 }
 
 /// A metric value as a rule value: `()` for no reading, bytes as an array of integers.
-fn dynamic(v: &Value) -> Dynamic {
+pub(super) fn dynamic(v: &Value) -> Dynamic {
     match v {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => (*b).into(),

@@ -16,7 +16,8 @@ impl Step {
                 let key = key.as_deref();
                 let devices = self.engine.devices(key);
                 let alarms = self.engine.alarms(key);
-                let _ = reply.send(DevicesNow { devices, alarms, now: now.millis() });
+                let sparkplug = key.and_then(|k| self.sparkplug.sessions.view(k));
+                let _ = reply.send(DevicesNow { devices, alarms, now: now.millis(), sparkplug });
             }
             Query::Alarm { request, command, reply } => {
                 let _ = reply.send(self.console_alarm_command(&request, command, now));

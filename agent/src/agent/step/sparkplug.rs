@@ -13,11 +13,10 @@ use super::Step;
 use crate::config::SparkplugConfig;
 use crate::decode::DecodeError;
 use crate::mqtt;
-use crate::sparkplug::command::Rebirths;
+use crate::sparkplug::command::{Rebirths, Reorder};
 use crate::sparkplug::{Kind, Outcome, Sessions, event};
 use bytes::Bytes;
 use edgewatch_engine::{Event, EventId, Timestamp};
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// The engine loop's Sparkplug side.
@@ -29,14 +28,15 @@ pub(in crate::agent) struct Sparkplug {
     /// Where rebirth requests go (the source connection), and how often they may (`None`:
     /// `sparkplug.rebirth` is off).
     requests: Option<(mqtt::Client, Rebirths)>,
-    /// Edge nodes whose `seq` skipped, by group and node: when a rebirth is asked of them
-    /// unless they are born again first (ms).
-    reorder: BTreeMap<(String, String), i64>,
+    /// Edge nodes whose `seq` skipped, asked for a rebirth unless born again first.
+    reorder: Reorder,
 }
 
 impl Sparkplug {
     pub fn new(config: SparkplugConfig) -> Self {
-        Sparkplug { sessions: Sessions::default(), config, requests: None, reorder: BTreeMap::new() }
+        let timeout = u64::try_from(config.reorder_timeout.as_millis()).unwrap_or(u64::MAX);
+        let reorder = Reorder::new(timeout, config.limits.max_nodes);
+        Sparkplug { sessions: Sessions::default(), config, requests: None, reorder }
     }
 
     /// Rebirth requests go through `source` (the connection edge nodes publish on), if
@@ -48,9 +48,9 @@ impl Sparkplug {
         }
     }
 
-    /// When the next reorder timeout ends, if any.
+    /// When the next reorder timeout ends, if any (ms).
     pub fn next_deadline(&self) -> Option<i64> {
-        self.reorder.values().min().copied()
+        self.reorder.next().and_then(|t| i64::try_from(t).ok())
     }
 
     /// Asks `group`/`node` for a rebirth, unless one went out less than the interval ago.
@@ -71,9 +71,10 @@ impl Step {
     /// One Sparkplug B message, received at `received`.
     pub(super) fn sparkplug_message(&mut self, topic: String, payload: Bytes, received: Timestamp) {
         let now = received.millis();
+        let now_ms = u64::try_from(now).unwrap_or(0);
         let spb = &mut self.sparkplug;
         let limits = spb.config.limits;
-        match spb.sessions.apply(&topic, &payload, u64::try_from(now).unwrap_or(0), &limits) {
+        match spb.sessions.apply(&topic, &payload, now_ms, &limits) {
             Err(error) => {
                 if let Some((group, node)) = error.rebirth() {
                     let (group, node) = (group.to_owned(), node.to_owned());
@@ -87,16 +88,14 @@ impl Step {
                 tracing::debug!(topic, why, "Sparkplug message ignored.");
             }
             Ok(Outcome::Update(update)) => {
-                let node = (update.group.clone(), update.node.clone());
                 if update.kind == Kind::NBirth {
-                    spb.reorder.remove(&node);
+                    spb.reorder.born(&update.group, &update.node);
                 }
                 if let Some(gap) = update.gap {
                     self.stats.sparkplug_seq_gaps.fetch_add(1, Relaxed);
                     tracing::info!(topic, expected = gap.expected, got = gap.got, "Sparkplug seq out of order.");
                     if spb.requests.is_some() {
-                        let timeout = i64::try_from(spb.config.reorder_timeout.as_millis()).unwrap_or(i64::MAX);
-                        spb.reorder.entry(node).or_insert(now.saturating_add(timeout));
+                        spb.reorder.skipped(&update.group, &update.node, now_ms);
                     }
                 }
                 let payloads = event::payloads(&update, &spb.sessions);
@@ -115,14 +114,8 @@ impl Step {
     /// Reorder timeouts that ended by `now`: each such node is asked for a rebirth.
     pub(super) fn sparkplug_due(&mut self, now: i64) {
         let spb = &mut self.sparkplug;
-        if spb.next_deadline().is_none_or(|d| d > now) {
-            return;
-        }
-        let due: Vec<(String, String)> =
-            spb.reorder.iter().filter(|(_, at)| **at <= now).map(|(k, _)| k.clone()).collect();
-        for node in due {
-            spb.reorder.remove(&node);
-            spb.ask(&node.0, &node.1, now, &self.stats);
+        for (group, node) in spb.reorder.take_due(u64::try_from(now).unwrap_or(0)) {
+            spb.ask(&group, &node, now, &self.stats);
         }
     }
 
