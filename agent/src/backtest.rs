@@ -249,19 +249,10 @@ pub fn run_journal(
     (limits, sparkplug): (&crate::decode::DecodeLimits, &crate::sparkplug::Limits),
 ) -> Result<(Report, crate::journal::ReadReport), crate::journal::JournalError> {
     use crate::journal::Entry;
-    use crate::sparkplug::{Outcome, Sessions, event};
-    let mut sessions = Sessions::default();
+    let mut reader = crate::replay::Reader::new(*sparkplug);
     let read = crate::journal::read(dir, range, |entry| match entry {
         Entry::Message { t, format: crate::decode::Format::Sparkplug, topic, payload } => {
-            match sessions.apply(topic, payload, u64::try_from(t).unwrap_or(0), sparkplug) {
-                Err(e) => bt.step(t, Input::Message { topic, raw: payload, value: &Err(e.reason().to_owned()) }),
-                Ok(Outcome::Ignored(_)) => {}
-                Ok(Outcome::Update(update)) => {
-                    for value in event::payloads(&update, &sessions) {
-                        bt.step(t, Input::Message { topic, raw: payload, value: &Ok(value) });
-                    }
-                }
-            }
+            reader.sparkplug(t, topic, payload, |input| bt.step(t, input));
         }
         Entry::Message { t, format, topic, payload } => {
             let value = crate::decode::decode_with(format, payload, limits).map_err(|e| e.reason().to_owned());

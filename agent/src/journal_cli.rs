@@ -207,9 +207,10 @@ pub fn recording_reader(path: &Path) -> anyhow::Result<Box<dyn std::io::BufRead>
 
 fn run_recording(mut bt: Backtest, events: &Path) -> anyhow::Result<edgewatch::backtest::Report> {
     let input = recording_reader(events)?;
+    let mut reader = edgewatch::replay::Reader::default();
     for step in edgewatch::replay::Lines::new(input, &events.display().to_string()) {
         let step = step?;
-        bt.step(step.t, step.input());
+        reader.each(&step, |input| bt.step(step.t, input));
     }
     Ok(bt.finish(None))
 }

@@ -460,13 +460,16 @@ fn replay(rules: &std::path::Path, events: &std::path::Path) -> anyhow::Result<(
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut outputs = edgewatch_engine::Outputs::default();
     let mut failed = None;
+    let mut reader = edgewatch::replay::Reader::default();
     for step in edgewatch::replay::Lines::new(input, &events.display().to_string()) {
         let step = step?;
-        edgewatch::replay::feed(&mut engine, step.t, step.input(), &mut outputs);
-        edgewatch::replay::output_lines(step.t, step.input(), &outputs, true, |line| {
-            if failed.is_none() {
-                failed = writeln!(out, "{line}").err();
-            }
+        reader.each(&step, |input| {
+            edgewatch::replay::feed(&mut engine, step.t, input, &mut outputs);
+            edgewatch::replay::output_lines(step.t, input, &outputs, true, |line| {
+                if failed.is_none() {
+                    failed = writeln!(out, "{line}").err();
+                }
+            });
         });
         if let Some(e) = failed.take() {
             return Err(e.into());

@@ -59,8 +59,60 @@ pub struct Recorded {
 }
 
 fn decoded(topic: String, raw: Vec<u8>) -> (String, Vec<u8>, Result<Dynamic, String>) {
-    let value = decode(Format::Auto, &raw, usize::MAX).map_err(|e| e.reason().to_owned());
+    let value = if topic.starts_with(SPARKPLUG) {
+        // Read against its edge node's session, by [`Reader`].
+        Err("sparkplug".to_owned())
+    } else {
+        decode(Format::Auto, &raw, usize::MAX).map_err(|e| e.reason().to_owned())
+    };
     (topic, raw, value)
+}
+
+/// Where Sparkplug B topics are: messages under it are read as `format = "sparkplug"`.
+const SPARKPLUG: &str = "spBv1.0/";
+
+/// Reads recorded messages as the agent reads them: a message on a `spBv1.0/` topic through
+/// its Sparkplug B edge node's session (none, one, or several inputs: an NDEATH is one for the
+/// node and one per device), anything else as it was parsed. One per replay: the sessions
+/// start empty, so a recording of Sparkplug traffic starts with its births.
+#[derive(Debug, Default)]
+pub struct Reader {
+    sessions: crate::sparkplug::Sessions,
+    limits: crate::sparkplug::Limits,
+}
+
+impl Reader {
+    /// With these Sparkplug limits (the configuration's `[sparkplug]`).
+    pub fn new(limits: crate::sparkplug::Limits) -> Reader {
+        Reader { sessions: crate::sparkplug::Sessions::default(), limits }
+    }
+
+    /// Hands each input of `step` to `f`.
+    pub fn each(&mut self, step: &Recorded, f: impl FnMut(Input<'_>)) {
+        match &step.message {
+            Some((topic, raw, _)) if topic.starts_with(SPARKPLUG) => self.sparkplug(step.t, topic, raw, f),
+            _ => {
+                let mut f = f;
+                f(step.input());
+            }
+        }
+    }
+
+    /// Hands each input of the Sparkplug B message `raw` on `topic` at `t` to `f`: the
+    /// events its session makes of it, or its refusal (dead-lettered, with its reason), or
+    /// the clock alone for a message the specification says to ignore.
+    pub fn sparkplug(&mut self, t: i64, topic: &str, raw: &[u8], mut f: impl FnMut(Input<'_>)) {
+        use crate::sparkplug::{Outcome, event};
+        match self.sessions.apply(topic, raw, u64::try_from(t).unwrap_or(0), &self.limits) {
+            Err(e) => f(Input::Message { topic, raw, value: &Err(e.reason().to_owned()) }),
+            Ok(Outcome::Ignored(_)) => f(Input::Clock),
+            Ok(Outcome::Update(update)) => {
+                for value in event::payloads(&update, &self.sessions) {
+                    f(Input::Message { topic, raw, value: &Ok(value) });
+                }
+            }
+        }
+    }
 }
 
 /// Parses a recording; `file` names it in errors.
@@ -198,9 +250,12 @@ pub fn output_lines(t: i64, input: Input<'_>, out: &Outputs, ids: bool, mut emit
 pub fn run(engine: &mut Engine, recording: &[Recorded], ids: bool) -> Vec<Value> {
     let mut out = Outputs::default();
     let mut lines = Vec::new();
+    let mut reader = Reader::default();
     for step in recording {
-        feed(engine, step.t, step.input(), &mut out);
-        output_lines(step.t, step.input(), &out, ids, |l| lines.push(l));
+        reader.each(step, |input| {
+            feed(engine, step.t, input, &mut out);
+            output_lines(step.t, input, &out, ids, |l| lines.push(l));
+        });
     }
     lines
 }

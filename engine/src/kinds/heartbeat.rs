@@ -186,7 +186,13 @@ fn status(
     data.insert("status".into(), Dynamic::from(what.to_owned()));
     let last_seen = if hb.last_seen == NONE { Dynamic::UNIT } else { Timestamp(hb.last_seen).to_rfc3339().into() };
     data.insert("last_seen".into(), last_seen);
-    data.insert("timeout_ms".into(), Dynamic::from_int(i64::from(hb.timeout_ms)));
+    // `()` for a `sparkplug: true` rule without a timeout: only deaths make its keys missing.
+    let timeout = if i64::from(hb.timeout_ms) == crate::rule::NO_TIMEOUT_MS {
+        Dynamic::UNIT
+    } else {
+        Dynamic::from_int(i64::from(hb.timeout_ms))
+    };
+    data.insert("timeout_ms".into(), timeout);
     for (k, v) in extra {
         data.insert((*k).into(), v.clone());
     }

@@ -204,6 +204,7 @@ fn sparkplug_deaths_are_absence_and_births_recover_with_the_downtime() {
     assert_eq!(keys(&o), ["p/gw"]);
     assert_eq!(o[0].3["status"], "missing");
     assert_eq!(o[0].3["reason"], "death");
+    assert!(o[0].3["timeout_ms"].is_null(), "no timeout: {}", o[0].3);
     let o = h.send(t, "spBv1.0/p/NDEATH/gw", &spb("NDEATH", "p/gw/m"));
     assert_eq!((keys(&o), o[0].3["reason"].clone()), (vec!["p/gw/m"], "death".into()));
     assert!(h.send(t + 5, "spBv1.0/p/NDEATH/gw", &spb("NDEATH", "p/gw")).is_empty(), "dead once");
