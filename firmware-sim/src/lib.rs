@@ -25,9 +25,14 @@
 //!   event-loop task with backoff, last will; Drop = abort the task, so the broker sends the will);
 //!   SimError, the connect and drain timeouts
 //! main.rs: flags ──▶ Scenario (a file, or the fleet flags as one group) ──▶ run_simulation,
-//!   or --dry-run to stdout
+//!   or --dry-run to stdout; --sparkplug N ──▶ sparkplug::live::run
 //!
-//! Imports go one way, down this list: main → runner → link, record → sim → device → scenario
+//! sparkplug/: Sparkplug B edge nodes beside the scenario fleets: EdgeNode (pure: births,
+//!   alias-only DDATA, seq and bdSeq, the NDEATH will, rebirth answers, faults) and live.rs
+//!   (one connection per node, the will armed, NCMD subscribed; faults at their times; the
+//!   ground truth of what a host application should report)
+//!
+//! Imports go one way, down this list: main → sparkplug → runner → link, record → sim → device → scenario
 //! → signal, template; link → backoff. No module imports one that imports it back.
 //! ```
 //!
@@ -83,6 +88,7 @@ pub mod runner;
 pub mod scenario;
 pub mod signal;
 pub mod sim;
+pub mod sparkplug;
 pub mod template;
 pub mod toml_keys;
 

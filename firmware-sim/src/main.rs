@@ -84,6 +84,19 @@ struct Args {
     #[arg(long)]
     dry_run: bool,
 
+    /// Sparkplug B instead: this many edge nodes (`spBv1.0/<group>/…/gw-000` …), each on its
+    /// own connection with its NDEATH as the will, answering rebirth requests, with `--devices`
+    /// devices each sending DDATA every `--interval`.
+    #[arg(long, value_name = "NODES", conflicts_with_all = ["scenario", "dry_run", "record"])]
+    sparkplug: Option<usize>,
+    /// The Sparkplug group of `--sparkplug`'s nodes.
+    #[arg(long, default_value = "plant", requires = "sparkplug")]
+    sparkplug_group: String,
+    /// A Sparkplug fault, `kind:node:at` (kinds: seq_gap, unknown_alias, bdseq_mismatch,
+    /// kill); repeat for more. `--truth` gets what a host should report of each.
+    #[arg(long, value_name = "KIND:NODE:AT", requires = "sparkplug", value_parser = firmware_sim::sparkplug::live::Injected::parse)]
+    sparkplug_fault: Vec<firmware_sim::sparkplug::live::Injected>,
+
     /// Number of devices.
     #[arg(long, default_value_t = 20, conflicts_with = "scenario")]
     devices: usize,
@@ -319,6 +332,32 @@ fn dry_run(args: &Args, mut sim: Simulation) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--sparkplug`: the edge nodes until `--duration` (default: until Ctrl-C), then the truth.
+async fn sparkplug(args: &Args, nodes: usize) -> anyhow::Result<()> {
+    use firmware_sim::sparkplug::live;
+    let fleet = live::Fleet {
+        group: args.sparkplug_group.clone(),
+        nodes,
+        devices: args.devices,
+        metrics: vec![args.channel.clone()],
+        interval: args.interval,
+        down: Duration::from_secs(2),
+        faults: args.sparkplug_fault.clone(),
+    };
+    let duration = args.duration.filter(|d| !d.is_zero()).unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
+    let report = live::run(&fleet, (&args.host, args.port), duration, ctrl_c()).await.context("publishing failed")?;
+    tracing::info!(published = report.published, rebirths = report.rebirths, "Sparkplug run done");
+    if let Some(path) = &args.truth {
+        let mut out = create(path)?;
+        for t in &report.truth {
+            serde_json::to_writer(&mut out, t)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
 /// Completes on Ctrl-C; never, if the signal handler cannot be installed.
 async fn ctrl_c() {
     match tokio::signal::ctrl_c().await {
@@ -346,6 +385,9 @@ async fn main() -> anyhow::Result<()> {
         .with(filter.unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO)))
         .init();
     let args = Args::parse();
+    if let Some(nodes) = args.sparkplug {
+        return sparkplug(&args, nodes).await;
+    }
     let scenario = args.scenario()?;
     let opts = SimOptions { seed: args.seed, start_ms: args.start_ms()?, duration: args.duration(&scenario) };
     let sim = Simulation::new(&scenario, opts)?;

@@ -193,3 +193,74 @@ async fn a_seq_gap_not_healed_by_a_birth_asks_for_a_rebirth_after_the_reorder_ti
     assert_eq!(agent.stats.sparkplug_seq_gaps.load(std::sync::atomic::Ordering::Relaxed), 2);
     agent.stop().await;
 }
+
+/// firmware-sim's Sparkplug edge nodes, one fault each, against the agent: what the agent
+/// reports is what the simulator's ground truth says a host application should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulated_fleets_faults_are_reported_as_its_ground_truth_says() {
+    use firmware_sim::sparkplug::{Fault, live};
+    let broker = Broker::embedded();
+    let addr = broker.addr();
+    let cfg = host(addr).set("sparkplug.reorder_timeout", "300ms").to_string();
+    let agent = RunningAgent::start(&cfg, &[("spb.rhai", RULES)]).await;
+    let mut events = Subscriber::connect(addr, "cloud", "edgewatch/gw-test/events/spb-alive").await;
+    let mut dead = Subscriber::connect(addr, "dead-letters", "edgewatch/gw-test/deadletter").await;
+    let second = Duration::from_secs(1);
+    let fleet = live::Fleet {
+        group: "sim".into(),
+        nodes: 4,
+        devices: 2,
+        metrics: vec!["Temperature".into(), "Pressure".into()],
+        interval: Duration::from_millis(200),
+        down: second,
+        faults: [Fault::UnknownAlias, Fault::Kill, Fault::SeqGap, Fault::BdSeqMismatch]
+            .into_iter()
+            .enumerate()
+            .map(|(node, fault)| live::Injected { at: second, node, fault })
+            .collect(),
+    };
+    let ip = addr.ip().to_string();
+    let run = tokio::spawn(async move {
+        live::run(&fleet, (&ip, addr.port()), Duration::from_secs(4), std::future::pending()).await
+    });
+    let report = run.await.expect("joins").expect("the fleet ran");
+    let expect: Vec<(&str, &str)> = report.truth.iter().map(|t| (t.node.as_str(), t.expect)).collect();
+    assert_eq!(expect.len(), 4, "{:?}", report.truth);
+    assert!(expect.contains(&("sim/gw-000", "refused")) && expect.contains(&("sim/gw-001", "death")));
+    assert!(expect.contains(&("sim/gw-002", "gap")) && expect.contains(&("sim/gw-003", "ignored")));
+
+    // What the heartbeat rule said of each node and device, in order.
+    let mut said: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    while let Some(ev) = events.next_within(Duration::from_millis(500)).await {
+        let ev = ev.json();
+        let status =
+            format!("{}:{}", ev["data"]["status"].as_str().unwrap_or("?"), ev["data"]["reason"].as_str().unwrap_or(""));
+        said.entry(ev["subject"].as_str().unwrap_or("?").to_owned()).or_default().push(status);
+    }
+    // Every node says goodbye at the end (a clean NDEATH: one `missing` each). Before that, the
+    // killed node and its devices died and came back with their births; the goodbye with
+    // another session's bdSeq was ignored, so that node, like the others, died only at the end.
+    let died_at_the_end = ["missing:death"];
+    let killed = ["missing:death", "recovered:", "missing:death"];
+    for node in 0..4 {
+        for device in [None, Some(0), Some(1)] {
+            let key = match device {
+                None => format!("sim/gw-{node:03}"),
+                Some(d) => format!("sim/gw-{node:03}/dev-{d:02}"),
+            };
+            let got: Vec<&str> = said.get(&key).map(|s| s.iter().map(String::as_str).collect()).unwrap_or_default();
+            let want: &[&str] = if node == 1 { &killed } else { &died_at_the_end };
+            assert_eq!(got, want, "{key}: {said:?}");
+        }
+    }
+    // The unknown alias was refused, and the rebirth it asked for answered; the gap asked for one too.
+    let letter = dead.next().await.json();
+    assert_eq!(
+        (letter["reason"].as_str(), letter["topic"].as_str()),
+        (Some("sparkplug_alias"), Some("spBv1.0/sim/DDATA/gw-000/dev-00"))
+    );
+    assert!(report.rebirths >= 2, "answered: {}", report.rebirths);
+    assert!(agent.stats.sparkplug_seq_gaps.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(agent.stats.sparkplug_ignored.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the mismatched NDEATH");
+    agent.stop().await;
+}

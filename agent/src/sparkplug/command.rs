@@ -10,8 +10,7 @@ use super::topic::node_command;
 use prost::Message;
 use std::collections::BTreeMap;
 
-/// The metric of the rebirth request (Sparkplug 3.0, 6.4.x `Node Control/Rebirth`).
-pub const REBIRTH: &str = "Node Control/Rebirth";
+pub use edgewatch_sparkplug::REBIRTH;
 
 /// The payload of a rebirth request sent at `now` (ms). It carries the metric's datatype
 /// (Boolean) and the payload's timestamp, and no `seq` (a command has none): some edge node

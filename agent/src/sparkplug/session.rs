@@ -10,6 +10,7 @@ use super::error::SparkplugError;
 use super::metrics::{Limits, Metrics, apply_values, born, data, stale};
 use super::proto::Payload;
 use super::topic::{Kind, Topic};
+use edgewatch_sparkplug::BD_SEQ;
 use prost::Message;
 use rhai::ImmutableString as Name;
 use serde::{Deserialize, Serialize};
@@ -99,9 +100,6 @@ pub struct Liveness {
     /// For a rebirth after a death: how long it was dead (ms).
     pub downtime: Option<u64>,
 }
-
-/// The metric every NBIRTH and NDEATH carries: the session's number.
-const BD_SEQ: &str = "bdSeq";
 
 impl Sessions {
     /// Applies one message received on `topic`, at `now` (ms since the epoch).

@@ -1,8 +1,7 @@
 //! Sparkplug topics: `spBv1.0/<group>/<message type>/<edge node>[/<device>]`, and the host
 //! application's `spBv1.0/STATE/<host id>` (Sparkplug 3.0, chapter 4).
 
-/// The namespace every Sparkplug B topic starts with.
-pub const NAMESPACE: &str = "spBv1.0";
+pub use edgewatch_sparkplug::NAMESPACE;
 
 /// The message types, by the topic's third level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +98,7 @@ impl<'a> Topic<'a> {
 
 /// The topic of a command to an edge node (NCMD), for a rebirth request.
 pub fn node_command(group: &str, node: &str) -> String {
-    format!("{NAMESPACE}/{group}/NCMD/{node}")
+    edgewatch_sparkplug::topic(group, "NCMD", node, None)
 }
 
 #[cfg(test)]
