@@ -96,8 +96,30 @@ pub fn payload(update: &Update, metrics: &Metrics, alive: bool) -> Dynamic {
     out.into()
 }
 
+/// What the console shows of a node or device by its key (`group/node[/device]`, as the
+/// events name it): alive or not, and each metric's last known value (as rules see it),
+/// datatype, time and staleness. `None` for a key no session knows.
+pub fn view(sessions: &Sessions, key: &str) -> Option<serde_json::Value> {
+    let mut levels = key.splitn(3, '/');
+    let (group, node, device) = (levels.next()?, levels.next()?, levels.next());
+    let (metrics, alive) = sessions.metrics(group, node, device)?;
+    let list: Vec<serde_json::Value> = metrics
+        .iter()
+        .map(|(name, k)| {
+            serde_json::json!({
+                "name": name.as_str(),
+                "value": serde_json::to_value(dynamic(&k.value)).unwrap_or_default(),
+                "datatype": super::proto::datatype::name(k.datatype),
+                "timestamp": k.timestamp,
+                "stale": k.stale,
+            })
+        })
+        .collect();
+    Some(serde_json::json!({ "alive": alive, "metrics": list }))
+}
+
 /// A metric value as a rule value: `()` for no reading, bytes as an array of integers.
-pub(super) fn dynamic(v: &Value) -> Dynamic {
+fn dynamic(v: &Value) -> Dynamic {
     match v {
         Value::Null => Dynamic::UNIT,
         Value::Bool(b) => (*b).into(),

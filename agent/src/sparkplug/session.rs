@@ -292,29 +292,6 @@ impl Sessions {
         }
     }
 
-    /// What the console shows of a node or device by its key (`group/node[/device]`, as the
-    /// events name it): alive or not, and each metric's last known value, datatype, time and
-    /// staleness. `None` for a key no session knows.
-    pub fn view(&self, key: &str) -> Option<serde_json::Value> {
-        let mut levels = key.splitn(3, '/');
-        let (group, node, device) = (levels.next()?, levels.next()?, levels.next());
-        let (metrics, alive) = self.metrics(group, node, device)?;
-        let list: Vec<serde_json::Value> = metrics
-            .iter()
-            .map(|(name, k)| {
-                serde_json::json!({
-                    "name": name.as_str(),
-                    // The same plain value rules see.
-                    "value": serde_json::to_value(super::event::dynamic(&k.value)).unwrap_or_default(),
-                    "datatype": super::proto::datatype::name(k.datatype),
-                    "timestamp": k.timestamp,
-                    "stale": k.stale,
-                })
-            })
-            .collect();
-        Some(serde_json::json!({ "alive": alive, "metrics": list }))
-    }
-
     fn node_mut(&mut self, group: &str, node: &str) -> Option<&mut Node> {
         self.groups.get_mut(group)?.get_mut(node)
     }

@@ -16,7 +16,7 @@ impl Step {
                 let key = key.as_deref();
                 let devices = self.engine.devices(key);
                 let alarms = self.engine.alarms(key);
-                let sparkplug = key.and_then(|k| self.sparkplug.sessions.view(k));
+                let sparkplug = key.and_then(|k| crate::sparkplug::event::view(&self.sparkplug.sessions, k));
                 let _ = reply.send(DevicesNow { devices, alarms, now: now.millis(), sparkplug });
             }
             Query::Alarm { request, command, reply } => {
