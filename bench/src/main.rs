@@ -196,6 +196,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("edgewatch-privacy", Contender::Edgewatch, Rule::Privacy, true),
         ("edgewatch-governed", Contender::Edgewatch, Rule::Governed, true),
         ("edgewatch-watched", Contender::Edgewatch, Rule::Watched, true),
+        ("edgewatch-sparkplug", Contender::Edgewatch, Rule::Sparkplug, true),
         ("node-red-threshold", Contender::NodeRed, Rule::Threshold, false),
         ("node-red-window", Contender::NodeRed, Rule::Window, true),
     ] {
@@ -384,7 +385,9 @@ fn contender_ticks(proc: Option<&Proc>, relay: Option<&relay::Relay>, consumer: 
 fn run_step(ctx: &Ctx, setup: Setup, rate: f64) -> Step {
     let devices = if rate <= 2_000.0 { 1_000 } else { 10_000 };
     let mut step = Step { rate, devices, seconds: ctx.step.as_secs_f64(), ..Step::default() };
-    if let Err(e) = measure(ctx, setup, Workload::readings(devices), &mut step) {
+    let workload =
+        if setup.rule == Rule::Sparkplug { Workload::sparkplug(devices) } else { Workload::readings(devices) };
+    if let Err(e) = measure(ctx, setup, workload, &mut step) {
         step.error = Some(format!("{e:#}"));
     }
     step
@@ -407,6 +410,10 @@ fn measure(ctx: &Ctx, setup: Setup, workload: Workload, step: &mut Step) -> anyh
     } else {
         None
     };
+    if workload.sparkplug {
+        // The births go before the measured step, as a gateway's arrive once per session.
+        workload::sparkplug_births(addr, &workload, Duration::from_secs(2))?;
+    }
     let cpu0 = contender_ticks(proc.as_ref(), relay.as_ref(), &consumer);
     let broker0 = procs::cpu_ticks(broker.pid());
     let t0 = Instant::now();
@@ -489,7 +496,7 @@ fn run_heartbeat(ctx: &Ctx, contender: Contender) -> Detection {
         .enumerate()
         .map(|(k, d)| (d, Duration::from_secs_f64(from + (to - from) * k as f64 / (devices / 10) as f64)))
         .collect();
-    let workload = Workload { devices, reading_every: reading, heartbeat_every: every, silenced };
+    let workload = Workload { devices, reading_every: reading, heartbeat_every: every, silenced, sparkplug: false };
     let mut d = Detection {
         devices,
         timeout,

@@ -43,6 +43,10 @@ pub enum Rule {
     /// The threshold rule with the console on and 10 clients reading its live stream (every
     /// event is a frame to each): what watching costs per message (issue 21).
     Watched,
+    /// The same readings as Sparkplug B DDATA by alias (`format = "sparkplug"`, 100 devices
+    /// per edge node), every temperature above 20 °C emitted with the reading's number and
+    /// send time: what Sparkplug costs per message against JSON (issue 22).
+    Sparkplug,
 }
 
 /// Live stream clients of `Rule::Watched`.
@@ -60,6 +64,7 @@ impl Rule {
             Rule::Privacy => "privacy",
             Rule::Governed => "governed",
             Rule::Watched => "watched",
+            Rule::Sparkplug => "sparkplug",
         }
     }
 }
@@ -219,6 +224,11 @@ pub fn edgewatch_rules(rule: Rule, heartbeat_timeout: Duration) -> String {
              rule(\"window\", #{\n    on: \"sensors/{device}/temperature\",\n    window: #{ count: 10 },\n    \
              emit: |e| #{ device: e.device, n: e.payload.n, sent: e.payload.sent, count: e.window.count, avg: e.window.avg },\n});\n"
             .to_owned(),
+        Rule::Sparkplug => "// Every Sparkplug DDATA whose temperature is above 20 °C, with the reading's n and sent\n\
+             // (the whole payload would name `n` twice: `changed` holds each metric's time).\n\
+             rule(\"sparkplug\", #{\n    on: \"spBv1.0/+/DDATA/+/+\",\n    when: |e| e.payload.metrics.temperature > 20.0,\n    \
+             emit: |e| #{ n: e.payload.metrics.n, sent: e.payload.metrics.sent },\n});\n"
+            .to_owned(),
         Rule::Heartbeat => format!(
             "// A device whose heartbeats stop is reported missing one timeout after the last.\n\
              rule(\"offline\", #{{\n    on: \"sensors/{{device}}/heartbeat\",\n    heartbeat: #{{ timeout: \"{}ms\" }},\n}});\n",
@@ -253,6 +263,16 @@ pub fn with_privacy(config: &str, key: &Path) -> String {
     )
 }
 
+/// `config` with Sparkplug B read from `spBv1.0/#`.
+pub fn with_sparkplug(config: &str) -> String {
+    let probe = "[[subscriptions]]\ntopic = \"bench/probe\"";
+    config.replacen(
+        probe,
+        &format!("[[subscriptions]]\ntopic = \"spBv1.0/#\"\nqos = 1\nformat = \"sparkplug\"\n\n{probe}"),
+        1,
+    )
+}
+
 /// `config` with a schema on the sensors' subscription that every reading and heartbeat
 /// of the simulated fleet meets (six fields checked).
 pub fn with_schema(config: &str) -> String {
@@ -282,6 +302,9 @@ pub fn start_edgewatch(
     let mut config = edgewatch_config(dir.path(), broker, durable);
     if rule == Rule::Journal {
         config.push_str("\n[journal]\nenabled = true\n");
+    }
+    if rule == Rule::Sparkplug {
+        config = with_sparkplug(&config);
     }
     if rule == Rule::Privacy || rule == Rule::Governed {
         let key = dir.path().join("privacy.key");
@@ -443,7 +466,9 @@ pub fn node_red_flows(rule: Rule, broker: SocketAddr, heartbeat_timeout: Duratio
         | Rule::Journal
         | Rule::Privacy
         | Rule::Governed
-        | Rule::Watched => nodes.push(switch("payload.temperature", "gt", "20", "num", "out")),
+        | Rule::Watched
+        // Not offered to Node-RED (no Sparkplug setup of it here); the JSON threshold's flow.
+        | Rule::Sparkplug => nodes.push(switch("payload.temperature", "gt", "20", "num", "out")),
         Rule::Window => {
             nodes.push(switch("payload.kind", "eq", "reading", "str", "window"));
             nodes.push(
@@ -615,6 +640,7 @@ mod tests {
             Rule::Privacy,
             Rule::Governed,
             Rule::Watched,
+            Rule::Sparkplug,
         ] {
             let text = edgewatch_rules(rule, Duration::from_millis(2500));
             let (set, errors) = edgewatch_engine::RuleSet::compile(&sandbox, [("bench.rhai", text.as_str())]);
@@ -625,9 +651,12 @@ mod tests {
                 Rule::Journal | Rule::Privacy | Rule::Governed | Rule::Watched => "threshold",
                 _ => rule.name(),
             };
-            assert!(
-                set.get(name).is_some_and(|r| r.listens_to("sensors/t-00001/temperature") != (rule == Rule::Heartbeat))
-            );
+            let topic = if rule == Rule::Sparkplug {
+                "spBv1.0/bench/DDATA/gw-000/t-00001"
+            } else {
+                "sensors/t-00001/temperature"
+            };
+            assert!(set.get(name).is_some_and(|r| r.listens_to(topic) != (rule == Rule::Heartbeat)));
             assert!(set.get("probe").is_some_and(|r| r.listens_to("bench/probe")));
         }
         let dir = tempfile::tempdir().expect("temp dir");
@@ -654,6 +683,10 @@ mod tests {
             + "\n[journal]\nenabled = true\n";
         let config = edgewatch::Config::from_toml(&text, "bench.toml", std::iter::empty());
         assert!(config.as_ref().is_ok_and(|c| c.journal.is_some()), "{config:?}\n{text}");
+        let text = with_sparkplug(&edgewatch_config(dir.path(), SocketAddr::from(([127, 0, 0, 1], 18830)), true));
+        let config = edgewatch::Config::from_toml(&text, "bench.toml", std::iter::empty());
+        let sparkplug = edgewatch::decode::Format::Sparkplug;
+        assert!(config.as_ref().is_ok_and(|c| c.subscriptions[1].format == sparkplug), "{config:?}\n{text}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use firmware_sim::sparkplug::EdgeNode;
 use firmware_sim::{Action, Kind, Scenario, SimOptions, Simulation};
 use hdrhistogram::Histogram;
 
@@ -42,7 +43,14 @@ pub struct Workload {
     pub heartbeat_every: Duration,
     /// Devices that stop sending heartbeats (readings go on), and when (virtual time).
     pub silenced: Vec<(usize, Duration)>,
+    /// Readings go out as Sparkplug B DDATA (alias-only `temperature`, `n` and `sent`) of
+    /// edge nodes of [`SPARKPLUG_NODE_DEVICES`] devices each, born before the step;
+    /// heartbeats are not sent.
+    pub sparkplug: bool,
 }
+
+/// Devices per Sparkplug edge node of the benchmark (`gw-000` has `t-00000` to `t-00099`).
+pub const SPARKPLUG_NODE_DEVICES: usize = 100;
 
 impl Workload {
     /// Readings every second and heartbeats every five: one message in six is a heartbeat.
@@ -52,7 +60,29 @@ impl Workload {
             reading_every: Duration::from_secs(1),
             heartbeat_every: Duration::from_secs(5),
             silenced: Vec::new(),
+            sparkplug: false,
         }
+    }
+
+    /// [`Workload::readings`] as Sparkplug B: one DDATA a second per device, heartbeats a day
+    /// apart (so the rate is the readings').
+    pub fn sparkplug(devices: usize) -> Workload {
+        Workload { heartbeat_every: Duration::from_secs(86_400), sparkplug: true, ..Workload::readings(devices) }
+    }
+
+    /// The Sparkplug edge nodes of the fleet, each after its births (their seq numbers used),
+    /// and the births.
+    pub fn sparkplug_nodes(&self, now_ms: u64) -> (Vec<EdgeNode>, Vec<firmware_sim::sparkplug::Message>) {
+        let mut nodes = Vec::new();
+        let mut births = Vec::new();
+        for (n, first) in (0..self.devices).step_by(SPARKPLUG_NODE_DEVICES).enumerate() {
+            let ids: Vec<String> = (first..(first + SPARKPLUG_NODE_DEVICES).min(self.devices)).map(device_id).collect();
+            let mut node = EdgeNode::new("bench", &format!("gw-{n:03}"), &ids, &["temperature", "n", "sent"]);
+            node.connect(now_ms);
+            births.extend(node.births(now_ms));
+            nodes.push(node);
+        }
+        (nodes, births)
     }
 
     /// Messages per virtual second.
@@ -107,6 +137,47 @@ pub fn find_u64(text: &[u8], key: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+/// The number after `"key":` in a JSON text (the reading's temperature).
+fn find_f64(text: &[u8], key: &[u8]) -> Option<f64> {
+    let at = find(text, key)? + key.len();
+    let rest = text.get(at..)?;
+    let end = rest.iter().position(|b| !(b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'e' | b'E' | b'+')))?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// Announces the Sparkplug edge nodes of `workload` (NBIRTH and DBIRTH each, QoS 1), then
+/// waits `settle` for the contender to read them: births come before the measured step.
+pub fn sparkplug_births(addr: SocketAddr, workload: &Workload, settle: Duration) -> anyhow::Result<()> {
+    let (_, births) = workload.sparkplug_nodes(0);
+    let mut s = mqtt::open(addr, "bench-births", &[]).context("births connect")?;
+    let reader = s.try_clone()?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let acks = {
+        let acked = acked.clone();
+        std::thread::spawn(move || count_acks(reader, &acked))
+    };
+    let mut out = Vec::with_capacity(1 << 20);
+    for (i, m) in births.iter().enumerate() {
+        mqtt::put_publish(&mut out, &m.topic, 1, (i % 65_535) as u16 + 1, m.payload.len(), |o| {
+            o.extend_from_slice(&m.payload)
+        });
+        if out.len() > 64 * 1024 {
+            s.write_all(&out).context("publishing births")?;
+            out.clear();
+        }
+    }
+    s.write_all(&out).context("publishing births")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acked.load(Relaxed) < births.len() as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = s.write_all(&[0xe0, 0]);
+    let _ = s.shutdown(Shutdown::Both);
+    let _ = acks.join();
+    std::thread::sleep(settle);
+    Ok(())
 }
 
 /// The string after `"key":"` in a JSON text (no escapes expected: device ids).
@@ -177,6 +248,8 @@ pub fn publish(spec: &LoadSpec, origin: Instant) -> anyhow::Result<LoadReport> {
     let mut out: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut prefix = Vec::with_capacity(48);
     let mut n: u64 = 0;
+    // The same nodes `sparkplug_births` announced: their `seq` goes on from the births.
+    let mut nodes = if spec.workload.sparkplug { spec.workload.sparkplug_nodes(0).0 } else { Vec::new() };
     let start = Instant::now();
     report.first_us = micros(origin.elapsed());
     loop {
@@ -187,6 +260,9 @@ pub fn publish(spec: &LoadSpec, origin: Instant) -> anyhow::Result<LoadReport> {
         sim.poll(Duration::from_secs_f64(elapsed.as_secs_f64() * speed), &mut batch);
         for e in batch.drain(..) {
             let Action::Publish(p) = e.action else { continue };
+            if spec.workload.sparkplug && p.kind != Kind::Reading {
+                continue;
+            }
             while n.saturating_sub(acked.load(Relaxed)) >= MAX_UNACKED {
                 std::thread::sleep(Duration::from_micros(50));
             }
@@ -195,7 +271,19 @@ pub fn publish(spec: &LoadSpec, origin: Instant) -> anyhow::Result<LoadReport> {
             let due = start + Duration::from_secs_f64(e.at.as_secs_f64() / speed);
             lag.saturating_record(micros(Instant::now().saturating_duration_since(due)));
             let packet_id = (n % 65_535) as u16 + 1;
+            let node = nodes.get_mut(e.device / SPARKPLUG_NODE_DEVICES);
             match p.payload.split_first() {
+                Some(_) if spec.workload.sparkplug => {
+                    let temperature = find_f64(&p.payload, b"\"temperature\":").unwrap_or(0.0);
+                    let values = [temperature, n as f64, sent as f64];
+                    let t = e.time_ms;
+                    let Some(m) = node.and_then(|nd| nd.data(e.device % SPARKPLUG_NODE_DEVICES, &values, t)) else {
+                        continue;
+                    };
+                    mqtt::put_publish(&mut out, &m.topic, 1, packet_id, m.payload.len(), |o| {
+                        o.extend_from_slice(&m.payload)
+                    });
+                }
                 Some((b'{', rest)) => {
                     stamp_prefix(&mut prefix, n, sent);
                     mqtt::put_publish(&mut out, &p.topic, 1, packet_id, prefix.len() + rest.len(), |o| {

@@ -33,7 +33,7 @@ pub mod value;
 
 pub use error::SparkplugError;
 pub use metrics::{Known, Limits, Metrics};
-pub use session::{Gap, Liveness, Outcome, Sessions, Update};
+pub use session::{Gap, ImportError, Liveness, Outcome, Part, Sessions, Update};
 pub use topic::{Kind, Topic};
 pub use value::Value;
 

@@ -317,28 +317,40 @@ fn a_gap_is_in_the_event_for_rules() {
     assert_eq!(p["sparkplug"]["gap"], serde_json::json!({"expected": 2, "got": 3}));
 }
 
-/// What the agent writes with each batch: only the nodes a message changed, one record each,
-/// from which a restarted agent resolves the same aliases.
+/// What the agent writes with each batch: only the parts a message changed, one record each (a
+/// node's own part, and each device's), from which a restarted agent resolves the same aliases.
 #[test]
-fn each_changed_node_is_written_once_and_restores_alone() {
+fn each_changed_part_is_written_once_and_restores_alone() {
+    let part =
+        |device: Option<&str>| Part { group: "plant1".into(), node: "gw1".into(), device: device.map(Into::into) };
     let mut s = Sessions::default();
-    for name in ["nbirth", "dbirth", "ddata"] {
+    for name in ["nbirth", "dbirth"] {
         update(apply(&mut s, name, 0));
     }
-    let changed = s.take_changed();
-    assert_eq!(changed.into_iter().collect::<Vec<_>>(), [("plant1".to_owned(), "gw1".to_owned())]);
+    s.take_changed();
+    update(apply(&mut s, "ddata", 0));
+    let changed: Vec<Part> = s.take_changed().into_iter().collect();
+    assert_eq!(changed, [part(None), part(Some("motor1"))], "its node's seq and its device's values");
     assert!(s.take_changed().is_empty(), "taken");
     assert!(apply(&mut s, "ncmd_rebirth", 0).is_ok());
     let data = Payload { timestamp: Some(1), metrics: vec![], seq: Some(9) }.encode_to_vec();
     s.apply("spBv1.0/plant1/NDATA/other", &data, 0, &Limits::default()).expect_err("never born");
-    assert!(s.take_changed().is_empty(), "refusals and commands change no node");
+    assert!(s.take_changed().is_empty(), "refusals and commands change nothing");
+    update(apply(&mut s, "nbirth_again", 0));
+    assert_eq!(s.take_changed().len(), 2, "a node's birth clears its devices' aliases");
 
-    let record = s.export_node("plant1", "gw1").expect("known");
-    assert_eq!(s.export_node("plant1", "nope"), None);
     let mut restarted = Sessions::default();
-    restarted.import_node("plant1", "gw1", &record).expect("restores");
+    assert!(restarted.import(&part(Some("motor1")), b"{}").is_err(), "a device before its node");
+    for p in [part(None), part(Some("motor1"))] {
+        restarted.import(&p, &s.export(&p).expect("known")).expect("restores");
+    }
     assert_eq!(restarted, s);
+    assert_eq!(s.export(&part(Some("nope"))), None);
+    update(apply(&mut restarted, "dbirth_again", 0));
     let u = update(apply(&mut restarted, "ddata_alias_only", 0));
     assert_eq!(value(&restarted, &u, "Motor/Speed"), Value::Float(1501.0));
-    assert!(restarted.import_node("plant1", "gw2", b"{").is_err(), "a damaged record is an error");
+    assert!(restarted.import(&part(None), b"{").is_err(), "a damaged record is an error");
+    // A node's own part again (a later batch) keeps the devices restored before.
+    restarted.import(&part(None), &s.export(&part(None)).expect("known")).expect("restores");
+    assert!(restarted.metrics("plant1", "gw1", Some("motor1")).is_some());
 }

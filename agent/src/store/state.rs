@@ -163,9 +163,14 @@ impl Store {
         batch.changes += 1;
     }
 
-    /// Records one Sparkplug edge node's session (`None`: removes it) in `batch`.
-    pub fn put_sparkplug(&self, batch: &mut Batch, (group, node): (&str, &str), value: Option<&[u8]>) {
-        let k = [b"g/".as_slice(), group.as_bytes(), &[0], node.as_bytes()].concat();
+    /// Records one part of the Sparkplug sessions (`None`: removes it) in `batch`:
+    /// `g/<group>\0<node>` for a node's own part, `g/<group>\0<node>\0<device>` for a device's.
+    pub fn put_sparkplug(&self, batch: &mut Batch, part: &crate::sparkplug::Part, value: Option<&[u8]>) {
+        let mut k = [b"g/".as_slice(), part.group.as_bytes(), &[0], part.node.as_bytes()].concat();
+        if let Some(d) = &part.device {
+            k.push(0);
+            k.extend_from_slice(d.as_bytes());
+        }
         match value {
             Some(v) => batch.inner.insert(k, v),
             None => batch.inner.remove(k),
@@ -173,18 +178,21 @@ impl Store {
         batch.changes += 1;
     }
 
-    /// Every Sparkplug edge node's session, as (group, node, record), to restore at start.
-    pub fn load_sparkplug(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+    /// Every part of the Sparkplug sessions, in key order (a node's own part before its
+    /// devices'), to restore at start.
+    pub fn load_sparkplug(&self) -> Result<Vec<(crate::sparkplug::Part, Vec<u8>)>, StoreError> {
         let mut v = Vec::new();
         for item in self.db.scan_prefix(b"g/") {
             let (k, val) = item.map_err(|e| self.db_err(e))?;
-            let rest = &k[2..];
-            let Some(split) = rest.iter().position(|b| *b == 0) else { continue };
-            let (Ok(group), Ok(node)) = (std::str::from_utf8(&rest[..split]), std::str::from_utf8(&rest[split + 1..]))
-            else {
-                continue;
+            let mut levels = k[2..].split(|b| *b == 0).map(std::str::from_utf8);
+            let (Some(Ok(group)), Some(Ok(node))) = (levels.next(), levels.next()) else { continue };
+            let device = match levels.next() {
+                None => None,
+                Some(Ok(d)) => Some(d.to_owned()),
+                Some(Err(_)) => continue,
             };
-            v.push((group.to_owned(), node.to_owned(), val.to_vec()));
+            let part = crate::sparkplug::Part { group: group.to_owned(), node: node.to_owned(), device };
+            v.push((part, val.to_vec()));
         }
         Ok(v)
     }

@@ -119,13 +119,13 @@ impl Step {
         }
     }
 
-    /// Writes the edge nodes changed since the last batch into it.
+    /// Writes the parts of the sessions changed since the last batch into it.
     pub(super) fn sparkplug_commit(&mut self) {
         let changed = self.sparkplug.sessions.take_changed();
         if let super::Sink::Disk { store, .. } = &self.sink {
-            for (group, node) in changed {
-                let value = self.sparkplug.sessions.export_node(&group, &node);
-                store.put_sparkplug(&mut self.pending.batch, (&group, &node), value.as_deref());
+            for part in changed {
+                let value = self.sparkplug.sessions.export(&part);
+                store.put_sparkplug(&mut self.pending.batch, &part, value.as_deref());
             }
         }
     }
@@ -142,9 +142,11 @@ impl Step {
                 return;
             }
         };
-        for (group, node, bytes) in records {
-            if let Err(error) = self.sparkplug.sessions.import_node(&group, &node, &bytes) {
-                tracing::error!(group, node, %error, "Sparkplug session not restored: this node must be born again.");
+        for (part, bytes) in records {
+            if let Err(error) = self.sparkplug.sessions.import(&part, &bytes) {
+                let (group, node) = (&part.group, &part.node);
+                let device = part.device.as_deref().unwrap_or("");
+                tracing::error!(group, node, device, %error, "Sparkplug session not restored: it must be born again.");
             }
         }
     }
