@@ -6,7 +6,8 @@
 //!  spBv1.0/... ──▶ Sessions::apply ──Update──▶ event::payloads ──▶ Engine::process (one event each)
 //!                      │ refused: dead letter (`sparkplug_*`)   │ seq gap: reorder timer
 //!                      └── unknown alias, unborn data ──────────┴──▶ Rebirths::ask ──▶ NCMD (source)
-//!  commit: Sessions::take_changed ──▶ Store::put_sparkplug (one record per edge node)
+//!  commit: Sessions::take_changed ──▶ Store::put_sparkplug (a record per node's own part
+//!          and per device, the changed ones only)
 //! ```
 
 use super::Step;
@@ -129,9 +130,7 @@ impl Step {
             }
         }
     }
-}
 
-impl Step {
     /// Restores the edge nodes' sessions from the store (at start): a restart loses no alias.
     pub(super) fn restore_sparkplug(&mut self) {
         let super::Sink::Disk { store, .. } = &self.sink else { return };
