@@ -103,7 +103,10 @@ impl Reader {
     /// the clock alone for a message the specification says to ignore.
     pub fn sparkplug(&mut self, t: i64, topic: &str, raw: &[u8], mut f: impl FnMut(Input<'_>)) {
         use crate::sparkplug::{Outcome, event};
-        match self.sessions.apply(topic, raw, u64::try_from(t).unwrap_or(0), &self.limits) {
+        let outcome = self.sessions.apply(topic, raw, u64::try_from(t).unwrap_or(0), &self.limits);
+        // Nothing of a replay is stored: what changed is not kept for a write.
+        self.sessions.take_changed();
+        match outcome {
             Err(e) => f(Input::Message { topic, raw, value: &Err(e.reason().to_owned()) }),
             Ok(Outcome::Ignored(_)) => f(Input::Clock),
             Ok(Outcome::Update(update)) => {
