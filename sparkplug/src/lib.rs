@@ -14,9 +14,11 @@
 //! parts below. Field numbers and types are the specification's.
 //!
 //! Left out on purpose (prost skips unknown fields, so payloads that carry them still decode):
-//! a metric's `metadata` (8) and `properties` (9), `dataset_value` (17), `template_value` (18)
-//! and `extension_value` (19), and the payload's `uuid` (4) and `body` (5). Metrics of those
-//! kinds arrive with their datatype and no value, and are reported as unsupported.
+//! a metric's `metadata` (8), `dataset_value` (17), `template_value` (18) and
+//! `extension_value` (19), the payload's `uuid` (4) and `body` (5), and nested property sets.
+//! Metrics of those kinds arrive with their datatype and no value, and are reported as
+//! unsupported. A metric's `properties` (9) are read for their scalar values: that is where
+//! Sparkplug puts a value's `Quality`.
 
 /// `Payload`: one message of an edge node or device.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -49,8 +51,66 @@ pub struct Metric {
     pub is_transient: Option<bool>,
     #[prost(bool, optional, tag = "7")]
     pub is_null: Option<bool>,
+    /// Its properties, such as `Quality` (an Int32: 192 good, 0 bad, as OPC UA's and
+    /// Ignition's codes).
+    #[prost(message, optional, tag = "9")]
+    pub properties: Option<PropertySet>,
     #[prost(oneof = "MetricValue", tags = "10, 11, 12, 13, 14, 15, 16")]
     pub value: Option<MetricValue>,
+}
+
+/// `Payload.PropertySet`: keys and their values, by position.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PropertySet {
+    #[prost(string, repeated, tag = "1")]
+    pub keys: Vec<String>,
+    #[prost(message, repeated, tag = "2")]
+    pub values: Vec<PropertyValue>,
+}
+
+/// `Payload.PropertyValue`, its scalar kinds (nested sets, 9 and 10, are skipped).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PropertyValue {
+    #[prost(uint32, optional, tag = "1")]
+    pub r#type: Option<u32>,
+    #[prost(bool, optional, tag = "2")]
+    pub is_null: Option<bool>,
+    #[prost(oneof = "PropertyKind", tags = "3, 4, 5, 6, 7, 8")]
+    pub value: Option<PropertyKind>,
+}
+
+/// `Payload.PropertyValue.value`.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum PropertyKind {
+    #[prost(uint32, tag = "3")]
+    IntValue(u32),
+    #[prost(uint64, tag = "4")]
+    LongValue(u64),
+    #[prost(float, tag = "5")]
+    FloatValue(f32),
+    #[prost(double, tag = "6")]
+    DoubleValue(f64),
+    #[prost(bool, tag = "7")]
+    BooleanValue(bool),
+    #[prost(string, tag = "8")]
+    StringValue(String),
+}
+
+/// The property that says how good a metric's value is.
+pub const QUALITY: &str = "Quality";
+
+impl Metric {
+    /// Its `Quality` property, if it has one with an integer value (an Int32, two's
+    /// complement in `int_value`, or any integer in `long_value`).
+    pub fn quality(&self) -> Option<i64> {
+        let set = self.properties.as_ref()?;
+        let at = set.keys.iter().position(|k| k == QUALITY)?;
+        match set.values.get(at)?.value.as_ref()? {
+            PropertyKind::IntValue(v) => Some(i64::from(*v as i32)),
+            PropertyKind::LongValue(v) => Some(*v as i64),
+            _ => None,
+        }
+    }
 }
 
 /// `Payload.Metric.value`, the kinds a consumer reads.

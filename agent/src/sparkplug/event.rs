@@ -7,6 +7,7 @@
 //!   metrics: #{ "Motor/Speed": 1500.5, "Motor/Current": 12.25 },   // every metric, last known
 //!   changed: #{ "Motor/Speed": 1796512551449 },  // what this message carried, and when
 //!   stale: false,                         // the node or device is dead: no value is current
+//!   quality: #{ "Motor/Speed": 192 },     // metrics sent with a `Quality` property only
 //!   timestamp: 1796512551449,            // the newest of `changed`, else the message's
 //!   sparkplug: #{ group: "plant1", node: "gw1", device: "motor1", type: "DDATA", seq: 2,
 //!                 timestamp: 1796512551449 },  // and `gap: #{ expected, got }` after a lost seq
@@ -58,6 +59,9 @@ pub fn payloads(update: &Update, sessions: &Sessions) -> Vec<Dynamic> {
 /// it) and whether that node or device is `alive`.
 pub fn payload(update: &Update, metrics: &Metrics, alive: bool) -> Dynamic {
     let values: Map = metrics.iter().map(|(name, known)| (name.as_str().into(), dynamic(&known.value))).collect();
+    // Only the metrics whose edge node says how good they are; most send no quality.
+    let quality: Map =
+        metrics.iter().filter_map(|(name, k)| Some((name.as_str().into(), Dynamic::from_int(k.quality?)))).collect();
     let mut changed = Map::new();
     for name in &update.changed {
         let at = metrics.get(name).and_then(|k| k.timestamp);
@@ -86,6 +90,9 @@ pub fn payload(update: &Update, metrics: &Metrics, alive: bool) -> Dynamic {
     out.insert("metrics".into(), values.into());
     out.insert("changed".into(), changed.into());
     out.insert("stale".into(), (!alive).into());
+    if !quality.is_empty() {
+        out.insert("quality".into(), quality.into());
+    }
     out.insert("timestamp".into(), newest.map_or(Dynamic::UNIT, |t| Dynamic::from_int(t as i64)));
     out.insert("sparkplug".into(), sparkplug.into());
     if matches!(update.kind, Kind::NBirth | Kind::DBirth) {
@@ -112,6 +119,7 @@ pub fn view(sessions: &Sessions, key: &str) -> Option<serde_json::Value> {
                 "datatype": super::proto::datatype::name(k.datatype),
                 "timestamp": k.timestamp,
                 "stale": k.stale,
+                "quality": k.quality,
             })
         })
         .collect();

@@ -72,6 +72,8 @@ pub struct Known {
     pub timestamp: Option<u64>,
     /// Its node or device died since: the value is not current.
     pub stale: bool,
+    /// Its `Quality` property, as the edge node sent it with this value (192: good).
+    pub quality: Option<i64>,
 }
 
 /// The metrics of a birth: every one named once, aliases unique, values readable.
@@ -100,7 +102,7 @@ pub(super) fn born(payload: &Payload, group: &str, node: &str, limits: &Limits) 
         }
         let timestamp = m.timestamp.or(payload.timestamp);
         out.names.push(name);
-        out.values.push(Known { value, datatype, timestamp, stale: false });
+        out.values.push(Known { value, datatype, timestamp, stale: false, quality: m.quality() });
     }
     Ok(out)
 }
@@ -126,7 +128,8 @@ pub(super) fn data(
         let born = &metrics.values[slot as usize];
         let datatype = m.datatype.unwrap_or(born.datatype);
         let value = read(m, datatype, &metrics.names[slot as usize])?;
-        out.push((slot, Known { value, datatype, timestamp: m.timestamp.or(payload.timestamp), stale: false }));
+        let timestamp = m.timestamp.or(payload.timestamp);
+        out.push((slot, Known { value, datatype, timestamp, stale: false, quality: m.quality() }));
     }
     Ok(out)
 }

@@ -354,3 +354,53 @@ fn each_changed_part_is_written_once_and_restores_alone() {
     restarted.import(&part(None), &s.export(&part(None)).expect("known")).expect("restores");
     assert!(restarted.metrics("plant1", "gw1", Some("motor1")).is_some());
 }
+
+/// Sparkplug puts a value's quality in the metric's `Quality` property (OPC UA's codes, as
+/// Ignition sends them): rules and the console see the last one per metric.
+#[test]
+fn a_quality_property_goes_with_its_value() {
+    use super::proto::{PropertyKind, PropertySet, PropertyValue};
+    let mut s = Sessions::default();
+    update(apply(&mut s, "nbirth", 0));
+    update(apply(&mut s, "dbirth", 0));
+    let with_quality = |code: u32| {
+        let metric = Metric {
+            alias: Some(10),
+            value: Some(MetricValue::DoubleValue(7.0)),
+            properties: Some(PropertySet {
+                keys: vec!["engUnit".into(), edgewatch_sparkplug::QUALITY.into()],
+                values: vec![
+                    PropertyValue { value: Some(PropertyKind::StringValue("rpm".into())), ..PropertyValue::default() },
+                    PropertyValue {
+                        r#type: Some(3),
+                        value: Some(PropertyKind::IntValue(code)),
+                        ..PropertyValue::default()
+                    },
+                ],
+            }),
+            ..Metric::default()
+        };
+        Payload { timestamp: Some(1), metrics: vec![metric], seq: Some(2) }.encode_to_vec()
+    };
+    let u = update(s.apply(MOTOR, &with_quality(0), 0, &Limits::default()));
+    assert_eq!(known(&s, &u, "Motor/Speed").quality, Some(0), "bad");
+    assert_eq!(known(&s, &u, "Motor/Current").quality, None, "never sent");
+    let p = serde_json::to_value(&event::payloads(&u, &s)[0]).expect("serializes");
+    assert_eq!(p["quality"], serde_json::json!({"Motor/Speed": 0}));
+    let view = event::view(&s, "plant1/gw1/motor1").expect("known");
+    assert_eq!((view["metrics"][0]["quality"].as_i64(), view["metrics"][1]["quality"].is_null()), (Some(0), true));
+    // Without a quality, the payload has no `quality` at all.
+    let plain = update(apply(&mut s, "nbirth_again", 0));
+    let p = serde_json::to_value(&event::payloads(&plain, &s)[0]).expect("serializes");
+    assert!(p.get("quality").is_none(), "{p}");
+    // A negative Int32 is read as the edge node meant it.
+    assert_eq!(Metric { properties: with_quality_set(u32::MAX), ..Metric::default() }.quality(), Some(-1));
+}
+
+fn with_quality_set(code: u32) -> Option<super::proto::PropertySet> {
+    use super::proto::{PropertyKind, PropertySet, PropertyValue};
+    Some(PropertySet {
+        keys: vec![edgewatch_sparkplug::QUALITY.into()],
+        values: vec![PropertyValue { value: Some(PropertyKind::IntValue(code)), ..PropertyValue::default() }],
+    })
+}
