@@ -23,9 +23,21 @@ pub struct Sessions {
     /// How many nodes `groups` holds (for the bound).
     nodes: usize,
     /// Parts changed since the agent last wrote them to its store ([`Sessions::take_changed`]):
-    /// each batch writes only those.
+    /// each batch writes only those. Each is listed once: its node or device is marked
+    /// [`Dirty`] until it is taken, so a part is named (its strings copied) once per batch.
     #[serde(skip)]
-    changed: std::collections::BTreeSet<Part>,
+    changed: Vec<Part>,
+}
+
+/// Whether a node's own part or a device changed since it was last taken for the store. Not
+/// state: equal whatever it says, so that sessions compare by what they hold.
+#[derive(Debug, Clone, Copy, Default)]
+struct Dirty(bool);
+
+impl PartialEq for Dirty {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What the store keeps as one record: a node's own part of its session (`device: None`: all
@@ -57,6 +69,8 @@ struct Node {
     died: Option<u64>,
     own: Metrics,
     devices: BTreeMap<String, Device>,
+    #[serde(skip)]
+    dirty: Dirty,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -64,6 +78,8 @@ struct Device {
     alive: bool,
     died: Option<u64>,
     metrics: Metrics,
+    #[serde(skip)]
+    dirty: Dirty,
 }
 
 /// Why a stored part could not be restored.
@@ -124,31 +140,68 @@ impl Sessions {
     /// Applies one message received on `topic`, at `now` (ms since the epoch).
     pub fn apply(&mut self, topic: &str, payload: &[u8], now: u64, limits: &Limits) -> Result<Outcome, SparkplugError> {
         let outcome = self.apply_inner(topic, payload, now, limits)?;
-        // A DDEATH for a dead device still moves its node's `seq`: an old death may change it.
-        let changes = matches!(outcome, Outcome::Update(_) | Outcome::Ignored("stale_death"));
-        if let (true, Ok(Topic::Edge { group, node: node_id, kind, device })) = (changes, Topic::parse(topic)) {
-            if let Some(node) = self.groups.get(group).and_then(|g| g.get(node_id)) {
-                let part = |device: Option<&str>| Part {
-                    group: group.to_owned(),
-                    node: node_id.to_owned(),
-                    device: device.map(str::to_owned),
-                };
-                // A node's birth clears its devices' aliases, its death makes them stale.
-                let devices: Vec<Part> = match (kind, device) {
-                    (Kind::NBirth | Kind::NDeath, _) => node.devices.keys().map(|d| part(Some(d))).collect(),
-                    (_, Some(d)) if node.devices.contains_key(d) => vec![part(Some(d))],
-                    _ => Vec::new(),
-                };
-                self.changed.insert(part(None));
-                self.changed.extend(devices);
+        match &outcome {
+            Outcome::Update(u) => self.mark(&u.group, &u.node, u.kind, u.device.as_deref()),
+            // A DDEATH for a dead device still moves its node's `seq`.
+            Outcome::Ignored("stale_death") => {
+                if let Ok(Topic::Edge { group, node, kind, device }) = Topic::parse(topic) {
+                    self.mark(group, node, kind, device);
+                }
             }
+            Outcome::Ignored(_) => {}
         }
         Ok(outcome)
     }
 
-    /// The parts changed since the last call.
-    pub fn take_changed(&mut self) -> std::collections::BTreeSet<Part> {
-        std::mem::take(&mut self.changed)
+    /// Lists the parts a message of `kind` to `group`/`node` (`device`) changed, each once
+    /// until taken: the node's own part (its `seq`, at least), and its device's, or all its
+    /// devices' for a node's birth (their aliases go) or death (their values are stale).
+    fn mark(&mut self, group: &str, node_id: &str, kind: Kind, device: Option<&str>) {
+        let Some(node) = self.groups.get_mut(group).and_then(|g| g.get_mut(node_id)) else { return };
+        let part = |device: Option<&str>| Part {
+            group: group.to_owned(),
+            node: node_id.to_owned(),
+            device: device.map(str::to_owned),
+        };
+        if !std::mem::replace(&mut node.dirty.0, true) {
+            self.changed.push(part(None));
+        }
+        let mut device_part = |name: &str, d: &mut Device| {
+            if !std::mem::replace(&mut d.dirty.0, true) {
+                self.changed.push(part(Some(name)));
+            }
+        };
+        match (kind, device) {
+            (Kind::NBirth | Kind::NDeath, _) => {
+                for (name, d) in &mut node.devices {
+                    device_part(name, d);
+                }
+            }
+            (_, Some(name)) => {
+                if let Some(d) = node.devices.get_mut(name) {
+                    device_part(name, d);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The parts changed since the last call, a node's own before its devices'.
+    pub fn take_changed(&mut self) -> Vec<Part> {
+        let mut changed = std::mem::take(&mut self.changed);
+        for p in &changed {
+            let Some(node) = self.groups.get_mut(&p.group).and_then(|g| g.get_mut(&p.node)) else { continue };
+            match &p.device {
+                None => node.dirty.0 = false,
+                Some(d) => {
+                    if let Some(d) = node.devices.get_mut(d) {
+                        d.dirty.0 = false;
+                    }
+                }
+            }
+        }
+        changed.sort_unstable();
+        changed
     }
 
     /// One part of the sessions, serialized for the store (`None`: it is not there), in
@@ -166,6 +219,7 @@ impl Sessions {
                     died: node.died,
                     own: node.own.clone(),
                     devices: BTreeMap::new(),
+                    dirty: Dirty::default(),
                 };
                 postcard::to_allocvec(&own).ok()
             }

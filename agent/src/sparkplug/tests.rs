@@ -367,17 +367,23 @@ fn a_quality_property_goes_with_its_value() {
         let metric = Metric {
             alias: Some(10),
             value: Some(MetricValue::DoubleValue(7.0)),
-            properties: Some(PropertySet {
-                keys: vec!["engUnit".into(), edgewatch_sparkplug::QUALITY.into()],
-                values: vec![
-                    PropertyValue { value: Some(PropertyKind::StringValue("rpm".into())), ..PropertyValue::default() },
-                    PropertyValue {
-                        r#type: Some(3),
-                        value: Some(PropertyKind::IntValue(code)),
-                        ..PropertyValue::default()
-                    },
-                ],
-            }),
+            properties: Some(
+                PropertySet {
+                    keys: vec!["engUnit".into(), edgewatch_sparkplug::QUALITY.into()],
+                    values: vec![
+                        PropertyValue {
+                            value: Some(PropertyKind::StringValue("rpm".into())),
+                            ..PropertyValue::default()
+                        },
+                        PropertyValue {
+                            r#type: Some(3),
+                            value: Some(PropertyKind::IntValue(code)),
+                            ..PropertyValue::default()
+                        },
+                    ],
+                }
+                .encode_to_vec(),
+            ),
             ..Metric::default()
         };
         Payload { timestamp: Some(1), metrics: vec![metric], seq: Some(2) }.encode_to_vec()
@@ -397,10 +403,11 @@ fn a_quality_property_goes_with_its_value() {
     assert_eq!(Metric { properties: with_quality_set(u32::MAX), ..Metric::default() }.quality(), Some(-1));
 }
 
-fn with_quality_set(code: u32) -> Option<super::proto::PropertySet> {
+fn with_quality_set(code: u32) -> Option<Vec<u8>> {
     use super::proto::{PropertyKind, PropertySet, PropertyValue};
-    Some(PropertySet {
+    let set = PropertySet {
         keys: vec![edgewatch_sparkplug::QUALITY.into()],
         values: vec![PropertyValue { value: Some(PropertyKind::IntValue(code)), ..PropertyValue::default() }],
-    })
+    };
+    Some(set.encode_to_vec())
 }
