@@ -278,22 +278,29 @@ fn walk(v: &Dynamic, depth: usize, left: &mut [usize; 3]) -> Result<(), Over> {
         }
         None => Err(Over::Size(i)),
     };
-    if let Ok(s) = v.as_immutable_string_ref() {
-        return take(2, s.len());
+    // The `is_*` checks first: the `as_*` accessors name the actual type in their error,
+    // which costs more than the check, and most values are neither.
+    let (string, blob, array, map) = (v.is_string(), v.is_blob(), v.is_array(), v.is_map());
+    if string {
+        return v.as_immutable_string_ref().map_or(Ok(()), |s| take(2, s.len()));
     }
-    if let Some(b) = v.read_lock::<rhai::Blob>() {
-        return take(0, b.len());
+    if blob {
+        return v.read_lock::<rhai::Blob>().map_or(Ok(()), |b| take(0, b.len()));
     }
-    if depth >= MAX_DATA_DEPTH && (v.is_array() || v.is_map()) {
+    if depth >= MAX_DATA_DEPTH && (array || map) {
         return Err(Over::Depth);
     }
-    if let Ok(a) = v.as_array_ref() {
-        take(0, a.len())?;
-        return a.iter().try_for_each(|x| walk(x, depth + 1, left));
+    if array {
+        if let Ok(a) = v.as_array_ref() {
+            take(0, a.len())?;
+            return a.iter().try_for_each(|x| walk(x, depth + 1, left));
+        }
     }
-    if let Ok(m) = v.as_map_ref() {
-        take(1, m.len())?;
-        return m.values().try_for_each(|x| walk(x, depth + 1, left));
+    if map {
+        if let Ok(m) = v.as_map_ref() {
+            take(1, m.len())?;
+            return m.values().try_for_each(|x| walk(x, depth + 1, left));
+        }
     }
     Ok(())
 }
@@ -302,8 +309,30 @@ fn walk(v: &Dynamic, depth: usize, left: &mut [usize; 3]) -> Result<(), Over> {
 /// would otherwise go out silently as `null`. The error names its path from `root`, as a
 /// rule would write it (`data.a.b[1]`) and what it is, such as "`data.ratio` is NaN".
 pub(crate) fn check_finite(root: &str, value: &Dynamic) -> Result<(), String> {
+    // Every emitted event is checked and almost none has one: look first, name the path only
+    // when there is something to name.
+    if !any_non_finite(value, 0) {
+        return Ok(());
+    }
     let mut path = root.to_owned();
     find_non_finite(value, &mut path, 0).map_or(Ok(()), |what| Err(format!("`{path}` is {what}")))
+}
+
+/// Whether there is a non-finite number under `v`, without building a path.
+fn any_non_finite(v: &Dynamic, depth: usize) -> bool {
+    if v.is_float() {
+        return v.as_float().is_ok_and(|x| !x.is_finite());
+    }
+    if depth > MAX_DATA_DEPTH {
+        return false;
+    }
+    if v.is_array() {
+        return v.as_array_ref().is_ok_and(|a| a.iter().any(|x| any_non_finite(x, depth + 1)));
+    }
+    if v.is_map() {
+        return v.as_map_ref().is_ok_and(|m| m.values().any(|x| any_non_finite(x, depth + 1)));
+    }
+    false
 }
 
 /// What the first non-finite number under `v` is; `path` is left pointing at it.

@@ -15,9 +15,11 @@
 //! and `upstream` (polls the upstream connection; the publish `upstream::Window` is filled
 //! by whoever makes an event sendable, without waking a task). `reloader` rescans the rules
 //! on a trigger; `reports` says what the agent says about itself; `poison` counts the
-//! deliveries of what may have crashed the last run. A message's path out is source ─▶ step
-//! ─▶ (commit) ─▶ upstream connection; its acknowledgement's path back is commit (or step)
-//! ─▶ the source connection's request queue.
+//! deliveries of what may have crashed the last run; `parts` opens or builds what the rest is
+//! wired from (the audit trail, the journal, the event log, the sinks' deliveries, what the
+//! console and `/metrics` read). A message's path out is source ─▶ step ─▶ (commit) ─▶
+//! upstream connection; its acknowledgement's path back is commit (or step) ─▶ the source
+//! connection's request queue.
 //!
 //! Durability: the effects of a message (state changes and the events it caused) are
 //! written in one sled batch and flushed before the message is acknowledged to the sensor
@@ -40,6 +42,7 @@
 
 mod batch;
 mod commit;
+mod parts;
 mod poison;
 mod reloader;
 mod reports;
@@ -47,8 +50,7 @@ mod source;
 mod step;
 mod upstream;
 
-use crate::config::{Config, Subscription};
-use crate::decode::Format;
+use crate::config::Config;
 use crate::health::{Health, Readiness};
 use crate::mqtt::{self, ConnectOptions};
 use crate::outbox::Outbox;
@@ -169,7 +171,7 @@ impl Agent {
         } else {
             Outbox::memory(config.state.max_outbox_bytes)
         };
-        let audit = open_audit(&config, &files, outbox.store(), &startup_events);
+        let audit = parts::open_audit(&config, &files, outbox.store(), &startup_events);
         let sinks = Arc::new(Sinks::new(&config.sinks, outbox.store())?);
         let health = Health::new(stats.clone());
         let metrics = config.metrics_listen.map(crate::metrics::bind).transpose()?;
@@ -240,7 +242,7 @@ impl Agent {
         let engine_done = CancellationToken::new();
 
         let metrics_server = metrics.map(|listener| {
-            let sources = Arc::new(metrics_sources(&outbox, stats.clone(), health.subscribe(), sinks.clone()));
+            let sources = Arc::new(parts::metrics_sources(&outbox, stats.clone(), health.subscribe(), sinks.clone()));
             let stop = shutdown.clone();
             tokio::spawn(async move {
                 if let Err(error) = crate::metrics::serve(listener, sources, stop).await {
@@ -289,12 +291,7 @@ impl Agent {
                 inflight: PUBLISH_WINDOW as u16,
             },
         );
-        let event_log = config.event_log.and_then(|limits| {
-            let dir = crate::events::dir_in(&config.state_dir);
-            crate::events::EventLog::start(&dir, limits, stats.detail.event_log.clone())
-                .map_err(|error| tracing::error!(%error, "Event log not opened: running without it."))
-                .ok()
-        });
+        let event_log = parts::open_event_log(&config, &stats);
         let upstream = Upstream::new(up_client, outbox.clone(), stats.clone(), event_log.clone());
         let acker = Acker::new(src_client.clone());
         let sink = match outbox.store() {
@@ -323,7 +320,7 @@ impl Agent {
             host_state: host_state.map(|(topic, on, off)| (topic, bytes::Bytes::from(on), bytes::Bytes::from(off))),
             conn: src_conn,
             client: src_client,
-            subs: subscriptions(&config),
+            subs: parts::subscriptions(&config),
             control_topic: config.control_topic.clone(),
             alarms_topic: config.alarms_topic.clone(),
             reloads: watch_tx,
@@ -341,19 +338,7 @@ impl Agent {
             initial_status,
         );
         let mut step = step;
-        step.journal = config.journal.and_then(|limits| {
-            let dir = crate::journal::dir_in(&config.state_dir);
-            match crate::journal::Journal::start(&dir, limits, stats.detail.journal.clone()) {
-                Ok((journal, recovered)) => {
-                    tracing::info!(dir = %dir.display(), segments = recovered.segments, bytes = recovered.bytes, torn_bytes = recovered.torn, "Input journal open.");
-                    Some(journal)
-                }
-                Err(error) => {
-                    tracing::error!(%error, "Input journal not opened: running without it.");
-                    None
-                }
-            }
-        });
+        step.journal = parts::open_journal(&config, &stats);
         step.sinks = sinks.clone();
         step.event_log = event_log;
         step.sparkplug.send_requests_through(rebirths);
@@ -363,27 +348,11 @@ impl Agent {
             }
             step.audit = Some(log);
         }
-        let deliveries = {
-            let reports = inputs.clone();
-            let report: crate::sinks::deliver::Report = Arc::new(move |data| {
-                let input = Input::Report { kind: "action_failed", data };
-                if let Err(mpsc::error::TrySendError::Full(input)) = reports.try_send(input) {
-                    let reports = reports.clone();
-                    tokio::spawn(async move { reports.send(input).await });
-                }
-            });
-            let ctx = crate::sinks::deliver::Ctx {
-                store: outbox.store().cloned(),
-                report,
-                broker: config.source.clone(),
-                stop: shutdown.clone(),
-            };
-            crate::sinks::deliver::spawn_all(&sinks, &ctx)
-        };
+        let deliveries = parts::spawn_deliveries(&config, &sinks, &outbox, &inputs, &shutdown);
         let console_server = console.map(|listener| {
             let feed = Arc::new(crate::console::feed::Feed::default());
             step.feed = Some(crate::console::feed::Teller::new(feed.clone()));
-            let api = console_api(&config, &stats, &inputs, (console_reloads, feed, shutdown.clone()));
+            let api = parts::console_api(&config, &stats, &inputs, (console_reloads, feed, shutdown.clone()));
             let tls = config.console.as_ref().and_then(|c| c.tls.clone());
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -422,124 +391,5 @@ impl Agent {
         let summary = stats.snapshot();
         tracing::info!(%summary, "Agent stopped.");
         Ok(summary)
-    }
-}
-
-/// What the console reads, and how it asks the engine loop: through its input queue, behind
-/// the messages already there. The console holds the queue only while it asks, so it never
-/// keeps the engine loop from ending.
-fn console_api(
-    config: &Config,
-    stats: &Arc<Stats>,
-    inputs: &mpsc::Sender<Input>,
-    (reload, feed, stop): (mpsc::Sender<Trigger>, Arc<crate::console::feed::Feed>, CancellationToken),
-) -> crate::console::Api {
-    let queue = inputs.downgrade();
-    let ask: crate::console::Ask = Arc::new(move |query| {
-        let queue = queue.upgrade();
-        Box::pin(async move {
-            match queue {
-                Some(q) => q.send(Input::Query(query)).await.is_ok(),
-                None => false,
-            }
-        })
-    });
-    let c = config.console.as_ref();
-    crate::console::Api {
-        tokens: crate::console::auth::Tokens {
-            read: c.and_then(|c| c.read_token.clone()),
-            write: c.and_then(|c| c.write_token.clone()),
-        },
-        ask,
-        stats: stats.clone(),
-        history_dir: crate::history::dir_in(&config.state_dir),
-        events_dir: config.event_log.map(|_| crate::events::dir_in(&config.state_dir)),
-        reload,
-        feed,
-        stop,
-        backtester: crate::console::backtest::Backtester::find(config.file.as_deref()),
-        backtests: Arc::new(tokio::sync::Semaphore::new(1)),
-    }
-}
-
-/// The sensor subscriptions, and the control topics' if there are any.
-fn subscriptions(config: &Config) -> Vec<Subscription> {
-    let mut subscriptions = config.subscriptions.clone();
-    for topic in config.control_topic.iter().chain(&config.alarms_topic) {
-        if let Ok(pattern) = edgewatch_engine::TopicPattern::parse(topic) {
-            subscriptions.push(Subscription {
-                filter: topic.clone(),
-                pattern,
-                qos: 1,
-                format: Format::Scalar,
-                strip_prefix: String::new(),
-                schema: None,
-                privacy: None,
-            });
-        }
-    }
-    subscriptions
-}
-
-/// What `/metrics` reads from this agent.
-fn metrics_sources(
-    outbox: &Outbox,
-    stats: Arc<Stats>,
-    ready: watch::Receiver<Readiness>,
-    sinks: Arc<Sinks>,
-) -> crate::metrics::Sources {
-    let (a, b) = (outbox.clone(), outbox.clone());
-    let depth: crate::metrics::OutboxGauge = Box::new(move || {
-        let (n, bytes) = a.depth();
-        (n as u64, bytes)
-    });
-    let disk: crate::metrics::DiskGauge = Box::new(move || b.size_on_disk());
-    crate::metrics::Sources { stats, ready, outbox: depth, disk, sinks }
-}
-
-/// Opens the audit trail and records this start (version, configuration, rule files) and a
-/// restore after damage, if there was one. Returns the log with the entries to queue
-/// upstream: those after the last one queued (durable state remembers it), else those since
-/// the previous start (what `state export` or `import` recorded in between). `None` if the
-/// log cannot be opened or written: the agent runs without it and says so.
-fn open_audit(
-    config: &Config,
-    files: &RuleFiles,
-    store: Option<&store::Store>,
-    startup_events: &[(&'static str, serde_json::Value)],
-) -> Option<(crate::audit::AuditLog, Vec<crate::audit::Entry>)> {
-    let dir = crate::audit::dir_in(&config.state_dir);
-    let result = (|| {
-        let (mut log, opened) = crate::audit::AuditLog::open(&dir, config.audit)?;
-        let mut backlog = crate::audit::read_after(&dir, store.and_then(store::Store::audit_queued))?;
-        let problem = match (&opened.missing_tail, opened.torn_bytes) {
-            (Some(tail), _) => Some(tail.clone()),
-            (None, 0) => None,
-            (None, n) => Some(format!("a half-written last entry ({n} bytes) was cut off")),
-        };
-        let now = wall_clock().millis();
-        let start = serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "agent": config.agent_id,
-            // Of the effective configuration (file and environment), secrets left out.
-            "config_sha256": config.fingerprint,
-            "rules": files.loaded(),
-            "audit_problem": problem,
-        });
-        backlog.push(log.append(now, "start", start)?);
-        for (kind, data) in startup_events.iter().filter(|(k, _)| *k == "restored") {
-            backlog.push(log.append(now, kind, data.clone())?);
-        }
-        if let Some(problem) = &problem {
-            tracing::error!(dir = %dir.display(), problem, "Audit trail damaged; recorded in its start entry.");
-        }
-        Ok::<_, crate::audit::AuditError>((log, backlog))
-    })();
-    match result {
-        Ok(audit) => Some(audit),
-        Err(error) => {
-            tracing::error!(%error, "Audit trail not opened: running without it.");
-            None
-        }
     }
 }

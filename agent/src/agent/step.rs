@@ -12,22 +12,18 @@
 //! read here and passed to the engine as an argument.
 
 use super::batch::Pending;
-use super::commit::{Acker, CommitJob};
+use super::commit::CommitJob;
 use super::poison::{self, Delivery};
 use super::reports::{self, wall_clock};
 use super::upstream::Upstream;
 use crate::config::Config;
-use crate::decode::{DecodeError, Format, decode_with};
+use crate::decode::DecodeError;
 use crate::health::Readiness;
-use crate::mqtt::AckToken;
 use crate::outbox::Outbox;
 use crate::reload::Scan;
-use crate::store::Store;
 use crate::telemetry::Stats;
-use bytes::Bytes;
-use edgewatch_engine::{Engine, Event, Outputs, Timestamp};
+use edgewatch_engine::{Engine, Outputs, Timestamp};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -39,78 +35,20 @@ const FIRST_SNAPSHOT_AFTER: Duration = Duration::from_secs(10);
 /// How often gauges that need the engine (keys per rule) are refreshed for `/metrics`.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
-// More of `Step`'s methods: what the engine produced, as outbox entries (effects), the
-// periodic work and the stop (chores), reloads and seeding rules' pasts (rules).
+// What the loop is handed (input); more of `Step`'s methods: a message through decode and the
+// engine (message), what the engine produced, as outbox entries (effects), the periodic work
+// and the stop (chores), reloads and seeding rules' pasts (rules).
 mod audit;
 mod chores;
 mod console;
 mod control;
 mod effects;
+mod input;
+mod message;
 mod rules;
 mod sparkplug;
+pub(super) use input::{Input, Sink};
 pub(super) use sparkplug::Sparkplug;
-
-/// What the engine loop is handed (by the source task and the reloader).
-#[derive(Debug)]
-pub(super) enum Input {
-    Message {
-        topic: String,
-        payload: Bytes,
-        format: Format,
-        /// Its subscription, by its index in the configuration: for its schema.
-        sub: Option<u16>,
-        received: Timestamp,
-        /// When it came off the socket, for the latency histogram.
-        arrived: Instant,
-        ack: Option<AckToken>,
-        /// Maybe a redelivery of the message the last run crashed on.
-        suspect: bool,
-    },
-    /// A message over the size limit, read past by the connection: dead-lettered, never
-    /// decoded. Only its size is known; the payload was never kept.
-    TooLarge {
-        topic: String,
-        size: usize,
-        received: Timestamp,
-        arrived: Instant,
-        ack: Option<AckToken>,
-    },
-    /// The sensor link went down: silence says nothing about devices meanwhile.
-    LinkDown,
-    LinkUp,
-    /// New rules (and maybe tables), swapped in between two events.
-    Reload(Box<Scan>),
-    /// A message with nothing to process (the control topic, an unroutable topic) whose
-    /// acknowledgement must still go out in order, after those received before it.
-    Ack(AckToken),
-    /// A command for an alarm (acknowledge, snooze, ...) from the control topic.
-    Alarm {
-        payload: Bytes,
-        ack: Option<AckToken>,
-    },
-    /// A question from the console (rules, devices, alarms; an alarm command).
-    Query(crate::console::Query),
-    /// An event about the agent from another task (an action given up by its sink), to go
-    /// upstream through the outbox like the engine loop's own.
-    Report {
-        kind: &'static str,
-        data: serde_json::Value,
-    },
-}
-
-/// Where a committed batch goes.
-#[derive(Debug)]
-pub(super) enum Sink {
-    /// To the committer, which writes it to the store and then acknowledges its messages.
-    Disk {
-        store: Store,
-        jobs: mpsc::Sender<CommitJob>,
-        /// Awaited at the stop: the clean-stop mark goes after its last write.
-        committer: tokio::task::JoinHandle<()>,
-    },
-    /// Durability off: nothing to write, the messages are acknowledged at once.
-    Memory(Acker),
-}
 
 /// The engine loop's state.
 pub(super) struct Step {
@@ -163,24 +101,6 @@ pub(super) struct Step {
     pub sparkplug: Sparkplug,
 }
 
-/// Each rule's version, `<file>#<hash>`, from the rules' status document.
-fn rule_versions(status: &serde_json::Value) -> std::collections::HashMap<Arc<str>, Arc<str>> {
-    let rules = status["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
-    rules
-        .iter()
-        .filter_map(|r| {
-            let version = format!("{}#{}", r["file"].as_str()?, r["hash"].as_str()?);
-            Some((Arc::from(r["name"].as_str()?), Arc::from(version)))
-        })
-        .collect()
-}
-
-/// The heartbeat rules' names, from the rules' status document.
-fn heartbeat_rules(status: &serde_json::Value) -> std::collections::HashSet<Arc<str>> {
-    let rules = status["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
-    rules.iter().filter(|r| r["kind"] == "heartbeat").filter_map(|r| Some(Arc::from(r["name"].as_str()?))).collect()
-}
-
 impl Step {
     /// Ready to run, with the events about the start (`restarted`, `restored`) and the rules'
     /// status queued first.
@@ -208,8 +128,8 @@ impl Step {
             health,
             pending: Pending::new(now),
             outputs: Outputs::default(),
-            rule_versions: rule_versions(&rules_status),
-            heartbeat_rules: heartbeat_rules(&rules_status),
+            rule_versions: rules::rule_versions(&rules_status),
+            heartbeat_rules: rules::heartbeat_rules(&rules_status),
             rules_status,
             started: wall_clock(),
             sessions: 0,
@@ -400,75 +320,6 @@ impl Step {
             self.upstream.pump();
         }
         true
-    }
-
-    /// Decodes a message, protects its private fields, and runs it through the engine.
-    fn process(&mut self, topic: String, payload: Bytes, (format, sub): (Format, Option<u16>), received: Timestamp) {
-        let private = self.private(sub);
-        if let (Some(j), None) = (&mut self.journal, &private) {
-            j.message(received.millis(), format, &topic, &payload);
-        }
-        if format == Format::Sparkplug {
-            return self.sparkplug_message(topic, payload, received);
-        }
-        let sub = sub.and_then(|i| self.config.subscriptions.get(usize::from(i)));
-        let decoded = decode_with(format, &payload, &self.config.decode_limits()).and_then(|value| {
-            match sub.and_then(|s| Some((s, s.schema.as_deref()?.check(&value).err()?))) {
-                Some((s, mut violation)) => {
-                    self.stats.schema_rejected(&s.filter, &violation.version);
-                    if private.as_deref().is_some_and(|p| p.covers(&violation.path)) {
-                        "(protected)".clone_into(&mut violation.got);
-                    }
-                    Err(DecodeError::Schema(violation))
-                }
-                None => Ok(value),
-            }
-        });
-        match (decoded, private) {
-            (Err(error), private) => {
-                // A protected subscription's dead letters hold none of its bytes: the payload
-                // that does not parse may be the one that holds the field.
-                let shown = private.is_none().then_some(&payload[..]);
-                self.undecodable((&topic, shown, payload.len()), received, &error);
-            }
-            (Ok(value), None) => self.run_engine(Event::new(topic, value, &payload, received)),
-            (Ok(mut value), Some(private)) => {
-                let applied = self.protector.apply(&private, &mut value, received.millis());
-                self.stats.privacy_protected.fetch_add(u64::from(applied.protected), Relaxed);
-                self.stats.privacy_dropped_instead.fetch_add(u64::from(applied.dropped_instead), Relaxed);
-                // From here on the payload is its protected form, as JSON: what the journal
-                // keeps (and a backtest replays) and what the event id is derived from.
-                let protected = serde_json::to_vec(&value).unwrap_or_default();
-                if let Some(j) = &mut self.journal {
-                    j.message(received.millis(), Format::Json, &topic, &protected);
-                }
-                self.run_engine(Event::new(topic, value, &protected, received));
-            }
-        }
-    }
-
-    /// The privacy of subscription `sub` (by index), if it protects fields.
-    fn private(&self, sub: Option<u16>) -> Option<Arc<crate::privacy::Privacy>> {
-        self.config.subscriptions.get(usize::from(sub?))?.privacy.clone()
-    }
-
-    /// Runs a decoded event through the engine.
-    fn run_engine(&mut self, event: Event) {
-        let topic = event.topic.clone();
-        let began = std::time::Instant::now();
-        self.engine.process(event, wall_clock(), &mut self.outputs);
-        self.stats.detail.engine_seconds.observe(began.elapsed().as_secs_f64());
-        let mut first = false;
-        for rule in &self.outputs.value_missing {
-            first |= self.stats.value_missing(rule, &topic);
-        }
-        if first {
-            self.queue(reports::status_entry(&self.config, &self.rules_status, &self.stats));
-        }
-        self.stats.processed.fetch_add(1, Relaxed);
-        if self.outputs.matched == 0 && self.outputs.duplicates == 0 && self.outputs.late.is_empty() {
-            self.stats.unmatched(&topic);
-        }
     }
 
     /// Commits everything so far and waits until it is on disk (a delivery count must be,

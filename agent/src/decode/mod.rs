@@ -282,7 +282,8 @@ impl<'de> Visitor<'de> for Limited<'_> {
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Dynamic, E> {
         self.text(v)?;
-        Ok(Dynamic::from(v.to_owned()))
+        // Straight into rhai's string (short ones inline): no `String` on the way.
+        Ok(Dynamic::from(rhai::ImmutableString::from(v)))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Dynamic, E> {
@@ -303,33 +304,34 @@ impl<'de> Visitor<'de> for Limited<'_> {
         let mut map = Map::new();
         while let Some(key) = access.next_key_seed(Key(inner))? {
             let value = access.next_value_seed(inner)?;
-            map.insert(key.into(), value);
+            map.insert(key, value);
         }
         Ok(Dynamic::from_map(map))
     }
 }
 
-/// An object key, under the string limit.
+/// An object key, under the string limit. Made straight into a map key (short ones inline,
+/// without an allocation): every field of every payload is one.
 struct Key<'a>(Limited<'a>);
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = String;
+    type Value = rhai::Identifier;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<rhai::Identifier, D::Error> {
         d.deserialize_str(self)
     }
 }
 
 impl<'de> Visitor<'de> for Key<'_> {
-    type Value = String;
+    type Value = rhai::Identifier;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an object key")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<rhai::Identifier, E> {
         self.0.text(v)?;
-        Ok(v.to_owned())
+        Ok(v.into())
     }
 }
 

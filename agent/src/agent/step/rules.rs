@@ -1,8 +1,9 @@
 //! Rules changing under the running loop: a reload swapped in between two inputs, and the
-//! pasts it leaves empty seeded from history.
+//! pasts it leaves empty seeded from history; what the engine loop reads from the rules' status.
 
 use super::{Scan, Sink, Step};
 use crate::agent::reports::{self, wall_clock};
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 impl Step {
@@ -44,8 +45,8 @@ impl Step {
             self.stats.reload_errors.fetch_add(1, Relaxed);
             error.log();
         }
-        self.rule_versions = super::rule_versions(&status);
-        self.heartbeat_rules = super::heartbeat_rules(&status);
+        self.rule_versions = rule_versions(&status);
+        self.heartbeat_rules = heartbeat_rules(&status);
         self.rules_status = status;
         if let Some(feed) = self.feed.as_mut().filter(|f| f.watched()) {
             feed.tell("rules", &serde_json::json!({ "changed": changed, "errors": errors.len() }).to_string());
@@ -68,4 +69,22 @@ impl Step {
         self.collect();
         self.pending.nudge();
     }
+}
+
+/// Each rule's version, `<file>#<hash>`, from the rules' status document.
+pub(super) fn rule_versions(status: &serde_json::Value) -> std::collections::HashMap<Arc<str>, Arc<str>> {
+    let rules = status["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
+    rules
+        .iter()
+        .filter_map(|r| {
+            let version = format!("{}#{}", r["file"].as_str()?, r["hash"].as_str()?);
+            Some((Arc::from(r["name"].as_str()?), Arc::from(version)))
+        })
+        .collect()
+}
+
+/// The heartbeat rules' names, from the rules' status document.
+pub(super) fn heartbeat_rules(status: &serde_json::Value) -> std::collections::HashSet<Arc<str>> {
+    let rules = status["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
+    rules.iter().filter(|r| r["kind"] == "heartbeat").filter_map(|r| Some(Arc::from(r["name"].as_str()?))).collect()
 }
