@@ -72,6 +72,7 @@ mod history;
 mod journal;
 mod privacy;
 mod raw;
+mod raw_mqtt;
 mod schemas;
 mod secret;
 mod sinks;

@@ -2,9 +2,9 @@
 //! (`[console]`), so that the metrics listener keeps its behaviour (docs/console.md).
 //!
 //! ```text
-//! HTTP request ─▶ crate::server (bounded connections, header timeout, TLS) ─▶ route ─▶ api (operations)
+//! HTTP request ─▶ crate::server (bounded connections, header timeout, TLS) ─▶ route ─▶ live, api (operations)
 //!   ├─ auth::Tokens::check (Bearer header: read or write token) ─▶ 401 / 403
-//!   ├─ what the engine holds (rules, devices, alarms; alarm commands) ─▶ Query ─▶ engine loop
+//!   ├─ what the engine holds (rules, devices, alarms; alarm commands: live) ─▶ Query ─▶ engine loop
 //!   │     (Input::Query, answered between two inputs, on a oneshot)
 //!   ├─ events ─▶ events::recent (the event log's files)      history ─▶ history::read
 //!   ├─ dead letters, counts ─▶ Stats                           reload ─▶ the reloader's trigger
@@ -23,6 +23,7 @@ mod api;
 pub mod auth;
 pub mod backtest;
 pub mod feed;
+mod live;
 mod route;
 
 pub use route::openapi;

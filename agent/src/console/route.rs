@@ -4,10 +4,9 @@
 
 use super::Api;
 use super::answer::{Answer, Refusal, allowed, bad, fail};
-use super::api::{
-    alarm_command, alarms, backtest, dead_letters, device, devices, events, history, reload, rule, rules, stream,
-};
+use super::api::{backtest, dead_letters, events, history, reload, stream};
 use super::auth::Need;
+use super::live::{alarm_command, alarms, device, devices, rule, rules};
 use crate::server::{Response, respond};
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderValue};

@@ -39,17 +39,19 @@
 //! # Layout
 //! - this file: the record, limits, errors, counts;
 //! - `segment`: a file's name, header and records, and the scan of one file;
-//! - `writer`: [`JournalLog`], the appender (recovery, rotation, the budget), and
-//!   [`Journal`], its thread and the engine loop's handle;
+//! - `appender`: [`JournalLog`], the appender (recovery, rotation, the budget);
+//! - `writer`: [`Journal`], its thread and the engine loop's handle;
 //! - `read`: [`read`] for any process, and [`export`] in the replay format.
 
+mod appender;
 mod read;
 mod segment;
 mod writer;
 
+pub use appender::{Appended, JournalLog, Recovered};
 pub(crate) use read::message_line;
 pub use read::{ExportError, ReadReport, export, read};
-pub use writer::{Appended, CHUNK, Frames, Journal, JournalLog};
+pub use writer::{CHUNK, Frames, Journal};
 
 use crate::decode::Format;
 use std::path::{Path, PathBuf};

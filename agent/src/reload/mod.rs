@@ -13,6 +13,12 @@
 //! writing a temp file and renaming it; a burst of saves is one reload), SIGHUP, and an
 //! opt-in MQTT control topic.
 
+mod scan;
+mod trigger;
+
+pub use scan::{Against, Scan, ScanError};
+pub use trigger::{Trigger, watch};
+
 use crate::rules::{self, RulesDirError};
 use edgewatch_engine::{CompileError, Rule, RuleSet, Sandbox, Tables, Timestamp};
 use std::collections::{BTreeMap, HashSet};
@@ -53,70 +59,6 @@ pub struct RuleFiles {
     /// What rules are checked against in the configuration, when they are (the agent, and
     /// `check --config`): a rule that breaks it does not compile.
     against: Option<Against>,
-}
-
-/// What of the configuration a rule must fit.
-#[derive(Debug, Clone, Default)]
-pub struct Against {
-    /// The configured sinks' names: a rule may name only these in `notify` or `act`.
-    pub sinks: Vec<String>,
-    /// Fields pseudonymised with a rotation: a rule's `key` may not read them.
-    pub rotating: Vec<String>,
-}
-
-impl Against {
-    pub fn config(config: &crate::config::Config) -> Against {
-        Against { sinks: config.sinks.iter().map(|s| s.name.clone()).collect(), rotating: config.rotating_fields() }
-    }
-}
-
-/// A problem a scan found for the first time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanError {
-    /// `file:line:col: message`, a table's error, or a rule name declared twice.
-    pub message: String,
-    /// The file's previous version keeps running; otherwise nothing of it is loaded.
-    pub previous_kept: bool,
-    /// A problem between rules (an `inhibit` that cannot work): the rule runs regardless.
-    pub runs: bool,
-}
-
-impl ScanError {
-    /// Logs it: what is wrong and what runs instead.
-    pub fn log(&self) {
-        let error = &self.message;
-        if self.runs {
-            tracing::warn!(%error, "Rule loaded with a problem.");
-        } else if self.previous_kept {
-            tracing::error!(%error, "Not reloaded; the previous version keeps running.");
-        } else {
-            tracing::error!(%error, "Not loaded (no previous version).");
-        }
-    }
-}
-
-/// What a scan found.
-#[derive(Debug)]
-pub struct Scan {
-    /// Rules from every file's last good version.
-    pub rules: RuleSet,
-    /// New tables, when they changed (or on the first scan).
-    pub tables: Option<Tables>,
-    /// Anything changed since the last scan (rules or tables).
-    pub changed: bool,
-    /// Errors this scan found that no earlier scan returned: files whose latest version is
-    /// not running (with positions), table files that failed, rule names declared twice.
-    pub errors: Vec<ScanError>,
-    /// Rules added, changed or removed, by name.
-    pub summary: String,
-    /// The retained status document.
-    pub status: serde_json::Value,
-    /// What changed, file by file, for the audit trail: each file read in a new version (its
-    /// loaded content hash before, the new one, whether it now runs, and its error), each
-    /// removed file, and the tables' hash. Empty when nothing changed.
-    pub changes: Vec<serde_json::Value>,
-    /// Why the scan ran: set by whoever asked for it (the reloader), `None` at a start.
-    pub trigger: Option<Trigger>,
 }
 
 impl RuleFiles {
@@ -416,62 +358,6 @@ pub fn load_checked(
         errors.push(CompileError { file: p.display().to_string(), line: 0, col: 0, message });
     }
     Ok(rules::Loaded { rules: scan.rules, errors, files: listed.len() })
-}
-
-/// Why a reload was asked for (and by whom, where known): recorded in the audit trail.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trigger {
-    /// The rules directory's watch saw a change.
-    Files,
-    /// SIGHUP (`systemctl reload`), or the embedding program's request.
-    Signal,
-    /// A message on `<prefix>/control/reload`; `by` from its JSON payload, if it says.
-    Control { by: Option<String> },
-    /// `POST /api/v1/reload` on the console (with the write token); `by` from its body.
-    Console { by: Option<String> },
-}
-
-impl Trigger {
-    /// The trigger as a word, for the audit trail.
-    pub fn word(&self) -> &'static str {
-        match self {
-            Trigger::Files => "file",
-            Trigger::Signal => "signal",
-            Trigger::Control { .. } => "control",
-            Trigger::Console { .. } => "console",
-        }
-    }
-
-    /// Who asked, where known.
-    pub fn by(&self) -> Option<&str> {
-        match self {
-            Trigger::Control { by } | Trigger::Console { by } => by.as_deref(),
-            _ => None,
-        }
-    }
-}
-
-/// Watches `dir` (recursively: tables too) and sends a trigger per burst of changes.
-pub fn watch(
-    dir: &Path,
-    tx: tokio::sync::mpsc::Sender<Trigger>,
-) -> Result<
-    notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
-    notify::Error,
-> {
-    use notify_debouncer_full::{DebounceEventResult, new_debouncer};
-    // Saves that come within 200 ms of each other are one reload.
-    let mut debouncer =
-        new_debouncer(std::time::Duration::from_millis(200), None, move |result: DebounceEventResult| match result {
-            Ok(events) if events.iter().any(|e| !e.kind.is_access()) => {
-                let _ = tx.try_send(Trigger::Files);
-            }
-            Ok(_) => {}
-            Err(errors) => tracing::warn!(?errors, "Rules directory watch reported errors."),
-        })?;
-    let target = if dir.is_file() { dir.parent().unwrap_or(dir) } else { dir };
-    debouncer.watch(target, notify::RecursiveMode::Recursive)?;
-    Ok(debouncer)
 }
 
 #[cfg(test)]

@@ -19,20 +19,20 @@ use std::collections::BTreeMap;
 /// Every edge node seen, by group and node id.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sessions {
-    groups: BTreeMap<String, BTreeMap<String, Node>>,
+    pub(super) groups: BTreeMap<String, BTreeMap<String, Node>>,
     /// How many nodes `groups` holds (for the bound).
-    nodes: usize,
+    pub(super) nodes: usize,
     /// Parts changed since the agent last wrote them to its store ([`Sessions::take_changed`]):
     /// each batch writes only those. Each is listed once: its node or device is marked
     /// [`Dirty`] until it is taken, so a part is named (its strings copied) once per batch.
     #[serde(skip)]
-    changed: Vec<Part>,
+    pub(super) changed: Vec<Part>,
 }
 
 /// Whether a node's own part or a device changed since it was last taken for the store. Not
 /// state: equal whatever it says, so that sessions compare by what they hold.
 #[derive(Debug, Clone, Copy, Default)]
-struct Dirty(bool);
+pub(super) struct Dirty(pub(super) bool);
 
 impl PartialEq for Dirty {
     fn eq(&self, _: &Self) -> bool {
@@ -59,36 +59,27 @@ impl PartialEq for Sessions {
 
 /// One edge node's session.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Node {
+pub(super) struct Node {
     /// The bdSeq of its last NBIRTH: an NDEATH with another one is an old session's will.
-    bd_seq: Option<u64>,
+    pub(super) bd_seq: Option<u64>,
     /// The `seq` of its last message, to check the next one's.
-    last_seq: Option<u8>,
-    alive: bool,
+    pub(super) last_seq: Option<u8>,
+    pub(super) alive: bool,
     /// When it died (ms), for the downtime at its rebirth.
-    died: Option<u64>,
-    own: Metrics,
-    devices: BTreeMap<String, Device>,
+    pub(super) died: Option<u64>,
+    pub(super) own: Metrics,
+    pub(super) devices: BTreeMap<String, Device>,
     #[serde(skip)]
-    dirty: Dirty,
+    pub(super) dirty: Dirty,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Device {
-    alive: bool,
-    died: Option<u64>,
-    metrics: Metrics,
+pub(super) struct Device {
+    pub(super) alive: bool,
+    pub(super) died: Option<u64>,
+    pub(super) metrics: Metrics,
     #[serde(skip)]
-    dirty: Dirty,
-}
-
-/// Why a stored part could not be restored.
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("damaged record: {0}")]
-    Damaged(#[from] postcard::Error),
-    #[error("a device record without its node's")]
-    NoNode,
+    pub(super) dirty: Dirty,
 }
 
 /// What a message did.
@@ -151,106 +142,6 @@ impl Sessions {
             Outcome::Ignored(_) => {}
         }
         Ok(outcome)
-    }
-
-    /// Lists the parts a message of `kind` to `group`/`node` (`device`) changed, each once
-    /// until taken: the node's own part (its `seq`, at least), and its device's, or all its
-    /// devices' for a node's birth (their aliases go) or death (their values are stale).
-    fn mark(&mut self, group: &str, node_id: &str, kind: Kind, device: Option<&str>) {
-        let Some(node) = self.groups.get_mut(group).and_then(|g| g.get_mut(node_id)) else { return };
-        let part = |device: Option<&str>| Part {
-            group: group.to_owned(),
-            node: node_id.to_owned(),
-            device: device.map(str::to_owned),
-        };
-        if !std::mem::replace(&mut node.dirty.0, true) {
-            self.changed.push(part(None));
-        }
-        let mut device_part = |name: &str, d: &mut Device| {
-            if !std::mem::replace(&mut d.dirty.0, true) {
-                self.changed.push(part(Some(name)));
-            }
-        };
-        match (kind, device) {
-            (Kind::NBirth | Kind::NDeath, _) => {
-                for (name, d) in &mut node.devices {
-                    device_part(name, d);
-                }
-            }
-            (_, Some(name)) => {
-                if let Some(d) = node.devices.get_mut(name) {
-                    device_part(name, d);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// The parts changed since the last call, a node's own before its devices'.
-    pub fn take_changed(&mut self) -> Vec<Part> {
-        let mut changed = std::mem::take(&mut self.changed);
-        for p in &changed {
-            let Some(node) = self.groups.get_mut(&p.group).and_then(|g| g.get_mut(&p.node)) else { continue };
-            match &p.device {
-                None => node.dirty.0 = false,
-                Some(d) => {
-                    if let Some(d) = node.devices.get_mut(d) {
-                        d.dirty.0 = false;
-                    }
-                }
-            }
-        }
-        changed.sort_unstable();
-        changed
-    }
-
-    /// One part of the sessions, serialized for the store (`None`: it is not there), in
-    /// postcard: a DDATA writes its device's record, and JSON made it three times the size
-    /// (100 B against 319 B for pysparkplug's motor; docs/benchmarks.md, "Sparkplug B").
-    pub fn export(&self, part: &Part) -> Option<Vec<u8>> {
-        let node = self.groups.get(&part.group)?.get(&part.node)?;
-        match &part.device {
-            Some(d) => postcard::to_allocvec(node.devices.get(d)?).ok(),
-            None => {
-                let own = Node {
-                    bd_seq: node.bd_seq,
-                    last_seq: node.last_seq,
-                    alive: node.alive,
-                    died: node.died,
-                    own: node.own.clone(),
-                    devices: BTreeMap::new(),
-                    dirty: Dirty::default(),
-                };
-                postcard::to_allocvec(&own).ok()
-            }
-        }
-    }
-
-    /// Restores one part from [`Sessions::export`]'s bytes: a node's first (its devices keep
-    /// theirs), then its devices'.
-    pub fn import(&mut self, part: &Part, bytes: &[u8]) -> Result<(), ImportError> {
-        match &part.device {
-            None => {
-                let mut restored: Node = postcard::from_bytes(bytes)?;
-                let nodes = self.groups.entry(part.group.clone()).or_default();
-                match nodes.get_mut(&part.node) {
-                    Some(node) => {
-                        restored.devices = std::mem::take(&mut node.devices);
-                        *node = restored;
-                    }
-                    None => {
-                        nodes.insert(part.node.clone(), restored);
-                        self.nodes += 1;
-                    }
-                }
-            }
-            Some(d) => {
-                let device: Device = postcard::from_bytes(bytes)?;
-                let node = self.node_mut(&part.group, &part.node).ok_or(ImportError::NoNode)?;
-                node.devices.insert(d.clone(), device);
-            }
-        }
-        Ok(())
     }
 
     fn apply_inner(
@@ -411,7 +302,7 @@ impl Sessions {
         }
     }
 
-    fn node_mut(&mut self, group: &str, node: &str) -> Option<&mut Node> {
+    pub(super) fn node_mut(&mut self, group: &str, node: &str) -> Option<&mut Node> {
         self.groups.get_mut(group)?.get_mut(node)
     }
 }
