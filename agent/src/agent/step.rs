@@ -351,7 +351,7 @@ impl Step {
             (Sink::Disk { store, .. }, Some(permit)) => {
                 for what in self.pending.touched.drain() {
                     let value = self.engine.export(&what);
-                    store.put_state(&mut self.pending.batch, &what, value.as_deref());
+                    store.put_state(&mut self.pending.batch, &what, value);
                 }
                 self.pending.batch.alive_at(wall_clock().millis());
                 let batch = std::mem::take(&mut self.pending.batch);

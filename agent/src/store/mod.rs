@@ -15,6 +15,10 @@
 //! d/<name>            a duplicate-detection entry
 //! h/<name>            an event held for reordering (allowed lateness)
 //! w/watermark         the event-time watermark (older input is late)
+//! r/<key>\0<field>    a history series' open roll-ups
+//! q/c/, q/o/          a rule's past for one key: closed buckets, open ones
+//! j/<seq: u64 BE>     the state journal: changes to the keys above not yet folded into
+//!                     them, applied over them in order (`journal.rs`)
 //! o/<seq: u64 BE>     an outbox entry, in the order it must go upstream
 //! a/<sink>\0<seq: u64 BE>  an action waiting for its sink (`notify`, `act`)
 //! ```
@@ -31,11 +35,13 @@
 //! # Layout
 //! - this file: opening, recovery of a damaged database, batches and how they are applied;
 //! - `state.rs`: engine state, the alive and clean-stop marks, delivery counts;
+//! - `journal.rs`: how engine state is written: journal records, folded into place later;
 //! - `outbox.rs`: the outbox's entries on disk around the bookkeeping;
 //! - `actions.rs`: the sinks' actions on disk;
 //! - `snapshot.rs`: [`Snapshot`], export, import, restore, and `state inspect`.
 
 mod actions;
+mod journal;
 mod outbox;
 mod snapshot;
 mod state;
@@ -82,6 +88,8 @@ pub struct Batch {
     outbox: Vec<(u64, Option<Vec<u8>>)>,
     /// Written outbox entries it deletes (dropped for space).
     deletes: usize,
+    /// Engine state changes: written as journal records when applied (`journal.rs`).
+    state: Vec<journal::Change>,
     changes: usize,
     /// When the agent was running with this batch's state: recorded as the "alive" mark if
     /// the batch writes anyway (never a write of its own).
@@ -100,6 +108,12 @@ impl Batch {
     /// Nothing to write?
     pub fn is_empty(&self) -> bool {
         self.changes == 0
+    }
+
+    /// A change of the engine state under stored key `key` (`None`: removed).
+    fn put_state(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.state.push((key, value));
+        self.changes += 1;
     }
 
     /// Records `now_ms` as the agent's "alive" mark along with this batch, if it writes
@@ -147,6 +161,9 @@ pub struct Store {
     book: Arc<Mutex<Book>>,
     /// The state directory: the database is `db` in it, the snapshot `snapshot.json`.
     dir: PathBuf,
+    /// The state journal's bookkeeping, rebuilt at open; held while a batch is applied, so
+    /// records go to disk in the order of their numbers.
+    journal: Arc<Mutex<journal::Journal>>,
     /// Where closed history roll-ups go, before the batch that closed them is applied (see
     /// [`Batch::closed`]); none until [`Store::attach_history`].
     history: Option<Arc<Mutex<HistoryLog>>>,
@@ -187,7 +204,14 @@ impl Store {
             return Err(StoreError::Schema { path: path.display().to_string(), found: schema });
         }
         let book = outbox::recover(&opened, &path, book)?;
-        Ok(Store { db: opened, book: Arc::new(Mutex::new(book)), dir: dir.to_owned(), history: None })
+        let journal = journal::Journal::recover(&opened, journal::MAX_BYTES).map_err(|e| damaged(&e.to_string()))?;
+        Ok(Store {
+            db: opened,
+            book: Arc::new(Mutex::new(book)),
+            dir: dir.to_owned(),
+            history: None,
+            journal: Arc::new(Mutex::new(journal)),
+        })
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -246,18 +270,30 @@ impl Store {
         if let Some(now_ms) = batch.alive_ms.filter(|_| writes > 0) {
             batch.inner.insert(b"m/alive".as_slice(), &now_ms.to_be_bytes());
         }
-        if writes > 0 {
-            if let Err(e) = self.db.apply_batch(batch.inner) {
+        // Held until sled took the batch: journal records go to disk in the order of their numbers.
+        let mut journal = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let applied =
+            journal.plan(&self.db, &batch.state, &mut batch.inner).map_err(|e| self.db_err(e)).and_then(|plan| {
+                let wrote = writes > 0 || plan.writes();
+                if wrote {
+                    self.db.apply_batch(batch.inner).map_err(|e| self.db_err(e))?;
+                    journal.commit(plan);
+                }
+                Ok(wrote)
+            });
+        drop(journal);
+        match applied {
+            Ok(wrote) => Ok(Applied { wrote, events: written.len() as u64, history }),
+            Err(e) => {
                 // The deletions go with a later batch; the new entries stay in memory only.
                 let mut book = self.book();
                 book.return_acked(acked);
                 for seq in written {
                     book.unmark_written(seq);
                 }
-                return Err(self.db_err(e));
+                Err(e)
             }
         }
-        Ok(Applied { wrote: writes > 0, events: written.len() as u64, history })
     }
 
     /// Waits until everything applied so far is on disk.
@@ -274,6 +310,11 @@ impl Store {
     pub fn history_bytes(&self) -> Option<u64> {
         let log = self.history.as_ref()?.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Some(log.usage().bytes)
+    }
+
+    /// Records and bytes of engine state in the journal, not yet folded into place.
+    pub fn journal_size(&self) -> (usize, usize) {
+        self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).size()
     }
 
     /// Bytes on disk.

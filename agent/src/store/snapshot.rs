@@ -43,14 +43,13 @@ impl Store {
     pub fn snapshot(&self, now_ms: i64) -> Result<Snapshot, StoreError> {
         let mut s =
             Snapshot { schema: SCHEMA_VERSION, taken_ms: now_ms, alive_ms: self.last_alive(), ..Snapshot::default() };
-        for item in self.db.iter() {
-            let (k, v) = item.map_err(|e| self.db_err(e))?;
-            if k.starts_with(b"o/") {
-                if let Ok(entry) = serde_json::from_slice(&v) {
-                    s.outbox.push(entry);
-                }
-            } else if super::state::STATE_PREFIXES.iter().any(|p| k.starts_with(p)) {
-                s.state.push((String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()));
+        for (k, v) in self.state_records()? {
+            s.state.push((String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()));
+        }
+        for item in self.db.scan_prefix(b"o/") {
+            let (_, v) = item.map_err(|e| self.db_err(e))?;
+            if let Ok(entry) = serde_json::from_slice(&v) {
+                s.outbox.push(entry);
             }
         }
         Ok(s)
@@ -62,8 +61,8 @@ impl Store {
     pub async fn restore(&self, snap: &Snapshot) -> Result<(), StoreError> {
         let mut batch = Batch::default();
         for (k, v) in &snap.state {
-            batch.inner.insert(k.as_bytes(), v.as_bytes());
-            batch.changes += 1;
+            // Through the journal, as any state: over what the journal holds already.
+            batch.put_state(k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()));
         }
         let alive = snap.alive_ms.unwrap_or(snap.taken_ms).max(self.last_alive().unwrap_or(i64::MIN));
         self.mark_alive(&mut batch, alive);
@@ -131,6 +130,8 @@ pub fn inspect(store: &Store) -> Result<String, StoreError> {
     }
     let (n, bytes) = store.outbox_depth();
     let _ = writeln!(out, "outbox: {n} events, {bytes} bytes");
+    let (records, bytes) = store.journal_size();
+    let _ = writeln!(out, "state journal: {records} records, {bytes} bytes not yet folded into place");
     let _ = writeln!(out, "on disk: {} bytes", store.size_on_disk());
     if let Some(t) = store.last_alive() {
         let _ = writeln!(out, "agent last alive: {}", edgewatch_engine::Timestamp(t).to_rfc3339());

@@ -7,7 +7,7 @@
 use super::{Batch, Store, StoreError, u64_key};
 use edgewatch_engine::Touched;
 
-fn state_key(t: &Touched) -> Vec<u8> {
+pub(super) fn state_key(t: &Touched) -> Vec<u8> {
     match t {
         Touched::Rule { rule, key } => {
             let mut k = Vec::with_capacity(3 + rule.len() + key.len());
@@ -87,26 +87,26 @@ fn delivery_key(hash: u64) -> [u8; 10] {
 impl Store {
     /// Every saved engine state, to import at start.
     pub fn load_state(&self) -> Result<Vec<(Touched, Vec<u8>)>, StoreError> {
-        let mut v = Vec::new();
+        Ok(self.state_records()?.into_iter().filter_map(|(k, v)| Some((touched_of(&k)?, v))).collect())
+    }
+
+    /// Every saved engine state by its stored key: the keys in place with the journal
+    /// applied over them.
+    pub(super) fn state_records(&self) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+        let mut state = std::collections::BTreeMap::new();
         for prefix in STATE_PREFIXES {
             for item in self.db.scan_prefix(prefix) {
                 let (k, val) = item.map_err(|e| self.db_err(e))?;
-                if let Some(t) = touched_of(&k) {
-                    v.push((t, val.to_vec()));
-                }
+                state.insert(k.to_vec(), val.to_vec());
             }
         }
-        Ok(v)
+        super::journal::fold_into(&self.db, &mut state).map_err(|e| self.db_err(e))?;
+        Ok(state)
     }
 
     /// Records a state change (or deletion) in `batch`.
-    pub fn put_state(&self, batch: &mut Batch, what: &Touched, value: Option<&[u8]>) {
-        let k = state_key(what);
-        match value {
-            Some(v) => batch.inner.insert(k, v),
-            None => batch.inner.remove(k),
-        }
-        batch.changes += 1;
+    pub fn put_state(&self, batch: &mut Batch, what: &Touched, value: Option<Vec<u8>>) {
+        batch.put_state(state_key(what), value);
     }
 
     /// Records that the agent is running now (for downtime after a crash).

@@ -51,7 +51,7 @@ async fn a_rules_past_is_stored_under_names_that_come_back() {
     ];
     let mut b = Batch::default();
     for (i, t) in names.iter().enumerate() {
-        s.put_state(&mut b, t, Some(i.to_string().as_bytes()));
+        s.put_state(&mut b, t, Some(i.to_string().into_bytes()));
     }
     s.commit(b).await.expect("commits");
     let mut state = s.load_state().expect("loads");
@@ -65,8 +65,8 @@ async fn state_and_outbox_survive_a_reopen() {
     {
         let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
         let mut b = Batch::default();
-        s.put_state(&mut b, &Touched::Rule { rule: "r".into(), key: "k\u{1}x".into() }, Some(b"{\"a\":1}"));
-        s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{}"));
+        s.put_state(&mut b, &Touched::Rule { rule: "r".into(), key: "k\u{1}x".into() }, Some(b"{\"a\":1}".to_vec()));
+        s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{}".to_vec()));
         for i in 0..3 {
             s.push_outbox(&mut b, entry(i));
         }
@@ -231,7 +231,7 @@ async fn an_unreadable_database_is_moved_aside_and_the_snapshot_restored() {
     {
         let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
         let mut b = Batch::default();
-        s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{\"max\":1,\"seen\":1}"));
+        s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{\"max\":1,\"seen\":1}".to_vec()));
         s.push_outbox(&mut b, entry(1));
         s.commit(b).await.expect("commits");
         s.write_snapshot_file(&s.snapshot(42).expect("snapshot")).expect("written");
@@ -278,7 +278,7 @@ async fn an_alive_mark_rides_only_with_a_batch_that_writes() {
     assert!(!s.apply(b).expect("applies").wrote, "an alive mark alone is no write");
     assert_eq!(s.last_alive(), None);
     let mut b = Batch::default();
-    s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{}"));
+    s.put_state(&mut b, &Touched::Dedup("seq:d".into()), Some(b"{}".to_vec()));
     b.alive_at(200);
     assert!(s.apply(b).expect("applies").wrote);
     assert_eq!(s.last_alive(), Some(200));
@@ -320,4 +320,102 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         if p.is_dir() { v.extend(walk(&p)) } else { v.push(p) }
     }
     v
+}
+
+/// The state journal (`journal.rs`): whatever the batches, folds and reopens, the state read
+/// back is the last value written to each key, and a removal removes.
+mod journal {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn key(i: u8) -> Touched {
+        Touched::Rule { rule: "r".into(), key: format!("k{i}").into() }
+    }
+
+    fn set_limit(s: &Store, limit: usize) {
+        s.journal.lock().expect("journal").set_limit(limit);
+    }
+
+    fn read(s: &Store) -> BTreeMap<String, Vec<u8>> {
+        let name = |t: Touched| match t {
+            Touched::Rule { key, .. } => key.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        s.load_state().expect("loads").into_iter().map(|(t, v)| (name(t), v)).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        #[test]
+        fn state_read_back_is_the_last_written_whatever_the_folding(
+            batches in prop::collection::vec(
+                (prop::collection::vec((0u8..6, prop::option::of(prop::collection::vec(any::<u8>(), 0..40))), 0..5), any::<bool>()),
+                1..40,
+            ),
+            limit in 0usize..300,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+            let dir = tempfile::tempdir().expect("temp dir");
+            let open = || { let s = reopen(|| Store::open(dir.path(), 1 << 20, 1 << 20)); set_limit(&s, limit); s };
+            let mut s = open();
+            let mut model = BTreeMap::new();
+            for (changes, reopen_after) in batches {
+                let mut b = Batch::default();
+                let mut seen = std::collections::HashSet::new();
+                for (k, v) in changes {
+                    // One change per key and batch, as the engine loop gives them.
+                    if !seen.insert(k) { continue; }
+                    match &v {
+                        Some(v) => model.insert(format!("k{k}"), v.clone()),
+                        None => model.remove(&format!("k{k}")),
+                    };
+                    s.put_state(&mut b, &key(k), v);
+                }
+                rt.block_on(s.commit(b)).expect("commits");
+                prop_assert_eq!(&read(&s), &model);
+                let (_, bytes) = s.journal.lock().expect("journal").size();
+                prop_assert!(bytes <= limit + 6 * 60, "{bytes} bytes held, limit {limit}");
+                if reopen_after {
+                    drop(s);
+                    s = open();
+                    prop_assert_eq!(&read(&s), &model);
+                }
+            }
+        }
+    }
+
+    /// A key written with every batch stays in the journal; one that stopped changing is
+    /// folded into place, and a removal is folded as a removal.
+    #[tokio::test]
+    async fn a_busy_key_stays_in_the_journal_and_a_quiet_one_is_folded_into_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let s = Store::open(dir.path(), 1 << 20, 1 << 20).expect("opens");
+        set_limit(&s, 200);
+        let in_place = |t: &Touched| s.db.get(super::super::state::state_key(t)).expect("reads");
+        let mut b = Batch::default();
+        s.put_state(&mut b, &key(9), Some(b"quiet".to_vec()));
+        s.put_state(&mut b, &key(8), Some(b"removed later".to_vec()));
+        s.commit(b).await.expect("commits");
+        let mut b = Batch::default();
+        s.put_state(&mut b, &key(8), None);
+        s.commit(b).await.expect("commits");
+        for i in 0..50u32 {
+            let mut b = Batch::default();
+            s.put_state(&mut b, &key(1), Some(format!("busy {i}").into_bytes()));
+            s.commit(b).await.expect("commits");
+        }
+        assert_eq!(in_place(&key(9)).as_deref(), Some(b"quiet".as_slice()), "folded into place");
+        assert_eq!(in_place(&key(8)), None);
+        assert_eq!(in_place(&key(1)), None, "never written in place while it kept changing");
+        let (records, bytes) = s.journal.lock().expect("journal").size();
+        assert!(bytes <= 200 && records < 50, "{records} records, {bytes} bytes");
+        let state = read(&s);
+        assert_eq!(state.get("k1").map(Vec::as_slice), Some(b"busy 49".as_slice()));
+        assert_eq!(state.get("k9").map(Vec::as_slice), Some(b"quiet".as_slice()));
+        assert!(!state.contains_key("k8"));
+        // A snapshot carries the journal's state too.
+        let snap = s.snapshot(1).expect("snapshot");
+        assert!(snap.state.iter().any(|(k, v)| k == "s/r\u{0}k1" && v == "busy 49"), "{:?}", snap.state);
+    }
 }

@@ -41,7 +41,7 @@ pub struct Rollup {
 /// Bytes that are not a roll-up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a roll-up: {0}")]
-pub struct RollupError(&'static str);
+pub struct RollupError(pub(crate) &'static str);
 
 impl RollupError {
     pub(crate) const NOT_JSON: RollupError = RollupError("saved series is not the expected JSON");

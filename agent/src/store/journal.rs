@@ -1,0 +1,232 @@
+//! Engine state written as a journal: a batch's state changes go into a few `j/<seq>` records
+//! at the end of the tree instead of one key each, and are folded into their own keys later.
+//!
+//! Why: sled 0.34 copies a leaf (up to 16 keys) and logs a fragment for every key it
+//! inserts, and the per-key state of thousands of devices (a duplicate window, an open
+//! history roll-up) lands on hundreds of leaves. Measured with the harness at 10k msg/s and
+//! 10 000 devices, each such key written per message cost 6–9 µs of CPU (docs/benchmarks.md);
+//! a journal record costs one insert per [`CHUNK`] bytes of changes.
+//!
+//! ```text
+//! Batch::state ──plan──▶ j/<seq> records (+ the oldest records folded into s/ d/ r/ …) ──▶ one sled batch
+//!                                                             │ taken by sled
+//!                                                             ▼
+//!                                                   Journal::commit (bookkeeping)
+//! ```
+//!
+//! - **Reading** ([`fold_into`]): the keys in place, then the journal oldest first; a later
+//!   entry replaces an earlier one, a removal removes.
+//! - **Folding**: while the journal holds more than its limit, its oldest records are folded
+//!   into place in the same sled batch as the commit that pushed it over (so atomically). An
+//!   entry that a later record writes again is skipped, since the later one is folded in its
+//!   turn: a key that changes every second is written in place only once it stops changing,
+//!   and a start reads at most the limit of journal.
+//! - The bookkeeping changes only once sled took the batch: a failed write leaves it as it was.
+
+use super::u64_key;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// Changes per record, in bytes, about: sled keeps values inside its leaves and rewrites a
+/// whole leaf (up to 16 records) every 10 changes to it, so records stay small.
+const CHUNK: usize = 4 << 10;
+
+/// The journal's size past which its oldest records are folded into place: at 10k msg/s
+/// with two changes of about 60 bytes per message, about 7 s of changes; at the rates of a
+/// real fleet, minutes to hours. It is also what a start reads back at most.
+pub(super) const MAX_BYTES: usize = 8 << 20;
+
+/// One state change: a stored key and its new value, or `None` to remove it.
+pub(super) type Change = (Vec<u8>, Option<Vec<u8>>);
+
+/// A journal record that cannot be read (sled checks its own files, so only a bug or a
+/// hand-edited database gets here).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JournalError {
+    #[error("state journal record {seq} is unreadable: {message}")]
+    Unreadable { seq: u64, message: String },
+    #[error("state journal record not written: {0}")]
+    Encode(String),
+    #[error("state journal: {0}")]
+    Db(#[from] sled::Error),
+}
+
+/// A byte slice serialised as bytes (postcard's length and the bytes), not as a sequence.
+struct Bytes<'a>(&'a [u8]);
+
+impl serde::Serialize for Bytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+type Entries<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
+
+fn encode(changes: &[Change]) -> Result<Vec<u8>, JournalError> {
+    let entries: Vec<(Bytes<'_>, Option<Bytes<'_>>)> =
+        changes.iter().map(|(k, v)| (Bytes(k), v.as_deref().map(Bytes))).collect();
+    postcard::to_allocvec(&entries).map_err(|e| JournalError::Encode(e.to_string()))
+}
+
+fn decode(seq: u64, record: &[u8]) -> Result<Entries<'_>, JournalError> {
+    postcard::from_bytes(record).map_err(|e| JournalError::Unreadable { seq, message: e.to_string() })
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.strip_prefix(b"j/")?.try_into().ok()?))
+}
+
+/// The journal's bookkeeping, rebuilt from its records at open.
+#[derive(Debug)]
+pub(super) struct Journal {
+    /// Folding starts past this many bytes ([`MAX_BYTES`]; tests set less).
+    limit: usize,
+    next_seq: u64,
+    /// The records on disk, oldest first, with their sizes: folding takes the front.
+    records: VecDeque<(u64, usize)>,
+    /// Their total size.
+    bytes: usize,
+    /// Every key the journal holds, with the newest record that writes it: folding skips
+    /// the older entries of a key.
+    newest: HashMap<Box<[u8]>, u64>,
+}
+
+/// What one batch does to the journal: put in its sled batch by [`Journal::plan`], kept by
+/// [`Journal::commit`] once sled took it.
+#[derive(Debug)]
+pub(super) struct Plan {
+    next_seq: u64,
+    appended: Vec<(u64, usize)>,
+    /// The batch's keys, with the record that writes each.
+    written: Vec<(Box<[u8]>, u64)>,
+    /// Records folded, from the front.
+    folded: usize,
+    /// Keys folded into place: no longer in the journal.
+    placed: Vec<Box<[u8]>>,
+}
+
+impl Plan {
+    /// Whether it writes anything.
+    pub(super) fn writes(&self) -> bool {
+        !self.appended.is_empty() || self.folded > 0
+    }
+}
+
+impl Journal {
+    /// Reads the bookkeeping back from `db`.
+    pub(super) fn recover(db: &sled::Db, limit: usize) -> Result<Journal, JournalError> {
+        let mut j = Journal { limit, next_seq: 0, records: VecDeque::new(), bytes: 0, newest: HashMap::new() };
+        for item in db.scan_prefix(b"j/") {
+            let (k, record) = item?;
+            let seq = seq_of(&k).ok_or_else(|| JournalError::Unreadable { seq: 0, message: "bad key".into() })?;
+            for (key, _) in decode(seq, &record)? {
+                j.newest.insert(key.into(), seq);
+            }
+            j.records.push_back((seq, record.len()));
+            j.bytes += record.len();
+            j.next_seq = seq + 1;
+        }
+        Ok(j)
+    }
+
+    /// Puts `changes` into `batch` as journal records, and the folding of the oldest records
+    /// if that takes the journal over its limit. Nothing changes here until
+    /// [`Journal::commit`].
+    pub(super) fn plan(
+        &self,
+        db: &sled::Db,
+        changes: &[Change],
+        batch: &mut sled::Batch,
+    ) -> Result<Plan, JournalError> {
+        let mut plan = Plan {
+            next_seq: self.next_seq,
+            appended: Vec::new(),
+            written: Vec::with_capacity(changes.len()),
+            folded: 0,
+            placed: Vec::new(),
+        };
+        let mut start = 0;
+        let mut size = 0;
+        for (i, (k, v)) in changes.iter().enumerate() {
+            size += k.len() + v.as_ref().map_or(0, Vec::len) + 4;
+            if size < CHUNK && i + 1 < changes.len() {
+                continue;
+            }
+            let (seq, part) = (plan.next_seq, &changes[start..=i]);
+            let record = encode(part)?;
+            plan.appended.push((seq, record.len()));
+            batch.insert(&u64_key(b"j/", seq), record);
+            plan.written.extend(part.iter().map(|(k, _)| (k.as_slice().into(), seq)));
+            plan.next_seq += 1;
+            (start, size) = (i + 1, 0);
+        }
+        let again: HashSet<&[u8]> = changes.iter().map(|(k, _)| k.as_slice()).collect();
+        let mut bytes = self.bytes + plan.appended.iter().map(|(_, n)| n).sum::<usize>();
+        for &(seq, len) in &self.records {
+            if bytes <= self.limit {
+                break;
+            }
+            let key = u64_key(b"j/", seq);
+            if let Some(record) = db.get(key)? {
+                for (k, v) in decode(seq, &record)? {
+                    if again.contains(k) || self.newest.get(k) != Some(&seq) {
+                        continue;
+                    }
+                    match v {
+                        Some(v) => batch.insert(k, v),
+                        None => batch.remove(k),
+                    }
+                    plan.placed.push(k.into());
+                }
+            }
+            batch.remove(&key);
+            plan.folded += 1;
+            bytes -= len;
+        }
+        Ok(plan)
+    }
+
+    /// Keeps what `plan` did, now that sled took it.
+    pub(super) fn commit(&mut self, plan: Plan) {
+        for _ in 0..plan.folded {
+            if let Some((_, len)) = self.records.pop_front() {
+                self.bytes -= len;
+            }
+        }
+        for k in plan.placed {
+            self.newest.remove(&k);
+        }
+        for (k, seq) in plan.written {
+            self.newest.insert(k, seq);
+        }
+        for (seq, len) in plan.appended {
+            self.records.push_back((seq, len));
+            self.bytes += len;
+        }
+        self.next_seq = plan.next_seq;
+    }
+
+    /// Records and bytes held.
+    pub(super) fn size(&self) -> (usize, usize) {
+        (self.records.len(), self.bytes)
+    }
+
+    #[cfg(test)]
+    pub(super) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+}
+
+/// Applies the journal of `db`, oldest first, over `state` (the keys in place).
+pub(super) fn fold_into(db: &sled::Db, state: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), JournalError> {
+    for item in db.scan_prefix(b"j/") {
+        let (k, record) = item?;
+        let seq = seq_of(&k).unwrap_or(0);
+        for (key, value) in decode(seq, &record)? {
+            match value {
+                Some(v) => state.insert(key.to_vec(), v.to_vec()),
+                None => state.remove(key),
+            };
+        }
+    }
+    Ok(())
+}
