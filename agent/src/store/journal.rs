@@ -14,8 +14,8 @@
 //!                                                   Journal::commit (bookkeeping)
 //! ```
 //!
-//! - **Reading** ([`fold_into`]): the keys in place, then the journal oldest first; a later
-//!   entry replaces an earlier one, a removal removes.
+//! - **Reading** ([`Journal::newest_values`]): the keys in place that the journal does not
+//!   hold, and the newest entry of each key it holds, unless that is a removal.
 //! - **Folding**: while the journal holds more than its limit, its oldest records are folded
 //!   into place in the same sled batch as the commit that pushed it over (so atomically). An
 //!   entry that a later record writes again is skipped, since the later one is folded in its
@@ -24,7 +24,8 @@
 //! - The bookkeeping changes only once sled took the batch: a failed write leaves it as it was.
 
 use super::u64_key;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use edgewatch_engine::history::rollup::{get_varint, put_varint};
+use std::collections::{HashMap, VecDeque};
 
 /// Changes per record, in bytes, about: sled keeps values inside its leaves and rewrites a
 /// whole leaf (up to 16 records) every 10 changes to it, so records stay small.
@@ -35,40 +36,73 @@ const CHUNK: usize = 4 << 10;
 /// real fleet, minutes to hours. It is also what a start reads back at most.
 pub(super) const MAX_BYTES: usize = 8 << 20;
 
+/// Whether changes to `key` go through the journal. A rule's closed past buckets (`q/c/`)
+/// do not: about 1–3 KB a key, rewritten once a bucket closes (a minute, an hour), so they
+/// would fill the journal and be folded, written a second time, before any later record
+/// rewrites them. A key is always one or the other, so the journal never holds an entry
+/// older than the key's own record.
+pub(super) fn journaled(key: &[u8]) -> bool {
+    !key.starts_with(b"q/c/")
+}
+
 /// One state change: a stored key and its new value, or `None` to remove it.
 pub(super) type Change = (Vec<u8>, Option<Vec<u8>>);
+
+/// A piece of saved state: its stored key and its value.
+pub(super) type Saved = (Vec<u8>, Vec<u8>);
 
 /// A journal record that cannot be read (sled checks its own files, so only a bug or a
 /// hand-edited database gets here).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum JournalError {
-    #[error("state journal record {seq} is unreadable: {message}")]
+    #[error("journal record {seq}: {message}")]
     Unreadable { seq: u64, message: String },
-    #[error("state journal record not written: {0}")]
-    Encode(String),
-    #[error("state journal: {0}")]
+    #[error("{0}")]
     Db(#[from] sled::Error),
-}
-
-/// A byte slice serialised as bytes (postcard's length and the bytes), not as a sequence.
-struct Bytes<'a>(&'a [u8]);
-
-impl serde::Serialize for Bytes<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
 }
 
 type Entries<'a> = Vec<(&'a [u8], Option<&'a [u8]>)>;
 
-fn encode(changes: &[Change]) -> Result<Vec<u8>, JournalError> {
-    let entries: Vec<(Bytes<'_>, Option<Bytes<'_>>)> =
-        changes.iter().map(|(k, v)| (Bytes(k), v.as_deref().map(Bytes))).collect();
-    postcard::to_allocvec(&entries).map_err(|e| JournalError::Encode(e.to_string()))
+/// A record: for each change, varint key length, the key, then varint 0 for a removal or
+/// the value's length + 1 and the value. Framed by hand with the engine's varints, as the
+/// input journal's segments are, rather than with postcard's serde code: the gateway binary
+/// is at its 8 MB budget.
+pub(super) fn encode(changes: &[Change]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(changes.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 4).sum());
+    for (k, v) in changes {
+        put_varint(&mut out, k.len() as u64);
+        out.extend_from_slice(k);
+        match v {
+            Some(v) => {
+                put_varint(&mut out, v.len() as u64 + 1);
+                out.extend_from_slice(v);
+            }
+            None => put_varint(&mut out, 0),
+        }
+    }
+    out
 }
 
-fn decode(seq: u64, record: &[u8]) -> Result<Entries<'_>, JournalError> {
-    postcard::from_bytes(record).map_err(|e| JournalError::Unreadable { seq, message: e.to_string() })
+pub(super) fn decode(seq: u64, record: &[u8]) -> Result<Entries<'_>, JournalError> {
+    let bad = |message: &str| JournalError::Unreadable { seq, message: message.into() };
+    let mut at = 0;
+    let take = |n: u64, at: &mut usize| -> Result<&[u8], JournalError> {
+        let end = usize::try_from(n).ok().and_then(|n| at.checked_add(n)).ok_or_else(|| bad("truncated"))?;
+        let bytes = record.get(*at..end).ok_or_else(|| bad("truncated"))?;
+        *at = end;
+        Ok(bytes)
+    };
+    let mut entries = Vec::new();
+    while at < record.len() {
+        let n = get_varint(record, &mut at).map_err(|e| bad(&e.to_string()))?;
+        let key = take(n, &mut at)?;
+        let value = match get_varint(record, &mut at).map_err(|e| bad(&e.to_string()))? {
+            0 => None,
+            n => Some(take(n - 1, &mut at)?),
+        };
+        entries.push((key, value));
+    }
+    Ok(entries)
 }
 
 fn seq_of(key: &[u8]) -> Option<u64> {
@@ -117,7 +151,7 @@ impl Journal {
         let mut j = Journal { limit, next_seq: 0, records: VecDeque::new(), bytes: 0, newest: HashMap::new() };
         for item in db.scan_prefix(b"j/") {
             let (k, record) = item?;
-            let seq = seq_of(&k).ok_or_else(|| JournalError::Unreadable { seq: 0, message: "bad key".into() })?;
+            let seq = seq_of(&k).ok_or_else(|| JournalError::Unreadable { seq: 0, message: "truncated".into() })?;
             for (key, _) in decode(seq, &record)? {
                 j.newest.insert(key.into(), seq);
             }
@@ -152,14 +186,13 @@ impl Journal {
                 continue;
             }
             let (seq, part) = (plan.next_seq, &changes[start..=i]);
-            let record = encode(part)?;
+            let record = encode(part);
             plan.appended.push((seq, record.len()));
             batch.insert(&u64_key(b"j/", seq), record);
             plan.written.extend(part.iter().map(|(k, _)| (k.as_slice().into(), seq)));
             plan.next_seq += 1;
             (start, size) = (i + 1, 0);
         }
-        let again: HashSet<&[u8]> = changes.iter().map(|(k, _)| k.as_slice()).collect();
         let mut bytes = self.bytes + plan.appended.iter().map(|(_, n)| n).sum::<usize>();
         for &(seq, len) in &self.records {
             if bytes <= self.limit {
@@ -168,7 +201,10 @@ impl Journal {
             let key = u64_key(b"j/", seq);
             if let Some(record) = db.get(key)? {
                 for (k, v) in decode(seq, &record)? {
-                    if again.contains(k) || self.newest.get(k) != Some(&seq) {
+                    // Rewritten by a later record (this batch's ones are not in `newest` yet: a
+                    // key they rewrite may be written in place too, harmlessly, since the
+                    // journal is read over the keys in place).
+                    if self.newest.get(k) != Some(&seq) {
                         continue;
                     }
                     match v {
@@ -206,6 +242,7 @@ impl Journal {
     }
 
     /// Records and bytes held.
+    #[cfg(test)]
     pub(super) fn size(&self) -> (usize, usize) {
         (self.records.len(), self.bytes)
     }
@@ -216,17 +253,24 @@ impl Journal {
     }
 }
 
-/// Applies the journal of `db`, oldest first, over `state` (the keys in place).
-pub(super) fn fold_into(db: &sled::Db, state: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), JournalError> {
-    for item in db.scan_prefix(b"j/") {
-        let (k, record) = item?;
-        let seq = seq_of(&k).unwrap_or(0);
-        for (key, value) in decode(seq, &record)? {
-            match value {
-                Some(v) => state.insert(key.to_vec(), v.to_vec()),
-                None => state.remove(key),
-            };
-        }
+/// The journal's newest entry of each key it holds, and the keys it holds.
+impl Journal {
+    /// Whether the journal holds `key` (its newest value is there, not in place).
+    pub(super) fn holds(&self, key: &[u8]) -> bool {
+        self.newest.contains_key(key)
     }
-    Ok(())
+
+    /// The newest value of every key the journal holds and does not remove, record by
+    /// record: what is read over the keys in place.
+    pub(super) fn newest_values(&self, db: &sled::Db, out: &mut Vec<Saved>) -> Result<(), JournalError> {
+        for &(seq, _) in &self.records {
+            let Some(record) = db.get(u64_key(b"j/", seq))? else { continue };
+            for (key, value) in decode(seq, &record)? {
+                if let (Some(v), true) = (value, self.newest.get(key) == Some(&seq)) {
+                    out.push((key.to_vec(), v.to_vec()));
+                }
+            }
+        }
+        Ok(())
+    }
 }

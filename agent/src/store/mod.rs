@@ -110,9 +110,17 @@ impl Batch {
         self.changes == 0
     }
 
-    /// A change of the engine state under stored key `key` (`None`: removed).
+    /// A change of the engine state under stored key `key` (`None`: removed): into the
+    /// journal, unless its kind is always written in place (see [`journal::journaled`]).
     fn put_state(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.state.push((key, value));
+        if journal::journaled(&key) {
+            self.state.push((key, value));
+        } else {
+            match value {
+                Some(v) => self.inner.insert(key, v),
+                None => self.inner.remove(key),
+            }
+        }
         self.changes += 1;
     }
 
@@ -310,11 +318,6 @@ impl Store {
     pub fn history_bytes(&self) -> Option<u64> {
         let log = self.history.as_ref()?.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Some(log.usage().bytes)
-    }
-
-    /// Records and bytes of engine state in the journal, not yet folded into place.
-    pub fn journal_size(&self) -> (usize, usize) {
-        self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner).size()
     }
 
     /// Bytes on disk.

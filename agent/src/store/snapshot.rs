@@ -130,8 +130,6 @@ pub fn inspect(store: &Store) -> Result<String, StoreError> {
     }
     let (n, bytes) = store.outbox_depth();
     let _ = writeln!(out, "outbox: {n} events, {bytes} bytes");
-    let (records, bytes) = store.journal_size();
-    let _ = writeln!(out, "state journal: {records} records, {bytes} bytes not yet folded into place");
     let _ = writeln!(out, "on disk: {} bytes", store.size_on_disk());
     if let Some(t) = store.last_alive() {
         let _ = writeln!(out, "agent last alive: {}", edgewatch_engine::Timestamp(t).to_rfc3339());

@@ -90,17 +90,20 @@ impl Store {
         Ok(self.state_records()?.into_iter().filter_map(|(k, v)| Some((touched_of(&k)?, v))).collect())
     }
 
-    /// Every saved engine state by its stored key: the keys in place with the journal
-    /// applied over them.
-    pub(super) fn state_records(&self) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
-        let mut state = std::collections::BTreeMap::new();
+    /// Every saved engine state by its stored key: the keys in place, with the journal's
+    /// newer values instead where it holds them.
+    pub(super) fn state_records(&self) -> Result<Vec<super::journal::Saved>, StoreError> {
+        let journal = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = Vec::new();
         for prefix in STATE_PREFIXES {
             for item in self.db.scan_prefix(prefix) {
                 let (k, val) = item.map_err(|e| self.db_err(e))?;
-                state.insert(k.to_vec(), val.to_vec());
+                if !journal.holds(&k) {
+                    state.push((k.to_vec(), val.to_vec()));
+                }
             }
         }
-        super::journal::fold_into(&self.db, &mut state).map_err(|e| self.db_err(e))?;
+        journal.newest_values(&self.db, &mut state).map_err(|e| self.db_err(e))?;
         Ok(state)
     }
 

@@ -66,15 +66,13 @@ impl SeriesState {
     pub fn decode(bytes: &[u8]) -> Result<SeriesState, RollupError> {
         use base64::Engine as _;
         if bytes.first() == Some(&b'{') {
-            let saved: Saved = serde_json::from_slice(bytes).map_err(|_| RollupError::NOT_JSON)?;
-            return Ok(SeriesState { fine: saved.f.and_then(Open::unflat), coarse: saved.c.and_then(Open::unflat) });
+            let saved: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| RollupError::NOT_JSON)?;
+            return Ok(SeriesState { fine: Open::from_json(&saved["f"])?, coarse: Open::from_json(&saved["c"])? });
         }
-        let bin = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(bytes)
-            .map_err(|_| RollupError("saved series is neither base64 nor JSON"))?;
+        let bin = base64::engine::general_purpose::STANDARD_NO_PAD.decode(bytes).map_err(|_| RollupError::NOT_JSON)?;
         let flags = *bin.first().ok_or(RollupError("truncated"))?;
         if flags > 3 {
-            return Err(RollupError("bad flags"));
+            return Err(RollupError("bad header"));
         }
         let mut at = 1;
         let mut read = |present: bool| -> Result<Option<Open>, RollupError> {
@@ -89,27 +87,27 @@ impl SeriesState {
         };
         let state = SeriesState { fine: read(flags & 1 != 0)?, coarse: read(flags & 2 != 0)? };
         if at != bin.len() {
-            return Err(RollupError("trailing bytes"));
+            return Err(RollupError("bad header"));
         }
         Ok(state)
     }
 }
 
-/// The JSON form saved before the compact one: still read.
-type Flat = (i64, i64, u64, f64, f64, f64, f64, f64, f64);
-
-#[derive(serde::Deserialize)]
-struct Saved {
-    #[serde(default)]
-    f: Option<Flat>,
-    #[serde(default)]
-    c: Option<Flat>,
-}
-
 impl Open {
-    fn unflat(f: Flat) -> Option<Open> {
-        let (start, opened, count, sum, sumsq, min, max, first, last) = f;
-        (count > 0).then_some(Open { start, opened, rollup: Rollup { count, sum, sumsq, min, max, first, last } })
+    /// One half of the JSON form saved before the compact one, `[start, opened, count, sum,
+    /// sumsq, min, max, first, last]` or absent: still read. Through `Value`, which the
+    /// engine reads anyway, rather than a derived struct: the gateway binary is at its budget.
+    fn from_json(v: &serde_json::Value) -> Result<Option<Open>, RollupError> {
+        if v.is_null() {
+            return Ok(None);
+        }
+        let a = v.as_array().filter(|a| a.len() == 9).ok_or(RollupError::NOT_JSON)?;
+        let int = |i: usize| a[i].as_i64().ok_or(RollupError::NOT_JSON);
+        let num = |i: usize| a[i].as_f64().ok_or(RollupError::NOT_JSON);
+        let count = a[2].as_u64().ok_or(RollupError::NOT_JSON)?;
+        let rollup =
+            Rollup { count, sum: num(3)?, sumsq: num(4)?, min: num(5)?, max: num(6)?, first: num(7)?, last: num(8)? };
+        Ok((count > 0).then_some(Open { start: int(0)?, opened: int(1)?, rollup }))
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Touched::PastOpen  {"fields":[{"field":"temperature","span":604800000,"every":3600000,
-//!                                "start":<ms>,"r":"<base64>"}]}     ~130 bytes a field
+//!                                "start":<ms>,"r":[count,mean,m2,min,max]}]}     ~130 bytes a field
 //! Touched::Past      {"fields":[{"field":"temperature","span":604800000,"every":3600000,
 //!                                "newest":<ms>,"buckets":"<base64>"}]}  once per bucket closed
 //! ```
@@ -58,49 +58,7 @@ struct OpenField {
     span: i64,
     every: i64,
     start: i64,
-    r: OpenSummary,
-}
-
-/// An open bucket's summary. Saved with every reading, so packed: base64 of varint count
-/// and f64 LE mean, m2, min, max. Written as JSON numbers, the two full-precision floats
-/// and the rest cost more to format than the reading's whole fold; that form (`[count,
-/// mean, m2, min, max]`) is still read.
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum OpenSummary {
-    Packed(String),
-    Numbers((u64, f64, f64, f64, f64)),
-}
-
-impl OpenSummary {
-    fn pack(s: &Summary) -> OpenSummary {
-        let mut bytes = Vec::with_capacity(42);
-        put_varint(&mut bytes, s.count);
-        for v in [s.mean, s.m2, s.min, s.max] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        OpenSummary::Packed(STANDARD.encode(bytes))
-    }
-
-    fn unpack(&self) -> Result<(u64, f64, f64, f64, f64), &'static str> {
-        let text = match self {
-            OpenSummary::Numbers(r) => return Ok(*r),
-            OpenSummary::Packed(text) => text,
-        };
-        let bytes = STANDARD.decode(text).map_err(|_| "open bucket not base64")?;
-        let mut at = 0;
-        let count = get_varint(&bytes, &mut at).map_err(|_| "open bucket truncated")?;
-        let mut v = [0f64; 4];
-        for x in &mut v {
-            let b: [u8; 8] = bytes.get(at..at + 8).and_then(|s| s.try_into().ok()).ok_or("open bucket truncated")?;
-            *x = f64::from_le_bytes(b);
-            at += 8;
-        }
-        if at != bytes.len() {
-            return Err("open bucket has trailing bytes");
-        }
-        Ok((count, v[0], v[1], v[2], v[3]))
-    }
+    r: (u64, f64, f64, f64, f64),
 }
 
 impl KeyPast {
@@ -139,7 +97,7 @@ impl KeyPast {
                     span: s.span_ms,
                     every: s.every_ms,
                     start: j.saturating_mul(s.every_ms),
-                    r: OpenSummary::pack(&o),
+                    r: (o.count, o.mean, o.m2, o.min, o.max),
                 })
             })
             .collect();
@@ -177,8 +135,7 @@ impl KeyPast {
         let mut restored = Vec::new();
         for o in saved.fields {
             let Some(idx) = fitting(specs, &o.field, o.span, o.every) else { continue };
-            let (count, mean, m2, min, max) =
-                o.r.unpack().map_err(|why| PastError::Buckets { field: o.field.clone(), why })?;
+            let (count, mean, m2, min, max) = o.r;
             if ![mean, m2, min, max].iter().all(|v| v.is_finite()) || m2 < 0.0 || min > max {
                 return Err(PastError::Buckets { field: o.field, why: "open bucket out of range" });
             }
@@ -314,22 +271,6 @@ mod tests {
         assert!(kp.restore_closed(&specs, short).is_err());
         let nan = br#"{"fields":[{"field":"temperature","span":604800000,"every":3600000,"start":0,"r":[1,1.0,-1.0,1.0,1.0]}]}"#;
         assert!(kp.restore_open(&specs, nan).is_err());
-        let packed = br#"{"fields":[{"field":"temperature","span":604800000,"every":3600000,"start":0,"r":"AQ"}]}"#;
-        assert!(kp.restore_open(&specs, packed).is_err());
-    }
-
-    /// An open bucket saved as numbers, before it was packed: still restored, exactly.
-    #[test]
-    fn an_open_bucket_saved_as_numbers_is_still_read() {
-        let specs = spec();
-        let old = br#"{"fields":[{"field":"temperature","span":604800000,"every":3600000,"start":7200000,"r":[3,21.5,0.5,21.0,22.0]}]}"#;
-        let mut kp = KeyPast::default();
-        assert_eq!(kp.restore_open(&specs, old), Ok(vec![0]));
-        let again = kp.save_open(&specs).expect("saved");
-        assert!(!again.windows(3).any(|w| w == b"21."), "packed now: {}", String::from_utf8_lossy(&again));
-        let mut back = KeyPast::default();
-        assert_eq!(back.restore_open(&specs, &again), Ok(vec![0]));
-        assert_eq!(back, kp);
     }
 
     proptest! {
