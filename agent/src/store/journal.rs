@@ -251,10 +251,7 @@ impl Journal {
     pub(super) fn set_limit(&mut self, limit: usize) {
         self.limit = limit;
     }
-}
 
-/// The journal's newest entry of each key it holds, and the keys it holds.
-impl Journal {
     /// Whether the journal holds `key` (its newest value is there, not in place).
     pub(super) fn holds(&self, key: &[u8]) -> bool {
         self.newest.contains_key(key)
