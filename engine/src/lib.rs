@@ -133,3 +133,11 @@ pub use topic::{PatternError, TopicPattern};
 
 /// Re-exported so callers build payloads with the same `Dynamic` the rules see.
 pub use rhai::{Dynamic, Map};
+
+/// The hash maps a message passes through (per-key state, duplicate windows, history
+/// series, the agent's batch and state journal): std's map with aHash, seeded at random per
+/// process as std's SipHash is (chosen device ids cannot make keys collide), at a fraction
+/// of SipHash's cost on short keys. aHash is linked already: rhai's maps use it.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// The set of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, ahash::RandomState>;

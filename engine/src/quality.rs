@@ -10,9 +10,10 @@
 
 use crate::event::{Event, EventId};
 use crate::output::Touched;
+use crate::{FastMap, FastSet};
 use rhai::{Dynamic, Map};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Sequence numbers remembered per device.
@@ -53,8 +54,8 @@ struct SeqWindow {
 /// Duplicate detection.
 #[derive(Debug, Default)]
 pub(crate) struct Dedup {
-    devices: HashMap<Box<str>, SeqWindow>,
-    ids: HashSet<Box<str>>,
+    devices: FastMap<Box<str>, SeqWindow>,
+    ids: FastSet<Box<str>>,
     id_order: VecDeque<Box<str>>,
 }
 

@@ -8,8 +8,7 @@
 
 use crate::mqtt::AckToken;
 use crate::store::Batch;
-use edgewatch_engine::Touched;
-use std::collections::HashSet;
+use edgewatch_engine::{FastSet, Touched};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -23,7 +22,7 @@ pub(super) struct Pending {
     /// Arrival of each message in the batch, for the commit latency histogram.
     pub arrived: Vec<Instant>,
     /// Engine state touched since the last commit: exported once per commit, not per message.
-    pub touched: HashSet<Touched>,
+    pub touched: FastSet<Touched>,
     /// Outbox entries queued so far (ever): a change says the upstream side has more to send.
     pub queued: u64,
     /// Inputs in the batch (messages, or a reason to commit soon).
@@ -39,7 +38,7 @@ impl Pending {
             batch: Batch::default(),
             acks: Vec::new(),
             arrived: Vec::new(),
-            touched: HashSet::new(),
+            touched: FastSet::default(),
             queued: 0,
             inputs: 0,
             started: now,

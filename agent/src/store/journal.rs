@@ -24,8 +24,9 @@
 //! - The bookkeeping changes only once sled took the batch: a failed write leaves it as it was.
 
 use super::u64_key;
+use edgewatch_engine::FastMap;
 use edgewatch_engine::history::rollup::{get_varint, put_varint};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Changes per record, in bytes, about: sled keeps values inside its leaves and rewrites a
 /// whole leaf (up to 16 records) every 10 changes to it, so records stay small.
@@ -121,7 +122,7 @@ pub(super) struct Journal {
     bytes: usize,
     /// Every key the journal holds, with the newest record that writes it: folding skips
     /// the older entries of a key.
-    newest: HashMap<Box<[u8]>, u64>,
+    newest: FastMap<Box<[u8]>, u64>,
 }
 
 /// What one batch does to the journal: put in its sled batch by [`Journal::plan`], kept by
@@ -148,7 +149,7 @@ impl Plan {
 impl Journal {
     /// Reads the bookkeeping back from `db`.
     pub(super) fn recover(db: &sled::Db, limit: usize) -> Result<Journal, JournalError> {
-        let mut j = Journal { limit, next_seq: 0, records: VecDeque::new(), bytes: 0, newest: HashMap::new() };
+        let mut j = Journal { limit, next_seq: 0, records: VecDeque::new(), bytes: 0, newest: FastMap::default() };
         for item in db.scan_prefix(b"j/") {
             let (k, record) = item?;
             let seq = seq_of(&k).ok_or_else(|| JournalError::Unreadable { seq: 0, message: "truncated".into() })?;

@@ -13,8 +13,8 @@
 
 use super::rollup::{get_varint, put_varint, unzigzag, zigzag};
 use super::{Closed, HistoryConfig, Resolution, Rollup, RollupError, Skip};
+use crate::FastMap;
 use crate::output::{Outputs, Touched};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// An open roll-up.
@@ -53,7 +53,8 @@ impl SeriesState {
     /// [`SeriesState::decode`] still reads that JSON (it starts with `{`, never base64).
     pub fn encode(&self) -> Vec<u8> {
         use base64::Engine as _;
-        let mut bin = Vec::with_capacity(80);
+        // Room for both at their largest: never grown.
+        let mut bin = Vec::with_capacity(1 + 2 * (2 * 10 + Rollup::ENCODED_MAX));
         bin.push(u8::from(self.fine.is_some()) | u8::from(self.coarse.is_some()) << 1);
         for o in [self.fine, self.coarse].into_iter().flatten() {
             put_varint(&mut bin, zigzag(o.start));
@@ -119,7 +120,7 @@ type Fields = Vec<(Arc<str>, SeriesState)>;
 pub struct Recorder {
     /// key -> (the key again, so that one lookup yields it; (field, state) of each field):
     /// a device has a handful of fields, so a short list each.
-    series: HashMap<Arc<str>, (Arc<str>, Fields)>,
+    series: FastMap<Arc<str>, (Arc<str>, Fields)>,
     /// Series with some open roll-up.
     count: usize,
     /// Earliest processing time at which some open roll-up is due to close (`i64::MAX`:
@@ -129,7 +130,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new() -> Recorder {
-        Recorder { series: HashMap::new(), count: 0, next_close: i64::MAX }
+        Recorder { series: FastMap::default(), count: 0, next_close: i64::MAX }
     }
 
     /// Series with an open roll-up.

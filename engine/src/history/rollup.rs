@@ -92,20 +92,24 @@ impl Rollup {
         self.variance().sqrt()
     }
 
+    /// The most bytes [`Rollup::encode`] appends: a count varint, two floats, four more.
+    pub const ENCODED_MAX: usize = 10 + 2 * 8 + 4 * 10;
+
     /// Appends the compact encoding (see the module's documentation).
     pub fn encode(&self, out: &mut Vec<u8>) {
         let values = [self.min, self.max, self.first, self.last];
-        let scale = (1..=5u32).find(|&s| values.iter().all(|&v| scaled(v, s).is_some())).unwrap_or(0);
-        put_varint(out, self.count << 3 | u64::from(scale));
+        // The smallest scale at which all four are exact, with their integers at it (each
+        // value scaled once per scale tried: this runs for every reading of a series).
+        let fixed = (1..=5u32).find_map(|s| Some((s, scaled_all(&values, s)?)));
+        put_varint(out, self.count << 3 | u64::from(fixed.map_or(0, |(s, _)| s)));
         out.extend_from_slice(&self.sum.to_le_bytes());
         out.extend_from_slice(&self.sumsq.to_le_bytes());
-        if scale == 0 {
+        let Some((_, n)) = fixed else {
             for v in values {
                 out.extend_from_slice(&v.to_le_bytes());
             }
             return;
-        }
-        let n = values.map(|v| scaled(v, scale).unwrap_or(0));
+        };
         put_varint(out, zigzag(n[0]));
         for x in &n[1..] {
             // min <= max, first, last, so each difference is >= 0 and fits (all below 2^53).
@@ -140,6 +144,15 @@ impl Rollup {
 }
 
 pub(crate) const POW10: [f64; 5] = [1.0, 10.0, 100.0, 1_000.0, 10_000.0];
+
+/// All of `values` at scale `s`, if each is exact there.
+fn scaled_all(values: &[f64; 4], s: u32) -> Option<[i64; 4]> {
+    let mut n = [0i64; 4];
+    for (n, &v) in n.iter_mut().zip(values) {
+        *n = scaled(v, s)?;
+    }
+    Some(n)
+}
 
 /// `v` as an integer at decimal scale `s` (1..=5: 10^(s-1)), if that is exact.
 fn scaled(v: f64, s: u32) -> Option<i64> {

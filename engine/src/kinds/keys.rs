@@ -11,8 +11,9 @@
 //! evicting; the queue is rebuilt from the stamps once it holds twice the live keys. A
 //! sighting and an eviction each cost O(1) amortized.
 
+use crate::FastMap;
 use crate::rule::OnFull;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Longest key a stateful rule tracks, in bytes; longer keys are refused (and counted), so
@@ -34,7 +35,7 @@ pub(crate) struct KeyLimit {
 /// Keys and their state.
 #[derive(Debug)]
 pub(crate) struct Keyed<S> {
-    map: HashMap<Arc<str>, S>,
+    map: FastMap<Arc<str>, S>,
     limit: KeyLimit,
     /// Only when `limit.on_full` evicts.
     recency: Option<Box<Recency>>,
@@ -50,7 +51,7 @@ pub(crate) struct Keyed<S> {
 #[derive(Debug, Default)]
 struct Recency {
     clock: u64,
-    stamps: HashMap<Arc<str>, u64>,
+    stamps: FastMap<Arc<str>, u64>,
     /// Sightings, oldest first; stale ones are skipped.
     queue: VecDeque<(Arc<str>, u64)>,
 }
@@ -68,7 +69,7 @@ impl Recency {
     }
 
     /// Rebuilds the queue from the stamps of the keys still present.
-    fn compact<S>(&mut self, map: &HashMap<Arc<str>, S>) {
+    fn compact<S>(&mut self, map: &FastMap<Arc<str>, S>) {
         self.stamps.retain(|k, _| map.contains_key(k));
         let mut live: Vec<(Arc<str>, u64)> = self.stamps.iter().map(|(k, s)| (k.clone(), *s)).collect();
         live.sort_unstable_by_key(|(_, s)| *s);
@@ -78,7 +79,7 @@ impl Recency {
 
 impl<S> Keyed<S> {
     pub(crate) fn new(limit: KeyLimit) -> Self {
-        let mut k = Keyed { map: HashMap::new(), limit, recency: None, refused: 0, evicted: 0, since: None };
+        let mut k = Keyed { map: FastMap::default(), limit, recency: None, refused: 0, evicted: 0, since: None };
         k.set_limit(limit);
         k
     }

@@ -10,6 +10,7 @@ use tokio::select;
 use tokio::time::{self, Instant, Sleep};
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 
 /// Edgewatch patch (rumqtt#810): most requests written per flush. Upstream writes and flushes
 /// every request on its own, one `writev` per publish or acknowledgement.
@@ -198,7 +199,6 @@ impl EventLoop {
             return Ok(event);
         }
 
-        let mut no_sleep = Box::pin(time::sleep(Duration::ZERO));
         // this loop is necessary since self.incoming.pop_front() might return None. In that case,
         // instead of returning a None event, we try again.
         select! {
@@ -273,7 +273,14 @@ impl EventLoop {
             },
             // We generate pings irrespective of network activity. This keeps the ping logic
             // simple. We can change this behavior in future if necessary (to prevent extra pings)
-            _ = self.keepalive_timeout.as_mut().unwrap_or(&mut no_sleep),
+            // Edgewatch patch: the keepalive timer polled in place. Upstream boxes a zero
+            // `Sleep` on every call to stand in for a missing timer (an allocation, a clock
+            // read and a timer entry per poll, two or three polls per message), where the
+            // branch is disabled without one anyway.
+            _ = std::future::poll_fn(|cx| match self.keepalive_timeout.as_mut() {
+                    Some(timer) => timer.as_mut().poll(cx),
+                    None => std::task::Poll::Pending,
+                }),
                 if self.keepalive_timeout.is_some() && !self.mqtt_options.keep_alive.is_zero() => {
                 let timeout = self.keepalive_timeout.as_mut().unwrap();
                 timeout.as_mut().reset(Instant::now() + self.mqtt_options.keep_alive);
