@@ -65,7 +65,7 @@ struct Args {
     #[arg(long)]
     step_secs: Option<f64>,
     /// Only these setups (comma-separated): bare, edgewatch-threshold, edgewatch-window,
-    /// edgewatch-memory, edgewatch-history, edgewatch-past, edgewatch-journal, edgewatch-privacy, edgewatch-governed, edgewatch-watched, node-red-threshold, node-red-window, heartbeats.
+    /// edgewatch-memory, edgewatch-history, edgewatch-past, edgewatch-script, edgewatch-journal, edgewatch-privacy, edgewatch-governed, edgewatch-watched, node-red-threshold, node-red-window, heartbeats.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these offered rates (msg/s, comma-separated), no ramp; with `--only`, for
@@ -192,6 +192,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("edgewatch-memory", Contender::EdgewatchMemory, Rule::Threshold, true),
         ("edgewatch-history", Contender::Edgewatch, Rule::History, true),
         ("edgewatch-past", Contender::Edgewatch, Rule::Past, true),
+        ("edgewatch-script", Contender::Edgewatch, Rule::Script, true),
         ("edgewatch-journal", Contender::Edgewatch, Rule::Journal, true),
         ("edgewatch-privacy", Contender::Edgewatch, Rule::Privacy, true),
         ("edgewatch-governed", Contender::Edgewatch, Rule::Governed, true),

@@ -29,6 +29,11 @@ pub enum Rule {
     /// The threshold rule with a past of an hour by the minute, read at every reading
     /// (`history(...)` in `when`): what an in-rule span costs per message (issue 16).
     Past,
+    /// `Past`'s rule without its past: the same closure, with a map of the same five numbers
+    /// built in place of `history(...)`'s. `Past` against it is what the span itself costs
+    /// (kept, saved, read); against `Threshold` it also pays for a closure the engine cannot
+    /// evaluate natively (issue 16).
+    Script,
     /// The threshold rule with the input journal on (`[journal] enabled = true`): what the
     /// journal costs per message (issue 18).
     Journal,
@@ -60,6 +65,7 @@ impl Rule {
             Rule::Heartbeat => "heartbeat",
             Rule::History => "history",
             Rule::Past => "past",
+            Rule::Script => "script",
             Rule::Journal => "journal",
             Rule::Privacy => "privacy",
             Rule::Governed => "governed",
@@ -219,6 +225,10 @@ pub fn edgewatch_rules(rule: Rule, heartbeat_timeout: Duration) -> String {
         Rule::Past => "// Every reading above 20 °C, with the device's last hour by the minute read each time.\n\
              rule(\"past\", #{\n    on: \"sensors/{device}/temperature\",\n    past: #{ temperature: \"1h by 1m\" },\n    \
              when: |e| { let h = history(\"temperature\", \"1h\"); e.value > 20.0 || h.count < 0 },\n});\n"
+            .to_owned(),
+        Rule::Script => "// Every reading above 20 °C, through `past`'s closure without the past.\n\
+             rule(\"script\", #{\n    on: \"sensors/{device}/temperature\",\n    \
+             when: |e| { let h = #{ count: 0, avg: 0.0, min: 0.0, max: 0.0, stddev: 0.0 }; e.value > 20.0 || h.count < 0 },\n});\n"
             .to_owned(),
         Rule::Window => "// A sliding window of each device's last 10 readings, reported with every reading.\n\
              rule(\"window\", #{\n    on: \"sensors/{device}/temperature\",\n    window: #{ count: 10 },\n    \
@@ -463,6 +473,7 @@ pub fn node_red_flows(rule: Rule, broker: SocketAddr, heartbeat_timeout: Duratio
         Rule::Threshold
         | Rule::History
         | Rule::Past
+        | Rule::Script
         | Rule::Journal
         | Rule::Privacy
         | Rule::Governed
@@ -636,6 +647,7 @@ mod tests {
             Rule::Heartbeat,
             Rule::History,
             Rule::Past,
+            Rule::Script,
             Rule::Journal,
             Rule::Privacy,
             Rule::Governed,

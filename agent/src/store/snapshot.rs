@@ -20,7 +20,7 @@ pub struct Snapshot {
     /// here. Absent in files of older versions: `taken_ms` stands in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alive_ms: Option<i64>,
-    /// (key in the store, value as JSON text).
+    /// (key in the store, value as text: JSON, but the raw pieces as base64: see `value_text`).
     pub state: Vec<(String, String)>,
     pub outbox: Vec<OutboxEntry>,
     /// History roll-ups, as the history log exports them: only in `state export` files.
@@ -32,7 +32,9 @@ impl Snapshot {
     /// The engine state it holds, as [`Store::load_state`] gives it from the database: for
     /// an engine outside the agent (`edgewatch backtest --state`).
     pub fn engine_state(&self) -> Vec<(Touched, Vec<u8>)> {
-        let named = |(k, v): &(String, String)| Some((super::state::touched_of(k.as_bytes())?, v.as_bytes().to_vec()));
+        let named = |(k, v): &(String, String)| {
+            Some((super::state::touched_of(k.as_bytes())?, super::state::value_bytes(k, v)))
+        };
         self.state.iter().filter_map(named).collect()
     }
 }
@@ -44,7 +46,7 @@ impl Store {
         let mut s =
             Snapshot { schema: SCHEMA_VERSION, taken_ms: now_ms, alive_ms: self.last_alive(), ..Snapshot::default() };
         for (k, v) in self.state_records()? {
-            s.state.push((String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()));
+            s.state.push((String::from_utf8_lossy(&k).into_owned(), super::state::value_text(&k, &v)));
         }
         for item in self.db.scan_prefix(b"o/") {
             let (_, v) = item.map_err(|e| self.db_err(e))?;
@@ -62,7 +64,7 @@ impl Store {
         let mut batch = Batch::default();
         for (k, v) in &snap.state {
             // Through the journal, as any state: over what the journal holds already.
-            batch.put_state(k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()));
+            batch.put_state(k.as_bytes().to_vec(), Some(super::state::value_bytes(k, v)));
         }
         let alive = snap.alive_ms.unwrap_or(snap.taken_ms).max(self.last_alive().unwrap_or(i64::MIN));
         self.mark_alive(&mut batch, alive);

@@ -20,26 +20,20 @@ pub(super) fn state_key(t: &Touched) -> Vec<u8> {
         Touched::Dedup(name) => [b"d/".as_slice(), name.as_bytes()].concat(),
         Touched::Held(name) => [b"h/".as_slice(), name.as_bytes()].concat(),
         Touched::Watermark => b"w/watermark".to_vec(),
-        Touched::Series { key, field } => {
-            let mut k = Vec::with_capacity(3 + key.len() + field.len());
-            k.extend_from_slice(b"r/");
-            k.extend_from_slice(key.as_bytes());
-            k.push(0);
-            k.extend_from_slice(field.as_bytes());
-            k
-        }
-        Touched::Past { rule, key } => past_key(b"q/c/", rule, key),
-        Touched::PastOpen { rule, key } => past_key(b"q/o/", rule, key),
+        Touched::Series { key, field } => pair_key(b"r/", key, field),
+        Touched::Past { rule, key } => pair_key(b"q/c/", rule, key),
+        Touched::PastOpen { rule, key } => pair_key(b"q/o/", rule, key),
     }
 }
 
-/// `q/c/<rule>\0<key>` (closed buckets) or `q/o/<rule>\0<key>` (open ones).
-fn past_key(prefix: &[u8], rule: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(prefix.len() + 1 + rule.len() + key.len());
+/// `<prefix><a>\0<b>`: `r/<key>\0<field>` (a series' open roll-ups), `q/c/<rule>\0<key>` (a
+/// rule's closed past buckets) or `q/o/<rule>\0<key>` (its open ones).
+fn pair_key(prefix: &[u8], a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 1 + a.len() + b.len());
     k.extend_from_slice(prefix);
-    k.extend_from_slice(rule.as_bytes());
+    k.extend_from_slice(a.as_bytes());
     k.push(0);
-    k.extend_from_slice(key.as_bytes());
+    k.extend_from_slice(b.as_bytes());
     k
 }
 
@@ -78,6 +72,32 @@ pub(super) fn touched_of(k: &[u8]) -> Option<Touched> {
 /// Where engine state lives: rule state, duplicate windows, held events, the watermark,
 /// open history roll-ups, rules' past.
 pub(super) const STATE_PREFIXES: [&[u8]; 6] = [b"s/", b"d/", b"h/", b"w/", b"r/", b"q/"];
+
+/// Pieces the engine saves as raw bytes (the rest of its state is text): a history series'
+/// open roll-ups, a rule's past's open buckets. Each written with every reading.
+fn raw_piece(k: &[u8]) -> bool {
+    k.starts_with(b"r/") || k.starts_with(b"q/o/")
+}
+
+/// A state value as a snapshot carries it, as text: raw pieces go as base64; what earlier
+/// versions saved as text in their place (base64 already, or JSON) goes as it is.
+pub(super) fn value_text(k: &[u8], v: &[u8]) -> String {
+    use base64::Engine as _;
+    match raw_piece(k) && v.first().is_some_and(|b| *b < b' ') {
+        true => base64::engine::general_purpose::STANDARD_NO_PAD.encode(v),
+        false => String::from_utf8_lossy(v).into_owned(),
+    }
+}
+
+/// The inverse of [`value_text`]: a raw piece's text that is not JSON is base64 (what does
+/// not decode stays as it is, for the engine to refuse with its error).
+pub(super) fn value_bytes(k: &str, text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let decoded = (raw_piece(k.as_bytes()) && !text.starts_with('{'))
+        .then(|| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text).ok())
+        .flatten();
+    decoded.unwrap_or_else(|| text.as_bytes().to_vec())
+}
 
 /// The key of a message's delivery count.
 fn delivery_key(hash: u64) -> [u8; 10] {
