@@ -95,7 +95,14 @@ thread_local! {
     static DECLARED: RefCell<Option<Vec<Declared>>> = const { RefCell::new(None) };
     /// When the Rhai call running on this thread began (set at its first operation).
     static CALL_STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Spans and offsets `history(...)` parsed, in ms: rules ask the same few with every
+    /// call, and parsing `"1h"` costs several times looking it up. Bounded by
+    /// [`SPANS_KEPT`] (cleared when full), only valid texts kept.
+    static SPANS: RefCell<crate::FastMap<ImmutableString, i64>> = RefCell::new(crate::FastMap::default());
 }
+
+/// Most span texts [`SPANS`] keeps.
+const SPANS_KEPT: usize = 64;
 
 /// The sandboxed script engine shared by all rules.
 pub struct Sandbox {
@@ -452,8 +459,21 @@ fn register_functions(engine: &mut rhai::Engine) {
         offset: Option<&Dynamic>,
         times: i64,
     ) -> NativeResult<Dynamic> {
-        let ms = |v: &Dynamic, what: &str| {
-            declare::duration_ms(v).map_err(|m| runtime_error(ctx, format!("history: the {what} {m}")))
+        let ms = |v: &Dynamic, what: &str| -> NativeResult<i64> {
+            let text = v.as_immutable_string_ref().ok().map(|s| s.clone());
+            if let Some(ms) = text.as_ref().and_then(|t| SPANS.with_borrow(|m| m.get(t).copied())) {
+                return Ok(ms);
+            }
+            let ms = declare::duration_ms(v).map_err(|m| runtime_error(ctx, format!("history: the {what} {m}")))?;
+            if let Some(t) = text {
+                SPANS.with_borrow_mut(|m| {
+                    if m.len() >= SPANS_KEPT {
+                        m.clear();
+                    }
+                    m.insert(t, ms);
+                });
+            }
+            Ok(ms)
         };
         let ask = Ask {
             span_ms: ms(span, "span")?,

@@ -558,10 +558,11 @@ fn parse_patterns(on: &Dynamic) -> Result<Vec<TopicPattern>, String> {
 
 /// A duration: text such as `"30s"`, `"1m 30s"`, `"500ms"`, or whole milliseconds.
 pub(crate) fn duration_ms(v: &Dynamic) -> Result<i64, String> {
-    let ms = if v.is_string() {
-        let text = v.to_string();
+    // Borrowed, not formatted: `history(...)` reads its span with every call.
+    let ms = if let Ok(s) = v.as_immutable_string_ref() {
+        let text = s.as_str();
         let d =
-            humantime::parse_duration(&text).map_err(|e| format!("`{text}` is not a duration ({e}); try \"30s\""))?;
+            humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e}); try \"30s\""))?;
         i64::try_from(d.as_millis()).map_err(|_| format!("`{text}` is too long"))?
     } else if let Ok(i) = v.as_int() {
         i

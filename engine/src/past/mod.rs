@@ -19,7 +19,7 @@
 //!
 //! - `ring`: `FieldPast`, one field's buckets (the open one in f64, closed ones in
 //!   20-byte f32 buckets), and the bytes per key.
-//! - `saved`: the two saved pieces per key (closed buckets, open buckets), as JSON text.
+//! - `saved`: the two saved pieces per key: closed buckets (JSON text), open ones (raw bytes).
 
 pub(crate) mod ring;
 mod saved;
@@ -134,6 +134,12 @@ struct Plan {
     times: i64,
 }
 
+thread_local! {
+    /// The keys of what `history(...)` returns (see [`Summary::to_dynamic`]).
+    static SUMMARY_MAP: rhai::Map =
+        ["count", "avg", "min", "max", "stddev"].into_iter().map(|k| (k.into(), Dynamic::UNIT)).collect();
+}
+
 /// Readings summed up in f64: count, mean, sum of squared deviations (Welford; merged with
 /// Chan's formula), min, max.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -202,14 +208,20 @@ impl Summary {
     /// What `history(...)` returns: `#{count, avg, min, max, stddev}`, all but `count` `()`
     /// when there is no reading.
     pub(crate) fn to_dynamic(self) -> Dynamic {
-        let mut m = rhai::Map::new();
         let f = |x: Option<f64>| x.map(Dynamic::from_float).unwrap_or(Dynamic::UNIT);
         let some = self.count > 0;
-        m.insert("count".into(), Dynamic::from_int(i64::try_from(self.count).unwrap_or(i64::MAX)));
-        m.insert("avg".into(), f(self.avg()));
-        m.insert("min".into(), f(some.then_some(self.min)));
-        m.insert("max".into(), f(some.then_some(self.max)));
-        m.insert("stddev".into(), f(self.stddev()));
+        // A template's keys cloned, then its values set in place (as Rhai builds a map
+        // literal): a fifth of the instructions of inserting five keys, with every call.
+        let mut m = SUMMARY_MAP.with(Clone::clone);
+        for (k, v) in m.iter_mut() {
+            *v = match k.as_str() {
+                "count" => Dynamic::from_int(i64::try_from(self.count).unwrap_or(i64::MAX)),
+                "avg" => f(self.avg()),
+                "min" => f(some.then_some(self.min)),
+                "max" => f(some.then_some(self.max)),
+                _ => f(self.stddev()),
+            };
+        }
         Dynamic::from_map(m)
     }
 }
@@ -312,13 +324,12 @@ impl KeyPast {
         let plan = spec.plan(ask)?;
         let Some(f) = self.fields.get(idx) else { return Ok(Summary::default()) };
         let current = at.div_euclid(spec.every_ms);
-        let mut ranges = Vec::with_capacity(usize::try_from(plan.times).unwrap_or(1));
-        for k in 1..=plan.times {
-            // The 2-argument form is offset 0, once: the span up to the current bucket.
+        // The 2-argument form is offset 0, once: the span up to the current bucket.
+        let ranges = (1..=plan.times).map(|k| {
             let end = current - plan.offset * k;
-            ranges.push((end - plan.span + 1, end));
-        }
-        Ok(f.summarize(spec.buckets(), &ranges))
+            (end - plan.span + 1, end)
+        });
+        Ok(f.summarize(spec.buckets(), ranges))
     }
 }
 
@@ -490,7 +501,7 @@ mod tests {
         p.reconcile(vec![c, b2, a].into(), limit);
         assert_eq!(p.wanted, [true, true, false]);
         let kp = p.keys.get("k").expect("kept");
-        let count = |i: usize| kp.fields[i].summarize(24, &[(0, 10)]).count;
+        let count = |i: usize| kp.fields[i].summarize(24, [(0, 10)]).count;
         assert_eq!((count(0), count(1), count(2)), (0, 0, 1));
     }
 }

@@ -170,11 +170,11 @@ impl FieldPast {
     }
 
     /// The readings of the buckets in `ranges` (inclusive index ranges, not overlapping).
-    pub(crate) fn summarize(&self, n: usize, ranges: &[(i64, i64)]) -> Summary {
+    pub(crate) fn summarize(&self, n: usize, ranges: impl IntoIterator<Item = (i64, i64)>) -> Summary {
         // Closed buckets first, min and max widened once at the end; then the open bucket.
         let mut closed = Summary::default();
         let mut open = Summary::default();
-        for &(from, to) in ranges {
+        for (from, to) in ranges {
             if let Some((a, o)) = &self.open {
                 if (from..=to).contains(a) {
                     open.merge(o);
@@ -309,7 +309,7 @@ mod tests {
                 _ => i64::from(x.is_multiple_of(3)),
             };
             for (from, to) in [(j - 23, j), (j - 5, j - 1), (j, j), (j - 24, j - 24)] {
-                let got = f.summarize(n, &[(from, to)]);
+                let got = f.summarize(n, [(from, to)]);
                 let want = reference(&kept, &[(from.max(j - 24), to)]);
                 if want.0 == 0 {
                     assert_eq!(got.count, 0, "{from}..={to} at {j}");
@@ -330,21 +330,21 @@ mod tests {
         for j in 0..4 {
             f.place(n, j, &Summary::of(j as f64)).expect("placed");
         }
-        assert_eq!(f.summarize(n, &[(0, 3)]).count, 4);
+        assert_eq!(f.summarize(n, [(0, 3)]).count, 4);
         // Buckets 5 then 6 (4 stays empty): the ring holds 2..=5 and 6 is open; 0 and 1 are
         // gone, and can no longer be written.
         f.place(n, 5, &Summary::of(5.0)).expect("placed");
         f.place(n, 6, &Summary::of(6.0)).expect("placed");
-        assert_eq!(f.summarize(n, &[(0, 1)]).count, 0);
-        assert_eq!(f.summarize(n, &[(2, 6)]).count, 4, "2, 3, 5 and the open 6");
+        assert_eq!(f.summarize(n, [(0, 1)]).count, 0);
+        assert_eq!(f.summarize(n, [(2, 6)]).count, 4, "2, 3, 5 and the open 6");
         assert_eq!(f.place(n, 1, &Summary::of(0.0)), Err(TooOld));
         assert_eq!(f.place(n, 2, &Summary::of(2.0)), Ok(true), "late, still kept");
-        assert_eq!(f.summarize(n, &[(2, 2)]).count, 2);
+        assert_eq!(f.summarize(n, [(2, 2)]).count, 2);
         // A gap longer than the ring clears it.
         f.place(n, 100, &Summary::of(1.0)).expect("placed");
         f.place(n, 101, &Summary::of(1.0)).expect("placed");
-        assert_eq!(f.summarize(n, &[(0, 99)]).count, 0);
-        assert_eq!(f.summarize(n, &[(97, 101)]).count, 2);
+        assert_eq!(f.summarize(n, [(0, 99)]).count, 0);
+        assert_eq!(f.summarize(n, [(97, 101)]).count, 2);
     }
 
     #[test]

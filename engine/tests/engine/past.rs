@@ -283,9 +283,12 @@ fn asking_for_what_is_not_kept_is_a_fault_with_its_position() {
                rule(\"too-far\", #{ on: \"s\", past: #{ t: \"1d by 1h\" },\n    when: |e| history(\"t\", \"2d\").count > 0 });\n\
                rule(\"undeclared\", #{ on: \"s\", when: |e| history(\"t\", \"1h\").count > 0 });\n\
                rule(\"in-key\", #{ on: \"s\", past: #{ t: \"1d by 1h\" }, key: |e| `${history(\"t\", \"1h\").count}` });\n\
-               rule(\"half\", #{ on: \"s\", past: #{ t: \"1d by 1h\" }, when: |e| history(\"t\", \"30m\").count > 0 });\n";
+               rule(\"half\", #{ on: \"s\", past: #{ t: \"1d by 1h\" }, when: |e| history(\"t\", \"30m\").count > 0 });\n\
+               rule(\"soon\", #{ on: \"s\", past: #{ t: \"1d by 1h\" }, when: |e| history(\"t\", \"1h\", \"soon\").count > 0 });\n";
     let mut h = H::new(src);
+    // Twice: what `history` parsed once (and what it could not) reads the same again.
     h.send(T0, "s", "1");
+    h.send(T0 + 1, "s", "1");
     let fault = |rule: &str| h.fault_list.iter().find(|f| &*f.rule == rule).cloned().expect(rule);
     let f = fault("unknown");
     assert!(f.message.contains("`past` keeps no `humidity` (it keeps: t)"), "{f}");
@@ -294,6 +297,10 @@ fn asking_for_what_is_not_kept_is_a_fault_with_its_position() {
     assert!(fault("undeclared").message.contains("no past here"), "{}", fault("undeclared"));
     assert!(fault("in-key").message.contains("no past here"), "{}", fault("in-key"));
     assert!(fault("half").message.contains("not a whole number of `1h` buckets"), "{}", fault("half"));
+    assert!(fault("soon").message.contains("the offset `soon` is not a duration"), "{}", fault("soon"));
+    for rule in ["unknown", "too-far", "half", "soon"] {
+        assert_eq!(h.fault_list.iter().filter(|f| &*f.rule == rule).count(), 2, "{rule}: {:?}", h.fault_list);
+    }
 }
 
 #[test]
