@@ -220,6 +220,17 @@ pub enum Touched {
     PastOpen { rule: Arc<str>, key: Arc<str> },
 }
 
+impl Touched {
+    /// Whether the engine saves this piece as raw bytes rather than text: a history
+    /// series' open roll-ups and a past's open buckets, written with every reading (see
+    /// [`crate::history::SeriesState::encode`] and `KeyPast::save_open`). A store that
+    /// carries state as text (a snapshot) encodes these; the engine still reads the text
+    /// earlier versions saved in their place.
+    pub fn raw(&self) -> bool {
+        matches!(self, Touched::Series { .. } | Touched::PastOpen { .. })
+    }
+}
+
 impl Outputs {
     /// Empties both lists, keeping their capacity.
     pub fn clear(&mut self) {

@@ -73,10 +73,9 @@ pub(super) fn touched_of(k: &[u8]) -> Option<Touched> {
 /// open history roll-ups, rules' past.
 pub(super) const STATE_PREFIXES: [&[u8]; 6] = [b"s/", b"d/", b"h/", b"w/", b"r/", b"q/"];
 
-/// Pieces the engine saves as raw bytes (the rest of its state is text): a history series'
-/// open roll-ups, a rule's past's open buckets. Each written with every reading.
+/// Whether the piece stored at `k` is one the engine saves as raw bytes ([`Touched::raw`]).
 fn raw_piece(k: &[u8]) -> bool {
-    k.starts_with(b"r/") || k.starts_with(b"q/o/")
+    touched_of(k).is_some_and(|t| t.raw())
 }
 
 /// A state value as a snapshot carries it, as text: raw pieces go as base64; what earlier
