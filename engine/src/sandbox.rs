@@ -96,13 +96,14 @@ thread_local! {
     /// When the Rhai call running on this thread began (set at its first operation).
     static CALL_STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Spans and offsets `history(...)` parsed, in ms: rules ask the same few with every
-    /// call, and parsing `"1h"` costs several times looking it up. Bounded by
-    /// [`SPANS_KEPT`] (cleared when full), only valid texts kept.
-    static SPANS: RefCell<crate::FastMap<ImmutableString, i64>> = RefCell::new(crate::FastMap::default());
+    /// call, and parsing `"1h"` costs several times finding it here. A short list rather
+    /// than a hash map (3 KB less code); bounded by [`SPANS_KEPT`] (cleared when full), only
+    /// valid texts kept.
+    static SPANS: RefCell<Vec<(ImmutableString, i64)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Most span texts [`SPANS`] keeps.
-const SPANS_KEPT: usize = 64;
+const SPANS_KEPT: usize = 16;
 
 /// The sandboxed script engine shared by all rules.
 pub struct Sandbox {
@@ -461,7 +462,8 @@ fn register_functions(engine: &mut rhai::Engine) {
     ) -> NativeResult<Dynamic> {
         let ms = |v: &Dynamic, what: &str| -> NativeResult<i64> {
             let text = v.as_immutable_string_ref().ok().map(|s| s.clone());
-            if let Some(ms) = text.as_ref().and_then(|t| SPANS.with_borrow(|m| m.get(t).copied())) {
+            let known = |t: &ImmutableString| SPANS.with_borrow(|m| m.iter().find(|(k, _)| k == t).map(|(_, ms)| *ms));
+            if let Some(ms) = text.as_ref().and_then(known) {
                 return Ok(ms);
             }
             let ms = declare::duration_ms(v).map_err(|m| runtime_error(ctx, format!("history: the {what} {m}")))?;
@@ -470,7 +472,7 @@ fn register_functions(engine: &mut rhai::Engine) {
                     if m.len() >= SPANS_KEPT {
                         m.clear();
                     }
-                    m.insert(t, ms);
+                    m.push((t, ms));
                 });
             }
             Ok(ms)

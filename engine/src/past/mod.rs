@@ -136,8 +136,14 @@ struct Plan {
 
 thread_local! {
     /// The keys of what `history(...)` returns (see [`Summary::to_dynamic`]).
-    static SUMMARY_MAP: rhai::Map =
-        ["count", "avg", "min", "max", "stddev"].into_iter().map(|k| (k.into(), Dynamic::UNIT)).collect();
+    static SUMMARY_MAP: rhai::Map = {
+        // Inserted one by one: `collect` would bring in a sort of its own (code size).
+        let mut m = rhai::Map::new();
+        for k in ["count", "avg", "min", "max", "stddev"] {
+            m.insert(k.into(), Dynamic::UNIT);
+        }
+        m
+    };
 }
 
 /// Readings summed up in f64: count, mean, sum of squared deviations (Welford; merged with
