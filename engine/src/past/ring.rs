@@ -15,8 +15,9 @@
 //! # Bytes per key
 //! A closed bucket is count (u32), mean, sum of squared deviations, min, max (f32): 20
 //! bytes. "7d by 1h" holds 168 of them (3 360 bytes, allocated when the first bucket
-//! closes) plus the open bucket and the bookkeeping ([`FieldPast`]: 80 bytes): 3 440 bytes,
-//! and a key's `Vec` of fields adds 24 (see the test `seven_days_by_the_hour_fit_in_4_kb`).
+//! closes) plus the open bucket and the bookkeeping ([`FieldPast`]: 144 bytes, 64 of them the
+//! last span summed): 3 504 bytes, and a key's `Vec` of fields adds 24 (see the test
+//! `seven_days_by_the_hour_fit_in_4_kb`).
 //!
 //! f32 keeps about 7 significant digits: `avg` and `stddev` of closed buckets are that
 //! precise; `min` and `max` are handed back as the shortest decimal the f32 holds, so a
@@ -90,6 +91,22 @@ pub(crate) struct FieldPast {
     pub(crate) newest: i64,
     /// The closed buckets, slot `index mod n`; empty until the first bucket closes.
     pub(crate) ring: Box<[Bucket]>,
+    /// The closed buckets of the range `summarize` summed last, and their sum: a rule asks
+    /// the same span at every reading, and the ring changes once a bucket (when one closes),
+    /// so summing a "1h by 1m" span 60 times a minute becomes once.
+    memo: Memo,
+}
+
+/// `(from, to, sum)` of [`FieldPast::summarize`]'s last range of closed buckets; cleared by
+/// every change to the ring. A cache: neither saved nor compared (two pasts are equal
+/// whatever they last summed).
+#[derive(Debug, Clone, Default)]
+struct Memo(std::cell::Cell<Option<(i64, i64, Summary)>>);
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Memo) -> bool {
+        true
+    }
 }
 
 impl FieldPast {
@@ -132,6 +149,7 @@ impl FieldPast {
 
     /// Merges `s` into closed bucket `j`, moving the ring forward to it if it is newer.
     fn merge_closed(&mut self, n: usize, j: i64, s: &Summary) {
+        self.memo.0.set(None);
         if self.ring.len() != n {
             self.ring = vec![Bucket::default(); n].into_boxed_slice();
             self.newest = j;
@@ -185,14 +203,26 @@ impl FieldPast {
             }
             let from = from.max(self.newest - n as i64 + 1);
             let to = to.min(self.newest);
-            for j in from..=to {
-                if self.open.is_some_and(|(a, _)| a == j) {
-                    continue;
-                }
-                if let Some(b) = self.ring.get(slot(n, j)).filter(|b| b.count > 0) {
-                    closed.merge(&b.raw());
-                }
+            if from > to {
+                continue;
             }
+            let sum = match self.memo.0.get() {
+                Some((a, b, sum)) if (a, b) == (from, to) => sum,
+                _ => {
+                    let mut sum = Summary::default();
+                    for j in from..=to {
+                        if self.open.is_some_and(|(a, _)| a == j) {
+                            continue;
+                        }
+                        if let Some(b) = self.ring.get(slot(n, j)).filter(|b| b.count > 0) {
+                            sum.merge(&b.raw());
+                        }
+                    }
+                    self.memo.0.set(Some((from, to, sum)));
+                    sum
+                }
+            };
+            closed.merge(&sum);
         }
         if closed.count > 0 {
             // Exact: each is an f32 value.
@@ -225,6 +255,7 @@ impl FieldPast {
         }
         self.ring = ring;
         self.newest = newest;
+        self.memo.0.set(None);
         self.settle(n);
     }
 
@@ -271,6 +302,32 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-5 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn the_last_span_summed_is_never_stale() {
+        // One span asked after every reading, as a rule does: the sum kept from the last ask
+        // must be what summing again gives, through readings that close buckets, late ones
+        // folded into closed buckets, gaps, and a restored ring.
+        let n = 12;
+        let mut f = FieldPast::default();
+        let mut x: u64 = 11;
+        let mut j = 0i64;
+        for step in 0..2_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let v = (((x >> 33) % 4000) as i64 - 1000) as f64 / 100.0;
+            let at = if x.is_multiple_of(5) { j - 1 - (x % 4) as i64 } else { j };
+            let _ = f.place(n, at, &Summary::of(v));
+            if step == 1_000 {
+                let ring: Vec<Bucket> = f.ring_in_order(n).copied().collect();
+                f.set_ring(n, f.newest, ring.into_iter().map(|b| Bucket { count: b.count * 2, ..b }).collect());
+            }
+            j += i64::from(x.is_multiple_of(4)) + 5 * i64::from(x.is_multiple_of(97));
+            let got = f.summarize(n, [(j - 11, j)]);
+            let mut fresh = f.clone();
+            fresh.memo = Memo::default();
+            assert_eq!(got, fresh.summarize(n, [(j - 11, j)]), "step {step}");
+        }
     }
 
     #[test]
@@ -355,8 +412,9 @@ mod tests {
             f.place(n, j, &Summary::of(20.0)).expect("placed");
         }
         let bytes = size_of::<FieldPast>() + f.heap_bytes();
-        // 80 bytes of bookkeeping on 64-bit targets (fewer on 32-bit ones), 20 a bucket.
-        assert!(size_of::<FieldPast>() <= 80, "{}", size_of::<FieldPast>());
+        // 144 bytes of bookkeeping on 64-bit targets (fewer on 32-bit ones), of which 64 the
+        // last span summed; 20 a bucket.
+        assert!(size_of::<FieldPast>() <= 144, "{}", size_of::<FieldPast>());
         assert_eq!(bytes, size_of::<FieldPast>() + 168 * 20);
         assert!(bytes + size_of::<Vec<FieldPast>>() < 4096);
     }
